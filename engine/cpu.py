@@ -1,0 +1,153 @@
+"""The guest's side: a load or store goes through the vCPU's TLB, then the EPT walk, then faults.
+
+Mirrors what the CPU does under VMX (SDM, EPT and its A/D flags) and vmx.c's `handle_ept_violation`, which
+turns the exit qualification into the page-fault error code that `tdp_page_fault` reads. An access is
+retried after each fault, as the guest would; one that never completes is reported as a livelock.
+"""
+
+from __future__ import annotations
+
+from engine.kvm import FaultRecord, Kvm, Vcpu
+from engine.mmu import PFERR_PRESENT_MASK, PFERR_WRITE_MASK, tdp_page_fault
+from engine.shadow_page import KvmMmuPage
+from engine.spte import (
+    PT64_LEVEL_BITS,
+    PT64_ROOT_LEVEL,
+    PT_PAGE_SIZE_MASK,
+    PT_PRESENT_MASK,
+    PT_WRITABLE_MASK,
+    spte_to_pfn,
+)
+from engine.tlb import TlbEntry
+from engine.trace import EptAdUpdate, GuestAccess, HandleEptViolation
+
+# More faults than this on one access means no progress: the guest would loop forever.
+MAX_FAULTS_PER_ACCESS = 4
+
+
+def ept_walk(kvm: Kvm, vcpu: Vcpu, gfn: int, write: bool) -> int | None:
+    """Walk the EPT for `gfn`. On success set A (and D for a store), fill the TLB and return None.
+
+    On failure return the page-fault error code: PRESENT when the translation was readable.
+    """
+    sp: KvmMmuPage = kvm.root
+    level = PT64_ROOT_LEVEL
+    path: list[tuple[KvmMmuPage, int]] = []
+    while True:
+        index = (gfn >> (PT64_LEVEL_BITS * (level - 1))) & 511
+        spte = sp.spt[index]
+        if not spte & PT_PRESENT_MASK:
+            return PFERR_WRITE_MASK if write else 0
+        path.append((sp, index))
+        if level == 1 or spte & PT_PAGE_SIZE_MASK:
+            break
+        sp = kvm.child_sp(spte)
+        level -= 1
+    if write and not spte & PT_WRITABLE_MASK:
+        return PFERR_PRESENT_MASK | PFERR_WRITE_MASK
+    accessed, dirty = kvm.masks.accessed_mask, kvm.masks.dirty_mask
+    if accessed:
+        last = len(path) - 1
+        for depth, (entry_sp, entry_index) in enumerate(path):
+            old = entry_sp.spt[entry_index]
+            new = old | accessed
+            if write and depth == last:
+                new |= dirty
+            if new != old:
+                kvm.write_spte(entry_sp, entry_index, new)
+                if kvm.tp.on:
+                    kvm.tp.emit(EptAdUpdate(vcpu.id, entry_sp.level, entry_sp.gfn, entry_index, old, new))
+        spte = sp.spt[index]
+    shift = PT64_LEVEL_BITS * (level - 1)
+    vcpu.tlb.fill(
+        TlbEntry(
+            level=level,
+            gfn=(gfn >> shift) << shift,
+            pfn=spte_to_pfn(spte),
+            writable=bool(spte & PT_WRITABLE_MASK),
+            # Without A/D bits there is no dirty flag to set, so a writable entry never re-walks.
+            dirty=bool(spte & dirty) or not dirty,
+        )
+    )
+    return None
+
+
+def guest_access(kvm: Kvm, vcpu: Vcpu, gfn: int, write: bool) -> None:
+    """One guest load or store of `gfn`, retried after every fault until it completes."""
+    faults = 0
+    walked = False
+    tlb = vcpu.tlb
+    while True:
+        entry = tlb.lookup(gfn)
+        stale = False
+        if entry is not None and (not write or (entry.writable and entry.dirty)):
+            break  # satisfied from the TLB: the sptes are not looked at
+        if entry is not None and write and not entry.writable:
+            # A store through a read-only cached translation faults without a walk.
+            error_code = PFERR_PRESENT_MASK | PFERR_WRITE_MASK
+            stale = True
+        else:
+            # A miss, or a store whose cached entry has no dirty flag yet: the CPU walks the EPT.
+            walk_error = ept_walk(kvm, vcpu, gfn, write)
+            walked = True
+            if walk_error is None:
+                break
+            error_code = walk_error
+        if faults == MAX_FAULTS_PER_ACCESS:
+            kvm.log.livelocks.append((vcpu.id, gfn, write))
+            if kvm.tp.on:
+                kvm.tp.emit(GuestAccess(vcpu.id, gfn, write, "livelock", faults))
+            return
+        faults += 1
+        handle_ept_violation(kvm, vcpu, gfn, write, error_code, stale)
+    if kvm.tp.on:
+        via = "fault" if faults else "walk" if walked else "tlb"
+        kvm.tp.emit(GuestAccess(vcpu.id, gfn, write, via, faults))
+    if write:
+        slot = kvm.gfn_to_memslot(gfn)
+        if slot is not None:
+            slot.content[gfn - slot.base_gfn] += 1
+            if slot.dirty_bitmap is not None:
+                kvm.log.logged_writes[gfn] = slot.id
+
+
+def handle_ept_violation(kvm: Kvm, vcpu: Vcpu, gfn: int, write: bool, error_code: int, stale: bool) -> None:
+    kvm.stat.exits += 1
+    vcpu.tlb.invalidate_gfn(gfn)
+    if kvm.tp.on:
+        present = bool(error_code & PFERR_PRESENT_MASK)
+        kvm.tp.emit(HandleEptViolation(vcpu.id, gfn, error_code, present, write, stale))
+    result = tdp_page_fault(kvm, vcpu, gfn, error_code)
+    kvm.log.faults.append(
+        FaultRecord(
+            vcpu=vcpu.id,
+            gfn=gfn,
+            write=write,
+            error_code=error_code,
+            path="fast" if result.fast_handled else "slow",
+            fast_tried=result.fast_tried,
+            fast_result=result.fast_result,
+            level=leaf_level(kvm, gfn),
+        )
+    )
+
+
+def leaf_level(kvm: Kvm, gfn: int) -> int | None:
+    """The level of the leaf spte that maps `gfn` from the root, or None."""
+    leaf = walk_spte(kvm, gfn)
+    return leaf[0].level if leaf else None
+
+
+def walk_spte(kvm: Kvm, gfn: int) -> tuple[KvmMmuPage, int, int] | None:
+    """The leaf (sp, index, spte) mapping `gfn` from the root, or None: what the hardware would use."""
+    sp = kvm.root
+    level = PT64_ROOT_LEVEL
+    while True:
+        index = (gfn >> (PT64_LEVEL_BITS * (level - 1))) & 511
+        spte = sp.spt[index]
+        if not spte & PT_PRESENT_MASK:
+            return None
+        if level == 1 or spte & PT_PAGE_SIZE_MASK:
+            return sp, index, spte
+        sp = kvm.child_sp(spte)
+        level -= 1

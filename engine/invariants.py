@@ -1,0 +1,263 @@
+"""The invariants of spec section 3.13 and contract section 4, checked after every step.
+
+`StepChecker` checks what a step could have broken, from what the step recorded (the sptes it wrote, the
+rmap heads it touched, the bits GET_DIRTY_LOG cleared, the stores that landed in logged slots), so a step
+costs in proportion to what it did. `check_all` walks the whole state; the tests use it to show that the
+incremental checks miss nothing. Violations are data: `lazy-buggy` must produce them, `zap` and `lazy`
+never.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.cpu import walk_spte
+from engine.kvm import Kvm
+from engine.memslot import KvmMemorySlot, gfn_to_index
+from engine.shadow_page import KvmMmuPage, kvm_mmu_page_get_gfn
+from engine.spte import (
+    PT_PAGE_TABLE_LEVEL,
+    is_large_pte,
+    is_last_spte,
+    is_shadow_present_pte,
+    is_writable_pte,
+    level_name,
+    pages_per_hpage,
+    spte_is_locklessly_modifiable,
+    spte_to_pfn,
+)
+from engine.tlb import TlbEntry
+
+INVARIANTS = (
+    "rmap_consistency",
+    "w_implies_hw_mw",
+    "lpages_count",
+    "no_writable_large_while_logging",
+    "writable_implies_dirty_bit",
+    "tlb_more_permissive_than_spte",
+    "written_not_logged",
+    "fault_livelock",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    step: int
+    invariant: str
+    gfn: int | None
+    message: str
+
+    def as_json(self) -> dict[str, object]:
+        return {"step": self.step, "invariant": self.invariant, "gfn": self.gfn, "message": self.message}
+
+
+def _where(sp: KvmMmuPage, index: int) -> str:
+    return f"L{sp.level}[{index:#x}] (sp gfn {sp.gfn:#x})"
+
+
+def _is_leaf(sp: KvmMmuPage, spte: int) -> bool:
+    return is_shadow_present_pte(spte) and is_last_spte(spte, sp.level)
+
+
+class _Collector:
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.out: list[Violation] = []
+        self._seen: set[tuple[str, int | None, str]] = set()
+
+    def add(self, invariant: str, gfn: int | None, message: str) -> None:
+        key = (invariant, gfn, message)
+        if key not in self._seen:
+            self._seen.add(key)
+            self.out.append(Violation(self.step, invariant, gfn, message))
+
+
+# --- checks shared by the incremental and the full checker ---------------------------------------------
+
+
+def _check_spte(kvm: Kvm, sp: KvmMmuPage, index: int, found: _Collector) -> None:
+    """rmap membership, W ⇒ HW ∧ MW, no writable large spte and W ⇒ dirty bit, for one location."""
+    spte = sp.spt[index]
+    gfn = kvm_mmu_page_get_gfn(sp, index)
+    slot = kvm.gfn_to_memslot(gfn)
+    leaf = _is_leaf(sp, spte)
+    if slot is not None:
+        head = slot.rmap[sp.level - 1].get(gfn_to_index(gfn, slot.base_gfn, sp.level), [])
+        count = head.count((sp, index))
+        if leaf and count != 1:
+            found.add("rmap_consistency", gfn, f"the leaf {_where(sp, index)} for gfn {gfn:#x} is in "
+                      f"its rmap {count} times instead of once")
+        elif not leaf and count:
+            found.add("rmap_consistency", gfn, f"{_where(sp, index)} is not a present leaf but is still "
+                      f"in the rmap of gfn {gfn:#x}")
+    elif leaf:
+        found.add("rmap_consistency", gfn, f"the leaf {_where(sp, index)} maps gfn {gfn:#x}, "
+                  "which belongs to no memslot")
+    if not leaf or not is_writable_pte(spte):
+        return
+    if not spte_is_locklessly_modifiable(spte):
+        found.add("w_implies_hw_mw", gfn, f"{_where(sp, index)} for gfn {gfn:#x} is writable without "
+                  "both HW and MW")
+    if slot is None or slot.dirty_bitmap is None:
+        return
+    if is_large_pte(spte):
+        found.add("no_writable_large_while_logging", gfn, f"a writable {level_name(sp.level)} spte maps "
+                  f"gfns {gfn:#x}-{gfn + pages_per_hpage(sp.level) - 1:#x} while slot {slot.id} is "
+                  "dirty-logged: stores anywhere in it take no fault and set no dirty bit")
+    elif not slot.dirty_bitmap[gfn - slot.base_gfn]:
+        found.add("writable_implies_dirty_bit", gfn, f"gfn {gfn:#x} has a writable 4K spte while slot "
+                  f"{slot.id} is logged, but its dirty bit is clear: stores to it would not be reported")
+
+
+def _check_rmap_head(kvm: Kvm, slot: KvmMemorySlot, level: int, key: int, found: _Collector) -> None:
+    for sp, index in slot.rmap[level - 1].get(key, []):
+        spte = sp.spt[index]
+        gfn = kvm_mmu_page_get_gfn(sp, index)
+        if not _is_leaf(sp, spte) or sp.level != level or gfn_to_index(gfn, slot.base_gfn, level) != key:
+            found.add("rmap_consistency", gfn, f"the level-{level} rmap of slot {slot.id} holds "
+                      f"{_where(sp, index)}, which is not a present leaf mapping that gfn")
+
+
+def _check_tlb_entry(kvm: Kvm, vcpu: int, entry: TlbEntry, found: _Collector) -> None:
+    leaf = walk_spte(kvm, entry.gfn)
+    what = f"vCPU {vcpu}'s TLB maps gfn {entry.gfn:#x} ({level_name(entry.level)}"
+    what += ", writable)" if entry.writable else ", read-only)"
+    if leaf is None:
+        found.add("tlb_more_permissive_than_spte", entry.gfn, f"{what} but no spte maps it any more: "
+                  "a flush is missing")
+        return
+    sp, index, spte = leaf
+    leaf_gfn = kvm_mmu_page_get_gfn(sp, index)
+    if sp.level < entry.level:
+        found.add("tlb_more_permissive_than_spte", entry.gfn, f"{what} but the sptes now map it with "
+                  f"{level_name(sp.level)} pages: a flush is missing")
+    elif spte_to_pfn(spte) + (entry.gfn - leaf_gfn) != entry.pfn:
+        found.add("tlb_more_permissive_than_spte", entry.gfn, f"{what} to pfn {entry.pfn:#x} but its "
+                  "spte now points elsewhere: a flush is missing")
+    elif entry.writable and not is_writable_pte(spte):
+        found.add("tlb_more_permissive_than_spte", entry.gfn, f"{what} but its spte {_where(sp, index)} "
+                  "is read-only: stores through the TLB bypass write protection until a flush")
+
+
+# --- the incremental checker -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class StepChecker:
+    """Carries what the checks need across steps: the large-spte count the choke point saw, and the
+    stores to logged pages whose dirty bit was clear, waiting for the next GET_DIRTY_LOG."""
+
+    lpages_seen: int = 0
+    # slot id -> gfn -> the step of the first unreported store.
+    pending: dict[int, dict[int, int]] = field(default_factory=dict)
+
+    def check_step(self, kvm: Kvm, step: int) -> list[Violation]:
+        log = kvm.log
+        found = _Collector(step)
+        touched: dict[tuple[int, int], tuple[KvmMmuPage, int]] = {}
+        lowered: list[tuple[KvmMmuPage, int, int]] = []
+        for sp, index, old, new in log.spte_changes:
+            touched[(id(sp), index)] = (sp, index)
+            old_large = is_shadow_present_pte(old) and is_large_pte(old)
+            new_large = is_shadow_present_pte(new) and is_large_pte(new)
+            self.lpages_seen += new_large - old_large
+            if is_shadow_present_pte(old) and (
+                not is_shadow_present_pte(new)
+                or (is_writable_pte(old) and not is_writable_pte(new))
+                or spte_to_pfn(old) != spte_to_pfn(new)
+            ):
+                lowered.append((sp, index, sp.level))
+        for sp, index in touched.values():
+            if not sp.invalid:
+                _check_spte(kvm, sp, index, found)
+        for slot_id, level, key in dict.fromkeys(log.rmap_heads):
+            _check_rmap_head(kvm, kvm.memslots.by_id[slot_id], level, key, found)
+        if kvm.stat.lpages != self.lpages_seen:
+            found.add("lpages_count", None, f"stat.lpages is {kvm.stat.lpages} but {self.lpages_seen} "
+                      "large leaf sptes are present")
+        for slot_id in log.logging_enabled:
+            self._check_slot_sptes(kvm, kvm.memslots.by_id[slot_id], found)
+        self._check_harvested(kvm, found)
+        self._check_tlbs(kvm, lowered, found)
+        self._check_writes(kvm, step, found)
+        for vcpu, gfn, write in log.livelocks:
+            found.add("fault_livelock", gfn, f"vCPU {vcpu}'s {'store to' if write else 'load of'} gfn "
+                      f"{gfn:#x} faulted again and again without progress: the guest would hang")
+        return found.out
+
+    def _check_slot_sptes(self, kvm: Kvm, slot: KvmMemorySlot, found: _Collector) -> None:
+        for heads in slot.rmap:
+            for head in heads.values():
+                for sp, index in head:
+                    _check_spte(kvm, sp, index, found)
+
+    def _check_harvested(self, kvm: Kvm, found: _Collector) -> None:
+        for gfn in kvm.log.harvested:
+            slot = kvm.gfn_to_memslot(gfn)
+            if slot is not None:
+                for sp, index in slot.rmap_head(gfn, PT_PAGE_TABLE_LEVEL) or ():
+                    _check_spte(kvm, sp, index, found)
+
+    def _check_tlbs(self, kvm: Kvm, lowered: list[tuple[KvmMmuPage, int, int]], found: _Collector) -> None:
+        for vcpu in kvm.vcpus:
+            if not len(vcpu.tlb):
+                continue
+            for sp, index, level in lowered:
+                gfn = kvm_mmu_page_get_gfn(sp, index)
+                for entry in vcpu.tlb.entries_overlapping(gfn, level):
+                    _check_tlb_entry(kvm, vcpu.id, entry, found)
+
+    def _check_writes(self, kvm: Kvm, step: int, found: _Collector) -> None:
+        log = kvm.log
+        harvested = set(log.harvested)
+        for slot_id in dict.fromkeys(log.harvested_slots):
+            for gfn, when in sorted(self.pending.pop(slot_id, {}).items()):
+                if gfn not in harvested:
+                    found.add("written_not_logged", gfn, f"gfn {gfn:#x} was written at step {when} while "
+                              f"slot {slot_id} was logged, and no GET_DIRTY_LOG reported it")
+        for slot in kvm.memslots:
+            if slot.dirty_bitmap is None:
+                self.pending.pop(slot.id, None)  # logging stopped: nobody asks for those pages any more
+        for gfn, slot_id in log.logged_writes.items():
+            slot = kvm.memslots.by_id[slot_id]
+            if slot.dirty_bitmap is not None and not slot.dirty_bitmap[gfn - slot.base_gfn]:
+                self.pending.setdefault(slot_id, {}).setdefault(gfn, step)
+
+    def finish(self, kvm: Kvm, step: int) -> list[Violation]:
+        """At the end of the scenario, stores still unreported and not in the current bitmap are lost."""
+        found = _Collector(step)
+        for slot_id, writes in sorted(self.pending.items()):
+            slot = kvm.memslots.by_id[slot_id]
+            for gfn, when in sorted(writes.items()):
+                if slot.dirty_bitmap is not None and not slot.dirty_bitmap[gfn - slot.base_gfn]:
+                    found.add("written_not_logged", gfn, f"gfn {gfn:#x} was written at step {when} while "
+                              f"slot {slot_id} was logged, and neither a GET_DIRTY_LOG nor the current "
+                              "bitmap reports it")
+        self.pending.clear()
+        return found.out
+
+
+# --- the full checker --------------------------------------------------------------------------------------
+
+
+def check_all(kvm: Kvm, step: int) -> list[Violation]:
+    """Every state invariant over the whole state (not `written_not_logged`, which needs history)."""
+    found = _Collector(step)
+    large = 0
+    for sp in kvm.active_mmu_pages.values():
+        for index, spte in enumerate(sp.spt):
+            if spte:
+                _check_spte(kvm, sp, index, found)
+            if _is_leaf(sp, spte) and is_large_pte(spte):
+                large += 1
+    for slot in kvm.memslots:
+        for level, heads in enumerate(slot.rmap, start=1):
+            for key in heads:
+                _check_rmap_head(kvm, slot, level, key, found)
+    if kvm.stat.lpages != large:
+        found.add("lpages_count", None, f"stat.lpages is {kvm.stat.lpages} but {large} large leaf sptes "
+                  "are present")
+    for vcpu in kvm.vcpus:
+        for entry in vcpu.tlb.entries():
+            _check_tlb_entry(kvm, vcpu.id, entry, found)
+    return found.out

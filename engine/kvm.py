@@ -1,0 +1,173 @@
+"""`struct kvm` and `struct kvm_vcpu` for the simulated VM: the state every mmu.c function works on.
+
+Holds the memslots, the shadow pages and their gfn hash, the vCPUs with their TLBs, the statistics, and the
+one function that stores an spte. Mirrors the parts of kvm_host.h (arch/x86 and generic) that 3.14/3.16's
+TDP MMU touches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.memslot import KvmMemorySlot, Memslots
+from engine.policy import Policy
+from engine.shadow_page import KvmMmuPage, SptePtr
+from engine.spte import PT64_ROOT_LEVEL, SpteMasks
+from engine.tlb import Tlb
+from engine.trace import Trace
+
+# Non-leaf sptes point at tables the engine allocates from here: deterministic, well away from guest RAM.
+TABLE_PFN_BASE = 0x1000
+
+
+@dataclass(slots=True)
+class KvmStat:
+    """The VM and vCPU statistics the model keeps, under the kernel's names (debugfs kvm/*)."""
+
+    pf_fixed: int = 0
+    lpages: int = 0
+    remote_tlb_flush: int = 0
+    mmu_shadow_zapped: int = 0
+    mmu_cache_miss: int = 0
+    exits: int = 0
+
+    def as_json(self) -> dict[str, int]:
+        return {
+            "exits": self.exits,
+            "lpages": self.lpages,
+            "mmu_cache_miss": self.mmu_cache_miss,
+            "mmu_shadow_zapped": self.mmu_shadow_zapped,
+            "pf_fixed": self.pf_fixed,
+            "remote_tlb_flush": self.remote_tlb_flush,
+        }
+
+
+@dataclass(slots=True)
+class FaultRecord:
+    """One EPT violation and how it was resolved: the rows of a fault card."""
+
+    vcpu: int
+    gfn: int
+    write: bool
+    error_code: int
+    path: str  # "fast" if fast_page_fault handled it, else "slow"
+    fast_tried: bool
+    fast_result: str | None
+    level: int | None  # level of the leaf mapping the gfn afterwards; None when nothing maps it
+
+
+@dataclass(slots=True)
+class StepLog:
+    """What one step did, gathered as it happens; the result, the trace and the invariants read it."""
+
+    spte_changes: list[tuple[KvmMmuPage, int, int, int]] = field(default_factory=list)
+    faults: list[FaultRecord] = field(default_factory=list)
+    marked_dirty: dict[int, None] = field(default_factory=dict)
+    tlb_flushes: int = 0
+    dirty_log: list[int] | None = None
+    # gfn -> slot id of every store that landed in a dirty-logged slot during the step.
+    logged_writes: dict[int, int] = field(default_factory=dict)
+    # gfns whose dirty bit GET_DIRTY_LOG cleared during the step, and the slots it was called on.
+    harvested: list[int] = field(default_factory=list)
+    harvested_slots: list[int] = field(default_factory=list)
+    # slots whose logging was switched on during the step.
+    logging_enabled: list[int] = field(default_factory=list)
+    rmap_heads: list[tuple[int, int, int]] = field(default_factory=list)  # (slot, level, index) touched
+    livelocks: list[tuple[int, int, bool]] = field(default_factory=list)  # (vcpu, gfn, write)
+
+
+class Vcpu:
+    __slots__ = ("id", "tlb")
+
+    def __init__(self, vcpu_id: int) -> None:
+        self.id = vcpu_id
+        self.tlb = Tlb()
+
+
+class Kvm:
+    """The VM: its memslots, its MMU pages and the vCPUs. `write_spte` is the only spte store."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        slots: list[KvmMemorySlot],
+        vcpus: int,
+        max_level: int,
+        ept_ad: bool,
+        trace: bool,
+    ) -> None:
+        self.policy = policy
+        self.masks = SpteMasks.for_ept(ept_ad)
+        self.max_level = max_level  # kvm_x86_ops->get_lpage_level(), or 1 with large pages disabled
+        self.memslots = Memslots(slots)
+        self.vcpus = [Vcpu(i) for i in range(vcpus)]
+        self.stat = KvmStat()
+        self.tp = Trace(on=trace)
+        self.log = StepLog()
+        self.mmu_page_hash: dict[tuple[int, int], list[KvmMmuPage]] = {}
+        self.active_mmu_pages: dict[int, KvmMmuPage] = {}  # serial -> sp, in creation order
+        self.sp_by_pfn: dict[int, KvmMmuPage] = {}
+        self._next_serial = 0
+        self.root: KvmMmuPage = self.alloc_root()
+
+    # --- the choke point --------------------------------------------------------------------------
+
+    def write_spte(self, sp: KvmMmuPage, index: int, new: int) -> int:
+        """Store `new` at (sp, index) and record (old, new): the web diff, trace and stats all read this."""
+        spt = sp.spt
+        old = spt[index]
+        spt[index] = new
+        self.log.spte_changes.append((sp, index, old, new))
+        return old
+
+    # --- shadow page allocation -------------------------------------------------------------------
+
+    def alloc_mmu_page(self, gfn: int, level: int) -> KvmMmuPage:
+        """kvm_mmu_alloc_page + hash insertion: a zeroed table (init_shadow_page_table)."""
+        serial = self._next_serial
+        self._next_serial += 1
+        sp = KvmMmuPage(gfn, level, TABLE_PFN_BASE + serial, serial)
+        self.mmu_page_hash.setdefault((gfn, level), []).append(sp)
+        self.active_mmu_pages[serial] = sp
+        self.sp_by_pfn[sp.pfn] = sp
+        return sp
+
+    def free_mmu_page(self, sp: KvmMmuPage) -> None:
+        """kvm_mmu_free_page, after a zap has emptied and unlinked `sp`."""
+        bucket = self.mmu_page_hash[(sp.gfn, sp.level)]
+        bucket.remove(sp)
+        if not bucket:
+            del self.mmu_page_hash[(sp.gfn, sp.level)]
+        del self.active_mmu_pages[sp.serial]
+        del self.sp_by_pfn[sp.pfn]
+
+    def alloc_root(self) -> KvmMmuPage:
+        """mmu_alloc_direct_roots: one level-4 root shared by every vCPU (same role, same hash entry)."""
+        root = self.alloc_mmu_page(0, PT64_ROOT_LEVEL)
+        root.root_count = len(self.vcpus)
+        return root
+
+    def find_mmu_page(self, gfn: int, level: int) -> KvmMmuPage | None:
+        for sp in self.mmu_page_hash.get((gfn, level), ()):
+            if not sp.invalid:
+                return sp
+        return None
+
+    # --- lookups used everywhere ------------------------------------------------------------------
+
+    def gfn_to_memslot(self, gfn: int) -> KvmMemorySlot | None:
+        return self.memslots.gfn_to_memslot(gfn)
+
+    def child_sp(self, spte: int) -> KvmMmuPage:
+        """page_header(spte & PT64_BASE_ADDR_MASK): the table a non-leaf spte points at."""
+        return self.sp_by_pfn[spte >> 12 & ((1 << 40) - 1)]
+
+    def new_step(self) -> StepLog:
+        self.log = StepLog()
+        self.tp.events = []
+        return self.log
+
+
+def spte_ptr_key(ptr: SptePtr) -> tuple[int, int, int]:
+    sp, index = ptr
+    return (sp.level, sp.gfn, index)

@@ -1,0 +1,140 @@
+"""Memslots as 3.14/3.16 see them: `struct kvm_memory_slot` with its arch rmaps, lpage_info and dirty bitmap.
+
+Mirrors kvm_host.h, x86.c `kvm_arch_create_memslot` and the memslot lookups of kvm_main.c. The host side
+of a slot (hugetlbfs page size, copy-on-write state, the page contents a migration copies) lives here too,
+because the kernel reaches it through the slot's userspace address.
+"""
+
+from __future__ import annotations
+
+from array import array
+from bisect import bisect_right
+from typing import TYPE_CHECKING
+
+from engine.spte import KVM_NR_PAGE_SIZES, PT64_LEVEL_BITS, pages_per_hpage
+
+if TYPE_CHECKING:
+    from engine.shadow_page import SptePtr
+
+
+def gfn_to_index(gfn: int, base_gfn: int, level: int) -> int:
+    shift = PT64_LEVEL_BITS * (level - 1)
+    return (gfn >> shift) - (base_gfn >> shift)
+
+
+class KvmMemorySlot:
+    """One slot. `rmap[level - 1]` maps an index to the sptes mapping that gfn (range) at that level."""
+
+    __slots__ = (
+        "base_gfn",
+        "base_pfn",
+        "content",
+        "cow_broken",
+        "dirty_bitmap",
+        "host_level",
+        "host_writable",
+        "id",
+        "lpage_write_count",
+        "npages",
+        "rmap",
+    )
+
+    def __init__(
+        self,
+        slot_id: int,
+        base_gfn: int,
+        npages: int,
+        host_level: int,
+        base_pfn: int,
+        host_writable: bool,
+        largepages_enabled: bool,
+    ) -> None:
+        self.id = slot_id
+        self.base_gfn = base_gfn
+        self.npages = npages
+        self.host_level = host_level
+        self.base_pfn = base_pfn
+        self.host_writable = host_writable
+        # Host pages whose copy-on-write sharing a write fault has already broken (by host page number).
+        self.cow_broken: set[int] = set()
+        self.dirty_bitmap: bytearray | None = None
+        self.rmap: list[dict[int, list[SptePtr]]] = [{} for _ in range(KVM_NR_PAGE_SIZES)]
+        # The guest's view of each page's contents: a counter every write bumps.
+        self.content = array("Q", bytes(8 * npages))
+        self.lpage_write_count: list[list[int]] = []
+        last_gfn = base_gfn + npages - 1
+        for level in range(2, KVM_NR_PAGE_SIZES + 1):
+            lpages = gfn_to_index(last_gfn, base_gfn, level) + 1
+            counts = [0] * lpages
+            mask = pages_per_hpage(level) - 1
+            # A partial first or last range may not be mapped large: it would cover gfns of no slot.
+            if base_gfn & mask:
+                counts[0] = 1
+            if (base_gfn + npages) & mask:
+                counts[-1] = 1
+            # Large pages need the guest and host ranges aligned alike (base_pfn stands in for the hva).
+            if (base_gfn ^ base_pfn) & mask or not largepages_enabled:
+                counts = [1] * lpages
+            self.lpage_write_count.append(counts)
+
+    @property
+    def last_gfn(self) -> int:
+        return self.base_gfn + self.npages - 1
+
+    def contains(self, gfn: int) -> bool:
+        return self.base_gfn <= gfn < self.base_gfn + self.npages
+
+    def gfn_to_pfn(self, gfn: int) -> int:
+        return self.base_pfn + (gfn - self.base_gfn)
+
+    def host_page_writable(self, pfn: int) -> bool:
+        """Whether the host PTE for `pfn` is writable now: always, or once a write broke its COW sharing."""
+        return self.host_writable or (pfn >> (PT64_LEVEL_BITS * (self.host_level - 1))) in self.cow_broken
+
+    def break_cow(self, pfn: int) -> bool:
+        """A write fault un-shares the host page (the whole huge page for hugetlbfs). True if it was shared."""
+        if self.host_page_writable(pfn):
+            return False
+        self.cow_broken.add(pfn >> (PT64_LEVEL_BITS * (self.host_level - 1)))
+        return True
+
+    def has_wrprotected_page(self, gfn: int, level: int) -> int:
+        return self.lpage_write_count[level - 2][gfn_to_index(gfn, self.base_gfn, level)]
+
+    def rmap_head(self, gfn: int, level: int) -> list[SptePtr] | None:
+        return self.rmap[level - 1].get(gfn_to_index(gfn, self.base_gfn, level))
+
+    def dirty_gfns(self) -> list[int]:
+        """The gfns whose bit is set, ascending."""
+        bitmap = self.dirty_bitmap
+        if bitmap is None:
+            return []
+        base = self.base_gfn
+        out: list[int] = []
+        find = bitmap.find
+        i = find(1)
+        while i >= 0:
+            out.append(base + i)
+            i = find(1, i + 1)
+        return out
+
+
+class Memslots:
+    """`struct kvm_memslots`: the slots sorted by gfn, found by binary search like search_memslots()."""
+
+    __slots__ = ("_bases", "by_id", "sorted")
+
+    def __init__(self, slots: list[KvmMemorySlot]) -> None:
+        self.sorted = sorted(slots, key=lambda s: s.base_gfn)
+        self._bases = [s.base_gfn for s in self.sorted]
+        self.by_id = {s.id: s for s in slots}
+
+    def gfn_to_memslot(self, gfn: int) -> KvmMemorySlot | None:
+        i = bisect_right(self._bases, gfn) - 1
+        if i < 0:
+            return None
+        slot = self.sorted[i]
+        return slot if gfn < slot.base_gfn + slot.npages else None
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(sorted(self.by_id.values(), key=lambda s: s.id))

@@ -1,0 +1,554 @@
+"""The 3.14/3.16 TDP MMU of arch/x86/kvm/mmu.c: the fault path, write protection and zapping.
+
+Function names are the kernel's, in snake_case (`__direct_map` is `direct_map`). Where 3.14, caf6900f
+and 3.16 differ, the code reads a `Policy` switch at exactly that spot; nothing else varies by preset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.kvm import Kvm, Vcpu
+from engine.kvm_main import gfn_to_pfn, kvm_flush_remote_tlbs, mark_page_dirty
+from engine.memslot import KvmMemorySlot
+from engine.rmap import rmap_add, rmap_remove
+from engine.shadow_page import KvmMmuPage, kvm_mmu_page_get_gfn
+from engine.spte import (
+    PT64_ROOT_LEVEL,
+    PT_PAGE_SIZE_MASK,
+    PT_PAGE_TABLE_LEVEL,
+    PT_PRESENT_MASK,
+    PT_WRITABLE_MASK,
+    SPTE_HOST_WRITEABLE,
+    SPTE_MMU_WRITEABLE,
+    is_large_pte,
+    is_last_spte,
+    is_shadow_present_pte,
+    is_writable_pte,
+    pages_per_hpage,
+    spte_index,
+    spte_is_locklessly_modifiable,
+    spte_to_pfn,
+)
+from engine.trace import (
+    DirectMap,
+    DirectPtePrefetch,
+    DropLargeSpte,
+    DropParentPte,
+    DropSpte,
+    FastPageFault,
+    FastPfFixDirectSpte,
+    KvmMmuGetPage,
+    LinkShadowPage,
+    MappingLevel,
+    MmuLoad,
+    MmuSetSpte,
+    PrepareZapPage,
+    RmapWriteProtect,
+    SlotRemoveWriteAccess,
+    SpteWriteProtect,
+    TdpPageFault,
+    ZapAll,
+)
+
+PFERR_PRESENT_MASK = 1 << 0
+PFERR_WRITE_MASK = 1 << 1
+PTE_PREFETCH_NUM = 8
+
+
+@dataclass(frozen=True, slots=True)
+class FaultResult:
+    """How tdp_page_fault ended: handled by the fast path or not, and what the fast path saw."""
+
+    fast_tried: bool
+    fast_handled: bool
+    fast_result: str | None
+
+
+# --- spte write primitives (mmu.c 3.1 of the spec) ------------------------------------------------------
+
+
+def mmu_spte_set(kvm: Kvm, sp: KvmMmuPage, index: int, new: int) -> None:
+    """Install an spte where none was present."""
+    kvm.write_spte(sp, index, new)
+
+
+def mmu_spte_update(kvm: Kvm, sp: KvmMmuPage, index: int, new: int) -> bool:
+    """Change a present spte's permissions; returns whether TLBs may now hold more than the spte allows.
+
+    3.14 asks "was it writable?". 3.16 asks "could the fast path have made it writable behind our back?",
+    because with the flush moved out of mmu_lock a W bit may already be gone while a TLB still has it.
+    """
+    old = sp.spt[index]
+    if not is_shadow_present_pte(old):
+        mmu_spte_set(kvm, sp, index, new)
+        return False
+    kvm.write_spte(sp, index, new)
+    if kvm.policy.flush_rule == "old_w":
+        return is_writable_pte(old) and not is_writable_pte(new)
+    return spte_is_locklessly_modifiable(old) and not is_writable_pte(new)
+
+
+def mmu_spte_clear_track_bits(kvm: Kvm, sp: KvmMmuPage, index: int) -> tuple[int, bool]:
+    """Clear an spte; returns it and whether the host page must be marked dirty (D set, or no A/D)."""
+    old = kvm.write_spte(sp, index, 0)
+    return old, bool(old & kvm.masks.dirty_mask) or not kvm.masks.dirty_mask
+
+
+def drop_spte(kvm: Kvm, sp: KvmMmuPage, index: int) -> int:
+    old, pfn_dirty = mmu_spte_clear_track_bits(kvm, sp, index)
+    if is_shadow_present_pte(old):
+        rmap_remove(kvm, sp, index)
+    if kvm.tp.on:
+        kvm.tp.emit(DropSpte(sp.level, sp.gfn, index, kvm_mmu_page_get_gfn(sp, index), old, pfn_dirty))
+    return old
+
+
+def __drop_large_spte(kvm: Kvm, sp: KvmMmuPage, index: int) -> bool:
+    old = sp.spt[index]
+    if not is_large_pte(old):
+        return False
+    drop_spte(kvm, sp, index)
+    kvm.stat.lpages -= 1
+    if kvm.tp.on:
+        kvm.tp.emit(DropLargeSpte(sp.level, sp.gfn, index, kvm_mmu_page_get_gfn(sp, index), old))
+    return True
+
+
+def drop_large_spte(kvm: Kvm, sp: KvmMmuPage, index: int) -> None:
+    """Zap a large spte met on the way down (404381c5): a table cannot be linked under a leaf."""
+    if __drop_large_spte(kvm, sp, index):
+        kvm_flush_remote_tlbs(kvm, "drop_large_spte", under_mmu_lock=True)
+
+
+def drop_parent_pte(kvm: Kvm, child: KvmMmuPage, sp: KvmMmuPage, index: int) -> None:
+    """Unlink `child` from the entry (sp, index) that points at it (mmu_spte_clear_no_track)."""
+    child.parent_ptes.remove((sp, index))
+    kvm.write_spte(sp, index, 0)
+    if kvm.tp.on:
+        kvm.tp.emit(DropParentPte(sp.level, sp.gfn, index, child.gfn))
+
+
+# --- write protection ---------------------------------------------------------------------------------
+
+
+def spte_write_protect(kvm: Kvm, sp: KvmMmuPage, index: int, pt_protect: bool) -> tuple[bool, bool]:
+    """Remove write access from one spte; returns (need_flush, dropped).
+
+    Before the patch a writable large spte is zapped instead (and the caller's rmap walk restarts,
+    because the entry left the list). After it, the large spte stays present and read-only, keeping HW
+    and MW: dirty logging only takes W away, so the fast path could give it back.
+    """
+    old = sp.spt[index]
+    if not is_writable_pte(old) and not (pt_protect and spte_is_locklessly_modifiable(old)):
+        if kvm.tp.on:
+            gfn = kvm_mmu_page_get_gfn(sp, index)
+            kvm.tp.emit(SpteWriteProtect(sp.level, sp.gfn, index, gfn, old, old, "none", False))
+        return False, False
+    if kvm.policy.wp_large == "zap" and __drop_large_spte(kvm, sp, index):
+        if kvm.tp.on:
+            gfn = kvm_mmu_page_get_gfn(sp, index)
+            kvm.tp.emit(SpteWriteProtect(sp.level, sp.gfn, index, gfn, old, 0, "zap", True))
+        return True, True
+    new = old & ~PT_WRITABLE_MASK
+    if pt_protect:
+        new &= ~SPTE_MMU_WRITEABLE
+    flush = mmu_spte_update(kvm, sp, index, new)
+    if kvm.tp.on:
+        gfn = kvm_mmu_page_get_gfn(sp, index)
+        kvm.tp.emit(SpteWriteProtect(sp.level, sp.gfn, index, gfn, old, new, "wrprotect", flush))
+    return flush, False
+
+
+def __rmap_write_protect(kvm: Kvm, slot: KvmMemorySlot, level: int, key: int, pt_protect: bool) -> bool:
+    """Write-protect every spte of one rmap head; returns whether a flush is needed."""
+    head = slot.rmap[level - 1].get(key)
+    flush = False
+    seen = 0
+    i = 0
+    while head and i < len(head):
+        sp, index = head[i]
+        seen += 1
+        need_flush, dropped = spte_write_protect(kvm, sp, index, pt_protect)
+        flush |= need_flush
+        # 3.14 restarts from the head after a drop; with read-only large sptes nothing is ever dropped.
+        i = 0 if dropped else i + 1
+        head = slot.rmap[level - 1].get(key)
+    if kvm.tp.on:
+        gfn = slot.base_gfn - (slot.base_gfn % pages_per_hpage(level)) + key * pages_per_hpage(level)
+        kvm.tp.emit(RmapWriteProtect(slot.id, level, max(gfn, slot.base_gfn), seen, flush))
+    return flush
+
+
+def kvm_mmu_slot_remove_write_access(kvm: Kvm, slot: KvmMemorySlot) -> None:
+    """Logging was switched on: take W away from every spte of the slot, at every level, then flush.
+
+    The flush is unconditional. 3.14 issues it with mmu_lock held; 3.16 (198c74f4) after dropping it,
+    which is safe only because write protection no longer makes sptes disappear.
+    """
+    walked = 0
+    for level in range(PT_PAGE_TABLE_LEVEL, PT_PAGE_TABLE_LEVEL + 3):
+        heads = slot.rmap[level - 1]
+        for key in sorted(heads):
+            if key in heads:
+                __rmap_write_protect(kvm, slot, level, key, pt_protect=False)
+                walked += 1
+    if kvm.tp.on:
+        kvm.tp.emit(SlotRemoveWriteAccess(slot.id, walked))
+    kvm_flush_remote_tlbs(
+        kvm, "kvm_mmu_slot_remove_write_access", under_mmu_lock=not kvm.policy.flush_after_unlock
+    )
+
+
+def kvm_mmu_write_protect_pt_masked(kvm: Kvm, slot: KvmMemorySlot, gfn_offset: int, mask: int) -> None:
+    """Re-protect the pages GET_DIRTY_LOG just reported. Only level-1 rmaps are looked at: the caller
+    assumes no large mapping exists while logging is on, which is what caf6900f broke."""
+    while mask:
+        bit = (mask & -mask).bit_length() - 1
+        __rmap_write_protect(kvm, slot, PT_PAGE_TABLE_LEVEL, gfn_offset + bit, pt_protect=False)
+        mask &= mask - 1
+
+
+# --- building sptes (slow path) --------------------------------------------------------------------------
+
+
+def set_spte(
+    kvm: Kvm,
+    sp: KvmMmuPage,
+    index: int,
+    level: int,
+    gfn: int,
+    pfn: int,
+    speculative: bool,
+    host_writable: bool,
+) -> str:
+    """Build a leaf for `pfn` and store it. Under TDP the access is always ACC_ALL, so a read fault gets a
+    writable spte too, and marks the page dirty, whenever the host page is writable."""
+    masks = kvm.masks
+    spte = PT_PRESENT_MASK | masks.x_mask | masks.mt_mask
+    if not speculative:
+        spte |= masks.accessed_mask
+    if level > PT_PAGE_TABLE_LEVEL:
+        spte |= PT_PAGE_SIZE_MASK
+    write_access = True
+    if host_writable:
+        spte |= SPTE_HOST_WRITEABLE
+    else:
+        write_access = False
+    spte |= pfn << 12
+    if write_access:
+        slot = kvm.gfn_to_memslot(gfn)
+        # Another vCPU may have made the range ineligible since mapping_level(): let the guest refault.
+        if level > PT_PAGE_TABLE_LEVEL and (slot is None or slot.has_wrprotected_page(gfn, level)):
+            return "wrprotected_page"
+        spte |= PT_WRITABLE_MASK | SPTE_MMU_WRITEABLE
+        # mmu_need_write_protect() never fires under TDP: no guest page table is shadowed.
+        mark_page_dirty(kvm, gfn, "set_spte")
+    if mmu_spte_update(kvm, sp, index, spte):
+        kvm_flush_remote_tlbs(kvm, "set_spte", under_mmu_lock=True)
+    return "set"
+
+
+def mmu_set_spte(
+    kvm: Kvm,
+    sp: KvmMmuPage,
+    index: int,
+    write_fault: bool,
+    level: int,
+    gfn: int,
+    pfn: int,
+    speculative: bool,
+    host_writable: bool,
+) -> None:
+    was_rmapped = False
+    old = sp.spt[index]
+    result = "created"
+    if is_shadow_present_pte(old):
+        if level > PT_PAGE_TABLE_LEVEL and not is_large_pte(old):
+            # A large mapping replaces a table: unlink the now unreachable child (it lingers, orphaned).
+            drop_parent_pte(kvm, kvm.child_sp(old), sp, index)
+            kvm_flush_remote_tlbs(kvm, "mmu_set_spte", under_mmu_lock=True)
+            result = "replaced_table"
+        elif pfn != spte_to_pfn(old):
+            drop_spte(kvm, sp, index)
+            kvm_flush_remote_tlbs(kvm, "mmu_set_spte", under_mmu_lock=True)
+        else:
+            was_rmapped = True
+            result = "updated"
+    if set_spte(kvm, sp, index, level, gfn, pfn, speculative, host_writable) == "wrprotected_page":
+        result = "wrprotected_page"
+    new = sp.spt[index]
+    if not was_rmapped and is_large_pte(new):
+        kvm.stat.lpages += 1
+    if is_shadow_present_pte(new) and not was_rmapped:
+        rmap_add(kvm, sp, index, gfn)
+    if kvm.tp.on:
+        kvm.tp.emit(MmuSetSpte(sp.level, sp.gfn, index, gfn, pfn, write_fault, speculative, old, new, result))
+
+
+def direct_pte_prefetch(kvm: Kvm, sp: KvmMmuPage, index: int) -> None:
+    """Map the still-empty neighbours of a 4K fault speculatively (no A bit), in its aligned group of 8.
+
+    As in 3.14/3.16 only runs of empty entries that end at a present entry or at the faulting one are
+    filled, so entries after the fault stay empty. The helper insists on a slot without a dirty bitmap,
+    because a direct mapping includes write access: under logging every touch maps exactly one page.
+    """
+    if not kvm.masks.accessed_mask:
+        skipped = "EPT A/D bits are off"
+    elif sp.level > PT_PAGE_TABLE_LEVEL:
+        skipped = f"sp level {sp.level}"
+    else:
+        skipped = ""
+    done: list[int] = []
+    if not skipped:
+        first = index & ~(PTE_PREFETCH_NUM - 1)
+        start: int | None = None
+        for i in range(first, first + PTE_PREFETCH_NUM):
+            if is_shadow_present_pte(sp.spt[i]) or i == index:
+                if start is None:
+                    continue
+                got, reason = direct_pte_prefetch_many(kvm, sp, start, i)
+                done.extend(got)
+                if reason:
+                    skipped = reason
+                    break
+                start = None
+            elif start is None:
+                start = i
+    if kvm.tp.on:
+        kvm.tp.emit(DirectPtePrefetch(sp.gfn, tuple(done), skipped))
+
+
+def direct_pte_prefetch_many(kvm: Kvm, sp: KvmMmuPage, start: int, end: int) -> tuple[list[int], str]:
+    gfn = kvm_mmu_page_get_gfn(sp, start)
+    slot = kvm.gfn_to_memslot(gfn)
+    if slot is None:
+        return [], "no memslot"
+    if slot.dirty_bitmap is not None:
+        return [], f"slot {slot.id} is dirty-logged"
+    if gfn + (end - start) - 1 > slot.last_gfn:  # gfn_to_page_many_atomic refuses to cross the slot end
+        return [], "range crosses the slot end"
+    done: list[int] = []
+    for i in range(start, end):
+        pfn = slot.gfn_to_pfn(gfn)
+        # __get_user_pages_fast(write=1) stops at the first host page that is not writable.
+        if not slot.host_page_writable(pfn):
+            break
+        mmu_set_spte(kvm, sp, i, False, sp.level, gfn, pfn, speculative=True, host_writable=True)
+        done.append(gfn)
+        gfn += 1
+    return done, "" if done else "host page not writable"
+
+
+def kvm_mmu_get_page(kvm: Kvm, gfn: int, level: int, parent: tuple[KvmMmuPage, int]) -> KvmMmuPage:
+    """Reuse the sp with this gfn and role if the hash has one (even an orphaned one), else create it."""
+    sp = kvm.find_mmu_page(gfn, level)
+    created = sp is None
+    if sp is None:
+        sp = kvm.alloc_mmu_page(gfn, level)
+        kvm.stat.mmu_cache_miss += 1
+    sp.parent_ptes.append(parent)
+    if kvm.tp.on:
+        kvm.tp.emit(KvmMmuGetPage(level, gfn, created))
+    return sp
+
+
+def link_shadow_page(kvm: Kvm, sp: KvmMmuPage, index: int, child: KvmMmuPage) -> None:
+    masks = kvm.masks
+    spte = (child.pfn << 12) | PT_PRESENT_MASK | PT_WRITABLE_MASK | masks.x_mask | masks.accessed_mask
+    mmu_spte_set(kvm, sp, index, spte)
+    if kvm.tp.on:
+        kvm.tp.emit(LinkShadowPage(sp.level, sp.gfn, index, child.level, child.gfn))
+
+
+def direct_map(
+    kvm: Kvm, vcpu: Vcpu, write: bool, map_writable: bool, level: int, gfn: int, pfn: int
+) -> bool:
+    """`__direct_map`: walk down from the root, building tables, and install the leaf at `level`.
+
+    Returns False when the walk ended on a leaf above `level` without mapping anything: what a tree
+    without 404381c5 does with a read-only large spte, so the guest refaults forever.
+    """
+    sp = kvm.root
+    mapped = False
+    for cur in range(PT64_ROOT_LEVEL, level - 1, -1):
+        index = spte_index(gfn, cur)
+        if cur == level:
+            mmu_set_spte(kvm, sp, index, write, level, gfn, pfn, speculative=False, host_writable=map_writable)
+            direct_pte_prefetch(kvm, sp, index)
+            kvm.stat.pf_fixed += 1
+            mapped = True
+            break
+        if kvm.policy.direct_map_drops_large:
+            drop_large_spte(kvm, sp, index)
+        spte = sp.spt[index]
+        if not is_shadow_present_pte(spte):
+            base_gfn = gfn & ~(pages_per_hpage(cur) - 1)
+            child = kvm_mmu_get_page(kvm, base_gfn, cur - 1, (sp, index))
+            link_shadow_page(kvm, sp, index, child)
+            sp = child
+        elif is_last_spte(spte, cur):
+            break  # the shadow walk stops at a leaf
+        else:
+            sp = kvm.child_sp(spte)
+    if kvm.tp.on:
+        kvm.tp.emit(DirectMap(gfn, level, pfn, write, map_writable, mapped))
+    return mapped
+
+
+# --- the fault path --------------------------------------------------------------------------------------
+
+
+def mapping_level(kvm: Kvm, slot: KvmMemorySlot, gfn: int) -> int:
+    """The largest level the host page and lpage_info allow for `gfn` (no dirty bitmap assumed)."""
+    host_level = slot.host_level  # host_mapping_level: the hugetlbfs page size behind the hva
+    if host_level == PT_PAGE_TABLE_LEVEL:
+        level = PT_PAGE_TABLE_LEVEL
+        max_level = min(kvm.max_level, host_level)
+    else:
+        max_level = min(kvm.max_level, host_level)
+        level = max_level
+        for candidate in range(2, max_level + 1):
+            if slot.has_wrprotected_page(gfn, candidate):
+                level = candidate - 1
+                break
+    if kvm.tp.on:
+        kvm.tp.emit(MappingLevel(gfn, host_level, max_level, level))
+    return level
+
+
+def page_fault_can_be_fast(error_code: int) -> bool:
+    """Only a write to a present spte can be fixed without mmu_lock (dirty-log write protection)."""
+    mask = PFERR_PRESENT_MASK | PFERR_WRITE_MASK
+    return error_code & mask == mask
+
+
+def fast_page_fault(kvm: Kvm, vcpu: Vcpu, gfn: int, level: int, error_code: int) -> tuple[bool, str]:
+    """The lockless path: walk without mmu_lock and, if only dirty logging took W away, put it back.
+
+    Returns (handled, result). The result names why it stopped, as the tracepoint prints it.
+    """
+    sp = kvm.root
+    cur = PT64_ROOT_LEVEL
+    while True:
+        index = spte_index(gfn, cur)
+        spte = sp.spt[index]
+        if not is_shadow_present_pte(spte) or cur < level or is_last_spte(spte, cur):
+            break
+        sp = kvm.child_sp(spte)
+        cur -= 1
+    handled, result = _fast_page_fault_decide(kvm, sp, index, spte, gfn, level)
+    if kvm.tp.on:
+        new = sp.spt[index]
+        kvm.tp.emit(FastPageFault(vcpu.id, gfn, error_code, level, sp.level, spte, new, result))
+    return handled, result
+
+
+def _fast_page_fault_decide(
+    kvm: Kvm, sp: KvmMmuPage, index: int, spte: int, gfn: int, level: int
+) -> tuple[bool, str]:
+    policy = kvm.policy
+    if not is_shadow_present_pte(spte):
+        return True, "retry"  # the mapping changed under us: let the vCPU fault again
+    # 3.14 asks about the requested level, which is 1 whenever the slot is logged, so a large spte
+    # passes; 3.16 asks about the level of the sp the spte really lives in.
+    check_level = level if policy.last_spte_check == "requested_level" else sp.level
+    if not is_last_spte(spte, check_level):
+        return False, "not_last_spte"
+    if is_writable_pte(spte):
+        return True, "spurious"
+    if not spte_is_locklessly_modifiable(spte):
+        return False, "not_locklessly_modifiable"
+    # The seed's guard: fast_pf_fix_direct_spte would log only the first 4K page of a large spte.
+    guard = policy.fast_pf_level_guard
+    if sp.level > PT_PAGE_TABLE_LEVEL and (
+        guard == "any_large" or (guard == "large_if_dirty_logged" and _slot_logged(kvm, gfn))
+    ):
+        return False, "bail_large"
+    fixed = fast_pf_fix_direct_spte(kvm, sp, index, spte)
+    return True, "fixed" if fixed else "cas_lost"
+
+
+def _slot_logged(kvm: Kvm, gfn: int) -> bool:
+    slot = kvm.gfn_to_memslot(gfn)
+    return slot is not None and slot.dirty_bitmap is not None
+
+
+def fast_pf_fix_direct_spte(kvm: Kvm, sp: KvmMmuPage, index: int, spte: int) -> bool:
+    """Set W with a compare-and-swap and mark the gfn the spte's *position* maps: for a large spte that is
+    the first gfn of its range, whichever page the guest wrote."""
+    gfn = kvm_mmu_page_get_gfn(sp, index)
+    if sp.spt[index] != spte:
+        return False
+    new = spte | PT_WRITABLE_MASK
+    kvm.write_spte(sp, index, new)
+    if kvm.tp.on:
+        kvm.tp.emit(FastPfFixDirectSpte(sp.level, sp.gfn, index, gfn, spte, new))
+    mark_page_dirty(kvm, gfn, "fast_pf_fix_direct_spte")
+    return True
+
+
+def tdp_page_fault(kvm: Kvm, vcpu: Vcpu, gfn: int, error_code: int) -> FaultResult:
+    """An EPT violation on `gfn`: choose the level, try the fast path, else map under mmu_lock."""
+    write = bool(error_code & PFERR_WRITE_MASK)
+    slot = kvm.gfn_to_memslot(gfn)
+    if slot is None:  # the scenario validator keeps every access inside a slot
+        raise AssertionError(f"fault on gfn {gfn:#x} outside every memslot")
+    # A logged slot forces 4K mappings: no new large spte is ever created under dirty logging.
+    force_pt_level = slot.dirty_bitmap is not None
+    if force_pt_level:
+        level = PT_PAGE_TABLE_LEVEL
+        map_gfn = gfn
+    else:
+        level = mapping_level(kvm, slot, gfn)
+        map_gfn = gfn & ~(pages_per_hpage(level) - 1)
+    can_be_fast = page_fault_can_be_fast(error_code)
+    if kvm.tp.on:
+        kvm.tp.emit(TdpPageFault(vcpu.id, gfn, error_code, force_pt_level, level, can_be_fast))
+    fast_result = None
+    if can_be_fast:
+        handled, fast_result = fast_page_fault(kvm, vcpu, gfn, level, error_code)
+        if handled:
+            return FaultResult(True, True, fast_result)
+    pfn, map_writable = gfn_to_pfn(kvm, slot, map_gfn, write)
+    # mmu_lock is taken here; no THP is modelled, so transparent_hugepage_adjust never changes the level.
+    direct_map(kvm, vcpu, write, map_writable, level, map_gfn, pfn)
+    return FaultResult(can_be_fast, False, fast_result)
+
+
+# --- zapping everything ------------------------------------------------------------------------------------
+
+
+def kvm_mmu_zap_all(kvm: Kvm) -> None:
+    """Zap every shadow page, newest first, as a memslot deletion or move does; then reload the root."""
+    pages = sorted(kvm.active_mmu_pages.values(), key=lambda sp: sp.serial, reverse=True)
+    for sp in pages:
+        kvm_mmu_prepare_zap_page(kvm, sp)
+    kvm_flush_remote_tlbs(kvm, "kvm_mmu_commit_zap_page", under_mmu_lock=True)
+    for sp in pages:
+        kvm.free_mmu_page(sp)
+    if kvm.tp.on:
+        kvm.tp.emit(ZapAll(len(pages)))
+    kvm.root = kvm.alloc_root()
+    if kvm.tp.on:
+        kvm.tp.emit(MmuLoad(kvm.root.gfn, kvm.root.level))
+
+
+def kvm_mmu_prepare_zap_page(kvm: Kvm, sp: KvmMmuPage) -> None:
+    kvm.stat.mmu_shadow_zapped += 1
+    if kvm.tp.on:
+        kvm.tp.emit(PrepareZapPage(sp.level, sp.gfn))
+    # kvm_mmu_page_unlink_children
+    for index, spte in enumerate(sp.spt):
+        if not is_shadow_present_pte(spte):
+            continue
+        if is_last_spte(spte, sp.level):
+            if is_large_pte(spte):
+                kvm.stat.lpages -= 1
+            drop_spte(kvm, sp, index)
+        else:
+            drop_parent_pte(kvm, kvm.child_sp(spte), sp, index)
+    # kvm_mmu_unlink_parents
+    for parent, index in list(sp.parent_ptes):
+        drop_parent_pte(kvm, sp, parent, index)
+    sp.invalid = True

@@ -1,0 +1,155 @@
+"""The switches that tell 3.14, caf6900f and 3.16 apart (spec section 8), and the named presets.
+
+A variant is a combination of switch values, never a code fork: the fault path and the write-protect paths
+read these fields at exactly the places where the kernels differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, replace
+
+
+class PolicyError(ValueError):
+    """A preset or switch the engine does not know, or knows but does not implement yet."""
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    # How spte_write_protect treats a writable large spte: 3.14 zaps it, caf6900f and 3.16 clear W.
+    wp_large: str = "readonly"
+    # Which sptes fast_page_fault refuses to make writable: the seed's `sp->role.level > 1` guard.
+    fast_pf_level_guard: str = "any_large"
+    # Which level fast_page_fault's is_last_spte() is asked about: the requested one (3.14) or the sp's.
+    last_spte_check: str = "sp_level"
+    # mmu_spte_update's flush rule: "W was set" (3.14) or "HW and MW were set" (3.16).
+    flush_rule: str = "old_hw_mw"
+    # Whether the write-protect flushes run after mmu_lock is dropped (198c74f4, in 3.16).
+    flush_after_unlock: bool = True
+    # Whether __direct_map drops a large spte met above the target level (404381c5).
+    direct_map_drops_large: bool = True
+    split_on_fault: str = "drop"
+    eager_split: bool = False
+    recover_on_disable: bool = False
+    read_fault_marks_dirty: bool = True
+    dirty_log_mode: str = "bitmap"
+    pml: bool = False
+
+    def as_json(self) -> dict[str, str | bool]:
+        return dict(asdict(self))
+
+
+# Every value each switch may take, in the spec's spelling.
+SWITCH_VALUES: dict[str, tuple[str | bool, ...]] = {
+    "wp_large": ("zap", "readonly"),
+    "fast_pf_level_guard": ("none", "any_large", "large_if_dirty_logged"),
+    "last_spte_check": ("requested_level", "sp_level"),
+    "flush_rule": ("old_w", "old_hw_mw"),
+    "flush_after_unlock": (False, True),
+    "direct_map_drops_large": (False, True),
+    "split_on_fault": ("drop", "split_in_place"),
+    "eager_split": (False, True),
+    "recover_on_disable": (False, True),
+    "read_fault_marks_dirty": (False, True),
+    "dirty_log_mode": ("bitmap", "manual_clear", "initially_set", "ring"),
+    "pml": (False, True),
+}
+
+# Values the spec defines for later kernels that this engine does not model yet. Refusing them loudly is
+# the point: a what-if that silently behaved like 3.16 would teach the wrong thing.
+NOT_IMPLEMENTED: dict[tuple[str, str | bool], str] = {
+    ("split_on_fault", "split_in_place"): "the modern TDP MMU's in-place split",
+    ("eager_split", True): "eager page splitting",
+    ("recover_on_disable", True): "huge page recovery when logging stops",
+    ("read_fault_marks_dirty", False): "read-only mapping of read faults on logged slots",
+    ("dirty_log_mode", "manual_clear"): "KVM_CLEAR_DIRTY_LOG",
+    ("dirty_log_mode", "initially_set"): "KVM_DIRTY_LOG_INITIALLY_SET",
+    ("dirty_log_mode", "ring"): "the dirty ring",
+    ("pml", True): "Intel PML",
+}
+
+PRESETS: dict[str, Policy] = {
+    "zap": Policy(
+        wp_large="zap",
+        fast_pf_level_guard="none",
+        last_spte_check="requested_level",
+        flush_rule="old_w",
+        flush_after_unlock=False,
+    ),
+    "lazy-buggy": Policy(
+        wp_large="readonly",
+        fast_pf_level_guard="none",
+        last_spte_check="requested_level",
+        flush_rule="old_w",
+        flush_after_unlock=False,
+    ),
+    "lazy": Policy(),
+}
+
+PRESET_DESCRIPTIONS: dict[str, str] = {
+    "zap": "Linux 3.14, before the patch: write-protecting a large spte zaps it",
+    "lazy-buggy": "the first attempt (caf6900f): large sptes made read-only, no fast-path level guard",
+    "lazy": "Linux 3.16, the patch and its series",
+}
+
+DEFAULT_PRESET = "lazy"
+
+
+def _parse_value(name: str, raw: str | bool) -> str | bool:
+    allowed = SWITCH_VALUES[name]
+    if isinstance(allowed[0], bool):
+        if isinstance(raw, bool):
+            return raw
+        lowered = raw.strip().lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off"):
+            return False
+    elif isinstance(raw, str) and raw.strip().lower() in allowed:
+        return raw.strip().lower()
+    shown = ", ".join(str(v).lower() for v in allowed)
+    raise PolicyError(f"switch {name}: unknown value {raw!r} (known: {shown})")
+
+
+def make_policy(variant: str = DEFAULT_PRESET, overrides: Mapping[str, str | bool] | None = None) -> Policy:
+    """The preset named `variant` with `overrides` applied on top, each checked by name and value."""
+    if variant not in PRESETS:
+        raise PolicyError(f"unknown variant {variant!r} (known: {', '.join(PRESETS)})")
+    policy = PRESETS[variant]
+    changes: dict[str, str | bool] = {}
+    for name, raw in (overrides or {}).items():
+        if name not in SWITCH_VALUES:
+            raise PolicyError(f"unknown policy switch {name!r} (known: {', '.join(SWITCH_VALUES)})")
+        if not isinstance(raw, str | bool):
+            raise PolicyError(f"switch {name}: value must be a string or a boolean")
+        value = _parse_value(name, raw)
+        if (name, value) in NOT_IMPLEMENTED:
+            what = NOT_IMPLEMENTED[(name, value)]
+            raise PolicyError(
+                f"switch {name}={str(value).lower()} ({what}) is not implemented by this engine yet"
+            )
+        changes[name] = value
+    return replace(policy, **changes)  # type: ignore[arg-type]
+
+
+def parse_policy_args(args: list[str]) -> dict[str, str]:
+    """`K=V` strings from the command line into overrides; a malformed one is refused by name."""
+    out: dict[str, str] = {}
+    for arg in args:
+        name, sep, value = arg.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise PolicyError(f"--policy {arg!r}: expected SWITCH=VALUE, e.g. wp_large=zap")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def switch_names() -> list[str]:
+    return [f.name for f in fields(Policy)]
+
+
+def variant_of(policy: Policy) -> str | None:
+    """The preset whose switches equal `policy`, if any."""
+    for name, preset in PRESETS.items():
+        if preset == policy:
+            return name
+    return None

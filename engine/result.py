@@ -1,0 +1,133 @@
+"""The result object of contract section 4: what `sptelab run --json` prints and `POST /api/run` returns.
+
+Built only from engine values; written with sorted keys, so the same scenario and policy give the same
+bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from engine.kvm import FaultRecord, Kvm
+from engine.policy import variant_of
+from engine.shadow_page import kvm_mmu_page_get_gfn
+from engine.simulation import Simulation, StepResult
+from engine.spte import (
+    PT_PRESENT_MASK,
+    PT_WRITABLE_MASK,
+    SPTE_HOST_WRITEABLE,
+    SPTE_MMU_WRITEABLE,
+    VMX_EPT_ACCESS_BIT,
+    VMX_EPT_DIRTY_BIT,
+    is_large_pte,
+    is_last_spte,
+    is_shadow_present_pte,
+    spte_to_pfn,
+)
+from engine.trace import event_json
+
+RESULT_FORMAT = "sptelab-result"
+RESULT_VERSION = 1
+
+
+def fault_json(fault: FaultRecord) -> dict[str, object]:
+    return {
+        "vcpu": fault.vcpu,
+        "gfn": fault.gfn,
+        "write": fault.write,
+        "error_code": fault.error_code,
+        "path": fault.path,
+        "fast_tried": fault.fast_tried,
+        "fast_result": fault.fast_result,
+        "level": fault.level,
+    }
+
+
+def step_json(step: StepResult) -> dict[str, object]:
+    out: dict[str, object] = {
+        "index": step.index,
+        "op": step.op,
+        "fault_counts": step.fault_counts,
+        "marked_dirty": step.marked_dirty,
+        "dirty_log": step.dirty_log,
+        "tlb_flushes": step.tlb_flushes,
+        "violations": [v.as_json() for v in step.violations],
+    }
+    if step.faults is not None:
+        out["faults"] = [fault_json(f) for f in step.faults]
+    if step.spte_changes is not None:
+        out["spte_changes"] = [
+            {"level": c.level, "sp_gfn": c.sp_gfn, "index": c.index, "old": f"{c.old:#x}", "new": f"{c.new:#x}"}
+            for c in step.spte_changes
+        ]
+    if step.events is not None:
+        out["events"] = [event_json(e) for e in step.events]
+    return out
+
+
+def spte_json(level: int, sp_gfn: int, index: int, gfn: int, spte: int) -> dict[str, object]:
+    return {
+        "level": level,
+        "sp_gfn": sp_gfn,
+        "index": index,
+        "gfn": gfn,
+        "leaf": is_last_spte(spte, level),
+        "large": is_large_pte(spte),
+        "present": bool(spte & PT_PRESENT_MASK),
+        "writable": bool(spte & PT_WRITABLE_MASK),
+        "host_writable": bool(spte & SPTE_HOST_WRITEABLE),
+        "mmu_writable": bool(spte & SPTE_MMU_WRITEABLE),
+        "accessed": bool(spte & VMX_EPT_ACCESS_BIT),
+        "dirty": bool(spte & VMX_EPT_DIRTY_BIT),
+        "pfn": spte_to_pfn(spte),
+        "value": f"{spte:#x}",
+    }
+
+
+def present_sptes(kvm: Kvm) -> list[dict[str, object]]:
+    """Every present spte of every shadow page, by (level descending, sp gfn, index)."""
+    rows: list[tuple[tuple[int, int, int], dict[str, object]]] = []
+    for sp in kvm.active_mmu_pages.values():
+        for index, spte in enumerate(sp.spt):
+            if is_shadow_present_pte(spte):
+                gfn = kvm_mmu_page_get_gfn(sp, index)
+                rows.append(((-sp.level, sp.gfn, index), spte_json(sp.level, sp.gfn, index, gfn, spte)))
+    rows.sort(key=lambda row: row[0])
+    return [row for _, row in rows]
+
+
+def final_json(sim: Simulation) -> dict[str, object]:
+    kvm = sim.kvm
+    return {
+        "sptes": present_sptes(kvm),
+        "dirty_bitmaps": {
+            str(slot.id): slot.dirty_gfns() for slot in kvm.memslots if slot.dirty_bitmap is not None
+        },
+        "tlb": {
+            str(vcpu.id): [
+                {"gfn": e.gfn, "level": e.level, "writable": e.writable} for e in vcpu.tlb.entries()
+            ]
+            for vcpu in kvm.vcpus
+        },
+        "stats": kvm.stat.as_json(),
+        "migration": sim.migration.as_json() if sim.migrated else None,
+        "violations": [v.as_json() for v in sim.violations],
+    }
+
+
+def result_json(sim: Simulation, steps: Iterable[StepResult]) -> dict[str, object]:
+    return {
+        "format": RESULT_FORMAT,
+        "version": RESULT_VERSION,
+        "variant": variant_of(sim.policy) or "custom",
+        "policy": sim.policy.as_json(),
+        "scenario": {"title": sim.scenario.title},
+        "steps": [step_json(s) for s in steps],
+        "final": final_json(sim),
+    }
+
+
+def dumps(obj: object) -> str:
+    """Canonical JSON: sorted keys, no trailing spaces; the byte-identical output the contract promises."""
+    return json.dumps(obj, sort_keys=True, indent=1, ensure_ascii=False) + "\n"

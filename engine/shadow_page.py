@@ -1,0 +1,34 @@
+"""`struct kvm_mmu_page` for a direct (TDP) MMU: one table of 512 sptes, its role level, gfn and parents.
+
+Mirrors mmu.c's shadow page bookkeeping in 3.14/3.16 (kvm_mmu_alloc_page, the gfn hash, parent_ptes,
+kvm_mmu_page_get_gfn). Sptes themselves are ints in `spt`; only `Kvm.write_spte` may store into it.
+"""
+
+from __future__ import annotations
+
+from engine.spte import PT64_ENT_PER_PAGE, pages_per_hpage
+
+# Where an spte lives: its shadow page and its index in that page (the kernel's `u64 *sptep`).
+SptePtr = tuple["KvmMmuPage", int]
+
+
+class KvmMmuPage:
+    __slots__ = ("gfn", "invalid", "level", "parent_ptes", "pfn", "root_count", "serial", "spt")
+
+    def __init__(self, gfn: int, level: int, pfn: int, serial: int) -> None:
+        self.gfn = gfn
+        self.level = level  # role.level: the level of the entries this table holds
+        self.pfn = pfn  # the (engine-chosen) host page the table lives in: what non-leaf sptes point at
+        self.serial = serial  # creation order, standing in for the active_mmu_pages list position
+        self.spt: list[int] = [0] * PT64_ENT_PER_PAGE
+        self.parent_ptes: list[SptePtr] = []
+        self.root_count = 0
+        self.invalid = False
+
+    def __repr__(self) -> str:
+        return f"<sp L{self.level} gfn {self.gfn:#x}>"
+
+
+def kvm_mmu_page_get_gfn(sp: KvmMmuPage, index: int) -> int:
+    """The first gfn entry `index` of a direct sp maps: derived from the position, not from any fault."""
+    return sp.gfn + index * pages_per_hpage(sp.level)

@@ -1,0 +1,145 @@
+"""Run a scenario one step at a time: `Simulation.step()` is the whole API, `run()` is repeated `step()`.
+
+Nothing here knows about HTTP or terminals. Each step returns a `StepResult` assembled from what the
+kernel functions recorded while it ran (the spte choke point, the tracepoints, the dirty marks), so the
+result, the trace and the invariant checks cannot disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.cpu import guest_access
+from engine.dirty_log import kvm_set_dirty_logging, kvm_vm_ioctl_get_dirty_log
+from engine.invariants import StepChecker, Violation
+from engine.kvm import FaultRecord, Kvm
+from engine.kvm_main import kvm_flush_remote_tlbs
+from engine.memslot import KvmMemorySlot
+from engine.migration import Migration, migrate_begin, migrate_end, migrate_round
+from engine.mmu import kvm_mmu_zap_all
+from engine.policy import Policy
+from engine.scenario import Scenario, Step, step_to_json
+from engine.trace import Event
+
+
+@dataclass(frozen=True, slots=True)
+class SpteChange:
+    """One spte write as the choke point recorded it, named by its sp (level, first gfn) and index."""
+
+    level: int
+    sp_gfn: int
+    index: int
+    old: int
+    new: int
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    index: int
+    op: dict[str, object]
+    fault_counts: dict[str, int]
+    marked_dirty: list[int]
+    dirty_log: list[int] | None
+    tlb_flushes: int
+    violations: list[Violation]
+    # Only with tracing on (detail "full"): the per-fault rows, every spte write, the trace.
+    faults: list[FaultRecord] | None
+    spte_changes: list[SpteChange] | None
+    events: list[Event] | None
+
+
+class Simulation:
+    """One scenario under one policy. Deterministic: the same inputs give the same steps, bit for bit."""
+
+    def __init__(self, scenario: Scenario, policy: Policy, *, detail: str = "full") -> None:
+        self.scenario = scenario
+        self.policy = policy
+        self.detail = detail
+        vm = scenario.vm
+        slots = [
+            KvmMemorySlot(
+                slot_id=m.id,
+                base_gfn=m.base_gfn,
+                npages=m.npages,
+                host_level=m.host_level,
+                base_pfn=m.base_pfn,
+                host_writable=m.host_writable,
+                largepages_enabled=vm.max_level > 1,
+            )
+            for m in scenario.memslots
+        ]
+        self.kvm = Kvm(policy, slots, vm.vcpus, vm.max_level, vm.ept_ad, trace=detail == "full")
+        self.checker = StepChecker()
+        self.migration = Migration()
+        self.migrated = False
+        self.index = 0
+        self.violations: list[Violation] = []
+
+    @property
+    def done(self) -> bool:
+        return self.index >= len(self.scenario.steps)
+
+    def step(self) -> StepResult:
+        """Execute the next step, check the invariants, and describe what happened."""
+        if self.done:
+            raise IndexError("the scenario has no more steps")
+        step = self.scenario.steps[self.index]
+        kvm = self.kvm
+        log = kvm.new_step()
+        self._execute(step)
+        violations = self.checker.check_step(kvm, self.index)
+        if self.index == len(self.scenario.steps) - 1:
+            violations += self.checker.finish(kvm, self.index)
+        self.violations.extend(violations)
+        full = self.detail == "full"
+        fast = sum(1 for f in log.faults if f.path == "fast")
+        result = StepResult(
+            index=self.index,
+            op=step_to_json(step),
+            fault_counts={"fast": fast, "slow": len(log.faults) - fast},
+            marked_dirty=list(log.marked_dirty),
+            dirty_log=log.dirty_log,
+            tlb_flushes=log.tlb_flushes,
+            violations=violations,
+            faults=log.faults if full else None,
+            spte_changes=[SpteChange(sp.level, sp.gfn, i, old, new) for sp, i, old, new in log.spte_changes]
+            if full
+            else None,
+            events=list(kvm.tp.events) if full else None,
+        )
+        self.index += 1
+        return result
+
+    def run(self) -> list[StepResult]:
+        return [self.step() for _ in range(len(self.scenario.steps) - self.index)]
+
+    def _slot(self, slot_id: int) -> KvmMemorySlot:
+        return self.kvm.memslots.by_id[slot_id]
+
+    def _execute(self, step: Step) -> None:
+        kvm = self.kvm
+        op = step.op
+        if op in ("read", "write"):
+            vcpu = kvm.vcpus[step.vcpu]  # type: ignore[union-attr]
+            gfn, stride, write = step.gfn, step.stride, op == "write"  # type: ignore[union-attr]
+            for k in range(step.count):  # type: ignore[union-attr]
+                guest_access(kvm, vcpu, gfn + k * stride, write)
+        elif op == "enable_dirty_log":
+            kvm_set_dirty_logging(kvm, self._slot(step.slot), True)  # type: ignore[union-attr]
+        elif op == "disable_dirty_log":
+            kvm_set_dirty_logging(kvm, self._slot(step.slot), False)  # type: ignore[union-attr]
+        elif op == "get_dirty_log":
+            kvm.log.dirty_log = kvm_vm_ioctl_get_dirty_log(kvm, self._slot(step.slot))  # type: ignore[union-attr]
+        elif op == "flush_tlb":
+            kvm_flush_remote_tlbs(kvm, "userspace", under_mmu_lock=False)
+        elif op == "zap_all":
+            kvm_mmu_zap_all(kvm)
+        elif op == "migrate_begin":
+            self.migrated = True
+            migrate_begin(kvm, self.migration)
+        elif op == "migrate_round":
+            kvm.log.dirty_log = migrate_round(kvm, self.migration)
+        elif op == "migrate_end":
+            kvm.log.dirty_log = migrate_end(kvm, self.migration)
+        elif op != "note":
+            raise AssertionError(f"the validator let an unknown op through: {op!r}")

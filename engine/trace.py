@@ -1,0 +1,339 @@
+"""Trace events: typed values named after the 3.14/3.16 kernel functions and tracepoints that act.
+
+`mmutrace.h` makes tracepoints a schema; so does this module. Each event is a frozen dataclass whose
+`name` is the kernel function (or tracepoint) it stands for. Fields named like spte values are written in
+hex by `event_json`, everything else as plain JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import ClassVar
+
+_HEX_FIELDS = frozenset({"old", "new", "spte"})
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    name: ClassVar[str] = "event"
+
+
+def event_json(event: Event) -> dict[str, object]:
+    out: dict[str, object] = {"name": event.name}
+    for f in fields(event):
+        value = getattr(event, f.name)
+        if f.name in _HEX_FIELDS and isinstance(value, int):
+            value = f"{value:#x}"
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    return out
+
+
+# --- the guest and the CPU ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GuestAccess(Event):
+    """One guest load or store, and how the CPU satisfied it: from the TLB, by a walk, or after faults."""
+
+    name: ClassVar[str] = "guest_access"
+    vcpu: int
+    gfn: int
+    write: bool
+    via: str  # "tlb" | "walk" | "fault" | "livelock"
+    faults: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EptAdUpdate(Event):
+    """The CPU sets the EPT accessed (and, for a store, dirty) flag of an entry it walked."""
+
+    name: ClassVar[str] = "ept_ad_update"
+    vcpu: int
+    level: int
+    sp_gfn: int
+    index: int
+    old: int
+    new: int
+
+
+@dataclass(frozen=True, slots=True)
+class HandleEptViolation(Event):
+    """vmx.c turns the exit qualification into page-fault error bits (PRESENT = translation readable)."""
+
+    name: ClassVar[str] = "handle_ept_violation"
+    vcpu: int
+    gfn: int
+    error_code: int
+    present: bool
+    write: bool
+    stale_tlb: bool = False
+
+
+# --- the fault path (mmu.c) --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TdpPageFault(Event):
+    name: ClassVar[str] = "tdp_page_fault"
+    vcpu: int
+    gfn: int
+    error_code: int
+    force_pt_level: bool
+    level: int
+    can_be_fast: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MappingLevel(Event):
+    name: ClassVar[str] = "mapping_level"
+    gfn: int
+    host_level: int
+    max_level: int
+    level: int
+
+
+@dataclass(frozen=True, slots=True)
+class FastPageFault(Event):
+    """The tracepoint of the same name: the spte the lockless walk ended on, and what became of it."""
+
+    name: ClassVar[str] = "fast_page_fault"
+    vcpu: int
+    gfn: int
+    error_code: int
+    level: int
+    sp_level: int
+    old: int
+    new: int
+    result: str
+
+
+@dataclass(frozen=True, slots=True)
+class FastPfFixDirectSpte(Event):
+    name: ClassVar[str] = "fast_pf_fix_direct_spte"
+    level: int
+    sp_gfn: int
+    index: int
+    gfn: int
+    old: int
+    new: int
+
+
+@dataclass(frozen=True, slots=True)
+class GfnToPfn(Event):
+    """try_async_pf / hva_to_pfn: the host page behind the gfn, and whether it could be mapped writable."""
+
+    name: ClassVar[str] = "gfn_to_pfn"
+    gfn: int
+    pfn: int
+    write_fault: bool
+    map_writable: bool
+    cow_broken: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DirectMap(Event):
+    name: ClassVar[str] = "__direct_map"
+    gfn: int
+    level: int
+    pfn: int
+    write: bool
+    map_writable: bool
+    mapped: bool
+
+
+@dataclass(frozen=True, slots=True)
+class KvmMmuGetPage(Event):
+    name: ClassVar[str] = "kvm_mmu_get_page"
+    level: int
+    gfn: int
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LinkShadowPage(Event):
+    name: ClassVar[str] = "link_shadow_page"
+    level: int
+    sp_gfn: int
+    index: int
+    child_level: int
+    child_gfn: int
+
+
+@dataclass(frozen=True, slots=True)
+class DropLargeSpte(Event):
+    name: ClassVar[str] = "drop_large_spte"
+    level: int
+    sp_gfn: int
+    index: int
+    gfn: int
+    old: int
+
+
+@dataclass(frozen=True, slots=True)
+class DropParentPte(Event):
+    name: ClassVar[str] = "drop_parent_pte"
+    level: int
+    sp_gfn: int
+    index: int
+    child_gfn: int
+
+
+@dataclass(frozen=True, slots=True)
+class MmuSetSpte(Event):
+    name: ClassVar[str] = "mmu_set_spte"
+    level: int
+    sp_gfn: int
+    index: int
+    gfn: int
+    pfn: int
+    write_fault: bool
+    speculative: bool
+    old: int
+    new: int
+    result: str  # "created" | "updated" | "replaced_table" | "wrprotected_page"
+
+
+@dataclass(frozen=True, slots=True)
+class DirectPtePrefetch(Event):
+    name: ClassVar[str] = "direct_pte_prefetch"
+    sp_gfn: int
+    gfns: tuple[int, ...]
+    skipped: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MarkPageDirty(Event):
+    name: ClassVar[str] = "mark_page_dirty"
+    gfn: int
+    slot: int | None
+    logged: bool
+    caller: str
+
+
+@dataclass(frozen=True, slots=True)
+class DropSpte(Event):
+    """drop_spte: clear and track (host page accessed/dirty), then rmap_remove."""
+
+    name: ClassVar[str] = "drop_spte"
+    level: int
+    sp_gfn: int
+    index: int
+    gfn: int
+    old: int
+    pfn_dirty: bool
+
+
+# --- write protection and dirty logging (mmu.c, x86.c, kvm_main.c) -----------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SpteWriteProtect(Event):
+    name: ClassVar[str] = "spte_write_protect"
+    level: int
+    sp_gfn: int
+    index: int
+    gfn: int
+    old: int
+    new: int
+    action: str  # "wrprotect" | "zap" | "none"
+    flush: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RmapWriteProtect(Event):
+    name: ClassVar[str] = "__rmap_write_protect"
+    slot: int
+    level: int
+    gfn: int
+    sptes: int
+    flush: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SetMemoryRegion(Event):
+    name: ClassVar[str] = "__kvm_set_memory_region"
+    slot: int
+    log_dirty_pages: bool
+    change: str  # "flags_only" | "none"
+
+
+@dataclass(frozen=True, slots=True)
+class SlotRemoveWriteAccess(Event):
+    name: ClassVar[str] = "kvm_mmu_slot_remove_write_access"
+    slot: int
+    rmaps: int
+
+
+@dataclass(frozen=True, slots=True)
+class GetDirtyLog(Event):
+    name: ClassVar[str] = "kvm_vm_ioctl_get_dirty_log"
+    slot: int
+    gfns: tuple[int, ...]
+    flush: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WriteProtectPtMasked(Event):
+    name: ClassVar[str] = "kvm_mmu_write_protect_pt_masked"
+    slot: int
+    gfn_offset: int
+    mask: str
+
+
+@dataclass(frozen=True, slots=True)
+class FlushRemoteTlbs(Event):
+    name: ClassVar[str] = "kvm_flush_remote_tlbs"
+    caller: str
+    under_mmu_lock: bool
+    entries_dropped: int
+
+
+@dataclass(frozen=True, slots=True)
+class ZapAll(Event):
+    name: ClassVar[str] = "kvm_mmu_zap_all"
+    pages: int
+
+
+@dataclass(frozen=True, slots=True)
+class PrepareZapPage(Event):
+    name: ClassVar[str] = "kvm_mmu_prepare_zap_page"
+    level: int
+    gfn: int
+
+
+@dataclass(frozen=True, slots=True)
+class MmuLoad(Event):
+    """kvm_mmu_load / mmu_alloc_direct_roots: the vCPUs (re)load the shared root."""
+
+    name: ClassVar[str] = "kvm_mmu_load"
+    gfn: int
+    level: int
+
+
+# --- migration (userspace) ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MigrateCopy(Event):
+    name: ClassVar[str] = "migrate_copy"
+    phase: str  # "begin" | "round" | "end"
+    pages: int
+
+
+@dataclass(frozen=True, slots=True)
+class MigrateVerdict(Event):
+    name: ClassVar[str] = "migrate_verdict"
+    lost: tuple[int, ...]
+
+
+@dataclass(slots=True)
+class Trace:
+    """The tracepoint sink. Hot paths check `on` first, as static keys do, so a summary run pays nothing."""
+
+    on: bool
+    events: list[Event] = field(default_factory=list)
+
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
