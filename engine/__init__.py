@@ -1,0 +1,1 @@
+"""The simulator core: a pure, step-able model of the KVM x86 TDP MMU."""
