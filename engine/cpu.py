@@ -11,12 +11,12 @@ from engine.kvm import FaultRecord, Kvm, Vcpu
 from engine.mmu import PFERR_PRESENT_MASK, PFERR_WRITE_MASK, tdp_page_fault
 from engine.shadow_page import KvmMmuPage
 from engine.spte import (
+    PT64_BASE_ADDR_MASK,
     PT64_LEVEL_BITS,
     PT64_ROOT_LEVEL,
     PT_PAGE_SIZE_MASK,
     PT_PRESENT_MASK,
     PT_WRITABLE_MASK,
-    spte_to_pfn,
 )
 from engine.tlb import TlbEntry
 from engine.trace import EptAdUpdate, GuestAccess, HandleEptViolation
@@ -31,45 +31,46 @@ def ept_walk(kvm: Kvm, vcpu: Vcpu, gfn: int, write: bool) -> int | None:
     On failure return the page-fault error code: PRESENT when the translation was readable.
     """
     sp: KvmMmuPage = kvm.root
+    sp_by_pfn = kvm.sp_by_pfn
+    accessed = kvm.masks.accessed_mask
     level = PT64_ROOT_LEVEL
-    path: list[tuple[KvmMmuPage, int]] = []
     while True:
         index = (gfn >> (PT64_LEVEL_BITS * (level - 1))) & 511
         spte = sp.spt[index]
         if not spte & PT_PRESENT_MASK:
             return PFERR_WRITE_MASK if write else 0
-        path.append((sp, index))
         if level == 1 or spte & PT_PAGE_SIZE_MASK:
             break
-        sp = kvm.child_sp(spte)
+        if accessed and not spte & accessed:  # link_shadow_page sets A, so this is rare
+            _set_ad(kvm, vcpu, sp, index, spte | accessed)
+        sp = sp_by_pfn[(spte & PT64_BASE_ADDR_MASK) >> 12]
         level -= 1
     if write and not spte & PT_WRITABLE_MASK:
         return PFERR_PRESENT_MASK | PFERR_WRITE_MASK
-    accessed, dirty = kvm.masks.accessed_mask, kvm.masks.dirty_mask
+    dirty = kvm.masks.dirty_mask
     if accessed:
-        last = len(path) - 1
-        for depth, (entry_sp, entry_index) in enumerate(path):
-            old = entry_sp.spt[entry_index]
-            new = old | accessed
-            if write and depth == last:
-                new |= dirty
-            if new != old:
-                kvm.write_spte(entry_sp, entry_index, new)
-                if kvm.tp.on:
-                    kvm.tp.emit(EptAdUpdate(vcpu.id, entry_sp.level, entry_sp.gfn, entry_index, old, new))
-        spte = sp.spt[index]
+        new = spte | accessed | (dirty if write else 0)
+        if new != spte:
+            _set_ad(kvm, vcpu, sp, index, new)
+            spte = new
     shift = PT64_LEVEL_BITS * (level - 1)
     vcpu.tlb.fill(
         TlbEntry(
             level=level,
             gfn=(gfn >> shift) << shift,
-            pfn=spte_to_pfn(spte),
+            pfn=(spte & PT64_BASE_ADDR_MASK) >> 12,
             writable=bool(spte & PT_WRITABLE_MASK),
             # Without A/D bits there is no dirty flag to set, so a writable entry never re-walks.
             dirty=bool(spte & dirty) or not dirty,
         )
     )
     return None
+
+
+def _set_ad(kvm: Kvm, vcpu: Vcpu, sp: KvmMmuPage, index: int, new: int) -> None:
+    old = kvm.write_spte(sp, index, new)
+    if kvm.tp.on:
+        kvm.tp.emit(EptAdUpdate(vcpu.id, sp.level, sp.gfn, index, old, new))
 
 
 def guest_access(kvm: Kvm, vcpu: Vcpu, gfn: int, write: bool) -> None:
@@ -104,7 +105,7 @@ def guest_access(kvm: Kvm, vcpu: Vcpu, gfn: int, write: bool) -> None:
         via = "fault" if faults else "walk" if walked else "tlb"
         kvm.tp.emit(GuestAccess(vcpu.id, gfn, write, via, faults))
     if write:
-        slot = kvm.gfn_to_memslot(gfn)
+        slot = kvm.memslots.gfn_to_memslot(gfn)
         if slot is not None:
             slot.content[gfn - slot.base_gfn] += 1
             if slot.dirty_bitmap is not None:
@@ -118,18 +119,24 @@ def handle_ept_violation(kvm: Kvm, vcpu: Vcpu, gfn: int, write: bool, error_code
         present = bool(error_code & PFERR_PRESENT_MASK)
         kvm.tp.emit(HandleEptViolation(vcpu.id, gfn, error_code, present, write, stale))
     result = tdp_page_fault(kvm, vcpu, gfn, error_code)
-    kvm.log.faults.append(
-        FaultRecord(
-            vcpu=vcpu.id,
-            gfn=gfn,
-            write=write,
-            error_code=error_code,
-            path="fast" if result.fast_handled else "slow",
-            fast_tried=result.fast_tried,
-            fast_result=result.fast_result,
-            level=leaf_level(kvm, gfn),
+    log = kvm.log
+    if result.fast_handled:
+        log.fast_faults += 1
+    else:
+        log.slow_faults += 1
+    if kvm.tp.on:  # the per-fault rows are part of the full detail only
+        log.faults.append(
+            FaultRecord(
+                vcpu=vcpu.id,
+                gfn=gfn,
+                write=write,
+                error_code=error_code,
+                path="fast" if result.fast_handled else "slow",
+                fast_tried=result.fast_tried,
+                fast_result=result.fast_result,
+                level=leaf_level(kvm, gfn),
+            )
         )
-    )
 
 
 def leaf_level(kvm: Kvm, gfn: int) -> int | None:

@@ -16,7 +16,12 @@ from engine.kvm import Kvm
 from engine.memslot import KvmMemorySlot, gfn_to_index
 from engine.shadow_page import KvmMmuPage, kvm_mmu_page_get_gfn
 from engine.spte import (
+    PT64_BASE_ADDR_MASK,
+    PT64_LEVEL_BITS,
+    PT_PAGE_SIZE_MASK,
     PT_PAGE_TABLE_LEVEL,
+    PT_PRESENT_MASK,
+    PT_WRITABLE_MASK,
     is_large_pte,
     is_last_spte,
     is_shadow_present_pte,
@@ -76,33 +81,39 @@ class _Collector:
 
 
 def _check_spte(kvm: Kvm, sp: KvmMmuPage, index: int, found: _Collector) -> None:
-    """rmap membership, W ⇒ HW ∧ MW, no writable large spte and W ⇒ dirty bit, for one location."""
+    """rmap membership, W ⇒ HW ∧ MW, no writable large spte and W ⇒ dirty bit, for one location.
+
+    Runs for every spte a step wrote, so the predicates are spelled as bit tests.
+    """
     spte = sp.spt[index]
-    gfn = kvm_mmu_page_get_gfn(sp, index)
+    level = sp.level
+    shift = PT64_LEVEL_BITS * (level - 1)
+    gfn = sp.gfn + (index << shift)
     slot = kvm.gfn_to_memslot(gfn)
-    leaf = _is_leaf(sp, spte)
+    leaf = spte & PT_PRESENT_MASK and (level == PT_PAGE_TABLE_LEVEL or spte & PT_PAGE_SIZE_MASK)
     if slot is not None:
-        head = slot.rmap[sp.level - 1].get(gfn_to_index(gfn, slot.base_gfn, sp.level), [])
-        count = head.count((sp, index))
-        if leaf and count != 1:
-            found.add("rmap_consistency", gfn, f"the leaf {_where(sp, index)} for gfn {gfn:#x} is in "
-                      f"its rmap {count} times instead of once")
-        elif not leaf and count:
+        head = slot.rmap[level - 1].get((gfn >> shift) - (slot.base_gfn >> shift))
+        if leaf:
+            if head is None or head.count((sp, index)) != 1:
+                count = head.count((sp, index)) if head else 0
+                found.add("rmap_consistency", gfn, f"the leaf {_where(sp, index)} for gfn {gfn:#x} is in "
+                          f"its rmap {count} times instead of once")
+        elif head and (sp, index) in head:
             found.add("rmap_consistency", gfn, f"{_where(sp, index)} is not a present leaf but is still "
                       f"in the rmap of gfn {gfn:#x}")
     elif leaf:
         found.add("rmap_consistency", gfn, f"the leaf {_where(sp, index)} maps gfn {gfn:#x}, "
                   "which belongs to no memslot")
-    if not leaf or not is_writable_pte(spte):
+    if not leaf or not spte & PT_WRITABLE_MASK:
         return
     if not spte_is_locklessly_modifiable(spte):
         found.add("w_implies_hw_mw", gfn, f"{_where(sp, index)} for gfn {gfn:#x} is writable without "
                   "both HW and MW")
     if slot is None or slot.dirty_bitmap is None:
         return
-    if is_large_pte(spte):
-        found.add("no_writable_large_while_logging", gfn, f"a writable {level_name(sp.level)} spte maps "
-                  f"gfns {gfn:#x}-{gfn + pages_per_hpage(sp.level) - 1:#x} while slot {slot.id} is "
+    if spte & PT_PAGE_SIZE_MASK:
+        found.add("no_writable_large_while_logging", gfn, f"a writable {level_name(level)} spte maps "
+                  f"gfns {gfn:#x}-{gfn + pages_per_hpage(level) - 1:#x} while slot {slot.id} is "
                   "dirty-logged: stores anywhere in it take no fault and set no dirty bit")
     elif not slot.dirty_bitmap[gfn - slot.base_gfn]:
         found.add("writable_implies_dirty_bit", gfn, f"gfn {gfn:#x} has a writable 4K spte while slot "
@@ -154,20 +165,24 @@ class StepChecker:
     def check_step(self, kvm: Kvm, step: int) -> list[Violation]:
         log = kvm.log
         found = _Collector(step)
-        touched: dict[tuple[int, int], tuple[KvmMmuPage, int]] = {}
-        lowered: list[tuple[KvmMmuPage, int, int]] = []
+        touched: dict[tuple[KvmMmuPage, int], None] = {}
+        lowered: list[tuple[KvmMmuPage, int]] = []
+        large_delta = 0
         for sp, index, old, new in log.spte_changes:
-            touched[(id(sp), index)] = (sp, index)
-            old_large = is_shadow_present_pte(old) and is_large_pte(old)
-            new_large = is_shadow_present_pte(new) and is_large_pte(new)
-            self.lpages_seen += new_large - old_large
-            if is_shadow_present_pte(old) and (
-                not is_shadow_present_pte(new)
-                or (is_writable_pte(old) and not is_writable_pte(new))
-                or spte_to_pfn(old) != spte_to_pfn(new)
-            ):
-                lowered.append((sp, index, sp.level))
-        for sp, index in touched.values():
+            touched[(sp, index)] = None
+            if old & PT_PRESENT_MASK:
+                large_delta -= bool(old & PT_PAGE_SIZE_MASK)
+                # Less than before: gone, read-only now, or pointing elsewhere. A TLB may still have it.
+                if (
+                    not new & PT_PRESENT_MASK
+                    or (old & ~new & PT_WRITABLE_MASK)
+                    or (old ^ new) & PT64_BASE_ADDR_MASK
+                ):
+                    lowered.append((sp, index))
+            if new & PT_PRESENT_MASK:
+                large_delta += bool(new & PT_PAGE_SIZE_MASK)
+        self.lpages_seen += large_delta
+        for sp, index in touched:
             if not sp.invalid:
                 _check_spte(kvm, sp, index, found)
         for slot_id, level, key in dict.fromkeys(log.rmap_heads):
@@ -177,7 +192,7 @@ class StepChecker:
                       "large leaf sptes are present")
         for slot_id in log.logging_enabled:
             self._check_slot_sptes(kvm, kvm.memslots.by_id[slot_id], found)
-        self._check_harvested(kvm, found)
+        self._check_harvested(kvm, touched, found)
         self._check_tlbs(kvm, lowered, found)
         self._check_writes(kvm, step, found)
         for vcpu, gfn, write in log.livelocks:
@@ -191,20 +206,25 @@ class StepChecker:
                 for sp, index in head:
                     _check_spte(kvm, sp, index, found)
 
-    def _check_harvested(self, kvm: Kvm, found: _Collector) -> None:
+    def _check_harvested(
+        self, kvm: Kvm, touched: dict[tuple[KvmMmuPage, int], None], found: _Collector
+    ) -> None:
+        """A page GET_DIRTY_LOG reported must not keep a writable 4K spte (sptes the step wrote are
+        already checked)."""
         for gfn in kvm.log.harvested:
             slot = kvm.gfn_to_memslot(gfn)
             if slot is not None:
-                for sp, index in slot.rmap_head(gfn, PT_PAGE_TABLE_LEVEL) or ():
-                    _check_spte(kvm, sp, index, found)
+                for ptr in slot.rmap_head(gfn, PT_PAGE_TABLE_LEVEL) or ():
+                    if ptr not in touched:
+                        _check_spte(kvm, ptr[0], ptr[1], found)
 
-    def _check_tlbs(self, kvm: Kvm, lowered: list[tuple[KvmMmuPage, int, int]], found: _Collector) -> None:
+    def _check_tlbs(self, kvm: Kvm, lowered: list[tuple[KvmMmuPage, int]], found: _Collector) -> None:
         for vcpu in kvm.vcpus:
             if not len(vcpu.tlb):
                 continue
-            for sp, index, level in lowered:
+            for sp, index in dict.fromkeys(lowered):
                 gfn = kvm_mmu_page_get_gfn(sp, index)
-                for entry in vcpu.tlb.entries_overlapping(gfn, level):
+                for entry in vcpu.tlb.entries_overlapping(gfn, sp.level):
                     _check_tlb_entry(kvm, vcpu.id, entry, found)
 
     def _check_writes(self, kvm: Kvm, step: int, found: _Collector) -> None:

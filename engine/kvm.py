@@ -7,6 +7,7 @@ TDP MMU touches.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from engine.memslot import KvmMemorySlot, Memslots
@@ -61,7 +62,9 @@ class StepLog:
     """What one step did, gathered as it happens; the result, the trace and the invariants read it."""
 
     spte_changes: list[tuple[KvmMmuPage, int, int, int]] = field(default_factory=list)
-    faults: list[FaultRecord] = field(default_factory=list)
+    fast_faults: int = 0
+    slow_faults: int = 0
+    faults: list[FaultRecord] = field(default_factory=list)  # filled only while tracing
     marked_dirty: dict[int, None] = field(default_factory=dict)
     tlb_flushes: int = 0
     dirty_log: list[int] | None = None
@@ -100,6 +103,7 @@ class Kvm:
         self.masks = SpteMasks.for_ept(ept_ad)
         self.max_level = max_level  # kvm_x86_ops->get_lpage_level(), or 1 with large pages disabled
         self.memslots = Memslots(slots)
+        self.gfn_to_memslot: Callable[[int], KvmMemorySlot | None] = self.memslots.gfn_to_memslot
         self.vcpus = [Vcpu(i) for i in range(vcpus)]
         self.stat = KvmStat()
         self.tp = Trace(on=trace)
@@ -154,9 +158,6 @@ class Kvm:
         return None
 
     # --- lookups used everywhere ------------------------------------------------------------------
-
-    def gfn_to_memslot(self, gfn: int) -> KvmMemorySlot | None:
-        return self.memslots.gfn_to_memslot(gfn)
 
     def child_sp(self, spte: int) -> KvmMmuPage:
         """page_header(spte & PT64_BASE_ADDR_MASK): the table a non-leaf spte points at."""

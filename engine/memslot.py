@@ -122,19 +122,27 @@ class KvmMemorySlot:
 class Memslots:
     """`struct kvm_memslots`: the slots sorted by gfn, found by binary search like search_memslots()."""
 
-    __slots__ = ("_bases", "by_id", "sorted")
+    __slots__ = ("_bases", "_last", "by_id", "sorted")
 
     def __init__(self, slots: list[KvmMemorySlot]) -> None:
         self.sorted = sorted(slots, key=lambda s: s.base_gfn)
         self._bases = [s.base_gfn for s in self.sorted]
         self.by_id = {s.id: s for s in slots}
+        # Like the kernel's lru_slot: consecutive lookups nearly always hit the same slot.
+        self._last = self.sorted[0]
 
     def gfn_to_memslot(self, gfn: int) -> KvmMemorySlot | None:
+        last = self._last
+        if last.base_gfn <= gfn < last.base_gfn + last.npages:
+            return last
         i = bisect_right(self._bases, gfn) - 1
         if i < 0:
             return None
         slot = self.sorted[i]
-        return slot if gfn < slot.base_gfn + slot.npages else None
+        if gfn < slot.base_gfn + slot.npages:
+            self._last = slot
+            return slot
+        return None
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(sorted(self.by_id.values(), key=lambda s: s.id))

@@ -6,7 +6,7 @@ and 3.16 differ, the code reads a `Policy` switch at exactly that spot; nothing 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from engine.kvm import Kvm, Vcpu
 from engine.kvm_main import gfn_to_pfn, kvm_flush_remote_tlbs, mark_page_dirty
@@ -14,6 +14,10 @@ from engine.memslot import KvmMemorySlot
 from engine.rmap import rmap_add, rmap_remove
 from engine.shadow_page import KvmMmuPage, kvm_mmu_page_get_gfn
 from engine.spte import (
+    PAGE_SHIFT,
+    PT64_BASE_ADDR_MASK,
+    PT64_ENT_PER_PAGE,
+    PT64_LEVEL_BITS,
     PT64_ROOT_LEVEL,
     PT_PAGE_SIZE_MASK,
     PT_PAGE_TABLE_LEVEL,
@@ -51,13 +55,13 @@ from engine.trace import (
     ZapAll,
 )
 
+SPTE_LOCKLESS_MASK = SPTE_HOST_WRITEABLE | SPTE_MMU_WRITEABLE
 PFERR_PRESENT_MASK = 1 << 0
 PFERR_WRITE_MASK = 1 << 1
 PTE_PREFETCH_NUM = 8
 
 
-@dataclass(frozen=True, slots=True)
-class FaultResult:
+class FaultResult(NamedTuple):
     """How tdp_page_fault ended: handled by the fast path or not, and what the fast path saw."""
 
     fast_tried: bool
@@ -79,14 +83,12 @@ def mmu_spte_update(kvm: Kvm, sp: KvmMmuPage, index: int, new: int) -> bool:
     3.14 asks "was it writable?". 3.16 asks "could the fast path have made it writable behind our back?",
     because with the flush moved out of mmu_lock a W bit may already be gone while a TLB still has it.
     """
-    old = sp.spt[index]
-    if not is_shadow_present_pte(old):
-        mmu_spte_set(kvm, sp, index, new)
+    old = kvm.write_spte(sp, index, new)  # mmu_spte_set when nothing was present
+    if not old & PT_PRESENT_MASK or new & PT_WRITABLE_MASK:
         return False
-    kvm.write_spte(sp, index, new)
     if kvm.policy.flush_rule == "old_w":
-        return is_writable_pte(old) and not is_writable_pte(new)
-    return spte_is_locklessly_modifiable(old) and not is_writable_pte(new)
+        return bool(old & PT_WRITABLE_MASK)
+    return old & SPTE_LOCKLESS_MASK == SPTE_LOCKLESS_MASK
 
 
 def mmu_spte_clear_track_bits(kvm: Kvm, sp: KvmMmuPage, index: int) -> tuple[int, bool]:
@@ -140,12 +142,12 @@ def spte_write_protect(kvm: Kvm, sp: KvmMmuPage, index: int, pt_protect: bool) -
     and MW: dirty logging only takes W away, so the fast path could give it back.
     """
     old = sp.spt[index]
-    if not is_writable_pte(old) and not (pt_protect and spte_is_locklessly_modifiable(old)):
+    if not old & PT_WRITABLE_MASK and not (pt_protect and spte_is_locklessly_modifiable(old)):
         if kvm.tp.on:
             gfn = kvm_mmu_page_get_gfn(sp, index)
             kvm.tp.emit(SpteWriteProtect(sp.level, sp.gfn, index, gfn, old, old, "none", False))
         return False, False
-    if kvm.policy.wp_large == "zap" and __drop_large_spte(kvm, sp, index):
+    if old & PT_PAGE_SIZE_MASK and kvm.policy.wp_large == "zap" and __drop_large_spte(kvm, sp, index):
         if kvm.tp.on:
             gfn = kvm_mmu_page_get_gfn(sp, index)
             kvm.tp.emit(SpteWriteProtect(sp.level, sp.gfn, index, gfn, old, 0, "zap", True))
@@ -162,7 +164,8 @@ def spte_write_protect(kvm: Kvm, sp: KvmMmuPage, index: int, pt_protect: bool) -
 
 def __rmap_write_protect(kvm: Kvm, slot: KvmMemorySlot, level: int, key: int, pt_protect: bool) -> bool:
     """Write-protect every spte of one rmap head; returns whether a flush is needed."""
-    head = slot.rmap[level - 1].get(key)
+    heads = slot.rmap[level - 1]
+    head = heads.get(key)
     flush = False
     seen = 0
     i = 0
@@ -171,9 +174,12 @@ def __rmap_write_protect(kvm: Kvm, slot: KvmMemorySlot, level: int, key: int, pt
         seen += 1
         need_flush, dropped = spte_write_protect(kvm, sp, index, pt_protect)
         flush |= need_flush
-        # 3.14 restarts from the head after a drop; with read-only large sptes nothing is ever dropped.
-        i = 0 if dropped else i + 1
-        head = slot.rmap[level - 1].get(key)
+        if dropped:
+            # 3.14 restarts from the head after a drop; read-only large sptes are never dropped.
+            i = 0
+            head = heads.get(key)
+        else:
+            i += 1
     if kvm.tp.on:
         gfn = slot.base_gfn - (slot.base_gfn % pages_per_hpage(level)) + key * pages_per_hpage(level)
         kvm.tp.emit(RmapWriteProtect(slot.id, level, max(gfn, slot.base_gfn), seen, flush))
@@ -237,10 +243,11 @@ def set_spte(
         write_access = False
     spte |= pfn << 12
     if write_access:
-        slot = kvm.gfn_to_memslot(gfn)
         # Another vCPU may have made the range ineligible since mapping_level(): let the guest refault.
-        if level > PT_PAGE_TABLE_LEVEL and (slot is None or slot.has_wrprotected_page(gfn, level)):
-            return "wrprotected_page"
+        if level > PT_PAGE_TABLE_LEVEL:
+            slot = kvm.gfn_to_memslot(gfn)
+            if slot is None or slot.has_wrprotected_page(gfn, level):
+                return "wrprotected_page"
         spte |= PT_WRITABLE_MASK | SPTE_MMU_WRITEABLE
         # mmu_need_write_protect() never fires under TDP: no guest page table is shadowed.
         mark_page_dirty(kvm, gfn, "set_spte")
@@ -263,8 +270,8 @@ def mmu_set_spte(
     was_rmapped = False
     old = sp.spt[index]
     result = "created"
-    if is_shadow_present_pte(old):
-        if level > PT_PAGE_TABLE_LEVEL and not is_large_pte(old):
+    if old & PT_PRESENT_MASK:
+        if level > PT_PAGE_TABLE_LEVEL and not old & PT_PAGE_SIZE_MASK:
             # A large mapping replaces a table: unlink the now unreachable child (it lingers, orphaned).
             drop_parent_pte(kvm, kvm.child_sp(old), sp, index)
             kvm_flush_remote_tlbs(kvm, "mmu_set_spte", under_mmu_lock=True)
@@ -278,9 +285,9 @@ def mmu_set_spte(
     if set_spte(kvm, sp, index, level, gfn, pfn, speculative, host_writable) == "wrprotected_page":
         result = "wrprotected_page"
     new = sp.spt[index]
-    if not was_rmapped and is_large_pte(new):
-        kvm.stat.lpages += 1
-    if is_shadow_present_pte(new) and not was_rmapped:
+    if not was_rmapped and new & PT_PRESENT_MASK:
+        if new & PT_PAGE_SIZE_MASK:
+            kvm.stat.lpages += 1
         rmap_add(kvm, sp, index, gfn)
     if kvm.tp.on:
         kvm.tp.emit(MmuSetSpte(sp.level, sp.gfn, index, gfn, pfn, write_fault, speculative, old, new, result))
@@ -303,8 +310,9 @@ def direct_pte_prefetch(kvm: Kvm, sp: KvmMmuPage, index: int) -> None:
     if not skipped:
         first = index & ~(PTE_PREFETCH_NUM - 1)
         start: int | None = None
+        spt = sp.spt
         for i in range(first, first + PTE_PREFETCH_NUM):
-            if is_shadow_present_pte(sp.spt[i]) or i == index:
+            if spt[i] & PT_PRESENT_MASK or i == index:
                 if start is None:
                     continue
                 got, reason = direct_pte_prefetch_many(kvm, sp, start, i)
@@ -371,6 +379,7 @@ def direct_map(
     """
     sp = kvm.root
     mapped = False
+    drops_large = kvm.policy.direct_map_drops_large
     for cur in range(PT64_ROOT_LEVEL, level - 1, -1):
         index = spte_index(gfn, cur)
         if cur == level:
@@ -379,10 +388,10 @@ def direct_map(
             kvm.stat.pf_fixed += 1
             mapped = True
             break
-        if kvm.policy.direct_map_drops_large:
+        if drops_large and sp.spt[index] & PT_PAGE_SIZE_MASK:
             drop_large_spte(kvm, sp, index)
         spte = sp.spt[index]
-        if not is_shadow_present_pte(spte):
+        if not spte & PT_PRESENT_MASK:
             base_gfn = gfn & ~(pages_per_hpage(cur) - 1)
             child = kvm_mmu_get_page(kvm, base_gfn, cur - 1, (sp, index))
             link_shadow_page(kvm, sp, index, child)
@@ -429,13 +438,15 @@ def fast_page_fault(kvm: Kvm, vcpu: Vcpu, gfn: int, level: int, error_code: int)
     Returns (handled, result). The result names why it stopped, as the tracepoint prints it.
     """
     sp = kvm.root
+    sp_by_pfn = kvm.sp_by_pfn
     cur = PT64_ROOT_LEVEL
     while True:
-        index = spte_index(gfn, cur)
+        index = (gfn >> (PT64_LEVEL_BITS * (cur - 1))) & (PT64_ENT_PER_PAGE - 1)
         spte = sp.spt[index]
-        if not is_shadow_present_pte(spte) or cur < level or is_last_spte(spte, cur):
+        # Stop on a non-present entry, below the requested level, or (is_last_spte) on a leaf.
+        if not spte & PT_PRESENT_MASK or cur < level or cur == 1 or spte & PT_PAGE_SIZE_MASK:
             break
-        sp = kvm.child_sp(spte)
+        sp = sp_by_pfn[(spte & PT64_BASE_ADDR_MASK) >> PAGE_SHIFT]
         cur -= 1
     handled, result = _fast_page_fault_decide(kvm, sp, index, spte, gfn, level)
     if kvm.tp.on:

@@ -20,11 +20,15 @@ def gfn_to_rmap_slot(kvm: Kvm, gfn: int) -> KvmMemorySlot:
 
 def rmap_add(kvm: Kvm, sp: KvmMmuPage, index: int, gfn: int) -> int:
     """Add the spte to the rmap of its sp's level, keyed by the gfn it maps; returns the head's length."""
-    slot = gfn_to_rmap_slot(kvm, gfn)
-    key = gfn_to_index(gfn, slot.base_gfn, sp.level)
-    head = slot.rmap[sp.level - 1].setdefault(key, [])
+    slot = kvm.gfn_to_memslot(gfn) or gfn_to_rmap_slot(kvm, gfn)
+    level = sp.level
+    key = gfn_to_index(gfn, slot.base_gfn, level)
+    heads = slot.rmap[level - 1]
+    head = heads.get(key)
+    if head is None:
+        heads[key] = head = []
     head.append((sp, index))
-    kvm.log.rmap_heads.append((slot.id, sp.level, key))
+    kvm.log.rmap_heads.append((slot.id, level, key))
     return len(head)
 
 

@@ -8,13 +8,14 @@ that is the window kvm_flush_remote_tlbs closes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from engine.spte import PT64_LEVEL_BITS, pages_per_hpage
 
 
-@dataclass(frozen=True, slots=True)
-class TlbEntry:
+class TlbEntry(NamedTuple):
+    """One cached translation. A tuple, because the guest's hot path builds one per TLB fill."""
+
     level: int
     gfn: int  # first gfn of the cached range
     pfn: int  # first pfn of the cached range
@@ -39,8 +40,13 @@ class Tlb:
 
     def invalidate_gfn(self, gfn: int) -> None:
         """An EPT violation drops the translations cached for the faulting address."""
-        for level, entries in enumerate(self.by_level, start=1):
-            entries.pop(gfn >> (PT64_LEVEL_BITS * (level - 1)), None)
+        l1, l2, l3 = self.by_level
+        if l1:
+            l1.pop(gfn, None)
+        if l2:
+            l2.pop(gfn >> PT64_LEVEL_BITS, None)
+        if l3:
+            l3.pop(gfn >> (2 * PT64_LEVEL_BITS), None)
 
     def flush(self) -> int:
         dropped = sum(len(entries) for entries in self.by_level)
