@@ -1,8 +1,9 @@
 """The invariants of spec section 3.13 and contract section 4, checked after every step.
 
 `StepChecker` checks what a step could have broken, from what the step recorded (the sptes it wrote, the
-rmap heads it touched, the bits GET_DIRTY_LOG cleared, the stores that landed in logged slots), so a step
-costs in proportion to what it did. `check_all` walks the whole state; the tests use it to show that the
+bits GET_DIRTY_LOG cleared, the stores that landed in logged slots), so a step costs in proportion to what
+it did. Every rmap change goes with an spte change, so checking each written spte against its rmap head
+(and the head's other entries against the head) covers the rmaps a step touched. `check_all` walks the whole state; the tests use it to show that the
 incremental checks miss nothing. Violations are data: `lazy-buggy` must produce them, `zap` and `lazy`
 never.
 """
@@ -16,6 +17,7 @@ from engine.kvm import Kvm
 from engine.memslot import KvmMemorySlot, gfn_to_index
 from engine.shadow_page import KvmMmuPage, kvm_mmu_page_get_gfn
 from engine.spte import (
+    KVM_NR_PAGE_SIZES,
     PT64_BASE_ADDR_MASK,
     PT64_LEVEL_BITS,
     PT_PAGE_SIZE_MASK,
@@ -91,8 +93,13 @@ def _check_spte(kvm: Kvm, sp: KvmMmuPage, index: int, found: _Collector) -> None
     gfn = sp.gfn + (index << shift)
     slot = kvm.gfn_to_memslot(gfn)
     leaf = spte & PT_PRESENT_MASK and (level == PT_PAGE_TABLE_LEVEL or spte & PT_PAGE_SIZE_MASK)
+    if level > KVM_NR_PAGE_SIZES:
+        return  # a root entry is never a leaf and no rmap is kept at that level
     if slot is not None:
-        head = slot.rmap[level - 1].get((gfn >> shift) - (slot.base_gfn >> shift))
+        key = (gfn >> shift) - (slot.base_gfn >> shift)
+        head = slot.rmap[level - 1].get(key)
+        if head is not None and len(head) > 1:
+            _check_rmap_head(kvm, slot, level, key, found)
         if leaf:
             if head is None or head.count((sp, index)) != 1:
                 count = head.count((sp, index)) if head else 0
@@ -185,8 +192,6 @@ class StepChecker:
         for sp, index in touched:
             if not sp.invalid:
                 _check_spte(kvm, sp, index, found)
-        for slot_id, level, key in dict.fromkeys(log.rmap_heads):
-            _check_rmap_head(kvm, kvm.memslots.by_id[slot_id], level, key, found)
         if kvm.stat.lpages != self.lpages_seen:
             found.add("lpages_count", None, f"stat.lpages is {kvm.stat.lpages} but {self.lpages_seen} "
                       "large leaf sptes are present")

@@ -75,7 +75,6 @@ class StepLog:
     harvested_slots: list[int] = field(default_factory=list)
     # slots whose logging was switched on during the step.
     logging_enabled: list[int] = field(default_factory=list)
-    rmap_heads: list[tuple[int, int, int]] = field(default_factory=list)  # (slot, level, index) touched
     livelocks: list[tuple[int, int, bool]] = field(default_factory=list)  # (vcpu, gfn, write)
 
 

@@ -30,7 +30,6 @@ from engine.spte import (
     is_shadow_present_pte,
     is_writable_pte,
     pages_per_hpage,
-    spte_index,
     spte_is_locklessly_modifiable,
     spte_to_pfn,
 )
@@ -380,8 +379,9 @@ def direct_map(
     sp = kvm.root
     mapped = False
     drops_large = kvm.policy.direct_map_drops_large
+    sp_by_pfn = kvm.sp_by_pfn
     for cur in range(PT64_ROOT_LEVEL, level - 1, -1):
-        index = spte_index(gfn, cur)
+        index = (gfn >> (PT64_LEVEL_BITS * (cur - 1))) & (PT64_ENT_PER_PAGE - 1)
         if cur == level:
             mmu_set_spte(kvm, sp, index, write, level, gfn, pfn, speculative=False, host_writable=map_writable)
             direct_pte_prefetch(kvm, sp, index)
@@ -396,10 +396,10 @@ def direct_map(
             child = kvm_mmu_get_page(kvm, base_gfn, cur - 1, (sp, index))
             link_shadow_page(kvm, sp, index, child)
             sp = child
-        elif is_last_spte(spte, cur):
-            break  # the shadow walk stops at a leaf
+        elif spte & PT_PAGE_SIZE_MASK:
+            break  # the shadow walk stops at a leaf (is_last_spte above level 1)
         else:
-            sp = kvm.child_sp(spte)
+            sp = sp_by_pfn[(spte & PT64_BASE_ADDR_MASK) >> PAGE_SHIFT]
     if kvm.tp.on:
         kvm.tp.emit(DirectMap(gfn, level, pfn, write, map_writable, mapped))
     return mapped

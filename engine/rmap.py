@@ -28,7 +28,6 @@ def rmap_add(kvm: Kvm, sp: KvmMmuPage, index: int, gfn: int) -> int:
     if head is None:
         heads[key] = head = []
     head.append((sp, index))
-    kvm.log.rmap_heads.append((slot.id, level, key))
     return len(head)
 
 
@@ -43,4 +42,3 @@ def rmap_remove(kvm: Kvm, sp: KvmMmuPage, index: int) -> None:
     head.remove((sp, index))
     if not head:
         del heads[key]
-    kvm.log.rmap_heads.append((slot.id, sp.level, key))

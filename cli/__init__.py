@@ -1,0 +1,1 @@
+"""The `sptelab` command line: a shell over `engine`, as the web app is another (see cli.main)."""

@@ -1,0 +1,416 @@
+"""The `sptelab` command line of contract §3: a thin shell that reads a scenario, runs the engine, prints.
+
+Each subcommand parses its arguments, calls the engine and hands the values to `cli.report` (text) or
+`engine.result` (JSON). Anything a user can get wrong (a file, a scenario, a preset, a switch, a share
+code, the usage itself) ends the command with status 2 and one line on stderr, `sptelab run: <message>`;
+never a traceback, because the line is what a script or a person reads. Output depends only on the input:
+no clock, no environment beyond the colour choice, JSON with sorted keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import io
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import IO, NoReturn
+from urllib.parse import urlencode, urlsplit
+
+from cli.report import Style, format_compare, format_footer, format_header, format_step
+from engine.codec import MAX_URL_BYTES, CodecError, encode_scenario
+from engine.policy import DEFAULT_PRESET, PRESETS, PolicyError, make_policy, parse_policy_args, variant_of
+from engine.result import dumps, final_json, result_json, step_json
+from engine.scenario import MAX_SCENARIO_BYTES, Scenario, ScenarioError, parse_scenario, step_to_json
+from engine.simulation import Simulation
+from scenarios import builtin_names, builtin_scenarios, load_builtin_text
+
+PROG = "sptelab"
+DEFAULT_BASE_URL = "http://127.0.0.1:8000"
+COMPARE_FORMAT = "sptelab-compare"
+COMPARE_VERSION = 1
+
+# The per-step fields `compare` reports, in the order it reports them; values as `run --json` writes them.
+COMPARED_FIELDS = ("faults", "marked_dirty", "dirty_log", "tlb_flushes", "violations")
+
+EXIT_OK = 0
+EXIT_VIOLATED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process stopped by Ctrl-C
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports `cat` whose reader went away
+
+
+class CliError(Exception):
+    """A refusal worded for the user; main() prints it after the command's name, on one line."""
+
+
+class UsageError(CliError):
+    """argparse's refusal, already prefixed with the (sub)parser's name."""
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (raised, not printed), so main() owns every exit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {_one_line(message)} (see {self.prog} --help)")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading a scenario
+
+
+def read_scenario_text(source: str) -> bytes | str:
+    """The scenario text behind FILE: `-` is stdin, an existing path is that file, else a built-in name."""
+    if source == "-":
+        stream = getattr(sys.stdin, "buffer", None)
+        if stream is not None:
+            data: bytes | str = stream.read(MAX_SCENARIO_BYTES + 1)
+        else:
+            data = sys.stdin.read(MAX_SCENARIO_BYTES + 1)
+        return data
+    if os.path.exists(source):
+        try:
+            with open(source, "rb") as file:
+                # One byte past the limit is enough for the parser to refuse the file as too large.
+                return file.read(MAX_SCENARIO_BYTES + 1)
+        except OSError as error:
+            raise CliError(f"{source}: {error.strerror or error}") from None
+    if source in builtin_names():
+        return load_builtin_text(source)
+    known = ", ".join(builtin_names()) or "none"
+    raise CliError(f"{source}: no such file, and no built-in scenario of that name (known: {known})")
+
+
+def load_scenario(source: str) -> Scenario:
+    return parse_scenario(read_scenario_text(source))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The subcommands. Each takes the parsed arguments and stdout, and returns the exit status.
+
+
+def cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
+    scenario = load_scenario(args.file)
+    overrides = parse_policy_args(list(args.policy or []))
+    policy = make_policy(args.variant, overrides)
+    total = len(scenario.steps)
+    count = total
+    if args.until is not None:
+        if total == 0:
+            raise CliError(f"--until {args.until}: the scenario has no steps")
+        if not 0 <= args.until < total:
+            raise CliError(f"--until {args.until}: the scenario's steps are numbered 0 to {total - 1}")
+        count = args.until + 1
+
+    sim = Simulation(scenario, policy, detail=args.detail)
+    if args.json:
+        steps = [sim.step() for _ in range(count)]
+        out.write(dumps(result_json(sim, steps)))
+    else:
+        style = Style.for_stream(out)
+        variant = variant_of(policy) or "custom"
+        header = format_header(
+            scenario, variant=variant, base=args.variant, overrides=overrides, policy=policy, style=style
+        )
+        _write(out, header)
+        out.write("\n")
+        for _ in range(count):
+            _write(out, format_step(sim.step(), style))
+        out.write("\n")
+        finished = sim.migration.lost is not None
+        footer = format_footer(
+            final_json(sim), ran=count, total=total, migration_finished=finished, style=style
+        )
+        _write(out, footer)
+    return EXIT_VIOLATED if args.strict and sim.violations else EXIT_OK
+
+
+def compare_json(scenario: Scenario, variants: Sequence[str], overrides: dict[str, str]) -> dict[str, object]:
+    """Run `scenario` under each preset (with the same overrides) and keep only what differs per step.
+
+    The shape, ours rather than the contract's, printed with sorted keys by `compare --json`:
+    `{"format": "sptelab-compare", "version": 1, "scenario": {"title"}, "policy": {overrides},
+    "variants": [names], "differences": [{"step": i, "field": F, "values": {variant: value}}],
+    "final": {variant: {"lost": [gfns] or null, "violations": n, "stats": {...}}}}`. Each F is one of
+    COMPARED_FIELDS, its values as `run --json` writes that field; `lost` is null when the run reached
+    no migration verdict.
+    """
+    sims: dict[str, Simulation] = {}
+    steps: dict[str, list[dict[str, object]]] = {}
+    for name in variants:
+        sim = Simulation(scenario, make_policy(name, overrides), detail="full")
+        steps[name] = [step_json(step) for step in sim.run()]
+        sims[name] = sim
+    differences: list[dict[str, object]] = []
+    for index in range(len(scenario.steps)):
+        for field in COMPARED_FIELDS:
+            values = {name: steps[name][index][field] for name in variants}
+            if len({json.dumps(value, sort_keys=True) for value in values.values()}) > 1:
+                differences.append({"step": index, "field": field, "values": values})
+    final: dict[str, object] = {}
+    for name, sim in sims.items():
+        final[name] = {
+            # None: no migration verdict, because nothing migrated or migrate_end never ran.
+            "lost": list(sim.migration.lost) if sim.migration.lost is not None else None,
+            "violations": len(sim.violations),
+            "stats": sim.kvm.stat.as_json(),
+        }
+    return {
+        "format": COMPARE_FORMAT,
+        "version": COMPARE_VERSION,
+        "scenario": {"title": scenario.title},
+        "policy": dict(sorted(overrides.items())),
+        "variants": list(variants),
+        "differences": differences,
+        "final": final,
+    }
+
+
+def _variant_list(raw: Sequence[str] | None) -> list[str]:
+    """`--variant a --variant b,c` as [a, b, c], first spelling first, each once; default: every preset."""
+    names: list[str] = []
+    for item in raw or []:
+        for spelled in item.split(","):
+            name = spelled.strip()
+            if not name:
+                raise CliError(f"--variant {item!r}: empty variant name")
+            if name not in PRESETS:
+                raise PolicyError(f"unknown variant {name!r} (known: {', '.join(PRESETS)})")
+            if name not in names:
+                names.append(name)
+    return names or list(PRESETS)
+
+
+def cmd_compare(args: argparse.Namespace, out: IO[str]) -> int:
+    scenario = load_scenario(args.file)
+    variants = _variant_list(args.variant)
+    overrides = parse_policy_args(list(args.policy or []))
+    data = compare_json(scenario, variants, overrides)
+    if args.json:
+        out.write(dumps(data))
+    else:
+        ops = [step_to_json(step) for step in scenario.steps]
+        _write(out, format_compare(data, ops, Style.for_stream(out)))
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace, out: IO[str]) -> int:
+    scenario = load_scenario(args.file)
+    n = len(scenario.steps)
+    title = scenario.title or args.file
+    out.write(f"ok: {_one_line(title)} ({n} step{'' if n == 1 else 's'})\n")
+    return EXIT_OK
+
+
+def cmd_url(args: argparse.Namespace, out: IO[str]) -> int:
+    base = args.base.rstrip("/")
+    parts = urlsplit(base)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise CliError(f"--base {args.base!r}: expected an http(s) URL such as {DEFAULT_BASE_URL}")
+    scenario = load_scenario(args.file)
+    params = [("s", encode_scenario(scenario))]
+    if args.variant is not None:
+        make_policy(args.variant)  # refuse an unknown preset here, not when the link is opened
+        params.append(("variant", args.variant))
+    if args.step is not None:
+        total = len(scenario.steps)
+        if not 0 <= args.step <= total:
+            raise CliError(f"--step {args.step}: the player's steps are 0 (before the first) to {total}")
+        params.append(("step", str(args.step)))
+    url = f"{base}/play?{urlencode(params)}"
+    if len(url.encode("utf-8")) > MAX_URL_BYTES:
+        raise CliError(
+            f"the URL is {len(url.encode('utf-8'))} bytes, more than the {MAX_URL_BYTES} the web app accepts"
+        )
+    out.write(url + "\n")
+    return EXIT_OK
+
+
+def cmd_scenarios(args: argparse.Namespace, out: IO[str]) -> int:
+    rows = [{"name": name, "title": scenario.title} for name, scenario in builtin_scenarios()]
+    if args.json:
+        out.write(dumps(rows))
+        return EXIT_OK
+    width = max((len(row["name"]) for row in rows), default=0)
+    for row in rows:
+        out.write(f"{row['name']:<{width}}  {_one_line(row['title'])}\n")
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace, out: IO[str]) -> int:
+    if not 0 < args.port < 65536:
+        raise CliError(f"--port {args.port}: must be between 1 and 65535")
+    # Import lazily: every other command must work in a build without the web app or its server.
+    try:
+        importlib.import_module("app.main")
+    except ModuleNotFoundError as error:
+        if error.name in ("app", "app.main"):
+            raise CliError("the web app is not installed in this build") from None
+        raise CliError(f"the web app needs the module {error.name!r}, which is not installed") from None
+    try:
+        uvicorn = importlib.import_module("uvicorn")
+    except ModuleNotFoundError:
+        raise CliError("the web app needs uvicorn, which is not installed") from None
+    uvicorn.run("app.main:app", host=args.host, port=args.port)
+    return EXIT_OK
+
+
+def cmd_real(args: argparse.Namespace, out: IO[str]) -> int:
+    raise CliError("the live-kernel backend (/dev/kvm) is not part of this build")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The parser
+
+
+def _add_file(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "file",
+        metavar="FILE",
+        help="a scenario file, '-' for stdin, or the name of a built-in scenario (see 'sptelab scenarios')",
+    )
+
+
+def _add_policy(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--policy",
+        action="append",
+        metavar="K=V",
+        help="set one policy switch on top of the preset, e.g. wp_large=zap; repeat for more",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="A kernel-exact model of the KVM x86 TDP MMU around 'KVM: MMU: lazily drop large spte'.",
+        epilog="Exit status: 0 success (violations are data), 1 'run --strict' saw a violation, 2 bad input.",
+        allow_abbrev=False,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, handler: Callable[[argparse.Namespace, IO[str]], int], text: str) -> _Parser:
+        sub: _Parser = commands.add_parser(name, help=text, description=text, allow_abbrev=False)
+        sub.set_defaults(handler=handler, prog=sub.prog)
+        return sub
+
+    run = command("run", cmd_run, "run a scenario and print a step-by-step report, or the result JSON")
+    _add_file(run)
+    run.add_argument(
+        "--variant",
+        default=DEFAULT_PRESET,
+        metavar="P",
+        help=f"policy preset: {', '.join(PRESETS)} (default lazy)",
+    )
+    _add_policy(run)
+    run.add_argument("--json", action="store_true", help="print the result JSON of contract section 4")
+    run.add_argument(
+        "--detail",
+        choices=("full", "summary"),
+        default="full",
+        help="full: every fault, spte write and trace event; summary: per-step counts only (default full)",
+    )
+    run.add_argument(
+        "--until",
+        type=int,
+        metavar="N",
+        help="stop after step N (steps count from 0; step N itself runs); the report and the JSON then"
+        " describe the state at that point",
+    )
+    run.add_argument("--strict", action="store_true", help="exit with status 1 if any invariant was violated")
+
+    compare = command(
+        "compare", cmd_compare, "run a scenario under several presets and print where they differ"
+    )
+    _add_file(compare)
+    compare.add_argument(
+        "--variant",
+        action="append",
+        metavar="P",
+        help=f"a preset to compare (repeat, or separate with commas; default: {', '.join(PRESETS)})",
+    )
+    _add_policy(compare)
+    compare.add_argument("--json", action="store_true", help="print the differences as JSON")
+
+    check = command("check", cmd_check, "validate a scenario without running it")
+    _add_file(check)
+
+    url = command("url", cmd_url, "print the shareable player URL of a scenario")
+    _add_file(url)
+    url.add_argument("--variant", metavar="P", help="the preset the player opens with")
+    url.add_argument(
+        "--step", type=int, metavar="N", help="the step the player opens at (0 = before the first)"
+    )
+    url.add_argument("--base", default=DEFAULT_BASE_URL, metavar="URL", help=f"default {DEFAULT_BASE_URL}")
+
+    listing = command("scenarios", cmd_scenarios, "list the built-in scenarios")
+    listing.add_argument("--json", action="store_true", help='print [{"name": ..., "title": ...}]')
+
+    serve = command("serve", cmd_serve, "serve the web app")
+    serve.add_argument("--host", default="127.0.0.1", metavar="H", help="default 127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000, help="default 8000")
+
+    real = command(
+        "real", cmd_real, "run a scenario's guest accesses on this machine's kernel through /dev/kvm"
+    )
+    _add_file(real)
+    real.add_argument("--json", action="store_true", help="print the live-kernel result JSON")
+    real.add_argument("--compare", action="append", metavar="P", help="presets to set beside the kernel")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Entry point
+
+
+def _write(out: IO[str], lines: Sequence[str]) -> None:
+    out.write("".join(line + "\n" for line in lines))
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush does not fail on the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one `sptelab` command; return its exit status (0 ok, 1 `run --strict` violations, 2 bad input)."""
+    prog = PROG
+    out = sys.stdout
+    if isinstance(out, io.TextIOWrapper) and (out.encoding or "").lower().replace("-", "") != "utf8":
+        # Keep an odd character in a title from crashing the report on a non-UTF-8 terminal.
+        out.reconfigure(errors="backslashreplace")
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as done:  # --help: argparse has printed it
+            return done.code if isinstance(done.code, int) else EXIT_OK
+        prog = args.prog
+        status: int = args.handler(args, out)
+        out.flush()
+        return status
+    except UsageError as error:
+        print(_one_line(str(error)), file=sys.stderr)
+        return EXIT_USAGE
+    # Only the user's mistakes: an engine bug must keep its traceback.
+    except (CliError, ScenarioError, PolicyError, CodecError) as error:
+        print(f"{prog}: {_one_line(str(error))}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

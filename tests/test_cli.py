@@ -1,0 +1,501 @@
+"""The `sptelab` command line of contract §3, checked against the worked example of kvm-mmu.md §7.
+
+Most tests call `cli.main.main` in-process; a few run `python -m cli.main` / `python -m cli` to check what
+only a real process shows: the exit status, a closed pipe, and stdin.
+"""
+
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+import cli.main
+from cli.main import main
+from cli.report import Style
+from engine.codec import decode_code
+from engine.policy import PRESETS
+from engine.scenario import parse_scenario
+from scenarios import builtin_names, builtin_scenarios, load_builtin_text
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = "worked-example"
+# kvm-mmu.md §7.2: lazy-buggy's migration loses every page the guest writes once logging is on.
+LOST_BY_LAZY_BUGGY = [0x250, 0x260, 0x2C0, 0x300]
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    status = main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
+    status, out, err = run_cli(capsys, *argv, "--json")
+    assert (status, err) == (0, "")
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+def example() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(load_builtin_text(EXAMPLE))
+    return data
+
+
+def step_block(report: str, index: int) -> str:
+    """The lines of the text report that belong to step `index`."""
+    lines = report.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"step {index}  "))
+    end = next(
+        (i for i in range(start + 1, len(lines)) if not lines[i].startswith("  ")),
+        len(lines),
+    )
+    return "\n".join(lines[start:end])
+
+
+def process(
+    *argv: str, stdin: bytes | None = None, module: str = "cli.main"
+) -> subprocess.CompletedProcess[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("NO_COLOR", None)
+    return subprocess.run(
+        [sys.executable, "-m", module, *argv],
+        input=stdin,
+        capture_output=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The scenario library
+
+
+def test_builtin_library_lists_and_parses_the_worked_example() -> None:
+    assert EXAMPLE in builtin_names()
+    assert builtin_names() == sorted(builtin_names())
+    parsed = dict(builtin_scenarios())
+    assert parsed[EXAMPLE].title == "One 2 MiB region, three behaviours"
+    assert parse_scenario(load_builtin_text(EXAMPLE)) == parsed[EXAMPLE]
+
+
+def test_unknown_builtin_is_a_lookup_error_naming_the_known_ones() -> None:
+    with pytest.raises(LookupError, match=EXAMPLE):
+        load_builtin_text("no-such-scenario")
+    with pytest.raises(LookupError):
+        load_builtin_text("../pyproject")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# run --json: the verdicts of kvm-mmu.md §7
+
+
+def test_lazy_buggy_loses_the_pages_the_spec_names(capsys: pytest.CaptureFixture[str]) -> None:
+    result = run_json(capsys, "run", EXAMPLE, "--variant", "lazy-buggy")
+    assert result["format"] == "sptelab-result"
+    assert result["variant"] == "lazy-buggy"
+    assert result["final"]["migration"]["lost"] == LOST_BY_LAZY_BUGGY
+    invariants = {v["invariant"] for v in result["final"]["violations"]}
+    assert "written_not_logged" in invariants
+    not_logged = {v["gfn"] for v in result["final"]["violations"] if v["invariant"] == "written_not_logged"}
+    assert not_logged == set(LOST_BY_LAZY_BUGGY)
+    # The decisive write: the fast path makes the 2M spte writable and logs gfn 0x200, not 0x250.
+    step4 = result["steps"][4]
+    assert step4["fault_counts"] == {"fast": 1, "slow": 0}
+    assert step4["marked_dirty"] == [0x200]
+    assert step4["spte_changes"] == [
+        {"level": 2, "sp_gfn": 0, "index": 1, "old": "0x80000ff5", "new": "0x80000ff7"}
+    ]
+    assert result["steps"][7]["dirty_log"] == [0x200]
+
+
+@pytest.mark.parametrize("variant", ["zap", "lazy"])
+def test_zap_and_lazy_lose_nothing_and_violate_nothing(
+    capsys: pytest.CaptureFixture[str], variant: str
+) -> None:
+    result = run_json(capsys, "run", EXAMPLE, "--variant", variant)
+    assert result["final"]["migration"]["lost"] == []
+    assert result["final"]["violations"] == []
+    assert all(step["violations"] == [] for step in result["steps"])
+    assert result["steps"][7]["dirty_log"] == [0x250, 0x260, 0x2C0]
+    assert result["steps"][10]["dirty_log"] == [0x250, 0x300]
+
+
+def test_default_variant_is_lazy(capsys: pytest.CaptureFixture[str]) -> None:
+    result = run_json(capsys, "run", EXAMPLE)
+    assert result["variant"] == "lazy"
+    assert result["policy"] == PRESETS["lazy"].as_json()
+
+
+def test_policy_switch_overrides_the_preset(capsys: pytest.CaptureFixture[str]) -> None:
+    # lazy with 3.14's zapping write-protect: step 2 now zaps the 2M spte.
+    result = run_json(capsys, "run", EXAMPLE, "--policy", "wp_large=zap")
+    assert result["variant"] == "custom"
+    assert result["policy"]["wp_large"] == "zap"
+    assert result["steps"][2]["spte_changes"][0]["new"] == "0x0"
+
+
+def test_json_is_byte_identical_across_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    first = run_cli(capsys, "run", EXAMPLE, "--variant", "lazy-buggy", "--json")
+    second = run_cli(capsys, "run", EXAMPLE, "--variant", "lazy-buggy", "--json")
+    assert first == second
+    assert first[1].endswith("}\n")
+
+
+def test_summary_detail_omits_the_per_fault_rows(capsys: pytest.CaptureFixture[str]) -> None:
+    result = run_json(capsys, "run", EXAMPLE, "--detail", "summary")
+    for step in result["steps"]:
+        assert {"faults", "spte_changes", "events"}.isdisjoint(step)
+        assert {"fault_counts", "marked_dirty", "dirty_log", "tlb_flushes", "violations"} <= set(step)
+    status, out, _ = run_cli(capsys, "run", EXAMPLE, "--detail", "summary")
+    assert status == 0
+    assert "faults: 0 fast, 1 slow; marked dirty: 1" in step_block(out, 4)
+    assert "spte " not in out
+
+
+def test_until_stops_after_that_step(capsys: pytest.CaptureFixture[str]) -> None:
+    result = run_json(capsys, "run", EXAMPLE, "--variant", "lazy-buggy", "--until", "4")
+    assert [step["index"] for step in result["steps"]] == [0, 1, 2, 3, 4]
+    assert result["final"]["stats"]["lpages"] == 1
+    status, out, _ = run_cli(capsys, "run", EXAMPLE, "--until", "4")
+    assert status == 0
+    assert "step 4  write gfn 0x250" in out
+    assert "step 5 " not in out
+    assert "stopped after step 4" in out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# run: the readable report
+
+
+def test_report_shows_the_fast_path_bailing_under_lazy(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, err = run_cli(capsys, "run", EXAMPLE, "--variant", "lazy")
+    assert (status, err) == (0, "")
+    assert out.startswith("One 2 MiB region, three behaviours\nvariant: lazy")
+    block = step_block(out, 4)
+    assert "bail_large" in block
+    assert "slow" in block
+    # drop_large_spte clears L2[1], then the walk links an L1 sp and maps gfn 0x250 alone.
+    assert "L2[0x1] (sp gfn 0x0): 0x80000ff5 → 0x0" in block
+    assert "R X PS A D HW MW → -" in block
+    assert "L1[0x50] (sp gfn 0x200): 0x0 → 0x80050d77" in block
+    assert "marked dirty: 0x250" in block
+    assert "tlb flushes: 1" in block
+    assert "migration: 3 rounds, 517 pages sent, no page lost" in out
+    assert "violations: 0" in out
+    assert "\x1b[" not in out  # not a terminal: no colour
+
+
+def test_report_shows_the_fast_path_fixing_a_large_spte_under_lazy_buggy(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status, out, _ = run_cli(capsys, "run", EXAMPLE, "--variant", "lazy-buggy")
+    assert status == 0
+    block = step_block(out, 4)
+    assert "fast (fixed)" in block
+    assert "→ 2M" in block
+    assert "R X PS A D HW MW → R W X PS A D HW MW" in block
+    assert "marked dirty: 0x200" in block
+    assert "violation  no_writable_large_while_logging" in block
+    assert "no exit" in step_block(out, 5)
+    assert "dirty log returned: 0x200" in step_block(out, 7)
+    assert "4 pages LOST: 0x250 0x260 0x2c0 0x300" in out
+    assert "violations: 6" in out
+
+
+def test_colour_only_for_a_terminal_without_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert Style.for_stream(Terminal()).colour
+    assert not Style.for_stream(io.StringIO()).colour
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert not Style.for_stream(Terminal()).colour
+    assert Style(colour=True).red("lost") == "\x1b[31mlost\x1b[0m"
+    assert Style(colour=False).red("lost") == "lost"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# run --strict
+
+
+@pytest.mark.parametrize(("variant", "status"), [("lazy-buggy", 1), ("lazy", 0), ("zap", 0)])
+def test_strict_fails_only_on_violations(
+    capsys: pytest.CaptureFixture[str], variant: str, status: int
+) -> None:
+    assert run_cli(capsys, "run", EXAMPLE, "--variant", variant, "--strict")[0] == status
+    assert run_cli(capsys, "run", EXAMPLE, "--variant", variant, "--strict", "--json")[0] == status
+    # Without --strict, violations are data: the run succeeds.
+    assert run_cli(capsys, "run", EXAMPLE, "--variant", variant)[0] == 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# compare
+
+
+def test_compare_json_reports_the_decisive_write(capsys: pytest.CaptureFixture[str]) -> None:
+    data = run_json(capsys, "compare", EXAMPLE)
+    assert data["format"] == "sptelab-compare"
+    assert data["version"] == 1
+    assert data["variants"] == list(PRESETS)
+    faults = [d for d in data["differences"] if (d["step"], d["field"]) == (4, "faults")]
+    assert len(faults) == 1
+    paths = {
+        name: [(f["path"], f["fast_result"], f["level"]) for f in rows]
+        for name, rows in faults[0]["values"].items()
+    }
+    assert paths == {
+        "zap": [("slow", None, 1)],
+        "lazy-buggy": [("fast", "fixed", 2)],
+        "lazy": [("slow", "bail_large", 1)],
+    }
+    assert {
+        "step": 4,
+        "field": "marked_dirty",
+        "values": {"zap": [0x250], "lazy-buggy": [0x200], "lazy": [0x250]},
+    } in (data["differences"])
+    # Steps 0 and 1 happen before logging starts: every variant does the same.
+    assert all(d["step"] >= 2 for d in data["differences"])
+    assert data["final"]["lazy-buggy"]["lost"] == LOST_BY_LAZY_BUGGY
+    assert data["final"]["zap"] == {**data["final"]["zap"], "lost": [], "violations": 0}
+    assert data["final"]["lazy"]["violations"] == 0
+    assert data["final"]["lazy-buggy"]["stats"]["lpages"] == 1
+    assert (
+        run_cli(capsys, "compare", EXAMPLE, "--json")[1] == run_cli(capsys, "compare", EXAMPLE, "--json")[1]
+    )
+
+
+def test_compare_text_prints_only_the_differences(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, err = run_cli(capsys, "compare", EXAMPLE, "--variant", "zap", "--variant", "lazy-buggy,lazy")
+    assert (status, err) == (0, "")
+    assert "variants: zap, lazy-buggy, lazy" in out
+    assert "step 0 " not in out
+    block = step_block(out, 4)
+    assert "bail_large" in block
+    assert "fast (fixed)" in block
+    assert "lazy-buggy  0x250 0x260 0x2c0 0x300" in out
+
+
+def test_compare_of_one_variant_has_no_differences(capsys: pytest.CaptureFixture[str]) -> None:
+    data = run_json(capsys, "compare", EXAMPLE, "--variant", "lazy")
+    assert data["variants"] == ["lazy"]
+    assert data["differences"] == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# check, url, scenarios, serve, real
+
+
+def test_check(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert run_cli(capsys, "check", EXAMPLE) == (0, "ok: One 2 MiB region, three behaviours (12 steps)\n", "")
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps({**example(), "title": "t", "steps": [{"op": "read", "gfn": 512}]}))
+    assert run_cli(capsys, "check", str(path)) == (0, "ok: t (1 step)\n", "")
+
+
+def test_check_reads_stdin(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    stdin = io.TextIOWrapper(io.BytesIO(load_builtin_text(EXAMPLE).encode("utf-8")), encoding="utf-8")
+    monkeypatch.setattr(sys, "stdin", stdin)
+    assert run_cli(capsys, "check", "-")[0] == 0
+
+
+def test_url_decodes_back_to_the_scenario(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run_cli(capsys, "url", EXAMPLE)
+    assert status == 0
+    url = urlsplit(out.strip())
+    assert (url.scheme, url.netloc, url.path) == ("http", "127.0.0.1:8000", "/play")
+    query = parse_qs(url.query)
+    assert set(query) == {"s"}
+    assert decode_code(query["s"][0]) == parse_scenario(load_builtin_text(EXAMPLE)).canonical()
+
+
+def test_url_with_variant_step_and_base(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run_cli(
+        capsys, "url", EXAMPLE, "--variant", "lazy-buggy", "--step", "5", "--base", "https://sptelab.example/"
+    )
+    assert status == 0
+    assert out.startswith("https://sptelab.example/play?s=1.")
+    assert out.endswith("&variant=lazy-buggy&step=5\n")
+
+
+def test_scenarios_lists_the_builtins(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run_cli(capsys, "scenarios")
+    assert status == 0
+    assert "worked-example  One 2 MiB region, three behaviours\n" in out
+    status, out, _ = run_cli(capsys, "scenarios", "--json")
+    assert {"name": EXAMPLE, "title": "One 2 MiB region, three behaviours"} in json.loads(out)
+
+
+def test_serve_without_the_web_app(capsys: pytest.CaptureFixture[str]) -> None:
+    if importlib.util.find_spec("app") is not None:
+        pytest.skip("the web app is installed")
+    assert run_cli(capsys, "serve") == (2, "", "sptelab serve: the web app is not installed in this build\n")
+
+
+def test_real_is_listed_but_not_available(capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = run_cli(capsys, "real", EXAMPLE)
+    assert status == 2
+    assert err.startswith("sptelab real: ") and err.count("\n") == 1
+    assert "not part of this build" in err
+    assert main(["--help"]) == 0
+    assert " real " in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Refusals: status 2, one line on stderr, no traceback
+
+
+def _scenario_file(tmp_path: Path, data: object) -> str:
+    path = tmp_path / "scenario.json"
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return str(path)
+
+
+def _with_step(index: int, step: dict[str, object]) -> dict[str, Any]:
+    data = example()
+    data["steps"][index] = step
+    return data
+
+
+REFUSALS: list[tuple[str, list[str], object, list[str]]] = [
+    # (id, argv with {file} for the scenario file, the file's content or None, words the line must hold)
+    ("missing file", ["run", "no/such/file.json"], None, ["sptelab run: no/such/file.json: no such file"]),
+    ("invalid json", ["run", "{file}"], '{"format": ', ["sptelab run: scenario: not valid JSON (line 1"]),
+    ("unknown op", ["run", "{file}"], _with_step(0, {"op": "frob"}), ["step 0", "unknown op 'frob'"]),
+    (
+        "gfn outside memslot",
+        ["check", "{file}"],
+        _with_step(1, {"op": "write", "gfn": "0x400"}),
+        ["sptelab check: step 1 (write): gfn 0x400 is outside every memslot"],
+    ),
+    (
+        "unknown variant",
+        ["run", EXAMPLE, "--variant", "nope"],
+        None,
+        ["unknown variant 'nope'", "lazy-buggy"],
+    ),
+    ("unknown switch", ["run", EXAMPLE, "--policy", "nope=1"], None, ["unknown policy switch 'nope'"]),
+    (
+        "unimplemented switch value",
+        ["run", EXAMPLE, "--policy", "eager_split=true"],
+        None,
+        ["eager_split", "not implemented"],
+    ),
+    ("bad switch value", ["run", EXAMPLE, "--policy", "wp_large=maybe"], None, ["wp_large", "'maybe'"]),
+    ("malformed policy", ["run", EXAMPLE, "--policy", "foo"], None, ["--policy 'foo'", "SWITCH=VALUE"]),
+    ("until not a number", ["run", EXAMPLE, "--until", "x"], None, ["sptelab run: argument --until"]),
+    ("until past the end", ["run", EXAMPLE, "--until", "12"], None, ["--until 12", "0 to 11"]),
+    ("until negative", ["run", EXAMPLE, "--until", "-1"], None, ["--until -1"]),
+    ("bad detail", ["run", EXAMPLE, "--detail", "most"], None, ["argument --detail"]),
+    ("unknown subcommand", ["frob"], None, ["sptelab: ", "invalid choice: 'frob'"]),
+    ("no subcommand", [], None, ["sptelab: ", "required"]),
+    ("run without a file", ["run"], None, ["sptelab run: ", "FILE"]),
+    (
+        "compare unknown variant",
+        ["compare", EXAMPLE, "--variant", "zap,nope"],
+        None,
+        ["sptelab compare: ", "'nope'"],
+    ),
+    ("url unknown variant", ["url", EXAMPLE, "--variant", "nope"], None, ["sptelab url: unknown variant"]),
+    ("url step past the end", ["url", EXAMPLE, "--step", "13"], None, ["sptelab url: --step 13"]),
+    ("url bad base", ["url", EXAMPLE, "--base", "javascript:x"], None, ["sptelab url: --base"]),
+    ("unknown builtin", ["check", "no-such-scenario"], None, ["no built-in scenario", EXAMPLE]),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "content", "words"), [r[1:] for r in REFUSALS], ids=[r[0] for r in REFUSALS]
+)
+def test_refusals_are_one_line_with_status_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, argv: list[str], content: object, words: list[str]
+) -> None:
+    if content is not None:
+        file = _scenario_file(tmp_path, content)
+        argv = [file if arg == "{file}" else arg for arg in argv]
+    status, out, err = run_cli(capsys, *argv)
+    assert status == 2
+    assert out == ""
+    assert err.count("\n") == 1 and err.endswith("\n")
+    assert err.startswith("sptelab")
+    assert "Traceback" not in err
+    for word in words:
+        assert word in err
+
+
+def test_keyboard_interrupt_exits_130_quietly(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(*_: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.main, "cmd_run", interrupted)
+    assert run_cli(capsys, "run", EXAMPLE) == (130, "", "")
+
+
+def test_an_engine_bug_is_not_passed_off_as_bad_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_: object) -> int:
+        raise IndexError("list index out of range")
+
+    monkeypatch.setattr(cli.main, "cmd_run", broken)
+    with pytest.raises(IndexError):
+        main(["run", EXAMPLE])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Real processes
+
+
+def test_process_json_matches_in_process(capsys: pytest.CaptureFixture[str]) -> None:
+    done = process("run", EXAMPLE, "--variant", "lazy-buggy", "--json")
+    assert (done.returncode, done.stderr) == (0, b"")
+    assert (
+        done.stdout.decode("utf-8") == run_cli(capsys, "run", EXAMPLE, "--variant", "lazy-buggy", "--json")[1]
+    )
+
+
+def test_process_reads_stdin_and_refuses_in_one_line() -> None:
+    good = process("check", "-", stdin=load_builtin_text(EXAMPLE).encode("utf-8"), module="cli")
+    assert (good.returncode, good.stdout) == (0, b"ok: One 2 MiB region, three behaviours (12 steps)\n")
+    bad = process("run", "-", "--strict", stdin=b"[1, 2", module="cli")
+    assert bad.returncode == 2
+    assert bad.stdout == b""
+    assert bad.stderr.startswith(b"sptelab run: scenario: not valid JSON")
+    assert bad.stderr.count(b"\n") == 1
+
+
+def test_process_strict_status() -> None:
+    assert (
+        process("run", EXAMPLE, "--variant", "lazy-buggy", "--strict", "--detail", "summary").returncode == 1
+    )
+
+
+def test_process_closed_pipe_is_quiet(tmp_path: Path) -> None:
+    # Enough output to overflow a pipe buffer, so the writer meets the closed reader.
+    data = {**example(), "steps": [{"op": "read", "gfn": "0x200", "count": 1, "stride": 0}] * 2000}
+    path = tmp_path / "long.json"
+    path.write_text(json.dumps(data))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "run", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env=env,
+    ) as child:
+        assert child.stdout is not None and child.stderr is not None
+        child.stdout.read(100)
+        child.stdout.close()
+        err = child.stderr.read()
+        status = child.wait(timeout=60)
+    assert err == b""
+    assert status == 141
