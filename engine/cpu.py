@@ -30,10 +30,13 @@ def ept_walk(kvm: Kvm, vcpu: Vcpu, gfn: int, write: bool) -> int | None:
 
     On failure return the page-fault error code: PRESENT when the translation was readable.
     """
-    sp: KvmMmuPage = kvm.root
-    sp_by_pfn = kvm.sp_by_pfn
     accessed = kvm.masks.accessed_mask
-    level = PT64_ROOT_LEVEL
+    l1 = kvm.l1_tables.get(gfn >> PT64_LEVEL_BITS)
+    if l1 is not None:  # every entry above it is a present pointer with A set
+        sp, level = l1, 1
+    else:
+        sp, level = kvm.root, PT64_ROOT_LEVEL
+    sp_by_pfn = kvm.sp_by_pfn
     while True:
         index = (gfn >> (PT64_LEVEL_BITS * (level - 1))) & 511
         spte = sp.spt[index]
@@ -45,6 +48,8 @@ def ept_walk(kvm: Kvm, vcpu: Vcpu, gfn: int, write: bool) -> int | None:
             _set_ad(kvm, vcpu, sp, index, spte | accessed)
         sp = sp_by_pfn[(spte & PT64_BASE_ADDR_MASK) >> 12]
         level -= 1
+        if level == 1:
+            kvm.l1_tables[gfn >> PT64_LEVEL_BITS] = sp
     if write and not spte & PT_WRITABLE_MASK:
         return PFERR_PRESENT_MASK | PFERR_WRITE_MASK
     dirty = kvm.masks.dirty_mask

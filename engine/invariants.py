@@ -3,9 +3,9 @@
 `StepChecker` checks what a step could have broken, from what the step recorded (the sptes it wrote, the
 bits GET_DIRTY_LOG cleared, the stores that landed in logged slots), so a step costs in proportion to what
 it did. Every rmap change goes with an spte change, so checking each written spte against its rmap head
-(and the head's other entries against the head) covers the rmaps a step touched. `check_all` walks the whole state; the tests use it to show that the
-incremental checks miss nothing. Violations are data: `lazy-buggy` must produce them, `zap` and `lazy`
-never.
+(and the head's other entries against the head) covers the rmaps a step touched. `check_all` walks the
+whole state; the tests use it to show that the incremental checks miss nothing. Violations are data:
+`lazy-buggy` must produce them, `zap` and `lazy` never.
 """
 
 from __future__ import annotations

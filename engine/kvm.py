@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from engine.memslot import KvmMemorySlot, Memslots
 from engine.policy import Policy
 from engine.shadow_page import KvmMmuPage, SptePtr
-from engine.spte import PT64_ROOT_LEVEL, SpteMasks
+from engine.spte import PT64_LEVEL_BITS, PT64_ROOT_LEVEL, PT_PAGE_SIZE_MASK, PT_PRESENT_MASK, SpteMasks
 from engine.tlb import Tlb
 from engine.trace import Trace
 
@@ -110,6 +110,7 @@ class Kvm:
         self.mmu_page_hash: dict[tuple[int, int], list[KvmMmuPage]] = {}
         self.active_mmu_pages: dict[int, KvmMmuPage] = {}  # serial -> sp, in creation order
         self.sp_by_pfn: dict[int, KvmMmuPage] = {}
+        self.l1_tables: dict[int, KvmMmuPage] = {}  # gfn >> 9 -> level-1 sp, see l1_table()
         self._next_serial = 0
         self.root: KvmMmuPage = self.alloc_root()
 
@@ -121,7 +122,17 @@ class Kvm:
         old = spt[index]
         spt[index] = new
         self.log.spte_changes.append((sp, index, old, new))
+        # A change to a table pointer may re-route walks: forget the shortcuts to level-1 tables.
+        both = old | new
+        if sp.level > 1 and both & PT_PRESENT_MASK and not both & PT_PAGE_SIZE_MASK and self.l1_tables:
+            self.l1_tables.clear()
         return old
+
+    def l1_table(self, gfn: int) -> KvmMmuPage | None:
+        """The level-1 table the root currently routes `gfn` to, if a walk has been there since the last
+        table pointer changed. A shortcut for the engine's own walks (the CPU's paging-structure cache
+        does the same for real walks); it never changes what a walk finds."""
+        return self.l1_tables.get(gfn >> PT64_LEVEL_BITS)
 
     # --- shadow page allocation -------------------------------------------------------------------
 

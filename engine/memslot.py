@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_right
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from engine.spte import KVM_NR_PAGE_SIZES, PT64_LEVEL_BITS, pages_per_hpage
@@ -92,7 +93,7 @@ class KvmMemorySlot:
         return self.host_writable or (pfn >> (PT64_LEVEL_BITS * (self.host_level - 1))) in self.cow_broken
 
     def break_cow(self, pfn: int) -> bool:
-        """A write fault un-shares the host page (the whole huge page for hugetlbfs). True if it was shared."""
+        """A write fault un-shares the host page (all of a huge page). True if it was still shared."""
         if self.host_page_writable(pfn):
             return False
         self.cow_broken.add(pfn >> (PT64_LEVEL_BITS * (self.host_level - 1)))
@@ -144,5 +145,6 @@ class Memslots:
             return slot
         return None
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[KvmMemorySlot]:
+        """Slots in id order: the order userspace loops such as migration walk them."""
         return iter(sorted(self.by_id.values(), key=lambda s: s.id))

@@ -377,13 +377,18 @@ def direct_map(
     without 404381c5 does with a read-only large spte, so the guest refaults forever.
     """
     sp = kvm.root
+    top = PT64_ROOT_LEVEL
+    if level == PT_PAGE_TABLE_LEVEL:
+        l1 = kvm.l1_table(gfn)
+        if l1 is not None:  # the walk would only follow present pointers down to it
+            sp, top = l1, PT_PAGE_TABLE_LEVEL
     mapped = False
     drops_large = kvm.policy.direct_map_drops_large
     sp_by_pfn = kvm.sp_by_pfn
-    for cur in range(PT64_ROOT_LEVEL, level - 1, -1):
+    for cur in range(top, level - 1, -1):
         index = (gfn >> (PT64_LEVEL_BITS * (cur - 1))) & (PT64_ENT_PER_PAGE - 1)
         if cur == level:
-            mmu_set_spte(kvm, sp, index, write, level, gfn, pfn, speculative=False, host_writable=map_writable)
+            mmu_set_spte(kvm, sp, index, write, level, gfn, pfn, False, map_writable)
             direct_pte_prefetch(kvm, sp, index)
             kvm.stat.pf_fixed += 1
             mapped = True
@@ -437,9 +442,9 @@ def fast_page_fault(kvm: Kvm, vcpu: Vcpu, gfn: int, level: int, error_code: int)
 
     Returns (handled, result). The result names why it stopped, as the tracepoint prints it.
     """
-    sp = kvm.root
+    l1 = kvm.l1_table(gfn)
+    sp, cur = (l1, PT_PAGE_TABLE_LEVEL) if l1 is not None else (kvm.root, PT64_ROOT_LEVEL)
     sp_by_pfn = kvm.sp_by_pfn
-    cur = PT64_ROOT_LEVEL
     while True:
         index = (gfn >> (PT64_LEVEL_BITS * (cur - 1))) & (PT64_ENT_PER_PAGE - 1)
         spte = sp.spt[index]

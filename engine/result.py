@@ -58,7 +58,13 @@ def step_json(step: StepResult) -> dict[str, object]:
         out["faults"] = [fault_json(f) for f in step.faults]
     if step.spte_changes is not None:
         out["spte_changes"] = [
-            {"level": c.level, "sp_gfn": c.sp_gfn, "index": c.index, "old": f"{c.old:#x}", "new": f"{c.new:#x}"}
+            {
+                "level": c.level,
+                "sp_gfn": c.sp_gfn,
+                "index": c.index,
+                "old": f"{c.old:#x}",
+                "new": f"{c.new:#x}",
+            }
             for c in step.spte_changes
         ]
     if step.events is not None:

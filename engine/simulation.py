@@ -21,7 +21,22 @@ from engine.memslot import KvmMemorySlot
 from engine.migration import Migration, migrate_begin, migrate_end, migrate_round
 from engine.mmu import kvm_mmu_zap_all
 from engine.policy import Policy
-from engine.scenario import Scenario, Step, step_to_json
+from engine.scenario import (
+    DisableDirtyLogStep,
+    EnableDirtyLogStep,
+    FlushTlbStep,
+    GetDirtyLogStep,
+    MigrateBeginStep,
+    MigrateEndStep,
+    MigrateRoundStep,
+    NoteStep,
+    ReadStep,
+    Scenario,
+    Step,
+    WriteStep,
+    ZapAllStep,
+    step_to_json,
+)
 from engine.trace import Event
 
 
@@ -135,28 +150,25 @@ class Simulation:
 
     def _execute(self, step: Step) -> None:
         kvm = self.kvm
-        op = step.op
-        if op in ("read", "write"):
-            vcpu = kvm.vcpus[step.vcpu]  # type: ignore[union-attr]
-            gfn, stride, write = step.gfn, step.stride, op == "write"  # type: ignore[union-attr]
-            for k in range(step.count):  # type: ignore[union-attr]
+        if isinstance(step, ReadStep | WriteStep):
+            vcpu = kvm.vcpus[step.vcpu]
+            gfn, stride, write = step.gfn, step.stride, step.is_write
+            for k in range(step.count):
                 guest_access(kvm, vcpu, gfn + k * stride, write)
-        elif op == "enable_dirty_log":
-            kvm_set_dirty_logging(kvm, self._slot(step.slot), True)  # type: ignore[union-attr]
-        elif op == "disable_dirty_log":
-            kvm_set_dirty_logging(kvm, self._slot(step.slot), False)  # type: ignore[union-attr]
-        elif op == "get_dirty_log":
-            kvm.log.dirty_log = kvm_vm_ioctl_get_dirty_log(kvm, self._slot(step.slot))  # type: ignore[union-attr]
-        elif op == "flush_tlb":
+        elif isinstance(step, EnableDirtyLogStep | DisableDirtyLogStep):
+            kvm_set_dirty_logging(kvm, self._slot(step.slot), isinstance(step, EnableDirtyLogStep))
+        elif isinstance(step, GetDirtyLogStep):
+            kvm.log.dirty_log = kvm_vm_ioctl_get_dirty_log(kvm, self._slot(step.slot))
+        elif isinstance(step, FlushTlbStep):
             kvm_flush_remote_tlbs(kvm, "userspace", under_mmu_lock=False)
-        elif op == "zap_all":
+        elif isinstance(step, ZapAllStep):
             kvm_mmu_zap_all(kvm)
-        elif op == "migrate_begin":
+        elif isinstance(step, MigrateBeginStep):
             self.migrated = True
             migrate_begin(kvm, self.migration)
-        elif op == "migrate_round":
+        elif isinstance(step, MigrateRoundStep):
             kvm.log.dirty_log = migrate_round(kvm, self.migration)
-        elif op == "migrate_end":
+        elif isinstance(step, MigrateEndStep):
             kvm.log.dirty_log = migrate_end(kvm, self.migration)
-        elif op != "note":
-            raise AssertionError(f"the validator let an unknown op through: {op!r}")
+        elif not isinstance(step, NoteStep):
+            raise AssertionError(f"the validator let an unknown op through: {step.op!r}")

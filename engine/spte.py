@@ -83,7 +83,8 @@ def is_writable_pte(spte: int) -> bool:
 
 
 def is_last_spte(spte: int, level: int) -> bool:
-    """A leaf at `level`: the answer depends on the level the caller believes it is at (see fast_page_fault)."""
+    """A leaf at `level`. The answer depends on the level the caller believes it is at: see
+    fast_page_fault's last-spte check."""
     return level == PT_PAGE_TABLE_LEVEL or is_large_pte(spte)
 
 
