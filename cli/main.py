@@ -33,7 +33,7 @@ COMPARE_FORMAT = "sptelab-compare"
 COMPARE_VERSION = 1
 
 # The per-step fields `compare` reports, in the order it reports them; values as `run --json` writes them.
-COMPARED_FIELDS = ("faults", "marked_dirty", "dirty_log", "tlb_flushes", "violations")
+COMPARED_FIELDS = ("faults", "spte_changes", "marked_dirty", "dirty_log", "tlb_flushes", "violations")
 
 EXIT_OK = 0
 EXIT_VIOLATED = 1

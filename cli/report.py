@@ -333,6 +333,15 @@ def _fault_item(fault: Mapping[str, object], style: Style) -> str:
     return f"{'write' if fault.get('write') else 'read'} {where} {path} {style.arrow} {mapped}"
 
 
+def _change_item(change: Mapping[str, object], style: Style) -> str:
+    """`L2[0x1]@0x0 0x80000ff7→0x0`: which spte (level, index, sp gfn) went from which value to which."""
+    index, sp_gfn = change.get("index"), change.get("sp_gfn")
+    where = f"L{change.get('level')}[{index:#x}]" if isinstance(index, int) else "?"
+    if isinstance(sp_gfn, int):
+        where += f"@{sp_gfn:#x}"
+    return f"{where} {change.get('old')}{style.arrow}{change.get('new')}"
+
+
 def _violation_item(violation: Mapping[str, object], style: Style) -> str:
     gfn = violation.get("gfn")
     where = f" {gfn:#x}" if isinstance(gfn, int) else ""
@@ -353,6 +362,8 @@ def _value_text(field: str, value: object, style: Style) -> str:
             return f"{counts}: {_shorten(items)}"
         if field == "violations":
             return _shorten([_violation_item(item, style) for item in value if isinstance(item, Mapping)])
+        if field == "spte_changes":
+            return _shorten([_change_item(item, style) for item in value if isinstance(item, Mapping)])
         text = _shorten([f"{gfn:#x}" if isinstance(gfn, int) else str(gfn) for gfn in value]).replace(
             "; ", " "
         )
