@@ -304,7 +304,7 @@ def direct_pte_prefetch(kvm: Kvm, sp: KvmMmuPage, index: int) -> None:
     elif sp.level > PT_PAGE_TABLE_LEVEL:
         skipped = f"sp level {sp.level}"
     else:
-        skipped = ""
+        skipped = _group_in_logged_slot(kvm, sp, index)
     done: list[int] = []
     if not skipped:
         first = index & ~(PTE_PREFETCH_NUM - 1)
@@ -324,6 +324,15 @@ def direct_pte_prefetch(kvm: Kvm, sp: KvmMmuPage, index: int) -> None:
                 start = i
     if kvm.tp.on:
         kvm.tp.emit(DirectPtePrefetch(sp.gfn, tuple(done), skipped))
+
+
+def _group_in_logged_slot(kvm: Kvm, sp: KvmMmuPage, index: int) -> str:
+    """Every run of the group would meet a logged slot first: say so without walking the group."""
+    first = kvm_mmu_page_get_gfn(sp, index & ~(PTE_PREFETCH_NUM - 1))
+    slot = kvm.gfn_to_memslot(first)
+    if slot is not None and slot.dirty_bitmap is not None and first + PTE_PREFETCH_NUM - 1 <= slot.last_gfn:
+        return f"slot {slot.id} is dirty-logged"
+    return ""
 
 
 def direct_pte_prefetch_many(kvm: Kvm, sp: KvmMmuPage, start: int, end: int) -> tuple[list[int], str]:
