@@ -1,0 +1,114 @@
+"""Shared helpers for the engine tests: load and run scenarios, look sptes up, run on every preset.
+
+Engine tests import the helpers by name (`from conftest import run_scenario`); pytest puts this directory
+on the import path because `tests/` is not a package.
+
+Every engine test runs on every preset (style.md, rule 8). Take the `preset` fixture for a test whose
+expectation is the same everywhere, or `per_preset({...})` for one whose expected value differs per
+preset, as the spec's section 7 tables do. A test that leaves a preset out says why, in `per_preset`'s
+`omitted` argument.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.policy import PRESETS, make_policy
+from engine.result import result_json
+from engine.scenario import Scenario, parse_scenario
+from engine.simulation import Simulation, StepResult
+
+REPO = Path(__file__).resolve().parent.parent
+SCENARIOS = REPO / "scenarios"
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+PRESET_NAMES: list[str] = list(PRESETS)
+
+
+def scenario_dict(name: str) -> dict[str, Any]:
+    """The raw JSON of a built-in scenario (`scenarios/NAME.json`) or a test one
+    (`tests/golden/NAME.scenario.json`), as a fresh dict the caller may edit."""
+    for path in (SCENARIOS / f"{name}.json", GOLDEN / f"{name}.scenario.json"):
+        if path.is_file():
+            data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+            return data
+    raise FileNotFoundError(f"no scenario named {name!r} in {SCENARIOS} or {GOLDEN}")
+
+
+def load_scenario(name: str) -> Scenario:
+    return parse_scenario(scenario_dict(name))
+
+
+def make_scenario(
+    memslots: Sequence[Mapping[str, Any]], steps: Sequence[Mapping[str, Any]], **vm: Any
+) -> Scenario:
+    """A scenario built in a test: `vm` keywords override the VM defaults (vcpus, max_page_level, ept_ad)."""
+    return parse_scenario(
+        {
+            "format": "sptelab-scenario",
+            "version": 1,
+            "title": "test",
+            "vm": {"vcpus": 1, "max_page_level": "2M", "ept_ad": True, **vm},
+            "memslots": [dict(slot) for slot in memslots],
+            "steps": [dict(step) for step in steps],
+        }
+    )
+
+
+def run_scenario(
+    scenario: Scenario | Mapping[str, Any] | str,
+    variant: str,
+    overrides: Mapping[str, str | bool] | None = None,
+    detail: str = "full",
+) -> tuple[Simulation, list[StepResult], dict[str, Any]]:
+    """Run a whole scenario (a Scenario, a dict, or a scenario name) under a preset plus overrides.
+
+    Returns the simulation (for its final state), the step results, and the contract §4 result dict.
+    """
+    if isinstance(scenario, str):
+        scenario = load_scenario(scenario)
+    elif not isinstance(scenario, Scenario):
+        scenario = parse_scenario(copy.deepcopy(dict(scenario)))
+    sim = Simulation(scenario, make_policy(variant, overrides), detail=detail)
+    steps = sim.run()
+    return sim, steps, result_json(sim, steps)
+
+
+def spte_at(
+    result_or_sptes: Mapping[str, Any] | Sequence[Mapping[str, Any]], level: int, sp_gfn: int, index: int
+) -> Mapping[str, Any] | None:
+    """The present spte at `index` of the level-`level` sp whose first gfn is `sp_gfn`, or None.
+
+    Takes a result dict (its final.sptes) or a list of spte dicts (`engine.result.present_sptes`).
+    """
+    sptes = result_or_sptes["final"]["sptes"] if isinstance(result_or_sptes, Mapping) else result_or_sptes
+    for spte in sptes:
+        if (spte["level"], spte["sp_gfn"], spte["index"]) == (level, sp_gfn, index):
+            return spte
+    return None
+
+
+def per_preset(expected: Mapping[str, Any], omitted: Mapping[str, str] | None = None) -> list[Any]:
+    """Parameters (preset, expected) for `pytest.mark.parametrize`, one per preset.
+
+    Every preset must be given an expectation, or be named in `omitted` with the reason it is left out.
+    """
+    omitted = omitted or {}
+    missing = [name for name in PRESET_NAMES if name not in expected and name not in omitted]
+    unknown = [name for name in [*expected, *omitted] if name not in PRESET_NAMES]
+    if missing or unknown:
+        raise ValueError(f"per_preset: no expectation for {missing}, unknown presets {unknown}")
+    return [pytest.param(name, expected[name], id=name) for name in PRESET_NAMES if name in expected]
+
+
+@pytest.fixture(params=PRESET_NAMES)
+def preset(request: pytest.FixtureRequest) -> str:
+    """Each preset in turn, for tests whose expectation holds for all of them."""
+    name: str = request.param
+    return name
