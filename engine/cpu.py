@@ -110,7 +110,7 @@ def guest_access(kvm: Kvm, vcpu: Vcpu, gfn: int, write: bool) -> None:
         via = "fault" if faults else "walk" if walked else "tlb"
         kvm.tp.emit(GuestAccess(vcpu.id, gfn, write, via, faults))
     if write:
-        slot = kvm.memslots.gfn_to_memslot(gfn)
+        slot = kvm.gfn_to_memslot(gfn)
         if slot is not None:
             slot.content[gfn - slot.base_gfn] += 1
             if slot.dirty_bitmap is not None:

@@ -172,26 +172,41 @@ class StepChecker:
     def check_step(self, kvm: Kvm, step: int) -> list[Violation]:
         log = kvm.log
         found = _Collector(step)
-        touched: dict[tuple[KvmMmuPage, int], None] = {}
+        touched = log.touched
+        tlbs_live = any(len(vcpu.tlb) for vcpu in kvm.vcpus)
         lowered: list[tuple[KvmMmuPage, int]] = []
         large_delta = 0
-        for sp, index, old, new in log.spte_changes:
-            touched[(sp, index)] = None
-            if old & PT_PRESENT_MASK:
-                large_delta -= bool(old & PT_PAGE_SIZE_MASK)
-                # Less than before: gone, read-only now, or pointing elsewhere. A TLB may still have it.
-                if (
+        for (sp, index), old in touched.items():
+            new = sp.spt[index]
+            if (old | new) & PT_PAGE_SIZE_MASK:
+                large_delta += bool(new & PT_PRESENT_MASK and new & PT_PAGE_SIZE_MASK) - bool(
+                    old & PT_PRESENT_MASK and old & PT_PAGE_SIZE_MASK
+                )
+            if sp.invalid:
+                continue
+            # Less than before (gone, read-only, pointing elsewhere): a TLB may still hold what it was.
+            if (
+                tlbs_live
+                and old & PT_PRESENT_MASK
+                and (
                     not new & PT_PRESENT_MASK
-                    or (old & ~new & PT_WRITABLE_MASK)
+                    or old & ~new & PT_WRITABLE_MASK
                     or (old ^ new) & PT64_BASE_ADDR_MASK
-                ):
-                    lowered.append((sp, index))
-            if new & PT_PRESENT_MASK:
-                large_delta += bool(new & PT_PAGE_SIZE_MASK)
-        self.lpages_seen += large_delta
-        for sp, index in touched:
-            if not sp.invalid:
+                )
+            ):
+                lowered.append((sp, index))
+            # Only a change of leafness or target can break rmap membership, and only a writable leaf
+            # can break the W rules: a leaf that merely lost W or gained A/D needs no look.
+            level = sp.level
+            old_leaf = bool(old & PT_PRESENT_MASK and (level == 1 or old & PT_PAGE_SIZE_MASK))
+            new_leaf = bool(new & PT_PRESENT_MASK and (level == 1 or new & PT_PAGE_SIZE_MASK))
+            if (
+                old_leaf != new_leaf
+                or (new_leaf and new & PT_WRITABLE_MASK)
+                or (new_leaf and (old ^ new) & PT64_BASE_ADDR_MASK)
+            ):
                 _check_spte(kvm, sp, index, found)
+        self.lpages_seen += large_delta
         if kvm.stat.lpages != self.lpages_seen:
             found.add("lpages_count", None, f"stat.lpages is {kvm.stat.lpages} but {self.lpages_seen} "
                       "large leaf sptes are present")
@@ -212,14 +227,15 @@ class StepChecker:
                     _check_spte(kvm, sp, index, found)
 
     def _check_harvested(
-        self, kvm: Kvm, touched: dict[tuple[KvmMmuPage, int], None], found: _Collector
+        self, kvm: Kvm, touched: dict[tuple[KvmMmuPage, int], int], found: _Collector
     ) -> None:
         """A page GET_DIRTY_LOG reported must not keep a writable 4K spte (sptes the step wrote are
         already checked)."""
+        gfn_to_memslot = kvm.gfn_to_memslot
         for gfn in kvm.log.harvested:
-            slot = kvm.gfn_to_memslot(gfn)
+            slot = gfn_to_memslot(gfn)
             if slot is not None:
-                for ptr in slot.rmap_head(gfn, PT_PAGE_TABLE_LEVEL) or ():
+                for ptr in slot.rmap[PT_PAGE_TABLE_LEVEL - 1].get(gfn - slot.base_gfn, ()):
                     if ptr not in touched:
                         _check_spte(kvm, ptr[0], ptr[1], found)
 

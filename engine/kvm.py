@@ -61,6 +61,9 @@ class FaultRecord:
 class StepLog:
     """What one step did, gathered as it happens; the result, the trace and the invariants read it."""
 
+    # Every spte the step wrote, with its value before the step (what the invariants need) ...
+    touched: dict[tuple[KvmMmuPage, int], int] = field(default_factory=dict)
+    # ... and, while tracing, every single write in order (what the full result shows).
     spte_changes: list[tuple[KvmMmuPage, int, int, int]] = field(default_factory=list)
     fast_faults: int = 0
     slow_faults: int = 0
@@ -121,7 +124,10 @@ class Kvm:
         spt = sp.spt
         old = spt[index]
         spt[index] = new
-        self.log.spte_changes.append((sp, index, old, new))
+        log = self.log
+        log.touched.setdefault((sp, index), old)
+        if self.tp.on:
+            log.spte_changes.append((sp, index, old, new))
         # A change to a table pointer may re-route walks: forget the shortcuts to level-1 tables.
         both = old | new
         if sp.level > 1 and both & PT_PRESENT_MASK and not both & PT_PAGE_SIZE_MASK and self.l1_tables:

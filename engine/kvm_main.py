@@ -43,9 +43,12 @@ def gfn_to_pfn(kvm: Kvm, slot: KvmMemorySlot, gfn: int, write_fault: bool) -> tu
     page): then the spte is built without HW. The pfn itself is kept across a COW break (a modelling
     simplification: the copy's contents are what the guest sees either way).
     """
-    pfn = slot.gfn_to_pfn(gfn)
-    broken = slot.break_cow(pfn) if write_fault else False
-    map_writable = slot.host_page_writable(pfn)
+    pfn = slot.base_pfn + (gfn - slot.base_gfn)
+    if slot.host_writable:  # ordinary memory: nothing to break
+        broken, map_writable = False, True
+    else:
+        broken = slot.break_cow(pfn) if write_fault else False
+        map_writable = slot.host_page_writable(pfn)
     if kvm.tp.on:
         kvm.tp.emit(GfnToPfn(gfn, pfn, write_fault, map_writable, broken))
     return pfn, map_writable

@@ -328,7 +328,7 @@ def direct_pte_prefetch(kvm: Kvm, sp: KvmMmuPage, index: int) -> None:
 
 def _group_in_logged_slot(kvm: Kvm, sp: KvmMmuPage, index: int) -> str:
     """Every run of the group would meet a logged slot first: say so without walking the group."""
-    first = kvm_mmu_page_get_gfn(sp, index & ~(PTE_PREFETCH_NUM - 1))
+    first = sp.gfn + (index & ~(PTE_PREFETCH_NUM - 1))  # a level-1 sp: one gfn per entry
     slot = kvm.gfn_to_memslot(first)
     if slot is not None and slot.dirty_bitmap is not None and first + PTE_PREFETCH_NUM - 1 <= slot.last_gfn:
         return f"slot {slot.id} is dirty-logged"

@@ -11,18 +11,17 @@ from collections.abc import Iterable
 
 from engine.kvm import FaultRecord, Kvm
 from engine.policy import variant_of
-from engine.shadow_page import kvm_mmu_page_get_gfn
 from engine.simulation import Simulation, StepResult
 from engine.spte import (
+    PT_PAGE_SIZE_MASK,
     PT_PRESENT_MASK,
     PT_WRITABLE_MASK,
     SPTE_HOST_WRITEABLE,
     SPTE_MMU_WRITEABLE,
     VMX_EPT_ACCESS_BIT,
     VMX_EPT_DIRTY_BIT,
-    is_large_pte,
     is_last_spte,
-    is_shadow_present_pte,
+    pages_per_hpage,
     spte_to_pfn,
 )
 from engine.trace import event_json
@@ -79,7 +78,7 @@ def spte_json(level: int, sp_gfn: int, index: int, gfn: int, spte: int) -> dict[
         "index": index,
         "gfn": gfn,
         "leaf": is_last_spte(spte, level),
-        "large": is_large_pte(spte),
+        "large": bool(spte & PT_PAGE_SIZE_MASK),
         "present": bool(spte & PT_PRESENT_MASK),
         "writable": bool(spte & PT_WRITABLE_MASK),
         "host_writable": bool(spte & SPTE_HOST_WRITEABLE),
@@ -93,14 +92,16 @@ def spte_json(level: int, sp_gfn: int, index: int, gfn: int, spte: int) -> dict[
 
 def present_sptes(kvm: Kvm) -> list[dict[str, object]]:
     """Every present spte of every shadow page, by (level descending, sp gfn, index)."""
-    rows: list[tuple[tuple[int, int, int], dict[str, object]]] = []
-    for sp in kvm.active_mmu_pages.values():
-        for index, spte in enumerate(sp.spt):
-            if is_shadow_present_pte(spte):
-                gfn = kvm_mmu_page_get_gfn(sp, index)
-                rows.append(((-sp.level, sp.gfn, index), spte_json(sp.level, sp.gfn, index, gfn, spte)))
-    rows.sort(key=lambda row: row[0])
-    return [row for _, row in rows]
+    pages = sorted(kvm.active_mmu_pages.values(), key=lambda sp: (-sp.level, sp.gfn, sp.serial))
+    rows: list[dict[str, object]] = []
+    for sp in pages:
+        level, sp_gfn, step = sp.level, sp.gfn, pages_per_hpage(sp.level)
+        rows.extend(
+            spte_json(level, sp_gfn, index, sp_gfn + index * step, spte)
+            for index, spte in enumerate(sp.spt)
+            if spte & PT_PRESENT_MASK
+        )
+    return rows
 
 
 def final_json(sim: Simulation) -> dict[str, object]:
