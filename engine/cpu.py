@@ -33,23 +33,26 @@ def ept_walk(kvm: Kvm, vcpu: Vcpu, gfn: int, write: bool) -> int | None:
     accessed = kvm.masks.accessed_mask
     l1 = kvm.l1_tables.get(gfn >> PT64_LEVEL_BITS)
     if l1 is not None:  # every entry above it is a present pointer with A set
-        sp, level = l1, 1
-    else:
-        sp, level = kvm.root, PT64_ROOT_LEVEL
-    sp_by_pfn = kvm.sp_by_pfn
-    while True:
-        index = (gfn >> (PT64_LEVEL_BITS * (level - 1))) & 511
+        sp, level, index = l1, 1, gfn & 511
         spte = sp.spt[index]
         if not spte & PT_PRESENT_MASK:
             return PFERR_WRITE_MASK if write else 0
-        if level == 1 or spte & PT_PAGE_SIZE_MASK:
-            break
-        if accessed and not spte & accessed:  # link_shadow_page sets A, so this is rare
-            _set_ad(kvm, vcpu, sp, index, spte | accessed)
-        sp = sp_by_pfn[(spte & PT64_BASE_ADDR_MASK) >> 12]
-        level -= 1
-        if level == 1:
-            kvm.l1_tables[gfn >> PT64_LEVEL_BITS] = sp
+    else:
+        sp, level = kvm.root, PT64_ROOT_LEVEL
+        sp_by_pfn = kvm.sp_by_pfn
+        while True:
+            index = (gfn >> (PT64_LEVEL_BITS * (level - 1))) & 511
+            spte = sp.spt[index]
+            if not spte & PT_PRESENT_MASK:
+                return PFERR_WRITE_MASK if write else 0
+            if level == 1 or spte & PT_PAGE_SIZE_MASK:
+                break
+            if accessed and not spte & accessed:  # link_shadow_page sets A, so this is rare
+                _set_ad(kvm, vcpu, sp, index, spte | accessed)
+            sp = sp_by_pfn[(spte & PT64_BASE_ADDR_MASK) >> 12]
+            level -= 1
+            if level == 1:
+                kvm.l1_tables[gfn >> PT64_LEVEL_BITS] = sp
     if write and not spte & PT_WRITABLE_MASK:
         return PFERR_PRESENT_MASK | PFERR_WRITE_MASK
     dirty = kvm.masks.dirty_mask
@@ -59,15 +62,14 @@ def ept_walk(kvm: Kvm, vcpu: Vcpu, gfn: int, write: bool) -> int | None:
             _set_ad(kvm, vcpu, sp, index, new)
             spte = new
     shift = PT64_LEVEL_BITS * (level - 1)
-    vcpu.tlb.fill(
-        TlbEntry(
-            level=level,
-            gfn=(gfn >> shift) << shift,
-            pfn=(spte & PT64_BASE_ADDR_MASK) >> 12,
-            writable=bool(spte & PT_WRITABLE_MASK),
-            # Without A/D bits there is no dirty flag to set, so a writable entry never re-walks.
-            dirty=bool(spte & dirty) or not dirty,
-        )
+    # TlbEntry(level, gfn, pfn, writable, dirty), filled in place. Without A/D bits there is no dirty
+    # flag to set, so a writable entry never re-walks.
+    vcpu.tlb.by_level[level - 1][gfn >> shift] = TlbEntry(
+        level,
+        (gfn >> shift) << shift,
+        (spte & PT64_BASE_ADDR_MASK) >> 12,
+        bool(spte & PT_WRITABLE_MASK),
+        bool(spte & dirty) or not dirty,
     )
     return None
 
@@ -82,9 +84,10 @@ def guest_access(kvm: Kvm, vcpu: Vcpu, gfn: int, write: bool) -> None:
     """One guest load or store of `gfn`, retried after every fault until it completes."""
     faults = 0
     walked = False
-    tlb = vcpu.tlb
+    l1, l2, l3 = vcpu.tlb.by_level
     while True:
-        entry = tlb.lookup(gfn)
+        # Tlb.lookup, spelled out: this runs for every guest access.
+        entry = l1.get(gfn) or l2.get(gfn >> PT64_LEVEL_BITS) or l3.get(gfn >> (2 * PT64_LEVEL_BITS))
         stale = False
         if entry is not None and (not write or (entry.writable and entry.dirty)):
             break  # satisfied from the TLB: the sptes are not looked at
