@@ -116,8 +116,11 @@ def guest_access(kvm: Kvm, vcpu: Vcpu, gfn: int, write: bool) -> None:
         slot = kvm.gfn_to_memslot(gfn)
         if slot is not None:
             slot.content[gfn - slot.base_gfn] += 1
-            if slot.dirty_bitmap is not None:
-                kvm.log.logged_writes[gfn] = slot.id
+            bitmap = slot.dirty_bitmap
+            if bitmap is not None and not bitmap[gfn - slot.base_gfn]:
+                # Landed in a logged slot without setting its page's bit: GET_DIRTY_LOG must still
+                # report it somehow, or the write is lost. The checker follows it up.
+                kvm.log.unlogged_writes.append((gfn, slot.id))
 
 
 def handle_ept_violation(kvm: Kvm, vcpu: Vcpu, gfn: int, write: bool, error_code: int, stale: bool) -> None:

@@ -259,10 +259,8 @@ class StepChecker:
         for slot in kvm.memslots:
             if slot.dirty_bitmap is None:
                 self.pending.pop(slot.id, None)  # logging stopped: nobody asks for those pages any more
-        for gfn, slot_id in log.logged_writes.items():
-            slot = kvm.memslots.by_id[slot_id]
-            if slot.dirty_bitmap is not None and not slot.dirty_bitmap[gfn - slot.base_gfn]:
-                self.pending.setdefault(slot_id, {}).setdefault(gfn, step)
+        for gfn, slot_id in log.unlogged_writes:
+            self.pending.setdefault(slot_id, {}).setdefault(gfn, step)
 
     def finish(self, kvm: Kvm, step: int) -> list[Violation]:
         """At the end of the scenario, stores still unreported and not in the current bitmap are lost."""

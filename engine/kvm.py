@@ -71,8 +71,8 @@ class StepLog:
     marked_dirty: dict[int, None] = field(default_factory=dict)
     tlb_flushes: int = 0
     dirty_log: list[int] | None = None
-    # gfn -> slot id of every store that landed in a dirty-logged slot during the step.
-    logged_writes: dict[int, int] = field(default_factory=dict)
+    # (gfn, slot id) of every store that landed in a dirty-logged slot while its bit was clear.
+    unlogged_writes: list[tuple[int, int]] = field(default_factory=list)
     # gfns whose dirty bit GET_DIRTY_LOG cleared during the step, and the slots it was called on.
     harvested: list[int] = field(default_factory=list)
     harvested_slots: list[int] = field(default_factory=list)
