@@ -6,6 +6,7 @@ bytes.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable
 
@@ -71,20 +72,29 @@ def step_json(step: StepResult) -> dict[str, object]:
     return out
 
 
+@functools.cache
+def _decoded_bits(low_bits: int, leaf: bool) -> dict[str, bool]:
+    """The boolean fields of an spte, which depend only on its low 12 bits and whether it is a leaf:
+    computed once per combination, since a big final state repeats a handful of them."""
+    return {
+        "leaf": leaf,
+        "large": bool(low_bits & PT_PAGE_SIZE_MASK),
+        "present": bool(low_bits & PT_PRESENT_MASK),
+        "writable": bool(low_bits & PT_WRITABLE_MASK),
+        "host_writable": bool(low_bits & SPTE_HOST_WRITEABLE),
+        "mmu_writable": bool(low_bits & SPTE_MMU_WRITEABLE),
+        "accessed": bool(low_bits & VMX_EPT_ACCESS_BIT),
+        "dirty": bool(low_bits & VMX_EPT_DIRTY_BIT),
+    }
+
+
 def spte_json(level: int, sp_gfn: int, index: int, gfn: int, spte: int) -> dict[str, object]:
     return {
         "level": level,
         "sp_gfn": sp_gfn,
         "index": index,
         "gfn": gfn,
-        "leaf": is_last_spte(spte, level),
-        "large": bool(spte & PT_PAGE_SIZE_MASK),
-        "present": bool(spte & PT_PRESENT_MASK),
-        "writable": bool(spte & PT_WRITABLE_MASK),
-        "host_writable": bool(spte & SPTE_HOST_WRITEABLE),
-        "mmu_writable": bool(spte & SPTE_MMU_WRITEABLE),
-        "accessed": bool(spte & VMX_EPT_ACCESS_BIT),
-        "dirty": bool(spte & VMX_EPT_DIRTY_BIT),
+        **_decoded_bits(spte & 0xFFF, is_last_spte(spte, level)),
         "pfn": spte_to_pfn(spte),
         "value": f"{spte:#x}",
     }
