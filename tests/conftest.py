@@ -31,6 +31,45 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 PRESET_NAMES: list[str] = list(PRESETS)
 
 
+# §7.2 of the spec with its own ioctls (enable_dirty_log / get_dirty_log), not a migration loop.
+_SPEC_STEPS: list[dict[str, Any]] = [
+    {"op": "read", "gfn": "0x210"},
+    {"op": "write", "gfn": "0x2a0"},
+    {"op": "enable_dirty_log", "slot": 1},
+    {"op": "read", "gfn": "0x2c0"},
+    {"op": "write", "gfn": "0x250"},
+    {"op": "write", "gfn": "0x260"},
+    {"op": "write", "gfn": "0x2c0"},
+    {"op": "get_dirty_log", "slot": 1},
+    {"op": "write", "gfn": "0x250"},
+    {"op": "write", "gfn": "0x300"},
+    {"op": "get_dirty_log", "slot": 1},
+]
+
+
+def spec_example(rounds: int = 2) -> dict[str, Any]:
+    """The spec's worked example (§7.1 setup, §7.2 steps) as a fresh scenario dict, ending after the
+    first GET_DIRTY_LOG round (`rounds=1`, eight steps) or the second (eleven steps)."""
+    steps = _SPEC_STEPS[:8] if rounds == 1 else _SPEC_STEPS
+    return {
+        "format": "sptelab-scenario",
+        "version": 1,
+        "title": "t",
+        "vm": {"vcpus": 1, "max_page_level": "2M", "ept_ad": True},
+        "memslots": [
+            {
+                "id": 1,
+                "base_gfn": "0x200",
+                "npages": 512,
+                "host_page": "2M",
+                "base_pfn": "0x80000",
+                "host_writable": True,
+            }
+        ],
+        "steps": copy.deepcopy(steps),
+    }
+
+
 def scenario_dict(name: str) -> dict[str, Any]:
     """The raw JSON of a built-in scenario (`scenarios/NAME.json`) or a test one
     (`tests/golden/NAME.scenario.json`), as a fresh dict the caller may edit."""

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import pytest
-from conftest import per_preset, run_scenario, scenario_dict, spte_at
+from conftest import per_preset, run_scenario, scenario_dict, spec_example, spte_at
 
 from engine.invariants import check_all
 from engine.policy import make_policy
@@ -498,19 +498,8 @@ def test_result_json_is_byte_identical(preset: str, detail: str) -> None:
 
 def literal_steps() -> list[dict[str, Any]]:
     """§7.2's steps 1–9 as written: KVM ioctls on slot 1 rather than a migration loop."""
-    return [
-        {"op": "read", "gfn": "0x210"},
-        {"op": "write", "gfn": "0x2a0"},
-        {"op": "enable_dirty_log", "slot": 1},
-        {"op": "read", "gfn": "0x2c0"},
-        {"op": "write", "gfn": "0x250"},
-        {"op": "write", "gfn": "0x260"},
-        {"op": "write", "gfn": "0x2c0"},
-        {"op": "get_dirty_log", "slot": 1},
-        {"op": "write", "gfn": "0x250"},
-        {"op": "write", "gfn": "0x300"},
-        {"op": "get_dirty_log", "slot": 1},
-    ]
+    steps: list[dict[str, Any]] = spec_example()["steps"]
+    return steps
 
 
 @pytest.mark.parametrize(
