@@ -26,6 +26,7 @@ from pathlib import Path
 # Run from a checkout without installing: the engine lives beside this directory.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from engine.collector import gc_paused
 from engine.policy import PRESETS, make_policy
 from engine.result import result_json
 from engine.scenario import Scenario, parse_scenario
@@ -140,26 +141,28 @@ def main(argv: list[str] | None = None) -> int:
         if args.repeat > 1:
             print(f"\nrun {run} of {args.repeat}")
         print(f"{'step':>4}  {'op':<17} {'wall s':>8}  {'fast':>7} {'slow':>7}  {'marked':>7} {'logged':>7}")
-        sim = Simulation(scenario, make_policy(args.variant), detail="summary")
-        steps: list[StepResult] = []
-        run_s = 0.0
-        while not sim.done:
-            start = time.perf_counter()
-            step = sim.step()
-            elapsed = time.perf_counter() - start
-            run_s += elapsed
-            steps.append(step)
-            logged = "-" if step.dirty_log is None else str(len(step.dirty_log))
-            print(
-                f"{step.index:>4}  {step.op['op']!s:<17} {elapsed:>8.3f}"
-                f"  {step.fault_counts['fast']:>7} {step.fault_counts['slow']:>7}"
-                f"  {len(step.marked_dirty):>7} {logged:>7}"
-            )
+        # As `sptelab run` does, keep the cyclic collector out of the whole run (see engine.collector).
+        with gc_paused():
+            sim = Simulation(scenario, make_policy(args.variant), detail="summary")
+            steps: list[StepResult] = []
+            run_s = 0.0
+            while not sim.done:
+                start = time.perf_counter()
+                step = sim.step()
+                elapsed = time.perf_counter() - start
+                run_s += elapsed
+                steps.append(step)
+                logged = "-" if step.dirty_log is None else str(len(step.dirty_log))
+                print(
+                    f"{step.index:>4}  {step.op['op']!s:<17} {elapsed:>8.3f}"
+                    f"  {step.fault_counts['fast']:>7} {step.fault_counts['slow']:>7}"
+                    f"  {len(step.marked_dirty):>7} {logged:>7}"
+                )
 
-        start = time.perf_counter()
-        result = result_json(sim, steps)
-        result_s = time.perf_counter() - start
-        del result
+            start = time.perf_counter()
+            result = result_json(sim, steps)
+            result_s = time.perf_counter() - start
+            del result
 
         total_s = run_s + result_s
         run_times.append(total_s)

@@ -21,6 +21,7 @@ from urllib.parse import urlencode, urlsplit
 
 from cli.report import Style, format_compare, format_footer, format_header, format_step
 from engine.codec import MAX_URL_BYTES, CodecError, encode_scenario
+from engine.collector import gc_paused
 from engine.policy import DEFAULT_PRESET, PRESETS, PolicyError, make_policy, parse_policy_args, variant_of
 from engine.result import dumps, final_json, result_json, step_json
 from engine.scenario import MAX_SCENARIO_BYTES, Scenario, ScenarioError, parse_scenario, step_to_json
@@ -395,7 +396,9 @@ def main(argv: list[str] | None = None) -> int:
         except SystemExit as done:  # --help: argparse has printed it
             return done.code if isinstance(done.code, int) else EXIT_OK
         prog = args.prog
-        status: int = args.handler(args, out)
+        # A command is one simulation from start to end: keep the cyclic collector out of all of it.
+        with gc_paused():
+            status: int = args.handler(args, out)
         out.flush()
         return status
     except UsageError as error:

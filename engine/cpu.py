@@ -117,7 +117,8 @@ def guest_access(kvm: Kvm, vcpu: Vcpu, gfn: int, write: bool) -> None:
         if slot is not None:
             slot.content[gfn - slot.base_gfn] += 1
             bitmap = slot.dirty_bitmap
-            if bitmap is not None and not bitmap[gfn - slot.base_gfn]:
+            offset = gfn - slot.base_gfn
+            if bitmap is not None and not bitmap[offset >> 3] >> (offset & 7) & 1:
                 # Landed in a logged slot without setting its page's bit: GET_DIRTY_LOG must still
                 # report it somehow, or the write is lost. The checker follows it up.
                 kvm.log.unlogged_writes.append((gfn, slot.id))

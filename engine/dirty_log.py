@@ -8,11 +8,9 @@ from __future__ import annotations
 
 from engine.kvm import Kvm
 from engine.kvm_main import kvm_flush_remote_tlbs
-from engine.memslot import KvmMemorySlot
+from engine.memslot import BITS_PER_LONG, KvmMemorySlot
 from engine.mmu import kvm_mmu_slot_remove_write_access, kvm_mmu_write_protect_pt_masked
 from engine.trace import GetDirtyLog, SetMemoryRegion, WriteProtectPtMasked
-
-BITS_PER_LONG = 64
 
 
 def kvm_set_dirty_logging(kvm: Kvm, slot: KvmMemorySlot, enable: bool) -> None:
@@ -32,7 +30,7 @@ def kvm_set_dirty_logging(kvm: Kvm, slot: KvmMemorySlot, enable: bool) -> None:
     if not enable:
         slot.dirty_bitmap = None
         return
-    slot.dirty_bitmap = bytearray(slot.npages)
+    slot.create_dirty_bitmap()
     kvm.log.logging_enabled.append(slot.id)
     kvm_mmu_slot_remove_write_access(kvm, slot)
 
@@ -47,14 +45,11 @@ def kvm_vm_ioctl_get_dirty_log(kvm: Kvm, slot: KvmMemorySlot) -> list[int]:
     bitmap = slot.dirty_bitmap
     if bitmap is None:
         raise AssertionError(f"GET_DIRTY_LOG on slot {slot.id}, which is not logged")
-    gfns = slot.dirty_gfns()
-    words: dict[int, int] = {}
-    for gfn in gfns:
-        offset = gfn - slot.base_gfn
-        words[offset // BITS_PER_LONG] = words.get(offset // BITS_PER_LONG, 0) | 1 << (offset % BITS_PER_LONG)
-    for word, mask in words.items():  # ascending: gfns are sorted
+    gfns: list[int] = []
+    for word, mask in list(slot.dirty_words()):
+        bitmap[word * 8 : word * 8 + 8] = bytes(8)  # the kernel's xchg(word, 0)
+        gfns.extend(slot.gfns_of_word(word, mask))
         first = word * BITS_PER_LONG
-        bitmap[first : first + BITS_PER_LONG] = bytes(len(bitmap[first : first + BITS_PER_LONG]))
         if kvm.tp.on:
             kvm.tp.emit(WriteProtectPtMasked(slot.id, first, f"{mask:#x}"))
         kvm_mmu_write_protect_pt_masked(kvm, slot, first, mask)

@@ -122,7 +122,7 @@ def _check_spte(kvm: Kvm, sp: KvmMmuPage, index: int, found: _Collector) -> None
         found.add("no_writable_large_while_logging", gfn, f"a writable {level_name(level)} spte maps "
                   f"gfns {gfn:#x}-{gfn + pages_per_hpage(level) - 1:#x} while slot {slot.id} is "
                   "dirty-logged: stores anywhere in it take no fault and set no dirty bit")
-    elif not slot.dirty_bitmap[gfn - slot.base_gfn]:
+    elif not slot.test_dirty(gfn):
         found.add("writable_implies_dirty_bit", gfn, f"gfn {gfn:#x} has a writable 4K spte while slot "
                   f"{slot.id} is logged, but its dirty bit is clear: stores to it would not be reported")
 
@@ -268,7 +268,7 @@ class StepChecker:
         for slot_id, writes in sorted(self.pending.items()):
             slot = kvm.memslots.by_id[slot_id]
             for gfn, when in sorted(writes.items()):
-                if slot.dirty_bitmap is not None and not slot.dirty_bitmap[gfn - slot.base_gfn]:
+                if slot.dirty_bitmap is not None and not slot.test_dirty(gfn):
                     found.add("written_not_logged", gfn, f"gfn {gfn:#x} was written at step {when} while "
                               f"slot {slot_id} was logged, and neither a GET_DIRTY_LOG nor the current "
                               "bitmap reports it")

@@ -16,7 +16,8 @@ def mark_page_dirty(kvm: Kvm, gfn: int, caller: str) -> None:
     slot = kvm.gfn_to_memslot(gfn)
     bitmap = slot.dirty_bitmap if slot is not None else None
     if bitmap is not None and slot is not None:
-        bitmap[gfn - slot.base_gfn] = 1
+        offset = gfn - slot.base_gfn
+        bitmap[offset >> 3] |= 1 << (offset & 7)
         kvm.log.marked_dirty[gfn] = None
     if kvm.tp.on:
         kvm.tp.emit(MarkPageDirty(gfn, slot.id if slot else None, bitmap is not None, caller))

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from engine.shadow_page import SptePtr
 
 
+BITS_PER_LONG = 64
+
+
 def gfn_to_index(gfn: int, base_gfn: int, level: int) -> int:
     shift = PT64_LEVEL_BITS * (level - 1)
     return (gfn >> shift) - (base_gfn >> shift)
@@ -105,18 +108,37 @@ class KvmMemorySlot:
     def rmap_head(self, gfn: int, level: int) -> list[SptePtr] | None:
         return self.rmap[level - 1].get(gfn_to_index(gfn, self.base_gfn, level))
 
-    def dirty_gfns(self) -> list[int]:
-        """The gfns whose bit is set, ascending."""
+    def create_dirty_bitmap(self) -> None:
+        """kvm_create_dirty_bitmap: ALIGN(npages, 64) zeroed bits, bit i for gfn base_gfn + i, little-endian
+        within each 64-bit long (the snapshot half the kernel also allocates is GET_DIRTY_LOG's local)."""
+        self.dirty_bitmap = bytearray(-(-self.npages // BITS_PER_LONG) * (BITS_PER_LONG // 8))
+
+    def test_dirty(self, gfn: int) -> bool:
+        bitmap = self.dirty_bitmap
+        offset = gfn - self.base_gfn
+        return bitmap is not None and bool(bitmap[offset >> 3] >> (offset & 7) & 1)
+
+    def dirty_words(self) -> Iterator[tuple[int, int]]:
+        """(word index, mask) of every non-zero long of the bitmap, ascending."""
         bitmap = self.dirty_bitmap
         if bitmap is None:
-            return []
-        base = self.base_gfn
+            return
+        for word in range(len(bitmap) // 8):
+            mask = int.from_bytes(bitmap[word * 8 : word * 8 + 8], "little")
+            if mask:
+                yield word, mask
+
+    def dirty_gfns(self) -> list[int]:
+        """The gfns whose bit is set, ascending."""
+        return [gfn for word, mask in self.dirty_words() for gfn in self.gfns_of_word(word, mask)]
+
+    def gfns_of_word(self, word: int, mask: int) -> list[int]:
+        first = self.base_gfn + word * BITS_PER_LONG
         out: list[int] = []
-        find = bitmap.find
-        i = find(1)
-        while i >= 0:
-            out.append(base + i)
-            i = find(1, i + 1)
+        while mask:
+            low = mask & -mask
+            out.append(first + low.bit_length() - 1)
+            mask ^= low
         return out
 
 

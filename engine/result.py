@@ -10,6 +10,7 @@ import functools
 import json
 from collections.abc import Iterable
 
+from engine.collector import gc_paused
 from engine.kvm import FaultRecord, Kvm
 from engine.policy import variant_of
 from engine.simulation import Simulation, StepResult
@@ -134,6 +135,11 @@ def final_json(sim: Simulation) -> dict[str, object]:
 
 
 def result_json(sim: Simulation, steps: Iterable[StepResult]) -> dict[str, object]:
+    with gc_paused():  # a big final state is a million small objects: see engine.collector
+        return _result_json(sim, steps)
+
+
+def _result_json(sim: Simulation, steps: Iterable[StepResult]) -> dict[str, object]:
     return {
         "format": RESULT_FORMAT,
         "version": RESULT_VERSION,

@@ -7,11 +7,9 @@ result, the trace and the invariant checks cannot disagree.
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
+from engine.collector import gc_paused
 from engine.cpu import guest_access
 from engine.dirty_log import kvm_set_dirty_logging, kvm_vm_ioctl_get_dirty_log
 from engine.invariants import StepChecker, Violation
@@ -66,20 +64,6 @@ class StepResult:
     events: list[Event] | None
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Keep the cyclic collector out of a step. The engine's objects form no cycles (a shadow page knows
-    its parents, never its children), so reference counting frees them all; but a big step allocates
-    millions of tracked tuples, and the collector's passes over them would cost more than the step."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 class Simulation:
     """One scenario under one policy. Deterministic: the same inputs give the same steps, bit for bit."""
 
@@ -118,7 +102,7 @@ class Simulation:
         step = self.scenario.steps[self.index]
         kvm = self.kvm
         log = kvm.new_step()
-        with _gc_paused():
+        with gc_paused():
             self._execute(step)
             violations = self.checker.check_step(kvm, self.index)
             if self.index == len(self.scenario.steps) - 1:
