@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from engine.cpu import walk_spte
 from engine.kvm import Kvm
 from engine.memslot import KvmMemorySlot, gfn_to_index
+from engine.mmu import SPTE_LOCKLESS_MASK
 from engine.shadow_page import KvmMmuPage, kvm_mmu_page_get_gfn
 from engine.spte import (
     KVM_NR_PAGE_SIZES,
@@ -30,7 +31,6 @@ from engine.spte import (
     is_writable_pte,
     level_name,
     pages_per_hpage,
-    spte_is_locklessly_modifiable,
     spte_to_pfn,
 )
 from engine.tlb import TlbEntry
@@ -113,7 +113,7 @@ def _check_spte(kvm: Kvm, sp: KvmMmuPage, index: int, found: _Collector) -> None
                   "which belongs to no memslot")
     if not leaf or not spte & PT_WRITABLE_MASK:
         return
-    if not spte_is_locklessly_modifiable(spte):
+    if spte & SPTE_LOCKLESS_MASK != SPTE_LOCKLESS_MASK:  # spte_is_locklessly_modifiable
         found.add("w_implies_hw_mw", gfn, f"{_where(sp, index)} for gfn {gfn:#x} is writable without "
                   "both HW and MW")
     if slot is None or slot.dirty_bitmap is None:
@@ -122,7 +122,7 @@ def _check_spte(kvm: Kvm, sp: KvmMmuPage, index: int, found: _Collector) -> None
         found.add("no_writable_large_while_logging", gfn, f"a writable {level_name(level)} spte maps "
                   f"gfns {gfn:#x}-{gfn + pages_per_hpage(level) - 1:#x} while slot {slot.id} is "
                   "dirty-logged: stores anywhere in it take no fault and set no dirty bit")
-    elif not slot.test_dirty(gfn):
+    elif not slot.dirty_bitmap[(gfn - slot.base_gfn) >> 3] >> ((gfn - slot.base_gfn) & 7) & 1:
         found.add("writable_implies_dirty_bit", gfn, f"gfn {gfn:#x} has a writable 4K spte while slot "
                   f"{slot.id} is logged, but its dirty bit is clear: stores to it would not be reported")
 

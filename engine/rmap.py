@@ -9,6 +9,7 @@ from __future__ import annotations
 from engine.kvm import Kvm
 from engine.memslot import KvmMemorySlot, gfn_to_index
 from engine.shadow_page import KvmMmuPage, kvm_mmu_page_get_gfn
+from engine.spte import PT64_LEVEL_BITS
 
 
 def gfn_to_rmap_slot(kvm: Kvm, gfn: int) -> KvmMemorySlot:
@@ -22,7 +23,8 @@ def rmap_add(kvm: Kvm, sp: KvmMmuPage, index: int, gfn: int) -> int:
     """Add the spte to the rmap of its sp's level, keyed by the gfn it maps; returns the head's length."""
     slot = kvm.gfn_to_memslot(gfn) or gfn_to_rmap_slot(kvm, gfn)
     level = sp.level
-    key = gfn_to_index(gfn, slot.base_gfn, level)
+    shift = PT64_LEVEL_BITS * (level - 1)
+    key = (gfn >> shift) - (slot.base_gfn >> shift)  # gfn_to_index
     heads = slot.rmap[level - 1]
     head = heads.get(key)
     if head is None:
