@@ -9,8 +9,8 @@ from __future__ import annotations
 from engine.kvm import Kvm
 from engine.kvm_main import kvm_flush_remote_tlbs
 from engine.memslot import BITS_PER_LONG, KvmMemorySlot
-from engine.mmu import kvm_mmu_slot_remove_write_access, kvm_mmu_write_protect_pt_masked
 from engine.trace import GetDirtyLog, SetMemoryRegion, WriteProtectPtMasked
+from engine.write_protect import kvm_mmu_slot_remove_write_access, kvm_mmu_write_protect_pt_masked
 
 
 def kvm_set_dirty_logging(kvm: Kvm, slot: KvmMemorySlot, enable: bool) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from engine.cpu import walk_spte
 from engine.kvm import Kvm
 from engine.memslot import KvmMemorySlot, gfn_to_index
-from engine.mmu import SPTE_LOCKLESS_MASK
+from engine.mmu_spte import SPTE_LOCKLESS_MASK
 from engine.shadow_page import KvmMmuPage, kvm_mmu_page_get_gfn
 from engine.spte import (
     KVM_NR_PAGE_SIZES,

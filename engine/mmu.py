@@ -1,4 +1,4 @@
-"""The 3.14/3.16 TDP MMU of arch/x86/kvm/mmu.c: the fault path, write protection and zapping.
+"""The 3.14/3.16 TDP MMU fault path of arch/x86/kvm/mmu.c: from an EPT violation to a mapped spte.
 
 Function names are the kernel's, in snake_case (`__direct_map` is `direct_map`). Where 3.14, caf6900f
 and 3.16 differ, the code reads a `Policy` switch at exactly that spot; nothing else varies by preset.
@@ -11,7 +11,8 @@ from typing import NamedTuple
 from engine.kvm import Kvm, Vcpu
 from engine.kvm_main import gfn_to_pfn, kvm_flush_remote_tlbs, mark_page_dirty
 from engine.memslot import KvmMemorySlot
-from engine.rmap import rmap_add, rmap_remove
+from engine.mmu_spte import drop_large_spte, drop_parent_pte, drop_spte, mmu_spte_set, mmu_spte_update
+from engine.rmap import rmap_add
 from engine.shadow_page import KvmMmuPage, kvm_mmu_page_get_gfn
 from engine.spte import (
     PAGE_SHIFT,
@@ -25,7 +26,6 @@ from engine.spte import (
     PT_WRITABLE_MASK,
     SPTE_HOST_WRITEABLE,
     SPTE_MMU_WRITEABLE,
-    is_large_pte,
     is_last_spte,
     is_shadow_present_pte,
     is_writable_pte,
@@ -36,25 +36,15 @@ from engine.spte import (
 from engine.trace import (
     DirectMap,
     DirectPtePrefetch,
-    DropLargeSpte,
-    DropParentPte,
-    DropSpte,
     FastPageFault,
     FastPfFixDirectSpte,
     KvmMmuGetPage,
     LinkShadowPage,
     MappingLevel,
-    MmuLoad,
     MmuSetSpte,
-    PrepareZapPage,
-    RmapWriteProtect,
-    SlotRemoveWriteAccess,
-    SpteWriteProtect,
     TdpPageFault,
-    ZapAll,
 )
 
-SPTE_LOCKLESS_MASK = SPTE_HOST_WRITEABLE | SPTE_MMU_WRITEABLE
 PFERR_PRESENT_MASK = 1 << 0
 PFERR_WRITE_MASK = 1 << 1
 PTE_PREFETCH_NUM = 8
@@ -66,152 +56,6 @@ class FaultResult(NamedTuple):
     fast_tried: bool
     fast_handled: bool
     fast_result: str | None
-
-
-# --- spte write primitives (mmu.c 3.1 of the spec) ------------------------------------------------------
-
-
-def mmu_spte_set(kvm: Kvm, sp: KvmMmuPage, index: int, new: int) -> None:
-    """Install an spte where none was present."""
-    kvm.write_spte(sp, index, new)
-
-
-def mmu_spte_update(kvm: Kvm, sp: KvmMmuPage, index: int, new: int) -> bool:
-    """Change a present spte's permissions; returns whether TLBs may now hold more than the spte allows.
-
-    3.14 asks "was it writable?". 3.16 asks "could the fast path have made it writable behind our back?",
-    because with the flush moved out of mmu_lock a W bit may already be gone while a TLB still has it.
-    """
-    old = kvm.write_spte(sp, index, new)  # mmu_spte_set when nothing was present
-    if not old & PT_PRESENT_MASK or new & PT_WRITABLE_MASK:
-        return False
-    if kvm.policy.flush_rule == "old_w":
-        return bool(old & PT_WRITABLE_MASK)
-    return old & SPTE_LOCKLESS_MASK == SPTE_LOCKLESS_MASK
-
-
-def mmu_spte_clear_track_bits(kvm: Kvm, sp: KvmMmuPage, index: int) -> tuple[int, bool]:
-    """Clear an spte; returns it and whether the host page must be marked dirty (D set, or no A/D)."""
-    old = kvm.write_spte(sp, index, 0)
-    return old, bool(old & kvm.masks.dirty_mask) or not kvm.masks.dirty_mask
-
-
-def drop_spte(kvm: Kvm, sp: KvmMmuPage, index: int) -> int:
-    old, pfn_dirty = mmu_spte_clear_track_bits(kvm, sp, index)
-    if is_shadow_present_pte(old):
-        rmap_remove(kvm, sp, index)
-    if kvm.tp.on:
-        kvm.tp.emit(DropSpte(sp.level, sp.gfn, index, kvm_mmu_page_get_gfn(sp, index), old, pfn_dirty))
-    return old
-
-
-def __drop_large_spte(kvm: Kvm, sp: KvmMmuPage, index: int) -> bool:
-    old = sp.spt[index]
-    if not is_large_pte(old):
-        return False
-    drop_spte(kvm, sp, index)
-    kvm.stat.lpages -= 1
-    if kvm.tp.on:
-        kvm.tp.emit(DropLargeSpte(sp.level, sp.gfn, index, kvm_mmu_page_get_gfn(sp, index), old))
-    return True
-
-
-def drop_large_spte(kvm: Kvm, sp: KvmMmuPage, index: int) -> None:
-    """Zap a large spte met on the way down (404381c5): a table cannot be linked under a leaf."""
-    if __drop_large_spte(kvm, sp, index):
-        kvm_flush_remote_tlbs(kvm, "drop_large_spte", under_mmu_lock=True)
-
-
-def drop_parent_pte(kvm: Kvm, child: KvmMmuPage, sp: KvmMmuPage, index: int) -> None:
-    """Unlink `child` from the entry (sp, index) that points at it (mmu_spte_clear_no_track)."""
-    child.parent_ptes.remove((sp, index))
-    kvm.write_spte(sp, index, 0)
-    if kvm.tp.on:
-        kvm.tp.emit(DropParentPte(sp.level, sp.gfn, index, child.gfn))
-
-
-# --- write protection ---------------------------------------------------------------------------------
-
-
-def spte_write_protect(kvm: Kvm, sp: KvmMmuPage, index: int, pt_protect: bool) -> tuple[bool, bool]:
-    """Remove write access from one spte; returns (need_flush, dropped).
-
-    Before the patch a writable large spte is zapped instead (and the caller's rmap walk restarts,
-    because the entry left the list). After it, the large spte stays present and read-only, keeping HW
-    and MW: dirty logging only takes W away, so the fast path could give it back.
-    """
-    old = sp.spt[index]
-    if not old & PT_WRITABLE_MASK and not (pt_protect and spte_is_locklessly_modifiable(old)):
-        if kvm.tp.on:
-            gfn = kvm_mmu_page_get_gfn(sp, index)
-            kvm.tp.emit(SpteWriteProtect(sp.level, sp.gfn, index, gfn, old, old, "none", False))
-        return False, False
-    if old & PT_PAGE_SIZE_MASK and kvm.policy.wp_large == "zap" and __drop_large_spte(kvm, sp, index):
-        if kvm.tp.on:
-            gfn = kvm_mmu_page_get_gfn(sp, index)
-            kvm.tp.emit(SpteWriteProtect(sp.level, sp.gfn, index, gfn, old, 0, "zap", True))
-        return True, True
-    new = old & ~PT_WRITABLE_MASK
-    if pt_protect:
-        new &= ~SPTE_MMU_WRITEABLE
-    flush = mmu_spte_update(kvm, sp, index, new)
-    if kvm.tp.on:
-        gfn = kvm_mmu_page_get_gfn(sp, index)
-        kvm.tp.emit(SpteWriteProtect(sp.level, sp.gfn, index, gfn, old, new, "wrprotect", flush))
-    return flush, False
-
-
-def __rmap_write_protect(kvm: Kvm, slot: KvmMemorySlot, level: int, key: int, pt_protect: bool) -> bool:
-    """Write-protect every spte of one rmap head; returns whether a flush is needed."""
-    heads = slot.rmap[level - 1]
-    head = heads.get(key)
-    flush = False
-    seen = 0
-    i = 0
-    while head and i < len(head):
-        sp, index = head[i]
-        seen += 1
-        need_flush, dropped = spte_write_protect(kvm, sp, index, pt_protect)
-        flush |= need_flush
-        if dropped:
-            # 3.14 restarts from the head after a drop; read-only large sptes are never dropped.
-            i = 0
-            head = heads.get(key)
-        else:
-            i += 1
-    if kvm.tp.on:
-        gfn = slot.base_gfn - (slot.base_gfn % pages_per_hpage(level)) + key * pages_per_hpage(level)
-        kvm.tp.emit(RmapWriteProtect(slot.id, level, max(gfn, slot.base_gfn), seen, flush))
-    return flush
-
-
-def kvm_mmu_slot_remove_write_access(kvm: Kvm, slot: KvmMemorySlot) -> None:
-    """Logging was switched on: take W away from every spte of the slot, at every level, then flush.
-
-    The flush is unconditional. 3.14 issues it with mmu_lock held; 3.16 (198c74f4) after dropping it,
-    which is safe only because write protection no longer makes sptes disappear.
-    """
-    walked = 0
-    for level in range(PT_PAGE_TABLE_LEVEL, PT_PAGE_TABLE_LEVEL + 3):
-        heads = slot.rmap[level - 1]
-        for key in sorted(heads):
-            if key in heads:
-                __rmap_write_protect(kvm, slot, level, key, pt_protect=False)
-                walked += 1
-    if kvm.tp.on:
-        kvm.tp.emit(SlotRemoveWriteAccess(slot.id, walked))
-    kvm_flush_remote_tlbs(
-        kvm, "kvm_mmu_slot_remove_write_access", under_mmu_lock=not kvm.policy.flush_after_unlock
-    )
-
-
-def kvm_mmu_write_protect_pt_masked(kvm: Kvm, slot: KvmMemorySlot, gfn_offset: int, mask: int) -> None:
-    """Re-protect the pages GET_DIRTY_LOG just reported. Only level-1 rmaps are looked at: the caller
-    assumes no large mapping exists while logging is on, which is what caf6900f broke."""
-    while mask:
-        bit = (mask & -mask).bit_length() - 1
-        __rmap_write_protect(kvm, slot, PT_PAGE_TABLE_LEVEL, gfn_offset + bit, pt_protect=False)
-        mask &= mask - 1
 
 
 # --- building sptes (slow path) --------------------------------------------------------------------------
@@ -541,39 +385,3 @@ def tdp_page_fault(kvm: Kvm, vcpu: Vcpu, gfn: int, error_code: int) -> FaultResu
     return FaultResult(can_be_fast, False, fast_result)
 
 
-# --- zapping everything ------------------------------------------------------------------------------------
-
-
-def kvm_mmu_zap_all(kvm: Kvm) -> None:
-    """Zap every shadow page, newest first, as a memslot deletion or move does; then reload the root."""
-    pages = sorted(kvm.active_mmu_pages.values(), key=lambda sp: sp.serial, reverse=True)
-    for sp in pages:
-        kvm_mmu_prepare_zap_page(kvm, sp)
-    kvm_flush_remote_tlbs(kvm, "kvm_mmu_commit_zap_page", under_mmu_lock=True)
-    for sp in pages:
-        kvm.free_mmu_page(sp)
-    if kvm.tp.on:
-        kvm.tp.emit(ZapAll(len(pages)))
-    kvm.root = kvm.alloc_root()
-    if kvm.tp.on:
-        kvm.tp.emit(MmuLoad(kvm.root.gfn, kvm.root.level))
-
-
-def kvm_mmu_prepare_zap_page(kvm: Kvm, sp: KvmMmuPage) -> None:
-    kvm.stat.mmu_shadow_zapped += 1
-    if kvm.tp.on:
-        kvm.tp.emit(PrepareZapPage(sp.level, sp.gfn))
-    # kvm_mmu_page_unlink_children
-    for index, spte in enumerate(sp.spt):
-        if not is_shadow_present_pte(spte):
-            continue
-        if is_last_spte(spte, sp.level):
-            if is_large_pte(spte):
-                kvm.stat.lpages -= 1
-            drop_spte(kvm, sp, index)
-        else:
-            drop_parent_pte(kvm, kvm.child_sp(spte), sp, index)
-    # kvm_mmu_unlink_parents
-    for parent, index in list(sp.parent_ptes):
-        drop_parent_pte(kvm, sp, parent, index)
-    sp.invalid = True

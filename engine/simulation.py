@@ -17,7 +17,6 @@ from engine.kvm import FaultRecord, Kvm
 from engine.kvm_main import kvm_flush_remote_tlbs
 from engine.memslot import KvmMemorySlot
 from engine.migration import Migration, migrate_begin, migrate_end, migrate_round
-from engine.mmu import kvm_mmu_zap_all
 from engine.policy import Policy
 from engine.scenario import (
     DisableDirtyLogStep,
@@ -36,6 +35,7 @@ from engine.scenario import (
     step_to_json,
 )
 from engine.trace import Event
+from engine.zap import kvm_mmu_zap_all
 
 
 @dataclass(frozen=True, slots=True)

@@ -252,7 +252,7 @@ def test_flush_rule(preset: str, rule: str, old: int, new: int, expected: dict[s
     # writable, which the model's copy-on-write never undoes. So the rule is asserted on a direct call to
     # mmu_spte_update, at the location of a real spte.
     from engine.cpu import walk_spte
-    from engine.mmu import mmu_spte_update
+    from engine.mmu_spte import mmu_spte_update
 
     sim, _, _ = run_scenario(
         make_scenario([SLOT_2M], [{"op": "read", "gfn": "0x210"}]), preset, {"flush_rule": rule}

@@ -1,0 +1,86 @@
+"""The spte write primitives of 3.14/3.16 mmu.c: install, update, clear and drop one spte.
+
+Every caller that changes an spte goes through these (and they through `Kvm.write_spte`). Where the flush
+decision of an update differs between 3.14 and 3.16, `mmu_spte_update` reads the policy's `flush_rule`.
+"""
+
+from __future__ import annotations
+
+from engine.kvm import Kvm
+from engine.kvm_main import kvm_flush_remote_tlbs
+from engine.rmap import rmap_remove
+from engine.shadow_page import KvmMmuPage, kvm_mmu_page_get_gfn
+from engine.spte import (
+    PT_PRESENT_MASK,
+    PT_WRITABLE_MASK,
+    SPTE_HOST_WRITEABLE,
+    SPTE_MMU_WRITEABLE,
+    is_large_pte,
+    is_shadow_present_pte,
+)
+from engine.trace import (
+    DropLargeSpte,
+    DropParentPte,
+    DropSpte,
+)
+
+SPTE_LOCKLESS_MASK = SPTE_HOST_WRITEABLE | SPTE_MMU_WRITEABLE
+
+
+def mmu_spte_set(kvm: Kvm, sp: KvmMmuPage, index: int, new: int) -> None:
+    """Install an spte where none was present."""
+    kvm.write_spte(sp, index, new)
+
+
+def mmu_spte_update(kvm: Kvm, sp: KvmMmuPage, index: int, new: int) -> bool:
+    """Change a present spte's permissions; returns whether TLBs may now hold more than the spte allows.
+
+    3.14 asks "was it writable?". 3.16 asks "could the fast path have made it writable behind our back?",
+    because with the flush moved out of mmu_lock a W bit may already be gone while a TLB still has it.
+    """
+    old = kvm.write_spte(sp, index, new)  # mmu_spte_set when nothing was present
+    if not old & PT_PRESENT_MASK or new & PT_WRITABLE_MASK:
+        return False
+    if kvm.policy.flush_rule == "old_w":
+        return bool(old & PT_WRITABLE_MASK)
+    return old & SPTE_LOCKLESS_MASK == SPTE_LOCKLESS_MASK
+
+
+def mmu_spte_clear_track_bits(kvm: Kvm, sp: KvmMmuPage, index: int) -> tuple[int, bool]:
+    """Clear an spte; returns it and whether the host page must be marked dirty (D set, or no A/D)."""
+    old = kvm.write_spte(sp, index, 0)
+    return old, bool(old & kvm.masks.dirty_mask) or not kvm.masks.dirty_mask
+
+
+def drop_spte(kvm: Kvm, sp: KvmMmuPage, index: int) -> int:
+    old, pfn_dirty = mmu_spte_clear_track_bits(kvm, sp, index)
+    if is_shadow_present_pte(old):
+        rmap_remove(kvm, sp, index)
+    if kvm.tp.on:
+        kvm.tp.emit(DropSpte(sp.level, sp.gfn, index, kvm_mmu_page_get_gfn(sp, index), old, pfn_dirty))
+    return old
+
+
+def __drop_large_spte(kvm: Kvm, sp: KvmMmuPage, index: int) -> bool:
+    old = sp.spt[index]
+    if not is_large_pte(old):
+        return False
+    drop_spte(kvm, sp, index)
+    kvm.stat.lpages -= 1
+    if kvm.tp.on:
+        kvm.tp.emit(DropLargeSpte(sp.level, sp.gfn, index, kvm_mmu_page_get_gfn(sp, index), old))
+    return True
+
+
+def drop_large_spte(kvm: Kvm, sp: KvmMmuPage, index: int) -> None:
+    """Zap a large spte met on the way down (404381c5): a table cannot be linked under a leaf."""
+    if __drop_large_spte(kvm, sp, index):
+        kvm_flush_remote_tlbs(kvm, "drop_large_spte", under_mmu_lock=True)
+
+
+def drop_parent_pte(kvm: Kvm, child: KvmMmuPage, sp: KvmMmuPage, index: int) -> None:
+    """Unlink `child` from the entry (sp, index) that points at it (mmu_spte_clear_no_track)."""
+    child.parent_ptes.remove((sp, index))
+    kvm.write_spte(sp, index, 0)
+    if kvm.tp.on:
+        kvm.tp.emit(DropParentPte(sp.level, sp.gfn, index, child.gfn))

@@ -1,0 +1,105 @@
+"""Write protection in 3.14/3.16 mmu.c: one spte, one rmap head, a whole slot, or the pages a
+GET_DIRTY_LOG returned. This is where "lazily drop large spte" changed what happens to a large spte.
+"""
+
+from __future__ import annotations
+
+from engine.kvm import Kvm
+from engine.kvm_main import kvm_flush_remote_tlbs
+from engine.memslot import KvmMemorySlot
+from engine.mmu_spte import __drop_large_spte, mmu_spte_update
+from engine.shadow_page import KvmMmuPage, kvm_mmu_page_get_gfn
+from engine.spte import (
+    PT_PAGE_SIZE_MASK,
+    PT_PAGE_TABLE_LEVEL,
+    PT_WRITABLE_MASK,
+    SPTE_MMU_WRITEABLE,
+    pages_per_hpage,
+    spte_is_locklessly_modifiable,
+)
+from engine.trace import (
+    RmapWriteProtect,
+    SlotRemoveWriteAccess,
+    SpteWriteProtect,
+)
+
+
+def spte_write_protect(kvm: Kvm, sp: KvmMmuPage, index: int, pt_protect: bool) -> tuple[bool, bool]:
+    """Remove write access from one spte; returns (need_flush, dropped).
+
+    Before the patch a writable large spte is zapped instead (and the caller's rmap walk restarts,
+    because the entry left the list). After it, the large spte stays present and read-only, keeping HW
+    and MW: dirty logging only takes W away, so the fast path could give it back.
+    """
+    old = sp.spt[index]
+    if not old & PT_WRITABLE_MASK and not (pt_protect and spte_is_locklessly_modifiable(old)):
+        if kvm.tp.on:
+            gfn = kvm_mmu_page_get_gfn(sp, index)
+            kvm.tp.emit(SpteWriteProtect(sp.level, sp.gfn, index, gfn, old, old, "none", False))
+        return False, False
+    if old & PT_PAGE_SIZE_MASK and kvm.policy.wp_large == "zap" and __drop_large_spte(kvm, sp, index):
+        if kvm.tp.on:
+            gfn = kvm_mmu_page_get_gfn(sp, index)
+            kvm.tp.emit(SpteWriteProtect(sp.level, sp.gfn, index, gfn, old, 0, "zap", True))
+        return True, True
+    new = old & ~PT_WRITABLE_MASK
+    if pt_protect:
+        new &= ~SPTE_MMU_WRITEABLE
+    flush = mmu_spte_update(kvm, sp, index, new)
+    if kvm.tp.on:
+        gfn = kvm_mmu_page_get_gfn(sp, index)
+        kvm.tp.emit(SpteWriteProtect(sp.level, sp.gfn, index, gfn, old, new, "wrprotect", flush))
+    return flush, False
+
+
+def __rmap_write_protect(kvm: Kvm, slot: KvmMemorySlot, level: int, key: int, pt_protect: bool) -> bool:
+    """Write-protect every spte of one rmap head; returns whether a flush is needed."""
+    heads = slot.rmap[level - 1]
+    head = heads.get(key)
+    flush = False
+    seen = 0
+    i = 0
+    while head and i < len(head):
+        sp, index = head[i]
+        seen += 1
+        need_flush, dropped = spte_write_protect(kvm, sp, index, pt_protect)
+        flush |= need_flush
+        if dropped:
+            # 3.14 restarts from the head after a drop; read-only large sptes are never dropped.
+            i = 0
+            head = heads.get(key)
+        else:
+            i += 1
+    if kvm.tp.on:
+        gfn = slot.base_gfn - (slot.base_gfn % pages_per_hpage(level)) + key * pages_per_hpage(level)
+        kvm.tp.emit(RmapWriteProtect(slot.id, level, max(gfn, slot.base_gfn), seen, flush))
+    return flush
+
+
+def kvm_mmu_slot_remove_write_access(kvm: Kvm, slot: KvmMemorySlot) -> None:
+    """Logging was switched on: take W away from every spte of the slot, at every level, then flush.
+
+    The flush is unconditional. 3.14 issues it with mmu_lock held; 3.16 (198c74f4) after dropping it,
+    which is safe only because write protection no longer makes sptes disappear.
+    """
+    walked = 0
+    for level in range(PT_PAGE_TABLE_LEVEL, PT_PAGE_TABLE_LEVEL + 3):
+        heads = slot.rmap[level - 1]
+        for key in sorted(heads):
+            if key in heads:
+                __rmap_write_protect(kvm, slot, level, key, pt_protect=False)
+                walked += 1
+    if kvm.tp.on:
+        kvm.tp.emit(SlotRemoveWriteAccess(slot.id, walked))
+    kvm_flush_remote_tlbs(
+        kvm, "kvm_mmu_slot_remove_write_access", under_mmu_lock=not kvm.policy.flush_after_unlock
+    )
+
+
+def kvm_mmu_write_protect_pt_masked(kvm: Kvm, slot: KvmMemorySlot, gfn_offset: int, mask: int) -> None:
+    """Re-protect the pages GET_DIRTY_LOG just reported. Only level-1 rmaps are looked at: the caller
+    assumes no large mapping exists while logging is on, which is what caf6900f broke."""
+    while mask:
+        bit = (mask & -mask).bit_length() - 1
+        __rmap_write_protect(kvm, slot, PT_PAGE_TABLE_LEVEL, gfn_offset + bit, pt_protect=False)
+        mask &= mask - 1
