@@ -258,7 +258,8 @@ def cmd_serve(args: argparse.Namespace, out: IO[str]) -> int:
         uvicorn = importlib.import_module("uvicorn")
     except ModuleNotFoundError:
         raise CliError("the web app needs uvicorn, which is not installed") from None
-    uvicorn.run("app.main:app", host=args.host, port=args.port)
+    # One worker: the simulation cache lives in the process, and one process keeps it whole.
+    uvicorn.run("app.main:app", host=args.host, port=args.port, workers=1)
     return EXIT_OK
 
 

@@ -4,7 +4,6 @@ Most tests call `cli.main.main` in-process; a few run `python -m cli.main` / `py
 only a real process shows: the exit status, a closed pipe, and stdin.
 """
 
-import importlib.util
 import io
 import json
 import os
@@ -336,10 +335,17 @@ def test_scenarios_lists_the_builtins(capsys: pytest.CaptureFixture[str]) -> Non
     assert {"name": EXAMPLE, "title": "One 2 MiB region, three behaviours"} in json.loads(out)
 
 
-def test_serve_without_the_web_app(capsys: pytest.CaptureFixture[str]) -> None:
-    if importlib.util.find_spec("app") is not None:
-        pytest.skip("the web app is installed")
-    assert run_cli(capsys, "serve") == (2, "", "sptelab serve: the web app is not installed in this build\n")
+def test_serve_runs_one_uvicorn_worker_on_the_app(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uvicorn
+
+    calls: list[tuple[str, dict[str, object]]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda target, **kw: calls.append((target, kw)))
+    assert run_cli(capsys, "serve", "--host", "127.0.0.1", "--port", "8123")[0] == 0
+    assert calls == [("app.main:app", {"host": "127.0.0.1", "port": 8123, "workers": 1})]
+    status, _, err = run_cli(capsys, "serve", "--port", "70000")
+    assert status == 2 and "--port 70000" in err and err.count("\n") == 1
 
 
 def test_real_is_listed_but_not_available(capsys: pytest.CaptureFixture[str]) -> None:

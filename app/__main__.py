@@ -1,0 +1,12 @@
+"""`python -m app`: serve the web app on the host and port of the settings (SPTELAB_HOST, SPTELAB_PORT).
+
+`sptelab serve --host H --port P` does the same with command-line flags.
+"""
+
+import uvicorn
+
+from app.settings import get_settings
+
+if __name__ == "__main__":
+    settings = get_settings()
+    uvicorn.run("app.main:app", host=settings.host, port=settings.port, workers=1)

@@ -1,0 +1,392 @@
+"""The simulation cache: every run the pages show, kept with checkpoints so that any step is cheap to show.
+
+A run is one scenario under one policy, keyed by (canonical share code, policy). It holds:
+
+- the *frontier*, a Simulation run forward with tracing off (detail "summary"), and a compact
+  `StepRecord` for every step it has passed: fault counts, dirty-log digest, violation count and how
+  much work the step did;
+- *checkpoints*, snapshots of the frontier every `checkpoint_interval` steps (and sooner after heavy
+  steps), so showing step N replays at most one interval. A snapshot is the state pickled to bytes (with
+  the result of the step that led to it): ten times smaller than the live objects and, for a big VM,
+  faster to restore than a `copy.deepcopy` (only this process's own bytes are ever unpickled);
+- *cursors*, the last few states handed out and given back, so that stepping forward is one step.
+
+To show step N (the state after N steps, with step N-1 as "the current step"), `Run.at` takes a cursor
+at N, or at N-1 and runs one step, or thaws the nearest checkpoint before N and replays to N-1; the
+last step runs with tracing on (detail "full", its trace capped), unless the summary pass found it too
+heavy to trace (then its snapshot is shown as recorded). Memory stays bounded: the run count, each
+run's checkpoints and cursors, and the total bytes of all stored states have limits from the settings.
+Every run has its own lock; the states `at` hands out are private copies, so building a page from one
+needs no lock.
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Generic, NamedTuple, TypeVar
+
+from app.settings import Settings
+from engine.collector import gc_paused
+from engine.kvm import StepLog
+from engine.policy import Policy
+from engine.scenario import ReadStep, Scenario, WriteStep
+from engine.shadow_page import KvmMmuPage
+from engine.simulation import Simulation, StepResult
+from engine.trace import Event, Trace
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+# A dirty log longer than this is kept as its length and a digest only.
+_KEEP_DIRTY_LOG = 4096
+# Spte locations whose history the inspector has asked for, kept per run.
+_HISTORIES_PER_RUN = 32
+
+
+class Lru(Generic[K, V]):
+    """A small thread-safe LRU map."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._items: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: K, value: V) -> None:
+        if self.size <= 0:
+            return
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class CappedTrace(Trace):
+    """The tracepoint sink of a shown step: keeps the first `cap` events and counts the rest."""
+
+    __slots__ = ("cap", "dropped")
+
+    def __init__(self, cap: int) -> None:
+        super().__init__(on=True)
+        self.cap = cap
+        self.dropped = 0
+
+    def emit(self, event: Event) -> None:
+        if len(self.events) < self.cap:
+            self.events.append(event)
+        else:
+            self.dropped += 1
+
+
+class StepRecord(NamedTuple):
+    """What the summary pass learned about one step. A tuple of plain values, so that the cyclic
+    collector stops tracking it: a long scenario has one per step."""
+
+    fast: int
+    slow: int
+    tlb_flushes: int
+    marked_dirty: int
+    # For get_dirty_log and migration steps: the gfns returned (None when longer than _KEEP_DIRTY_LOG),
+    # their number and a digest that tells two logs apart.
+    dirty_log: tuple[int, ...] | None
+    dirty_log_len: int
+    dirty_log_digest: int | None
+    violations: tuple[str, ...]
+    # Guest accesses, spte writes, faults and harvested pages: how heavy a full trace would be.
+    cost: int
+
+
+@dataclass(slots=True)
+class Shown:
+    """The state after `n` steps, with the step that led there (`result`, None at step 0).
+
+    `touched` maps every spte location step n-1 wrote to its value before the step. `traced` says whether
+    `result` has the full detail (faults, spte writes, events); `dropped_events` counts trace events
+    beyond the cap.
+    """
+
+    n: int
+    sim: Simulation
+    result: StepResult | None
+    touched: dict[tuple[KvmMmuPage, int], int]
+    traced: bool
+    dropped_events: int = 0
+
+
+@dataclass(slots=True)
+class _History:
+    upto: int = 0
+    changes: list[tuple[int, int, int]] = field(default_factory=list)  # (step index, old, new)
+
+
+# Bytes a live VM state takes per spte unit (see sim_weight), measured on small and 1 GiB states.
+LIVE_BYTES_PER_UNIT = 256
+
+
+def sim_weight(sim: Simulation) -> int:
+    """The size of a live VM state in bytes, estimated from a full table per shadow page and each guest
+    page (its rmap entry, spte and content)."""
+    kvm = sim.kvm
+    units = len(kvm.active_mmu_pages) * 512 + sum(slot.npages for slot in kvm.memslots)
+    return units * LIVE_BYTES_PER_UNIT
+
+
+def freeze(sim: Simulation, result: StepResult | None = None) -> bytes:
+    """A snapshot of the state (and of the step that led to it). The scenario is a frozen value shared
+    by every snapshot of the run: leave it out (a long scenario would be most of the bytes)."""
+    scenario = sim.scenario
+    sim.scenario = None  # type: ignore[assignment]
+    try:
+        with gc_paused():
+            return pickle.dumps((sim, result), protocol=pickle.HIGHEST_PROTOCOL)
+    finally:
+        sim.scenario = scenario
+
+
+def thaw(blob: bytes, scenario: Scenario) -> tuple[Simulation, StepResult | None]:
+    with gc_paused():
+        # Only bytes this process pickled itself (freeze) are ever unpickled.
+        sim, result = pickle.loads(blob)
+    sim.scenario = scenario
+    return sim, result
+
+
+def set_tracing(sim: Simulation, cap: int | None) -> None:
+    """Trace the next steps with at most `cap` events each, or (None) run them untraced."""
+    if cap is None:
+        sim.detail = "summary"
+        sim.kvm.tp = Trace(on=False)
+    else:
+        sim.detail = "full"
+        sim.kvm.tp = CappedTrace(cap)
+
+
+def _accesses(scenario: Scenario, index: int) -> int:
+    step = scenario.steps[index]
+    return step.count if isinstance(step, ReadStep | WriteStep) else 0
+
+
+def _record(result: StepResult, log: StepLog, accesses: int) -> StepRecord:
+    dirty_log = result.dirty_log
+    kept = tuple(dirty_log) if dirty_log is not None and len(dirty_log) <= _KEEP_DIRTY_LOG else None
+    faults = result.fault_counts["fast"] + result.fault_counts["slow"]
+    return StepRecord(
+        fast=result.fault_counts["fast"],
+        slow=result.fault_counts["slow"],
+        tlb_flushes=result.tlb_flushes,
+        marked_dirty=len(result.marked_dirty),
+        dirty_log=kept,
+        dirty_log_len=len(dirty_log) if dirty_log is not None else 0,
+        dirty_log_digest=hash(tuple(dirty_log)) if dirty_log is not None else None,
+        violations=tuple(v.invariant for v in result.violations),
+        cost=accesses + len(log.touched) + 8 * faults + len(log.harvested) + len(result.marked_dirty),
+    )
+
+
+class Run:
+    """One scenario under one policy; see the module docstring."""
+
+    def __init__(
+        self, key: tuple[str, Policy], scenario: Scenario, policy: Policy, settings: Settings
+    ) -> None:
+        self.key = key
+        self.scenario = scenario
+        self.policy = policy
+        self.total = len(scenario.steps)
+        self.lock = threading.RLock()
+        self._settings = settings
+        self._frontier = Simulation(scenario, policy, detail="summary")
+        self.records: list[StepRecord] = []
+        # Each snapshot holds the (untraced) result of the step that led to it and that step's log, so a
+        # step too heavy to trace is shown from its snapshot without running it again.
+        self._checkpoints: dict[int, bytes] = {0: freeze(self._frontier)}
+        self._checkpoint_total = len(self._checkpoints[0])
+        self._frontier_weight = sim_weight(self._frontier)
+        self._work = 0
+        self._cursors: OrderedDict[int, Shown] = OrderedDict()
+        self._cursor_weight = 0
+        self._histories: OrderedDict[tuple[int, int, int], _History] = OrderedDict()
+
+    # --- the summary pass ------------------------------------------------------------------------------
+
+    def ensure(self, n: int) -> None:
+        """Run the frontier until it has passed `n` steps (or the end), checkpointing on the way."""
+        settings = self._settings
+        with self.lock, gc_paused():
+            sim = self._frontier
+            target = min(n, self.total)
+            while len(self.records) < target:
+                index = len(self.records)
+                result = sim.step()
+                record = _record(result, sim.kvm.log, _accesses(self.scenario, index))
+                self.records.append(record)
+                self._work += record.cost
+                done = index + 1
+                due = done % settings.checkpoint_interval == 0 or self._work >= settings.checkpoint_work
+                if done <= self.total and due:
+                    blob = freeze(sim, result)
+                    self._checkpoints[done] = blob
+                    self._checkpoint_total += len(blob)
+                    self._work = 0
+                    self._thin_checkpoints()
+            self._frontier_weight = sim_weight(sim)
+
+    @property
+    def finished(self) -> Simulation:
+        """The frontier after the whole scenario (for summaries; never hand it out for changes)."""
+        self.ensure(self.total)
+        return self._frontier
+
+    def _thin_checkpoints(self) -> None:
+        """Keep a run's checkpoints within half the cache budget: drop every second one, keeping the
+        first and the newest, until they fit (the replay distance doubles, the memory halves)."""
+        budget = self._settings.cache_bytes // 2
+        while self._checkpoint_total > budget and len(self._checkpoints) > 2:
+            keys = sorted(self._checkpoints)
+            for key in keys[1:-1:2]:
+                self._checkpoint_total -= len(self._checkpoints.pop(key))
+
+    # --- showing a step --------------------------------------------------------------------------------
+
+    def at(self, n: int) -> Shown:
+        """A private copy of the state after `n` steps (0 ≤ n ≤ total), with step n-1's result.
+
+        Give it back with `park` when done, so the next step forward starts from it.
+        """
+        with self.lock:
+            self.ensure(n)
+            cursor = self._take_cursor(n)
+            if cursor is not None:
+                return cursor
+            if n == 0:
+                sim, _ = thaw(self._checkpoints[0], self.scenario)
+                return Shown(0, sim, None, {}, False)
+            traced = self.records[n - 1].cost <= self._settings.trace_step_limit
+            if not traced and n in self._checkpoints:
+                # Too heavy to trace, and snapshotted right after it ran: restore it rather than rerun it.
+                sim, result = thaw(self._checkpoints[n], self.scenario)
+                return Shown(n, sim, result, sim.kvm.log.touched, False)
+            previous = self._take_cursor(n - 1)
+            sim = previous.sim if previous is not None else self._replay_to(n - 1)
+            set_tracing(sim, self._settings.trace_events if traced else None)
+            result = sim.step()
+            dropped = sim.kvm.tp.dropped if isinstance(sim.kvm.tp, CappedTrace) else 0
+            set_tracing(sim, None)
+            return Shown(n, sim, result, sim.kvm.log.touched, traced, dropped)
+
+    def park(self, shown: Shown) -> None:
+        """Keep a shown state as a cursor (the oldest cursors go first)."""
+        limit = self._settings.cursors_per_run
+        with self.lock:
+            if limit <= 0 or shown.n in self._cursors:
+                return
+            self._cursors[shown.n] = shown
+            self._cursor_weight += sim_weight(shown.sim)
+            while len(self._cursors) > limit or (
+                len(self._cursors) > 1 and self._cursor_weight > self._settings.cache_bytes // 4
+            ):
+                _, old = self._cursors.popitem(last=False)
+                self._cursor_weight -= sim_weight(old.sim)
+
+    def _take_cursor(self, n: int) -> Shown | None:
+        shown = self._cursors.pop(n, None)
+        if shown is not None:
+            self._cursor_weight -= sim_weight(shown.sim)
+        return shown
+
+    def _replay_to(self, m: int) -> Simulation:
+        """A private copy of the state after `m` steps, from the nearest checkpoint at or before it."""
+        start = max(k for k in self._checkpoints if k <= m)
+        sim, _ = thaw(self._checkpoints[start], self.scenario)
+        set_tracing(sim, None)
+        with gc_paused():
+            for _ in range(m - start):
+                sim.step()
+        return sim
+
+    # --- the inspector's history -----------------------------------------------------------------------
+
+    def history(self, location: tuple[int, int, int], n: int) -> list[tuple[int, int, int]]:
+        """Every step before `n` that changed the spte at (level, sp gfn, index): (step, old, new), where
+        old is the value before the step and new the value after it."""
+        level, sp_gfn, index = location
+        with self.lock:
+            found = self._histories.pop(location, None) or _History()
+            if found.upto < n:
+                self.ensure(n)
+                sim = self._replay_to(found.upto)
+                with gc_paused():
+                    for step in range(found.upto, n):
+                        sim.step()
+                        for (sp, i), old in sim.kvm.log.touched.items():
+                            if i == index and sp.gfn == sp_gfn and sp.level == level and sp.spt[i] != old:
+                                found.changes.append((step, old, sp.spt[i]))
+                found.upto = n
+            self._histories[location] = found
+            while len(self._histories) > _HISTORIES_PER_RUN:
+                self._histories.popitem(last=False)
+            return [change for change in found.changes if change[0] < n]
+
+    # --- accounting ------------------------------------------------------------------------------------
+
+    @property
+    def weight(self) -> int:
+        """The bytes every state the run holds takes (read without the lock: three ints)."""
+        return self._checkpoint_total + self._cursor_weight + self._frontier_weight
+
+
+class RunCache:
+    """The runs, least recently used first out, bounded by count and by the size of their states."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._runs: OrderedDict[tuple[str, Policy], Run] = OrderedDict()
+
+    def get(self, code: str, scenario: Scenario, policy: Policy) -> Run:
+        key = (code, policy)
+        with self._lock:
+            run = self._runs.get(key)
+            if run is not None:
+                self._runs.move_to_end(key)
+                return run
+        created = Run(key, scenario, policy, self._settings)
+        with self._lock:
+            run = self._runs.setdefault(key, created)
+            self._runs.move_to_end(key)
+            while len(self._runs) > self._settings.cache_runs:
+                self._runs.popitem(last=False)
+        return run
+
+    def trim(self) -> None:
+        """Drop the least recently used runs while all of them hold more than the budget."""
+        with self._lock:
+            runs = list(self._runs.items())
+        total = sum(run.weight for _, run in runs)
+        dropped: list[tuple[str, Policy]] = []
+        for key, run in runs[:-1]:
+            if total <= self._settings.cache_bytes:
+                break
+            total -= run.weight
+            dropped.append(key)
+        if dropped:
+            with self._lock:
+                for key in dropped:
+                    self._runs.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._runs)

@@ -1,0 +1,502 @@
+"""Plain-language lines for the trace panel: one function per trace event, named after the event.
+
+Each function takes the event as `engine.trace.event_json` writes it and the `Context` of the step so
+far (what the current fault is), and returns one sentence. `KERNEL_SOURCES` names where the function
+lives in the kernel, so the panel can say which code acted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from engine.spte import PT_PAGE_SIZE_MASK, PT_WRITABLE_MASK, level_name, pages_per_hpage, spte_flags
+
+Event = Mapping[str, Any]
+
+# Which tree each preset's mmu.c comes from.
+KERNEL_VERSIONS = {"zap": "3.14", "lazy-buggy": "3.9-rc, caf6900f", "lazy": "3.16"}
+
+_MMU = "arch/x86/kvm/mmu.c"
+_KVM_MAIN = "virt/kvm/kvm_main.c"
+_CPU = "the CPU (Intel SDM, EPT)"
+KERNEL_SOURCES: dict[str, str] = {
+    "guest_access": _CPU,
+    "ept_ad_update": _CPU,
+    "handle_ept_violation": "arch/x86/kvm/vmx.c",
+    "tdp_page_fault": _MMU,
+    "mapping_level": _MMU,
+    "fast_page_fault": _MMU,
+    "fast_pf_fix_direct_spte": _MMU,
+    "gfn_to_pfn": f"{_KVM_MAIN} (hva_to_pfn)",
+    "__direct_map": _MMU,
+    "kvm_mmu_get_page": _MMU,
+    "link_shadow_page": _MMU,
+    "drop_large_spte": _MMU,
+    "drop_parent_pte": _MMU,
+    "mmu_set_spte": _MMU,
+    "direct_pte_prefetch": _MMU,
+    "mark_page_dirty": _KVM_MAIN,
+    "drop_spte": _MMU,
+    "spte_write_protect": _MMU,
+    "__rmap_write_protect": _MMU,
+    "__kvm_set_memory_region": _KVM_MAIN,
+    "kvm_mmu_slot_remove_write_access": _MMU,
+    "kvm_vm_ioctl_get_dirty_log": "arch/x86/kvm/x86.c",
+    "kvm_mmu_write_protect_pt_masked": _MMU,
+    "kvm_flush_remote_tlbs": _KVM_MAIN,
+    "kvm_mmu_zap_all": _MMU,
+    "kvm_mmu_prepare_zap_page": _MMU,
+    "kvm_mmu_load": _MMU,
+    "migrate_copy": "QEMU (userspace migration loop)",
+    "migrate_verdict": "QEMU (userspace migration loop)",
+}
+
+
+def kernel_source(name: str, variant: str | None) -> str:
+    """`arch/x86/kvm/mmu.c (3.16)`: the file, with the tree the preset models when it is kernel code."""
+    where = KERNEL_SOURCES.get(name, "")
+    if not where or not (where.startswith("arch/") or where.startswith("virt/")):
+        return where
+    return f"{where} ({KERNEL_VERSIONS.get(variant or '', '3.14–3.16')})"
+
+
+@dataclass(slots=True)
+class Context:
+    """What the step has done so far, for the events whose meaning depends on it."""
+
+    fault_gfn: int | None = None
+    fault_write: bool | None = None
+
+
+def _hex(value: object) -> str:
+    return f"{value:#x}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+
+def _int(value: object) -> int:
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        return int(value, 16) if value.startswith("0x") else int(value)
+    return 0
+
+
+def _where(ev: Event) -> str:
+    return f"L{ev.get('level')}[{_hex(ev.get('index'))}]"
+
+
+def _flags(value: object) -> str:
+    return " ".join(spte_flags(_int(value))) or "not present"
+
+
+def _size(level: object) -> str:
+    return level_name(level) if isinstance(level, int) and 1 <= level <= 4 else f"level {level}"
+
+
+def _access(write: object) -> str:
+    return "store" if write else "load"
+
+
+# --- the guest and the CPU -----------------------------------------------------------------------------
+
+
+def guest_access(ev: Event, ctx: Context) -> str:
+    who = f"vCPU {ev.get('vcpu')}'s {_access(ev.get('write'))} of gfn {_hex(ev.get('gfn'))}"
+    via = ev.get("via")
+    if via == "tlb":
+        return f"{who} is translated by the TLB: no exit, the sptes are not even looked at."
+    if via == "walk":
+        return f"{who} is translated by an EPT walk: no exit."
+    if via == "livelock":
+        return f"{who} still faults after {ev.get('faults')} faults: no progress, the guest would hang."
+    faults = ev.get("faults")
+    return f"{who} completes after {faults} fault{'s' if faults != 1 else ''}."
+
+
+def ept_ad_update(ev: Event, ctx: Context) -> str:
+    old, new = _int(ev.get("old")), _int(ev.get("new"))
+    added = [flag for flag in spte_flags(new) if flag not in spte_flags(old)]
+    what = " and ".join({"A": "accessed (A)", "D": "dirty (D)"}.get(flag, flag) for flag in added) or "A/D"
+    return f"The CPU sets the {what} flag of {_where(ev)} as it walks: hardware writes the spte, no exit."
+
+
+def handle_ept_violation(ev: Event, ctx: Context) -> str:
+    ctx.fault_gfn = _int(ev.get("gfn"))
+    ctx.fault_write = bool(ev.get("write"))
+    why = "the translation is present but read-only" if ev.get("present") else "no spte maps it"
+    stale = " (the TLB held a read-only entry, so no walk was needed)" if ev.get("stale_tlb") else ""
+    code = (
+        "PRESENT|WRITE"
+        if ev.get("present") and ev.get("write")
+        else "WRITE"
+        if ev.get("write")
+        else ("PRESENT" if ev.get("present") else "0")
+    )
+    return (
+        f"EPT violation: a {_access(ev.get('write'))} of gfn {_hex(ev.get('gfn'))} exits because"
+        f" {why}{stale}; error code {code}."
+    )
+
+
+# --- the fault path ------------------------------------------------------------------------------------
+
+
+def tdp_page_fault(ev: Event, ctx: Context) -> str:
+    ctx.fault_gfn = _int(ev.get("gfn"))
+    ctx.fault_write = bool(_int(ev.get("error_code")) & 2)
+    parts = [f"Page fault on gfn {_hex(ev.get('gfn'))}"]
+    if ev.get("force_pt_level"):
+        parts.append("the slot is dirty-logged, so only a 4K mapping may be built (force_pt_level)")
+    else:
+        parts.append(f"it may be mapped {_size(ev.get('level'))}")
+    if ev.get("can_be_fast"):
+        parts.append("a write to a present spte, so the lockless fast path is tried first")
+    else:
+        parts.append("not a write to a present spte, so straight to the slow path")
+    return "; ".join(parts) + "."
+
+
+def mapping_level(ev: Event, ctx: Context) -> str:
+    host = _size(ev.get("host_level"))
+    level = _size(ev.get("level"))
+    if ev.get("level") == ev.get("max_level"):
+        return f"The host page is {host}; the largest mapping allowed here is {level}."
+    return f"The host page is {host}, but lpage_info forbids larger mappings here: {level}."
+
+
+_FAST_RESULTS: dict[str, str] = {
+    "retry": "the spte is no longer present (it changed under the lockless walk): the vCPU just faults again",
+    "not_last_spte": "the walk stopped on an entry that is not a leaf at the level it asks about: the fast"
+    " path gives up and the slow path maps the page",
+    "spurious": "the spte is already writable (only a stale TLB entry faulted): nothing to fix",
+    "not_locklessly_modifiable": "the spte lacks HW or MW (the host page is copy-on-write): only the slow"
+    " path may make it writable",
+    "bail_large": "the fast path refuses: the spte is large and this patch forbids fixing it locklessly (it"
+    " would log only the first 4K page)",
+    "cas_lost": "the compare-and-swap lost a race: the vCPU retries",
+}
+
+
+def fast_page_fault(ev: Event, ctx: Context) -> str:
+    result = str(ev.get("result"))
+    sp_level = _int(ev.get("sp_level"))
+    gfn = _int(ev.get("gfn"))
+    seen = f"The lockless walk ends on a {_size(sp_level)} spte ({_flags(ev.get('old'))})"
+    if result == "fixed":
+        first = gfn & ~(pages_per_hpage(sp_level) - 1)
+        if sp_level > 1:
+            return (
+                f"{seen}: fixed locklessly, W set by compare-and-swap on the whole {_size(sp_level)} spte and"
+                f" gfn {first:#x} marked dirty, not gfn {gfn:#x}: every other page of the range is now"
+                " written without a fault and without a dirty bit."
+            )
+        return f"{seen}: fixed locklessly: W set by compare-and-swap and gfn {first:#x} marked dirty."
+    return f"{seen}: {_FAST_RESULTS.get(result, result)}."
+
+
+def fast_pf_fix_direct_spte(ev: Event, ctx: Context) -> str:
+    level = _int(ev.get("level"))
+    text = (
+        f"Compare-and-swap sets W on {_where(ev)}: {ev.get('old')} → {ev.get('new')}; it marks the gfn the"
+        f" spte's position maps, {_hex(ev.get('gfn'))}"
+    )
+    if level > 1:
+        return text + f", the first page of the {_size(level)} range, whichever page the guest wrote."
+    return text + "."
+
+
+def gfn_to_pfn(ev: Event, ctx: Context) -> str:
+    text = f"gfn {_hex(ev.get('gfn'))} is backed by host pfn {_hex(ev.get('pfn'))}"
+    if ev.get("cow_broken"):
+        return text + ": the write breaks the copy-on-write sharing, so the page can be mapped writable."
+    if ev.get("map_writable"):
+        return text + ", writable on the host."
+    return text + ", read-only on the host (copy-on-write): the spte gets no HW bit and no W."
+
+
+def direct_map(ev: Event, ctx: Context) -> str:
+    size = _size(ev.get("level"))
+    if not ev.get("mapped"):
+        return (
+            f"__direct_map stops at a large leaf above the {size} level without mapping anything: the guest"
+            " will fault again."
+        )
+    return (
+        f"__direct_map walks down from the root and installs a {size} leaf: gfn {_hex(ev.get('gfn'))} →"
+        f" pfn {_hex(ev.get('pfn'))}."
+    )
+
+
+def kvm_mmu_get_page(ev: Event, ctx: Context) -> str:
+    level, gfn = _int(ev.get("level")), _int(ev.get("gfn"))
+    span = pages_per_hpage(level + 1)
+    what = f"level-{level} table for gfns {gfn:#x}–{gfn + span - 1:#x}"
+    if ev.get("created"):
+        return f"A new, empty {what} is allocated."
+    return f"The existing {what} is reused (it was still in the hash, possibly orphaned)."
+
+
+def link_shadow_page(ev: Event, ctx: Context) -> str:
+    return (
+        f"{_where(ev)} is set to point at the level-{ev.get('child_level')} table of gfn"
+        f" {_hex(ev.get('child_gfn'))}."
+    )
+
+
+def drop_large_spte(ev: Event, ctx: Context) -> str:
+    return (
+        f"The large spte {_where(ev)} ({ev.get('old')}, gfn {_hex(ev.get('gfn'))}) is dropped so a table can"
+        " be linked in its place: cleared, removed from its rmap, lpages goes down, and the TLBs are flushed."
+    )
+
+
+def drop_parent_pte(ev: Event, ctx: Context) -> str:
+    return (
+        f"{_where(ev)} is cleared: it pointed at the table of gfn {_hex(ev.get('child_gfn'))}, which is now"
+        " unlinked."
+    )
+
+
+def mmu_set_spte(ev: Event, ctx: Context) -> str:
+    new = _int(ev.get("new"))
+    result = ev.get("result")
+    size = "large " + _size(ev.get("level")) if new & PT_PAGE_SIZE_MASK else "4K"
+    head = (
+        f"{_where(ev)} = {ev.get('new')} ({_flags(new)}): a {size} leaf for gfn {_hex(ev.get('gfn'))} →"
+        f" pfn {_hex(ev.get('pfn'))}"
+    )
+    if ev.get("speculative"):
+        return head + ", prefetched (no A bit) next to the faulting page."
+    notes = []
+    if result == "replaced_table":
+        notes.append("it replaces a table, which is unlinked but not freed (orphaned)")
+    elif result == "wrprotected_page":
+        notes.append("write access was refused: the range became ineligible for a writable large page")
+    if new & PT_WRITABLE_MASK and not ev.get("write_fault"):
+        notes.append(
+            "writable although this was a read: under TDP a writable host page is always mapped writable"
+        )
+    return head + ("; " + "; ".join(notes) if notes else "") + "."
+
+
+def direct_pte_prefetch(ev: Event, ctx: Context) -> str:
+    gfns = ev.get("gfns") or []
+    if gfns:
+        shown = " ".join(_hex(g) for g in gfns)
+        return f"Prefetch maps the empty neighbours {shown} as well (read-only use counted, no A bit)."
+    skipped = ev.get("skipped")
+    if skipped:
+        return f"No prefetch: {skipped}."
+    return "No prefetch: no run of empty neighbours ends at a present entry or at the fault."
+
+
+def mark_page_dirty(ev: Event, ctx: Context) -> str:
+    gfn = _int(ev.get("gfn"))
+    if not ev.get("logged"):
+        return f"mark_page_dirty({gfn:#x}) is a no-op: the slot is not dirty-logged."
+    slot = ev.get("slot")
+    caller = ev.get("caller")
+    if caller == "fast_pf_fix_direct_spte":
+        if ctx.fault_gfn is not None and ctx.fault_gfn != gfn:
+            return (
+                f"gfn {gfn:#x} is marked dirty in slot {slot}'s bitmap: the first page of the large spte,"
+                f" not gfn {ctx.fault_gfn:#x}, which the guest wrote."
+            )
+        return f"gfn {gfn:#x} is marked dirty in slot {slot}'s bitmap: the write will be logged."
+    if caller == "set_spte" and ctx.fault_write is False:
+        return (
+            f"A read fault maps the page writable and marks it dirty (3.x behaviour): gfn {gfn:#x} is in the"
+            " dirty log although the guest only read it."
+        )
+    return f"gfn {gfn:#x} was mapped writable, so it is marked dirty in slot {slot}'s bitmap."
+
+
+def drop_spte(ev: Event, ctx: Context) -> str:
+    tail = " The host page is marked dirty (D was set)." if ev.get("pfn_dirty") else ""
+    gfn = _hex(ev.get("gfn"))
+    return f"{_where(ev)} ({ev.get('old')}) is cleared and removed from the rmap of gfn {gfn}.{tail}"
+
+
+# --- write protection and dirty logging ------------------------------------------------------------------
+
+
+def spte_write_protect(ev: Event, ctx: Context) -> str:
+    action = ev.get("action")
+    old = _int(ev.get("old"))
+    where = f"{_where(ev)} (gfn {_hex(ev.get('gfn'))})"
+    flush = " A TLB flush is needed." if ev.get("flush") else ""
+    if action == "zap":
+        return (
+            f"Before the patch, write protection zaps the large spte {where}: the next touch of any page in"
+            f" its {_size(ev.get('level'))} range faults, reads included.{flush}"
+        )
+    if action == "none":
+        return f"{where} is already read-only: nothing to do."
+    if old & PT_PAGE_SIZE_MASK:
+        return (
+            f"The large spte {where} loses W but stays: reads of the range go on without faults. HW and MW"
+            f" stay set, so only the fast path's level guard keeps it read-only.{flush}"
+        )
+    return f"{where} loses W; HW and MW stay, so the next write can be fixed by the fast path.{flush}"
+
+
+def rmap_write_protect(ev: Event, ctx: Context) -> str:
+    count = ev.get("sptes")
+    return (
+        f"Walks the level-{ev.get('level')} rmap of gfn {_hex(ev.get('gfn'))} in slot {ev.get('slot')}:"
+        f" {count} spte{'s' if count != 1 else ''}."
+    )
+
+
+def kvm_set_memory_region(ev: Event, ctx: Context) -> str:
+    slot = ev.get("slot")
+    if ev.get("change") == "none":
+        return f"Slot {slot}'s flags do not change: nothing happens."
+    if ev.get("log_dirty_pages"):
+        return f"Userspace sets KVM_MEM_LOG_DIRTY_PAGES on slot {slot}: a zeroed dirty bitmap is allocated."
+    return f"Userspace clears KVM_MEM_LOG_DIRTY_PAGES on slot {slot}: the bitmap is freed, the sptes stay."
+
+
+def kvm_mmu_slot_remove_write_access(ev: Event, ctx: Context) -> str:
+    return (
+        f"Dirty logging is on: every spte of slot {ev.get('slot')}, at every level, loses W"
+        f" ({ev.get('rmaps')} rmap heads walked), then one TLB flush."
+    )
+
+
+def kvm_vm_ioctl_get_dirty_log(ev: Event, ctx: Context) -> str:
+    gfns = list(ev.get("gfns") or [])
+    shown = " ".join(_hex(g) for g in gfns[:16]) + (" …" if len(gfns) > 16 else "")
+    if not gfns:
+        return f"KVM_GET_DIRTY_LOG on slot {ev.get('slot')} returns nothing: no bit was set, so no flush."
+    return (
+        f"KVM_GET_DIRTY_LOG on slot {ev.get('slot')} returns {len(gfns)} page{'s' if len(gfns) != 1 else ''}"
+        f" ({shown}) and clears their bits; some bit was set, so the TLBs are flushed."
+    )
+
+
+def kvm_mmu_write_protect_pt_masked(ev: Event, ctx: Context) -> str:
+    return (
+        f"Write-protects the 4K sptes of the pages just reported (bitmap word at page offset"
+        f" {_hex(ev.get('gfn_offset'))}, mask {ev.get('mask')}); only level-1 rmaps are looked at."
+    )
+
+
+def kvm_flush_remote_tlbs(ev: Event, ctx: Context) -> str:
+    where = "inside mmu_lock" if ev.get("under_mmu_lock") else "after mmu_lock is dropped"
+    dropped = ev.get("entries_dropped")
+    return (
+        f"Every vCPU's TLB is flushed ({dropped} cached translation{'s' if dropped != 1 else ''} dropped),"
+        f" called from {ev.get('caller')}, {where}."
+    )
+
+
+def kvm_mmu_zap_all(ev: Event, ctx: Context) -> str:
+    return f"All {ev.get('pages')} shadow pages are zapped, as on a memslot change; every spte is gone."
+
+
+def kvm_mmu_prepare_zap_page(ev: Event, ctx: Context) -> str:
+    return (
+        f"The level-{ev.get('level')} table of gfn {_hex(ev.get('gfn'))} is unlinked and its sptes dropped."
+    )
+
+
+def kvm_mmu_load(ev: Event, ctx: Context) -> str:
+    return "A new, empty root table is allocated; the vCPUs load it before they next enter the guest."
+
+
+def migrate_copy(ev: Event, ctx: Context) -> str:
+    phase = ev.get("phase")
+    pages = ev.get("pages")
+    if phase == "begin":
+        return f"Migration: every page ({pages}) is copied to the destination once."
+    if phase == "end":
+        return f"Stop-and-copy: the vCPUs are stopped and the last {pages} reported pages are copied."
+    return f"Pre-copy round: the {pages} pages the dirty log reported are copied again."
+
+
+def migrate_verdict(ev: Event, ctx: Context) -> str:
+    lost = list(ev.get("lost") or [])
+    if not lost:
+        return "Verdict: the destination matches the source; no page is lost."
+    shown = " ".join(_hex(g) for g in lost[:16]) + (" …" if len(lost) > 16 else "")
+    return (
+        f"Verdict: {len(lost)} page{'s' if len(lost) != 1 else ''} LOST ({shown}): the destination holds"
+        " stale data there, because no dirty log ever reported the last write."
+    )
+
+
+EXPLAINERS: dict[str, Callable[[Event, Context], str]] = {
+    "guest_access": guest_access,
+    "ept_ad_update": ept_ad_update,
+    "handle_ept_violation": handle_ept_violation,
+    "tdp_page_fault": tdp_page_fault,
+    "mapping_level": mapping_level,
+    "fast_page_fault": fast_page_fault,
+    "fast_pf_fix_direct_spte": fast_pf_fix_direct_spte,
+    "gfn_to_pfn": gfn_to_pfn,
+    "__direct_map": direct_map,
+    "kvm_mmu_get_page": kvm_mmu_get_page,
+    "link_shadow_page": link_shadow_page,
+    "drop_large_spte": drop_large_spte,
+    "drop_parent_pte": drop_parent_pte,
+    "mmu_set_spte": mmu_set_spte,
+    "direct_pte_prefetch": direct_pte_prefetch,
+    "mark_page_dirty": mark_page_dirty,
+    "drop_spte": drop_spte,
+    "spte_write_protect": spte_write_protect,
+    "__rmap_write_protect": rmap_write_protect,
+    "__kvm_set_memory_region": kvm_set_memory_region,
+    "kvm_mmu_slot_remove_write_access": kvm_mmu_slot_remove_write_access,
+    "kvm_vm_ioctl_get_dirty_log": kvm_vm_ioctl_get_dirty_log,
+    "kvm_mmu_write_protect_pt_masked": kvm_mmu_write_protect_pt_masked,
+    "kvm_flush_remote_tlbs": kvm_flush_remote_tlbs,
+    "kvm_mmu_zap_all": kvm_mmu_zap_all,
+    "kvm_mmu_prepare_zap_page": kvm_mmu_prepare_zap_page,
+    "kvm_mmu_load": kvm_mmu_load,
+    "migrate_copy": migrate_copy,
+    "migrate_verdict": migrate_verdict,
+}
+
+
+def explain(ev: Event, ctx: Context) -> str:
+    """One sentence for `ev`; an event this module does not know yet is named, not guessed at."""
+    explainer = EXPLAINERS.get(str(ev.get("name")))
+    if explainer is None:
+        return f"{ev.get('name')} acted."
+    return explainer(ev, ctx)
+
+
+# --- the invariants ---------------------------------------------------------------------------------------
+
+INVARIANT_TEXT: dict[str, str] = {
+    "rmap_consistency": "Every present leaf spte must be in exactly one rmap, the one of its level and gfn,"
+    " and nothing else may be.",
+    "w_implies_hw_mw": "A writable spte must have both software bits, HW and MW.",
+    "lpages_count": "stat.lpages must equal the number of present large leaf sptes.",
+    "no_writable_large_while_logging": "While a slot is dirty-logged no large spte may be writable: stores"
+    " anywhere in its range take no fault and set no dirty bit.",
+    "writable_implies_dirty_bit": "While a slot is logged, a writable 4K spte must have its page's dirty bit"
+    " set, or stores to it go unreported.",
+    "tlb_more_permissive_than_spte": "At a step boundary no TLB entry may allow more than its spte does: a"
+    " flush is missing.",
+    "written_not_logged": "A store to a logged page that no GET_DIRTY_LOG reported: a migration would lose"
+    " it.",
+    "fault_livelock": "An access faulted again and again without progress: the guest would hang.",
+}
+
+# What each spte bit means (spec section 1.1), for the inspector.
+BIT_MEANINGS: list[tuple[str, str, str]] = [
+    ("0", "R", "readable; KVM treats it as present"),
+    ("1", "W", "writable: a store through it needs no exit"),
+    ("2", "X", "executable"),
+    ("3–5", "MT", "EPT memory type (6 = write-back)"),
+    ("6", "IPAT", "ignore the guest's PAT memory type"),
+    ("7", "PS", "page size: this leaf maps 2M (level 2) or 1G (level 3) at once"),
+    ("8", "A", "accessed: the CPU set it on a walk (EPT A/D bits)"),
+    ("9", "D", "dirty: the CPU set it on a store"),
+    ("10", "HW", "host writable: the host page was writable when the spte was built"),
+    ("11", "MW", "MMU writable: KVM's MMU allows writes; with HW, the fast path may set W again locklessly"),
+    ("12–51", "pfn", "host page frame (leaf) or the child table's page (non-leaf)"),
+]

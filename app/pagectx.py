@@ -1,0 +1,314 @@
+"""What the page templates receive, and how a page or its blocks become a response.
+
+`page()` decides between the whole page and an htmx partial: a request with `HX-Request: true` (and not
+a history restore) gets only the named blocks, each swapped out of band, plus `HX-Push-Url` with the
+canonical URL of the state it shows; both kinds carry `Vary: HX-Request`.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse
+
+from app.cache import Lru
+from app.deps import Links, PlayerQuery
+from app.render import markdown, render_blocks, render_page
+from app.sources import Source
+from app.treehtml import InspectLink, render_tree
+from app.viewmodel import (
+    COMPARE_FIELDS,
+    InspectorView,
+    PlayView,
+    compare_columns,
+    preset_description,
+)
+from engine.policy import NOT_IMPLEMENTED, PRESET_DESCRIPTIONS, PRESETS, SWITCH_VALUES, Policy
+from engine.scenario import ScenarioError, parse_scenario
+
+PLAY_BLOCKS = (
+    "position",
+    "stepnav",
+    "scrubber",
+    "share",
+    "narration",
+    "tree",
+    "inspector",
+    "bitmap",
+    "counters",
+    "violations",
+    "trace",
+    "rmaps",
+    "tlb",
+)
+# Not swapped when stepping: the preset picker, the what-if form and the shared forms of long links
+# differ from step to step only in their hidden `step` and `spte` fields, which keys.js keeps in line
+# with the address bar (forms marked data-sync).
+COMPARE_BLOCKS = ("position", "stepnav", "scrubber", "share", "compare_grid")
+
+# A player URL longer than this makes the panels link through shared forms instead of per-link URLs.
+COMPACT_LINKS_OVER = 256
+
+SWITCH_HELP: dict[str, str] = {
+    "wp_large": "what write protection does to a writable large spte: zap it (3.14) or clear W",
+    "fast_pf_level_guard": "which sptes the lockless fast path refuses to make writable (the patch's guard)",
+    "last_spte_check": "the level fast_page_fault's is_last_spte() asks about",
+    "flush_rule": "when mmu_spte_update asks for a TLB flush: W was set, or HW and MW were",
+    "flush_after_unlock": "flush after dropping mmu_lock when write-protecting (198c74f4, 3.16)",
+    "direct_map_drops_large": "__direct_map drops a large spte met on the way down (404381c5)",
+    "split_on_fault": "what a fault does with a large spte under logging",
+    "eager_split": "split large pages when logging starts",
+    "recover_on_disable": "rebuild large pages when logging stops",
+    "read_fault_marks_dirty": "whether a read fault maps writable and marks the page dirty",
+    "dirty_log_mode": "how userspace collects dirty pages",
+    "pml": "Intel page-modification logging",
+}
+
+
+def is_partial(request: Request) -> bool:
+    headers = request.headers
+    return headers.get("HX-Request") == "true" and headers.get("HX-History-Restore-Request") != "true"
+
+
+def page(
+    request: Request,
+    template: str,
+    context: Mapping[str, Any],
+    *,
+    blocks: Iterable[str] = (),
+    skip: Iterable[str] = (),
+    push: str | None = None,
+    status: int = 200,
+    partial: bool | None = None,
+) -> HTMLResponse:
+    blocks = tuple(blocks)
+    if partial is None:
+        partial = bool(blocks) and is_partial(request)
+    headers = {"Vary": "HX-Request"}
+    if partial:
+        oob = template != "index.html"
+        wanted = [block for block in blocks if block not in set(skip)]
+        body = render_blocks(template, wanted, {**context, "oob": oob})
+        if push:
+            headers["HX-Push-Url"] = push
+        return HTMLResponse(body, status_code=status, headers=headers)
+    return HTMLResponse(render_page(template, {**context, "oob": False}), status_code=status, headers=headers)
+
+
+# Pages are built one at a time. The work is pure Python, so threads would only take turns on the
+# interpreter lock, each switch stretching every request in flight; in a queue, each waits only for the
+# ones before it.
+_BUILD = threading.Lock()
+
+
+def cached(
+    request: Request,
+    pages: Lru[tuple[str, ...], tuple[bytes, dict[str, str]]],
+    build: Callable[[], HTMLResponse],
+) -> HTMLResponse:
+    """A page is a function of its URL (and whether htmx asked for the blocks): keep the last ones built,
+    so that many viewers stepping through the same scenario share the rendering."""
+    headers = request.headers
+    key = (
+        str(request.base_url),
+        request.url.path,
+        request.url.query,
+        str(is_partial(request)),
+        headers.get("HX-Trigger") or "",
+    )
+    hit = pages.get(key)
+    if hit is not None:
+        body, stored = hit
+        return HTMLResponse(body, headers=stored)
+    with _BUILD:
+        response = build()
+    if response.status_code == 200:
+        wanted = ("vary", "hx-push-url")
+        kept = {name: value for name, value in response.headers.items() if name in wanted}
+        pages.put(key, (bytes(response.body), kept))
+    return response
+
+
+def absolute(request: Request, path: str) -> str:
+    return str(request.base_url).rstrip("/") + path
+
+
+def slug(title: str) -> str:
+    text = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+    return text[:60] or "scenario"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The editor
+
+
+_STEP_ERROR = re.compile(r"^step (\d+)(?: \((\w+)\))?(?:, ([\w.\[\]]+))?: (.*)$", re.DOTALL)
+_WHERE_ERROR = re.compile(r"^([A-Za-z_][\w.\[\]]*): (.*)$", re.DOTALL)
+_NAMED_FIELD = re.compile(r"^(?:missing|unknown) field '([^']+)'")
+_STEP_FIELDS = {"gfn", "count", "stride", "vcpu", "slot", "text", "op"}
+
+
+def error_location(message: str) -> tuple[str, str]:
+    """(step index or "", field or "") named by a ScenarioError message, for the editor's data attributes.
+
+    `step 4 (write): gfn 0x400 is outside every memslot` → ("4", "gfn");
+    `memslots[0].npages: must be at least 1` → ("", "memslots[0].npages").
+    """
+    match = _STEP_ERROR.match(message)
+    if match:
+        step, _op, field, rest = match.groups()
+        if field:
+            return step, field
+        named = _NAMED_FIELD.match(rest)
+        if named:
+            return step, named.group(1)
+        if rest.startswith("unknown op") or rest.startswith("op must"):
+            return step, "op"
+        first = rest.split(" ", 1)[0]
+        return step, first if first in _STEP_FIELDS else ""
+    match = _WHERE_ERROR.match(message)
+    if match and match.group(1) != "scenario":
+        where, rest = match.groups()
+        named = _NAMED_FIELD.match(rest)
+        return "", f"{where}.{named.group(1)}" if named else where
+    match = _WHERE_ERROR.match(message)
+    if match:
+        named = _NAMED_FIELD.match(match.group(2))
+        if named:
+            return "", named.group(1)
+    return "", ""
+
+
+def editor_status(text: str) -> dict[str, Any]:
+    if not text.strip():
+        return {
+            "valid": False,
+            "message": "The editor is empty: write or paste a scenario.",
+            "step": "",
+            "field": "",
+        }
+    try:
+        scenario = parse_scenario(text)
+    except ScenarioError as error:
+        step, field = error_location(str(error))
+        return {"valid": False, "message": str(error), "step": step, "field": field}
+    steps = len(scenario.steps)
+    slots = len(scenario.memslots)
+    summary = (
+        f"Valid: {scenario.title or 'untitled'}, {steps} step{'s' if steps != 1 else ''},"
+        f" {slots} memslot{'s' if slots != 1 else ''}."
+    )
+    return {"valid": True, "message": summary, "step": "", "field": ""}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The player
+
+
+def _switches(policy: Policy, variant: str) -> list[dict[str, Any]]:
+    current = policy.as_json()
+    preset = PRESETS[variant].as_json() if variant in PRESETS else current
+    rows = []
+    for name, values in SWITCH_VALUES.items():
+        options = []
+        for value in values:
+            text = str(value).lower()
+            note = NOT_IMPLEMENTED.get((name, value))
+            options.append(
+                {
+                    "value": text,
+                    "selected": str(current[name]).lower() == text,
+                    "disabled": note is not None,
+                    "note": f"not modelled yet: {note}" if note else "",
+                }
+            )
+        rows.append(
+            {
+                "name": name,
+                "help": SWITCH_HELP.get(name, ""),
+                "options": options,
+                "changed": current[name] != preset[name],
+                "unmodelled": [o for o in options if o["disabled"]],
+            }
+        )
+    return rows
+
+
+def play_context(
+    request: Request, query: PlayerQuery, view: PlayView, inspector: InspectorView | None
+) -> dict[str, Any]:
+    links = query.links
+    step_url: Callable[[int], str] = links.play
+    scenario = query.source.scenario
+    compact = len(links.play(query.total)) > COMPACT_LINKS_OVER
+    tree = view.tree
+    inspect: InspectLink = None if compact else (lambda param: links.play(query.step, spte=param))
+    return {
+        "page": "play",
+        "q": query,
+        "view": view,
+        "inspector": inspector,
+        "links": links,
+        "step": query.step,
+        "total": query.total,
+        "step_url": step_url,
+        "notice": query.notice,
+        "title": scenario.title or query.source.name or "Untitled scenario",
+        "description": markdown(scenario.description),
+        "variant": query.variant,
+        "variant_label": query.variant_label,
+        "variant_description": preset_description(query.variant_label),
+        "overrides": query.overrides,
+        "presets": [(name, PRESET_DESCRIPTIONS.get(name, "")) for name in PRESETS],
+        "switches": _switches(query.policy, query.variant),
+        "share_url": absolute(request, links.play(query.step)),
+        "download_url": links.download(),
+        "compare_url": links.compare(query.step),
+        "source_param": query.source.param,
+        # Long share codes: links inside the panels become buttons of two shared forms (see controls.html).
+        "compact": compact,
+        "tree_html": render_tree([tree.root, *tree.orphans, *tree.freed], inspect),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The compare view
+
+
+def compare_context(
+    request: Request,
+    source: Source,
+    variants: list[str],
+    step: int,
+    notice: str,
+    views: Mapping[str, PlayView],
+) -> dict[str, Any]:
+    links = Links(source.param, variants[0], {}, None)
+
+    def step_url(n: int) -> str:
+        return links.compare(n, variants)
+
+    any_view = next(iter(views.values()))
+    scenario = source.scenario
+    return {
+        "page": "compare",
+        "links": links,
+        "variants": variants,
+        "step": step,
+        "total": source.total,
+        "step_url": step_url,
+        "notice": notice,
+        "title": scenario.title or source.name or "Untitled scenario",
+        "view": any_view,
+        "columns": compare_columns(views),
+        "fields": COMPARE_FIELDS,
+        "play_urls": {v: Links(source.param, v, {}, None).play(step) for v in variants},
+        "share_url": absolute(request, links.compare(step, variants)),
+        "download_url": links.download(),
+        "source_param": source.param,
+        "variants_param": ",".join(variants),
+    }

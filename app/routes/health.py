@@ -1,0 +1,26 @@
+"""Liveness: the app answers, and its caches are not needed to say so."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse
+from pydantic import BaseModel
+
+from app.render import STATIC
+
+router = APIRouter()
+
+
+class Health(BaseModel):
+    status: str
+
+
+@router.get("/healthz", response_model=Health)
+def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get("/favicon.ico", include_in_schema=False)
+def favicon() -> FileResponse:
+    """Browsers ask for it whatever the page says; answer with the icon the pages name."""
+    return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")

@@ -1,0 +1,159 @@
+"""The HTML pages: the landing page with the editor, the player, the compare view, download and upload.
+
+Each route parses its query, asks the store for the views, and renders a page, or, for an htmx request,
+only the blocks that change, swapped out of band.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from app.deps import (
+    Links,
+    StoreDep,
+    builtin_cards,
+    compare_variants,
+    parse_step,
+    player_query,
+    resolve_policy,
+    whatif_overrides,
+)
+from app.errors import URL_TOO_LONG_HINT, AppError, bad_request, invalid_scenario
+from app.pagectx import (
+    COMPARE_BLOCKS,
+    PLAY_BLOCKS,
+    cached,
+    compare_context,
+    editor_status,
+    page,
+    play_context,
+    slug,
+)
+from app.render import render_page
+from engine.codec import MAX_URL_BYTES, encode_scenario
+from engine.policy import PRESETS
+from engine.scenario import MAX_SCENARIO_BYTES, ScenarioError, parse_scenario
+from scenarios import load_builtin_text
+
+router = APIRouter()
+
+EXAMPLE = "worked-example"
+
+
+@router.get("/", response_class=HTMLResponse)
+def index(request: Request, store: StoreDep) -> Response:
+    text = load_builtin_text(EXAMPLE)
+    context = {"cards": builtin_cards(store), "editor_text": text, "status": editor_status(text)}
+    return page(request, "index.html", context)
+
+
+@router.get("/play", response_class=HTMLResponse)
+def play(request: Request, store: StoreDep) -> Response:
+    if any(key.startswith("sw.") for key in request.query_params):
+        return _whatif_redirect(request, store)
+    return cached(request, store.pages, lambda: _play(request, store))
+
+
+def _play(request: Request, store: StoreDep) -> HTMLResponse:
+    query = player_query(request, store)
+    context = play_context(request, query, store.play_view(query), store.inspector(query))
+    # The slider that asked keeps its own position (replacing it would end the drag).
+    skip = ("scrubber",) if request.headers.get("HX-Trigger") == "step-slider" else ()
+    return page(
+        request, "play.html", context, blocks=PLAY_BLOCKS, skip=skip, push=query.links.play(query.step)
+    )
+
+
+def _whatif_redirect(request: Request, store: StoreDep) -> Response:
+    """The what-if form sends every switch as sw.NAME; the player's URL names only those that change the
+    preset (policy=K=V,K=V)."""
+    query = player_query(request, store)
+    _, overrides = resolve_policy(query.variant, whatif_overrides(request, query.variant))
+    links = Links(query.source.param, query.variant, overrides, query.selected)
+    return RedirectResponse(links.play(query.step), status_code=303)
+
+
+@router.post("/play", response_class=HTMLResponse)
+def play_scenario(request: Request, store: StoreDep, scenario: Annotated[str, Form()] = "") -> Response:
+    """The editor's "play this": check the scenario, then go to its share URL."""
+    try:
+        parsed = parse_scenario(scenario)
+    except ScenarioError as error:
+        context = {"cards": builtin_cards(store), "editor_text": scenario, "status": editor_status(scenario)}
+        return page(request, "index.html", context, status=_scenario_status(error))
+    return _redirect_to_code(encode_scenario(parsed))
+
+
+@router.post("/validate", response_class=HTMLResponse)
+def validate(request: Request, scenario: Annotated[str, Form()] = "") -> Response:
+    """The editor's live check: always 200, so htmx swaps the status in; the status says valid or not."""
+    return page(
+        request, "index.html", {"status": editor_status(scenario)}, blocks=("editor_status",), partial=True
+    )
+
+
+@router.get("/compare", response_class=HTMLResponse)
+def compare(request: Request, store: StoreDep) -> Response:
+    return cached(request, store.pages, lambda: _compare(request, store))
+
+
+def _compare(request: Request, store: StoreDep) -> HTMLResponse:
+    params = request.query_params
+    source = store.sources.resolve(params.get("scenario"), params.get("s"))
+    variants = compare_variants(params.get("variants"))
+    step, notice = parse_step(params.get("step"), source.total)
+    views = {name: store.view_at(source, PRESETS[name], step, None) for name in variants}
+    context = compare_context(request, source, variants, step, notice, views)
+    push = context["links"].compare(step, variants)
+    return page(request, "compare.html", context, blocks=COMPARE_BLOCKS, push=push)
+
+
+@router.get("/download")
+def download(request: Request, store: StoreDep) -> Response:
+    params = request.query_params
+    source = store.sources.resolve(params.get("scenario"), params.get("s"))
+    if source.name is not None:
+        body = load_builtin_text(source.name)
+        filename = source.name
+    else:
+        body = json.dumps(source.scenario.canonical(), indent=2, ensure_ascii=False) + "\n"
+        filename = slug(source.scenario.title)
+    headers = {"Content-Disposition": f'attachment; filename="{filename}.json"'}
+    return Response(body.encode("utf-8"), media_type="application/json", headers=headers)
+
+
+@router.post("/upload", response_class=HTMLResponse)
+def upload(file: Annotated[UploadFile | None, File()] = None) -> Response:
+    if file is None:
+        raise bad_request("no file uploaded: choose a scenario file (JSON) first")
+    data = file.file.read(MAX_SCENARIO_BYTES + 1)
+    if len(data) > MAX_SCENARIO_BYTES:
+        raise AppError(413, f"the file is larger than {MAX_SCENARIO_BYTES} bytes (1 MiB), the scenario limit")
+    try:
+        parsed = parse_scenario(data)
+    except ScenarioError as error:
+        raise AppError(_scenario_status(error), str(error), hint=invalid_scenario("").hint) from None
+    return _redirect_to_code(encode_scenario(parsed))
+
+
+def _scenario_status(error: ScenarioError) -> int:
+    return 413 if "larger than" in str(error) and str(error).startswith("scenario:") else 422
+
+
+def _redirect_to_code(code: str) -> Response:
+    url = Links(("s", code), "lazy", {}, None).play(0)
+    if len(url.encode("utf-8")) > MAX_URL_BYTES:
+        raise AppError(
+            414,
+            f"the scenario's link would be {len(url.encode('utf-8'))} bytes, more than the {MAX_URL_BYTES}"
+            " a link may hold",
+            hint=URL_TOO_LONG_HINT,
+        )
+    return RedirectResponse(url, status_code=303)
+
+
+__all__ = ["render_page", "router"]

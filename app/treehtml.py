@@ -1,0 +1,118 @@
+"""The page-table tree as HTML, written in Python rather than in a template.
+
+The tree is the biggest panel and is drawn on every step; a template macro per spte cost more than the
+rest of the page together. The markup is the contract's and docs/ui-hooks.md's: `data-spte` (or
+`data-spte-ghost` for a removed one) with the location, value and flags, `data-large`, `data-changed`,
+and an `a[data-inspect]` link (a button of the shared `#inspect-form` when links would be long). Every
+piece of text goes through `escape`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from markupsafe import Markup, escape
+
+from app.viewmodel import RunView, SpteView, TableView
+
+# The URL that selects an spte (its `spte=` parameter), or None to use the shared inspect form instead.
+InspectLink = Callable[[str], str] | None
+
+
+def render_tree(tables: list[TableView], link: InspectLink) -> Markup:
+    out: list[str] = []
+    for table in tables:
+        _table(table, link, out)
+    return Markup("".join(out))  # every text and attribute below is escaped
+
+
+def _table(t: TableView, link: InspectLink, out: list[str]) -> None:
+    classes = f"sp sp-l{t.level}"
+    attrs = f' data-sp-level="{t.level}" data-sp-gfn="{t.gfn:#x}"'
+    if t.orphan:
+        classes += " is-orphan"
+        attrs += ' data-orphan="1"'
+    if t.freed:
+        classes += " is-freed"
+        attrs += ' data-freed="1"'
+    if t.changed:
+        classes += " has-changes"
+    name = "root table" if t.root else "table"
+    out.append(
+        f'<div class="{classes}"{attrs}>\n<div class="sp-head"><span class="sp-level">L{t.level}</span>'
+        f' <span class="sp-name">{name} · gfns {t.gfn:#x}–{t.last_gfn:#x}</span>'
+        f' <span class="sp-summary">{escape(t.summary)}</span>'
+    )
+    if t.orphan:
+        out.append(' <span class="tag tag-warn">⚠ orphaned: no entry points here</span>')
+    if t.freed:
+        out.append(' <span class="tag tag-gone">✕ freed this step</span>')
+    out.append("</div>\n")
+    if t.items:
+        out.append('<ul class="entries">\n')
+        for item in t.items:
+            if isinstance(item, RunView):
+                changed = " is-changed" if item.changed else ""
+                out.append(
+                    f'<li class="run{changed}" data-run="{item.first:#x}-{item.last:#x}"><span class="idx">'
+                    f"[{item.first:#x}–{item.last:#x}]</span> {escape(item.text)}</li>\n"
+                )
+            else:
+                _entry(item, link, out)
+        out.append("</ul>\n")
+    out.append("</div>\n")
+
+
+def _entry(e: SpteView, link: InspectLink, out: list[str]) -> None:
+    classes = f"spte k-{e.kind}"
+    if e.changed:
+        classes += " is-changed"
+    if e.ghost:
+        classes += " is-ghost"
+    if e.selected:
+        classes += " is-selected"
+    hook = "data-spte-ghost" if e.ghost else "data-spte"
+    attrs = (
+        f' data-level="{e.level:#x}" data-sp-gfn="{e.sp_gfn:#x}" data-index="{e.index:#x}"'
+        f' data-value="{e.value:#x}" data-flags="{e.flags}"'
+    )
+    if e.kind == "large":
+        attrs += ' data-large="1"'
+    if e.changed and not e.ghost:
+        attrs += ' data-changed="1"'
+    current = ' aria-current="true"' if e.selected else ""
+    if link is None:
+        opening = (
+            f'<button type="submit" class="spte-link" data-inspect form="inspect-form" name="spte"'
+            f' value="{e.param}"{current}>'
+        )
+        closing = "</button>"
+    else:
+        opening = f'<a class="spte-link" data-inspect href="{escape(link(e.param))}"{current}>'
+        closing = "</a>"
+    if e.kind == "large":
+        tag = f'<span class="kind-tag large-tag">{e.size} page</span>'
+    elif e.kind == "4k":
+        tag = '<span class="kind-tag small-tag">4K</span>'
+    else:
+        tag = f'<span class="kind-tag ptr-tag">→ {e.size}</span>'
+    out.append(
+        f'<li class="{classes}" {hook}{attrs}>\n{opening}<span class="idx">[{e.index:#x}]</span> {tag}'
+        f' <span class="target">{escape(e.target)}</span> <span class="bits">{e.bits}</span>'
+        f' <code class="raw">{e.value:#x}</code>{closing}\n'
+    )
+    if e.ghost:
+        out.append('<span class="delta delta-gone">✕ removed this step</span>\n')
+    elif e.changed:
+        if not e.old:
+            out.append('<span class="delta">★ new</span>\n')
+        else:
+            was = f" ({e.old_kind})" if e.old_kind else ""
+            out.append(f'<span class="delta">★ was <code>{e.old:#x}</code>{was}</span>\n')
+    if e.warning:
+        out.append(f'<p class="spte-warning"><span aria-hidden="true">⚠</span> {escape(e.warning)}</p>\n')
+    if e.child is not None:
+        _table(e.child, link, out)
+    elif e.child_note:
+        out.append(f'<p class="below">{escape(e.child_note)}</p>\n')
+    out.append("</li>\n")

@@ -1,0 +1,162 @@
+"""The simulation cache and the view model: any step, reached any way, shows exactly what a fresh run
+to that step gives; memory stays bounded; big slots render as summaries."""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.cache import Run, RunCache
+from app.explain import Context, explain
+from app.main import create_app
+from app.settings import Settings
+from app.viewmodel import play_view
+from engine.codec import encode_scenario
+from engine.policy import PRESETS, make_policy
+from engine.result import present_sptes
+from engine.scenario import Scenario, parse_scenario
+from engine.simulation import Simulation
+from engine.trace import event_json
+from scenarios import load_builtin_text
+
+
+def example() -> Scenario:
+    return parse_scenario(load_builtin_text("worked-example"))
+
+
+def state(sim: Simulation) -> tuple[object, ...]:
+    kvm = sim.kvm
+    return (
+        present_sptes(kvm),
+        {slot.id: slot.dirty_gfns() if slot.dirty_bitmap is not None else None for slot in kvm.memslots},
+        [vcpu.tlb.entries() for vcpu in kvm.vcpus],
+        kvm.stat.as_json(),
+        [v.as_json() for v in sim.violations],
+        dict(sim.checker.pending),
+    )
+
+
+def fresh(scenario: Scenario, variant: str, n: int) -> tuple[Simulation, list[Any]]:
+    sim = Simulation(scenario, make_policy(variant))
+    return sim, [sim.step() for _ in range(n)]
+
+
+@pytest.mark.parametrize("variant", list(PRESETS))
+def test_any_step_in_any_order_matches_a_fresh_run(variant: str) -> None:
+    scenario = example()
+    settings = Settings(checkpoint_interval=3, cursors_per_run=2)
+    run = Run(("x", make_policy(variant)), scenario, make_policy(variant), settings)
+    order = list(range(13)) + list(range(12, -1, -1)) + random.Random(7).sample(range(13), 13)
+    for n in order:
+        shown = run.at(n)
+        sim, results = fresh(scenario, variant, n)
+        assert state(shown.sim) == state(sim), n
+        if n:
+            assert shown.result is not None and shown.traced
+            assert shown.result.spte_changes == results[-1].spte_changes
+            assert [e.name for e in shown.result.events or []] == [e.name for e in results[-1].events or []]
+        run.park(shown)
+    assert len(run.records) == 12
+
+
+def test_history_of_one_spte() -> None:
+    scenario = example()
+    run = Run(("x", make_policy("lazy")), scenario, make_policy("lazy"), Settings(checkpoint_interval=2))
+    assert [step for step, _, _ in run.history((2, 0, 1), 12)] == [0, 1, 2, 4]
+    assert [step for step, _, _ in run.history((2, 0, 1), 3)] == [0, 1, 2]
+    # kvm-mmu.md §7.2 under lazy: mapped writable and written at #4, write-protected by each round,
+    # made writable again by the fast path at #8.
+    changes = run.history((1, 0x200, 0x50), 12)
+    assert [(step, hex(old), hex(new)) for step, old, new in changes] == [
+        (4, "0x0", "0x80050f77"),
+        (7, "0x80050f77", "0x80050f75"),
+        (8, "0x80050f75", "0x80050f77"),
+        (10, "0x80050f77", "0x80050f75"),
+    ]
+
+
+def test_cursors_and_runs_stay_bounded() -> None:
+    scenario = example()
+    settings = Settings(cursors_per_run=2, cache_runs=2)
+    cache = RunCache(settings)
+    run = cache.get("a", scenario, make_policy("lazy"))
+    for n in (0, 5, 9, 2, 11, 7):
+        run.park(run.at(n))
+    assert len(run._cursors) == 2
+    for key in ("b", "c", "d"):
+        cache.get(key, scenario, make_policy("lazy"))
+    assert len(cache) == 2
+    budget = 1 << 20
+    small = RunCache(Settings(cache_bytes=budget))
+    runs = [small.get(key, scenario, make_policy("zap")) for key in "abcdef"]
+    for run in runs:
+        run.ensure(12)
+    small.trim()
+    kept = [run for run in runs if small.get(run.key[0], scenario, make_policy("zap")) is run]
+    assert 1 <= len(kept) < len(runs)
+    assert sum(run.weight for run in kept) <= budget or len(kept) == 1
+
+
+def big_scenario(pages: int) -> Scenario:
+    return parse_scenario(
+        {
+            "format": "sptelab-scenario",
+            "version": 1,
+            "title": "big",
+            "memslots": [{"id": 1, "base_gfn": 0x40000, "npages": pages, "host_page": "2M"}],
+            "steps": [
+                {"op": "write", "gfn": 0x40000, "count": pages},
+                {"op": "enable_dirty_log", "slot": 1},
+                {"op": "write", "gfn": 0x40000, "count": pages // 2, "stride": 2},
+                {"op": "write", "gfn": 0x40005},
+                {"op": "get_dirty_log", "slot": 1},
+            ],
+        }
+    )
+
+
+def test_a_big_slot_renders_as_summaries() -> None:
+    pages = 8192
+    scenario = big_scenario(pages)
+    settings = Settings(tree_sptes=200, bitmap_cells=256, trace_step_limit=1000, trace_events=50)
+    run = Run(("x", make_policy("lazy")), scenario, make_policy("lazy"), settings)
+    for n in (1, 3, 4, 5):
+        shown = run.at(n)
+        view = play_view(shown, "lazy", None, tree_cap=200, bitmap_cells=256)
+        # The cap, plus the pointers leading to what must be drawn (one per table at most).
+        assert view.tree.drawn <= 200 + view.tree.tables
+        for bitmap in view.bitmaps:
+            assert sum(len(row.cells) for row in bitmap.rows) <= 256 + 32
+        assert len(view.trace.events) <= 50
+        run.park(shown)
+    # Step 4 (the write to 0x40005) is small: traced, and its one new spte is drawn.
+    shown = run.at(4)
+    view = play_view(shown, "lazy", None, tree_cap=200, bitmap_cells=256)
+    assert view.trace.traced and view.tree.changed >= 1
+    # Step 3 (4096 writes) is too big to trace event by event.
+    assert not run.at(3).traced
+
+
+def test_the_big_page_stays_small() -> None:
+    scenario = big_scenario(4096)
+    code = encode_scenario(scenario)
+    client = TestClient(create_app())
+    for step in (1, 3, 5):
+        response = client.get(f"/play?s={code}&variant=lazy&step={step}")
+        assert response.status_code == 200
+        assert len(response.content) < 200_000
+        assert len(re.findall(r"\bdata-spte\b", response.text)) <= Settings().tree_sptes + 20
+
+
+def test_explain_knows_every_event_the_example_emits() -> None:
+    for variant in PRESETS:
+        sim = Simulation(example(), make_policy(variant))
+        for result in sim.run():
+            ctx = Context()
+            for event in result.events or []:
+                text = explain(event_json(event), ctx)
+                assert text and not text.endswith(" acted."), event.name
