@@ -167,12 +167,7 @@ def thaw(blob: bytes, scenario: Scenario) -> tuple[Simulation, StepResult | None
 
 def set_tracing(sim: Simulation, cap: int | None) -> None:
     """Trace the next steps with at most `cap` events each, or (None) run them untraced."""
-    if cap is None:
-        sim.detail = "summary"
-        sim.kvm.tp = Trace(on=False)
-    else:
-        sim.detail = "full"
-        sim.kvm.tp = CappedTrace(cap)
+    sim.set_trace(None if cap is None else CappedTrace(cap))
 
 
 def _accesses(scenario: Scenario, index: int) -> int:

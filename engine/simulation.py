@@ -34,7 +34,7 @@ from engine.scenario import (
     ZapAllStep,
     step_to_json,
 )
-from engine.trace import Event
+from engine.trace import Event, Trace
 from engine.zap import kvm_mmu_zap_all
 
 
@@ -90,6 +90,14 @@ class Simulation:
         self.migrated = False
         self.index = 0
         self.violations: list[Violation] = []
+
+    def set_trace(self, trace: Trace | None) -> None:
+        """Trace the next steps into `trace` (full detail), or run them untraced (summary) with None.
+
+        A shell that shows one step of a long run replays most steps untraced and traces only the one
+        it shows, possibly into a sink of its own that keeps a bounded number of events."""
+        self.detail = "full" if trace is not None else "summary"
+        self.kvm.tp = trace if trace is not None else Trace(on=False)
 
     @property
     def done(self) -> bool:
