@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     # Trace events kept and shown for one step.
     trace_events: int = Field(default=60, ge=10)
     # Sptes drawn one by one in the page-table tree; the rest are summarised.
-    tree_sptes: int = Field(default=150, ge=20)
+    tree_sptes: int = Field(default=64, ge=20)
     # Dirty-bitmap cells drawn one by one per slot; longer runs of identical cells are summarised.
     bitmap_cells: int = Field(default=512, ge=64)
 

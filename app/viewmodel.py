@@ -43,7 +43,7 @@ ROW = 32
 # Caps of the list panels.
 MAX_RMAP_ROWS = 64
 MAX_TLB_ROWS = 64
-MAX_VIOLATIONS = 200
+MAX_VIOLATIONS = 60
 MAX_HISTORY = 100
 STEP_WINDOW = 4
 
@@ -844,13 +844,17 @@ class ViolationView:
 
 
 def violation_views(violations: list[Violation], current: int | None) -> list[ViolationView]:
+    """The latest violations (the header counts all of them). Each invariant's explanation is given once,
+    at its latest occurrence, so a run that violates one rule thousands of times stays a short page."""
     shown = violations[-MAX_VIOLATIONS:]
-    return [
-        ViolationView(
-            v.step, v.invariant, v.gfn, v.message, INVARIANT_TEXT.get(v.invariant, ""), v.step == current
-        )
-        for v in shown
-    ]
+    explained: set[str] = set()
+    views: list[ViolationView] = []
+    for v in reversed(shown):
+        text = "" if v.invariant in explained else INVARIANT_TEXT.get(v.invariant, "")
+        explained.add(v.invariant)
+        views.append(ViolationView(v.step, v.invariant, v.gfn, v.message, text, v.step == current))
+    views.reverse()
+    return views
 
 
 @dataclass(slots=True)
