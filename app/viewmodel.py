@@ -394,13 +394,10 @@ class TreeBuilder:
             if sp is not kvm.root and not sp.parent_ptes and not sp.invalid
         ]
         freed = [self.freed_table(sp) for sp in self.freed_pages.values()]
-        present = large = 0
-        for sp in kvm.active_mmu_pages.values():
-            for spte in sp.spt:
-                if spte & PT_PRESENT_MASK:
-                    present += 1
-                    if sp.level > 1 and spte & PT_PAGE_SIZE_MASK:
-                        large += 1
+        # A non-present spte is 0 in this model (no MMIO sptes), so counting is list.count's job; the
+        # large leaves are what stat.lpages counts, which the invariants check after every step.
+        present = sum(len(sp.spt) - sp.spt.count(0) for sp in kvm.active_mmu_pages.values())
+        large = kvm.stat.lpages
         return TreeView(
             root, orphans, freed, self.drawn, len(kvm.active_mmu_pages), present, large, self.changed_count
         )
