@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import compress
 from typing import NamedTuple
 
 from markupsafe import Markup
@@ -431,7 +432,7 @@ class TreeBuilder:
     def table(self, sp: KvmMmuPage, orphan: bool = False) -> TableView:
         kvm = self.kvm
         spt = sp.spt
-        present = [i for i, spte in enumerate(spt) if spte & PT_PRESENT_MASK]
+        present = list(compress(range(len(spt)), spt))  # non-present sptes are 0 in this model
         changes = self.changes.get(sp.serial, {})
         must = self.must.get(sp.serial, set())
         always = self.always.get(sp.serial, set())
