@@ -360,8 +360,9 @@ def kvm_set_memory_region(ev: Event, ctx: Context) -> str:
 
 def kvm_mmu_slot_remove_write_access(ev: Event, ctx: Context) -> str:
     return (
-        f"Dirty logging is on: every spte of slot {ev.get('slot')}, at every level, loses W"
-        f" ({ev.get('rmaps')} rmap heads walked), then one TLB flush."
+        f"Dirty logging is on: every writable spte of slot {ev.get('slot')}, at every level, is"
+        f" write-protected ({ev.get('rmaps')} rmap heads walked; before the patch a writable large spte is"
+        " zapped instead), then one TLB flush."
     )
 
 
