@@ -86,7 +86,7 @@ def guest_access(kvm: Kvm, vcpu: Vcpu, gfn: int, write: bool) -> None:
     walked = False
     l1, l2, l3 = vcpu.tlb.by_level
     while True:
-        # Tlb.lookup, spelled out: this runs for every guest access.
+        # The smallest page size first, as a TLB with split arrays answers: this runs for every access.
         entry = l1.get(gfn) or l2.get(gfn >> PT64_LEVEL_BITS) or l3.get(gfn >> (2 * PT64_LEVEL_BITS))
         stale = False
         if entry is not None and (not write or (entry.writable and entry.dirty)):

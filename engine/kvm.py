@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from engine.memslot import KvmMemorySlot, Memslots
 from engine.policy import Policy
-from engine.shadow_page import KvmMmuPage, SptePtr
+from engine.shadow_page import KvmMmuPage
 from engine.spte import PT64_LEVEL_BITS, PT64_ROOT_LEVEL, PT_PAGE_SIZE_MASK, PT_PRESENT_MASK, SpteMasks
 from engine.tlb import Tlb
 from engine.trace import Trace
@@ -184,7 +184,3 @@ class Kvm:
         self.tp.events = []
         return self.log
 
-
-def spte_ptr_key(ptr: SptePtr) -> tuple[int, int, int]:
-    sp, index = ptr
-    return (sp.level, sp.gfn, index)

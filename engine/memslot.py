@@ -105,9 +105,6 @@ class KvmMemorySlot:
     def has_wrprotected_page(self, gfn: int, level: int) -> int:
         return self.lpage_write_count[level - 2][gfn_to_index(gfn, self.base_gfn, level)]
 
-    def rmap_head(self, gfn: int, level: int) -> list[SptePtr] | None:
-        return self.rmap[level - 1].get(gfn_to_index(gfn, self.base_gfn, level))
-
     def create_dirty_bitmap(self) -> None:
         """kvm_create_dirty_bitmap: ALIGN(npages, 64) zeroed bits, bit i for gfn base_gfn + i, little-endian
         within each 64-bit long (the snapshot half the kernel also allocates is GET_DIRTY_LOG's local)."""

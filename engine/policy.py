@@ -7,7 +7,7 @@ read these fields at exactly the places where the kernels differ.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 
 
 class PolicyError(ValueError):
@@ -141,10 +141,6 @@ def parse_policy_args(args: list[str]) -> dict[str, str]:
             raise PolicyError(f"--policy {arg!r}: expected SWITCH=VALUE, e.g. wp_large=zap")
         out[name.strip()] = value.strip()
     return out
-
-
-def switch_names() -> list[str]:
-    return [f.name for f in fields(Policy)]
 
 
 def variant_of(policy: Policy) -> str | None:

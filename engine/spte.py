@@ -103,10 +103,6 @@ def spte_flags(spte: int) -> list[str]:
     return [name for name, bit in FLAG_BITS if spte & bit]
 
 
-def spte_hex(spte: int) -> str:
-    return f"{spte:#x}"
-
-
 def pages_per_hpage(level: int) -> int:
     """KVM_PAGES_PER_HPAGE: 4K pages one entry at `level` maps."""
     return 1 << (PT64_LEVEL_BITS * (level - 1))

@@ -31,13 +31,6 @@ class Tlb:
     def __init__(self) -> None:
         self.by_level: tuple[dict[int, TlbEntry], ...] = ({}, {}, {})
 
-    def lookup(self, gfn: int) -> TlbEntry | None:
-        l1, l2, l3 = self.by_level
-        return l1.get(gfn) or l2.get(gfn >> PT64_LEVEL_BITS) or l3.get(gfn >> (2 * PT64_LEVEL_BITS))
-
-    def fill(self, entry: TlbEntry) -> None:
-        self.by_level[entry.level - 1][entry.gfn >> (PT64_LEVEL_BITS * (entry.level - 1))] = entry
-
     def invalidate_gfn(self, gfn: int) -> None:
         """An EPT violation drops the translations cached for the faulting address."""
         l1, l2, l3 = self.by_level
