@@ -20,10 +20,11 @@ from typing import IO, NoReturn
 from urllib.parse import urlencode, urlsplit
 
 from cli.report import Style, format_compare, format_footer, format_header, format_step
+from engine.canonical import dumps, iterdumps
 from engine.codec import MAX_URL_BYTES, CodecError, encode_scenario
 from engine.collector import gc_paused
 from engine.policy import DEFAULT_PRESET, PRESETS, PolicyError, make_policy, parse_policy_args, variant_of
-from engine.result import dumps, final_json, result_json, step_json
+from engine.result import final_json, result_json, step_json
 from engine.scenario import MAX_SCENARIO_BYTES, Scenario, ScenarioError, parse_scenario, step_to_json
 from engine.simulation import Simulation
 from scenarios import builtin_names, builtin_scenarios, load_builtin_text
@@ -112,7 +113,10 @@ def cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
     sim = Simulation(scenario, policy, detail=args.detail)
     if args.json:
         steps = [sim.step() for _ in range(count)]
-        out.write(dumps(result_json(sim, steps)))
+        # Written piece by piece: a big final state never exists as one string or as a dict per spte.
+        with gc_paused():
+            for piece in iterdumps(result_json(sim, steps, stream=True)):
+                out.write(piece)
     else:
         style = Style.for_stream(out)
         variant = variant_of(policy) or "custom"

@@ -21,6 +21,8 @@ from engine.spte import (
 from engine.tlb import TlbEntry
 from engine.trace import EptAdUpdate, GuestAccess, HandleEptViolation
 
+_new_tuple = tuple.__new__
+
 # More faults than this on one access means no progress: the guest would loop forever.
 MAX_FAULTS_PER_ACCESS = 4
 
@@ -63,13 +65,17 @@ def ept_walk(kvm: Kvm, vcpu: Vcpu, gfn: int, write: bool) -> int | None:
             spte = new
     shift = PT64_LEVEL_BITS * (level - 1)
     # TlbEntry(level, gfn, pfn, writable, dirty), filled in place. Without A/D bits there is no dirty
-    # flag to set, so a writable entry never re-walks.
-    vcpu.tlb.by_level[level - 1][gfn >> shift] = TlbEntry(
-        level,
-        (gfn >> shift) << shift,
-        (spte & PT64_BASE_ADDR_MASK) >> 12,
-        bool(spte & PT_WRITABLE_MASK),
-        bool(spte & dirty) or not dirty,
+    # flag to set, so a writable entry never re-walks. Built with tuple.__new__, which is what the
+    # named tuple's constructor calls, without its Python-level frame: this runs for every TLB fill.
+    vcpu.tlb.by_level[level - 1][gfn >> shift] = _new_tuple(
+        TlbEntry,
+        (
+            level,
+            (gfn >> shift) << shift,
+            (spte & PT64_BASE_ADDR_MASK) >> 12,
+            bool(spte & PT_WRITABLE_MASK),
+            bool(spte & dirty) or not dirty,
+        ),
     )
     return None
 
@@ -82,46 +88,66 @@ def _set_ad(kvm: Kvm, vcpu: Vcpu, sp: KvmMmuPage, index: int, new: int) -> None:
 
 def guest_access(kvm: Kvm, vcpu: Vcpu, gfn: int, write: bool) -> None:
     """One guest load or store of `gfn`, retried after every fault until it completes."""
-    faults = 0
-    walked = False
+    guest_accesses(kvm, vcpu, gfn, 1, 0, write)
+
+
+def guest_accesses(kvm: Kvm, vcpu: Vcpu, gfn: int, count: int, stride: int, write: bool) -> None:
+    """`count` guest loads or stores at `gfn + k × stride`, in order, each retried after every fault.
+
+    A loop over guest_access's body: lookups that cannot change while a vCPU runs a sequence of
+    accesses (its TLB arrays, whether tracing is on, the slot of the previous access) are made once, since
+    a scale run makes a million accesses.
+    """
     l1, l2, l3 = vcpu.tlb.by_level
-    while True:
-        # The smallest page size first, as a TLB with split arrays answers: this runs for every access.
-        entry = l1.get(gfn) or l2.get(gfn >> PT64_LEVEL_BITS) or l3.get(gfn >> (2 * PT64_LEVEL_BITS))
-        stale = False
-        if entry is not None and (not write or (entry.writable and entry.dirty)):
-            break  # satisfied from the TLB: the sptes are not looked at
-        if entry is not None and write and not entry.writable:
-            # A store through a read-only cached translation faults without a walk.
-            error_code = PFERR_PRESENT_MASK | PFERR_WRITE_MASK
-            stale = True
-        else:
-            # A miss, or a store whose cached entry has no dirty flag yet: the CPU walks the EPT.
-            walk_error = ept_walk(kvm, vcpu, gfn, write)
-            walked = True
-            if walk_error is None:
+    tracing = kvm.tp.on
+    log = kvm.log
+    slot = kvm.gfn_to_memslot(gfn)
+    for _ in range(count):
+        faults = 0
+        walked = False
+        livelock = False
+        while True:
+            # The smallest page size first, as a TLB with split arrays answers: this runs for every access.
+            entry = l1.get(gfn) or l2.get(gfn >> PT64_LEVEL_BITS) or l3.get(gfn >> (2 * PT64_LEVEL_BITS))
+            stale = False
+            if entry is not None and (not write or (entry.writable and entry.dirty)):
+                break  # satisfied from the TLB: the sptes are not looked at
+            if entry is not None and write and not entry.writable:
+                # A store through a read-only cached translation faults without a walk.
+                error_code = PFERR_PRESENT_MASK | PFERR_WRITE_MASK
+                stale = True
+            else:
+                # A miss, or a store whose cached entry has no dirty flag yet: the CPU walks the EPT.
+                walk_error = ept_walk(kvm, vcpu, gfn, write)
+                walked = True
+                if walk_error is None:
+                    break
+                error_code = walk_error
+            if faults == MAX_FAULTS_PER_ACCESS:
+                livelock = True
                 break
-            error_code = walk_error
-        if faults == MAX_FAULTS_PER_ACCESS:
-            kvm.log.livelocks.append((vcpu.id, gfn, write))
-            if kvm.tp.on:
+            faults += 1
+            handle_ept_violation(kvm, vcpu, gfn, write, error_code, stale)
+        if livelock:
+            log.livelocks.append((vcpu.id, gfn, write))
+            if tracing:
                 kvm.tp.emit(GuestAccess(vcpu.id, gfn, write, "livelock", faults))
-            return
-        faults += 1
-        handle_ept_violation(kvm, vcpu, gfn, write, error_code, stale)
-    if kvm.tp.on:
-        via = "fault" if faults else "walk" if walked else "tlb"
-        kvm.tp.emit(GuestAccess(vcpu.id, gfn, write, via, faults))
-    if write:
-        slot = kvm.gfn_to_memslot(gfn)
-        if slot is not None:
-            slot.content[gfn - slot.base_gfn] += 1
-            bitmap = slot.dirty_bitmap
-            offset = gfn - slot.base_gfn
-            if bitmap is not None and not bitmap[offset >> 3] >> (offset & 7) & 1:
-                # Landed in a logged slot without setting its page's bit: GET_DIRTY_LOG must still
-                # report it somehow, or the write is lost. The checker follows it up.
-                kvm.log.unlogged_writes.append((gfn, slot.id))
+        else:
+            if tracing:
+                via = "fault" if faults else "walk" if walked else "tlb"
+                kvm.tp.emit(GuestAccess(vcpu.id, gfn, write, via, faults))
+            if write:
+                if slot is None or not slot.base_gfn <= gfn < slot.base_gfn + slot.npages:
+                    slot = kvm.gfn_to_memslot(gfn)
+                if slot is not None:
+                    offset = gfn - slot.base_gfn
+                    slot.content[offset] += 1
+                    bitmap = slot.dirty_bitmap
+                    if bitmap is not None and not bitmap[offset >> 3] >> (offset & 7) & 1:
+                        # Landed in a logged slot without setting its page's bit: GET_DIRTY_LOG must
+                        # still report it somehow, or the write is lost. The checker follows it up.
+                        log.unlogged_writes.append((gfn, slot.id))
+        gfn += stride
 
 
 def handle_ept_violation(kvm: Kvm, vcpu: Vcpu, gfn: int, write: bool, error_code: int, stale: bool) -> None:

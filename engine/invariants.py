@@ -176,6 +176,7 @@ class StepChecker:
         tlbs_live = any(len(vcpu.tlb) for vcpu in kvm.vcpus)
         lowered: list[tuple[KvmMmuPage, int]] = []
         large_delta = 0
+        gfn_to_memslot = kvm.gfn_to_memslot
         for (sp, index), old in touched.items():
             new = sp.spt[index]
             if (old | new) & PT_PAGE_SIZE_MASK:
@@ -195,9 +196,32 @@ class StepChecker:
                 )
             ):
                 lowered.append((sp, index))
+            level = sp.level
+            if level == PT_PAGE_TABLE_LEVEL and new & PT_PRESENT_MASK:
+                # A 4K leaf, as every fault leaves one: the checks of _check_spte spelled out for the
+                # common answers, since this runs once per fault. Anything unusual takes the long way.
+                remapped = not old & PT_PRESENT_MASK or (old ^ new) & PT64_BASE_ADDR_MASK
+                if not remapped and not new & PT_WRITABLE_MASK:
+                    continue  # lost W or gained A/D: nothing to look at
+                gfn = sp.gfn + index
+                slot = gfn_to_memslot(gfn)
+                if slot is not None:
+                    ok = True
+                    if remapped:
+                        head = slot.rmap[0].get(gfn - slot.base_gfn)
+                        ok = head is not None and len(head) == 1 and head[0][0] is sp and head[0][1] == index
+                    if ok and new & PT_WRITABLE_MASK:
+                        bitmap = slot.dirty_bitmap
+                        offset = gfn - slot.base_gfn
+                        ok = new & SPTE_LOCKLESS_MASK == SPTE_LOCKLESS_MASK and (
+                            bitmap is None or bool(bitmap[offset >> 3] >> (offset & 7) & 1)
+                        )
+                    if ok:
+                        continue
+                _check_spte(kvm, sp, index, found)
+                continue
             # Only a change of leafness or target can break rmap membership, and only a writable leaf
             # can break the W rules: a leaf that merely lost W or gained A/D needs no look.
-            level = sp.level
             old_leaf = bool(old & PT_PRESENT_MASK and (level == 1 or old & PT_PAGE_SIZE_MASK))
             new_leaf = bool(new & PT_PRESENT_MASK and (level == 1 or new & PT_PAGE_SIZE_MASK))
             if (
@@ -236,8 +260,9 @@ class StepChecker:
             slot = gfn_to_memslot(gfn)
             if slot is not None:
                 for ptr in slot.rmap[PT_PAGE_TABLE_LEVEL - 1].get(gfn - slot.base_gfn, ()):
-                    if ptr not in touched:
-                        _check_spte(kvm, ptr[0], ptr[1], found)
+                    sp, index = ptr
+                    if sp.spt[index] & PT_WRITABLE_MASK and ptr not in touched:
+                        _check_spte(kvm, sp, index, found)
 
     def _check_tlbs(self, kvm: Kvm, lowered: list[tuple[KvmMmuPage, int]], found: _Collector) -> None:
         for vcpu in kvm.vcpus:

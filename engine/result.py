@@ -7,12 +7,13 @@ bytes.
 from __future__ import annotations
 
 import functools
-import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
+from engine.canonical import RawArray
 from engine.collector import gc_paused
 from engine.kvm import FaultRecord, Kvm
 from engine.policy import variant_of
+from engine.shadow_page import KvmMmuPage
 from engine.simulation import Simulation, StepResult
 from engine.spte import (
     PT_PAGE_SIZE_MASK,
@@ -101,11 +102,14 @@ def spte_json(level: int, sp_gfn: int, index: int, gfn: int, spte: int) -> dict[
     }
 
 
+def _pages_in_order(kvm: Kvm) -> list[KvmMmuPage]:
+    return sorted(kvm.active_mmu_pages.values(), key=lambda sp: (-sp.level, sp.gfn, sp.serial))
+
+
 def present_sptes(kvm: Kvm) -> list[dict[str, object]]:
     """Every present spte of every shadow page, by (level descending, sp gfn, index)."""
-    pages = sorted(kvm.active_mmu_pages.values(), key=lambda sp: (-sp.level, sp.gfn, sp.serial))
     rows: list[dict[str, object]] = []
-    for sp in pages:
+    for sp in _pages_in_order(kvm):
         level, sp_gfn, step = sp.level, sp.gfn, pages_per_hpage(sp.level)
         rows.extend(
             spte_json(level, sp_gfn, index, sp_gfn + index * step, spte)
@@ -115,10 +119,43 @@ def present_sptes(kvm: Kvm) -> list[dict[str, object]]:
     return rows
 
 
-def final_json(sim: Simulation) -> dict[str, object]:
+@functools.cache
+def _spte_row_template(low_bits: int, leaf: bool, depth: int) -> str:
+    """The canonical text of an spte row at nesting `depth`, its flags filled in, its numbers left as
+    %-placeholders: rows repeat a handful of flag combinations, so each template is built once."""
+    fields: dict[str, str] = {
+        name: "true" if value else "false" for name, value in _decoded_bits(low_bits, leaf).items()
+    }
+    fields.update(level="%(level)d", sp_gfn="%(sp_gfn)d", index="%(index)d", gfn="%(gfn)d")
+    fields.update(pfn="%(pfn)d", value='"%(value)s"')
+    inner = "\n" + " " * (depth + 1)
+    body = ",".join(f'{inner}"{name}": {fields[name]}' for name in sorted(fields))
+    return "{" + body + "\n" + " " * depth + "}"
+
+
+def present_sptes_text(kvm: Kvm, depth: int) -> Iterator[str]:
+    """`present_sptes` as canonical text, row by row: what a big final state is written from, without
+    holding a dict per spte."""
+    for sp in _pages_in_order(kvm):
+        level, sp_gfn, step = sp.level, sp.gfn, pages_per_hpage(sp.level)
+        for index, spte in enumerate(sp.spt):
+            if spte & PT_PRESENT_MASK:
+                leaf = level == 1 or bool(spte & PT_PAGE_SIZE_MASK)
+                yield _spte_row_template(spte & 0xFFF, leaf, depth) % {
+                    "level": level,
+                    "sp_gfn": sp_gfn,
+                    "index": index,
+                    "gfn": sp_gfn + index * step,
+                    "pfn": spte_to_pfn(spte),
+                    "value": f"{spte:#x}",
+                }
+
+
+def final_json(sim: Simulation, *, stream: bool = False) -> dict[str, object]:
+    """The final state. With `stream`, the sptes are a RawArray that `engine.canonical` writes row by row."""
     kvm = sim.kvm
     return {
-        "sptes": present_sptes(kvm),
+        "sptes": RawArray(lambda depth: present_sptes_text(kvm, depth)) if stream else present_sptes(kvm),
         "dirty_bitmaps": {
             str(slot.id): slot.dirty_gfns() for slot in kvm.memslots if slot.dirty_bitmap is not None
         },
@@ -134,12 +171,14 @@ def final_json(sim: Simulation) -> dict[str, object]:
     }
 
 
-def result_json(sim: Simulation, steps: Iterable[StepResult]) -> dict[str, object]:
+def result_json(sim: Simulation, steps: Iterable[StepResult], *, stream: bool = False) -> dict[str, object]:
+    """The result object. With `stream` it is meant for `engine.canonical.iterdumps` only: its final
+    sptes are written as text when the object is, instead of being built as dicts first."""
     with gc_paused():  # a big final state is a million small objects: see engine.collector
-        return _result_json(sim, steps)
+        return _result_json(sim, steps, stream)
 
 
-def _result_json(sim: Simulation, steps: Iterable[StepResult]) -> dict[str, object]:
+def _result_json(sim: Simulation, steps: Iterable[StepResult], stream: bool) -> dict[str, object]:
     return {
         "format": RESULT_FORMAT,
         "version": RESULT_VERSION,
@@ -147,10 +186,5 @@ def _result_json(sim: Simulation, steps: Iterable[StepResult]) -> dict[str, obje
         "policy": sim.policy.as_json(),
         "scenario": {"title": sim.scenario.title},
         "steps": [step_json(s) for s in steps],
-        "final": final_json(sim),
+        "final": final_json(sim, stream=stream),
     }
-
-
-def dumps(obj: object) -> str:
-    """Canonical JSON: sorted keys, no trailing spaces; the byte-identical output the contract promises."""
-    return json.dumps(obj, sort_keys=True, indent=1, ensure_ascii=False) + "\n"

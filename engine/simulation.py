@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine.collector import gc_paused
-from engine.cpu import guest_access
+from engine.cpu import guest_accesses
 from engine.dirty_log import kvm_set_dirty_logging, kvm_vm_ioctl_get_dirty_log
 from engine.invariants import StepChecker, Violation
 from engine.kvm import FaultRecord, Kvm
@@ -143,10 +143,7 @@ class Simulation:
     def _execute(self, step: Step) -> None:
         kvm = self.kvm
         if isinstance(step, ReadStep | WriteStep):
-            vcpu = kvm.vcpus[step.vcpu]
-            gfn, stride, write = step.gfn, step.stride, step.is_write
-            for k in range(step.count):
-                guest_access(kvm, vcpu, gfn + k * stride, write)
+            guest_accesses(kvm, kvm.vcpus[step.vcpu], step.gfn, step.count, step.stride, step.is_write)
         elif isinstance(step, EnableDirtyLogStep | DisableDirtyLogStep):
             kvm_set_dirty_logging(kvm, self._slot(step.slot), isinstance(step, EnableDirtyLogStep))
         elif isinstance(step, GetDirtyLogStep):

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from conftest import GOLDEN, per_preset, run_scenario, spte_at
 
-from engine.result import dumps
+from engine.canonical import dumps
 
 UPDATE = os.environ.get("SPTELAB_UPDATE_GOLDEN") == "1"
 

@@ -21,9 +21,10 @@ from typing import Any, cast
 import pytest
 from conftest import per_preset, run_scenario, scenario_dict, spec_example, spte_at
 
+from engine.canonical import dumps
 from engine.invariants import check_all
 from engine.policy import make_policy
-from engine.result import dumps, result_json
+from engine.result import result_json
 from engine.scenario import parse_scenario
 from engine.simulation import Simulation
 

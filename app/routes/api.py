@@ -15,9 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.errors import bad_request, invalid_scenario, not_found
 from app.sources import scenario_from_code
+from engine.canonical import dumps
 from engine.codec import encode_scenario
 from engine.policy import DEFAULT_PRESET, PolicyError, make_policy
-from engine.result import dumps, result_json
+from engine.result import result_json
 from engine.scenario import ScenarioError, parse_scenario, scenario_json_schema
 from engine.simulation import Simulation
 from scenarios import builtin_names, builtin_scenarios, load_builtin_text
