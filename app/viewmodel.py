@@ -22,6 +22,7 @@ from engine.invariants import Violation
 from engine.kvm import Kvm
 from engine.memslot import KvmMemorySlot
 from engine.policy import PRESET_DESCRIPTIONS
+from engine.rmap import pte_list
 from engine.shadow_page import KvmMmuPage
 from engine.simulation import Simulation, StepResult
 from engine.spte import (
@@ -727,7 +728,8 @@ def rmap_views(kvm: Kvm) -> list[RmapSlotView]:
             shift = 9 * (level - 1)
             for key in sorted(heads)[: max(0, MAX_RMAP_ROWS - len(rows))]:
                 gfn = ((slot.base_gfn >> shift) + key) << shift
-                entries = [f"L{sp.level}[{hx(index)}] in table {hx(sp.gfn)}" for sp, index in heads[key]]
+                head = pte_list(heads[key])
+                entries = [f"L{sp.level}[{hx(index)}] in table {hx(sp.gfn)}" for sp, index in head]
                 rows.append(RmapRow(level, gfn, pages_per_hpage(level), entries))
         out.append(RmapSlotView(slot.id, rows, total))
     return out

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -120,7 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--variant", default="lazy", choices=list(PRESETS), help="policy preset (default lazy)"
     )
-    parser.add_argument("--repeat", type=int, default=1, help="how many times to run it (default 1)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="how many times to run it (default 3); the verdict is on the median run",
+    )
     args = parser.parse_args(argv)
     if args.pages < 1:
         parser.error("--pages must be at least 1")
@@ -181,13 +187,15 @@ def main(argv: list[str] | None = None) -> int:
         problems.extend(f"run {run}: {p}" if args.repeat > 1 else p for p in found)
         del sim, steps
 
-    wall = max(run_times)
+    # A shared 2-core VM varies by a third between identical runs: judge the median, show the spread.
+    wall = statistics.median(run_times)
     rss = peak_rss_mb()
     print()
     if args.repeat > 1:
         shown = ", ".join(f"{t:.3f}" for t in run_times)
-        print(f"runs: {shown} s (best {min(run_times):.3f}, worst {wall:.3f})")
-    print(f"wall time:      {wall:.3f} s   target <= {TARGET_WALL_S:g} s: {verdict(wall <= TARGET_WALL_S)}")
+        print(f"runs: {shown} s (best {min(run_times):.3f}, worst {max(run_times):.3f})")
+    within = verdict(wall <= TARGET_WALL_S)
+    print(f"wall time:      {wall:.3f} s (median)   target <= {TARGET_WALL_S:g} s: {within}")
     print(f"peak RSS:       {rss:.0f} MB   target <= {TARGET_RSS_MB:g} MB: {verdict(rss <= TARGET_RSS_MB)}")
     if problems:
         for problem in problems:

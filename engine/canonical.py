@@ -96,7 +96,7 @@ def _encode_list(obj: list[object] | tuple[object, ...], depth: int) -> Iterator
         yield "[]"
         return
     inner = "\n" + " " * (depth + 1)
-    if all(type(item) is int for item in obj):  # a list of gfns: one join
+    if set(map(type, obj)) == {int}:  # a list of gfns: one join (bools are not ints here)
         yield "[" + inner + ("," + inner).join(map(int.__repr__, obj)) + "\n" + " " * depth + "]"
         return
     separator = "[" + inner

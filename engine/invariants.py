@@ -16,6 +16,7 @@ from engine.cpu import walk_spte
 from engine.kvm import Kvm
 from engine.memslot import KvmMemorySlot, gfn_to_index
 from engine.mmu_spte import SPTE_LOCKLESS_MASK
+from engine.rmap import pte_list
 from engine.shadow_page import KvmMmuPage, kvm_mmu_page_get_gfn
 from engine.spte import (
     KVM_NR_PAGE_SIZES,
@@ -97,15 +98,15 @@ def _check_spte(kvm: Kvm, sp: KvmMmuPage, index: int, found: _Collector) -> None
         return  # a root entry is never a leaf and no rmap is kept at that level
     if slot is not None:
         key = (gfn >> shift) - (slot.base_gfn >> shift)
-        head = slot.rmap[level - 1].get(key)
-        if head is not None and len(head) > 1:
+        head = pte_list(slot.rmap[level - 1].get(key))
+        if len(head) > 1:
             _check_rmap_head(kvm, slot, level, key, found)
         if leaf:
-            if head is None or head.count((sp, index)) != 1:
-                count = head.count((sp, index)) if head else 0
+            if head.count((sp, index)) != 1:
+                count = head.count((sp, index))
                 found.add("rmap_consistency", gfn, f"the leaf {_where(sp, index)} for gfn {gfn:#x} is in "
                           f"its rmap {count} times instead of once")
-        elif head and (sp, index) in head:
+        elif (sp, index) in head:
             found.add("rmap_consistency", gfn, f"{_where(sp, index)} is not a present leaf but is still "
                       f"in the rmap of gfn {gfn:#x}")
     elif leaf:
@@ -128,7 +129,7 @@ def _check_spte(kvm: Kvm, sp: KvmMmuPage, index: int, found: _Collector) -> None
 
 
 def _check_rmap_head(kvm: Kvm, slot: KvmMemorySlot, level: int, key: int, found: _Collector) -> None:
-    for sp, index in slot.rmap[level - 1].get(key, []):
+    for sp, index in pte_list(slot.rmap[level - 1].get(key)):
         spte = sp.spt[index]
         gfn = kvm_mmu_page_get_gfn(sp, index)
         if not _is_leaf(sp, spte) or sp.level != level or gfn_to_index(gfn, slot.base_gfn, level) != key:
@@ -208,8 +209,9 @@ class StepChecker:
                 if slot is not None:
                     ok = True
                     if remapped:
+                        # An rmap holding this spte alone keeps it in place (see engine.rmap).
                         head = slot.rmap[0].get(gfn - slot.base_gfn)
-                        ok = head is not None and len(head) == 1 and head[0][0] is sp and head[0][1] == index
+                        ok = isinstance(head, tuple) and head[0] is sp and head[1] == index
                     if ok and new & PT_WRITABLE_MASK:
                         bitmap = slot.dirty_bitmap
                         offset = gfn - slot.base_gfn
@@ -247,7 +249,7 @@ class StepChecker:
     def _check_slot_sptes(self, kvm: Kvm, slot: KvmMemorySlot, found: _Collector) -> None:
         for heads in slot.rmap:
             for head in heads.values():
-                for sp, index in head:
+                for sp, index in pte_list(head):
                     _check_spte(kvm, sp, index, found)
 
     def _check_harvested(
@@ -259,7 +261,7 @@ class StepChecker:
         for gfn in kvm.log.harvested:
             slot = gfn_to_memslot(gfn)
             if slot is not None:
-                for ptr in slot.rmap[PT_PAGE_TABLE_LEVEL - 1].get(gfn - slot.base_gfn, ()):
+                for ptr in pte_list(slot.rmap[PT_PAGE_TABLE_LEVEL - 1].get(gfn - slot.base_gfn)):
                     sp, index = ptr
                     if sp.spt[index] & PT_WRITABLE_MASK and ptr not in touched:
                         _check_spte(kvm, sp, index, found)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from engine.spte import KVM_NR_PAGE_SIZES, PT64_LEVEL_BITS, pages_per_hpage
 
 if TYPE_CHECKING:
-    from engine.shadow_page import SptePtr
+    from engine.shadow_page import RmapHead
 
 
 BITS_PER_LONG = 64
@@ -62,7 +62,8 @@ class KvmMemorySlot:
         # Host pages whose copy-on-write sharing a write fault has already broken (by host page number).
         self.cow_broken: set[int] = set()
         self.dirty_bitmap: bytearray | None = None
-        self.rmap: list[dict[int, list[SptePtr]]] = [{} for _ in range(KVM_NR_PAGE_SIZES)]
+        # Per level, gfn_to_index -> rmap head (see engine.rmap).
+        self.rmap: list[dict[int, RmapHead]] = [{} for _ in range(KVM_NR_PAGE_SIZES)]
         # The guest's view of each page's contents: a counter every write bumps.
         self.content = array("Q", bytes(8 * npages))
         self.lpage_write_count: list[list[int]] = []

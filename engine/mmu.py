@@ -49,6 +49,9 @@ PFERR_PRESENT_MASK = 1 << 0
 PFERR_WRITE_MASK = 1 << 1
 PTE_PREFETCH_NUM = 8
 
+# Named tuples built on the fault path skip their constructor's Python frame (see engine.cpu).
+_new_tuple = tuple.__new__
+
 
 class FaultResult(NamedTuple):
     """How tdp_page_fault ended: handled by the fast path or not, and what the fast path saw."""
@@ -148,7 +151,12 @@ def direct_pte_prefetch(kvm: Kvm, sp: KvmMmuPage, index: int) -> None:
     elif sp.level > PT_PAGE_TABLE_LEVEL:
         skipped = f"sp level {sp.level}"
     else:
-        skipped = _group_in_logged_slot(kvm, sp, index)
+        logged = _group_in_logged_slot(kvm, sp, index)
+        if logged is not None:  # every 4K fault under logging: answered before any walk of the group
+            if kvm.tp.on:
+                kvm.tp.emit(DirectPtePrefetch(sp.gfn, (), f"slot {logged.id} is dirty-logged"))
+            return
+        skipped = ""
     done: list[int] = []
     if not skipped:
         first = index & ~(PTE_PREFETCH_NUM - 1)
@@ -170,13 +178,13 @@ def direct_pte_prefetch(kvm: Kvm, sp: KvmMmuPage, index: int) -> None:
         kvm.tp.emit(DirectPtePrefetch(sp.gfn, tuple(done), skipped))
 
 
-def _group_in_logged_slot(kvm: Kvm, sp: KvmMmuPage, index: int) -> str:
-    """Every run of the group would meet a logged slot first: say so without walking the group."""
+def _group_in_logged_slot(kvm: Kvm, sp: KvmMmuPage, index: int) -> KvmMemorySlot | None:
+    """The logged slot every run of the group would meet first, if any: known without walking the group."""
     first = sp.gfn + (index & ~(PTE_PREFETCH_NUM - 1))  # a level-1 sp: one gfn per entry
     slot = kvm.gfn_to_memslot(first)
-    if slot is not None and slot.dirty_bitmap is not None and first + PTE_PREFETCH_NUM - 1 <= slot.last_gfn:
-        return f"slot {slot.id} is dirty-logged"
-    return ""
+    if slot is None or slot.dirty_bitmap is None or first + PTE_PREFETCH_NUM > slot.base_gfn + slot.npages:
+        return None
+    return slot
 
 
 def direct_pte_prefetch_many(kvm: Kvm, sp: KvmMmuPage, start: int, end: int) -> tuple[list[int], str]:
@@ -378,10 +386,10 @@ def tdp_page_fault(kvm: Kvm, vcpu: Vcpu, gfn: int, error_code: int) -> FaultResu
     if can_be_fast:
         handled, fast_result = fast_page_fault(kvm, vcpu, gfn, level, error_code)
         if handled:
-            return FaultResult(True, True, fast_result)
+            return _new_tuple(FaultResult, (True, True, fast_result))
     pfn, map_writable = gfn_to_pfn(kvm, slot, map_gfn, write)
     # mmu_lock is taken here; no THP is modelled, so transparent_hugepage_adjust never changes the level.
     direct_map(kvm, vcpu, write, map_writable, level, map_gfn, pfn)
-    return FaultResult(can_be_fast, False, fast_result)
+    return _new_tuple(FaultResult, (can_be_fast, False, fast_result))
 
 

@@ -16,7 +16,9 @@ from engine.policy import variant_of
 from engine.shadow_page import KvmMmuPage
 from engine.simulation import Simulation, StepResult
 from engine.spte import (
+    PT64_BASE_ADDR_MASK,
     PT_PAGE_SIZE_MASK,
+    PT_PAGE_TABLE_LEVEL,
     PT_PRESENT_MASK,
     PT_WRITABLE_MASK,
     SPTE_HOST_WRITEABLE,
@@ -119,36 +121,50 @@ def present_sptes(kvm: Kvm) -> list[dict[str, object]]:
     return rows
 
 
-@functools.cache
+# The numbers of an spte row in the order of their sorted keys: what a row template's %s stand for.
+_ROW_NUMBERS = ("gfn", "index", "level", "pfn", "sp_gfn", "value")
+
+
 def _spte_row_template(low_bits: int, leaf: bool, depth: int) -> str:
     """The canonical text of an spte row at nesting `depth`, its flags filled in, its numbers left as
-    %-placeholders: rows repeat a handful of flag combinations, so each template is built once."""
-    fields: dict[str, str] = {
-        name: "true" if value else "false" for name, value in _decoded_bits(low_bits, leaf).items()
-    }
-    fields.update(level="%(level)d", sp_gfn="%(sp_gfn)d", index="%(index)d", gfn="%(gfn)d")
-    fields.update(pfn="%(pfn)d", value='"%(value)s"')
+    %s placeholders in the order of _ROW_NUMBERS."""
+    fields = {name: "true" if value else "false" for name, value in _decoded_bits(low_bits, leaf).items()}
+    fields.update({name: "%s" for name in _ROW_NUMBERS}, value='"%s"')
+    if [name for name in sorted(fields) if "%s" in fields[name]] != list(_ROW_NUMBERS):
+        raise AssertionError("an spte row gained a numeric field: update _ROW_NUMBERS")
     inner = "\n" + " " * (depth + 1)
     body = ",".join(f'{inner}"{name}": {fields[name]}' for name in sorted(fields))
     return "{" + body + "\n" + " " * depth + "}"
 
 
+class _RowTemplates(dict[int, str]):
+    """Row templates of one table level by the spte's low 12 bits, built on first use: a big final state
+    repeats a handful of flag combinations."""
+
+    def __init__(self, table_level: bool, depth: int) -> None:
+        super().__init__()
+        self.table_level = table_level
+        self.depth = depth
+
+    def __missing__(self, low_bits: int) -> str:
+        leaf = self.table_level or bool(low_bits & PT_PAGE_SIZE_MASK)
+        self[low_bits] = template = _spte_row_template(low_bits, leaf, self.depth)
+        return template
+
+
 def present_sptes_text(kvm: Kvm, depth: int) -> Iterator[str]:
     """`present_sptes` as canonical text, row by row: what a big final state is written from, without
     holding a dict per spte."""
+    by_level = {True: _RowTemplates(True, depth), False: _RowTemplates(False, depth)}
     for sp in _pages_in_order(kvm):
         level, sp_gfn, step = sp.level, sp.gfn, pages_per_hpage(sp.level)
-        for index, spte in enumerate(sp.spt):
-            if spte & PT_PRESENT_MASK:
-                leaf = level == 1 or bool(spte & PT_PAGE_SIZE_MASK)
-                yield _spte_row_template(spte & 0xFFF, leaf, depth) % {
-                    "level": level,
-                    "sp_gfn": sp_gfn,
-                    "index": index,
-                    "gfn": sp_gfn + index * step,
-                    "pfn": spte_to_pfn(spte),
-                    "value": f"{spte:#x}",
-                }
+        templates = by_level[level == PT_PAGE_TABLE_LEVEL]
+        yield from [
+            templates[spte & 0xFFF]
+            % (sp_gfn + index * step, index, level, (spte & PT64_BASE_ADDR_MASK) >> 12, sp_gfn, hex(spte))
+            for index, spte in enumerate(sp.spt)
+            if spte & PT_PRESENT_MASK
+        ]
 
 
 def final_json(sim: Simulation, *, stream: bool = False) -> dict[str, object]:

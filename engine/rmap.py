@@ -1,15 +1,30 @@
 """Reverse maps: for each gfn and level, the sptes that map it (mmu.c rmap_add/rmap_remove, pte_list).
 
-The kernel packs an rmap head as a single pointer or a chain of descriptors; an ordered list keeps the same
-iteration order and makes the "restart after removal" of pre-3.16 write protection easy to follow.
+The kernel packs an rmap head in one word: the spte pointer itself while it is alone, a chain of
+descriptors once there are more, and back to the single pointer when removals leave one. Here the single
+entry is the (sp, index) tuple in place and the chain an ordered list, which keeps the kernel's iteration
+order and makes the "restart after removal" of pre-3.16 write protection easy to follow. Nearly every
+head under a direct MMU holds one spte, so the packing saves a list per mapped page, as it saves the
+kernel a descriptor.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from engine.kvm import Kvm
 from engine.memslot import KvmMemorySlot, gfn_to_index
-from engine.shadow_page import KvmMmuPage, kvm_mmu_page_get_gfn
+from engine.shadow_page import KvmMmuPage, RmapHead, SptePtr, kvm_mmu_page_get_gfn
 from engine.spte import PT64_LEVEL_BITS
+
+
+def pte_list(head: RmapHead | None) -> Sequence[SptePtr]:
+    """The sptes of an rmap head, in order: none, the single one, or the chain (pte_list_walk)."""
+    if head is None:
+        return ()
+    if isinstance(head, tuple):
+        return (head,)
+    return head
 
 
 def gfn_to_rmap_slot(kvm: Kvm, gfn: int) -> KvmMemorySlot:
@@ -20,7 +35,10 @@ def gfn_to_rmap_slot(kvm: Kvm, gfn: int) -> KvmMemorySlot:
 
 
 def rmap_add(kvm: Kvm, sp: KvmMmuPage, index: int, gfn: int) -> int:
-    """Add the spte to the rmap of its sp's level, keyed by the gfn it maps; returns the head's length."""
+    """Add the spte to the rmap of its sp's level, keyed by the gfn it maps; returns the head's length.
+
+    pte_list_add: an empty head takes the spte in place; a second spte turns it into a chain.
+    """
     slot = kvm.gfn_to_memslot(gfn) or gfn_to_rmap_slot(kvm, gfn)
     level = sp.level
     shift = PT64_LEVEL_BITS * (level - 1)
@@ -28,19 +46,28 @@ def rmap_add(kvm: Kvm, sp: KvmMmuPage, index: int, gfn: int) -> int:
     heads = slot.rmap[level - 1]
     head = heads.get(key)
     if head is None:
-        heads[key] = head = []
+        heads[key] = (sp, index)
+        return 1
+    if isinstance(head, tuple):
+        heads[key] = [head, (sp, index)]
+        return 2
     head.append((sp, index))
     return len(head)
 
 
 def rmap_remove(kvm: Kvm, sp: KvmMmuPage, index: int) -> None:
+    """pte_list_remove: take the spte out; a chain left with one spte goes back to holding it in place."""
     gfn = kvm_mmu_page_get_gfn(sp, index)
     slot = gfn_to_rmap_slot(kvm, gfn)
     key = gfn_to_index(gfn, slot.base_gfn, sp.level)
     heads = slot.rmap[sp.level - 1]
     head = heads.get(key)
-    if head is None or (sp, index) not in head:
+    ptr = (sp, index)
+    if head is None or ptr not in pte_list(head):
         raise AssertionError(f"rmap_remove: spte {sp}[{index:#x}] is not in the rmap of gfn {gfn:#x}")
-    head.remove((sp, index))
-    if not head:
+    if isinstance(head, tuple):
         del heads[key]
+        return
+    head.remove(ptr)
+    if len(head) == 1:
+        heads[key] = head[0]

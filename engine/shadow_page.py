@@ -11,6 +11,9 @@ from engine.spte import PT64_ENT_PER_PAGE, pages_per_hpage
 # Where an spte lives: its shadow page and its index in that page (the kernel's `u64 *sptep`).
 SptePtr = tuple["KvmMmuPage", int]
 
+# An rmap head, as the kernel's pte_list packs it: the one spte in place, or a list once there are more.
+RmapHead = SptePtr | list[SptePtr]
+
 
 class KvmMmuPage:
     __slots__ = ("gfn", "invalid", "level", "parent_ptes", "pfn", "root_count", "serial", "spt")

@@ -8,6 +8,7 @@ from engine.kvm import Kvm
 from engine.kvm_main import kvm_flush_remote_tlbs
 from engine.memslot import KvmMemorySlot
 from engine.mmu_spte import __drop_large_spte, mmu_spte_update
+from engine.rmap import pte_list
 from engine.shadow_page import KvmMmuPage, kvm_mmu_page_get_gfn
 from engine.spte import (
     PT_PAGE_SIZE_MASK,
@@ -55,11 +56,15 @@ def spte_write_protect(kvm: Kvm, sp: KvmMmuPage, index: int, pt_protect: bool) -
 def __rmap_write_protect(kvm: Kvm, slot: KvmMemorySlot, level: int, key: int, pt_protect: bool) -> bool:
     """Write-protect every spte of one rmap head; returns whether a flush is needed."""
     heads = slot.rmap[level - 1]
-    head = heads.get(key)
+    single = heads.get(key)
+    if isinstance(single, tuple) and not kvm.tp.on:
+        # One spte, as nearly every head of a direct MMU holds: nothing to restart after a drop.
+        return spte_write_protect(kvm, single[0], single[1], pt_protect)[0]
+    head = pte_list(single)
     flush = False
     seen = 0
     i = 0
-    while head and i < len(head):
+    while i < len(head):
         sp, index = head[i]
         seen += 1
         need_flush, dropped = spte_write_protect(kvm, sp, index, pt_protect)
@@ -67,7 +72,7 @@ def __rmap_write_protect(kvm: Kvm, slot: KvmMemorySlot, level: int, key: int, pt
         if dropped:
             # 3.14 restarts from the head after a drop; read-only large sptes are never dropped.
             i = 0
-            head = heads.get(key)
+            head = pte_list(heads.get(key))
         else:
             i += 1
     if kvm.tp.on:
