@@ -257,11 +257,19 @@ class StepChecker:
     ) -> None:
         """A page GET_DIRTY_LOG reported must not keep a writable 4K spte (sptes the step wrote are
         already checked)."""
-        gfn_to_memslot = kvm.gfn_to_memslot
-        for gfn in kvm.log.harvested:
-            slot = gfn_to_memslot(gfn)
-            if slot is not None:
-                for ptr in pte_list(slot.rmap[PT_PAGE_TABLE_LEVEL - 1].get(gfn - slot.base_gfn)):
+        slot: KvmMemorySlot | None = None
+        for gfn in kvm.log.harvested:  # runs of one slot's gfns, in order
+            if slot is None or not slot.base_gfn <= gfn < slot.base_gfn + slot.npages:
+                slot = kvm.gfn_to_memslot(gfn)
+                if slot is None:
+                    continue
+            head = slot.rmap[PT_PAGE_TABLE_LEVEL - 1].get(gfn - slot.base_gfn)
+            if isinstance(head, tuple):  # the usual single spte, looked at without building a list
+                sp, index = head
+                if sp.spt[index] & PT_WRITABLE_MASK and head not in touched:
+                    _check_spte(kvm, sp, index, found)
+            elif head:
+                for ptr in head:
                     sp, index = ptr
                     if sp.spt[index] & PT_WRITABLE_MASK and ptr not in touched:
                         _check_spte(kvm, sp, index, found)
