@@ -6,7 +6,9 @@ and a message, never a 500: JSON `{"detail": ...}` under /api, the error page el
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+import gc
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -169,6 +171,29 @@ def _validation_message(error: RequestValidationError) -> tuple[int, str]:
     return 422, f"{where}: {message}" if where else message
 
 
+# Young-generation size of the cyclic collector while serving (Python's default is 700).
+GC_GEN0_THRESHOLD = 20_000
+
+
+@asynccontextmanager
+async def _settled_collector(app: FastAPI) -> AsyncIterator[None]:
+    """Keep the cyclic collector's pauses out of the answers.
+
+    The engine's objects form no cycles and a request's garbage goes with its reference counts, yet the
+    collector would walk every live object again and again: the imported libraries, the cached runs. So
+    the objects alive at startup are frozen out of its sight, and it looks at young objects after 20 000
+    allocations instead of 700. Cycles are still collected, only less often."""
+    gc.collect()
+    gc.freeze()
+    thresholds = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, thresholds[1], thresholds[2])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     app = FastAPI(
@@ -176,6 +201,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="A step-able model of the KVM x86 TDP MMU around 'KVM: MMU: lazily drop large spte'",
         version="0.1.0",
         redoc_url=None,
+        lifespan=_settled_collector,
     )
     app.state.store = Store(settings)
     app.state.settings = settings

@@ -9,6 +9,7 @@ bitmap folds runs of alike rows.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import compress
@@ -653,7 +654,7 @@ def bitmap_view(sim: Simulation, slot: KvmMemorySlot, max_cells: int, lost: Iter
     written = sorted(g for g in pending if not slot.test_dirty(g))
     written_set = set(written)
     written_rows = {(g - base) // ROW for g in written}
-    dirty_count = sum(bin(b).count("1") for b in bitmap)
+    dirty_count = int.from_bytes(bitmap, "little").bit_count()
     small = npages <= max_cells
     rows: list[BitmapRow] = []
     drawn = 0
@@ -716,6 +717,22 @@ class RmapSlotView:
     slot: int
     rows: list[RmapRow]
     total: int
+    rows_html: Markup
+
+
+_SIZE_NAMES = {1: "4K", 2: "2M", 3: "1G"}
+
+
+def rmap_rows_html(rows: Iterable[RmapRow]) -> Markup:
+    """The table rows of an rmap panel, built here rather than in the template: a panel is redrawn on
+    every step, and its cells hold only numbers and fixed words, so there is nothing to escape."""
+    out = []
+    for r in rows:
+        gfns = f"<code>{r.gfn:#x}</code>"
+        if r.span > 1:
+            gfns += f"–<code>{r.gfn + r.span - 1:#x}</code>"
+        out.append(f"<tr><td>{_SIZE_NAMES[r.level]}</td><td>{gfns}</td><td>{', '.join(r.entries)}</td></tr>")
+    return Markup("".join(out))
 
 
 def rmap_views(kvm: Kvm) -> list[RmapSlotView]:
@@ -726,12 +743,13 @@ def rmap_views(kvm: Kvm) -> list[RmapSlotView]:
         for level, heads in enumerate(slot.rmap, start=1):
             total += len(heads)
             shift = 9 * (level - 1)
-            for key in sorted(heads)[: max(0, MAX_RMAP_ROWS - len(rows))]:
+            # The lowest gfns first, without sorting every head of a big slot.
+            for key in heapq.nsmallest(max(0, MAX_RMAP_ROWS - len(rows)), heads):
                 gfn = ((slot.base_gfn >> shift) + key) << shift
                 head = pte_list(heads[key])
-                entries = [f"L{sp.level}[{hx(index)}] in table {hx(sp.gfn)}" for sp, index in head]
+                entries = [f"L{sp.level}[{index:#x}] in table {sp.gfn:#x}" for sp, index in head]
                 rows.append(RmapRow(level, gfn, pages_per_hpage(level), entries))
-        out.append(RmapSlotView(slot.id, rows, total))
+        out.append(RmapSlotView(slot.id, rows, total, rmap_rows_html(rows)))
     return out
 
 
