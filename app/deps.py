@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Annotated
 from urllib.parse import urlencode
 
@@ -240,6 +241,13 @@ def compare_variants(raw: str | None) -> list[str]:
 # Links
 
 
+@lru_cache(maxsize=64)
+def _source_query(source: tuple[str, str]) -> str:
+    """The scenario's part of a link, `s=<code>` or `scenario=<name>`: a share code is kilobytes, and a
+    page holds dozens of links to the same scenario, so it is quoted once."""
+    return urlencode([source], safe=":,=")
+
+
 @dataclass(frozen=True, slots=True)
 class Links:
     """Every URL of one player state; parameters always in the same order."""
@@ -253,22 +261,19 @@ class Links:
     def policy_param(self) -> str:
         return ",".join(f"{k}={v}" for k, v in self.overrides.items())
 
-    def _params(self) -> list[tuple[str, str]]:
-        return [self.source]
-
     def play(self, step: int, *, spte: str | None = None, keep_spte: bool = True) -> str:
-        params = [*self._params(), ("variant", self.variant), ("step", str(step))]
+        params = [("variant", self.variant), ("step", str(step))]
         if self.overrides:
             params.append(("policy", self.policy_param))
         if spte is not None:
             params.append(("spte", spte))
         elif keep_spte and self.selected is not None:
             params.append(("spte", location_param(self.selected)))
-        return "/play?" + urlencode(params, safe=":,=")
+        return "/play?" + _source_query(self.source) + "&" + urlencode(params, safe=":,=")
 
     def compare(self, step: int, variants: list[str] | None = None) -> str:
-        params = [*self._params(), ("variants", ",".join(variants or list(PRESETS))), ("step", str(step))]
-        return "/compare?" + urlencode(params, safe=":,=")
+        params = [("variants", ",".join(variants or list(PRESETS))), ("step", str(step))]
+        return "/compare?" + _source_query(self.source) + "&" + urlencode(params, safe=":,=")
 
     def download(self) -> str:
         return "/download?" + urlencode([self.source])

@@ -10,9 +10,12 @@ bitmap folds runs of alike rows.
 from __future__ import annotations
 
 import heapq
+import sys
+from array import array
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
-from itertools import compress
+from functools import lru_cache
+from itertools import compress, groupby, islice
 from typing import NamedTuple
 
 from markupsafe import Markup
@@ -447,6 +450,9 @@ class TreeBuilder:
             view.summary = f"{len(present)} of 512 entries present" if present else "empty"
         indices = sorted(set(present) | {i for i, old in changes.items() if old & PT_PRESENT_MASK})
         whole = len(present) <= SMALL_TABLE and self.drawn + len(present) <= self.cap
+        if not whole and not changes and not must and not always:
+            view.items.extend(self.fold(sp, indices))  # nothing in it to draw one by one
+            return view
         pending: list[int] = []
         for index in indices:
             spte = spt[index]
@@ -480,36 +486,17 @@ class TreeBuilder:
         return f"{plural(tables, 'table')} below: {_leaves_text(large, small, writable)}"
 
     def fold(self, sp: KvmMmuPage, indices: list[int]) -> list[RunView]:
-        """Runs of consecutive entries with the same kind and flags, each one line."""
+        """Runs of consecutive entries with the same kind and flags, each one line. Within one table the
+        kind follows from the low twelve bits, so those and "changed this step" are the run's key."""
         spt = sp.spt
         changes = self.changes.get(sp.serial, {})
         must = self.must.get(sp.serial, set())
         runs: list[RunView] = []
-        start = 0
-        while start < len(indices):
-            first = indices[start]
-            key = (_kind(spt[first], sp.level), spt[first] & 0xFFF, first in changes)
-            end = start + 1
-            while (
-                end < len(indices)
-                and (
-                    _kind(spt[indices[end]], sp.level),
-                    spt[indices[end]] & 0xFFF,
-                    indices[end] in changes,
-                )
-                == key
-            ):
-                end += 1
-            group = indices[start:end]
-            runs.append(self._run(sp, group, key[0], bool(key[2]) or any(i in must for i in group)))
-            start = end
+        for (_, changed), members in groupby(indices, key=lambda i: (spt[i] & 0xFFF, i in changes)):
+            group = list(members)
+            kind = _kind(spt[group[0]], sp.level)
+            runs.append(self._run(sp, group, kind, changed or any(i in must for i in group)))
         return runs
-
-    @staticmethod
-    def _fold_key(sp: KvmMmuPage, index: int, changes: Mapping[int, int]) -> tuple[str, int, bool]:
-        spte = sp.spt[index]
-        kind = _kind(spte, sp.level) if spte & PT_PRESENT_MASK else "gone"
-        return kind, spte & 0xFFF, index in changes
 
     def _run(self, sp: KvmMmuPage, group: list[int], kind: str, changed: bool) -> RunView:
         spt = sp.spt
@@ -566,13 +553,25 @@ class Cell(NamedTuple):
 
 @dataclass(slots=True)
 class BitmapRow:
-    """Either up to ROW cells starting at `gfn`, or (cells empty) a folded run of `count` pages."""
+    """Either up to ROW cells starting at `gfn`, drawn one by one (`drawn`, with the row's dirty bits
+    and written-not-dirty bits as masks, bit k for gfn + k), or a folded run of `count` pages."""
 
     gfn: int
-    cells: list[Cell]
     count: int
+    drawn: bool = False
+    dirty_mask: int = 0
+    written_mask: int = 0
     dirty_pages: int = 0
     written_pages: int = 0
+
+    @property
+    def cells(self) -> list[Cell]:
+        if not self.drawn:
+            return []
+        return [
+            Cell(self.gfn + k, bool(self.dirty_mask >> k & 1), bool(self.written_mask >> k & 1))
+            for k in range(self.count)
+        ]
 
     @property
     def last_gfn(self) -> int:
@@ -605,13 +604,32 @@ class BitmapView:
     html: str = ""
 
 
+@lru_cache(maxsize=4096)
+def _cells_html(gfn: int, count: int, dirty_mask: int, written_mask: int) -> str:
+    """One drawn row's cells. A row's bits seldom change from one step to the next, so rows are kept
+    by value: stepping redraws the bitmap from what it drew before."""
+    cells = []
+    for k in range(count):
+        cell = gfn + k
+        if written_mask >> k & 1:
+            cells.append(
+                f'<i data-dirty-gfn="{cell:#x}" data-dirty="{dirty_mask >> k & 1}" data-written="1"'
+                f' title="gfn {cell:#x}: written, not dirty: lost">!</i>'
+            )
+        elif dirty_mask >> k & 1:
+            cells.append(f'<i data-dirty-gfn="{cell:#x}" data-dirty="1" title="gfn {cell:#x}: dirty">●</i>')
+        else:
+            cells.append(f'<i data-dirty-gfn="{cell:#x}" data-dirty="0"></i>')
+    return "".join(cells)
+
+
 def rows_html(rows: list[BitmapRow]) -> Markup:
     """The bitmap's rows as HTML, written here rather than in a template: a bitmap is hundreds of cells,
     and every value in them is a number or a fixed word, so there is nothing to escape."""
     out: list[str] = []
     for row in rows:
         label = f'<span class="bm-label">{row.gfn:#x}</span>'
-        if not row.cells:
+        if not row.drawn:
             state = row.state
             if state == "clean":
                 what = "all clean"
@@ -625,20 +643,8 @@ def rows_html(rows: list[BitmapRow]) -> Markup:
                 f" {what}</div>"
             )
             continue
-        cells = []
-        for c in row.cells:
-            if c.written:
-                cells.append(
-                    f'<i data-dirty-gfn="{c.gfn:#x}" data-dirty="{int(c.dirty)}" data-written="1"'
-                    f' title="gfn {c.gfn:#x}: written, not dirty: lost">!</i>'
-                )
-            elif c.dirty:
-                cells.append(
-                    f'<i data-dirty-gfn="{c.gfn:#x}" data-dirty="1" title="gfn {c.gfn:#x}: dirty">●</i>'
-                )
-            else:
-                cells.append(f'<i data-dirty-gfn="{c.gfn:#x}" data-dirty="0"></i>')
-        out.append(f'<div class="bm-row">{label}{"".join(cells)}</div>')
+        cells = _cells_html(row.gfn, row.count, row.dirty_mask, row.written_mask)
+        out.append(f'<div class="bm-row">{label}{cells}</div>')
     return Markup("\n".join(out))  # only numbers and fixed words: nothing to escape
 
 
@@ -652,40 +658,48 @@ def bitmap_view(sim: Simulation, slot: KvmMemorySlot, max_cells: int, lost: Iter
     base, npages = slot.base_gfn, slot.npages
     pending = sim.checker.pending.get(slot.id, {})
     written = sorted(g for g in pending if not slot.test_dirty(g))
-    written_set = set(written)
-    written_rows = {(g - base) // ROW for g in written}
+    written_rows: dict[int, int] = {}  # row -> its written-not-dirty bits
+    for g in written:
+        row = (g - base) // ROW
+        written_rows[row] = written_rows.get(row, 0) | 1 << ((g - base) % ROW)
     dirty_count = int.from_bytes(bitmap, "little").bit_count()
     small = npages <= max_cells
     rows: list[BitmapRow] = []
     drawn = 0
+    # One 32-bit word per row, read in one go (the bitmap is little-endian longs, so also 32-bit words).
+    words = array("I", bytes(bitmap))
+    if sys.byteorder == "big":
+        words.byteswap()
+    full = (1 << ROW) - 1
     for row, offset in enumerate(range(0, npages, ROW)):
         width = min(ROW, npages - offset)
         gfn = base + offset
-        word = int.from_bytes(bitmap[offset >> 3 : (offset >> 3) + ROW // 8], "little") & ((1 << width) - 1)
-        if not small and row not in written_rows and word in (0, (1 << width) - 1):
+        row_full = full if width == ROW else (1 << width) - 1
+        word = words[row] & row_full
+        written_mask = written_rows.get(row, 0) if written_rows else 0
+        if not small and not written_mask and word in (0, row_full):
             dirty = width if word else 0
             last = rows[-1] if rows else None
-            if last is not None and not last.cells and last.state == ("dirty" if dirty else "clean"):
+            if last is not None and not last.drawn and last.state == ("dirty" if dirty else "clean"):
                 last.count += width
                 last.dirty_pages += dirty
             else:
-                rows.append(BitmapRow(gfn, [], width, dirty, 0))
+                rows.append(BitmapRow(gfn, width, dirty_pages=dirty))
             continue
-        cells = [Cell(gfn + k, bool(word >> k & 1), gfn + k in written_set) for k in range(width)]
         if small or drawn < max_cells:
-            rows.append(BitmapRow(gfn, cells, width, 0, 0))
+            rows.append(BitmapRow(gfn, width, True, word, written_mask))
             drawn += width
             continue
-        dirty = sum(c.dirty for c in cells)
-        written_here = sum(c.written for c in cells)
+        dirty = word.bit_count()
+        written_here = written_mask.bit_count()
         last = rows[-1] if rows else None
-        if last is not None and not last.cells and last.state == "mixed":
+        if last is not None and not last.drawn and last.state == "mixed":
             last.count += width
             last.dirty_pages += dirty
             last.written_pages += written_here
         else:
-            rows.append(BitmapRow(gfn, [], width, dirty, written_here))
-    dirty_list = slot.dirty_gfns()[:256] if dirty_count else []
+            rows.append(BitmapRow(gfn, width, dirty_pages=dirty, written_pages=written_here))
+    dirty_list = list(islice(slot.iter_dirty_gfns(), 256)) if dirty_count else []
     return BitmapView(
         slot.id,
         base,

@@ -128,7 +128,13 @@ class KvmMemorySlot:
 
     def dirty_gfns(self) -> list[int]:
         """The gfns whose bit is set, ascending."""
-        return [gfn for word, mask in self.dirty_words() for gfn in self.gfns_of_word(word, mask)]
+        return list(self.iter_dirty_gfns())
+
+    def iter_dirty_gfns(self) -> Iterator[int]:
+        """The gfns whose bit is set, ascending, one long of the bitmap at a time: for a view that shows
+        only the first few of a big slot."""
+        for word, mask in self.dirty_words():
+            yield from self.gfns_of_word(word, mask)
 
     def gfns_of_word(self, word: int, mask: int) -> list[int]:
         first = self.base_gfn + word * BITS_PER_LONG
