@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
+from functools import lru_cache
 from typing import Any
 
 from fastapi import Request
@@ -209,7 +210,9 @@ def editor_status(text: str) -> dict[str, Any]:
 # The player
 
 
+@lru_cache(maxsize=64)
 def _switches(policy: Policy, variant: str) -> list[dict[str, Any]]:
+    """The what-if panel's rows (read-only to the templates): the same for every step of a run."""
     current = policy.as_json()
     preset = PRESETS[variant].as_json() if variant in PRESETS else current
     rows = []

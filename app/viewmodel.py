@@ -72,6 +72,21 @@ def gfn_list(gfns: Iterable[int], limit: int = 16) -> str:
     return text or "none"
 
 
+# The bits the contract's flags live in: the texts below depend on nothing else, and a tree repeats a
+# handful of combinations, so each is written once.
+_FLAG_MASK = sum(bit for _, bit in FLAG_BITS)
+
+
+@lru_cache(maxsize=256)
+def _flags_text(flag_bits: int) -> str:
+    return " ".join(spte_flags(flag_bits))
+
+
+@lru_cache(maxsize=256)
+def _bits_text(flag_bits: int) -> str:
+    return " ".join(name if on else "·" for name, on in letters(flag_bits))
+
+
 def letters(value: int) -> list[tuple[str, bool]]:
     """Each contract flag in order with whether it is set: the tree shows unset ones as a dot."""
     return [(name, bool(value & bit)) for name, bit in FLAG_BITS]
@@ -213,12 +228,12 @@ class SpteView:
 
     @property
     def flags(self) -> str:
-        return " ".join(spte_flags(self.value))
+        return _flags_text(self.value & _FLAG_MASK)
 
     @property
     def bits(self) -> str:
         """The eight flags in their fixed order, an unset one as a dot: `R · X PS A D HW MW`."""
-        return " ".join(name if on else "·" for name, on in letters(self.value))
+        return _bits_text(self.value & _FLAG_MASK)
 
     @property
     def pfn(self) -> int:

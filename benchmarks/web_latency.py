@@ -182,9 +182,9 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        # As `sptelab serve` runs it: one uvicorn worker, no access log.
         command = [
-            sys.executable, "-m", "uvicorn", "app.main:app",
-            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+            sys.executable, "-m", "cli.main", "serve", "--host", "127.0.0.1", "--port", str(self.port),
         ]  # fmt: skip
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(

@@ -262,8 +262,9 @@ def cmd_serve(args: argparse.Namespace, out: IO[str]) -> int:
         uvicorn = importlib.import_module("uvicorn")
     except ModuleNotFoundError:
         raise CliError("the web app needs uvicorn, which is not installed") from None
-    # One worker: the simulation cache lives in the process, and one process keeps it whole.
-    uvicorn.run("app.main:app", host=args.host, port=args.port, workers=1)
+    # One worker: the simulation cache lives in the process, and one process keeps it whole. No access
+    # log unless asked: every player URL carries the scenario's share code, kilobytes per line.
+    uvicorn.run("app.main:app", host=args.host, port=args.port, workers=1, access_log=args.access_log)
     return EXIT_OK
 
 
@@ -361,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = command("serve", cmd_serve, "serve the web app")
     serve.add_argument("--host", default="127.0.0.1", metavar="H", help="default 127.0.0.1")
     serve.add_argument("--port", type=int, default=8000, help="default 8000")
+    serve.add_argument(
+        "--access-log", action="store_true", help="log every request (each player URL holds its scenario)"
+    )
 
     real = command(
         "real", cmd_real, "run a scenario's guest accesses on this machine's kernel through /dev/kvm"

@@ -343,7 +343,9 @@ def test_serve_runs_one_uvicorn_worker_on_the_app(
     calls: list[tuple[str, dict[str, object]]] = []
     monkeypatch.setattr(uvicorn, "run", lambda target, **kw: calls.append((target, kw)))
     assert run_cli(capsys, "serve", "--host", "127.0.0.1", "--port", "8123")[0] == 0
-    assert calls == [("app.main:app", {"host": "127.0.0.1", "port": 8123, "workers": 1})]
+    assert calls == [("app.main:app", {"host": "127.0.0.1", "port": 8123, "workers": 1, "access_log": False})]
+    assert run_cli(capsys, "serve", "--access-log")[0] == 0
+    assert calls[-1][1]["access_log"] is True
     status, _, err = run_cli(capsys, "serve", "--port", "70000")
     assert status == 2 and "--port 70000" in err and err.count("\n") == 1
 
