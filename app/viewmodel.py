@@ -33,6 +33,7 @@ from engine.spte import (
     FLAG_BITS,
     PT64_BASE_ADDR_MASK,
     PT_PAGE_SIZE_MASK,
+    PT_PAGE_TABLE_LEVEL,
     PT_PRESENT_MASK,
     PT_WRITABLE_MASK,
     level_name,
@@ -310,8 +311,10 @@ def _kind(spte: int, level: int) -> str:
 
 def _leaf_counts(kvm: Kvm, sp: KvmMmuPage) -> tuple[int, int, int, int]:
     """(tables, large leaves, 4K leaves, writable leaves) below and in `sp`."""
-    tables, large, small, writable = 1, 0, 0, 0
     level = sp.level
+    if level == PT_PAGE_TABLE_LEVEL:  # only 4K leaves; a non-present spte is 0 in this model
+        return 1, 0, len(sp.spt) - sp.spt.count(0), len([s for s in sp.spt if s & PT_WRITABLE_MASK])
+    tables, large, small, writable = 1, 0, 0, 0
     for spte in sp.spt:
         if not spte & PT_PRESENT_MASK:
             continue
