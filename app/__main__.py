@@ -9,4 +9,5 @@ from app.settings import get_settings
 
 if __name__ == "__main__":
     settings = get_settings()
-    uvicorn.run("app.main:app", host=settings.host, port=settings.port, workers=1)
+    # No access log, as with `sptelab serve`: every player URL carries its scenario's share code.
+    uvicorn.run("app.main:app", host=settings.host, port=settings.port, workers=1, access_log=False)
