@@ -330,7 +330,12 @@ def test_url_with_variant_step_and_base(capsys: pytest.CaptureFixture[str]) -> N
 def test_scenarios_lists_the_builtins(capsys: pytest.CaptureFixture[str]) -> None:
     status, out, _ = run_cli(capsys, "scenarios")
     assert status == 0
-    assert "worked-example  One 2 MiB region, three behaviours\n" in out
+    # One line per built-in, names padded to the longest one so the titles line up.
+    width = max(len(name) for name in builtin_names())
+    assert out.splitlines()[builtin_names().index(EXAMPLE)] == (
+        f"{EXAMPLE:<{width}}  One 2 MiB region, three behaviours"
+    )
+    assert [line[:width].rstrip() for line in out.splitlines()] == builtin_names()
     status, out, _ = run_cli(capsys, "scenarios", "--json")
     assert {"name": EXAMPLE, "title": "One 2 MiB region, three behaviours"} in json.loads(out)
 
