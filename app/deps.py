@@ -2,14 +2,16 @@
 
 `Store` holds the caches (resolved scenarios, runs, built views) and is the only way routes reach the
 engine's runs. `PlayerQuery` is a page's query, checked: the scenario, the preset and switches, the
-step (clamped into range), the selected spte; `Links` builds every URL a page links to or pushes, always
-in the same parameter order, so equal states have equal URLs.
+step (clamped into range), the selected spte, and the player's modes (predict mode with its answer and
+score, presentation mode with its enlarged panel); `Links` builds every URL a page links to or pushes,
+always in the same parameter order, so equal states have equal URLs.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Annotated
 from urllib.parse import urlencode
@@ -18,6 +20,7 @@ from fastapi import Depends, Request
 
 from app.cache import Lru, RunCache
 from app.errors import bad_request
+from app.predict import PredictPanel, Question, judge, predict_panel, question_for
 from app.render import first_sentence
 from app.settings import Settings, get_settings
 from app.sources import Source, SourceCache
@@ -26,6 +29,7 @@ from app.viewmodel import (
     Location,
     PlayView,
     ScenarioCard,
+    describe_op,
     inspector_view,
     location_param,
     parse_location,
@@ -53,6 +57,8 @@ class Store:
         self.runs = RunCache(settings)
         self.views: Lru[tuple[object, ...], PlayView] = Lru(settings.cache_views)
         self.inspections: Lru[tuple[object, ...], InspectorView] = Lru(settings.cache_views)
+        # Predict mode's questions by (code, policy, step index); a 1-tuple, since a step may ask nothing.
+        self.questions: Lru[tuple[object, ...], tuple[Question | None]] = Lru(settings.cache_views)
         self.landing: dict[str, object] = {}
         # Rendered pages and partials by URL: (body, headers).
         self.pages: Lru[tuple[str, ...], tuple[bytes, dict[str, str]]] = Lru(settings.cache_pages)
@@ -97,6 +103,50 @@ class Store:
             run.park(shown)
         self.inspections.put(key, view)
         return view
+
+    def question(self, source: Source, policy: Policy, index: int) -> Question | None:
+        """The question about step `index`, read off that step's result: the state after it, which is one
+        step past the state it is asked at (the cursor the page's view left behind)."""
+        key = (source.code, policy, index)
+        hit = self.questions.get(key)
+        if hit is not None:
+            return hit[0]
+        run = self.runs.get(source.code, source.scenario, policy)
+        shown = run.at(index + 1)
+        try:
+            question = question_for(shown)
+        finally:
+            run.park(shown)
+        self.questions.put(key, (question,))
+        self.runs.trim()
+        return question
+
+    def predict(self, query: PlayerQuery) -> PredictPanel:
+        """Predict mode at step n: the verdict on `answer=` (about step n-1), then the question about step
+        n. Asked in that order, each is one step from a state the page already built, so neither replays."""
+        feedback = None
+        if query.answer is not None:
+            asked = self.question(query.source, query.policy, query.step - 1) if query.step > 0 else None
+            if asked is None:
+                where = f"step #{query.step - 1}" if query.step > 0 else "step 0 (nothing has run)"
+                raise bad_request(
+                    f"answer={query.answer!r}: {where} asks no question, so there is nothing to answer;"
+                    " leave answer= out"
+                )
+            if not asked.has(query.answer):
+                raise bad_request(
+                    f"answer={query.answer!r} is not a choice of step #{asked.step}'s question"
+                    f" (choices: {', '.join(asked.keys)})"
+                )
+            feedback = judge(asked, query.answer)
+        question = None
+        upcoming = note = ""
+        if query.step < query.total:
+            question = self.question(query.source, query.policy, query.step)
+            step = query.source.scenario.steps[query.step]
+            upcoming = describe_op(step.model_dump(mode="python"))
+            note = str(getattr(step, "text", "")) if step.op == "note" else ""
+        return predict_panel(query.step, query.total, query.score, feedback, question, upcoming, note)
 
 
 def get_store(request: Request) -> Store:
@@ -162,6 +212,89 @@ def parse_step(raw: str | None, total: int) -> tuple[int, str]:
     return step, ""
 
 
+# ---------------------------------------------------------------------------------------------------------
+# The player's modes: predict (mode=predict, answer=KEY, score=RIGHT-ASKED), presentation (present=1,
+# focus=PANEL). Checked before any engine work: a bad value is a 400 naming the parameter.
+
+PREDICT_MODE = "predict"
+# The panels presentation mode can enlarge, in the order of their number keys (1-8); the first is the
+# default.
+FOCUS_PANELS: tuple[tuple[str, str], ...] = (
+    ("tree", "Tables"),
+    ("bitmap", "Bitmap"),
+    ("trace", "Trace"),
+    ("counters", "Counters"),
+    ("violations", "Invariants"),
+    ("inspector", "Inspector"),
+    ("rmaps", "Rmaps"),
+    ("tlb", "TLBs"),
+)
+DEFAULT_FOCUS = FOCUS_PANELS[0][0]
+_ANSWER = re.compile(r"[a-z][a-z0-9-]{0,23}")
+_SCORE = re.compile(r"(\d{1,6})-(\d{1,6})")
+
+
+@dataclass(frozen=True, slots=True)
+class Modes:
+    """The player's modes as the URL gives them. `score` is the running score *before* the answer in the
+    same URL is counted: the answer form holds one score for all its buttons, so it cannot know it."""
+
+    predict: bool = False
+    answer: str | None = None
+    score: tuple[int, int] = (0, 0)
+    present: bool = False
+    focus: str = DEFAULT_FOCUS
+
+
+def parse_modes(
+    mode: str | None, answer: str | None, score: str | None, present: str | None, focus: str | None
+) -> Modes:
+    predict = False
+    if mode is not None and mode.strip():
+        if mode.strip() != PREDICT_MODE:
+            raise bad_request(
+                f"mode={mode[:20]!r}: the only mode is {PREDICT_MODE!r}; leave mode= out for the normal"
+                " player"
+            )
+        predict = True
+    if not predict:
+        for name, value in (("answer", answer), ("score", score)):
+            if value is not None:
+                raise bad_request(f"{name}= belongs to predict mode: add mode=predict, or leave {name}= out")
+    chosen = None
+    if answer is not None:
+        if not _ANSWER.fullmatch(answer):
+            raise bad_request(
+                f"answer={answer[:24]!r}: an answer is one choice's key, lowercase letters, digits and"
+                " dashes (e.g. answer=fast)"
+            )
+        chosen = answer
+    right = asked = 0
+    if score is not None:
+        match = _SCORE.fullmatch(score)
+        if match is None:
+            raise bad_request(
+                f"score={score[:20]!r}: expected RIGHT-ASKED, two whole numbers, e.g. score=3-4"
+            )
+        right, asked = int(match.group(1)), int(match.group(2))
+        if right > asked:
+            raise bad_request(f"score={score}: more right answers ({right}) than questions asked ({asked})")
+    shown = False
+    if present is not None:
+        if present not in ("0", "1", ""):
+            raise bad_request(
+                f"present={present[:20]!r}: 1 for presentation mode, 0 (or nothing) for the normal page"
+            )
+        shown = present == "1"
+    panel = DEFAULT_FOCUS
+    if focus is not None and focus != "":
+        names = [name for name, _ in FOCUS_PANELS]
+        if focus not in names:
+            raise bad_request(f"focus={focus[:20]!r}: not a panel (panels: {', '.join(names)})")
+        panel = focus
+    return Modes(predict, chosen, (right, asked), shown, panel)
+
+
 @dataclass(frozen=True, slots=True)
 class PlayerQuery:
     source: Source
@@ -171,12 +304,45 @@ class PlayerQuery:
     step: int
     notice: str = ""
     selected: Location | None = None
+    modes: Modes = field(default_factory=Modes)
     links: Links = field(init=False)
 
     def __post_init__(self) -> None:
+        modes = self.modes
         object.__setattr__(
-            self, "links", Links(self.source.param, self.variant, self.overrides, self.selected)
+            self,
+            "links",
+            Links(
+                self.source.param,
+                self.variant,
+                self.overrides,
+                self.selected,
+                predict=modes.predict,
+                score=modes.score,
+                present=modes.present,
+                focus=modes.focus,
+            ),
         )
+
+    @property
+    def predict(self) -> bool:
+        return self.modes.predict
+
+    @property
+    def answer(self) -> str | None:
+        return self.modes.answer
+
+    @property
+    def score(self) -> tuple[int, int]:
+        return self.modes.score
+
+    @property
+    def present(self) -> bool:
+        return self.modes.present
+
+    @property
+    def focus(self) -> str:
+        return self.modes.focus
 
     @property
     def total(self) -> int:
@@ -195,7 +361,12 @@ def _one(request: Request, name: str) -> str | None:
 
 
 def player_query(request: Request, store: Store) -> PlayerQuery:
-    """The query of /play: scenario=NAME|s=CODE, variant, step, policy, spte."""
+    """The query of /play: scenario=NAME|s=CODE, variant, step, policy, spte, and the modes: mode,
+    answer, score, present, focus."""
+    modes = parse_modes(
+        _one(request, "mode"), _one(request, "answer"), _one(request, "score"), _one(request, "present"),
+        _one(request, "focus"),
+    )
     source = store.sources.resolve(_one(request, "scenario"), _one(request, "s"))
     variant = _one(request, "variant") or DEFAULT_PRESET
     policy, overrides = resolve_policy(variant, parse_policy_param(_one(request, "policy") or ""))
@@ -207,7 +378,7 @@ def player_query(request: Request, store: Store) -> PlayerQuery:
             selected = parse_location(spte)
         except ValueError as error:
             raise bad_request(str(error)) from None
-    return PlayerQuery(source, variant, overrides, policy, step, notice, selected)
+    return PlayerQuery(source, variant, overrides, policy, step, notice, selected, modes)
 
 
 def whatif_overrides(request: Request, variant: str) -> dict[str, str]:
@@ -256,12 +427,69 @@ class Links:
     variant: str
     overrides: Mapping[str, str]
     selected: Location | None
+    # The modes, kept by every player link: predict mode with the running score to carry on, and
+    # presentation mode with its enlarged panel.
+    predict: bool = False
+    score: tuple[int, int] = (0, 0)
+    present: bool = False
+    focus: str = DEFAULT_FOCUS
 
     @property
     def policy_param(self) -> str:
         return ",".join(f"{k}={v}" for k, v in self.overrides.items())
 
-    def play(self, step: int, *, spte: str | None = None, keep_spte: bool = True) -> str:
+    @property
+    def score_param(self) -> str:
+        return f"{self.score[0]}-{self.score[1]}"
+
+    def play(
+        self, step: int, *, spte: str | None = None, keep_spte: bool = True, answer: str | None = None
+    ) -> str:
+        """The player at `step`; `answer` (predict mode only) answers the question about step `step - 1`."""
+        modes = self.mode_fields(answer)
+        tail = "&" + urlencode(modes, safe=":,=") if modes else ""
+        return "/play?" + self._state(step, spte, keep_spte) + tail
+
+    def mode_fields(self, answer: str | None = None) -> list[tuple[str, str]]:
+        """The modes' parameters, in their fixed order after the state's: mode, answer, score, present,
+        focus (each only when it applies; the default panel is left out)."""
+        params: list[tuple[str, str]] = []
+        if self.predict:
+            params.append(("mode", PREDICT_MODE))
+            if answer is not None:
+                params.append(("answer", answer))
+            params.append(("score", self.score_param))
+        if self.present:
+            params.append(("present", "1"))
+            if self.focus != DEFAULT_FOCUS:
+                params.append(("focus", self.focus))
+        return params
+
+    def with_score(self, score: tuple[int, int]) -> Links:
+        return replace(self, score=score)
+
+    def predicting(self, on: bool) -> Links:
+        """Entering predict mode starts the score afresh; leaving it drops the score."""
+        return replace(self, predict=on, score=(0, 0))
+
+    def presenting(self, on: bool) -> Links:
+        return replace(self, present=on)
+
+    def focused(self, panel: str) -> Links:
+        return replace(self, focus=panel)
+
+    def export_svg(self, step: int) -> str:
+        """The player's view of `step` as an SVG picture: the player's own query on another path."""
+        return "/export.svg?" + self._state(step, None, True)
+
+    def result(self) -> str:
+        """The whole run's result JSON: the scenario and the policy; no step, no spte."""
+        params = [("variant", self.variant)]
+        if self.overrides:
+            params.append(("policy", self.policy_param))
+        return "/result.json?" + _source_query(self.source) + "&" + urlencode(params, safe=":,=")
+
+    def _state(self, step: int, spte: str | None, keep_spte: bool) -> str:
         params = [("variant", self.variant), ("step", str(step))]
         if self.overrides:
             params.append(("policy", self.policy_param))
@@ -269,7 +497,7 @@ class Links:
             params.append(("spte", spte))
         elif keep_spte and self.selected is not None:
             params.append(("spte", location_param(self.selected)))
-        return "/play?" + _source_query(self.source) + "&" + urlencode(params, safe=":,=")
+        return _source_query(self.source) + "&" + urlencode(params, safe=":,=")
 
     def compare(self, step: int, variants: list[str] | None = None) -> str:
         params = [("variants", ",".join(variants or list(PRESETS))), ("step", str(step))]
@@ -279,7 +507,7 @@ class Links:
         return "/download?" + urlencode([self.source])
 
     def with_variant(self, variant: str) -> Links:
-        return Links(self.source, variant, {}, self.selected)
+        return replace(self, variant=variant, overrides={})
 
 
 def builtin_cards(store: Store) -> list[ScenarioCard]:

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.deps import Store
 from app.errors import URL_TOO_LONG_HINT, AppError
 from app.render import STATIC, render_page
-from app.routes import api, health, pages
+from app.routes import api, export, health, pages
 from app.settings import Settings, get_settings
 from engine.codec import MAX_URL_BYTES
 from engine.scenario import MAX_SCENARIO_BYTES
@@ -209,6 +209,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(pages.router)
     app.include_router(api.router, tags=["api"])
     app.include_router(health.router, tags=["health"])
+    app.include_router(export.router, tags=["export"])
 
     @app.exception_handler(AppError)
     async def on_app_error(request: Request, exc: AppError) -> Response:

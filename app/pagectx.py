@@ -10,14 +10,17 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse
+from markupsafe import Markup
 
 from app.cache import Lru
-from app.deps import Links, PlayerQuery
+from app.deps import FOCUS_PANELS, Links, PlayerQuery
+from app.predict import PredictPanel
 from app.render import markdown, render_blocks, render_page
 from app.sources import Source
 from app.treehtml import InspectLink, render_tree
@@ -26,6 +29,7 @@ from app.viewmodel import (
     InspectorView,
     PlayView,
     compare_columns,
+    location_param,
     preset_description,
 )
 from engine.policy import NOT_IMPLEMENTED, PRESET_DESCRIPTIONS, PRESETS, SWITCH_VALUES, Policy
@@ -36,6 +40,7 @@ PLAY_BLOCKS = (
     "stepnav",
     "scrubber",
     "share",
+    "modes",
     "narration",
     "tree",
     "inspector",
@@ -132,6 +137,16 @@ def cached(
         kept = {name: value for name, value in response.headers.items() if name in wanted}
         pages.put(key, (bytes(response.body), kept))
     return response
+
+
+@dataclass(frozen=True, slots=True)
+class Downloads:
+    """The share block's download links (its `download_url` argument): the scenario file always; in the
+    player also this step as an SVG picture and the run's result JSON, which follow the step."""
+
+    scenario: str
+    export_svg: str = ""
+    result: str = ""
 
 
 def absolute(request: Request, path: str) -> str:
@@ -242,12 +257,20 @@ def _switches(policy: Policy, variant: str) -> list[dict[str, Any]]:
 
 
 def play_context(
-    request: Request, query: PlayerQuery, view: PlayView, inspector: InspectorView | None
+    request: Request,
+    query: PlayerQuery,
+    view: PlayView,
+    inspector: InspectorView | None,
+    predict: PredictPanel | None = None,
 ) -> dict[str, Any]:
-    links = query.links
+    # The links to other states carry the score with this page's answer counted; this page's own URL
+    # keeps the answer and the score before it.
+    links = query.links if predict is None else query.links.with_score(predict.score)
+    here = query.links.play(query.step, answer=query.answer)
     step_url: Callable[[int], str] = links.play
     scenario = query.source.scenario
-    compact = len(links.play(query.total)) > COMPACT_LINKS_OVER
+    # Whether the share code is long, whatever the modes add.
+    compact = len(links.predicting(False).presenting(False).play(query.total)) > COMPACT_LINKS_OVER
     tree = view.tree
     inspect: InspectLink = None if compact else (lambda param: links.play(query.step, spte=param))
     return {
@@ -268,14 +291,70 @@ def play_context(
         "overrides": query.overrides,
         "presets": [(name, PRESET_DESCRIPTIONS.get(name, "")) for name in PRESETS],
         "switches": _switches(query.policy, query.variant),
-        "share_url": absolute(request, links.play(query.step)),
-        "download_url": links.download(),
+        "share_url": absolute(request, here),
+        "download_url": Downloads(links.download(), links.export_svg(query.step), links.result()),
         "compare_url": links.compare(query.step),
         "source_param": query.source.param,
         # Long share codes: links inside the panels become buttons of two shared forms (see controls.html).
         "compact": compact,
         "tree_html": render_tree([tree.root, *tree.orphans, *tree.freed], inspect),
+        **_mode_context(query, links, predict),
     }
+
+
+def _focus_attr(present: bool, focus: str) -> Callable[[str], Markup]:
+    def attr(panel: str) -> Markup:
+        return Markup(' data-focused="1"') if present and panel == focus else Markup("")
+
+    return attr
+
+
+def _mode_context(query: PlayerQuery, links: Links, predict: PredictPanel | None) -> dict[str, Any]:
+    """Predict mode's panel and links, presentation mode's panel picker, and the toolbar's switches."""
+    step = query.step
+    same = query.links  # this very state, answer included, with one mode changed
+    # How far the step buttons may go: in predict mode not past a question waiting for its answer, and
+    # never to the end in one jump (that would skip every question on the way).
+    stop = query.total
+    if predict is not None:
+        stop = step if predict.waiting or predict.finished else step + 1
+    return {
+        "predict": predict,
+        "present": query.present,
+        "focus": query.focus,
+        "focused": _focus_attr(query.present, query.focus),
+        "nav_stop": stop,
+        "mode_fields": links.mode_fields(),
+        "score_next": links.score_param if predict is not None else "",
+        "predict_urls": {
+            "enter": same.predicting(True).play(step),
+            "leave": links.predicting(False).play(step),
+            "again": links.predicting(True).play(0),
+            "next": links.play(step + 1),
+        },
+        # The answer form: this state one step on, every parameter but the answer its buttons give.
+        "answer_fields": [query.source.param, *_state_fields(links, step + 1), *links.mode_fields()],
+        "present_url": same.presenting(not query.present).play(step, answer=query.answer),
+        "focus_links": [
+            {
+                "name": name,
+                "label": label,
+                "key": str(number),
+                "url": same.focused(name).play(step, answer=query.answer),
+                "current": name == query.focus,
+            }
+            for number, (name, label) in enumerate(FOCUS_PANELS, start=1)
+        ],
+    }
+
+
+def _state_fields(links: Links, step: int) -> list[tuple[str, str]]:
+    fields = [("variant", links.variant), ("step", str(step))]
+    if links.overrides:
+        fields.append(("policy", links.policy_param))
+    if links.selected is not None:
+        fields.append(("spte", location_param(links.selected)))
+    return fields
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -311,7 +390,7 @@ def compare_context(
         "fields": COMPARE_FIELDS,
         "play_urls": {v: Links(source.param, v, {}, None).play(step) for v in variants},
         "share_url": absolute(request, links.compare(step, variants)),
-        "download_url": links.download(),
+        "download_url": Downloads(links.download()),
         "source_param": source.param,
         "variants_param": ",".join(variants),
     }

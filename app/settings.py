@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     tree_sptes: int = Field(default=64, ge=20)
     # Dirty-bitmap cells drawn one by one per slot; longer runs of identical cells are summarised.
     bitmap_cells: int = Field(default=512, ge=64)
+    # /result.json (every step in full detail) is refused for a run doing more work than this, counted as
+    # the summary pass counts it (guest accesses, spte writes, 8 per fault, harvested pages): about 200
+    # bytes of result and 40 µs of server time per unit, so the bound is about 10 MB and 2 s.
+    result_work: int = Field(default=50_000, ge=0)
 
 
 @lru_cache(maxsize=1)

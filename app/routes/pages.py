@@ -7,6 +7,7 @@ only the blocks that change, swapped out of band.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
@@ -60,12 +61,15 @@ def play(request: Request, store: StoreDep) -> Response:
 
 def _play(request: Request, store: StoreDep) -> HTMLResponse:
     query = player_query(request, store)
-    context = play_context(request, query, store.play_view(query), store.inspector(query))
+    view = store.play_view(query)
+    inspector = store.inspector(query)
+    # After the view: the questions are one step from the state it built.
+    predict = store.predict(query) if query.predict else None
+    context = play_context(request, query, view, inspector, predict)
     # The slider that asked keeps its own position (replacing it would end the drag).
     skip = ("scrubber",) if request.headers.get("HX-Trigger") == "step-slider" else ()
-    return page(
-        request, "play.html", context, blocks=PLAY_BLOCKS, skip=skip, push=query.links.play(query.step)
-    )
+    push = query.links.play(query.step, answer=query.answer)
+    return page(request, "play.html", context, blocks=PLAY_BLOCKS, skip=skip, push=push)
 
 
 def _whatif_redirect(request: Request, store: StoreDep) -> Response:
@@ -73,7 +77,7 @@ def _whatif_redirect(request: Request, store: StoreDep) -> Response:
     preset (policy=K=V,K=V)."""
     query = player_query(request, store)
     _, overrides = resolve_policy(query.variant, whatif_overrides(request, query.variant))
-    links = Links(query.source.param, query.variant, overrides, query.selected)
+    links = replace(query.links, overrides=overrides)
     return RedirectResponse(links.play(query.step), status_code=303)
 
 

@@ -1,4 +1,6 @@
 // sptelab pages: keyboard stepping, the help dialog, "copy link", and keeping focus across htmx swaps.
+// In predict mode A-D choose an answer; in presentation mode 1-8 pick the enlarged panel. Both click the
+// page's own buttons and links, so the keys do exactly what a click does (and nothing without them).
 // Loaded as a file (no inline script, no eval), so a strict Content-Security-Policy can forbid both.
 (function () {
   "use strict";
@@ -65,6 +67,20 @@
     }
     var dialog = document.getElementById("help");
     if (dialog && dialog.open) {
+      return;
+    }
+    // Predict mode's choices and presentation mode's panel picker: plain keys, no modifier.
+    var shortcut = null;
+    if (/^[1-9]$/.test(event.key)) {
+      shortcut = document.querySelector('a[data-focus-key="' + event.key + '"]');
+    } else if (/^[a-d]$/i.test(event.key)) {
+      shortcut = document.querySelector('button[data-choice-key="' + event.key.toLowerCase() + '"]');
+    }
+    if (shortcut) {
+      event.preventDefault();
+      if (busy === 0) {
+        shortcut.click();
+      }
       return;
     }
     var name = NAV_KEYS[event.key];
@@ -154,12 +170,24 @@
   });
 
   // Forms that swaps leave in place carry the state in hidden fields: keep those in line with the
-  // address bar, which htmx has just updated. data-sync names the fields a form keeps.
+  // address bar, which htmx has just updated. data-sync names the fields a form keeps. The score is the
+  // exception: the address bar's does not count the answer in it yet, the page's data-score-next does.
+  function syncValue(params, name) {
+    if (name === "step") {
+      return params.get("step") || "0";
+    }
+    if (name === "score") {
+      var carrier = document.querySelector("[data-score-next]");
+      return carrier ? carrier.getAttribute("data-score-next") : null;
+    }
+    return params.get(name);
+  }
+
   function syncForms() {
     var params = new URLSearchParams(window.location.search);
     document.querySelectorAll("form[data-sync]").forEach(function (form) {
       form.getAttribute("data-sync").split(" ").forEach(function (name) {
-        var value = name === "step" ? params.get("step") || "0" : params.get(name);
+        var value = syncValue(params, name);
         var field = form.querySelector('input[type="hidden"][name="' + name + '"]');
         if (value === null) {
           if (field) {

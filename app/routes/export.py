@@ -1,0 +1,115 @@
+"""Exports of the player: one step as an SVG picture, the whole run as the result JSON (contract §4).
+
+Both take the player's query (`scenario=NAME` or `s=CODE`, `variant`, `policy`; the picture also `step`
+and `spte`) and answer with an attachment. The picture is drawn from the very view the player renders
+(`Store.play_view`), so it shows what the player shows. The result is a fresh full-detail run, because the
+run cache keeps only the summary pass and a capped trace of the shown step; the cache's summary pass is
+what measures the run first, so a run too heavy to write out in full is refused before it is traced.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from app.deps import PlayerQuery, Store, StoreDep, player_query
+from app.errors import AppError, bad_request
+from app.pagectx import absolute, slug
+from app.sources import Source
+from app.svgexport import Caption, step_svg
+from app.viewmodel import preset_description
+from engine.canonical import dumps
+from engine.result import result_json
+from engine.scenario import ReadStep, WriteStep
+from engine.simulation import Simulation
+
+router = APIRouter()
+
+
+@router.get("/export.svg")
+def export_svg(request: Request, store: StoreDep) -> Response:
+    """The player's view at `step` as a standalone SVG (app/svgexport.py)."""
+    query = player_query(request, store)
+    if query.notice:  # the player clamps a step out of range; a file named after the step must not
+        raise bad_request(
+            f"step={request.query_params.get('step', '')[:20]!r} is out of range: this scenario has"
+            f" steps 0 to {query.total}"
+        )
+    caption = Caption(
+        title=_title(query.source),
+        preset=_preset(query),
+        preset_description=preset_description(query.variant_label),
+        share_url=absolute(request, query.links.play(query.step)),
+    )
+    body = step_svg(store.play_view(query), caption)
+    filename = f"{_file_stem(query)}-step-{query.step}.svg"
+    return _attachment(body, "image/svg+xml", filename)
+
+
+@router.get("/result.json")
+def export_result(request: Request, store: StoreDep) -> Response:
+    """The result object of contract §4 for the whole run, every step in full detail (`step` is ignored)."""
+    query = player_query(request, store)
+    _refuse_heavy(store, query)
+    sim = Simulation(query.source.scenario, query.policy, detail="full")
+    body = dumps(result_json(sim, sim.run(), stream=True))
+    return _attachment(body, "application/json", f"{_file_stem(query)}-result.json")
+
+
+def _refuse_heavy(store: Store, query: PlayerQuery) -> None:
+    """413 when the run does more work than `Settings.result_work`: first from the scenario's own guest
+    accesses (nothing runs), then from the cached summary pass, step by step, stopping at the bound (a few
+    accesses can still make much work: logging toggled on many mapped pages, again and again)."""
+    limit = store.settings.result_work
+    scenario = query.source.scenario
+    accesses = sum(step.count for step in scenario.steps if isinstance(step, ReadStep | WriteStep))
+    if accesses > limit:
+        raise _too_heavy(query, f"it makes {accesses:,} guest accesses", limit)
+    run = store.runs.get(query.source.code, scenario, query.policy)
+    try:
+        work = 0
+        for n in range(1, run.total + 1):
+            run.ensure(n)
+            work += run.records[n - 1].cost
+            if work > limit:
+                raise _too_heavy(query, f"its first {n} steps already do {work:,} units of work", limit)
+    finally:
+        store.runs.trim()
+
+
+def _too_heavy(query: PlayerQuery, why: str, limit: int) -> AppError:
+    policy = "".join(f" --policy {name}={value}" for name, value in query.overrides.items())
+    return AppError(
+        413,
+        f"The full result of this run is too large to download here: {why}, and this server writes out"
+        f" at most {limit:,} units of work (guest accesses, spte writes, faults, harvested pages) in full"
+        " detail.",
+        hint=(
+            "Download the scenario and run it on your own machine:"
+            f" sptelab run FILE --json --variant {query.variant}{policy}"
+            " (add --detail summary for a result without per-fault rows and trace events)."
+        ),
+    )
+
+
+def _title(source: Source) -> str:
+    return source.scenario.title or source.name or "Untitled scenario"
+
+
+def _preset(query: PlayerQuery) -> str:
+    if not query.overrides:
+        return query.variant
+    return f"{query.variant} + " + ", ".join(f"{name}={value}" for name, value in query.overrides.items())
+
+
+def _file_stem(query: PlayerQuery) -> str:
+    """`<scenario>-<variant>`: the built-in's name or the title's slug, as /download names the scenario;
+    `-custom` after the preset when what-if switches change it."""
+    source = query.source
+    name = source.name or slug(source.scenario.title)
+    return f"{name}-{query.variant}{'-custom' if query.overrides else ''}"
+
+
+def _attachment(body: str, media_type: str, filename: str) -> Response:
+    headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
+    return Response(body.encode("utf-8"), media_type=media_type, headers=headers)

@@ -1,0 +1,571 @@
+"""Predict mode: the questions app/predict.py derives from the engine's results, and the player's
+`mode=predict` and `present=1` pages (docs/ui-hooks.md, "Predict mode" and "Presentation mode").
+
+The expected answers come from the spec's worked example (kvm-mmu.md §7.2), never from a run. The built-in
+scenario's step indexes differ from the spec's step numbers (see test_worked_example.py):
+
+    index       0     1     2              3     4     5     6     7              8     9     10     11
+    spec step   1     2     3              4     5     6     6     7              8     8     9      9
+    op          read  write migrate_begin  read  write write write migrate_round  write write round  end
+    gfn         0x210 0x2a0                0x2c0 0x250 0x260 0x2c0                0x250 0x300
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import cache
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+from fastapi.testclient import TestClient
+from test_app_routes import Page, page
+
+from app.cache import Run
+from app.main import create_app
+from app.predict import (
+    BITS,
+    DIRTY_LOG,
+    FAULT,
+    LOGGING,
+    VERDICT,
+    Feedback,
+    Question,
+    judge,
+    leaf_before,
+    many_outcome,
+    question_for,
+    scored,
+    single_outcome,
+)
+from app.settings import Settings
+from engine.codec import encode_scenario
+from engine.policy import make_policy
+from engine.scenario import parse_scenario
+from engine.simulation import StepResult
+from scenarios import load_builtin_text
+
+EXAMPLE = "worked-example"
+STEPS = 12
+PLAY = f"/play?scenario={EXAMPLE}"
+LOST_BY_LAZY_BUGGY = [0x250, 0x260, 0x2C0, 0x300]
+
+# The right answer to each step's question, per preset, with the spec's reason (§7.2 step N).
+EXPECTED: dict[str, list[str]] = {
+    "zap": [
+        "slow",  # step 1: nothing maps 0x210, a read → slow path, a 2M leaf
+        "set-d",  # step 2: no exit, the CPU sets D on L2[1]
+        "zap",  # step 3 (a): the writable large spte is zapped
+        "slow",  # step 4 (a): L2[1] non-present → slow path, level forced to 1
+        "slow",  # step 5 (a): L1[0x50] non-present, not eligible for the fast path
+        "slow",  # step 6 (a): 0x260 not-present fault → slow
+        "set-d",  # step 6 (a): L1[0xc0] already RW (from step 4) → no exit; the CPU sets D
+        "yes",  # step 7 (a): {0x250, 0x260, 0x2c0}
+        "fast",  # step 8 (a): 4K read-only spte with HW∧MW → fast path
+        "slow",  # step 8 (a): 0x300 not-present → slow
+        "yes",  # step 9 (a): {0x250, 0x300}
+        "no",  # §7.3: nothing lost
+    ],
+    "lazy-buggy": [
+        "slow",
+        "set-d",
+        "wp",  # step 3 (b): W cleared, the 2M spte stays
+        "none",  # step 4 (b): no fault
+        "fast",  # step 5 (b): CAS sets W on the 2M spte
+        "none",  # step 6 (b): no exit, not logged
+        "none",  # step 6 (b): no exit, not logged
+        "no",  # step 7 (b): {0x200}; 0x250 is lost
+        "none",  # step 8 (b): no exit
+        "none",  # step 8 (b): no exit
+        "no",  # step 9 (b): {}: both writes lost
+        "yes",  # step 9: the destination gets stale data for every page written from step 5 on
+    ],
+    "lazy": [
+        "slow",
+        "set-d",
+        "wp",  # step 3 (c): same as (b)
+        "none",  # step 4 (c): no fault, the patch's benefit
+        "bail",  # step 5 (c): guard: level > 1 → give up; the slow path drops the large spte
+        "slow",  # step 6 (c): not-present fault → slow
+        "slow",  # step 6 (c): not-present fault → slow (the 2M spte was dropped in step 5)
+        "yes",
+        "fast",  # step 8 (c): fast path, as (a)
+        "slow",
+        "yes",
+        "no",
+    ],
+}
+KINDS = [FAULT, BITS, LOGGING, FAULT, FAULT, FAULT, FAULT, DIRTY_LOG, FAULT, FAULT, DIRTY_LOG, VERDICT]
+
+
+@cache
+def questions(preset: str, scenario_text: str | None = None) -> tuple[Question | None, ...]:
+    """Every step's question, derived as the player derives it: from `Run.at(n + 1)`."""
+    text = scenario_text if scenario_text is not None else load_builtin_text(EXAMPLE)
+    scenario = parse_scenario(text)
+    policy = make_policy(preset)
+    run = Run(("test", policy), scenario, policy, Settings())
+    out = []
+    for index in range(len(scenario.steps)):
+        shown = run.at(index + 1)
+        try:
+            out.append(question_for(shown))
+        finally:
+            run.park(shown)
+    return tuple(out)
+
+
+def asked(preset: str, index: int) -> Question:
+    question = questions(preset)[index]
+    assert question is not None, f"step {index} asks nothing under {preset}"
+    return question
+
+
+# ---------------------------------------------------------------------------------------------------------
+# app/predict.py on the worked example
+
+
+@pytest.mark.parametrize("preset", list(EXPECTED))
+def test_the_right_answers_are_the_spec_s(preset: str) -> None:
+    got = [asked(preset, index).correct for index in range(STEPS)]
+    assert got == EXPECTED[preset]
+
+
+@pytest.mark.parametrize("preset", list(EXPECTED))
+def test_every_step_asks_a_well_formed_question(preset: str) -> None:
+    for index in range(STEPS):
+        question = asked(preset, index)
+        assert question.step == index
+        keys = question.keys
+        assert 2 <= len(keys) <= 4, (index, keys)
+        assert len(set(keys)) == len(keys)
+        assert question.correct in keys
+        assert all(re.fullmatch(r"[a-z][a-z0-9-]{0,23}", key) for key in keys)
+        assert question.prompt.endswith("?")
+        assert question.explanation
+
+
+def test_the_kinds_follow_the_op_and_the_state_before() -> None:
+    assert [asked("lazy-buggy", i).kind for i in range(STEPS)] == KINDS
+    assert [asked("lazy", i).kind for i in range(STEPS)] == KINDS
+    # Under zap the read of step 4 mapped 0x2c0 writable, so the write of step 6 goes through a writable
+    # 4K spte whose D is clear: a bits question there.
+    assert [asked("zap", i).kind for i in range(STEPS)] == [*KINDS[:6], BITS, *KINDS[7:]]
+
+
+def test_questions_are_deterministic() -> None:
+    questions.cache_clear()
+    first = questions("lazy-buggy")
+    questions.cache_clear()
+    assert questions("lazy-buggy") == first
+
+
+def test_the_prompt_does_not_give_the_answer_away() -> None:
+    """Where the presets answer differently from the same state, they ask the same question."""
+    for index in (4, 5, 6, 7, 10, 11):
+        buggy, lazy = asked("lazy-buggy", index), asked("lazy", index)
+        assert buggy.correct != lazy.correct
+        assert (buggy.prompt, buggy.options) == (lazy.prompt, lazy.options), index
+
+
+def test_the_decisive_write() -> None:
+    """§7.2 step 5: lazy-buggy's fast path fixes the large spte and marks 0x200; lazy's bails and the
+    slow path maps 4K; zap takes a slow fault."""
+    buggy = asked("lazy-buggy", 4)
+    assert buggy.prompt.startswith("vCPU 0 writes gfn 0x250.")
+    assert buggy.keys == ["none", "fast", "bail", "slow"]
+    assert "2M spte" in buggy.explanation and "gfn 0x200 marked dirty, not gfn 0x250" in buggy.explanation
+    lazy = asked("lazy", 4)
+    assert "refuses" in lazy.explanation and "large" in lazy.explanation
+    assert "dropped" in lazy.explanation and "4K leaf" in lazy.explanation
+    assert "marked dirty" in asked("zap", 4).explanation
+
+
+def test_a_store_the_log_never_hears_of() -> None:
+    """§7.2 step 6 (b): no exit, not logged; the explanation says so."""
+    for index, gfn in ((5, "0x260"), (6, "0x2c0"), (8, "0x250"), (9, "0x300")):
+        question = asked("lazy-buggy", index)
+        assert question.correct == "none"
+        assert f"nothing marks gfn {gfn} dirty" in question.explanation
+
+
+def test_the_hardware_sets_d() -> None:
+    """§7.2 step 2: the store takes no exit and the CPU sets D on L2[1] (0x80000DF7 → 0x80000FF7)."""
+    question = asked("lazy", 1)
+    assert "L2[0x1]" in question.prompt and "(R W X PS A · HW MW)" in question.prompt
+    assert question.keys == ["none", "set-d", "set-ad", "gone"]
+    assert "0x80000df7 → 0x80000ff7" in question.explanation
+    assert "dirty (D)" in question.explanation
+    zap = asked("zap", 6)
+    assert "L1[0xc0]" in zap.prompt and "0x800c0d77 → 0x800c0f77" in zap.explanation
+
+
+def test_enabling_logging() -> None:
+    """§7.2 step 3: zapped under zap, W cleared under both lazy presets (0x80000FF7 → 0x80000FF5)."""
+    assert asked("zap", 2).keys == ["zap", "wp", "same"]
+    assert "0x80000ff7 → 0x0" in asked("zap", 2).explanation
+    assert "zaps the large spte" in asked("zap", 2).explanation
+    lazy = asked("lazy", 2)
+    assert "L2[0x1], the 2M spte mapping gfns 0x200–0x3ff" in lazy.prompt
+    assert "0x80000ff7 → 0x80000ff5" in lazy.explanation and "loses W but stays" in lazy.explanation
+
+
+def test_the_get_rounds_ask_about_the_lost_pages() -> None:
+    """§7.2 steps 7 and 9: lazy-buggy's rounds miss 0x250 (and the rest), the others report it."""
+    for index, written in ((7, 4), (10, 8)):
+        buggy, lazy = asked("lazy-buggy", index), asked("lazy", index)
+        assert f"gfn 0x250, which the guest wrote at step #{written}?" in buggy.prompt
+        assert buggy.correct == "no" and lazy.correct == "yes" and asked("zap", index).correct == "yes"
+        assert "no GET_DIRTY_LOG reported: a migration would lose it" in buggy.explanation
+    assert "The log returns 0x200." in asked("lazy-buggy", 7).explanation
+    assert "The log returns nothing." in asked("lazy-buggy", 10).explanation
+    assert "0x250 0x260 0x2c0" in asked("lazy", 7).explanation
+
+
+def test_the_verdict_names_the_lost_pages() -> None:
+    buggy = asked("lazy-buggy", 11)
+    assert buggy.correct == "yes"
+    assert "4 pages LOST (" + " ".join(f"{g:#x}" for g in LOST_BY_LAZY_BUGGY) + ")" in buggy.explanation
+    assert "no page is lost" in asked("lazy", 11).explanation
+
+
+def small_scenario(steps: list[dict[str, Any]]) -> str:
+    return json.dumps(
+        {
+            "format": "sptelab-scenario",
+            "version": 1,
+            "title": "predict",
+            "vm": {"vcpus": 1, "max_page_level": "2M", "ept_ad": True},
+            "memslots": [
+                {
+                    "id": 1,
+                    "base_gfn": "0x200",
+                    "npages": 512,
+                    "host_page": "2M",
+                    "base_pfn": "0x80000",
+                    "host_writable": True,
+                }
+            ],
+            "steps": steps,
+        }
+    )
+
+
+NO_QUESTIONS = small_scenario(
+    [
+        {"op": "note", "text": "Nothing mapped yet."},
+        {"op": "enable_dirty_log", "slot": 1},
+        {"op": "get_dirty_log", "slot": 1},
+        {"op": "read", "gfn": "0x200", "count": 4},
+        {"op": "flush_tlb"},
+        {"op": "disable_dirty_log", "slot": 1},
+        {"op": "zap_all"},
+    ]
+)
+
+
+def test_steps_without_a_sensible_question() -> None:
+    found = questions("lazy", NO_QUESTIONS)
+    # A note, logging switched on with nothing mapped, a TLB flush, logging off, zap_all: nothing to ask.
+    assert [i for i, q in enumerate(found) if q is None] == [0, 1, 4, 5, 6]
+    empty = found[2]
+    assert empty is not None and empty.kind == DIRTY_LOG
+    assert "any page at all?" in empty.prompt and empty.correct == "no"
+    many = found[3]
+    assert many is not None and many.kind == FAULT
+    assert many.keys == ["none", "fast", "slow", "both"] and many.correct == "slow"
+    assert "4 pages from gfn 0x200" in many.prompt
+
+
+def test_judging_and_the_score() -> None:
+    question = asked("lazy-buggy", 4)
+    right, wrong = judge(question, "fast"), judge(question, "bail")
+    assert right.right and not wrong.right
+    assert wrong.answer_label.startswith("The fast path gives up")
+    assert wrong.correct_label == "Fast fault: fixed locklessly"
+    assert scored((3, 4), right) == (4, 5)
+    assert scored((3, 4), wrong) == (3, 5)
+    assert scored((3, 4), None) == (3, 4)
+    assert isinstance(right, Feedback)
+
+
+def test_outcomes_from_counts_when_untraced() -> None:
+    def result(fast: int, slow: int) -> StepResult:
+        return StepResult(0, {"op": "write"}, {"fast": fast, "slow": slow}, [], None, 0, [], None, None, None)
+
+    assert [single_outcome(result(f, s)) for f, s in ((0, 0), (1, 0), (0, 1))] == ["none", "fast", "slow"]
+    assert [many_outcome({"fast": f, "slow": s}) for f, s in ((0, 0), (2, 0), (0, 2), (1, 1))] == [
+        "none", "fast", "slow", "both",
+    ]  # fmt: skip
+
+
+def test_leaf_before_reads_the_old_values() -> None:
+    """After lazy's decisive write, the walk with the step's old values still ends at the 2M spte."""
+    scenario = parse_scenario(load_builtin_text(EXAMPLE))
+    policy = make_policy("lazy")
+    run = Run(("test", policy), scenario, policy, Settings())
+    shown = run.at(5)
+    leaf = leaf_before(shown.sim.kvm, shown.touched, 0x250)
+    assert leaf is not None
+    assert (leaf.level, leaf.sp.gfn, leaf.index, leaf.old) == (2, 0, 1, 0x80000FF5)
+    assert leaf.new & 0x80 == 0  # now a pointer to the new level-1 table
+    before = leaf_before(shown.sim.kvm, {}, 0x250)
+    assert before is not None and (before.level, before.index) == (1, 0x50)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The player's predict mode
+
+
+@pytest.fixture(scope="module")
+def client() -> TestClient:
+    return TestClient(create_app(), follow_redirects=False)
+
+
+def url(preset: str, step: int, **params: str) -> str:
+    tail = "".join(f"&{k}={v}" for k, v in params.items())
+    return f"{PLAY}&variant={preset}&step={step}{tail}"
+
+
+def query(href: str | None) -> list[tuple[str, str]]:
+    assert href is not None
+    return parse_qsl(urlsplit(href).query)
+
+
+def inputs(doc: Page, form: str) -> list[tuple[str | None, str | None]]:
+    """The (name, value) of every input of the form with id `form`, in order."""
+    found = [e for e in doc.elements if e.tag == "input" and e.within("id", form)]
+    return [(e.get("name"), e.get("value")) for e in found]
+
+
+def the(doc: Page, **attrs: str | None) -> Any:
+    found = doc.find(**attrs)
+    assert len(found) == 1, (attrs, len(found))
+    return found[0]
+
+
+def test_a_question_before_the_step(client: TestClient) -> None:
+    doc = page(client, url("lazy-buggy", 4, mode="predict", score="3-4"))
+    form = the(doc, id="predict-form")
+    assert form.get("data-question") == "fault" and form.get("data-question-step") == "4"
+    assert "vCPU 0 writes gfn 0x250" in form.text
+    assert inputs(doc, "predict-form") == [
+        ("scenario", EXAMPLE), ("variant", "lazy-buggy"), ("step", "5"), ("mode", "predict"),
+        ("score", "3-4"),
+    ]  # fmt: skip
+    choices = [(e.get("name"), e.get("value")) for e in doc.find(data_choice=None)]
+    assert choices == [("answer", k) for k in ("none", "fast", "bail", "slow")]
+    # Nothing on the page says which one is right before it is answered.
+    assert not doc.find(data_correct=None) and not doc.find(data_feedback=None)
+    assert the(doc, data_score=None).get("data-score") == "3-4"
+    # The other panels show the state before the step: the read-only 2M spte.
+    (large,) = doc.find(data_spte=None, data_level="0x2", data_sp_gfn="0x0", data_index="0x1")
+    assert large.get("data-value") == "0x80000ff5"
+
+
+def test_forward_waits_for_the_answer(client: TestClient) -> None:
+    doc = page(client, url("lazy-buggy", 4, mode="predict", score="3-4"))
+    for name in ("next", "last"):
+        link = the(doc, data_nav=name)
+        assert link.get("aria-disabled") == "true"
+        assert dict(query(link.get("href")))["step"] == "4"
+    back = the(doc, data_nav="prev")
+    assert query(back.get("href"))[-2:] == [("mode", "predict"), ("score", "3-4")]
+
+
+@pytest.mark.parametrize(("answer", "right", "score"), [("fast", "right", "4-5"), ("bail", "wrong", "3-5")])
+def test_the_answer_and_the_state_after(client: TestClient, answer: str, right: str, score: str) -> None:
+    doc = page(client, url("lazy-buggy", 5, mode="predict", answer=answer, score="3-4"))
+    feedback = the(doc, data_feedback=None)
+    assert (feedback.get("data-feedback"), feedback.get("data-answer")) == (right, answer)
+    assert feedback.get("data-correct") == "fast"
+    assert "Right" in feedback.text if right == "right" else "Wrong" in feedback.text
+    assert "The answer to #4: Fast fault: fixed locklessly" in feedback.text
+    assert "gfn 0x200 marked dirty, not gfn 0x250" in feedback.text
+    assert the(doc, data_score=None).get("data-score") == score
+    # The state after the step, its change marked; then the next question, carrying the new score.
+    (large,) = doc.find(data_spte=None, data_level="0x2", data_sp_gfn="0x0", data_index="0x1")
+    assert (large.get("data-value"), large.get("data-changed")) == ("0x80000ff7", "1")
+    assert the(doc, id="predict-form").get("data-question-step") == "5"
+    hidden = dict(inputs(doc, "predict-form"))
+    assert (hidden["step"], hidden["score"]) == ("6", score)
+    assert the(doc, id="modes").get("data-score-next") == score
+    # Links to other states carry the new score, and no answer.
+    prev = query(the(doc, data_nav="prev").get("href"))
+    assert ("score", score) in prev and "answer" not in dict(prev)
+    # This page's own address keeps the answer and the score before it.
+    share = the(doc, id="share-url").get("value")
+    assert share.endswith(f"&step=5&mode=predict&answer={answer}&score=3-4")
+
+
+def test_the_final_score_and_play_again(client: TestClient) -> None:
+    doc = page(client, url("lazy-buggy", STEPS, mode="predict", answer="yes", score="8-11"))
+    assert the(doc, data_feedback=None).get("data-feedback") == "right"
+    final = the(doc, data_predict_final=None)
+    assert "Finished: 9 of 12 right" in " ".join(final.text.split())
+    score = the(doc, data_score=None)
+    assert (score.get("data-right"), score.get("data-asked")) == ("9", "12")
+    again = query(the(doc, data_action="predict-again").get("href"))
+    assert again == [
+        ("scenario", EXAMPLE), ("variant", "lazy-buggy"), ("step", "0"), ("mode", "predict"),
+        ("score", "0-0"),
+    ]  # fmt: skip
+    leave = query(the(doc, data_action="predict-leave").get("href"))
+    assert leave == [("scenario", EXAMPLE), ("variant", "lazy-buggy"), ("step", str(STEPS))]
+    assert not doc.find(id="predict-form")
+
+
+def test_a_whole_game_adds_up(client: TestClient) -> None:
+    """Answer every question of lazy-buggy, every third one wrong, following the pages' own forms."""
+    score = (0, 0)
+    for index, correct in enumerate(EXPECTED["lazy-buggy"]):
+        doc = page(client, url("lazy-buggy", index, mode="predict", score=f"{score[0]}-{score[1]}"))
+        keys = [e.get("value") for e in doc.find(data_choice=None)]
+        answer = correct if index % 3 else next(k for k in keys if k != correct)
+        assert answer is not None
+        before = f"{score[0]}-{score[1]}"
+        doc = page(client, url("lazy-buggy", index + 1, mode="predict", answer=answer, score=before))
+        score = (score[0] + (answer == correct), score[1] + 1)
+        assert the(doc, data_score=None).get("data-score") == f"{score[0]}-{score[1]}"
+    assert score == (8, 12)
+
+
+def test_the_toolbar_switches(client: TestClient) -> None:
+    doc = page(client, url("lazy", 3))
+    switch = the(doc, data_action="predict")
+    assert switch.get("data-state") == "off"
+    assert query(switch.get("href"))[-3:] == [("step", "3"), ("mode", "predict"), ("score", "0-0")]
+    doc = page(client, url("lazy", 3, mode="predict", score="1-2"))
+    switch = the(doc, data_action="predict")
+    assert switch.get("data-state") == "on"
+    assert "mode" not in dict(query(switch.get("href")))
+    present = the(doc, data_action="present")
+    assert query(present.get("href"))[-3:] == [("mode", "predict"), ("score", "1-2"), ("present", "1")]
+
+
+def test_a_step_without_a_question_continues(client: TestClient) -> None:
+    code = encode_scenario(parse_scenario(NO_QUESTIONS))
+    base = f"/play?s={code}&variant=lazy"
+    doc = page(client, f"{base}&step=0&mode=predict&score=0-0")
+    assert not doc.find(id="predict-form")
+    assert "Nothing mapped yet." in the(doc, data_question="none").text
+    cont = query(the(doc, data_action="predict-continue").get("href"))
+    assert ("step", "1") in cont and ("score", "0-0") in cont
+    nxt = the(doc, data_nav="next")
+    assert nxt.get("aria-disabled") is None and dict(query(nxt.get("href")))["step"] == "1"
+    # An answer to a step that asked nothing is refused.
+    response = client.get(f"{base}&step=1&mode=predict&answer=yes&score=0-0")
+    assert response.status_code == 400 and "asks no question" in response.text
+
+
+def test_partial_responses_in_predict_mode(client: TestClient) -> None:
+    target = url("lazy", 5, mode="predict", answer="bail", score="2-4")
+    response = client.get(target, headers={"HX-Request": "true"})
+    assert response.status_code == 200
+    assert response.headers["HX-Push-Url"] == f"{PLAY}&variant=lazy&step=5&mode=predict&answer=bail&score=2-4"
+    assert response.headers["Vary"] == "HX-Request"
+    doc = Page(response.text)
+    for block in ("panel-narration", "modes", "stepnav", "position", "panel-tree", "scrubber"):
+        assert the(doc, id=block).get("hx-swap-oob") == "true", block
+    assert the(doc, data_feedback=None).get("data-feedback") == "right"
+    # The pushed URL loads the same panel as a whole page.
+    full = page(client, response.headers["HX-Push-Url"])
+    assert the(full, data_feedback=None).text == the(doc, data_feedback=None).text
+    assert the(full, id="predict-form").text == the(doc, id="predict-form").text
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ("&step=4&mode=foo", "mode='foo'"),
+        ("&step=4&mode=predict&answer=%3Cscript%3E", "answer='<script>'"),
+        ("&step=4&mode=predict&answer=" + "x" * 40, "an answer is one choice's key"),
+        ("&step=5&mode=predict&answer=maybe", "not a choice of step #4's question (choices: none, fast,"),
+        ("&step=0&mode=predict&answer=fast", "asks no question"),
+        ("&step=5&answer=fast", "answer= belongs to predict mode"),
+        ("&step=5&score=1-1", "score= belongs to predict mode"),
+        ("&step=5&mode=predict&score=abc", "score='abc'"),
+        ("&step=5&mode=predict&score=5-3", "more right answers"),
+        ("&step=5&mode=predict&score=1-2-3", "RIGHT-ASKED"),
+        ("&step=5&focus=nope", "focus='nope'"),
+        ("&step=5&present=yes", "present='yes'"),
+        ("&step=5&mode=predict&mode=predict", "mode is given 2 times"),
+    ],
+)
+def test_bad_mode_parameters_are_a_400(client: TestClient, params: str, message: str) -> None:
+    response = client.get(f"{PLAY}&variant=lazy{params}")
+    assert response.status_code == 400, response.text[:300]
+    text = " ".join(re.sub(r"<[^>]+>", " ", response.text).split()).replace("&#39;", "'").replace("&lt;", "<")
+    assert message in text.replace("&gt;", ">")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Presentation mode
+
+
+def test_presentation_mode_renders_one_panel_enlarged(client: TestClient) -> None:
+    doc = page(client, url("lazy-buggy", 5, present="1"))
+    (body,) = [e for e in doc.elements if e.tag == "body"]
+    assert "is-present" in (body.get("class") or "").split()
+    assert [e.get("data-panel") for e in doc.find(data_focused="1")] == ["tree"]
+    picker = [e for e in doc.find(data_focus=None) if e.tag == "a"]
+    assert [e.get("data-focus-key") for e in picker] == [str(k) for k in range(1, 9)]
+    assert [e.get("data-focus") for e in picker if e.get("aria-current") == "true"] == ["tree"]
+    bitmap = next(e for e in picker if e.get("data-focus") == "bitmap")
+    assert query(bitmap.get("href"))[-3:] == [("step", "5"), ("present", "1"), ("focus", "bitmap")]
+    # The notes in big print are the narration panel, still there.
+    assert the(doc, data_panel="narration")
+    toggle = the(doc, data_action="present")
+    assert toggle.get("data-state") == "on" and "present" not in dict(query(toggle.get("href")))
+
+
+def test_presentation_keeps_its_panel_while_stepping(client: TestClient) -> None:
+    doc = page(client, url("lazy-buggy", 5, present="1", focus="bitmap"))
+    assert [e.get("data-panel") for e in doc.find(data_focused="1")] == ["bitmap"]
+    nxt = query(the(doc, data_nav="next").get("href"))
+    assert nxt[-3:] == [("step", "6"), ("present", "1"), ("focus", "bitmap")]
+    response = client.get(url("lazy-buggy", 6, present="1", focus="bitmap"), headers={"HX-Request": "true"})
+    assert response.headers["HX-Push-Url"].endswith("&step=6&present=1&focus=bitmap")
+    partial = Page(response.text)
+    assert [e.get("data-panel") for e in partial.find(data_focused="1")] == ["bitmap"]
+    # The default panel is left out of the address; out of presentation mode focus= is dropped.
+    response = client.get(url("lazy", 2, present="1", focus="tree"), headers={"HX-Request": "true"})
+    assert response.headers["HX-Push-Url"].endswith("&step=2&present=1")
+    response = client.get(url("lazy", 2, focus="trace"), headers={"HX-Request": "true"})
+    assert response.headers["HX-Push-Url"].endswith("&variant=lazy&step=2")
+
+
+def test_presentation_and_predict_together(client: TestClient) -> None:
+    doc = page(client, url("lazy", 4, mode="predict", score="2-3", present="1", focus="trace"))
+    modes = [("mode", "predict"), ("score", "2-3"), ("present", "1"), ("focus", "trace")]
+    assert inputs(doc, "predict-form")[-5:] == [("step", "5"), *modes]
+    # The forms that stay on the page keep the modes (keys.js keeps them in line after each swap).
+    assert inputs(doc, "variant-form")[-4:] == modes
+    assert inputs(doc, "whatif")[-4:] == modes
+    assert the(doc, id="variant-form").get("data-sync") == "step spte mode score present focus"
+
+
+def test_the_what_if_redirect_keeps_the_modes(client: TestClient) -> None:
+    response = client.get(
+        f"{PLAY}&variant=lazy&step=4&mode=predict&score=2-3&present=1&sw.fast_pf_level_guard=none"
+    )
+    assert response.status_code == 303
+    location = response.headers["location"]
+    assert location.endswith("&step=4&policy=fast_pf_level_guard=none&mode=predict&score=2-3&present=1")
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        url("lazy-buggy", 5, mode="predict", answer="fast", score="0-1"),
+        url("lazy", 3, present="1", focus="counters"),
+        url("zap", STEPS, mode="predict", answer="no", score="3-3", present="1"),
+    ],
+)
+def test_mode_pages_have_no_inline_script_or_style(client: TestClient, target: str) -> None:
+    html = client.get(target).text
+    assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", html)
+    assert not re.search(r"\son[a-z]+=", html)
+    assert not re.search(r"\sstyle=", html) and "<style" not in html
+    assert "hx-on" not in html
