@@ -141,7 +141,7 @@ def cached(
 
 @dataclass(frozen=True, slots=True)
 class Downloads:
-    """The share block's download links (its `download_url` argument): the scenario file always; in the
+    """The share block's download links (its `downloads` argument): the scenario file always; in the
     player also this step as an SVG picture and the run's result JSON, which follow the step."""
 
     scenario: str
@@ -292,7 +292,7 @@ def play_context(
         "presets": [(name, PRESET_DESCRIPTIONS.get(name, "")) for name in PRESETS],
         "switches": _switches(query.policy, query.variant),
         "share_url": absolute(request, here),
-        "download_url": Downloads(links.download(), links.export_svg(query.step), links.result()),
+        "downloads": Downloads(links.download(), links.export_svg(query.step), links.result()),
         "compare_url": links.compare(query.step),
         "source_param": query.source.param,
         # Long share codes: links inside the panels become buttons of two shared forms (see controls.html).
@@ -390,7 +390,7 @@ def compare_context(
         "fields": COMPARE_FIELDS,
         "play_urls": {v: Links(source.param, v, {}, None).play(step) for v in variants},
         "share_url": absolute(request, links.compare(step, variants)),
-        "download_url": Downloads(links.download()),
+        "downloads": Downloads(links.download()),
         "source_param": source.param,
         "variants_param": ",".join(variants),
     }
