@@ -1,13 +1,13 @@
-"""`python -m app`: serve the web app on the host and port of the settings (SPTELAB_HOST, SPTELAB_PORT).
+"""`python -m app`: serve the web app as the settings say (SPTELAB_HOST, SPTELAB_PORT, SPTELAB_WORKERS,
+SPTELAB_ROOT_PATH, SPTELAB_WORKSHOP, SPTELAB_PROXY_HEADERS, SPTELAB_FORWARDED_ALLOW_IPS, SPTELAB_ACCESS_LOG).
 
-`sptelab serve --host H --port P` does the same with command-line flags.
+`sptelab serve` does the same, with command-line flags over the same settings.
 """
 
 import uvicorn
 
+from app.serving import APP, uvicorn_options
 from app.settings import get_settings
 
 if __name__ == "__main__":
-    settings = get_settings()
-    # No access log, as with `sptelab serve`: every player URL carries its scenario's share code.
-    uvicorn.run("app.main:app", host=settings.host, port=settings.port, workers=1, access_log=False)
+    uvicorn.run(APP, **uvicorn_options(get_settings()))

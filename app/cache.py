@@ -8,7 +8,10 @@ A run is one scenario under one policy, keyed by (canonical share code, policy).
 - *checkpoints*, snapshots of the frontier every `checkpoint_interval` steps (and sooner after heavy
   steps), so showing step N replays at most one interval. A snapshot is the state pickled to bytes (with
   the result of the step that led to it): ten times smaller than the live objects and, for a big VM,
-  faster to restore than a `copy.deepcopy` (only this process's own bytes are ever unpickled);
+  faster to restore than a `copy.deepcopy` (only this process's own bytes are ever unpickled). Pickling
+  costs in proportion to the state, so a snapshot also waits until the steps since the last one did work
+  in proportion to it (`checkpoint_copy_work`): copying a big state costs at most a few times the run,
+  however many small steps follow it;
 - *cursors*, the last few states handed out and given back, so that stepping forward is one step.
 
 To show step N (the state after N steps, with step N-1 as "the current step"), `Run.at` takes a cursor
@@ -18,6 +21,10 @@ heavy to trace (then its snapshot is shown as recorded). Memory stays bounded: t
 run's checkpoints and cursors, and the total bytes of all stored states have limits from the settings.
 Every run has its own lock; the states `at` hands out are private copies, so building a page from one
 needs no lock.
+
+What a request may ask the runs for is bounded before anything runs: `check_budget` refuses (413) a
+request whose estimated work (engine.scenario.estimate_work) exceeds `Settings.run_budget`, and
+`too_heavy_to_write` measures whether a run's full-detail result is small enough to write out.
 """
 
 from __future__ import annotations
@@ -29,11 +36,12 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Generic, NamedTuple, TypeVar
 
+from app.errors import AppError
 from app.settings import Settings
 from engine.collector import gc_paused
 from engine.kvm import StepLog
 from engine.policy import Policy
-from engine.scenario import ReadStep, Scenario, WriteStep
+from engine.scenario import ReadStep, Scenario, WriteStep, estimate_work
 from engine.shadow_page import KvmMmuPage
 from engine.simulation import Simulation, StepResult
 from engine.trace import Event, Trace
@@ -137,6 +145,22 @@ class _History:
 LIVE_BYTES_PER_UNIT = 256
 
 
+# A step's own cost in StepRecord.cost units (about 1 µs each) beyond what its record counts: a note,
+# which counts nothing, takes about 15 µs.
+STEP_COST = 15
+# A state's page contents cost as much to copy as one shadow page per this many guest pages.
+PAGES_PER_COPIED_TABLE = 1 << 17
+
+
+def copy_work(sim: Simulation, per_table: int) -> int:
+    """The work the steps since the last snapshot must have done before the next one is taken, in
+    StepRecord.cost units: `per_table` (Settings.checkpoint_copy_work) for each shadow page of the state
+    (its 512 sptes, their rmap entries), and as much again for the pages' contents per 128 Ki pages."""
+    kvm = sim.kvm
+    pages = sum(slot.npages for slot in kvm.memslots)
+    return per_table * (len(kvm.active_mmu_pages) + pages // PAGES_PER_COPIED_TABLE)
+
+
 def sim_weight(sim: Simulation) -> int:
     """The size of a live VM state in bytes, estimated from a full table per shadow page and each guest
     page (its rmap entry, spte and content)."""
@@ -229,10 +253,10 @@ class Run:
                 result = sim.step()
                 record = _record(result, sim.kvm.log, _accesses(self.scenario, index))
                 self.records.append(record)
-                self._work += record.cost
+                self._work += record.cost + STEP_COST
                 done = index + 1
                 due = done % settings.checkpoint_interval == 0 or self._work >= settings.checkpoint_work
-                if done <= self.total and due:
+                if due and self._work >= copy_work(sim, settings.checkpoint_copy_work):
                     blob = freeze(sim, result)
                     self._checkpoints[done] = blob
                     self._checkpoint_total += len(blob)
@@ -385,3 +409,79 @@ class RunCache:
 
     def __len__(self) -> int:
         return len(self._runs)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What one request may ask for
+
+
+_SHRINK = {
+    "accesses": "most of it guest accesses: lower the counts of its read and write steps",
+    "slot_pages": (
+        "most of it dirty-log and migration steps on big memslots: make the memslots smaller, or use"
+        " fewer enable_dirty_log, get_dirty_log and migrate steps on them"
+    ),
+    "steps": "most of it the steps themselves: use fewer steps, and fewer zap_all",
+    "setup": "most of it creating the memslots: make them smaller",
+}
+
+
+def check_budget(
+    settings: Settings,
+    scenario: Scenario,
+    per_run: int,
+    *,
+    steps: int,
+    runs: int = 1,
+    doing: str,
+    earlier: bool = False,
+) -> None:
+    """Refuse (413), before anything runs, a request that would make the engine do more than
+    `Settings.run_budget`: `runs` runs of the scenario's first `steps` steps, each estimated at `per_run`
+    (engine.scenario.estimate_work; the caller usually has it precomputed). The message says what it
+    would cost, what makes it big and how to shrink it; `earlier` offers showing an earlier step."""
+    budget = settings.run_budget
+    need = per_run * runs
+    if need <= budget:
+        return
+    estimate = estimate_work(scenario, steps)
+    parts = {
+        "accesses": estimate.accesses,
+        "slot_pages": estimate.slot_pages,
+        "steps": estimate.steps,
+        "setup": estimate.setup,
+    }
+    biggest = max(parts, key=lambda name: parts[name])
+    times = f"{runs} runs of about {per_run:,} each, " if runs > 1 else ""
+    instead = "show an earlier step, or " if earlier else ""
+    raise AppError(
+        413,
+        f"too much work for this server: {doing} needs about {need:,} units of work ({times}one unit is"
+        f" about one guest access), and one request may ask for at most {budget:,} (SPTELAB_RUN_BUDGET);"
+        f" {_SHRINK[biggest]}. Or {instead}run it on your own machine with the command line, which has"
+        " no such budget: sptelab run FILE.",
+        hint="Download the scenario and run it with the command line (sptelab run FILE), or ask whoever"
+        " runs this server to raise SPTELAB_RUN_BUDGET.",
+    )
+
+
+def too_heavy_to_write(runs: RunCache, code: str, scenario: Scenario, policy: Policy, limit: int) -> str:
+    """Why the full-detail result of this run is too large to write out in a response ("" when it is
+    not): the result holds a row per fault, spte write and trace event, so its size follows the run's
+    work. First from the scenario's guest accesses (nothing runs), then from the summary pass of the run
+    cache, step by step, stopping at the bound (a few accesses can still make much work: logging toggled
+    on many mapped pages, again and again)."""
+    accesses = sum(step.count for step in scenario.steps if isinstance(step, ReadStep | WriteStep))
+    if accesses > limit:
+        return f"it makes {accesses:,} guest accesses"
+    run = runs.get(code, scenario, policy)
+    try:
+        work = 0
+        for n in range(1, run.total + 1):
+            run.ensure(n)
+            work += run.records[n - 1].cost
+            if work > limit:
+                return f"its first {n} steps already do {work:,} units of work"
+    finally:
+        runs.trim()
+    return ""

@@ -18,10 +18,10 @@ from urllib.parse import urlencode
 
 from fastapi import Depends, Request
 
-from app.cache import Lru, RunCache
+from app.cache import Lru, RunCache, check_budget
 from app.errors import bad_request
 from app.predict import PredictPanel, Question, judge, predict_panel, question_for
-from app.render import first_sentence
+from app.render import base_path, first_sentence
 from app.settings import Settings, get_settings
 from app.sources import Source, SourceCache
 from app.viewmodel import (
@@ -197,12 +197,16 @@ def resolve_policy(variant: str, overrides: Mapping[str, str | bool]) -> tuple[P
     return policy, canonical
 
 
+_WHOLE = re.compile(r"-?[0-9]+")
+
+
 def parse_step(raw: str | None, total: int) -> tuple[int, str]:
     """The step to show, and a notice when the asked one was out of range (then it is clamped)."""
     if raw is None or raw.strip() == "":
         return 0, ""
     text = raw.strip()
-    if not (text.isdigit() or (text.startswith("-") and text[1:].isdigit())) or len(text) > 12:
+    # ASCII digits only: str.isdigit() also takes "²", which int() then refuses.
+    if not _WHOLE.fullmatch(text) or len(text) > 12:
         raise bad_request(f"step={raw[:20]!r}: must be a whole number from 0 to {total}")
     step = int(text)
     if step < 0:
@@ -305,6 +309,8 @@ class PlayerQuery:
     notice: str = ""
     selected: Location | None = None
     modes: Modes = field(default_factory=Modes)
+    # The root path behind a reverse proxy, in front of every link (app.render.base_path).
+    base: str = ""
     links: Links = field(init=False)
 
     def __post_init__(self) -> None:
@@ -321,6 +327,7 @@ class PlayerQuery:
                 score=modes.score,
                 present=modes.present,
                 focus=modes.focus,
+                base=self.base,
             ),
         )
 
@@ -353,7 +360,8 @@ class PlayerQuery:
         return variant_of(self.policy) or "custom"
 
 
-def _one(request: Request, name: str) -> str | None:
+def query_param(request: Request, name: str) -> str | None:
+    """A query parameter given at most once: a URL that says two things is refused, not guessed at."""
     values = request.query_params.getlist(name)
     if len(values) > 1:
         raise bad_request(f"{name} is given {len(values)} times; give it once")
@@ -364,21 +372,32 @@ def player_query(request: Request, store: Store) -> PlayerQuery:
     """The query of /play: scenario=NAME|s=CODE, variant, step, policy, spte, and the modes: mode,
     answer, score, present, focus."""
     modes = parse_modes(
-        _one(request, "mode"), _one(request, "answer"), _one(request, "score"), _one(request, "present"),
-        _one(request, "focus"),
+        *(query_param(request, name) for name in ("mode", "answer", "score", "present", "focus"))
     )
-    source = store.sources.resolve(_one(request, "scenario"), _one(request, "s"))
-    variant = _one(request, "variant") or DEFAULT_PRESET
-    policy, overrides = resolve_policy(variant, parse_policy_param(_one(request, "policy") or ""))
-    step, notice = parse_step(_one(request, "step"), source.total)
+    source = store.sources.resolve(query_param(request, "scenario"), query_param(request, "s"))
+    variant = query_param(request, "variant") or DEFAULT_PRESET
+    policy, overrides = resolve_policy(variant, parse_policy_param(query_param(request, "policy") or ""))
+    step, notice = parse_step(query_param(request, "step"), source.total)
     selected = None
-    spte = _one(request, "spte")
+    spte = query_param(request, "spte")
     if spte:
         try:
             selected = parse_location(spte)
         except ValueError as error:
             raise bad_request(str(error)) from None
-    return PlayerQuery(source, variant, overrides, policy, step, notice, selected, modes)
+    # The summary pass runs to the step shown, one further in predict mode (the question about it).
+    upto = min(step + int(modes.predict), source.total)
+    check_budget(
+        store.settings,
+        source.scenario,
+        source.work_to(upto),
+        steps=upto,
+        doing=f"showing step {step} of this scenario",
+        earlier=True,
+    )
+    return PlayerQuery(
+        source, variant, overrides, policy, step, notice, selected, modes, base_path(request.scope)
+    )
 
 
 def whatif_overrides(request: Request, variant: str) -> dict[str, str]:
@@ -421,7 +440,8 @@ def _source_query(source: tuple[str, str]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Links:
-    """Every URL of one player state; parameters always in the same order."""
+    """Every URL of one player state; parameters always in the same order, and the root path (`base`,
+    '' unless behind a reverse proxy under a prefix) in front of the path."""
 
     source: tuple[str, str]
     variant: str
@@ -433,6 +453,11 @@ class Links:
     score: tuple[int, int] = (0, 0)
     present: bool = False
     focus: str = DEFAULT_FOCUS
+    base: str = ""
+
+    def url(self, path: str) -> str:
+        """A path of the app as the browser must ask for it: with the root path in front."""
+        return self.base + path
 
     @property
     def policy_param(self) -> str:
@@ -448,7 +473,7 @@ class Links:
         """The player at `step`; `answer` (predict mode only) answers the question about step `step - 1`."""
         modes = self.mode_fields(answer)
         tail = "&" + urlencode(modes, safe=":,=") if modes else ""
-        return "/play?" + self._state(step, spte, keep_spte) + tail
+        return self.base + "/play?" + self._state(step, spte, keep_spte) + tail
 
     def mode_fields(self, answer: str | None = None) -> list[tuple[str, str]]:
         """The modes' parameters, in their fixed order after the state's: mode, answer, score, present,
@@ -480,14 +505,14 @@ class Links:
 
     def export_svg(self, step: int) -> str:
         """The player's view of `step` as an SVG picture: the player's own query on another path."""
-        return "/export.svg?" + self._state(step, None, True)
+        return self.base + "/export.svg?" + self._state(step, None, True)
 
     def result(self) -> str:
         """The whole run's result JSON: the scenario and the policy; no step, no spte."""
         params = [("variant", self.variant)]
         if self.overrides:
             params.append(("policy", self.policy_param))
-        return "/result.json?" + _source_query(self.source) + "&" + urlencode(params, safe=":,=")
+        return self.base + "/result.json?" + _source_query(self.source) + "&" + urlencode(params, safe=":,=")
 
     def _state(self, step: int, spte: str | None, keep_spte: bool) -> str:
         params = [("variant", self.variant), ("step", str(step))]
@@ -501,10 +526,10 @@ class Links:
 
     def compare(self, step: int, variants: list[str] | None = None) -> str:
         params = [("variants", ",".join(variants or list(PRESETS))), ("step", str(step))]
-        return "/compare?" + _source_query(self.source) + "&" + urlencode(params, safe=":,=")
+        return self.base + "/compare?" + _source_query(self.source) + "&" + urlencode(params, safe=":,=")
 
     def download(self) -> str:
-        return "/download?" + urlencode([self.source])
+        return self.base + "/download?" + urlencode([self.source])
 
     def with_variant(self, variant: str) -> Links:
         return replace(self, variant=variant, overrides={})

@@ -6,20 +6,24 @@ and a message, never a 500: JSON `{"detail": ...}` under /api, the error page el
 
 from __future__ import annotations
 
+import base64
 import gc
+import hashlib
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.deps import Store
-from app.errors import URL_TOO_LONG_HINT, AppError
-from app.render import STATIC, render_page
+from app.errors import URL_TOO_LONG_HINT, AppError, query_not_utf8
+from app.render import STATIC, page_globals, render_page, route_path
 from app.routes import api, export, health, pages
 from app.settings import Settings, get_settings
 from engine.codec import MAX_URL_BYTES
@@ -40,21 +44,46 @@ _TITLES = {
     405: "Method not allowed",
     413: "Too large",
     414: "Link too long",
+    403: "Forbidden",
     422: "Invalid scenario",
+    500: "Server error",
 }
+_SERVER_ERROR = "the server failed while answering this request: a bug in sptelab, not in what you sent"
+_SERVER_ERROR_HINT = "Try again; if it fails again, report the URL you opened."
 
-# Our pages load nothing from elsewhere and run no inline script; /docs (Swagger UI) is FastAPI's own.
+# A page shows text from whoever wrote the share code, so the browser is told to run and fetch nothing
+# but the app's own files, whatever gets into a page: everything is refused unless listed (default-src
+# 'none'), scripts and styles are our static files only (no inline script, no eval, no inline style),
+# htmx talks only to us, forms post only to us, no <base> may move relative URLs, and no other site may
+# frame a page (a workshop URL must not be wrapped in someone else's page).
 _CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none';"
-    " base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self';"
+    " form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
+# /docs alone is FastAPI's Swagger UI: its script and style sheet come from a CDN, it starts with one
+# inline script (allowed by its hash, not by 'unsafe-inline') and styles itself inline. It shows no
+# scenario text, only the API's own description.
+_DOCS_CSP = (
+    "default-src 'none'; script-src https://cdn.jsdelivr.net {hashes};"
+    " style-src https://cdn.jsdelivr.net 'unsafe-inline'; img-src 'self' data: https://fastapi.tiangolo.com;"
+    " connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+_INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
 
 
 def _is_api(path: str) -> bool:
     return path == "/api" or path.startswith("/api/") or path == "/openapi.json"
 
 
-def error_response(path: str, status: int, message: str, hint: str = "") -> Response:
+def error_response(
+    path: str, status: int, message: str, hint: str = "", *, scope: Scope | None = None
+) -> Response:
+    """JSON under /api, the error page elsewhere. Given the request's `scope`, `path` is read inside the
+    app (without the root path of a reverse proxy) and the page's links carry the root path."""
+    extra: dict[str, Any] = {}
+    if scope is not None:
+        path = route_path(scope)
+        extra = page_globals(scope)
     if _is_api(path):
         return JSONResponse({"detail": message}, status_code=status)
     if status == 414 and not hint:
@@ -62,6 +91,7 @@ def error_response(path: str, status: int, message: str, hint: str = "") -> Resp
     html = render_page(
         "error.html",
         {
+            **extra,
             "status": status,
             "title": _TITLES.get(status, "Error"),
             "message": message,
@@ -74,8 +104,9 @@ def error_response(path: str, status: int, message: str, hint: str = "") -> Resp
 
 class LimitsMiddleware:
     """Refuse a URL over 8 KiB (414) before routing, and a request body over the limit (413) before
-    anything reads it; add the security headers to every response. A plain ASGI middleware: it sits on
-    every request, and Starlette's BaseHTTPMiddleware would cost more than some pages."""
+    anything reads it; add the security headers to every response, a 500 for a bug included. A plain
+    ASGI middleware: it sits on every request, and Starlette's BaseHTTPMiddleware would cost more than
+    some pages."""
 
     def __init__(self, app: AsgiApp) -> None:
         self.app = app
@@ -84,24 +115,42 @@ class LimitsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        send = _with_security_headers(scope, send)
+        secured = _SecuredSend(send)
+        try:
+            await self._limited(scope, receive, secured)
+        except Exception:
+            # A bug, not the client's doing. Answer here, with the headers, before Starlette's last-resort
+            # handler would (outside this middleware, so without them); it still logs the exception.
+            if not secured.started:
+                path = scope.get("path", "")
+                await error_response(path, 500, _SERVER_ERROR, _SERVER_ERROR_HINT, scope=scope)(
+                    scope, receive, secured
+                )
+            raise
+
+    async def _limited(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         raw = scope.get("raw_path") or path.encode("utf-8")
         query = scope.get("query_string") or b""
         length = len(raw) + (len(query) + 1 if query else 0)
         if length > MAX_URL_BYTES:
             message = f"the URL is {length} bytes, more than the {MAX_URL_BYTES} this app accepts"
-            await error_response(path, 414, message)(scope, receive, send)
+            await error_response(path, 414, message, scope=scope)(scope, receive, send)
+            return
+        not_utf8 = query_not_utf8(query)
+        if not_utf8:
+            await error_response(path, 400, not_utf8, scope=scope)(scope, receive, send)
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None:
             try:
                 size = int(declared)
             except ValueError:
-                await error_response(path, 400, "Content-Length is not a number")(scope, receive, send)
+                refusal = error_response(path, 400, "Content-Length is not a number", scope=scope)
+                await refusal(scope, receive, send)
                 return
             if size > MAX_BODY_BYTES:
-                await error_response(path, 413, _too_large())(scope, receive, send)
+                await error_response(path, 413, _too_large(), scope=scope)(scope, receive, send)
                 return
             await self.app(scope, receive, send)
             return
@@ -119,7 +168,7 @@ class LimitsMiddleware:
             chunk = received.get("body", b"")
             total += len(chunk)
             if total > MAX_BODY_BYTES:
-                await error_response(path, 413, _too_large())(scope, receive, send)
+                await error_response(path, 413, _too_large(), scope=scope)(scope, receive, send)
                 return
             chunks.append(chunk)
             more = received.get("more_body", False)
@@ -136,18 +185,52 @@ class LimitsMiddleware:
         await self.app(scope, replay, send)
 
 
-def _with_security_headers(scope: Scope, send: Send) -> Send:
-    extra = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"same-origin")]
-    if not str(scope.get("path", "")).startswith("/docs"):
-        extra.append((b"content-security-policy", _CSP.encode("ascii")))
+# On every response, unless the route set its own (only /docs does, for its CSP). nosniff: a JSON or SVG
+# answer holding scenario text is never read as HTML. same-origin referrers: a share URL (the whole
+# scenario) is not handed to the sites a description links to. X-Frame-Options for browsers without
+# frame-ancestors. The opener policy cuts the link to a page that opened ours (a link in a chat window).
+_SECURITY_HEADERS = [
+    (b"content-security-policy", _CSP.encode("ascii")),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+    (b"x-frame-options", b"DENY"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+]
 
-    async def sending(message: Message) -> None:
+
+class _SecuredSend:
+    """The server's `send`, adding the security headers to the response, and remembering whether the
+    response has started (after that, a failure can only cut it short)."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
-            present = {name.lower() for name, _ in message.get("headers", [])}
-            message["headers"] = [*message.get("headers", []), *(h for h in extra if h[0] not in present)]
-        await send(message)
+            self.started = True
+            headers = list(message.get("headers", []))
+            present = {name.lower() for name, _ in headers}
+            message["headers"] = headers + [h for h in _SECURITY_HEADERS if h[0] not in present]
+        await self.send(message)
 
-    return sending
+
+def _swagger_ui(app: FastAPI, request: Request) -> Response:
+    """FastAPI's Swagger UI page, as FastAPI would serve it at /docs, with the CSP that lets exactly its
+    own inline script run: the hash of that script, which depends on the mount point (root_path)."""
+    root = str(request.scope.get("root_path", "")).rstrip("/")
+    page = get_swagger_ui_html(
+        openapi_url=root + (app.openapi_url or "/openapi.json"),
+        title=f"{app.title} - Swagger UI",
+        swagger_ui_parameters=app.swagger_ui_parameters,
+    )
+    html = bytes(page.body).decode("utf-8")
+    hashes = " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii") + "'"
+        for script in _INLINE_SCRIPT.findall(html)
+    )
+    page.headers["content-security-policy"] = _DOCS_CSP.format(hashes=hashes)
+    return page
 
 
 def _too_large() -> str:
@@ -167,7 +250,8 @@ def _validation_message(error: RequestValidationError) -> tuple[int, str]:
     if loc and loc[0] in ("query", "path", "header", "cookie"):
         return 400, f"{loc[0]} parameter {where}: {message}"
     if loc and loc[0] == "body" and len(loc) == 1:
-        return 400, f"the request body: {message}"
+        missing = "is empty" if kind == "missing" else "is not a JSON object"
+        return 400, f'the request body {missing}: send {{"scenario": {{...}}}} as application/json'
     return 422, f"{where}: {message}" if where else message
 
 
@@ -200,8 +284,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="sptelab",
         summary="A step-able model of the KVM x86 TDP MMU around 'KVM: MMU: lazily drop large spte'",
         version="0.1.0",
+        # Swagger UI is served by `_docs` below, with a CSP of its own; no OAuth, so no redirect page.
+        docs_url=None,
         redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
+        # Swagger UI would send the schema's URL to validator.swagger.io for a badge.
+        swagger_ui_parameters={"validatorUrl": None},
         lifespan=_settled_collector,
+        # A form field may hold a whole scenario, percent-encoded (up to three bytes a character):
+        # Starlette's 1 MiB per field would refuse a valid 400 KB scenario with a 400. The body limit
+        # above bounds it, and the scenario's own limit refuses it by name.
+        form_limits={"max_part_size": MAX_BODY_BYTES},
     )
     app.state.store = Store(settings)
     app.state.settings = settings
@@ -211,15 +304,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router, tags=["health"])
     app.include_router(export.router, tags=["export"])
 
+    @app.get("/docs", include_in_schema=False)
+    async def _docs(request: Request) -> Response:
+        return _swagger_ui(app, request)
+
     @app.exception_handler(AppError)
     async def on_app_error(request: Request, exc: AppError) -> Response:
-        return error_response(request.url.path, exc.status, exc.message, exc.hint)
+        return error_response(request.url.path, exc.status, exc.message, exc.hint, scope=request.scope)
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
         path = request.url.path
         message = f"nothing here: {path[:200]}" if exc.status_code == 404 else str(exc.detail)
-        response = error_response(request.url.path, exc.status_code, message)
+        response = error_response(request.url.path, exc.status_code, message, scope=request.scope)
         for name, value in (exc.headers or {}).items():
             response.headers[name] = value
         return response
@@ -227,7 +324,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> Response:
         status, message = _validation_message(exc)
-        return error_response(request.url.path, status, message)
+        return error_response(request.url.path, status, message, scope=request.scope)
 
     app.add_middleware(LimitsMiddleware)
     return app

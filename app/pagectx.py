@@ -21,7 +21,7 @@ from markupsafe import Markup
 from app.cache import Lru
 from app.deps import FOCUS_PANELS, Links, PlayerQuery
 from app.predict import PredictPanel
-from app.render import markdown, render_blocks, render_page
+from app.render import base_path, markdown, page_globals, render_blocks, render_page
 from app.sources import Source
 from app.treehtml import InspectLink, render_tree
 from app.viewmodel import (
@@ -95,6 +95,7 @@ def page(
     if partial is None:
         partial = bool(blocks) and is_partial(request)
     headers = {"Vary": "HX-Request"}
+    context = {**page_globals(request.scope), **context}
     if partial:
         oob = template != "index.html"
         wanted = [block for block in blocks if block not in set(skip)]
@@ -150,7 +151,9 @@ class Downloads:
 
 
 def absolute(request: Request, path: str) -> str:
-    return str(request.base_url).rstrip("/") + path
+    """The full URL of `path`, an app URL as Links writes it (the root path already in front)."""
+    base = request.base_url
+    return f"{base.scheme}://{base.netloc}{path}"
 
 
 def slug(title: str) -> str:
@@ -331,6 +334,8 @@ def _mode_context(query: PlayerQuery, links: Links, predict: PredictPanel | None
             "leave": links.predicting(False).play(step),
             "again": links.predicting(True).play(0),
             "next": links.play(step + 1),
+            # The answer form's action.
+            "action": links.url("/play"),
         },
         # The answer form: this state one step on, every parameter but the answer its buttons give.
         "answer_fields": [query.source.param, *_state_fields(links, step + 1), *links.mode_fields()],
@@ -369,7 +374,8 @@ def compare_context(
     notice: str,
     views: Mapping[str, PlayView],
 ) -> dict[str, Any]:
-    links = Links(source.param, variants[0], {}, None)
+    base = base_path(request.scope)
+    links = Links(source.param, variants[0], {}, None, base=base)
 
     def step_url(n: int) -> str:
         return links.compare(n, variants)
@@ -388,7 +394,7 @@ def compare_context(
         "view": any_view,
         "columns": compare_columns(views),
         "fields": COMPARE_FIELDS,
-        "play_urls": {v: Links(source.param, v, {}, None).play(step) for v in variants},
+        "play_urls": {v: Links(source.param, v, {}, None, base=base).play(step) for v in variants},
         "share_url": absolute(request, links.compare(step, variants)),
         "downloads": Downloads(links.download()),
         "source_param": source.param,

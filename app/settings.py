@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
+from typing import Annotated
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_ROOT_PATH = re.compile(r"(/[A-Za-z0-9._~-]+)*")
+
+
+def normalize_root_path(value: str) -> str:
+    """A reverse proxy's path prefix as the app writes it in front of every URL: '' for none, else
+    `/a/b` (a trailing slash dropped). Only plain path segments: the prefix lands in every link, form
+    and Location header, so nothing in it may need quoting."""
+    text = value.strip().rstrip("/")
+    if not _ROOT_PATH.fullmatch(text) or any(part in (".", "..") for part in text.split("/")):
+        raise ValueError(
+            f"{value[:80]!r} is not a path prefix such as /sptelab: '/' and segments of letters, digits,"
+            " '.', '_', '~' and '-'"
+        )
+    return text
 
 
 class Settings(BaseSettings):
@@ -13,6 +30,20 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    # Serving: `sptelab serve` and `python -m app` hand these to uvicorn (the flags of `sptelab serve`
+    # override them). Each worker is a process with its own caches: a run is computed once per worker.
+    workers: int = Field(default=1, ge=1, le=64)
+    # The path prefix behind a reverse proxy (uvicorn's --root-path): every URL the app writes starts
+    # with it. The proxy strips it before passing a request on.
+    root_path: Annotated[str, AfterValidator(normalize_root_path)] = ""
+    # Trust X-Forwarded-For/-Proto from these addresses (comma-separated, or *): the share links then
+    # carry the scheme the visitor used.
+    proxy_headers: bool = True
+    forwarded_allow_ips: str = "127.0.0.1"
+    # Log every request: off by default, since every player URL carries its scenario's share code.
+    access_log: bool = False
+    # Workshop mode, read by the app: no editor and no upload, built-in scenarios and share links only.
+    workshop: bool = False
 
     # Runs (one scenario under one policy) kept in memory, least recently used dropped first ...
     cache_runs: int = Field(default=16, ge=1)
@@ -24,6 +55,10 @@ class Settings(BaseSettings):
     # ... or sooner, once the steps since the last copy did this much work (guest accesses plus spte
     # writes), so that going back in a heavy scenario replays a bounded amount.
     checkpoint_work: int = Field(default=200_000, ge=1)
+    # ... but never before the steps since the last copy did this much work per shadow page of the state
+    # (pickling a table and its rmaps takes as long as about 1000 units of stepping), so that copying a
+    # big state costs at most a few times the run, however many steps it has. 0: the two rules above.
+    checkpoint_copy_work: int = Field(default=250, ge=0)
     # Copies of recently shown states kept per run, so that stepping forward is one step of work.
     cursors_per_run: int = Field(default=16, ge=0)
     # Rendered step views kept (they are small: every list in them is capped).
@@ -45,6 +80,13 @@ class Settings(BaseSettings):
     # the summary pass counts it (guest accesses, spte writes, 8 per fault, harvested pages): about 200
     # bytes of result and 40 µs of server time per unit, so the bound is about 10 MB and 2 s.
     result_work: int = Field(default=50_000, ge=0)
+    # The most work one request may make the engine do, estimated from the scenario before anything runs
+    # (engine.scenario.estimate_work: about one guest access that faults a page in per unit, ~12 µs of
+    # the summary pass): the player's run to the step shown, one run per preset on /compare, the whole
+    # run for /api/run and /result.json. Beyond it the request is refused with 413 (the command line has
+    # no budget). 1 000 000 is about 10-20 s of one core at worst, far above the built-in scenarios and
+    # the 10 000-step scenario of benchmarks/web_latency.py (230 000 per preset).
+    run_budget: int = Field(default=1_000_000, ge=1)
 
 
 @lru_cache(maxsize=1)

@@ -2,33 +2,42 @@
 
 Both resolve to the parsed scenario and its canonical share code, which, with the policy, keys the
 simulation cache: two links to the same scenario share one run. Parsing a long scenario costs more than
-showing a step of it, so resolved sources are kept in a small LRU.
+showing a step of it, so resolved sources are kept in a small LRU, with the estimated work of running each
+prefix of the scenario (engine.scenario.cumulative_work), which every request checks against the budget
+before anything runs.
 """
 
 from __future__ import annotations
 
 import threading
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from app.errors import AppError, bad_request, invalid_scenario, not_found
+from app.errors import URL_TOO_LONG_HINT, AppError, bad_request, invalid_scenario, not_found
 from engine.codec import CodecError, decode_code, encode_scenario
-from engine.scenario import Scenario, ScenarioError, parse_scenario
+from engine.scenario import Scenario, ScenarioError, cumulative_work, parse_scenario
 from scenarios import builtin_names, load_builtin_text
 
 
 @dataclass(frozen=True, slots=True)
 class Source:
-    """A resolved scenario: `param` is how URLs name it, ("scenario", NAME) or ("s", CODE)."""
+    """A resolved scenario: `param` is how URLs name it, ("scenario", NAME) or ("s", CODE); `work[n]` is
+    the estimated work of running its first n steps (a compact array: a scenario may have 100 000)."""
 
     param: tuple[str, str]
     name: str | None
     code: str
     scenario: Scenario
+    work: array[int]
 
     @property
     def total(self) -> int:
         return len(self.scenario.steps)
+
+    def work_to(self, steps: int) -> int:
+        """The estimated work of running the first `steps` steps (clamped to the scenario)."""
+        return self.work[max(0, min(steps, self.total))]
 
 
 class SourceCache:
@@ -63,10 +72,23 @@ def _load(kind: str, value: str) -> Source:
             known = ", ".join(builtin_names()) or "none"
             raise not_found(f"no built-in scenario named {value[:60]!r} (known: {known})")
         scenario = parse_scenario(load_builtin_text(value))
-        return Source(("scenario", value), value, encode_scenario(scenario), scenario)
+        return Source(("scenario", value), value, encode_scenario(scenario), scenario, _work(scenario))
     scenario = scenario_from_code(value)
-    # A code made by another encoder (other key order, defaults left out) still keys the same run.
-    return Source(("s", value), None, encode_scenario(scenario), scenario)
+    # A code made by another encoder (other key order, defaults left out) still keys the same run. Its
+    # scenario may be too large for a canonical code (defaults filled in); such a code is refused too.
+    return Source(("s", value), None, share_code(scenario), scenario, _work(scenario))
+
+
+def _work(scenario: Scenario) -> array[int]:
+    return array("q", cumulative_work(scenario))
+
+
+def share_code(scenario: Scenario) -> str:
+    """The scenario's canonical share code; 413 for a scenario too large to have one."""
+    try:
+        return encode_scenario(scenario)
+    except CodecError as error:
+        raise AppError(error.status, str(error), hint=URL_TOO_LONG_HINT) from None
 
 
 def scenario_from_code(code: str) -> Scenario:

@@ -10,13 +10,14 @@ no clock, no environment beyond the colour choice, JSON with sorted keys.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import io
 import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import IO, NoReturn
+from typing import IO, Any, NoReturn
 from urllib.parse import urlencode, urlsplit
 
 from cli.report import Style, format_compare, format_footer, format_header, format_step
@@ -249,23 +250,70 @@ def cmd_scenarios(args: argparse.Namespace, out: IO[str]) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, out: IO[str]) -> int:
-    if not 0 < args.port < 65536:
+    if args.port is not None and not 0 < args.port < 65536:
         raise CliError(f"--port {args.port}: must be between 1 and 65535")
+    if args.workers is not None and args.workers < 1:
+        raise CliError(f"--workers {args.workers}: must be at least 1")
     # Import lazily: every other command must work in a build without the web app or its server.
-    try:
-        importlib.import_module("app.main")
-    except ModuleNotFoundError as error:
-        if error.name in ("app", "app.main"):
-            raise CliError("the web app is not installed in this build") from None
-        raise CliError(f"the web app needs the module {error.name!r}, which is not installed") from None
+    serving = _web_module("app.serving")
+    settings = _serve_settings(args)
+    # The app reads workshop mode from the environment, in this process and in every worker it starts;
+    # set it before the app is imported.
+    if args.workshop is not None:
+        os.environ["SPTELAB_WORKSHOP"] = "1" if args.workshop else "0"
+        _web_module("app.settings").get_settings.cache_clear()
+    _web_module("app.main")
     try:
         uvicorn = importlib.import_module("uvicorn")
     except ModuleNotFoundError:
         raise CliError("the web app needs uvicorn, which is not installed") from None
-    # One worker: the simulation cache lives in the process, and one process keeps it whole. No access
-    # log unless asked: every player URL carries the scenario's share code, kilobytes per line.
-    uvicorn.run("app.main:app", host=args.host, port=args.port, workers=1, access_log=args.access_log)
+    # The server runs with the cyclic collector on (app.main tunes it while serving): the pause main()
+    # puts around a command is for simulations, and a long-lived server would never free a cycle.
+    collecting = gc.isenabled()
+    gc.enable()
+    try:
+        uvicorn.run(serving.APP, **serving.uvicorn_options(settings))
+    finally:
+        if not collecting:
+            gc.disable()
     return EXIT_OK
+
+
+# The flags of `serve`, each over its setting (SPTELAB_<NAME>): None means "as the environment says".
+_SERVE_FLAGS = (
+    "host", "port", "workers", "root_path", "workshop", "proxy_headers", "forwarded_allow_ips", "access_log"
+)
+
+
+def _web_module(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        if error.name is not None and (error.name == "app" or error.name.startswith("app.")):
+            raise CliError("the web app is not installed in this build") from None
+        raise CliError(f"the web app needs the module {error.name!r}, which is not installed") from None
+
+
+def _serve_settings(args: argparse.Namespace) -> Any:
+    """The app's settings from the environment (SPTELAB_*), with the flags given on top."""
+    settings_module = _web_module("app.settings")
+    validation_error = _web_module("pydantic").ValidationError
+    try:
+        settings_module.Settings()
+    except validation_error as error:
+        raise CliError(_setting_error(error, lambda name: f"SPTELAB_{name.upper()}")) from None
+    given = {name: getattr(args, name) for name in _SERVE_FLAGS if getattr(args, name) is not None}
+    try:
+        return settings_module.Settings(**given)
+    except validation_error as error:
+        message = _setting_error(error, lambda name: f"--{name.replace('_', '-')} {given.get(name)}")
+        raise CliError(message) from None
+
+
+def _setting_error(error: Any, where: Callable[[str], str]) -> str:
+    first = error.errors()[0]
+    name = str(first["loc"][0]) if first.get("loc") else "settings"
+    return f"{where(name)}: {str(first['msg']).removeprefix('Value error, ')}"
 
 
 def cmd_real(args: argparse.Namespace, out: IO[str]) -> int:
@@ -360,10 +408,45 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help='print [{"name": ..., "title": ...}]')
 
     serve = command("serve", cmd_serve, "serve the web app")
-    serve.add_argument("--host", default="127.0.0.1", metavar="H", help="default 127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000, help="default 8000")
+    serve.epilog = (
+        "Every flag overrides a setting of the environment, SPTELAB_<NAME> (SPTELAB_HOST, SPTELAB_PORT,"
+        " SPTELAB_WORKERS, SPTELAB_ROOT_PATH, SPTELAB_WORKSHOP, SPTELAB_PROXY_HEADERS,"
+        " SPTELAB_FORWARDED_ALLOW_IPS, SPTELAB_ACCESS_LOG)."
+    )
+    serve.add_argument("--host", metavar="H", help="the address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, metavar="P", help="default 8000")
     serve.add_argument(
-        "--access-log", action="store_true", help="log every request (each player URL holds its scenario)"
+        "--workers",
+        type=int,
+        metavar="N",
+        help="worker processes (default 1); each has its own simulation cache, so a run is computed"
+        " once per worker and memory grows with N",
+    )
+    serve.add_argument(
+        "--root-path",
+        metavar="PREFIX",
+        help="the path prefix behind a reverse proxy that strips it, e.g. /sptelab: every link, form and"
+        " redirect the app writes starts with it (default none)",
+    )
+    serve.add_argument(
+        "--workshop",
+        action=argparse.BooleanOptionalAction,
+        help="workshop mode: no scenario editor and no upload; built-in scenarios and share links play",
+    )
+    serve.add_argument(
+        "--proxy-headers",
+        action=argparse.BooleanOptionalAction,
+        help="trust X-Forwarded-For and X-Forwarded-Proto from --forwarded-allow-ips (default on)",
+    )
+    serve.add_argument(
+        "--forwarded-allow-ips",
+        metavar="IPS",
+        help="comma-separated addresses of the proxies to trust, or * (default 127.0.0.1)",
+    )
+    serve.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        help="log every request (each player URL holds its scenario; default off)",
     )
 
     real = command(

@@ -5,7 +5,9 @@ base64url without padding, behind the codec version `1.`. Encoding the canonical
 makes the code a function of what the scenario means: two spellings of one scenario share one URL.
 
 Decoding trusts nothing: the code comes from whoever wrote the link. It is inflated only up to the
-scenario size limit, so a small code cannot make the server inflate gigabytes. Pure: no I/O.
+scenario size limit, so a small code cannot make the server inflate gigabytes. Encoding refuses a scenario
+whose canonical text is over that limit (a valid scenario file of 1 MiB can double once its defaults are
+filled in), so that every code this module makes, it also decodes. Pure: no I/O.
 """
 
 import base64
@@ -25,7 +27,8 @@ _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
 class CodecError(ValueError):
-    """A share code that cannot be decoded; `status` is the HTTP status the app answers with."""
+    """A share code that cannot be decoded, or a scenario too large for one; `status` is the HTTP status
+    the app answers with."""
 
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
@@ -35,13 +38,22 @@ class CodecError(ValueError):
 def encode_scenario(scenario: Scenario | Mapping[str, object]) -> str:
     """The share code of a scenario; a mapping is checked first, so only valid scenarios get a code.
 
-    Raise ScenarioError for a mapping that is not a valid scenario.
+    Raise ScenarioError for a mapping that is not a valid scenario, and CodecError (413) for one whose
+    canonical text is over MAX_SCENARIO_BYTES: decode_code would refuse its code.
     """
     if not isinstance(scenario, Scenario):
         scenario = parse_scenario(scenario)
     text = json.dumps(scenario.canonical(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    data = text.encode("utf-8")
+    if len(data) > MAX_SCENARIO_BYTES:
+        raise CodecError(
+            f"share code: the scenario is {len(data):,} bytes once its defaults are filled in, more than"
+            f" the {MAX_SCENARIO_BYTES} (1 MiB) a share code may hold; use fewer steps, or fold runs of"
+            " accesses into one step with count and stride",
+            413,
+        )
     compressor = zlib.compressobj(level=9, wbits=-15)
-    packed = compressor.compress(text.encode("utf-8")) + compressor.flush()
+    packed = compressor.compress(data) + compressor.flush()
     return _PREFIX + base64.urlsafe_b64encode(packed).rstrip(b"=").decode("ascii")
 
 

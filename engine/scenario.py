@@ -74,6 +74,11 @@ class ScenarioError(ValueError):
         super().__init__(" ".join(message.splitlines()))
 
 
+class ScenarioTooLargeError(ScenarioError):
+    """A scenario text over MAX_SCENARIO_BYTES: refused for its size alone, so that a shell can answer
+    "too large" (HTTP 413) rather than "invalid" without reading the message."""
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Numbers and text
 
@@ -525,6 +530,138 @@ def _check_accesses(where: str, step: ReadStep | WriteStep, slots: list[Memslot]
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The work a run costs, estimated before it runs
+#
+# The limits above bound one run; a shell that runs scenarios for others (the web app runs one per preset
+# on its compare view, and the player runs the summary pass up to the step it shows) also needs to know,
+# before it starts, how long a run will take, so that it can refuse one beyond its budget instead of
+# stopping it halfway. The estimate is in units of about one guest access that faults a 4 KiB page in
+# (about 12 µs of the summary pass), and each term is a measured upper bound of what an op can cost:
+#
+# - every step: 1, its own bookkeeping and invariant check (a note costs about that);
+# - zap_all: 8 per shadow page it zaps, and its new root (kvm_mmu_prepare_zap_page reads all 512 entries of
+#   each table): a guest access adds at most 3 tables, and the slots' pages bound them too;
+# - read, write: `count` (a TLB hit costs a tenth of that, a write to a logged page twice as much);
+# - enable_dirty_log: a quarter of the sptes the slot can have mapped (kvm_mmu_slot_remove_write_access
+#   visits every one, about 3 µs each): at most one per page, and at most 8 per guest access so far;
+# - get_dirty_log: the slot's pages / 1024 (the bitmap is read a long at a time; the pages it returns
+#   were paid for by the writes that dirtied them);
+# - migrate_begin: enable_dirty_log over every slot, and a copy of every page (as much as get_dirty_log);
+#   migrate_round: get_dirty_log over every slot; migrate_end: the pages / 64 (its final round, then both
+#   sides compared page by page);
+# - flush_tlb, disable_dirty_log, note: nothing more (a TLB holds only what accesses put there);
+# - creating the VM: the pages / 512 (each slot's arrays).
+#
+# Measured against the summary pass of every built-in scenario and of stress scenarios near the limits
+# (4 GiB slots, 100 000 steps), the estimate is within a factor of about two of the time taken.
+
+# Units per step, per table zap_all reads, and the divisors of the page-proportional terms (see above).
+WORK_PER_STEP = 1
+WORK_PER_TABLE_ZAPPED = 8
+PAGES_PER_WORK_ENABLE_LOG = 4
+PAGES_PER_WORK_GET_LOG = 1024
+PAGES_PER_WORK_MIGRATE_END = 64
+PAGES_PER_WORK_SETUP = 512
+# The most sptes one guest access can map (the faulting one and its prefetched neighbours), and the most
+# shadow pages (tables) it can add.
+MAPPED_PER_ACCESS = 8
+TABLES_PER_ACCESS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class WorkEstimate:
+    """The estimated cost of running a scenario's first steps, in work units (see above), by source."""
+
+    setup: int  # creating the VM
+    steps: int  # every step's own bookkeeping, and the tables zap_all reads
+    accesses: int  # guest reads and writes
+    slot_pages: int  # dirty-log and migration ops, in proportion to the pages of the slots they act on
+
+    @property
+    def total(self) -> int:
+        return self.setup + self.steps + self.accesses + self.slot_pages
+
+
+def _per(pages: int, divisor: int) -> int:
+    return -(-pages // divisor)
+
+
+class _WorkCounter:
+    """Walks a scenario's steps in order, tracking what bounds the later ops' cost (see above)."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        self.slot_pages = {slot.id: slot.npages for slot in scenario.memslots}
+        self.all_pages = sum(self.slot_pages.values())
+        # Tables can hold one level-1 table per 512 pages, plus the partial ends and upper levels of each
+        # slot, plus the root.
+        self.max_tables = _per(self.all_pages, 512) + 6 * len(self.slot_pages) + 1
+        self.setup = _per(self.all_pages, PAGES_PER_WORK_SETUP)
+        self.accessed = 0
+        self.since_zap = 0
+
+    def step(self, step: Step) -> tuple[int, int, int]:
+        """(bookkeeping, accesses, slot work) of the next step."""
+        if isinstance(step, ReadStep | WriteStep):
+            self.accessed += step.count
+            self.since_zap += step.count
+            return WORK_PER_STEP, step.count, 0
+        if isinstance(step, ZapAllStep):
+            tables = 1 + min(TABLES_PER_ACCESS * self.since_zap, self.max_tables)
+            self.since_zap = 0
+            return WORK_PER_STEP + WORK_PER_TABLE_ZAPPED * tables, 0, 0
+        all_pages = self.all_pages
+        if isinstance(step, EnableDirtyLogStep):
+            mapped = min(self.slot_pages[step.slot], MAPPED_PER_ACCESS * self.accessed)
+            return WORK_PER_STEP, 0, _per(mapped, PAGES_PER_WORK_ENABLE_LOG)
+        if isinstance(step, GetDirtyLogStep):
+            return WORK_PER_STEP, 0, _per(self.slot_pages[step.slot], PAGES_PER_WORK_GET_LOG)
+        if isinstance(step, MigrateBeginStep):
+            mapped = min(all_pages, MAPPED_PER_ACCESS * self.accessed)
+            work = _per(mapped, PAGES_PER_WORK_ENABLE_LOG) + _per(all_pages, PAGES_PER_WORK_GET_LOG)
+            return WORK_PER_STEP, 0, work
+        if isinstance(step, MigrateRoundStep):
+            return WORK_PER_STEP, 0, _per(all_pages, PAGES_PER_WORK_GET_LOG)
+        if isinstance(step, MigrateEndStep):
+            return WORK_PER_STEP, 0, _per(all_pages, PAGES_PER_WORK_MIGRATE_END)
+        return WORK_PER_STEP, 0, 0
+
+
+def estimate_work(scenario: Scenario, steps: int | None = None) -> WorkEstimate:
+    """The estimated work of creating the VM and running the first `steps` steps (default: all)."""
+    counter = _WorkCounter(scenario)
+    bookkeeping = accesses = slot_work = 0
+    for step in scenario.steps[:steps]:
+        b, a, w = counter.step(step)
+        bookkeeping += b
+        accesses += a
+        slot_work += w
+    return WorkEstimate(counter.setup, bookkeeping, accesses, slot_work)
+
+
+def cumulative_work(scenario: Scenario) -> list[int]:
+    """`[w0, w1, ..., wN]`: wn is `estimate_work(scenario, n).total`, for a shell that asks it often."""
+    counter = _WorkCounter(scenario)
+    total = counter.setup
+    out = [total]
+    for step in scenario.steps:
+        total += sum(counter.step(step))
+        out.append(total)
+    return out
+
+
+def estimate_result_rows(scenario: Scenario) -> int:
+    """The most rows the final state of the scenario's result can hold, each about a unit of work to
+    write (~20 µs of canonical JSON): an spte per page the accesses can have mapped and per table they
+    can have made, and a TLB entry and a dirty-bitmap bit per access (at most one per page and vCPU)."""
+    counter = _WorkCounter(scenario)
+    for step in scenario.steps:
+        counter.step(step)
+    accessed, pages = counter.accessed, counter.all_pages
+    sptes = min(pages + counter.max_tables, (MAPPED_PER_ACCESS + TABLES_PER_ACCESS) * accessed)
+    return sptes + min(accessed, scenario.vm.vcpus * pages) + min(accessed, pages)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Parsing
 
 
@@ -551,7 +688,7 @@ def _no_constant(name: str) -> object:
 def loads_json(data: str | bytes) -> object:
     """Decode JSON text strictly (no NaN, no repeated keys), refusing oversized or hostile input cleanly."""
     if len(data) > MAX_SCENARIO_BYTES:
-        raise ScenarioError(f"scenario: larger than {MAX_SCENARIO_BYTES} bytes (1 MiB)")
+        raise ScenarioTooLargeError(f"scenario: larger than {MAX_SCENARIO_BYTES} bytes (1 MiB)")
     if isinstance(data, bytes):
         try:
             text = data.decode("utf-8")
@@ -560,7 +697,7 @@ def loads_json(data: str | bytes) -> object:
     else:
         text = data
         if len(text.encode("utf-8", "surrogatepass")) > MAX_SCENARIO_BYTES:
-            raise ScenarioError(f"scenario: larger than {MAX_SCENARIO_BYTES} bytes (1 MiB)")
+            raise ScenarioTooLargeError(f"scenario: larger than {MAX_SCENARIO_BYTES} bytes (1 MiB)")
     # Editors on some systems start a UTF-8 file with a byte-order mark; JSON allows ignoring it.
     text = text.removeprefix("\ufeff")
     try:
@@ -686,10 +823,15 @@ __all__ = [
     "ReadStep",
     "Scenario",
     "ScenarioError",
+    "ScenarioTooLargeError",
     "Step",
     "Vm",
+    "WorkEstimate",
     "WriteStep",
     "ZapAllStep",
+    "cumulative_work",
+    "estimate_result_rows",
+    "estimate_work",
     "loads_json",
     "parse_scenario",
     "scenario_json_schema",

@@ -626,6 +626,10 @@ def test_serve_runs_the_app_with_one_worker(monkeypatch: pytest.MonkeyPatch) -> 
     calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
     monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: calls.append((args, kwargs)))
     assert main(["serve", "--host", "127.0.0.2", "--port", "8123"]) == 0
+    serving = {"root_path": "", "proxy_headers": True, "forwarded_allow_ips": "127.0.0.1"}
     assert calls == [
-        (("app.main:app",), {"host": "127.0.0.2", "port": 8123, "workers": 1, "access_log": False})
+        (
+            ("app.main:app",),
+            {"host": "127.0.0.2", "port": 8123, "workers": 1, "access_log": False, **serving},
+        )
     ]

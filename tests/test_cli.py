@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -340,19 +341,121 @@ def test_scenarios_lists_the_builtins(capsys: pytest.CaptureFixture[str]) -> Non
     assert {"name": EXAMPLE, "title": "One 2 MiB region, three behaviours"} in json.loads(out)
 
 
-def test_serve_runs_one_uvicorn_worker_on_the_app(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+# The settings `sptelab serve` reads from the environment (app/settings.py); each test starts without them.
+SERVE_ENV = (
+    "SPTELAB_HOST", "SPTELAB_PORT", "SPTELAB_WORKERS", "SPTELAB_ROOT_PATH", "SPTELAB_WORKSHOP",
+    "SPTELAB_PROXY_HEADERS", "SPTELAB_FORWARDED_ALLOW_IPS", "SPTELAB_ACCESS_LOG",
+)
+
+
+@pytest.fixture
+def uvicorn_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, dict[str, object]]]]:
+    """uvicorn.run replaced by a recorder (with whether the cyclic collector was on); the serving
+    settings cleared from the environment, and restored afterwards whatever `serve` set."""
+    import gc
+
     import uvicorn
 
+    from app.settings import get_settings
+
+    for name in SERVE_ENV:
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     calls: list[tuple[str, dict[str, object]]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda target, **kw: calls.append((target, kw)))
+
+    def run(target: str, **kw: object) -> None:
+        calls.append((target, {**kw, "gc": gc.isenabled()}))
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    yield calls
+    get_settings.cache_clear()
+
+
+DEFAULT_SERVING = {
+    "host": "127.0.0.1",
+    "port": 8000,
+    "workers": 1,
+    "access_log": False,
+    "root_path": "",
+    "proxy_headers": True,
+    "forwarded_allow_ips": "127.0.0.1",
+    "gc": True,
+}
+
+
+def test_serve_runs_one_uvicorn_worker_on_the_app(
+    capsys: pytest.CaptureFixture[str], uvicorn_calls: list[tuple[str, dict[str, object]]]
+) -> None:
+    calls = uvicorn_calls
     assert run_cli(capsys, "serve", "--host", "127.0.0.1", "--port", "8123")[0] == 0
-    assert calls == [("app.main:app", {"host": "127.0.0.1", "port": 8123, "workers": 1, "access_log": False})]
+    # The server runs with the cyclic collector on, unlike the simulations of the other commands.
+    assert calls == [("app.main:app", {**DEFAULT_SERVING, "port": 8123})]
     assert run_cli(capsys, "serve", "--access-log")[0] == 0
     assert calls[-1][1]["access_log"] is True
     status, _, err = run_cli(capsys, "serve", "--port", "70000")
     assert status == 2 and "--port 70000" in err and err.count("\n") == 1
+    assert "SPTELAB_WORKSHOP" not in os.environ  # nothing asked for it
+
+
+def test_serve_flags_override_the_environment(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    uvicorn_calls: list[tuple[str, dict[str, object]]],
+) -> None:
+    monkeypatch.setenv("SPTELAB_PORT", "9000")
+    monkeypatch.setenv("SPTELAB_WORKERS", "3")
+    monkeypatch.setenv("SPTELAB_ROOT_PATH", "/from-env")
+    monkeypatch.setenv("SPTELAB_FORWARDED_ALLOW_IPS", "*")
+    assert run_cli(capsys, "serve")[0] == 0
+    assert uvicorn_calls[-1][1] == {
+        **DEFAULT_SERVING, "port": 9000, "workers": 3, "root_path": "/from-env", "forwarded_allow_ips": "*",
+    }
+    argv = [
+        "serve", "--host", "0.0.0.0", "--workers", "2", "--root-path", "/sptelab/", "--workshop",
+        "--no-proxy-headers", "--forwarded-allow-ips", "10.0.0.1,10.0.0.2",
+    ]
+    assert run_cli(capsys, *argv)[0] == 0
+    assert uvicorn_calls[-1][1] == {
+        **DEFAULT_SERVING,
+        "host": "0.0.0.0",
+        "port": 9000,
+        "workers": 2,
+        "root_path": "/sptelab",  # without the trailing slash
+        "proxy_headers": False,
+        "forwarded_allow_ips": "10.0.0.1,10.0.0.2",
+    }
+    # Workshop mode is the app's own setting: every worker reads it from the environment.
+    assert os.environ["SPTELAB_WORKSHOP"] == "1"
+    assert run_cli(capsys, "serve", "--no-workshop")[0] == 0
+    assert os.environ["SPTELAB_WORKSHOP"] == "0"
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "named"),
+    [
+        (["--workers", "0"], {}, "--workers 0"),
+        (["--workers", "65"], {}, "--workers 65"),
+        (["--root-path", "/a b"], {}, "--root-path /a b"),
+        (["--root-path", "/a/../b"], {}, "--root-path /a/../b"),
+        (["--root-path", "sptelab"], {}, "--root-path sptelab"),
+        ([], {"SPTELAB_WORKERS": "many"}, "SPTELAB_WORKERS"),
+        ([], {"SPTELAB_ROOT_PATH": "/a?b"}, "SPTELAB_ROOT_PATH"),
+        ([], {"SPTELAB_WORKSHOP": "perhaps"}, "SPTELAB_WORKSHOP"),
+    ],
+)
+def test_serve_refuses_a_bad_option_in_one_line(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    uvicorn_calls: list[tuple[str, dict[str, object]]],
+    argv: list[str],
+    env: dict[str, str],
+    named: str,
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    status, _, err = run_cli(capsys, "serve", *argv)
+    assert status == 2 and err.startswith(f"sptelab serve: {named}: ") and err.count("\n") == 1
+    assert uvicorn_calls == []
 
 
 def test_real_is_listed_but_not_available(capsys: pytest.CaptureFixture[str]) -> None:

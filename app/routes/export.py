@@ -12,6 +12,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from app.cache import check_budget, too_heavy_to_write
 from app.deps import PlayerQuery, Store, StoreDep, player_query
 from app.errors import AppError, bad_request
 from app.pagectx import absolute, slug
@@ -20,7 +21,6 @@ from app.svgexport import Caption, step_svg
 from app.viewmodel import preset_description
 from engine.canonical import dumps
 from engine.result import result_json
-from engine.scenario import ReadStep, WriteStep
 from engine.simulation import Simulation
 
 router = APIRouter()
@@ -57,24 +57,20 @@ def export_result(request: Request, store: StoreDep) -> Response:
 
 
 def _refuse_heavy(store: Store, query: PlayerQuery) -> None:
-    """413 when the run does more work than `Settings.result_work`: first from the scenario's own guest
-    accesses (nothing runs), then from the cached summary pass, step by step, stopping at the bound (a few
-    accesses can still make much work: logging toggled on many mapped pages, again and again)."""
+    """413 when the whole run is over the request budget (estimated, nothing runs), or does more work than
+    `Settings.result_work` (measured by the cached summary pass, stopping at the bound)."""
+    source = query.source
+    check_budget(
+        store.settings,
+        source.scenario,
+        source.work_to(source.total),
+        steps=source.total,
+        doing="writing out the result of the whole run",
+    )
     limit = store.settings.result_work
-    scenario = query.source.scenario
-    accesses = sum(step.count for step in scenario.steps if isinstance(step, ReadStep | WriteStep))
-    if accesses > limit:
-        raise _too_heavy(query, f"it makes {accesses:,} guest accesses", limit)
-    run = store.runs.get(query.source.code, scenario, query.policy)
-    try:
-        work = 0
-        for n in range(1, run.total + 1):
-            run.ensure(n)
-            work += run.records[n - 1].cost
-            if work > limit:
-                raise _too_heavy(query, f"its first {n} steps already do {work:,} units of work", limit)
-    finally:
-        store.runs.trim()
+    why = too_heavy_to_write(store.runs, source.code, source.scenario, query.policy, limit)
+    if why:
+        raise _too_heavy(query, why, limit)
 
 
 def _too_heavy(query: PlayerQuery, why: str, limit: int) -> AppError:

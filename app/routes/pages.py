@@ -1,7 +1,9 @@
 """The HTML pages: the landing page with the editor, the player, the compare view, download and upload.
 
 Each route parses its query, asks the store for the views, and renders a page, or, for an htmx request,
-only the blocks that change, swapped out of band.
+only the blocks that change, swapped out of band. In workshop mode (`Settings.workshop`) the landing page
+has no editor, and the editor's routes (POST /play, /validate, /upload) answer 403: the built-in
+scenarios and share links still play.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ import json
 from dataclasses import replace
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from app.cache import check_budget
 from app.deps import (
     Links,
     StoreDep,
@@ -20,6 +23,7 @@ from app.deps import (
     compare_variants,
     parse_step,
     player_query,
+    query_param,
     resolve_policy,
     whatif_overrides,
 )
@@ -34,8 +38,9 @@ from app.pagectx import (
     play_context,
     slug,
 )
-from app.render import render_page
-from engine.codec import MAX_URL_BYTES, encode_scenario
+from app.render import base_path, render_page
+from app.sources import share_code
+from engine.codec import MAX_URL_BYTES
 from engine.policy import PRESETS
 from engine.scenario import MAX_SCENARIO_BYTES, ScenarioError, parse_scenario
 from scenarios import load_builtin_text
@@ -44,9 +49,26 @@ router = APIRouter()
 
 EXAMPLE = "worked-example"
 
+WORKSHOP_REFUSAL = "this server runs in workshop mode: the editor is off"
+WORKSHOP_HINT = (
+    "Play one of the built-in scenarios, or open a share link (a /play?s=… URL) someone gave you;"
+    " to try your own scenario, run sptelab on your own machine (sptelab serve) or ask for the link."
+)
+
+
+def editor_on(request: Request) -> None:
+    """Refuse the editor's routes in workshop mode (a dependency: before the handler reads a scenario)."""
+    if request.app.state.settings.workshop:
+        raise AppError(403, WORKSHOP_REFUSAL, hint=WORKSHOP_HINT)
+
+
+EditorOn = Depends(editor_on)
+
 
 @router.get("/", response_class=HTMLResponse)
 def index(request: Request, store: StoreDep) -> Response:
+    if request.app.state.settings.workshop:
+        return page(request, "index.html", {"cards": builtin_cards(store)})
     text = load_builtin_text(EXAMPLE)
     context = {"cards": builtin_cards(store), "editor_text": text, "status": editor_status(text)}
     return page(request, "index.html", context)
@@ -81,7 +103,7 @@ def _whatif_redirect(request: Request, store: StoreDep) -> Response:
     return RedirectResponse(links.play(query.step), status_code=303)
 
 
-@router.post("/play", response_class=HTMLResponse)
+@router.post("/play", response_class=HTMLResponse, dependencies=[EditorOn])
 def play_scenario(request: Request, store: StoreDep, scenario: Annotated[str, Form()] = "") -> Response:
     """The editor's "play this": check the scenario, then go to its share URL."""
     try:
@@ -89,10 +111,10 @@ def play_scenario(request: Request, store: StoreDep, scenario: Annotated[str, Fo
     except ScenarioError as error:
         context = {"cards": builtin_cards(store), "editor_text": scenario, "status": editor_status(scenario)}
         return page(request, "index.html", context, status=_scenario_status(error))
-    return _redirect_to_code(encode_scenario(parsed))
+    return _redirect_to_code(request, share_code(parsed))
 
 
-@router.post("/validate", response_class=HTMLResponse)
+@router.post("/validate", response_class=HTMLResponse, dependencies=[EditorOn])
 def validate(request: Request, scenario: Annotated[str, Form()] = "") -> Response:
     """The editor's live check: always 200, so htmx swaps the status in; the status says valid or not."""
     return page(
@@ -106,10 +128,15 @@ def compare(request: Request, store: StoreDep) -> Response:
 
 
 def _compare(request: Request, store: StoreDep) -> HTMLResponse:
-    params = request.query_params
-    source = store.sources.resolve(params.get("scenario"), params.get("s"))
-    variants = compare_variants(params.get("variants"))
-    step, notice = parse_step(params.get("step"), source.total)
+    source = store.sources.resolve(query_param(request, "scenario"), query_param(request, "s"))
+    variants = compare_variants(query_param(request, "variants"))
+    step, notice = parse_step(query_param(request, "step"), source.total)
+    # One run per preset, each to the step shown: refused before any of them runs if over the budget.
+    doing = f"comparing {len(variants)} presets at step {step}"
+    work = source.work_to(step)
+    check_budget(
+        store.settings, source.scenario, work, steps=step, runs=len(variants), doing=doing, earlier=True
+    )
     views = {name: store.view_at(source, PRESETS[name], step, None) for name in variants}
     context = compare_context(request, source, variants, step, notice, views)
     push = context["links"].compare(step, variants)
@@ -118,8 +145,7 @@ def _compare(request: Request, store: StoreDep) -> HTMLResponse:
 
 @router.get("/download")
 def download(request: Request, store: StoreDep) -> Response:
-    params = request.query_params
-    source = store.sources.resolve(params.get("scenario"), params.get("s"))
+    source = store.sources.resolve(query_param(request, "scenario"), query_param(request, "s"))
     if source.name is not None:
         body = load_builtin_text(source.name)
         filename = source.name
@@ -130,8 +156,8 @@ def download(request: Request, store: StoreDep) -> Response:
     return Response(body.encode("utf-8"), media_type="application/json", headers=headers)
 
 
-@router.post("/upload", response_class=HTMLResponse)
-def upload(file: Annotated[UploadFile | None, File()] = None) -> Response:
+@router.post("/upload", response_class=HTMLResponse, dependencies=[EditorOn])
+def upload(request: Request, file: Annotated[UploadFile | None, File()] = None) -> Response:
     if file is None:
         raise bad_request("no file uploaded: choose a scenario file (JSON) first")
     data = file.file.read(MAX_SCENARIO_BYTES + 1)
@@ -141,15 +167,15 @@ def upload(file: Annotated[UploadFile | None, File()] = None) -> Response:
         parsed = parse_scenario(data)
     except ScenarioError as error:
         raise AppError(_scenario_status(error), str(error), hint=invalid_scenario("").hint) from None
-    return _redirect_to_code(encode_scenario(parsed))
+    return _redirect_to_code(request, share_code(parsed))
 
 
 def _scenario_status(error: ScenarioError) -> int:
     return 413 if "larger than" in str(error) and str(error).startswith("scenario:") else 422
 
 
-def _redirect_to_code(code: str) -> Response:
-    url = Links(("s", code), "lazy", {}, None).play(0)
+def _redirect_to_code(request: Request, code: str) -> Response:
+    url = Links(("s", code), "lazy", {}, None, base=base_path(request.scope)).play(0)
     if len(url.encode("utf-8")) > MAX_URL_BYTES:
         raise AppError(
             414,
