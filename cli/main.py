@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import IO, Any, NoReturn
 from urllib.parse import urlencode, urlsplit
 
-from cli.report import Style, format_compare, format_footer, format_header, format_step
+from cli.report import Style, format_compare, format_footer, format_header, format_step, terminal_text
 from engine.canonical import dumps, iterdumps
 from engine.codec import MAX_URL_BYTES, CodecError, encode_scenario
 from engine.collector import gc_paused
@@ -54,7 +54,7 @@ class UsageError(CliError):
 
 
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    return terminal_text(text)
 
 
 class _Parser(argparse.ArgumentParser):

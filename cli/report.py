@@ -94,6 +94,14 @@ def plural(count: int, word: str) -> str:
     return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
+def terminal_text(text: object) -> str:
+    """Scenario text (a title, a note) for a terminal: whitespace runs as one space, and every character
+    that does not print spelled as its escape. A shared scenario is someone else's text, and an ESC in it
+    would be a command to the terminal; a bidi override would reorder what the reader sees."""
+    words = " ".join(str(text).split())
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in words)
+
+
 def flags_text(spte: int) -> str:
     """The contract's flag letters, or "-" for an spte with none set (not present)."""
     return " ".join(spte_flags(spte)) or "-"
@@ -112,7 +120,7 @@ def describe_op(op: Mapping[str, object]) -> str:
     """A step's op as one short line: `write gfn 0x250`, `get_dirty_log slot 1`, `note: ...`."""
     name = str(op.get("op"))
     if name == "note":
-        return f"note: {' '.join(str(op.get('text', '')).split())}"
+        return f"note: {terminal_text(op.get('text', ''))}"
     parts = [name]
     gfn = op.get("gfn")
     if isinstance(gfn, int):
@@ -184,7 +192,7 @@ def format_header(
     style: Style,
 ) -> list[str]:
     """The scenario, the VM, the memslots and the policy the run uses."""
-    lines = [style.bold(scenario.title or "(untitled scenario)")]
+    lines = [style.bold(terminal_text(scenario.title) or "(untitled scenario)")]
     if overrides:
         switches = ", ".join(f"{name}={value}" for name, value in overrides.items())
         lines.append(f"variant: {variant} ({base} with {switches})")

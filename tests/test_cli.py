@@ -615,3 +615,18 @@ def test_process_closed_pipe_is_quiet(tmp_path: Path) -> None:
         status = child.wait(timeout=60)
     assert err == b""
     assert status == 141
+
+
+def test_scenario_text_cannot_drive_the_terminal(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # A shared scenario is someone else's text: an ESC sequence or a bidi override in its title or a note
+    # is printed as its escape, never written raw to the terminal.
+    data = _with_step(0, {"op": "note", "text": "look \x1b]0;owned\x07 here \u202e"})
+    data["title"] = "\x1b[2J\x1b[31mred title"
+    path = _scenario_file(tmp_path, data)
+    for argv in (("run", path), ("check", path)):
+        status, out, err = run_cli(capsys, *argv)
+        assert status == 0, err
+        assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
+        assert "\\x1b[2J\\x1b[31mred title" in out
+    status, out, _ = run_cli(capsys, "run", path)
+    assert "note: look \\x1b]0;owned\\x07 here \\u202e" in out
