@@ -327,14 +327,7 @@ def _cell(c: _Canvas, x: float, gfn: int | None, dirty: bool, written: bool) -> 
 
 def _row_text(row: BitmapRow) -> str:
     """A row not drawn cell by cell, in the player's words."""
-    state = row.state
-    if state == "clean":
-        what = "all clean"
-    elif state == "dirty":
-        what = "all dirty ●"
-    else:
-        what = f"{row.dirty_pages} dirty ●, {row.written_pages} written, not dirty !"
-    return f"{row.gfn:#x}–{row.last_gfn:#x}: {row.count} pages, {what}"
+    return row.run_text
 
 
 def _counts(row: BitmapRow) -> tuple[int, int]:

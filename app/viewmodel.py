@@ -596,6 +596,18 @@ class BitmapRow:
         return self.gfn + self.count - 1
 
     @property
+    def run_text(self) -> str:
+        """A folded row in words, as the player and the SVG export both write it."""
+        state = self.state
+        if state == "clean":
+            what = "all clean"
+        elif state == "dirty":
+            what = "all dirty ●"
+        else:
+            what = f"{self.dirty_pages} dirty ●, {self.written_pages} written, not dirty !"
+        return f"{self.gfn:#x}–{self.last_gfn:#x}: {self.count} pages, {what}"
+
+    @property
     def state(self) -> str:
         if self.dirty_pages == self.count:
             return "dirty"
@@ -649,16 +661,9 @@ def rows_html(rows: list[BitmapRow]) -> Markup:
         label = f'<span class="bm-label">{row.gfn:#x}</span>'
         if not row.drawn:
             state = row.state
-            if state == "clean":
-                what = "all clean"
-            elif state == "dirty":
-                what = "all dirty ●"
-            else:
-                what = f"{row.dirty_pages} dirty ●, {row.written_pages} written, not dirty !"
             out.append(
                 f'<div class="bm-run bm-{state}" data-dirty-run="{row.gfn:#x}-{row.last_gfn:#x}"'
-                f' data-state="{state}">{label} {row.gfn:#x}–{row.last_gfn:#x}: {row.count} pages,'
-                f" {what}</div>"
+                f' data-state="{state}">{label} {row.run_text}</div>'
             )
             continue
         cells = _cells_html(row.gfn, row.count, row.dirty_mask, row.written_mask)

@@ -40,7 +40,6 @@ import json
 import os
 import random
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -54,6 +53,9 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 # Run from a checkout without installing: the engine lives beside this directory.
 sys.path.insert(0, str(REPO))
+
+# The latency benchmark's helpers: its directory is on sys.path when this file runs as a script.
+from web_latency import _free_port, memory_kb, ms, percentile, verdict  # noqa: E402
 
 from engine.codec import encode_scenario  # noqa: E402
 from scenarios import builtin_names, load_builtin_text  # noqa: E402
@@ -95,43 +97,8 @@ IMAGE_SETTINGS = {
 }
 
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
-def ms(seconds: float) -> str:
-    return f"{seconds * 1000:.1f} ms"
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))
-    return ordered[rank]
-
-
 # ---------------------------------------------------------------------------------------------------------
 # The server and its memory
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _status_kb(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (peak) of one process, in KiB, from /proc/PID/status."""
-    found: dict[str, int] = {}
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as status:
-            for line in status:
-                name, _, rest = line.partition(":")
-                if name in ("VmRSS", "VmHWM"):
-                    found[name] = int(rest.split()[0])
-    except OSError:
-        pass
-    return found
 
 
 def _descendants(root: int) -> list[int]:
@@ -187,7 +154,7 @@ def load_average() -> str:
 def memory(root: int) -> Memory:
     rows = []
     for pid in _descendants(root):
-        status = _status_kb(pid)
+        status = memory_kb(pid)
         if "VmRSS" in status:
             rows.append((pid, status["VmRSS"] / 1024, status.get("VmHWM", 0) / 1024))
     return Memory(sum(r[1] for r in rows), sum(r[2] for r in rows), len(rows), rows)
