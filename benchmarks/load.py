@@ -76,10 +76,9 @@ HABITS = ("step", "share", "step", "compare", "step", "predict") * 3 + ("step", 
 # the limit of an uninterrupted flow of thought (Nielsen's response-time limits).
 TARGET_P95_MS = 300.0
 TARGET_P99_MS = 1000.0
-# Memory: the caches' byte budget (SPTELAB_CACHE_BYTES, 2 GiB by default) bounds the stored states; the
-# interpreter, the libraries, the rendered pages and views and the request buffers come on top.
+# Memory: the caches' byte budget (SPTELAB_CACHE_BYTES, 512 MiB in the image) bounds the stored states;
+# the interpreter, the libraries, the rendered pages and views and the request buffers come on top.
 OVERHEAD_MB = 256
-DEFAULT_CACHE_BYTES = 2 << 30
 
 STARTUP_TIMEOUT_S = 30.0
 REQUEST_TIMEOUT_S = 30.0
@@ -94,6 +93,7 @@ IMAGE_SETTINGS = {
     "SPTELAB_PROXY_HEADERS": "1",
     "SPTELAB_FORWARDED_ALLOW_IPS": "127.0.0.1",
     "SPTELAB_ACCESS_LOG": "0",
+    "SPTELAB_CACHE_BYTES": str(512 << 20),
 }
 
 
@@ -534,7 +534,7 @@ def run(args: argparse.Namespace) -> None:
         settings["SPTELAB_CACHE_BYTES"] = str(args.cache_bytes)
     if args.cache_runs is not None:
         settings["SPTELAB_CACHE_RUNS"] = str(args.cache_runs)
-    cache_bytes = args.cache_bytes or int(os.environ.get("SPTELAB_CACHE_BYTES", DEFAULT_CACHE_BYTES))
+    cache_bytes = args.cache_bytes or int(IMAGE_SETTINGS["SPTELAB_CACHE_BYTES"])
     habits = {habit: sum(1 for n in range(args.attendees) if HABITS[n % len(HABITS)] == habit) for habit in
               dict.fromkeys(HABITS)}  # fmt: skip
     print(f"load: {args.attendees} attendees for {args.duration:g} s, think time {THINK_S[0]:g}-"
