@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
+from conftest import spec_example
 from fastapi.testclient import TestClient
 from test_app_routes import Page, page
 
@@ -231,25 +232,8 @@ def test_the_verdict_names_the_lost_pages() -> None:
 
 
 def small_scenario(steps: list[dict[str, Any]]) -> str:
-    return json.dumps(
-        {
-            "format": "sptelab-scenario",
-            "version": 1,
-            "title": "predict",
-            "vm": {"vcpus": 1, "max_page_level": "2M", "ept_ad": True},
-            "memslots": [
-                {
-                    "id": 1,
-                    "base_gfn": "0x200",
-                    "npages": 512,
-                    "host_page": "2M",
-                    "base_pfn": "0x80000",
-                    "host_writable": True,
-                }
-            ],
-            "steps": steps,
-        }
-    )
+    """The worked example's VM and memslot with other steps."""
+    return json.dumps({**spec_example(), "title": "predict", "steps": steps})
 
 
 NO_QUESTIONS = small_scenario(
