@@ -151,3 +151,25 @@ def preset(request: pytest.FixtureRequest) -> str:
     """Each preset in turn, for tests whose expectation holds for all of them."""
     name: str = request.param
     return name
+
+
+def http_scope(
+    application: Any, method: str, path: str, headers: list[tuple[bytes, bytes]], query: bytes = b""
+) -> dict[str, Any]:
+    """The ASGI scope of one plain HTTP/1.1 request from loopback: for tests that call the app directly,
+    to send what a test client would tidy up (raw query bytes, a body in chunks)."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query,
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("test", 80),
+        "app": application,
+    }

@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 import pytest
 import schemathesis
+from conftest import http_scope
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import checks
@@ -100,22 +101,7 @@ async def _call(
     headers = [(b"host", b"test"), (b"content-length", str(len(body)).encode())]
     if content_type:
         headers.append((b"content-type", content_type))
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": query,
-        "root_path": "",
-        "headers": headers,
-        "client": ("127.0.0.1", 1),
-        "server": ("test", 80),
-        "app": APP,
-    }
-    await APP(scope, receive, send)
+    await APP(http_scope(APP, method, path, headers, query), receive, send)
     return sent["status"], sent["type"], sent["body"]
 
 

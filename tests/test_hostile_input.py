@@ -29,6 +29,7 @@ from xml.etree import ElementTree
 
 import httpx
 import pytest
+from conftest import http_scope
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -226,22 +227,7 @@ async def _asgi(
         elif message["type"] == "http.response.body":
             answer["body"] += message.get("body", b"")
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": headers,
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-        "app": application,
-    }
-    await application(scope, receive, send)
+    await application(http_scope(application, method, path, headers), receive, send)
     return answer["status"], answer["body"], read
 
 
