@@ -205,6 +205,18 @@ def _sentences(result: StepResult) -> list[_Said]:
     return out
 
 
+def _said_of(said: list[_Said], name: str, leaf: Leaf) -> list[_Said]:
+    """The step's `name` events about the spte `leaf` names (its table and index)."""
+    return [
+        item
+        for item in said
+        if item.name == name
+        and item.data.get("level") == leaf.level
+        and item.data.get("index") == leaf.index
+        and item.data.get("sp_gfn") == leaf.sp.gfn
+    ]
+
+
 def _pick(said: Sequence[_Said], names: Sequence[str], keep: Callable[[_Said], bool] | None = None) -> str:
     """The sentences of the first event of each name in `names`, in the order the step emitted them."""
     seen: set[str] = set()
@@ -412,13 +424,7 @@ def bits_question(result: StepResult, leaf: Leaf) -> Question:
     correct = _bits_change(leaf.old, leaf.new, leaf.level)
     prompt = f"vCPU {vcpu} {verb} gfn {_hx(gfn)} through {leaf.describe()}. Which of its bits change?"
     said = _sentences(result)
-    mine = [
-        item
-        for item in said
-        if item.name == "ept_ad_update"
-        and item.data.get("level") == leaf.level
-        and item.data.get("index") == leaf.index
-    ]
+    mine = _said_of(said, "ept_ad_update", leaf)
     story = " ".join(item.text for item in mine[:1]) or _pick(said, _STORY[single_outcome(result)])
     explanation = _join(
         f"{leaf.where}: {_hx(leaf.old)} → {_hx(leaf.new)}" + (" (unchanged)." if correct == "none" else "."),
@@ -503,14 +509,7 @@ def logging_question(shown: Shown, result: StepResult, slots: Sequence[int]) -> 
     )
     prompt = f"{head}. What happens to {leaf.describe()}?"
     said = _sentences(result)
-    mine = [
-        item
-        for item in said
-        if item.name == "spte_write_protect"
-        and item.data.get("level") == leaf.level
-        and item.data.get("index") == leaf.index
-        and item.data.get("sp_gfn") == leaf.sp.gfn
-    ]
+    mine = _said_of(said, "spte_write_protect", leaf)
     if mine:
         story = mine[0].text
     elif correct == "same":
