@@ -20,7 +20,15 @@ from collections.abc import Callable, Sequence
 from typing import IO, Any, NoReturn
 from urllib.parse import urlencode, urlsplit
 
-from cli.report import Style, format_compare, format_footer, format_header, format_step, terminal_text
+from cli.report import (
+    Style,
+    describe_op,
+    format_compare,
+    format_footer,
+    format_header,
+    format_step,
+    terminal_text,
+)
 from engine.canonical import dumps, iterdumps
 from engine.codec import MAX_URL_BYTES, CodecError, encode_scenario
 from engine.collector import gc_paused
@@ -28,6 +36,8 @@ from engine.policy import DEFAULT_PRESET, PRESETS, PolicyError, make_policy, par
 from engine.result import final_json, result_json, step_json
 from engine.scenario import MAX_SCENARIO_BYTES, Scenario, ScenarioError, parse_scenario, step_to_json
 from engine.simulation import Simulation
+from live.backend import refusal
+from live.report import RealRefusalError, availability, dirty_log_mode_of, real_result
 from scenarios import builtin_names, builtin_scenarios, load_builtin_text
 
 PROG = "sptelab"
@@ -281,7 +291,14 @@ def cmd_serve(args: argparse.Namespace, out: IO[str]) -> int:
 
 # The flags of `serve`, each over its setting (SPTELAB_<NAME>): None means "as the environment says".
 _SERVE_FLAGS = (
-    "host", "port", "workers", "root_path", "workshop", "proxy_headers", "forwarded_allow_ips", "access_log"
+    "host",
+    "port",
+    "workers",
+    "root_path",
+    "workshop",
+    "proxy_headers",
+    "forwarded_allow_ips",
+    "access_log",
 )
 
 
@@ -316,8 +333,95 @@ def _setting_error(error: Any, where: Callable[[str], str]) -> str:
     return f"{where(name)}: {str(first['msg']).removeprefix('Value error, ')}"
 
 
+REAL_DEFAULT_PRESET = "modern"
+
+
+def _preset_list(raw: Sequence[str] | None, default: Sequence[str], flag: str) -> list[str]:
+    """`FLAG a FLAG b,c` as [a, b, c], first spelling first, each once; `default` when none is named."""
+    names: list[str] = []
+    for item in raw or []:
+        for spelled in item.split(","):
+            name = spelled.strip()
+            if not name:
+                raise CliError(f"{flag} {item!r}: empty preset name")
+            if name not in PRESETS:
+                raise PolicyError(f"unknown variant {name!r} (known: {', '.join(PRESETS)})")
+            if name not in names:
+                names.append(name)
+    return names or list(default)
+
+
+def _gfn_list(gfns: Sequence[int]) -> str:
+    """`[0x250, 0x300-0x3ff]`: ascending gfns with runs of three or more written as a range."""
+    parts: list[str] = []
+    start = 0
+    while start < len(gfns):
+        end = start
+        while end + 1 < len(gfns) and gfns[end + 1] == gfns[end] + 1:
+            end += 1
+        if end - start >= 2:
+            parts.append(f"{gfns[start]:#x}-{gfns[end]:#x}")
+        else:
+            parts.extend(f"{gfn:#x}" for gfn in gfns[start : end + 1])
+        start = end + 1
+    return "[" + ", ".join(parts) + "]"
+
+
 def cmd_real(args: argparse.Namespace, out: IO[str]) -> int:
-    raise CliError("the live-kernel backend (/dev/kvm) is not part of this build")
+    scenario = load_scenario(args.file)
+    presets = _preset_list(args.compare, (REAL_DEFAULT_PRESET,), "--compare")
+    overrides = parse_policy_args(list(args.policy or []))
+    mode = dirty_log_mode_of(overrides)
+    for name in presets:
+        make_policy(name, overrides)  # refuse a bad preset or switch before touching the device
+    reason = refusal(scenario, mode) or availability()
+    if reason is not None:
+        raise CliError(reason)
+    try:
+        result = real_result(scenario, presets, mode, overrides=overrides)
+    except RealRefusalError as error:
+        raise CliError(str(error)) from None
+    if args.json:
+        out.write(dumps(result))
+        return EXIT_OK
+    _write(out, _real_text(scenario, result, presets, mode))
+    return EXIT_OK
+
+
+def _real_text(scenario: Scenario, result: dict[str, Any], presets: Sequence[str], mode: str) -> list[str]:
+    """Per harvesting step the kernel's log, and per preset "agrees" or exactly what differs."""
+    lines = [
+        f"{_one_line(scenario.title or 'untitled scenario')}",
+        f"kernel {_one_line(result['kernel'])}, dirty-log mode {mode}, compared with {', '.join(presets)}",
+        "",
+    ]
+    differences = {
+        name: {entry["step"]: entry for entry in result["compare"][name]["differences"]} for name in presets
+    }
+    width = max(len(name) for name in presets)
+    for entry in result["steps"]:
+        index = entry["index"]
+        log = entry["dirty_log"]
+        if log is None and not any(index in differences[name] for name in presets):
+            continue
+        op = describe_op(step_to_json(scenario.steps[index]))
+        shown = _gfn_list(log) if log is not None else "no log"
+        lines.append(f"step {index:>3}  {op}: kernel {shown}")
+        for name in presets:
+            diff = differences[name].get(index)
+            if diff is None:
+                lines.append(f"          {name:<{width}}  agrees")
+            else:
+                lines.append(
+                    f"          {name:<{width}}  differs: kernel only {_gfn_list(diff['kernel_only'])},"
+                    f" engine only {_gfn_list(diff['engine_only'])}"
+                )
+    lines.append("")
+    for name in presets:
+        count = len(differences[name])
+        verdict = "agrees at every step" if count == 0 else f"differs at {count} step{'s' * (count != 1)}"
+        lines.append(f"{name}: {verdict}")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -450,11 +554,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     real = command(
-        "real", cmd_real, "run a scenario's guest accesses on this machine's kernel through /dev/kvm"
+        "real",
+        cmd_real,
+        "run a scenario's guest accesses and dirty-log steps on this machine's kernel through /dev/kvm, and"
+        " compare the dirty logs it returns with the presets'",
+    )
+    real.epilog = (
+        "The device is /dev/kvm, or $SPTELAB_KVM_DEVICE when set. flush_tlb and zap_all have no ioctl and"
+        " are refused, as are gfns at or above 0xfe000 and more than 1 GiB of memslots."
     )
     _add_file(real)
-    real.add_argument("--json", action="store_true", help="print the live-kernel result JSON")
-    real.add_argument("--compare", action="append", metavar="P", help="presets to set beside the kernel")
+    real.add_argument(
+        "--json", action="store_true", help="print the result JSON of contract section 3 (sptelab-real)"
+    )
+    real.add_argument(
+        "--compare",
+        action="append",
+        metavar="P",
+        help="a preset to set beside the kernel (repeat, or separate with commas;"
+        f" default {REAL_DEFAULT_PRESET})",
+    )
+    real.add_argument(
+        "--policy",
+        action="append",
+        metavar="K=V",
+        help="set one policy switch on every compared preset; dirty_log_mode=bitmap|manual_clear|"
+        "initially_set|ring also chooses the live VM's dirty-log mode",
+    )
     return parser
 
 

@@ -1,0 +1,308 @@
+"""A scenario run on this machine's kernel: its guest accesses as guest code, its dirty-log steps as ioctls.
+
+`run_on_kernel` gives, per scenario step, what the live kernel's dirty log returned, in the shape of the
+engine's `StepResult.dirty_log`: the sorted gfns for a harvesting step, None for every other step.
+
+- read, write: the program of `live.guest_code` runs on the step's vCPU until it halts;
+- enable_dirty_log, disable_dirty_log: KVM_SET_USER_MEMORY_REGION with KVM_MEM_LOG_DIRTY_PAGES set or
+  cleared (a flags-only change);
+- get_dirty_log: KVM_GET_DIRTY_LOG;
+- clear_dirty_log: KVM_CLEAR_DIRTY_LOG over pages [first, first + num) of the slot, every mask bit set
+  (its dirty_log is None: the ioctl returns nothing);
+- reset_dirty_ring: every vCPU's dirty ring harvested in order, then KVM_RESET_DIRTY_RINGS; its dirty_log
+  is the sorted, de-duplicated gfns harvested;
+- migrate_begin, migrate_round, migrate_end: as `engine.migration` drives them: begin enables logging on
+  every slot not logged yet (dirty_log None); a round returns the sorted union of what every logged
+  slot's KVM_GET_DIRTY_LOG returned, followed, in the manual-protect modes, by a KVM_CLEAR_DIRTY_LOG of
+  exactly those pages, or in ring mode the harvest of every ring and KVM_RESET_DIRTY_RINGS; end runs a
+  last round and then disables the logging begin enabled;
+- note: nothing.
+
+An ioctl the dirty-log mode has no use for fails on the kernel as the engine models it, and the step's
+dirty_log is then None: KVM_GET_DIRTY_LOG and KVM_CLEAR_DIRTY_LOG with the dirty ring on (ENXIO),
+KVM_RESET_DIRTY_RINGS without it (EINVAL). Any other failure is an error.
+
+What the live backend cannot express is refused before anything runs (`refusal`), with a one-line reason:
+`flush_tlb` and `zap_all` (no ioctl asks the kernel for either), gfns the 32-bit guest cannot address or
+that collide with the guest-physical pages the VM keeps for itself, more guest memory than the bound
+below, slot ids the kernel keeps for itself, and, in ring mode, more writes by one vCPU between two
+harvests than half the ring holds.
+
+Ignored, because the real machine cannot reproduce them and they do not change what a dirty log returns:
+`memslots[].host_page` (slots are ordinary anonymous memory, without host huge pages), `base_pfn`, and
+`host_writable` (the host decides its own pfns and copy-on-write), `vm.max_page_level` and `vm.ept_ad`
+(the host kernel's MMU configuration decides both).
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+from engine.scenario import (
+    DisableDirtyLogStep,
+    EnableDirtyLogStep,
+    GetDirtyLogStep,
+    MigrateBeginStep,
+    MigrateEndStep,
+    MigrateRoundStep,
+    NoteStep,
+    ReadStep,
+    Scenario,
+    Step,
+    WriteStep,
+)
+from live.guest_code import access_program
+from live.vm import (
+    DIRTY_LOG_MODES,
+    RESERVED_END_GFN,
+    RESERVED_FIRST_GFN,
+    RING_ENTRIES,
+    X86_USER_MEM_SLOTS,
+    KvmError,
+    KvmVm,
+)
+
+# Writes one vCPU may make between two harvests of the dirty ring (see _ring_refusal).
+RING_WRITE_BUDGET = RING_ENTRIES // 2
+
+# Guest memory this backend registers at most: the slots are sparse anonymous memory, but a whole-slot
+# bitmap and a guest that touches every page of 4 GiB take seconds and gigabytes.
+MAX_LIVE_PAGES = 1 << 18  # 1 GiB
+
+GUEST_ADDRESS_END_GFN = 1 << 20  # 4 GiB: the guest code addresses memory with 32 bits
+
+# Ops with no userspace counterpart, and why.
+_NO_IOCTL: dict[str, str] = {
+    "flush_tlb": "userspace has no ioctl that flushes a VM's TLBs (the kernel flushes when it needs to)",
+    "zap_all": "userspace has no ioctl that zaps every spte (the kernel does it on its own, e.g. when a"
+    " memslot is deleted)",
+}
+
+# The failures the engine models as "the kernel refuses this ioctl in this mode" (its dirty_log None).
+_MODE_REFUSALS: frozenset[tuple[str, int]] = frozenset(
+    {
+        ("KVM_GET_DIRTY_LOG", errno.ENXIO),
+        ("KVM_CLEAR_DIRTY_LOG", errno.ENXIO),
+        ("KVM_RESET_DIRTY_RINGS", errno.EINVAL),
+    }
+)
+
+
+_T = TypeVar("_T")
+
+
+class UnsupportedScenarioError(ValueError):
+    """A scenario the live backend cannot run; str() is the one-line reason."""
+
+
+def refusal(scenario: Scenario, dirty_log_mode: str = "bitmap") -> str | None:
+    """Why this scenario cannot run on the live kernel in this dirty-log mode, or None when it can."""
+    if dirty_log_mode not in DIRTY_LOG_MODES:
+        return f"dirty-log mode {dirty_log_mode!r} is unknown (known: {', '.join(DIRTY_LOG_MODES)})"
+    total = 0
+    for position, slot in enumerate(scenario.memslots):
+        where = f"memslots[{position}] (slot {slot.id}, gfns {slot.base_gfn:#x}-{slot.end_gfn - 1:#x})"
+        if slot.end_gfn > GUEST_ADDRESS_END_GFN:
+            return (
+                f"{where} reaches gfn {GUEST_ADDRESS_END_GFN:#x} (4 GiB) or above, which the live backend's"
+                " 32-bit guest code cannot address"
+            )
+        if slot.end_gfn > RESERVED_FIRST_GFN:
+            return (
+                f"{where} overlaps gfns {RESERVED_FIRST_GFN:#x}-{RESERVED_END_GFN - 1:#x}, which the live VM"
+                " keeps for the APICs and KVM's own pages (identity map, TSS)"
+            )
+        if slot.id >= X86_USER_MEM_SLOTS:
+            return f"{where}: slot ids from {X86_USER_MEM_SLOTS} up are KVM's own on x86"
+        total += slot.npages
+    if total > MAX_LIVE_PAGES:
+        return (
+            f"the memslots hold {total} pages; the live backend runs at most {MAX_LIVE_PAGES}"
+            " (1 GiB of guest memory)"
+        )
+    for index, step in enumerate(scenario.steps):
+        reason = _step_refusal(step)
+        if reason is not None:
+            return f"step {index} ({step.op}): {reason}"
+    if dirty_log_mode == "ring":
+        return _ring_refusal(scenario)
+    return None
+
+
+def _ring_refusal(scenario: Scenario) -> str | None:
+    """Keep every vCPU's writes between two harvests within RING_WRITE_BUDGET.
+
+    A write to a logged page can take a ring entry each time (a guest whose accesses the kernel emulates
+    pushes one per write, the same page again and again), and the kernel can let a vCPU run past its
+    ring's soft limit, even past the whole ring, before KVM_EXIT_DIRTY_RING_FULL reaches userspace: entries
+    are then lost. Half the ring leaves a wide margin.
+    """
+    written = [0] * scenario.vm.vcpus
+    for index, step in enumerate(scenario.steps):
+        if isinstance(step, WriteStep):
+            written[step.vcpu] += step.count
+            if written[step.vcpu] > RING_WRITE_BUDGET:
+                return (
+                    f"step {index} (write): vCPU {step.vcpu} writes {written[step.vcpu]} times since the"
+                    f" last harvest; in ring mode the live backend allows at most {RING_WRITE_BUDGET}, half"
+                    f" its {RING_ENTRIES}-entry ring (each write can take an entry)"
+                )
+        elif step.op in ("reset_dirty_ring", "migrate_round", "migrate_end"):
+            written = [0] * scenario.vm.vcpus
+    return None
+
+
+def _step_refusal(step: Step) -> str | None:
+    op = step.op
+    if op in _NO_IOCTL:
+        return _NO_IOCTL[op]
+    if op not in _HANDLED_OPS:
+        return "the live backend has no counterpart for this op"
+    return None
+
+
+_HANDLED_OPS = frozenset(
+    {
+        "read",
+        "write",
+        "enable_dirty_log",
+        "disable_dirty_log",
+        "get_dirty_log",
+        "clear_dirty_log",
+        "reset_dirty_ring",
+        "note",
+        "migrate_begin",
+        "migrate_round",
+        "migrate_end",
+    }
+)
+
+
+def code_gfn(slots: Iterable[tuple[int, int]]) -> int:
+    """The highest gfn below the reserved window that no slot (base, npages) holds: the code page."""
+    ranges = sorted(slots)
+    gfn = RESERVED_FIRST_GFN - 1
+    for base, npages in reversed(ranges):
+        if base + npages <= gfn:
+            break
+        if base <= gfn:
+            gfn = base - 1
+    if gfn < 0:
+        raise UnsupportedScenarioError("no guest-physical page is free below 4 GiB for the guest code")
+    return gfn
+
+
+def code_slot_id(slot_ids: Iterable[int]) -> int:
+    """The smallest slot id the scenario does not use."""
+    used = set(slot_ids)
+    return next(candidate for candidate in range(len(used) + 1) if candidate not in used)
+
+
+def _unless_refused(ioctl: str, call: Callable[[], _T]) -> _T | None:
+    """call(), or None when the kernel refuses the ioctl the way the dirty-log mode makes it refuse."""
+    try:
+        return call()
+    except KvmError as error:
+        if (ioctl, error.errno) in _MODE_REFUSALS:
+            return None
+        raise
+
+
+def _field(step: Step, name: str) -> int:
+    """An integer field of an op this module names by its spelling (newer ops than its imports)."""
+    value = getattr(step, name)
+    if not isinstance(value, int):
+        raise TypeError(f"{step.op}.{name} is not an integer")
+    return value
+
+
+class _Run:
+    """One scenario on one VM: executes steps in order, keeping the migration's bookkeeping."""
+
+    def __init__(self, vm: KvmVm, scenario: Scenario) -> None:
+        self.vm = vm
+        self.scenario = scenario
+        self.logged: set[int] = set()
+        self.enabled_by_migration: list[int] = []
+
+    def step(self, step: Step) -> list[int] | None:
+        vm = self.vm
+        if isinstance(step, ReadStep | WriteStep):
+            self._run_access(step)
+        elif isinstance(step, EnableDirtyLogStep | DisableDirtyLogStep):
+            self._set_logging(step.slot, isinstance(step, EnableDirtyLogStep))
+        elif isinstance(step, GetDirtyLogStep):
+            return _unless_refused("KVM_GET_DIRTY_LOG", lambda: vm.get_dirty_log(step.slot))
+        elif step.op == "clear_dirty_log":
+            slot, first, num = _field(step, "slot"), _field(step, "first"), _field(step, "num")
+            _unless_refused("KVM_CLEAR_DIRTY_LOG", lambda: vm.clear_dirty_log(slot, first, num))
+        elif step.op == "reset_dirty_ring":
+            return _unless_refused("KVM_RESET_DIRTY_RINGS", self._harvest_and_reset)
+        elif isinstance(step, MigrateBeginStep):
+            self.enabled_by_migration = []
+            for memslot in sorted(self.scenario.memslots, key=lambda m: m.id):
+                if memslot.id not in self.logged:
+                    self._set_logging(memslot.id, True)
+                    self.enabled_by_migration.append(memslot.id)
+        elif isinstance(step, MigrateRoundStep):
+            return self._migrate_round()
+        elif isinstance(step, MigrateEndStep):
+            returned = self._migrate_round()
+            for slot_id in self.enabled_by_migration:
+                self._set_logging(slot_id, False)
+            self.enabled_by_migration = []
+            return returned
+        elif not isinstance(step, NoteStep):
+            raise UnsupportedScenarioError(f"the live backend has no counterpart for op {step.op!r}")
+        return None
+
+    def _harvest_and_reset(self) -> list[int]:
+        gfns = {gfn for _, gfn in self.vm.harvest_rings()}
+        self.vm.reset_rings()
+        return sorted(gfns)
+
+    def _set_logging(self, slot_id: int, enable: bool) -> None:
+        self.vm.set_logging(slot_id, enable)
+        if enable:
+            self.logged.add(slot_id)
+        else:
+            self.logged.discard(slot_id)
+
+    def _migrate_round(self) -> list[int]:
+        """As the engine's migration round: per mode, what a migrating userspace asks the kernel."""
+        if self.vm.mode == "ring":
+            return self._harvest_and_reset()
+        returned: list[int] = []
+        for slot_id in sorted(self.logged):
+            gfns = self.vm.get_dirty_log(slot_id)
+            if self.vm.mode != "bitmap" and gfns:
+                self.vm.clear_dirty_log(slot_id, 0, self.vm.slots[slot_id].npages, gfns)
+            returned.extend(gfns)
+        return sorted(returned)
+
+    def _run_access(self, step: ReadStep | WriteStep) -> None:
+        self.vm.run_code(step.vcpu, access_program(step.gfn, step.count, step.stride, step.is_write))
+
+
+def run_on_kernel(
+    scenario: Scenario, dirty_log_mode: str = "bitmap", *, device: str | None = None
+) -> list[list[int] | None]:
+    """Run the scenario on a fresh VM of the live kernel: per step, the dirty log it returned (or None).
+
+    Raises UnsupportedScenarioError (with `refusal`'s reason) before opening anything when the scenario
+    cannot be expressed, and `live.vm.KvmError` when the device or an ioctl fails.
+    """
+    reason = refusal(scenario, dirty_log_mode)
+    if reason is not None:
+        raise UnsupportedScenarioError(reason)
+    with KvmVm(scenario.vm.vcpus, dirty_log_mode=dirty_log_mode, device=device) as vm:
+        for slot in scenario.memslots:
+            vm.add_slot(slot.id, slot.base_gfn, slot.npages)
+        vm.add_code_slot(
+            code_slot_id(slot.id for slot in scenario.memslots),
+            code_gfn((slot.base_gfn, slot.npages) for slot in scenario.memslots),
+        )
+        run = _Run(vm, scenario)
+        return [run.step(step) for step in scenario.steps]

@@ -1,0 +1,135 @@
+"""The guest program a scenario's access step becomes: x86 machine code for 32-bit protected mode.
+
+The guest runs with paging off and flat 4 GiB segments (the VM sets them through KVM_SET_SREGS), so an
+address the code uses is a guest-physical address and gfn `g` is at `g << 12`. A step
+`{"op": "write", "gfn": g, "count": n, "stride": s}` becomes
+
+    mov esi, g << 12        BE imm32
+    mov ecx, n              B9 imm32
+    mov eax, 0x5a5a5a5a     B8 imm32       (the value stored; any value dirties the page)
+  again:
+    mov [esi], eax          89 06          (a read is  mov eax, [esi]   8B 06)
+    add esi, s << 12        81 C6 imm32
+    dec ecx                 49
+    jnz again               75 rel8        (0F 85 rel32 when the loop body is too long for rel8)
+    hlt                     F4
+
+so the accesses happen in the scenario's order, one per page, and the vCPU exits to userspace with
+KVM_EXIT_HLT when they are done. The encodings are written out by hand by the small assembler below
+(`Assembler`), which knows exactly the instructions above: register-immediate moves and adds, a load and
+a store through a base register, dec, a conditional jump back to a label, and hlt.
+"""
+
+from __future__ import annotations
+
+import struct
+from enum import IntEnum
+
+PAGE_SHIFT = 12
+STORE_VALUE = 0x5A5A5A5A
+
+
+class Reg(IntEnum):
+    """The 32-bit general registers, numbered as ModRM and the +r opcodes encode them."""
+
+    EAX = 0
+    ECX = 1
+    EDX = 2
+    EBX = 3
+    ESP = 4
+    EBP = 5
+    ESI = 6
+    EDI = 7
+
+
+def _imm32(value: int) -> bytes:
+    if not -(1 << 31) <= value < 1 << 32:
+        raise ValueError(f"{value:#x} does not fit in 32 bits")
+    return struct.pack("<I", value & 0xFFFFFFFF)
+
+
+def _modrm(mod: int, reg: int, rm: int) -> int:
+    return (mod << 6) | (reg << 3) | rm
+
+
+class Assembler:
+    """Emits 32-bit code (operand and address size 32, as a code segment with D=1 runs it)."""
+
+    def __init__(self) -> None:
+        self.code = bytearray()
+        self.labels: dict[str, int] = {}
+
+    def label(self, name: str) -> None:
+        if name in self.labels:
+            raise ValueError(f"label {name!r} is defined twice")
+        self.labels[name] = len(self.code)
+
+    def mov_imm(self, dst: Reg, value: int) -> None:
+        """mov r32, imm32: B8+r id."""
+        self.code += bytes([0xB8 + dst]) + _imm32(value)
+
+    def add_imm(self, dst: Reg, value: int) -> None:
+        """add r/m32, imm32: 81 /0 id, register direct (mod 11)."""
+        self.code += bytes([0x81, _modrm(0b11, 0, dst)]) + _imm32(value)
+
+    def _indirect(self, opcode: int, reg: Reg, base: Reg) -> None:
+        # mod 00 with rm = ESP means a SIB byte follows and rm = EBP means disp32: neither is a plain base.
+        if base in (Reg.ESP, Reg.EBP):
+            raise ValueError(f"[{base.name.lower()}] needs a SIB byte or a displacement")
+        self.code += bytes([opcode, _modrm(0b00, reg, base)])
+
+    def store(self, base: Reg, src: Reg) -> None:
+        """mov [base], src: 89 /r."""
+        self._indirect(0x89, src, base)
+
+    def load(self, dst: Reg, base: Reg) -> None:
+        """mov dst, [base]: 8B /r."""
+        self._indirect(0x8B, dst, base)
+
+    def dec(self, reg: Reg) -> None:
+        """dec r32: 48+r (the one-byte form, which 32-bit mode has)."""
+        self.code += bytes([0x48 + reg])
+
+    def jnz(self, label: str) -> None:
+        """jnz to an already defined label: 75 rel8 when the distance fits, else 0F 85 rel32."""
+        target = self.labels[label]
+        short = target - (len(self.code) + 2)
+        if -128 <= short <= 127:
+            self.code += bytes([0x75, short & 0xFF])
+        else:
+            self.code += bytes([0x0F, 0x85]) + struct.pack("<i", target - (len(self.code) + 6))
+
+    def hlt(self) -> None:
+        """hlt: F4."""
+        self.code.append(0xF4)
+
+    def bytes(self) -> bytes:
+        return bytes(self.code)
+
+
+def access_program(gfn: int, count: int, stride: int, write: bool) -> bytes:
+    """The code for `count` reads or writes at gfn, gfn + stride, ..., one 32-bit access per page, then hlt.
+
+    Every address must be below 4 GiB (the guest's addresses are 32 bits); a one-access step ignores the
+    stride.
+    """
+    if count < 1:
+        raise ValueError("count must be at least 1")
+    step = 0 if count == 1 else stride
+    last = gfn + (count - 1) * step
+    if gfn < 0 or step < 0 or last >= 1 << (32 - PAGE_SHIFT):
+        raise ValueError(f"gfns {gfn:#x}..{last:#x} are not all below 4 GiB")
+    asm = Assembler()
+    asm.mov_imm(Reg.ESI, gfn << PAGE_SHIFT)
+    asm.mov_imm(Reg.ECX, count)
+    asm.mov_imm(Reg.EAX, STORE_VALUE)
+    asm.label("again")
+    if write:
+        asm.store(Reg.ESI, Reg.EAX)
+    else:
+        asm.load(Reg.EAX, Reg.ESI)
+    asm.add_imm(Reg.ESI, step << PAGE_SHIFT)
+    asm.dec(Reg.ECX)
+    asm.jnz("again")
+    asm.hlt()
+    return asm.bytes()
