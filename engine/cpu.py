@@ -19,7 +19,7 @@ from engine.spte import (
     PT_WRITABLE_MASK,
 )
 from engine.tlb import TlbEntry
-from engine.trace import EptAdUpdate, GuestAccess, HandleEptViolation
+from engine.trace import DirtyRingFull, EptAdUpdate, GuestAccess, HandleEptViolation
 
 _new_tuple = tuple.__new__
 
@@ -102,52 +102,78 @@ def guest_accesses(kvm: Kvm, vcpu: Vcpu, gfn: int, count: int, stride: int, writ
     tracing = kvm.tp.on
     log = kvm.log
     slot = kvm.gfn_to_memslot(gfn)
-    for _ in range(count):
-        faults = 0
-        walked = False
-        livelock = False
-        while True:
-            # The smallest page size first, as a TLB with split arrays answers: this runs for every access.
-            entry = l1.get(gfn) or l2.get(gfn >> PT64_LEVEL_BITS) or l3.get(gfn >> (2 * PT64_LEVEL_BITS))
-            stale = False
-            if entry is not None and (not write or (entry.writable and entry.dirty)):
-                break  # satisfied from the TLB: the sptes are not looked at
-            if entry is not None and write and not entry.writable:
-                # A store through a read-only cached translation faults without a walk.
-                error_code = PFERR_PRESENT_MASK | PFERR_WRITE_MASK
-                stale = True
-            else:
-                # A miss, or a store whose cached entry has no dirty flag yet: the CPU walks the EPT.
-                walk_error = ept_walk(kvm, vcpu, gfn, write)
-                walked = True
-                if walk_error is None:
+    # With the dirty ring, a vCPU whose ring is soft full exits to userspace (KVM_EXIT_DIRTY_RING_FULL)
+    # instead of entering the guest, at the step's first entry or after a fault, and stays out until the
+    # rings are reset. Only a fault pushes an entry, so checking after each fault is checking every entry.
+    ring = vcpu.dirty_ring if kvm.policy.dirty_log_mode == "ring" else None
+    if ring is not None and ring.soft_full():
+        _dirty_ring_full(kvm, vcpu, gfn, count)
+        return
+    kvm.running_vcpu = vcpu
+    try:
+        for done in range(count):
+            faults = 0
+            walked = False
+            livelock = False
+            ring_full = False
+            while True:
+                # The smallest page size first, as a TLB with split arrays answers (this runs per access).
+                entry = l1.get(gfn) or l2.get(gfn >> PT64_LEVEL_BITS) or l3.get(gfn >> (2 * PT64_LEVEL_BITS))
+                stale = False
+                if entry is not None and (not write or (entry.writable and entry.dirty)):
+                    break  # satisfied from the TLB: the sptes are not looked at
+                if entry is not None and write and not entry.writable:
+                    # A store through a read-only cached translation faults without a walk.
+                    error_code = PFERR_PRESENT_MASK | PFERR_WRITE_MASK
+                    stale = True
+                else:
+                    # A miss, or a store whose cached entry has no dirty flag yet: the CPU walks the EPT.
+                    walk_error = ept_walk(kvm, vcpu, gfn, write)
+                    walked = True
+                    if walk_error is None:
+                        break
+                    error_code = walk_error
+                if faults == MAX_FAULTS_PER_ACCESS:
+                    livelock = True
                     break
-                error_code = walk_error
-            if faults == MAX_FAULTS_PER_ACCESS:
-                livelock = True
-                break
-            faults += 1
-            handle_ept_violation(kvm, vcpu, gfn, write, error_code, stale)
-        if livelock:
-            log.livelocks.append((vcpu.id, gfn, write))
-            if tracing:
-                kvm.tp.emit(GuestAccess(vcpu.id, gfn, write, "livelock", faults))
-        else:
-            if tracing:
-                via = "fault" if faults else "walk" if walked else "tlb"
-                kvm.tp.emit(GuestAccess(vcpu.id, gfn, write, via, faults))
-            if write:
-                if slot is None or not slot.base_gfn <= gfn < slot.base_gfn + slot.npages:
-                    slot = kvm.gfn_to_memslot(gfn)
-                if slot is not None:
-                    offset = gfn - slot.base_gfn
-                    slot.content[offset] += 1
-                    bitmap = slot.dirty_bitmap
-                    if bitmap is not None and not bitmap[offset >> 3] >> (offset & 7) & 1:
-                        # Landed in a logged slot without setting its page's bit: GET_DIRTY_LOG must
-                        # still report it somehow, or the write is lost. The checker follows it up.
-                        log.unlogged_writes.append((gfn, slot.id))
-        gfn += stride
+                faults += 1
+                handle_ept_violation(kvm, vcpu, gfn, write, error_code, stale)
+                if ring is not None and ring.soft_full():
+                    ring_full = True
+                    break
+            if ring_full:
+                # The fault is handled but the vCPU does not re-enter: the access has not happened yet.
+                _dirty_ring_full(kvm, vcpu, gfn, count - done)
+                return
+            if livelock:
+                log.livelocks.append((vcpu.id, gfn, write))
+                if tracing:
+                    kvm.tp.emit(GuestAccess(vcpu.id, gfn, write, "livelock", faults))
+            else:
+                if tracing:
+                    via = "fault" if faults else "walk" if walked else "tlb"
+                    kvm.tp.emit(GuestAccess(vcpu.id, gfn, write, via, faults))
+                if write:
+                    if slot is None or not slot.base_gfn <= gfn < slot.base_gfn + slot.npages:
+                        slot = kvm.gfn_to_memslot(gfn)
+                    if slot is not None:
+                        offset = gfn - slot.base_gfn
+                        slot.content[offset] += 1
+                        bitmap = slot.dirty_bitmap
+                        if bitmap is not None and not bitmap[offset >> 3] >> (offset & 7) & 1:
+                            # Landed in a logged slot without setting its page's bit: GET_DIRTY_LOG must
+                            # still report it somehow, or the write is lost. The checker follows it up.
+                            log.unlogged_writes.append((gfn, slot.id))
+            gfn += stride
+    finally:
+        kvm.running_vcpu = None
+
+
+def _dirty_ring_full(kvm: Kvm, vcpu: Vcpu, gfn: int, skipped: int) -> None:
+    """kvm_dirty_ring_check_request found the ring soft full: the access at `gfn` and the `skipped` - 1
+    after it do not happen in this step."""
+    if kvm.tp.on:
+        kvm.tp.emit(DirtyRingFull(vcpu.id, gfn, len(vcpu.dirty_ring), skipped))
 
 
 def handle_ept_violation(kvm: Kvm, vcpu: Vcpu, gfn: int, write: bool, error_code: int, stale: bool) -> None:

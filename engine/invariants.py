@@ -22,6 +22,7 @@ from engine.spte import (
     KVM_NR_PAGE_SIZES,
     PT64_BASE_ADDR_MASK,
     PT64_LEVEL_BITS,
+    PT64_ROOT_LEVEL,
     PT_PAGE_SIZE_MASK,
     PT_PAGE_TABLE_LEVEL,
     PT_PRESENT_MASK,
@@ -32,6 +33,7 @@ from engine.spte import (
     is_writable_pte,
     level_name,
     pages_per_hpage,
+    spte_index,
     spte_to_pfn,
 )
 from engine.tlb import TlbEntry
@@ -86,6 +88,13 @@ class _Collector:
 def _check_spte(kvm: Kvm, sp: KvmMmuPage, index: int, found: _Collector) -> None:
     """rmap membership, W ⇒ HW ∧ MW, no writable large spte and W ⇒ dirty bit, for one location.
 
+    A writable large spte on a logged slot lets stores through without a fault, so without a mark. That
+    is harmless only while every page it maps still has its dirty bit set, as after enabling logging
+    with KVM_DIRTY_LOG_INITIALLY_SET (the next harvest reports those pages whatever happens to them, and
+    the CLEAR that first clears one of their bits write-protects the large spte in the same ioctl); any
+    other writable large spte on a logged slot is `no_writable_large_while_logging`. With the dirty ring
+    the "dirty bit" is the model's index of pages with a ring entry not yet reset (see mark_page_dirty).
+
     Runs for every spte a step wrote, so the predicates are spelled as bit tests.
     """
     spte = sp.spt[index]
@@ -120,6 +129,8 @@ def _check_spte(kvm: Kvm, sp: KvmMmuPage, index: int, found: _Collector) -> None
     if slot is None or slot.dirty_bitmap is None:
         return
     if spte & PT_PAGE_SIZE_MASK:
+        if slot.all_dirty(gfn, pages_per_hpage(level)):
+            return  # INITIALLY_SET: every page it maps is already reported dirty, nothing can be lost
         found.add("no_writable_large_while_logging", gfn, f"a writable {level_name(level)} spte maps "
                   f"gfns {gfn:#x}-{gfn + pages_per_hpage(level) - 1:#x} while slot {slot.id} is "
                   "dirty-logged: stores anywhere in it take no fault and set no dirty bit")
@@ -148,8 +159,12 @@ def _check_tlb_entry(kvm: Kvm, vcpu: int, entry: TlbEntry, found: _Collector) ->
     sp, index, spte = leaf
     leaf_gfn = kvm_mmu_page_get_gfn(sp, index)
     if sp.level < entry.level:
-        found.add("tlb_more_permissive_than_spte", entry.gfn, f"{what} but the sptes now map it with "
-                  f"{level_name(sp.level)} pages: a flush is missing")
+        # A huge page split in place keeps every translation and permission, so later kernels link the
+        # new table without a flush; the larger TLB entry is stale only if some smaller leaf differs.
+        differs = _finer_leaves_differ(kvm, entry)
+        if differs:
+            found.add("tlb_more_permissive_than_spte", entry.gfn, f"{what} but the sptes now map it with "
+                      f"{level_name(sp.level)} pages and {differs}: a flush is missing")
     elif spte_to_pfn(spte) + (entry.gfn - leaf_gfn) != entry.pfn:
         found.add("tlb_more_permissive_than_spte", entry.gfn, f"{what} to pfn {entry.pfn:#x} but its "
                   "spte now points elsewhere: a flush is missing")
@@ -158,13 +173,50 @@ def _check_tlb_entry(kvm: Kvm, vcpu: int, entry: TlbEntry, found: _Collector) ->
                   "is read-only: stores through the TLB bypass write protection until a flush")
 
 
+def _harvest_name(kvm: Kvm) -> str:
+    return "ring harvest" if kvm.policy.dirty_log_mode == "ring" else "GET_DIRTY_LOG"
+
+
+def _finer_leaves_differ(kvm: Kvm, entry: TlbEntry) -> str | None:
+    """What a leaf under the range of a TLB entry larger than it allows less of (nothing mapped, another
+    pfn, no W under a writable entry), or None when every leaf allows all that the entry does."""
+    sp, level = kvm.root, PT64_ROOT_LEVEL
+    while level > entry.level:  # the caller found a smaller leaf, so every entry on the way is a pointer
+        sp = kvm.child_sp(sp.spt[spte_index(entry.gfn, level)])
+        level -= 1
+    return _leaves_differ(kvm, kvm.child_sp(sp.spt[spte_index(entry.gfn, level)]), entry)
+
+
+def _leaves_differ(kvm: Kvm, table: KvmMmuPage, entry: TlbEntry) -> str | None:
+    span = pages_per_hpage(table.level)
+    for index, spte in enumerate(table.spt):
+        gfn = table.gfn + index * span
+        if not is_shadow_present_pte(spte):
+            return f"gfn {gfn:#x} is not mapped"
+        if not is_last_spte(spte, table.level):
+            differs = _leaves_differ(kvm, kvm.child_sp(spte), entry)
+            if differs:
+                return differs
+        elif spte_to_pfn(spte) != entry.pfn + (gfn - entry.gfn):
+            return f"gfn {gfn:#x} points elsewhere"
+        elif entry.writable and not is_writable_pte(spte):
+            return f"gfn {gfn:#x} is read-only"
+    return None
+
+
 # --- the incremental checker -----------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
 class StepChecker:
     """Carries what the checks need across steps: the large-spte count the choke point saw, and the
-    stores to logged pages whose dirty bit was clear, waiting for the next GET_DIRTY_LOG."""
+    stores to logged pages whose dirty bit was clear, waiting for the next harvest.
+
+    A harvest is what reports pages to userspace: GET_DIRTY_LOG in every bitmap mode (with manual
+    protection it reports without clearing; KVM_CLEAR_DIRTY_LOG reports nothing, it only re-arms), or the
+    harvest of every vCPU's ring before KVM_RESET_DIRTY_RINGS. A store is logged when the next harvest
+    of its slot reports its page, or, at the end, when its page is still pending in the bitmap or a ring.
+    """
 
     lpages_seen: int = 0
     # slot id -> gfn -> the step of the first unreported store.
@@ -255,10 +307,10 @@ class StepChecker:
     def _check_harvested(
         self, kvm: Kvm, touched: dict[tuple[KvmMmuPage, int], int], found: _Collector
     ) -> None:
-        """A page GET_DIRTY_LOG reported must not keep a writable 4K spte (sptes the step wrote are
-        already checked)."""
+        """A page whose bit a harvest cleared (GET_DIRTY_LOG, CLEAR_DIRTY_LOG, a ring reset) must not keep
+        a writable 4K spte (sptes the step wrote are already checked)."""
         slot: KvmMemorySlot | None = None
-        for gfn in kvm.log.harvested:  # runs of one slot's gfns, in order
+        for gfn in kvm.log.reprotected:  # runs of one slot's gfns, in order
             if slot is None or not slot.base_gfn <= gfn < slot.base_gfn + slot.npages:
                 slot = kvm.gfn_to_memslot(gfn)
                 if slot is None:
@@ -290,7 +342,7 @@ class StepChecker:
             for gfn, when in sorted(self.pending.pop(slot_id, {}).items()):
                 if gfn not in harvested:
                     found.add("written_not_logged", gfn, f"gfn {gfn:#x} was written at step {when} while "
-                              f"slot {slot_id} was logged, and no GET_DIRTY_LOG reported it")
+                              f"slot {slot_id} was logged, and no {_harvest_name(kvm)} reported it")
         for slot in kvm.memslots:
             if slot.dirty_bitmap is None:
                 self.pending.pop(slot.id, None)  # logging stopped: nobody asks for those pages any more
@@ -305,8 +357,9 @@ class StepChecker:
             for gfn, when in sorted(writes.items()):
                 if slot.dirty_bitmap is not None and not slot.test_dirty(gfn):
                     found.add("written_not_logged", gfn, f"gfn {gfn:#x} was written at step {when} while "
-                              f"slot {slot_id} was logged, and neither a GET_DIRTY_LOG nor the current "
-                              "bitmap reports it")
+                              f"slot {slot_id} was logged, and neither a {_harvest_name(kvm)} nor the "
+                              f"current {'rings' if kvm.policy.dirty_log_mode == 'ring' else 'bitmap'} "
+                              "report it")
         self.pending.clear()
         return found.out
 

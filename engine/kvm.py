@@ -73,20 +73,57 @@ class StepLog:
     dirty_log: list[int] | None = None
     # (gfn, slot id) of every store that landed in a dirty-logged slot while its bit was clear.
     unlogged_writes: list[tuple[int, int]] = field(default_factory=list)
-    # gfns whose dirty bit GET_DIRTY_LOG cleared during the step, and the slots it was called on.
+    # gfns a harvest reported to userspace during the step (GET_DIRTY_LOG, a ring harvest), and the slots
+    # it covered: a store pending on one of those slots must be among them.
     harvested: list[int] = field(default_factory=list)
     harvested_slots: list[int] = field(default_factory=list)
+    # gfns whose dirty bit (or ring entry) was cleared with their 4K sptes re-protected during the step:
+    # none of them may keep a writable 4K spte.
+    reprotected: list[int] = field(default_factory=list)
+    # The ioctl of the step that failed, as "KVM_GET_DIRTY_LOG: ENXIO", or None.
+    ioctl_error: str | None = None
     # slots whose logging was switched on during the step.
     logging_enabled: list[int] = field(default_factory=list)
     livelocks: list[tuple[int, int, bool]] = field(default_factory=list)  # (vcpu, gfn, write)
 
 
+# KVM_CAP_DIRTY_LOG_RING: the ring size the model gives every vCPU (entries, a power of two as the kernel
+# demands), and the entries kept back from it (KVM_DIRTY_RING_RSVD_ENTRIES without PML): once the ring
+# holds size - reserved entries it is "soft full" and the vCPU exits to userspace before its next entry.
+DIRTY_RING_SIZE = 4096
+DIRTY_RING_RSVD_ENTRIES = 64
+
+
+class KvmDirtyRing:
+    """`struct kvm_dirty_ring` of one vCPU: the entries published and not yet reset, oldest first.
+
+    An entry is (slot id, page offset in the slot), as the kernel's `struct kvm_dirty_gfn`. Userspace
+    harvests every published entry and resets them all in the same op, so the entries the kernel
+    distinguishes as "dirty" and "collected" never coexist here.
+    """
+
+    __slots__ = ("entries", "size", "soft_limit")
+
+    def __init__(self, size: int = DIRTY_RING_SIZE) -> None:
+        self.size = size
+        self.soft_limit = size - DIRTY_RING_RSVD_ENTRIES
+        self.entries: list[tuple[int, int]] = []
+
+    def soft_full(self) -> bool:
+        """kvm_dirty_ring_soft_full: the vCPU must not enter the guest until userspace resets the ring."""
+        return len(self.entries) >= self.soft_limit
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
 class Vcpu:
-    __slots__ = ("id", "tlb")
+    __slots__ = ("dirty_ring", "id", "tlb")
 
     def __init__(self, vcpu_id: int) -> None:
         self.id = vcpu_id
         self.tlb = Tlb()
+        self.dirty_ring = KvmDirtyRing()
 
 
 class Kvm:
@@ -107,6 +144,8 @@ class Kvm:
         self.memslots = Memslots(slots)
         self.gfn_to_memslot: Callable[[int], KvmMemorySlot | None] = self.memslots.gfn_to_memslot
         self.vcpus = [Vcpu(i) for i in range(vcpus)]
+        # kvm_get_running_vcpu(): the vCPU whose access is being handled, None outside guest accesses.
+        self.running_vcpu: Vcpu | None = None
         self.stat = KvmStat()
         self.tp = Trace(on=trace)
         self.log = StepLog()

@@ -1,26 +1,53 @@
 """The generic KVM pieces the MMU calls into (virt/kvm/kvm_main.c in 3.14/3.16).
 
-`mark_page_dirty`, `kvm_flush_remote_tlbs`, and the host page lookup (`gfn_to_pfn` via `hva_to_pfn`) with
-its copy-on-write behaviour.
+`mark_page_dirty` (with the dirty ring's `kvm_dirty_ring_push`, virt/kvm/dirty_ring.c),
+`kvm_flush_remote_tlbs`, and the host page lookup (`gfn_to_pfn` via `hva_to_pfn`) with its copy-on-write
+behaviour.
 """
 
 from __future__ import annotations
 
-from engine.kvm import Kvm
+from engine.kvm import Kvm, Vcpu
 from engine.memslot import KvmMemorySlot
-from engine.trace import FlushRemoteTlbs, GfnToPfn, MarkPageDirty
+from engine.trace import DirtyRingPush, FlushRemoteTlbs, GfnToPfn, MarkPageDirty
 
 
 def mark_page_dirty(kvm: Kvm, gfn: int, caller: str) -> None:
-    """Set the gfn's bit if its slot is dirty-logged; a no-op otherwise, exactly as in the kernel."""
+    """Set the gfn's bit if its slot is dirty-logged; a no-op otherwise, exactly as in the kernel.
+
+    With the dirty ring (KVM_CAP_DIRTY_LOG_RING) the page goes onto the running vCPU's ring instead. The
+    slot's `dirty_bitmap` is then the model's index of pages with an entry not yet reset (the kernel keeps
+    no bitmap), so that "is this slot logged" and the invariants read alike in every mode. A mark without
+    a running vCPU has no ring to go to: the kernel warns and drops it; every mark of the model comes from
+    a vCPU's access, so that branch is never taken.
+    """
     slot = kvm.gfn_to_memslot(gfn)
     bitmap = slot.dirty_bitmap if slot is not None else None
+    logged = bitmap is not None
     if bitmap is not None and slot is not None:
         offset = gfn - slot.base_gfn
-        bitmap[offset >> 3] |= 1 << (offset & 7)
-        kvm.log.marked_dirty[gfn] = None
+        if kvm.policy.dirty_log_mode == "ring":
+            vcpu = kvm.running_vcpu
+            if vcpu is None:
+                logged = False
+            else:
+                kvm_dirty_ring_push(kvm, vcpu, slot, offset)
+        if logged:
+            bitmap[offset >> 3] |= 1 << (offset & 7)
+            kvm.log.marked_dirty[gfn] = None
     if kvm.tp.on:
-        kvm.tp.emit(MarkPageDirty(gfn, slot.id if slot else None, bitmap is not None, caller))
+        kvm.tp.emit(MarkPageDirty(gfn, slot.id if slot else None, logged, caller))
+
+
+def kvm_dirty_ring_push(kvm: Kvm, vcpu: Vcpu, slot: KvmMemorySlot, offset: int) -> None:
+    """Publish (slot, offset) on the vCPU's ring. Entries are not merged: the same page can appear again.
+
+    The push itself never fails: the soft limit leaves room for the pushes a vCPU makes before it
+    notices, at its next guest entry, that it must exit (see engine.cpu)."""
+    ring = vcpu.dirty_ring
+    ring.entries.append((slot.id, offset))
+    if kvm.tp.on:
+        kvm.tp.emit(DirtyRingPush(vcpu.id, slot.id, offset, slot.base_gfn + offset, len(ring.entries)))
 
 
 def kvm_flush_remote_tlbs(kvm: Kvm, caller: str, under_mmu_lock: bool) -> None:

@@ -111,6 +111,36 @@ class KvmMemorySlot:
         within each 64-bit long (the snapshot half the kernel also allocates is GET_DIRTY_LOG's local)."""
         self.dirty_bitmap = bytearray(-(-self.npages // BITS_PER_LONG) * (BITS_PER_LONG // 8))
 
+    def set_all_dirty(self) -> None:
+        """KVM_DIRTY_LOG_INITIALLY_SET: bitmap_set over the slot's pages (the padding of the last long stays
+        clear)."""
+        bitmap = self.dirty_bitmap
+        if bitmap is None:
+            raise AssertionError(f"slot {self.id} has no dirty bitmap to fill")
+        bitmap[:] = ((1 << self.npages) - 1).to_bytes(len(bitmap), "little")
+
+    def fetch_andnot_word(self, word: int, mask: int) -> int:
+        """atomic_long_fetch_andnot on one long of the bitmap: clear `mask`'s bits, return the old long."""
+        bitmap = self.dirty_bitmap
+        if bitmap is None:
+            raise AssertionError(f"slot {self.id} has no dirty bitmap")
+        old = int.from_bytes(bitmap[word * 8 : word * 8 + 8], "little")
+        bitmap[word * 8 : word * 8 + 8] = (old & ~mask).to_bytes(8, "little")
+        return old
+
+    def all_dirty(self, gfn: int, npages: int) -> bool:
+        """Whether every page of [gfn, gfn + npages) inside the slot has its bit set."""
+        bitmap = self.dirty_bitmap
+        if bitmap is None:
+            return False
+        first = max(gfn, self.base_gfn) - self.base_gfn
+        end = min(gfn + npages, self.base_gfn + self.npages) - self.base_gfn
+        if end <= first:
+            return True
+        chunk = int.from_bytes(bitmap[first >> 3 : (end + 7) >> 3], "little") >> (first & 7)
+        width = end - first
+        return chunk & ((1 << width) - 1) == (1 << width) - 1
+
     def test_dirty(self, gfn: int) -> bool:
         bitmap = self.dirty_bitmap
         offset = gfn - self.base_gfn

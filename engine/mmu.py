@@ -14,12 +14,15 @@ from engine.memslot import KvmMemorySlot
 from engine.mmu_spte import drop_large_spte, drop_parent_pte, drop_spte, mmu_spte_set, mmu_spte_update
 from engine.rmap import rmap_add
 from engine.shadow_page import KvmMmuPage, kvm_mmu_page_get_gfn
+from engine.split import SPLIT_ON_FAULT, tdp_mmu_split_huge_page
 from engine.spte import (
+    KVM_NR_PAGE_SIZES,
     PAGE_SHIFT,
     PT64_BASE_ADDR_MASK,
     PT64_ENT_PER_PAGE,
     PT64_LEVEL_BITS,
     PT64_ROOT_LEVEL,
+    PT_DIRECTORY_LEVEL,
     PT_PAGE_SIZE_MASK,
     PT_PAGE_TABLE_LEVEL,
     PT_PRESENT_MASK,
@@ -40,10 +43,14 @@ from engine.trace import (
     FastPfFixDirectSpte,
     KvmMmuGetPage,
     LinkShadowPage,
+    MakeSpteReadOnly,
     MappingLevel,
     MmuSetSpte,
     TdpPageFault,
+    ZapCollapsibleSpte,
+    ZapCollapsibleSptes,
 )
+from engine.zap import kvm_mmu_prepare_zap_page
 
 PFERR_PRESENT_MASK = 1 << 0
 PFERR_WRITE_MASK = 1 << 1
@@ -73,9 +80,15 @@ def set_spte(
     pfn: int,
     speculative: bool,
     host_writable: bool,
+    write_fault: bool,
 ) -> str:
     """Build a leaf for `pfn` and store it. Under TDP the access is always ACC_ALL, so a read fault gets a
-    writable spte too, and marks the page dirty, whenever the host page is writable."""
+    writable spte too, and marks the page dirty, whenever the host page is writable.
+
+    Later kernels (`read_fault_marks_dirty = false`) make an exception for a read of a dirty-logged page:
+    the spte is built read-only but keeps HW and MW, and nothing is marked, so only a real write reports
+    the page, through the fast path, which may set W on such a 4K spte.
+    """
     masks = kvm.masks
     spte = PT_PRESENT_MASK | masks.x_mask | masks.mt_mask
     if not speculative:
@@ -94,9 +107,19 @@ def set_spte(
             slot = kvm.gfn_to_memslot(gfn)
             if slot is None or slot.has_wrprotected_page(gfn, level):
                 return "wrprotected_page"
-        spte |= PT_WRITABLE_MASK | SPTE_MMU_WRITEABLE
-        # mmu_need_write_protect() never fires under TDP: no guest page table is shadowed.
-        mark_page_dirty(kvm, gfn, "set_spte")
+        logged: KvmMemorySlot | None = None
+        if not write_fault and not kvm.policy.read_fault_marks_dirty:
+            logged = kvm.gfn_to_memslot(gfn)
+            if logged is not None and logged.dirty_bitmap is None:
+                logged = None
+        if logged is not None:
+            spte |= SPTE_MMU_WRITEABLE  # read-only, yet the fast path may make it writable
+            if kvm.tp.on:
+                kvm.tp.emit(MakeSpteReadOnly(sp.level, sp.gfn, index, gfn, logged.id, spte))
+        else:
+            spte |= PT_WRITABLE_MASK | SPTE_MMU_WRITEABLE
+            # mmu_need_write_protect() never fires under TDP: no guest page table is shadowed.
+            mark_page_dirty(kvm, gfn, "set_spte")
     if mmu_spte_update(kvm, sp, index, spte):
         kvm_flush_remote_tlbs(kvm, "set_spte", under_mmu_lock=True)
     return "set"
@@ -128,7 +151,8 @@ def mmu_set_spte(
         else:
             was_rmapped = True
             result = "updated"
-    if set_spte(kvm, sp, index, level, gfn, pfn, speculative, host_writable) == "wrprotected_page":
+    built = set_spte(kvm, sp, index, level, gfn, pfn, speculative, host_writable, write_fault)
+    if built == "wrprotected_page":
         result = "wrprotected_page"
     new = sp.spt[index]
     if not was_rmapped and new & PT_PRESENT_MASK:
@@ -229,13 +253,15 @@ def link_shadow_page(kvm: Kvm, sp: KvmMmuPage, index: int, child: KvmMmuPage) ->
         kvm.tp.emit(LinkShadowPage(sp.level, sp.gfn, index, child.level, child.gfn))
 
 
-def direct_map(
-    kvm: Kvm, vcpu: Vcpu, write: bool, map_writable: bool, level: int, gfn: int, pfn: int
-) -> bool:
+def direct_map(kvm: Kvm, vcpu: Vcpu, write: bool, map_writable: bool, level: int, gfn: int, pfn: int) -> bool:
     """`__direct_map`: walk down from the root, building tables, and install the leaf at `level`.
 
     Returns False when the walk ended on a leaf above `level` without mapping anything: what a tree
     without 404381c5 does with a read-only large spte, so the guest refaults forever.
+
+    A large leaf above `level` is dropped (404381c5, `split_on_fault = drop`), or, as the modern TDP MMU
+    does, split in place into a full table of smaller leaves with its permissions (`split_in_place`); the
+    walk then goes on down through the new table. With splitting, `direct_map_drops_large` has no say.
     """
     sp = kvm.root
     top = PT64_ROOT_LEVEL
@@ -245,6 +271,7 @@ def direct_map(
             sp, top = l1, PT_PAGE_TABLE_LEVEL
     mapped = False
     drops_large = kvm.policy.direct_map_drops_large
+    split_in_place = kvm.policy.split_on_fault == "split_in_place"
     sp_by_pfn = kvm.sp_by_pfn
     for cur in range(top, level - 1, -1):
         index = (gfn >> (PT64_LEVEL_BITS * (cur - 1))) & (PT64_ENT_PER_PAGE - 1)
@@ -254,9 +281,14 @@ def direct_map(
             kvm.stat.pf_fixed += 1
             mapped = True
             break
-        if drops_large and sp.spt[index] & PT_PAGE_SIZE_MASK:
-            drop_large_spte(kvm, sp, index)
         spte = sp.spt[index]
+        if spte & PT_PAGE_SIZE_MASK:
+            if split_in_place:
+                sp = tdp_mmu_split_huge_page(kvm, sp, index, SPLIT_ON_FAULT)
+                continue
+            if drops_large:
+                drop_large_spte(kvm, sp, index)
+                spte = sp.spt[index]
         if not spte & PT_PRESENT_MASK:
             base_gfn = gfn & ~(pages_per_hpage(cur) - 1)
             child = kvm_mmu_get_page(kvm, base_gfn, cur - 1, (sp, index))
@@ -274,21 +306,24 @@ def direct_map(
 # --- the fault path --------------------------------------------------------------------------------------
 
 
-def mapping_level(kvm: Kvm, slot: KvmMemorySlot, gfn: int) -> int:
-    """The largest level the host page and lpage_info allow for `gfn` (no dirty bitmap assumed)."""
+def kvm_mmu_max_mapping_level(kvm: Kvm, slot: KvmMemorySlot, gfn: int) -> int:
+    """The largest level the host page, the VM and lpage_info allow for `gfn`, a gfn of `slot` (no dirty
+    bitmap assumed): mapping_level's rule, which later kernels also ask when recovering huge pages."""
     host_level = slot.host_level  # host_mapping_level: the hugetlbfs page size behind the hva
     if host_level == PT_PAGE_TABLE_LEVEL:
-        level = PT_PAGE_TABLE_LEVEL
-        max_level = min(kvm.max_level, host_level)
-    else:
-        max_level = min(kvm.max_level, host_level)
-        level = max_level
-        for candidate in range(2, max_level + 1):
-            if slot.has_wrprotected_page(gfn, candidate):
-                level = candidate - 1
-                break
+        return PT_PAGE_TABLE_LEVEL
+    max_level = min(kvm.max_level, host_level)
+    for candidate in range(2, max_level + 1):
+        if slot.has_wrprotected_page(gfn, candidate):
+            return candidate - 1
+    return max_level
+
+
+def mapping_level(kvm: Kvm, slot: KvmMemorySlot, gfn: int) -> int:
+    """The largest level the host page and lpage_info allow for `gfn` (no dirty bitmap assumed)."""
+    level = kvm_mmu_max_mapping_level(kvm, slot, gfn)
     if kvm.tp.on:
-        kvm.tp.emit(MappingLevel(gfn, host_level, max_level, level))
+        kvm.tp.emit(MappingLevel(gfn, slot.host_level, min(kvm.max_level, slot.host_level), level))
     return level
 
 
@@ -393,3 +428,68 @@ def tdp_page_fault(kvm: Kvm, vcpu: Vcpu, gfn: int, error_code: int) -> FaultResu
     return _new_tuple(FaultResult, (can_be_fast, False, fast_result))
 
 
+# --- huge pages after logging stops (later kernels) --------------------------------------------------------
+
+
+def kvm_mmu_zap_collapsible_sptes(kvm: Kvm, slot: KvmMemorySlot) -> int:
+    """Logging was switched off: zap every table pointer of the slot whose whole range a huge leaf could
+    now map, so the next fault there builds the huge leaf again. Returns how many pointers were zapped.
+
+    3.14/3.16 leave the 4K tables in place until some slow-path fault happens to map a huge leaf over
+    one, which after "properly check last spte" rarely happens (writes to read-only 4K sptes are fixed by
+    the fast path). Each zap flushes the TLBs, as the TDP MMU's atomic zap does, with mmu_lock held.
+    """
+    zapped = _zap_collapsible_spte_range(kvm, kvm.root, slot, slot.base_gfn, slot.base_gfn + slot.npages)
+    if kvm.tp.on:
+        kvm.tp.emit(ZapCollapsibleSptes(slot.id, zapped))
+    return zapped
+
+
+def _zap_collapsible_spte_range(kvm: Kvm, sp: KvmMmuPage, slot: KvmMemorySlot, start: int, end: int) -> int:
+    """The pre-order walk of the slot's range below `sp`: a pointer at level 3 is looked at before the
+    level-2 pointers under it, and a zapped one takes them all with it."""
+    span = pages_per_hpage(sp.level)
+    first = (max(start, sp.gfn) - sp.gfn) // span
+    last = min((end - 1 - sp.gfn) // span, PT64_ENT_PER_PAGE - 1)
+    zapped = 0
+    for index in range(first, last + 1):
+        spte = sp.spt[index]
+        if not spte & PT_PRESENT_MASK or spte & PT_PAGE_SIZE_MASK:
+            continue  # nothing mapped, or already a huge leaf
+        gfn = sp.gfn + index * span
+        # A range that starts outside the slot is not wholly inside it; level-4 entries are never leaves.
+        if sp.level <= KVM_NR_PAGE_SIZES and start <= gfn < end:
+            max_level = kvm_mmu_max_mapping_level(kvm, slot, gfn)
+            if max_level >= sp.level:
+                if kvm.tp.on:
+                    kvm.tp.emit(ZapCollapsibleSpte(sp.level, sp.gfn, index, gfn, spte, max_level))
+                tdp_mmu_zap_spte_atomic(kvm, sp, index)
+                zapped += 1
+                continue
+        if sp.level > PT_DIRECTORY_LEVEL:  # below level 2 there are only 4K leaves
+            zapped += _zap_collapsible_spte_range(kvm, kvm.child_sp(spte), slot, start, end)
+    return zapped
+
+
+def tdp_mmu_zap_spte_atomic(kvm: Kvm, sp: KvmMmuPage, index: int) -> None:
+    """Zap the pointer at (sp, index) with the whole tree of tables under it: every leaf dropped from its
+    rmap and the large-page count, every table unlinked and freed, and one flush for the range."""
+    removed: list[KvmMmuPage] = []
+    handle_removed_pt(kvm, kvm.child_sp(sp.spt[index]), removed)
+    kvm_flush_remote_tlbs(kvm, "zap_collapsible_spte_range", under_mmu_lock=True)
+    for table in removed:
+        kvm.free_mmu_page(table)
+
+
+def handle_removed_pt(kvm: Kvm, table: KvmMmuPage, removed: list[KvmMmuPage]) -> None:
+    """Zap a table that was just unlinked, then every table only it pointed at (their leaves included)."""
+    children = [
+        kvm.child_sp(spte)
+        for spte in table.spt
+        if table.level > PT_PAGE_TABLE_LEVEL and spte & PT_PRESENT_MASK and not spte & PT_PAGE_SIZE_MASK
+    ]
+    kvm_mmu_prepare_zap_page(kvm, table)  # drops the leaves, unlinks the children and the parent pointer
+    removed.append(table)
+    for child in children:
+        if not child.parent_ptes:
+            handle_removed_pt(kvm, child, removed)

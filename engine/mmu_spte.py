@@ -28,7 +28,8 @@ SPTE_LOCKLESS_MASK = SPTE_HOST_WRITEABLE | SPTE_MMU_WRITEABLE
 
 
 def mmu_spte_set(kvm: Kvm, sp: KvmMmuPage, index: int, new: int) -> None:
-    """Install an spte where none was present."""
+    """Install an spte where none was present, or (the TDP MMU linking a split table) a pointer over a huge
+    leaf its caller has already taken out of the rmap and the large-page count."""
     kvm.write_spte(sp, index, new)
 
 

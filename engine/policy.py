@@ -1,4 +1,5 @@
-"""The switches that tell 3.14, caf6900f and 3.16 apart (spec section 8), and the named presets.
+"""The switches that tell 3.14, caf6900f, 3.16 and a modern kernel apart (spec section 8), and the named
+presets.
 
 A variant is a combination of switch values, never a code fork: the fault path and the write-protect paths
 read these fields at exactly the places where the kernels differ.
@@ -28,9 +29,14 @@ class Policy:
     flush_after_unlock: bool = True
     # Whether __direct_map drops a large spte met above the target level (404381c5).
     direct_map_drops_large: bool = True
+    # What __direct_map does with a large leaf above the target level: drop it (404381c5) or, as the
+    # modern TDP MMU does, split it in place into a full table with the same permissions.
     split_on_fault: str = "drop"
+    # Whether enabling logging first splits every huge page of the slot (kvm.eager_page_split).
     eager_split: bool = False
+    # Whether disabling logging zaps the tables a huge page could now replace (kvm_mmu_zap_collapsible_sptes).
     recover_on_disable: bool = False
+    # Whether a read fault on a logged slot maps writable and marks the page dirty (3.x), or maps read-only.
     read_fault_marks_dirty: bool = True
     dirty_log_mode: str = "bitmap"
     pml: bool = False
@@ -58,13 +64,6 @@ SWITCH_VALUES: dict[str, tuple[str | bool, ...]] = {
 # Values the spec defines for later kernels that this engine does not model yet. Refusing them loudly is
 # the point: a what-if that silently behaved like 3.16 would teach the wrong thing.
 NOT_IMPLEMENTED: dict[tuple[str, str | bool], str] = {
-    ("split_on_fault", "split_in_place"): "the modern TDP MMU's in-place split",
-    ("eager_split", True): "eager page splitting",
-    ("recover_on_disable", True): "huge page recovery when logging stops",
-    ("read_fault_marks_dirty", False): "read-only mapping of read faults on logged slots",
-    ("dirty_log_mode", "manual_clear"): "KVM_CLEAR_DIRTY_LOG",
-    ("dirty_log_mode", "initially_set"): "KVM_DIRTY_LOG_INITIALLY_SET",
-    ("dirty_log_mode", "ring"): "the dirty ring",
     ("pml", True): "Intel PML",
 }
 
@@ -84,12 +83,32 @@ PRESETS: dict[str, Policy] = {
         flush_after_unlock=False,
     ),
     "lazy": Policy(),
+    "modern": Policy(
+        wp_large="readonly",
+        fast_pf_level_guard="large_if_dirty_logged",
+        last_spte_check="sp_level",
+        flush_rule="old_hw_mw",
+        flush_after_unlock=True,
+        direct_map_drops_large=True,
+        split_on_fault="split_in_place",
+        eager_split=True,
+        recover_on_disable=True,
+        read_fault_marks_dirty=False,
+        dirty_log_mode="bitmap",
+        pml=False,
+    ),
 }
 
 PRESET_DESCRIPTIONS: dict[str, str] = {
     "zap": "Linux 3.14, before the patch: write-protecting a large spte zaps it",
     "lazy-buggy": "the first attempt (caf6900f): large sptes made read-only, no fast-path level guard",
     "lazy": "Linux 3.16, the patch and its series",
+    "modern": "a 6.x kernel's dirty-logging behaviour: huge pages split in place on a fault and eagerly when"
+    " logging starts, recovered when it stops, read faults on logged slots mapped read-only, the fast"
+    " path's large-page guard only while logging. Modelled on the rmap-based MMU: not the TDP MMU's"
+    " lockless, RCU-protected tables (which keep no rmaps), nor NX huge pages, mmu notifiers or in-place"
+    " huge page recovery. Dirty logging is the plain bitmap; manual clear, the dirty ring and PML are"
+    " opt-in switches",
 }
 
 DEFAULT_PRESET = "lazy"

@@ -58,6 +58,8 @@ def step_json(step: StepResult) -> dict[str, object]:
         "tlb_flushes": step.tlb_flushes,
         "violations": [v.as_json() for v in step.violations],
     }
+    if step.error is not None:
+        out["error"] = step.error
     if step.faults is not None:
         out["faults"] = [fault_json(f) for f in step.faults]
     if step.spte_changes is not None:
@@ -170,11 +172,13 @@ def present_sptes_text(kvm: Kvm, depth: int) -> Iterator[str]:
 def final_json(sim: Simulation, *, stream: bool = False) -> dict[str, object]:
     """The final state. With `stream`, the sptes are a RawArray that `engine.canonical` writes row by row."""
     kvm = sim.kvm
-    return {
+    ring = sim.policy.dirty_log_mode == "ring"
+    out: dict[str, object] = {
         "sptes": RawArray(lambda depth: present_sptes_text(kvm, depth)) if stream else present_sptes(kvm),
-        "dirty_bitmaps": {
-            str(slot.id): slot.dirty_gfns() for slot in kvm.memslots if slot.dirty_bitmap is not None
-        },
+        # With the dirty ring the kernel keeps no bitmap (the slot's bits are only the model's index).
+        "dirty_bitmaps": {}
+        if ring
+        else {str(slot.id): slot.dirty_gfns() for slot in kvm.memslots if slot.dirty_bitmap is not None},
         "tlb": {
             str(vcpu.id): [
                 {"gfn": e.gfn, "level": e.level, "writable": e.writable} for e in vcpu.tlb.entries()
@@ -184,6 +188,18 @@ def final_json(sim: Simulation, *, stream: bool = False) -> dict[str, object]:
         "stats": kvm.stat.as_json(),
         "migration": sim.migration.as_json() if sim.migrated else None,
         "violations": [v.as_json() for v in sim.violations],
+    }
+    if ring:
+        out["dirty_rings"] = dirty_rings_json(kvm)
+    return out
+
+
+def dirty_rings_json(kvm: Kvm) -> dict[str, list[int]]:
+    """Each vCPU's published entries not yet reset, oldest first, as gfns (repeats kept)."""
+    by_id = kvm.memslots.by_id
+    return {
+        str(vcpu.id): [by_id[slot_id].base_gfn + offset for slot_id, offset in vcpu.dirty_ring.entries]
+        for vcpu in kvm.vcpus
     }
 
 

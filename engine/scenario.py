@@ -311,6 +311,24 @@ class GetDirtyLogStep(_SlotStep):
     op: Literal["get_dirty_log"] = "get_dirty_log"
 
 
+class ClearDirtyLogStep(_SlotStep):
+    """KVM_CLEAR_DIRTY_LOG on pages [first, first + num) of the slot, with every bit of the user's mask set.
+
+    The kernel's rules are checked before anything runs, as the ioctl's -EINVAL: `first` a multiple of 64,
+    the range inside the slot, `num` a multiple of 64 unless the range reaches the slot's end.
+    """
+
+    op: Literal["clear_dirty_log"] = "clear_dirty_log"
+    first: Annotated[Number, _Between(0, MAX_TOTAL_PAGES, hex=True)]
+    num: Annotated[Number, _Between(0, MAX_TOTAL_PAGES)]
+
+
+class ResetDirtyRingStep(_Frozen):
+    """Userspace harvests every vCPU's dirty ring, then KVM_RESET_DIRTY_RINGS re-protects what it read."""
+
+    op: Literal["reset_dirty_ring"] = "reset_dirty_ring"
+
+
 class FlushTlbStep(_Frozen):
     """kvm_flush_remote_tlbs."""
 
@@ -354,6 +372,8 @@ Step = Annotated[
     | EnableDirtyLogStep
     | DisableDirtyLogStep
     | GetDirtyLogStep
+    | ClearDirtyLogStep
+    | ResetDirtyRingStep
     | FlushTlbStep
     | ZapAllStep
     | NoteStep
@@ -476,7 +496,9 @@ class Scenario(_Frozen):
                         f"count {step.count} takes the scenario to {accesses} guest accesses,"
                         f" more than the limit of {MAX_ACCESSES}",
                     )
-            elif isinstance(step, EnableDirtyLogStep | DisableDirtyLogStep | GetDirtyLogStep):
+            elif isinstance(
+                step, EnableDirtyLogStep | DisableDirtyLogStep | GetDirtyLogStep | ClearDirtyLogStep
+            ):
                 if step.slot not in slot_ids:
                     raise _fail(where, f"slot {step.slot} is not a memslot of this scenario")
                 if isinstance(step, EnableDirtyLogStep):
@@ -485,6 +507,8 @@ class Scenario(_Frozen):
                     logged.discard(step.slot)
                 elif step.slot not in logged:
                     raise _fail(where, f"slot {step.slot} is not dirty-logged at this point")
+                elif isinstance(step, ClearDirtyLogStep):
+                    _check_clear_range(where, step, self.memslots)
             elif isinstance(step, MigrateBeginStep):
                 if logged_by_migration is not None:
                     raise _fail(where, "a migration is already running")
@@ -508,6 +532,28 @@ class Scenario(_Frozen):
             "memslots": [slot.model_dump(mode="python") for slot in self.memslots],
             "steps": [step_to_json(step) for step in self.steps],
         }
+
+
+def _check_clear_range(where: str, step: ClearDirtyLogStep, memslots: list[Memslot]) -> None:
+    """KVM_CLEAR_DIRTY_LOG's -EINVAL cases: the cleared range works on whole 64-bit words of the bitmap,
+    except for a last word cut short by the end of the slot."""
+    npages = next(slot.npages for slot in memslots if slot.id == step.slot)
+    if step.first % 64:
+        raise _fail(
+            where, f"first {step.first:#x} is not a multiple of 64 (the bitmap is cleared a long at a time)"
+        )
+    if step.first > npages or step.num > npages - step.first:
+        raise _fail(
+            where,
+            f"num {step.num} from first {step.first:#x} goes past the end of slot {step.slot}"
+            f" ({npages} pages)",
+        )
+    if step.num % 64 and step.first + step.num != npages:
+        raise _fail(
+            where,
+            f"num {step.num} is not a multiple of 64 and the range does not reach the end of slot"
+            f" {step.slot} ({npages} pages)",
+        )
 
 
 def _check_accesses(where: str, step: ReadStep | WriteStep, slots: list[Memslot], bases: list[int]) -> None:
@@ -546,6 +592,12 @@ def _check_accesses(where: str, step: ReadStep | WriteStep, slots: list[Memslot]
 #   visits every one, about 3 µs each): at most one per page, and at most 8 per guest access so far;
 # - get_dirty_log: the slot's pages / 1024 (the bitmap is read a long at a time; the pages it returns
 #   were paid for by the writes that dirtied them);
+# - clear_dirty_log: its pages / 64 (every bit of the range is looked at, one rmap lookup each), and,
+#   once anything is mapped, half of the sptes it can build and write-protect: one per page of the
+#   range, plus, when logging started all-set, the 4K leaves eager splitting builds under the two 2M
+#   pages and the 1G page each long of the range can overlap (bounded by the slot);
+# - reset_dirty_ring: nothing more (each entry it harvests was pushed by a fault that paid for it, and a
+#   ring holds at most DIRTY_RING_SIZE of them);
 # - migrate_begin: enable_dirty_log over every slot, and a copy of every page (as much as get_dirty_log);
 #   migrate_round: get_dirty_log over every slot; migrate_end: the pages / 64 (its final round, then both
 #   sides compared page by page);
@@ -560,6 +612,8 @@ WORK_PER_STEP = 1
 WORK_PER_TABLE_ZAPPED = 8
 PAGES_PER_WORK_ENABLE_LOG = 4
 PAGES_PER_WORK_GET_LOG = 1024
+PAGES_PER_WORK_CLEAR_LOG = 64
+PAGES_PER_WORK_SPLIT = 2
 PAGES_PER_WORK_MIGRATE_END = 64
 PAGES_PER_WORK_SETUP = 512
 # The most sptes one guest access can map (the faulting one and its prefetched neighbours), and the most
@@ -615,6 +669,12 @@ class _WorkCounter:
             return WORK_PER_STEP, 0, _per(mapped, PAGES_PER_WORK_ENABLE_LOG)
         if isinstance(step, GetDirtyLogStep):
             return WORK_PER_STEP, 0, _per(self.slot_pages[step.slot], PAGES_PER_WORK_GET_LOG)
+        if isinstance(step, ClearDirtyLogStep):
+            # Splitting can build up to 3 × 512 sptes per long of the range (two 2M pages and a 1G one).
+            split = 3 * 512 * _per(step.num, 64)
+            protected = min(self.slot_pages[step.slot] + 512, step.num + split) if self.accessed else 0
+            work = _per(step.num, PAGES_PER_WORK_CLEAR_LOG) + _per(protected, PAGES_PER_WORK_SPLIT)
+            return WORK_PER_STEP, 0, work
         if isinstance(step, MigrateBeginStep):
             mapped = min(all_pages, MAPPED_PER_ACCESS * self.accessed)
             work = _per(mapped, PAGES_PER_WORK_ENABLE_LOG) + _per(all_pages, PAGES_PER_WORK_GET_LOG)
@@ -811,6 +871,7 @@ __all__ = [
     "MAX_VCPUS",
     "PAGE_LEVELS",
     "STEP_OPS",
+    "ClearDirtyLogStep",
     "DisableDirtyLogStep",
     "EnableDirtyLogStep",
     "FlushTlbStep",
@@ -821,6 +882,7 @@ __all__ = [
     "MigrateRoundStep",
     "NoteStep",
     "ReadStep",
+    "ResetDirtyRingStep",
     "Scenario",
     "ScenarioError",
     "ScenarioTooLargeError",

@@ -11,7 +11,12 @@ from dataclasses import dataclass
 
 from engine.collector import gc_paused
 from engine.cpu import guest_accesses
-from engine.dirty_log import kvm_set_dirty_logging, kvm_vm_ioctl_get_dirty_log
+from engine.dirty_log import (
+    kvm_set_dirty_logging,
+    kvm_vm_ioctl_clear_dirty_log,
+    kvm_vm_ioctl_get_dirty_log,
+)
+from engine.dirty_ring import harvest_and_reset
 from engine.invariants import StepChecker, Violation
 from engine.kvm import FaultRecord, Kvm
 from engine.kvm_main import kvm_flush_remote_tlbs
@@ -19,6 +24,7 @@ from engine.memslot import KvmMemorySlot
 from engine.migration import Migration, migrate_begin, migrate_end, migrate_round
 from engine.policy import Policy
 from engine.scenario import (
+    ClearDirtyLogStep,
     DisableDirtyLogStep,
     EnableDirtyLogStep,
     FlushTlbStep,
@@ -28,6 +34,7 @@ from engine.scenario import (
     MigrateRoundStep,
     NoteStep,
     ReadStep,
+    ResetDirtyRingStep,
     Scenario,
     Step,
     WriteStep,
@@ -62,6 +69,9 @@ class StepResult:
     faults: list[FaultRecord] | None
     spte_changes: list[SpteChange] | None
     events: list[Event] | None
+    # The ioctl the step made that the kernel refused under the policy's dirty-log mode, as
+    # "KVM_GET_DIRTY_LOG: ENXIO"; None when nothing failed.
+    error: str | None = None
 
 
 class Simulation:
@@ -130,6 +140,7 @@ class Simulation:
             if full
             else None,
             events=list(kvm.tp.events) if full else None,
+            error=log.ioctl_error,
         )
         self.index += 1
         return result
@@ -148,6 +159,10 @@ class Simulation:
             kvm_set_dirty_logging(kvm, self._slot(step.slot), isinstance(step, EnableDirtyLogStep))
         elif isinstance(step, GetDirtyLogStep):
             kvm.log.dirty_log = kvm_vm_ioctl_get_dirty_log(kvm, self._slot(step.slot))
+        elif isinstance(step, ClearDirtyLogStep):
+            kvm_vm_ioctl_clear_dirty_log(kvm, self._slot(step.slot), step.first, step.num)
+        elif isinstance(step, ResetDirtyRingStep):
+            kvm.log.dirty_log = harvest_and_reset(kvm)
         elif isinstance(step, FlushTlbStep):
             kvm_flush_remote_tlbs(kvm, "userspace", under_mmu_lock=False)
         elif isinstance(step, ZapAllStep):

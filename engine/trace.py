@@ -283,6 +283,90 @@ class WriteProtectPtMasked(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class IoctlError(Event):
+    """A VM ioctl that the kernel refuses under the VM's dirty-log mode (kvm_vm_ioctl returns -errno)."""
+
+    name: ClassVar[str] = "kvm_vm_ioctl"
+    ioctl: str
+    errno: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClearDirtyLog(Event):
+    name: ClassVar[str] = "kvm_vm_ioctl_clear_dirty_log"
+    slot: int
+    first: int
+    num: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClearDirtyLogProtect(Event):
+    """kvm_clear_dirty_log_protect: the bits it found set and cleared, and whether it flushed."""
+
+    name: ClassVar[str] = "kvm_clear_dirty_log_protect"
+    slot: int
+    gfns: tuple[int, ...]
+    flush: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EnableLogDirtyPtMasked(Event):
+    """kvm_arch_mmu_enable_log_dirty_pt_masked: re-arm logging for the set bits of one mask."""
+
+    name: ClassVar[str] = "kvm_arch_mmu_enable_log_dirty_pt_masked"
+    slot: int
+    gfn_offset: int
+    mask: str
+    huge_first: bool  # INITIALLY_SET: the huge pages around the range were protected (and split) first
+
+
+@dataclass(frozen=True, slots=True)
+class DirtyRingPush(Event):
+    name: ClassVar[str] = "kvm_dirty_ring_push"
+    vcpu: int
+    slot: int
+    offset: int
+    gfn: int
+    used: int  # entries in the ring after the push
+
+
+@dataclass(frozen=True, slots=True)
+class DirtyRingFull(Event):
+    """kvm_dirty_ring_check_request: a soft-full ring keeps the vCPU out of the guest
+    (KVM_EXIT_DIRTY_RING_FULL); the access at `gfn` and the rest of the step's accesses do not happen."""
+
+    name: ClassVar[str] = "kvm_dirty_ring_check_request"
+    vcpu: int
+    gfn: int
+    used: int
+    skipped: int
+
+
+@dataclass(frozen=True, slots=True)
+class DirtyRingHarvest(Event):
+    """Userspace reads one vCPU's published entries, in order, and marks them collected."""
+
+    name: ClassVar[str] = "dirty_ring_harvest"
+    vcpu: int
+    gfns: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DirtyRingReset(Event):
+    name: ClassVar[str] = "kvm_dirty_ring_reset"
+    vcpu: int
+    entries: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResetDirtyPages(Event):
+    name: ClassVar[str] = "kvm_vm_ioctl_reset_dirty_pages"
+    cleared: int
+    flush: bool
+
+
+@dataclass(frozen=True, slots=True)
 class FlushRemoteTlbs(Event):
     name: ClassVar[str] = "kvm_flush_remote_tlbs"
     caller: str
@@ -337,3 +421,65 @@ class Trace:
 
     def emit(self, event: Event) -> None:
         self.events.append(event)
+
+
+# --- huge pages in later kernels (mmu/tdp_mmu.c, mmu/spte.c, mmu/mmu.c) ---------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TdpMmuSplitHugePage(Event):
+    """A huge leaf replaced by a full table of smaller leaves with the same permissions, linked without a
+    TLB flush: on the fault path (kvm_tdp_mmu_map) or eagerly (tdp_mmu_split_huge_pages_root)."""
+
+    name: ClassVar[str] = "tdp_mmu_split_huge_page"
+    level: int
+    sp_gfn: int
+    index: int
+    gfn: int
+    old: int
+    new: int
+    child_level: int
+    caller: str
+
+
+@dataclass(frozen=True, slots=True)
+class SlotTrySplitHugePages(Event):
+    """Eager page splitting when logging starts: how many huge leaves of the slot were split."""
+
+    name: ClassVar[str] = "kvm_mmu_slot_try_split_huge_pages"
+    slot: int
+    split: int
+
+
+@dataclass(frozen=True, slots=True)
+class MakeSpteReadOnly(Event):
+    """A read fault on a dirty-logged slot builds its leaf read-only (W clear, HW and MW kept) and marks
+    nothing: only a write, fixed later by the fast path, reports the page."""
+
+    name: ClassVar[str] = "make_spte"
+    level: int
+    sp_gfn: int
+    index: int
+    gfn: int
+    slot: int
+    new: int
+
+
+@dataclass(frozen=True, slots=True)
+class ZapCollapsibleSpte(Event):
+    """One non-leaf spte zapped after logging stopped, because a huge leaf could now map its range."""
+
+    name: ClassVar[str] = "zap_collapsible_spte_range"
+    level: int
+    sp_gfn: int
+    index: int
+    gfn: int
+    old: int
+    max_level: int
+
+
+@dataclass(frozen=True, slots=True)
+class ZapCollapsibleSptes(Event):
+    name: ClassVar[str] = "kvm_mmu_zap_collapsible_sptes"
+    slot: int
+    zapped: int

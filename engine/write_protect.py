@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from engine.kvm import Kvm
 from engine.kvm_main import kvm_flush_remote_tlbs
-from engine.memslot import KvmMemorySlot
+from engine.memslot import KvmMemorySlot, gfn_to_index
 from engine.mmu_spte import __drop_large_spte, mmu_spte_update
 from engine.rmap import pte_list
 from engine.shadow_page import KvmMmuPage, kvm_mmu_page_get_gfn
@@ -108,3 +108,14 @@ def kvm_mmu_write_protect_pt_masked(kvm: Kvm, slot: KvmMemorySlot, gfn_offset: i
         bit = (mask & -mask).bit_length() - 1
         __rmap_write_protect(kvm, slot, PT_PAGE_TABLE_LEVEL, gfn_offset + bit, pt_protect=False)
         mask &= mask - 1
+
+
+def kvm_mmu_slot_gfn_write_protect(kvm: Kvm, slot: KvmMemorySlot, gfn: int, min_level: int) -> bool:
+    """Write-protect whatever maps `gfn` at `min_level` and every larger level, through those rmaps;
+    returns whether a flush is needed (the callers flush once, later)."""
+    flush = False
+    for level in range(min_level, PT_PAGE_TABLE_LEVEL + 3):
+        key = gfn_to_index(gfn, slot.base_gfn, level)
+        if key in slot.rmap[level - 1]:
+            flush |= __rmap_write_protect(kvm, slot, level, key, pt_protect=False)
+    return flush

@@ -49,11 +49,21 @@ def invariants(step: dict[str, Any]) -> set[tuple[str, int | None]]:
     return {(v["invariant"], v["gfn"]) for v in step["violations"]}
 
 
+# Under `modern`, enabling logging splits every large spte to 4K first (eager_split, §5.2) and disabling it
+# zaps the 4K tables a large spte could replace (recover_on_disable, §5.3): the scenarios below, built to
+# put a large spte in front of a 3.x switch, never do under it. Its own switches are in
+# test_modern_switches.py.
+MODERN_SPLITS_FIRST = {"modern": "eager_split leaves no large spte once logging is on (§5.2)"}
+MODERN_RECOVERS = {"modern": "recover_on_disable zaps the 4K table when logging stops (§5.3)"}
+EVERY_3X = {"zap": None, "lazy-buggy": None, "lazy": None}
+
+
 # --- wp_large: what enabling dirty logging does to a writable large spte ----------------------------------
 
 
 @pytest.mark.parametrize("wp_large", ["zap", "readonly"])
-def test_wp_large(preset: str, wp_large: str) -> None:
+@pytest.mark.parametrize(("preset", "_none"), per_preset(EVERY_3X, MODERN_SPLITS_FIRST))
+def test_wp_large(preset: str, _none: None, wp_large: str) -> None:
     scenario = make_scenario(
         [SLOT_2M, SLOT_4K],
         [
@@ -97,7 +107,10 @@ def test_wp_large(preset: str, wp_large: str) -> None:
 
 # A read-only large spte keeping HW and MW exists only after dirty-log write protection; under wp_large=zap
 # it is zapped instead, so the guard never meets one.
-NO_READONLY_LARGE = {"zap": "wp_large=zap leaves no read-only large spte for the guard to meet"}
+NO_READONLY_LARGE = {
+    "zap": "wp_large=zap leaves no read-only large spte for the guard to meet",
+    **MODERN_SPLITS_FIRST,
+}
 
 GUARD_LOGGING_OFF = {
     # Logging was enabled then disabled: 3.14/3.16 leave the large spte read-only (§2, §3.5).
@@ -202,7 +215,8 @@ LAST_SPTE = {
 
 
 @pytest.mark.parametrize("check", list(LAST_SPTE))
-def test_last_spte_check(preset: str, check: str) -> None:
+@pytest.mark.parametrize(("preset", "_none"), per_preset(EVERY_3X, MODERN_RECOVERS))
+def test_last_spte_check(preset: str, _none: None, check: str) -> None:
     scenario = make_scenario(
         [SLOT_2M],
         [
@@ -292,7 +306,13 @@ def test_flush_after_unlock(preset: str, after_unlock: bool) -> None:
 
 
 @pytest.mark.parametrize("drops", [False, True])
-def test_direct_map_drops_large(preset: str, drops: bool) -> None:
+@pytest.mark.parametrize(
+    ("preset", "_none"),
+    per_preset(
+        EVERY_3X, {"modern": "split_on_fault=split_in_place splits a large spte instead of dropping it"}
+    ),
+)
+def test_direct_map_drops_large(preset: str, _none: None, drops: bool) -> None:
     scenario = make_scenario(
         [SLOT_2M_COW],
         [
@@ -336,6 +356,13 @@ TESTED_SWITCHES = {
     "flush_rule",
     "flush_after_unlock",
     "direct_map_drops_large",
+    # The later kernels' switches, one test each in test_modern_switches.py.
+    "split_on_fault",
+    "eager_split",
+    "recover_on_disable",
+    "read_fault_marks_dirty",
+    # One test per mode in test_dirty_log_modes.py.
+    "dirty_log_mode",
 }
 
 
@@ -354,8 +381,18 @@ def test_presets_are_the_spec_switch_combinations() -> None:
         "zap": ("zap", "none", "requested_level", "old_w", False, True),
         "lazy-buggy": ("readonly", "none", "requested_level", "old_w", False, True),
         "lazy": ("readonly", "any_large", "sp_level", "old_hw_mw", True, True),
+        "modern": ("readonly", "large_if_dirty_logged", "sp_level", "old_hw_mw", True, True),
     }
     assert set(table) == set(PRESET_NAMES)
+    # The modern column for the later kernels' switches (dirty_log_mode "bitmap": the later modes are
+    # options), and no PML.
+    modern = PRESETS["modern"]
+    assert (modern.split_on_fault, modern.eager_split, modern.recover_on_disable) == (
+        "split_in_place",
+        True,
+        True,
+    )
+    assert (modern.read_fault_marks_dirty, modern.dirty_log_mode, modern.pml) == (False, "bitmap", False)
     for name, row in table.items():
         policy = PRESETS[name]
         got = (
@@ -367,6 +404,8 @@ def test_presets_are_the_spec_switch_combinations() -> None:
             policy.direct_map_drops_large,
         )
         assert got == row, name
+        if name == "modern":
+            continue
         # The 3.x presets keep split_on_fault=drop, no eager split, no recovery, read faults mark dirty.
         assert (policy.split_on_fault, policy.eager_split, policy.recover_on_disable) == (
             "drop",

@@ -9,6 +9,10 @@ indexes differ from the spec's step numbers:
 
 and index 11 is migrate_end (the final stop-and-copy of §7.2 step 9's last paragraph).
 
+The §7.2 tables have columns (a), (b), (c): `zap`, `lazy-buggy`, `lazy`. `modern` appears where the spec
+gives its value (the live-kernel note's dirty logs, and what §5.1–5.3 change); its step-by-step
+walk through the same example is in test_modern_preset.py.
+
 Every expected value below comes from the spec text (the section is named beside it), never from a run.
 """
 
@@ -137,6 +141,10 @@ def test_step2_write_sets_d_without_an_exit(preset: str) -> None:
 
 # --- step 3: enable dirty logging ------------------------------------------------------------------------
 
+# The §7.2 step tables cover (a), (b), (c); modern splits the 2M spte when logging starts (§5.2), so its
+# steps 3 to 6 differ in kind, and are checked one by one in test_modern_preset.py.
+MODERN_STEPS = {"modern": "eager splitting changes these steps (§5.2): test_modern_preset.py"}
+
 
 @pytest.mark.parametrize(
     ("preset", "expected"),
@@ -146,7 +154,8 @@ def test_step2_write_sets_d_without_an_exit(preset: str) -> None:
             "zap": {"l2_1": None, "lpages": 0},
             "lazy-buggy": {"l2_1": LARGE_RO_D, "lpages": 1},
             "lazy": {"l2_1": LARGE_RO_D, "lpages": 1},
-        }
+        },
+        MODERN_STEPS,
     ),
 )
 def test_step3_enable_write_protects_the_large_spte(preset: str, expected: dict[str, Any]) -> None:
@@ -166,8 +175,9 @@ def test_step3_enable_write_protects_the_large_spte(preset: str, expected: dict[
 
 @pytest.mark.parametrize(
     ("preset", "under_lock"),
-    # §7.2 step 3: (a) flush inside mmu_lock; (b) era-dependent, inside the lock; (c) after unlock (§3.5).
-    per_preset({"zap": True, "lazy-buggy": True, "lazy": False}),
+    # §7.2 step 3: (a) flush inside mmu_lock; (b) era-dependent, inside the lock; (c) after unlock (§3.5);
+    # modern keeps 3.16's flush after unlock (§5.1 step 4).
+    per_preset({"zap": True, "lazy-buggy": True, "lazy": False, "modern": False}),
 )
 def test_step3_enable_flush_placement(preset: str, under_lock: bool) -> None:
     flushes = events(preset, ENABLE, "kvm_flush_remote_tlbs")
@@ -187,7 +197,8 @@ def test_step3_zap_marks_the_host_page_dirty() -> None:
     ("preset", "faults"),
     # §7.2 step 4: (a) slow path; (b) and (c) no fault ("this is the patch's benefit").
     per_preset(
-        {"zap": {"fast": 0, "slow": 1}, "lazy-buggy": {"fast": 0, "slow": 0}, "lazy": {"fast": 0, "slow": 0}}
+        {"zap": {"fast": 0, "slow": 1}, "lazy-buggy": {"fast": 0, "slow": 0}, "lazy": {"fast": 0, "slow": 0}},
+        MODERN_STEPS,
     ),
 )
 def test_step4_read_faults_only_under_zap(preset: str, faults: dict[str, int]) -> None:
@@ -245,7 +256,7 @@ STEP5 = {
 }
 
 
-@pytest.mark.parametrize(("preset", "expected"), per_preset(STEP5))
+@pytest.mark.parametrize(("preset", "expected"), per_preset(STEP5, MODERN_STEPS))
 def test_step5_write_0x250(preset: str, expected: dict[str, Any]) -> None:
     s = step(preset, WRITE_0X250)
     assert s["fault_counts"] == expected["fault_counts"]
@@ -295,7 +306,7 @@ STEP6 = {
 }
 
 
-@pytest.mark.parametrize(("preset", "expected"), per_preset(STEP6))
+@pytest.mark.parametrize(("preset", "expected"), per_preset(STEP6, MODERN_STEPS))
 def test_step6_writes_0x260_and_0x2c0(preset: str, expected: list[tuple[dict[str, int], list[int]]]) -> None:
     for index, (faults, marked) in zip((WRITE_0X260, WRITE_0X2C0), expected, strict=True):
         assert step(preset, index)["fault_counts"] == faults
@@ -316,8 +327,16 @@ def test_step6_writes_0x260_and_0x2c0(preset: str, expected: list[tuple[dict[str
 
 @pytest.mark.parametrize(
     ("preset", "returned"),
-    # §7.2 step 7 "returned set": (a), (c) {0x250, 0x260, 0x2c0}; (b) {0x200}.
-    per_preset({"zap": [0x250, 0x260, 0x2C0], "lazy-buggy": [0x200], "lazy": [0x250, 0x260, 0x2C0]}),
+    # §7.2 step 7 "returned set": (a), (c) {0x250, 0x260, 0x2c0}; (b) {0x200}; modern: the live-kernel
+    # note (2).
+    per_preset(
+        {
+            "zap": [0x250, 0x260, 0x2C0],
+            "lazy-buggy": [0x200],
+            "lazy": [0x250, 0x260, 0x2C0],
+            "modern": [0x250, 0x260, 0x2C0],
+        }
+    ),
 )
 def test_step7_round1_returns_the_dirty_set(preset: str, returned: list[int]) -> None:
     s = step(preset, ROUND_1)
@@ -349,7 +368,8 @@ def test_step7_buggy_leaves_the_2m_spte_writable() -> None:
 @pytest.mark.parametrize(
     ("preset", "under_lock"),
     # §7.2 step 7: (a) inside mmu_lock; (c) after unlock. (b) follows its era, before 198c74f4 (§3.6, §4.1).
-    per_preset({"zap": True, "lazy-buggy": True, "lazy": False}),
+    # modern: as (c).
+    per_preset({"zap": True, "lazy-buggy": True, "lazy": False, "modern": False}),
 )
 def test_step7_flush_placement(preset: str, under_lock: bool) -> None:
     flushes = events(preset, ROUND_1, "kvm_flush_remote_tlbs")
@@ -368,7 +388,7 @@ STEP8 = {
 }
 
 
-@pytest.mark.parametrize(("preset", "expected"), per_preset(STEP8))
+@pytest.mark.parametrize(("preset", "expected"), per_preset(STEP8, MODERN_STEPS))
 def test_step8_rewrite_0x250_and_first_touch_0x300(
     preset: str, expected: list[tuple[dict[str, int], list[int]]]
 ) -> None:
@@ -390,8 +410,8 @@ def test_step8_rewrite_0x250_and_first_touch_0x300(
 
 @pytest.mark.parametrize(
     ("preset", "returned"),
-    # §7.2 step 9: (a), (c) {0x250, 0x300}; (b) {}: both writes lost.
-    per_preset({"zap": [0x250, 0x300], "lazy-buggy": [], "lazy": [0x250, 0x300]}),
+    # §7.2 step 9: (a), (c) {0x250, 0x300}; (b) {}: both writes lost; modern: the live-kernel note (2).
+    per_preset({"zap": [0x250, 0x300], "lazy-buggy": [], "lazy": [0x250, 0x300], "modern": [0x250, 0x300]}),
 )
 def test_step9_round2_returns_the_dirty_set(preset: str, returned: list[int]) -> None:
     s = step(preset, ROUND_2)
@@ -406,8 +426,15 @@ def test_step9_round2_returns_the_dirty_set(preset: str, returned: list[int]) ->
 @pytest.mark.parametrize(
     ("preset", "expected"),
     # §7.3: faults during logging, steps 4–8: (a) 4 slow + 1 fast; (c) also 4 slow + 1 fast; (b) 1 fast.
+    # modern: no slow fault at all; the read does not fault and every write is a fast-path fault on a 4K
+    # spte (§5.2, "the first write to any page is a fast-path fault"): 0x250, 0x260, 0x2c0, 0x250, 0x300.
     per_preset(
-        {"zap": {"fast": 1, "slow": 4}, "lazy-buggy": {"fast": 1, "slow": 0}, "lazy": {"fast": 1, "slow": 4}}
+        {
+            "zap": {"fast": 1, "slow": 4},
+            "lazy-buggy": {"fast": 1, "slow": 0},
+            "lazy": {"fast": 1, "slow": 4},
+            "modern": {"fast": 5, "slow": 0},
+        }
     ),
 )
 def test_fault_counts_during_logging(preset: str, expected: dict[str, int]) -> None:
@@ -419,8 +446,9 @@ def test_fault_counts_during_logging(preset: str, expected: dict[str, int]) -> N
 @pytest.mark.parametrize(
     ("preset", "first_zero"),
     # §7.3: (a) largepages drops to 0 at enable time; (c) only at the first write fault in the range
-    # (spec step 5); (b) stays at 1 forever.
-    per_preset({"zap": ENABLE, "lazy-buggy": None, "lazy": WRITE_0X250}),
+    # (spec step 5); (b) stays at 1 forever; modern: at enable time, split rather than zapped (§5.2: pages_2m
+    # drops to 0 immediately after enabling), and no fault brings it back while logging is on.
+    per_preset({"zap": ENABLE, "lazy-buggy": None, "lazy": WRITE_0X250, "modern": ENABLE}),
 )
 def test_large_page_count(preset: str, first_zero: int | None) -> None:
     counts = [s["stats"]["lpages"] for s in run_worked(preset)[1]]
@@ -438,6 +466,9 @@ def test_large_page_count(preset: str, first_zero: int | None) -> None:
             "zap": {ROUND_1: 1, ROUND_2: 1},
             "lazy-buggy": {ROUND_1: 1},
             "lazy": {WRITE_0X250: 1, ROUND_1: 1, ROUND_2: 1},
+            # modern: no drop, so 1 per GET with bits; migrate_end disables logging, and recovery zaps
+            # the 4K table the 2M page can replace again, one flush (§5.3).
+            "modern": {ROUND_1: 1, ROUND_2: 1, END: 1},
         }
     ),
 )
@@ -475,7 +506,7 @@ def test_lazy_buggy_reports_the_writable_large_spte_when_it_appears() -> None:
         assert step("lazy-buggy", index)["violations"] == []
 
 
-@pytest.mark.parametrize("preset", ["zap", "lazy"])  # lazy-buggy must violate them: tests above
+@pytest.mark.parametrize("preset", ["zap", "lazy", "modern"])  # lazy-buggy must violate them: tests above
 def test_no_violation_and_nothing_lost(preset: str) -> None:
     # Acceptance: zap and lazy end with no lost page, and the §3.13 invariants hold after every step.
     steps, _, result, full_checks = run_worked(preset)
@@ -511,6 +542,7 @@ def literal_steps() -> list[dict[str, Any]]:
             "zap": [[0x250, 0x260, 0x2C0], [0x250, 0x300]],
             "lazy-buggy": [[0x200], []],
             "lazy": [[0x250, 0x260, 0x2C0], [0x250, 0x300]],
+            "modern": [[0x250, 0x260, 0x2C0], [0x250, 0x300]],  # the live-kernel note (2)
         }
     ),
 )
