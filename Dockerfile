@@ -3,6 +3,8 @@
 #   docker build -t sptelab .
 #   docker run --rm -p 8000:8000 sptelab                        # then open http://127.0.0.1:8000
 #   docker run --rm -p 8000:8000 -e SPTELAB_WORKSHOP=1 sptelab  # read-only: no editor, no upload
+#   docker run --rm -p 8000:8000 --device /dev/kvm --group-add "$(stat -c %g /dev/kvm)" sptelab
+#                                       # with "run on this machine's kernel" (the user must reach the device)
 #
 # Every option is a SPTELAB_* variable (defaults below; README.md, "Docker"), or a flag of
 # `sptelab serve` given as the command: docker run ... sptelab sptelab serve --workshop --workers 2.
@@ -17,6 +19,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY engine/ engine/
+COPY live/ live/
 COPY cli/ cli/
 COPY scenarios/ scenarios/
 COPY app/ app/

@@ -531,6 +531,14 @@ class Links:
     def download(self) -> str:
         return self.base + "/download?" + urlencode([self.source])
 
+    def real(self) -> str:
+        """The scenario on this machine's kernel beside every preset. Of the player's what-if switches
+        only the dirty-log mode travels: it chooses how the live VM logs, the others are the engine's."""
+        mode = self.overrides.get("dirty_log_mode")
+        params = [("policy", f"dirty_log_mode={mode}")] if mode else []
+        tail = "&" + urlencode(params, safe=":,=") if params else ""
+        return self.base + "/real?" + _source_query(self.source) + tail
+
     def with_variant(self, variant: str) -> Links:
         return replace(self, variant=variant, overrides={})
 

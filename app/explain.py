@@ -16,7 +16,7 @@ from engine.spte import PT_PAGE_SIZE_MASK, PT_WRITABLE_MASK, level_name, pages_p
 Event = Mapping[str, Any]
 
 # Which tree each preset's mmu.c comes from.
-KERNEL_VERSIONS = {"zap": "3.14", "lazy-buggy": "3.9-rc, caf6900f", "lazy": "3.16"}
+KERNEL_VERSIONS = {"zap": "3.14", "lazy-buggy": "3.9-rc, caf6900f", "lazy": "3.16", "modern": "6.x"}
 
 _MMU = "arch/x86/kvm/mmu.c"
 _KVM_MAIN = "virt/kvm/kvm_main.c"
@@ -49,9 +49,36 @@ KERNEL_SOURCES: dict[str, str] = {
     "kvm_mmu_zap_all": _MMU,
     "kvm_mmu_prepare_zap_page": _MMU,
     "kvm_mmu_load": _MMU,
+    "tdp_mmu_split_huge_page": "arch/x86/kvm/mmu/tdp_mmu.c",
+    "kvm_mmu_slot_try_split_huge_pages": "arch/x86/kvm/mmu/mmu.c",
+    "make_spte": "arch/x86/kvm/mmu/spte.c",
+    "zap_collapsible_spte_range": "arch/x86/kvm/mmu/tdp_mmu.c",
+    "kvm_mmu_zap_collapsible_sptes": "arch/x86/kvm/mmu/mmu.c",
     "migrate_copy": "QEMU (userspace migration loop)",
     "migrate_verdict": "QEMU (userspace migration loop)",
+    "kvm_vm_ioctl": _KVM_MAIN,
+    "kvm_vm_ioctl_clear_dirty_log": _KVM_MAIN,
+    "kvm_clear_dirty_log_protect": _KVM_MAIN,
+    "kvm_arch_mmu_enable_log_dirty_pt_masked": "arch/x86/kvm/mmu/mmu.c",
+    "kvm_dirty_ring_push": "virt/kvm/dirty_ring.c",
+    "kvm_dirty_ring_check_request": "virt/kvm/dirty_ring.c",
+    "dirty_ring_harvest": "QEMU (userspace, kvm_dirty_ring_reap)",
+    "kvm_dirty_ring_reset": "virt/kvm/dirty_ring.c",
+    "kvm_vm_ioctl_reset_dirty_pages": _KVM_MAIN,
 }
+
+# The dirty-log modes after 3.16 (policy.dirty_log_mode): their functions are quoted from later trees.
+LATER_DIRTY_LOG_EVENTS = frozenset(
+    {
+        "kvm_vm_ioctl",
+        "kvm_vm_ioctl_clear_dirty_log",
+        "kvm_clear_dirty_log_protect",
+        "kvm_dirty_ring_push",
+        "kvm_dirty_ring_check_request",
+        "kvm_dirty_ring_reset",
+        "kvm_vm_ioctl_reset_dirty_pages",
+    }
+)
 
 
 def kernel_source(name: str, variant: str | None) -> str:
@@ -59,6 +86,11 @@ def kernel_source(name: str, variant: str | None) -> str:
     where = KERNEL_SOURCES.get(name, "")
     if not where or not (where.startswith("arch/") or where.startswith("virt/")):
         return where
+    if variant == "modern" and where == _MMU:  # later kernels moved mmu.c into arch/x86/kvm/mmu/
+        where = "arch/x86/kvm/mmu/mmu.c"
+    if where.startswith("arch/x86/kvm/mmu/") or name in LATER_DIRTY_LOG_EVENTS:
+        # the mmu/ directory, KVM_CLEAR_DIRTY_LOG and the dirty ring exist only in later kernels
+        return f"{where} ({KERNEL_VERSIONS['modern']})"
     return f"{where} ({KERNEL_VERSIONS.get(variant or '', '3.14–3.16')})"
 
 
@@ -369,6 +401,12 @@ def kvm_mmu_slot_remove_write_access(ev: Event, ctx: Context) -> str:
 def kvm_vm_ioctl_get_dirty_log(ev: Event, ctx: Context) -> str:
     gfns = list(ev.get("gfns") or [])
     shown = " ".join(_hex(g) for g in gfns[:16]) + (" …" if len(gfns) > 16 else "")
+    if gfns and not ev.get("flush"):  # only manual protection reports pages without flushing
+        return (
+            f"KVM_GET_DIRTY_LOG on slot {ev.get('slot')} copies the bitmap ({len(gfns)} page"
+            f"{'s' if len(gfns) != 1 else ''}: {shown}) without clearing it or protecting anything:"
+            " with manual protection that is KVM_CLEAR_DIRTY_LOG's job."
+        )
     if not gfns:
         return f"KVM_GET_DIRTY_LOG on slot {ev.get('slot')} returns nothing: no bit was set, so no flush."
     return (
@@ -407,6 +445,61 @@ def kvm_mmu_load(ev: Event, ctx: Context) -> str:
     return "A new, empty root table is allocated; the vCPUs load it before they next enter the guest."
 
 
+# --- huge pages in later kernels ------------------------------------------------------------------------
+
+
+def tdp_mmu_split_huge_page(ev: Event, ctx: Context) -> str:
+    level = _int(ev.get("level"))
+    child = _int(ev.get("child_level"))
+    how = (
+        "when logging starts (eager page splitting)"
+        if ev.get("caller") == "tdp_mmu_split_huge_pages_root"
+        else "on the way down to the faulting page, instead of dropping it"
+    )
+    what = f"The {_size(level)} spte {_where(ev)} ({_flags(ev.get('old'))}, gfn {_hex(ev.get('gfn'))})"
+    return (
+        f"{what} is split in place {how}: a new table of 512 {_size(child)} sptes with the same permissions"
+        " replaces it, so every page stays mapped; no TLB flush, since every translation is unchanged."
+    )
+
+
+def kvm_mmu_slot_try_split_huge_pages(ev: Event, ctx: Context) -> str:
+    split = _int(ev.get("split"))
+    what = f"{split} huge spte{'s' if split != 1 else ''} of slot {ev.get('slot')}"
+    return (
+        f"Eager page splitting: {what} split to 4K before write protection, so the first write to any page"
+        " is a fast-path fault on a 4K spte."
+    )
+
+
+def make_spte(ev: Event, ctx: Context) -> str:
+    spte = f"{_where(ev)} = {ev.get('new')} ({_flags(ev.get('new'))})"
+    return (
+        f"{spte}: a read of gfn {_hex(ev.get('gfn'))} in dirty-logged slot {ev.get('slot')} is mapped"
+        " read-only and not marked dirty (later kernels; 3.x maps it writable and marks it). HW and MW stay,"
+        " so the first write is fixed by the fast path and logged then."
+    )
+
+
+def zap_collapsible_spte_range(ev: Event, ctx: Context) -> str:
+    size = _size(_int(ev.get("level")))
+    return (
+        f"Logging is off, so a {size} page could map gfn {_hex(ev.get('gfn'))} onwards again: the table"
+        f" pointer {_where(ev)} is zapped with everything under it, and the TLBs flushed. The next fault"
+        f" there builds a {size} spte."
+    )
+
+
+def kvm_mmu_zap_collapsible_sptes(ev: Event, ctx: Context) -> str:
+    zapped = _int(ev.get("zapped"))
+    if not zapped:
+        return f"Huge page recovery for slot {ev.get('slot')}: no table could be replaced by a huge page."
+    return (
+        f"Huge page recovery for slot {ev.get('slot')}: {zapped} table pointer{'s' if zapped != 1 else ''}"
+        " zapped, so huge pages come back at the next faults (3.x leaves the 4K tables in place)."
+    )
+
+
 def migrate_copy(ev: Event, ctx: Context) -> str:
     phase = ev.get("phase")
     pages = ev.get("pages")
@@ -426,6 +519,94 @@ def migrate_verdict(ev: Event, ctx: Context) -> str:
         f"Verdict: {len(lost)} page{'s' if len(lost) != 1 else ''} LOST ({shown}): the destination holds"
         " stale data there, because no dirty log ever reported the last write."
     )
+
+
+# --- the later dirty-log modes (KVM_CLEAR_DIRTY_LOG, INITIALLY_SET, the dirty ring) ---------------------
+
+
+def _gfns_text(gfns: list[Any], limit: int = 16) -> str:
+    return " ".join(_hex(g) for g in gfns[:limit]) + (" …" if len(gfns) > limit else "")
+
+
+def kvm_vm_ioctl(ev: Event, ctx: Context) -> str:
+    return (
+        f"{ev.get('ioctl')} fails with -{ev.get('errno')}: {ev.get('reason')}. Userspace gets an error and"
+        " nothing changes."
+    )
+
+
+def kvm_vm_ioctl_clear_dirty_log(ev: Event, ctx: Context) -> str:
+    first = _int(ev.get("first"))
+    num = _int(ev.get("num"))
+    return (
+        f"Userspace calls KVM_CLEAR_DIRTY_LOG on slot {ev.get('slot')} for pages {_hex(first)} to"
+        f" {_hex(first + num - 1)} of the slot ({num} pages), every bit of its mask set."
+    )
+
+
+def kvm_clear_dirty_log_protect(ev: Event, ctx: Context) -> str:
+    gfns = list(ev.get("gfns") or [])
+    if not gfns:
+        return (
+            f"No bit of the range was set in slot {ev.get('slot')}'s bitmap: nothing is re-protected and"
+            " there is no flush."
+        )
+    return (
+        f"Clears the {len(gfns)} bit{'s' if len(gfns) != 1 else ''} of the range that were set"
+        f" ({_gfns_text(gfns)}), re-protecting only those pages, then flushes the TLBs once."
+    )
+
+
+def kvm_arch_mmu_enable_log_dirty_pt_masked(ev: Event, ctx: Context) -> str:
+    where = f"bitmap word at page offset {_hex(ev.get('gfn_offset'))}, mask {ev.get('mask')}"
+    if ev.get("huge_first"):
+        return (
+            f"Re-arms logging for the pages of the mask ({where}). Logging started all-set, so huge pages"
+            " may still map them writable: the huge pages holding the first and last page are split (with"
+            " eager splitting) and write-protected first, then the 4K sptes."
+        )
+    return f"Re-arms logging for the pages of the mask ({where}): their 4K sptes lose W."
+
+
+def kvm_dirty_ring_push(ev: Event, ctx: Context) -> str:
+    return (
+        f"gfn {_hex(ev.get('gfn'))} (slot {ev.get('slot')}, offset {_hex(ev.get('offset'))}) goes onto"
+        f" vCPU {ev.get('vcpu')}'s dirty ring, entry {ev.get('used')}; entries are never merged, so a page"
+        " can appear again."
+    )
+
+
+def kvm_dirty_ring_check_request(ev: Event, ctx: Context) -> str:
+    skipped = _int(ev.get("skipped"))
+    return (
+        f"vCPU {ev.get('vcpu')}'s dirty ring is soft full ({ev.get('used')} entries): it exits with"
+        f" KVM_EXIT_DIRTY_RING_FULL instead of entering the guest, so the access to gfn {_hex(ev.get('gfn'))}"
+        f" and the rest of the step ({skipped} access{'es' if skipped != 1 else ''} in all) do not happen"
+        " until the rings are reset."
+    )
+
+
+def dirty_ring_harvest(ev: Event, ctx: Context) -> str:
+    gfns = list(ev.get("gfns") or [])
+    if not gfns:
+        return f"Userspace reads vCPU {ev.get('vcpu')}'s dirty ring: nothing was published."
+    return (
+        f"Userspace reads vCPU {ev.get('vcpu')}'s dirty ring in order: {_gfns_text(gfns)}, and flags the"
+        f" {len(gfns)} entr{'ies' if len(gfns) != 1 else 'y'} collected."
+    )
+
+
+def kvm_dirty_ring_reset(ev: Event, ctx: Context) -> str:
+    return (
+        f"KVM walks vCPU {ev.get('vcpu')}'s {ev.get('entries')} collected entries, re-protects their pages"
+        " (neighbouring pages of a slot in one 64-bit mask) and recycles the entries."
+    )
+
+
+def kvm_vm_ioctl_reset_dirty_pages(ev: Event, ctx: Context) -> str:
+    if not ev.get("flush"):
+        return "KVM_RESET_DIRTY_RINGS finds no collected entry: nothing to re-protect, no flush."
+    return f"KVM_RESET_DIRTY_RINGS reset {ev.get('cleared')} entries in all, then flushes the TLBs once."
 
 
 EXPLAINERS: dict[str, Callable[[Event, Context], str]] = {
@@ -456,8 +637,22 @@ EXPLAINERS: dict[str, Callable[[Event, Context], str]] = {
     "kvm_mmu_zap_all": kvm_mmu_zap_all,
     "kvm_mmu_prepare_zap_page": kvm_mmu_prepare_zap_page,
     "kvm_mmu_load": kvm_mmu_load,
+    "tdp_mmu_split_huge_page": tdp_mmu_split_huge_page,
+    "kvm_mmu_slot_try_split_huge_pages": kvm_mmu_slot_try_split_huge_pages,
+    "make_spte": make_spte,
+    "zap_collapsible_spte_range": zap_collapsible_spte_range,
+    "kvm_mmu_zap_collapsible_sptes": kvm_mmu_zap_collapsible_sptes,
     "migrate_copy": migrate_copy,
     "migrate_verdict": migrate_verdict,
+    "kvm_vm_ioctl": kvm_vm_ioctl,
+    "kvm_vm_ioctl_clear_dirty_log": kvm_vm_ioctl_clear_dirty_log,
+    "kvm_clear_dirty_log_protect": kvm_clear_dirty_log_protect,
+    "kvm_arch_mmu_enable_log_dirty_pt_masked": kvm_arch_mmu_enable_log_dirty_pt_masked,
+    "kvm_dirty_ring_push": kvm_dirty_ring_push,
+    "kvm_dirty_ring_check_request": kvm_dirty_ring_check_request,
+    "dirty_ring_harvest": dirty_ring_harvest,
+    "kvm_dirty_ring_reset": kvm_dirty_ring_reset,
+    "kvm_vm_ioctl_reset_dirty_pages": kvm_vm_ioctl_reset_dirty_pages,
 }
 
 

@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.deps import Store
 from app.errors import URL_TOO_LONG_HINT, AppError, query_not_utf8
 from app.render import STATIC, page_globals, render_page, route_path
-from app.routes import api, export, health, pages
+from app.routes import api, export, health, pages, real
 from app.settings import Settings, get_settings
 from engine.codec import MAX_URL_BYTES
 from engine.scenario import MAX_SCENARIO_BYTES
@@ -317,6 +317,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api.router, tags=["api"])
     app.include_router(health.router, tags=["health"])
     app.include_router(export.router, tags=["export"])
+    app.include_router(real.router)
 
     @app.get("/docs", include_in_schema=False)
     async def _docs(request: Request) -> Response:

@@ -20,6 +20,7 @@ from markupsafe import Markup
 
 from app.cache import Lru
 from app.deps import FOCUS_PANELS, Links, PlayerQuery
+from app.livekernel import kernel_unavailable
 from app.predict import PredictPanel
 from app.render import base_path, markdown, page_globals, render_blocks, render_page
 from app.sources import Source
@@ -34,6 +35,7 @@ from app.viewmodel import (
 )
 from engine.policy import NOT_IMPLEMENTED, PRESET_DESCRIPTIONS, PRESETS, SWITCH_VALUES, Policy
 from engine.scenario import ScenarioError, parse_scenario
+from live.backend import refusal as live_refusal
 
 PLAY_BLOCKS = (
     "position",
@@ -297,12 +299,22 @@ def play_context(
         "share_url": absolute(request, here),
         "downloads": Downloads(links.download(), links.export_svg(query.step), links.result()),
         "compare_url": links.compare(query.step),
+        **_real_context(request, query, links),
         "source_param": query.source.param,
         # Long share codes: links inside the panels become buttons of two shared forms (see controls.html).
         "compact": compact,
         "tree_html": render_tree([tree.root, *tree.orphans, *tree.freed], inspect),
         **_mode_context(query, links, predict),
     }
+
+
+def _real_context(request: Request, query: PlayerQuery, links: Links) -> dict[str, Any]:
+    """The "run on this machine's kernel" button: absent where the server cannot open /dev/kvm, shown
+    disabled, with the reason, for a scenario the live backend cannot express."""
+    if kernel_unavailable(request.app.state.settings) is not None:
+        return {"real_url": None, "real_refusal": None}
+    mode = str(query.policy.dirty_log_mode)
+    return {"real_url": links.real(), "real_refusal": live_refusal(query.source.scenario, mode)}
 
 
 def _focus_attr(present: bool, focus: str) -> Callable[[str], Markup]:

@@ -640,7 +640,7 @@ def question_for(shown: Shown) -> Question | None:
     step that asks nothing sensible (a note, a TLB flush, zapping everything, switching logging off,
     enabling logging on a slot nothing maps)."""
     result = shown.result
-    if result is None:
+    if result is None or result.error is not None:  # a refused ioctl asks nothing
         return None
     name = result.op.get("op")
     if name in ("read", "write"):

@@ -89,6 +89,11 @@ class Settings(BaseSettings):
     # no budget). 1 000 000 is about 10-20 s of one core at worst, far above the built-in scenarios and
     # the 10 000-step scenario of benchmarks/web_latency.py (230 000 per preset).
     run_budget: int = Field(default=1_000_000, ge=1)
+    # Offer "run on this machine's kernel" (/real, POST /api/real) when the server can open this KVM
+    # device; off, or without the device (a container started without --device /dev/kvm), the player
+    # shows no button and both routes answer 503 with the reason.
+    live_kernel: bool = True
+    kvm_device: str = "/dev/kvm"
 
 
 @lru_cache(maxsize=1)

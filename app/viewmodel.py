@@ -132,7 +132,19 @@ def describe_op(op: Mapping[str, object]) -> str:
     slot = op.get("slot")
     if isinstance(slot, int):
         parts.append(f"slot {slot}")
+    first, num = op.get("first"), op.get("num")
+    if isinstance(first, int) and isinstance(num, int):
+        parts.append(f"pages {first:#x}+{num}")
     return " ".join(parts)
+
+
+# Ops whose marked_dirty would repeat what their dirty_log already says.
+_HARVESTING_OPS = ("get_dirty_log", "reset_dirty_ring", "migrate_round", "migrate_end")
+
+
+def _int_field(op: Mapping[str, object], name: str) -> int:
+    value = op.get(name)
+    return value if isinstance(value, int) else 0
 
 
 def narrate(op: Mapping[str, object], result: StepResult, sim: Simulation) -> str:
@@ -161,12 +173,29 @@ def narrate(op: Mapping[str, object], result: StepResult, sim: Simulation) -> st
             parts.append(f"{head}: {' and '.join(faults)}")
         else:
             parts.append(f"{head}: no exit, the mapping already allows it")
+    elif name == "enable_dirty_log" and sim.policy.dirty_log_mode == "initially_set":
+        parts.append(
+            f"Dirty logging is switched on for slot {op.get('slot')} with every bit already set:"
+            " no spte is touched until KVM_CLEAR_DIRTY_LOG"
+        )
     elif name == "enable_dirty_log":
         parts.append(f"Dirty logging is switched on for slot {op.get('slot')}: every spte of it loses W")
     elif name == "disable_dirty_log":
         parts.append(f"Dirty logging is switched off for slot {op.get('slot')}; the sptes stay as they are")
+    elif result.error is not None:
+        parts.append(f"{describe_op(op)} fails: {result.error}")
     elif name == "get_dirty_log":
         parts.append(f"KVM_GET_DIRTY_LOG on slot {op.get('slot')} returns {gfn_list(result.dirty_log or [])}")
+    elif name == "clear_dirty_log":
+        parts.append(
+            f"KVM_CLEAR_DIRTY_LOG on slot {op.get('slot')}, pages {hx(_int_field(op, 'first'))}"
+            f"+{op.get('num')}: the bits that were set are cleared and their pages re-protected"
+        )
+    elif name == "reset_dirty_ring":
+        parts.append(
+            f"The dirty rings are harvested ({gfn_list(result.dirty_log or [])}) and reset:"
+            " those pages are re-protected"
+        )
     elif name == "flush_tlb":
         parts.append("Every vCPU's TLB is flushed")
     elif name == "zap_all":
@@ -183,7 +212,7 @@ def narrate(op: Mapping[str, object], result: StepResult, sim: Simulation) -> st
         parts.append(f"Stop-and-copy: the last round returns {gfn_list(result.dirty_log or [])}; {verdict}")
     else:
         parts.append(describe_op(op))
-    if result.marked_dirty and name not in ("get_dirty_log", "migrate_round", "migrate_end"):
+    if result.marked_dirty and name not in _HARVESTING_OPS:
         parts.append(f"marked dirty: {gfn_list(result.marked_dirty)}")
     if result.tlb_flushes:
         parts.append(plural(result.tlb_flushes, "TLB flush", "TLB flushes"))
@@ -912,6 +941,36 @@ def violation_views(violations: list[Violation], current: int | None) -> list[Vi
     return views
 
 
+# Entries shown per vCPU ring: a ring holds up to DIRTY_RING_SIZE, and the page must not grow with it.
+RING_ENTRIES_SHOWN = 64
+
+
+class RingView(NamedTuple):
+    """One vCPU's dirty ring: its published entries not yet reset, oldest first (the first few)."""
+
+    vcpu: int
+    entries: int
+    gfns: list[int]
+    soft_full: bool
+
+
+def ring_views(sim: Simulation) -> list[RingView] | None:
+    """The vCPUs' dirty rings, or None when the VM logs into bitmaps."""
+    if sim.policy.dirty_log_mode != "ring":
+        return None
+    kvm = sim.kvm
+    by_id = kvm.memslots.by_id
+    return [
+        RingView(
+            vcpu.id,
+            len(vcpu.dirty_ring),
+            [by_id[s].base_gfn + off for s, off in islice(vcpu.dirty_ring.entries, RING_ENTRIES_SHOWN)],
+            vcpu.dirty_ring.soft_full(),
+        )
+        for vcpu in kvm.vcpus
+    ]
+
+
 @dataclass(slots=True)
 class MigrationView:
     running: bool
@@ -950,6 +1009,7 @@ class PlayView:
     window: list[StepLine]
     tree: TreeView
     bitmaps: list[BitmapView]
+    rings: list[RingView] | None  # with the dirty ring only
     rmaps: list[RmapSlotView]
     tlbs: list[TlbView]
     trace: TraceView
@@ -1058,6 +1118,7 @@ def play_view(
         window=window,
         tree=tree.build(),
         bitmaps=[bitmap_view(sim, slot, bitmap_cells, lost) for slot in kvm.memslots],
+        rings=ring_views(sim),
         rmaps=rmap_views(kvm),
         tlbs=tlb_views(kvm),
         trace=trace_view(shown, variant),

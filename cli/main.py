@@ -569,9 +569,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     real.add_argument(
         "--compare",
-        action="append",
+        action="extend",
+        nargs="+",
         metavar="P",
-        help="a preset to set beside the kernel (repeat, or separate with commas;"
+        help="presets to set beside the kernel (several, repeated, or separated by commas;"
         f" default {REAL_DEFAULT_PRESET})",
     )
     real.add_argument(

@@ -19,7 +19,7 @@ from engine.policy import PRESET_DESCRIPTIONS, Policy
 from engine.scenario import Scenario
 from engine.simulation import SpteChange, StepResult
 from engine.spte import level_name, spte_flags
-from engine.trace import GuestAccess
+from engine.trace import DirtyRingFull, GuestAccess
 
 _WIDTH = 100
 
@@ -133,6 +133,9 @@ def describe_op(op: Mapping[str, object]) -> str:
     slot = op.get("slot")
     if isinstance(slot, int):
         parts.append(f"slot {slot}")
+    first, num = op.get("first"), op.get("num")
+    if isinstance(first, int) and isinstance(num, int):
+        parts.append(f"first {first:#x} num {num}")
     return " ".join(parts)
 
 
@@ -240,6 +243,13 @@ def format_step(step: StepResult, style: Style) -> list[str]:
         lines.append(indent + style.cyan(f"marked dirty: {gfn_list(step.marked_dirty)}"))
     if step.dirty_log is not None:
         lines.append(indent + style.cyan(f"dirty log returned: {gfn_list(step.dirty_log)}"))
+    if step.error is not None:
+        lines.append(indent + style.red(f"ioctl failed: {step.error}"))
+    for event in step.events or []:
+        if isinstance(event, DirtyRingFull):
+            lines.append(
+                indent + style.red(f"vCPU {event.vcpu}: dirty ring full, {event.skipped} accesses not made")
+            )
     if step.tlb_flushes:
         lines.append(indent + f"tlb flushes: {step.tlb_flushes}")
     for violation in step.violations:
@@ -255,6 +265,8 @@ def summary_counts(step: StepResult, style: Style) -> str:
     ]
     if step.dirty_log is not None:
         parts.append(f"dirty log: {plural(len(step.dirty_log), 'page')}")
+    if step.error is not None:
+        parts.append(style.red(f"failed: {step.error}"))
     parts.append(f"tlb flushes: {step.tlb_flushes}")
     violations = f"violations: {len(step.violations)}"
     parts.append(style.red(violations) if step.violations else violations)
@@ -299,6 +311,10 @@ def format_footer(
     if isinstance(bitmaps, Mapping):
         for slot, gfns in sorted(bitmaps.items(), key=lambda item: int(item[0])):
             lines.append(f"  dirty bitmap of slot {slot}: {gfn_list(gfns)}")
+    rings = final.get("dirty_rings")
+    if isinstance(rings, Mapping):
+        for vcpu, gfns in sorted(rings.items(), key=lambda item: int(item[0])):
+            lines.append(f"  dirty ring of vCPU {vcpu}: {gfn_list(gfns)}")
     lines.append("  " + verdict_text(final.get("migration"), migration_finished, style))
     violations = final.get("violations")
     count = len(violations) if isinstance(violations, list) else 0

@@ -26,10 +26,6 @@ class RealRefusalError(ValueError):
     str() is one line saying what."""
 
 
-# The shorter name the web app catches.
-RealRefusal = RealRefusalError
-
-
 def kernel_release() -> str:
     return os.uname().release
 
@@ -48,7 +44,7 @@ def dirty_log_mode_of(overrides: Mapping[str, str | bool] | None, default: str =
 def kernel_dirty_logs(
     scenario: Scenario, dirty_log_mode: str = "bitmap", *, device: str | None = None
 ) -> list[list[int] | None]:
-    """run_on_kernel, with every way it can fail turned into a RealRefusal."""
+    """run_on_kernel, with every way it can fail turned into a RealRefusalError."""
     try:
         return run_on_kernel(scenario, dirty_log_mode, device=device)
     except UnsupportedScenarioError as error:

@@ -59,7 +59,11 @@ def test_any_step_in_any_order_matches_a_fresh_run(variant: str) -> None:
         if n:
             assert shown.result is not None and shown.traced
             assert shown.result.spte_changes == results[-1].spte_changes
-            assert [e.name for e in shown.result.events or []] == [e.name for e in results[-1].events or []]
+            # The shown trace keeps the first `trace_events` events and counts the rest (modern's enable
+            # write-protects 512 split 4K sptes, one event each).
+            names = [e.name for e in results[-1].events or []]
+            kept = [e.name for e in shown.result.events or []]
+            assert kept == names[: len(kept)] and len(kept) + shown.dropped_events == len(names)
         run.park(shown)
     assert len(run.records) == 12
 

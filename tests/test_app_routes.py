@@ -295,7 +295,7 @@ def test_panels_counters_and_navigation(client: TestClient) -> None:
 def test_unimplemented_switch_values_are_shown_disabled(client: TestClient) -> None:
     html = client.get(f"{PLAY}&step=1").text
     assert re.search(r'<option value="true" disabled>true \(not modelled\)</option>', html)
-    assert "eager page splitting" in html
+    assert "Intel PML" in html
 
 
 def test_partial_responses_carry_vary_and_oob_blocks(client: TestClient) -> None:
@@ -344,7 +344,7 @@ def test_step_zero_is_before_anything(client: TestClient) -> None:
         ("variant=bogus", 400, "unknown variant"),
         ("policy=bogus=1", 400, "unknown policy switch"),
         ("policy=wp_large=sideways", 400, "unknown value"),
-        ("policy=eager_split=true", 400, "not implemented"),
+        ("policy=pml=true", 400, "not implemented"),
         ("policy=wp_large", 400, "SWITCH=VALUE"),
     ],
 )
@@ -432,7 +432,7 @@ def test_compare_marks_differences_and_steps(client: TestClient) -> None:
     assert "≠ differs" in doc.find(data_differs="1")[0].text
     assert all(e.within("data-variant", "lazy-buggy") for e in doc.find(data_violation=None))
     nav = {e.get("data-nav"): e.get("href") for e in doc.find(data_nav=None)}
-    assert nav["next"] == f"/compare?scenario={EXAMPLE}&variants=zap,lazy-buggy,lazy&step=6"
+    assert nav["next"] == f"/compare?scenario={EXAMPLE}&variants=zap,lazy-buggy,lazy,modern&step=6"
     response = client.get(f"/compare?scenario={EXAMPLE}&step=6", headers={"HX-Request": "true"})
     assert response.headers["vary"] == "HX-Request" and "<html" not in response.text
     assert Page(response.text).find(id="compare-grid", hx_swap_oob="true")

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.cache import check_budget, too_heavy_to_write
 from app.deps import StoreDep, query_param
 from app.errors import AppError, bad_request, invalid_scenario, not_found
+from app.livekernel import API_PRESETS, checked_overrides, compared_presets, live_result, require_kernel
 from app.sources import scenario_from_code, share_code
 from engine.canonical import iterdumps
 from engine.codec import CodecError, encode_scenario
@@ -215,6 +216,27 @@ def decode(request: Request, s: str = Query(..., description="a share code, 1.â€
     # FastAPI would take the last of two s= silently; a URL that says two things is refused.
     query_param(request, "s")
     return _json(scenario_from_code(s).canonical())
+
+
+class RealRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"scenario": _EXAMPLE}]})
+
+    scenario: dict[str, Any] = Field(description="a scenario object (contract section 1)")
+    compare: list[str] = Field(default_factory=lambda: list(API_PRESETS), description="presets to compare")
+    policy: dict[str, str | bool] = Field(default_factory=dict, description="switches over every preset")
+
+
+@router.post(
+    "/real", responses={503: {"model": ApiError, "description": "This server cannot open /dev/kvm"}}
+)
+def real(body: RealRequest, store: StoreDep) -> Response:
+    """Run the scenario's accesses on this machine's kernel through /dev/kvm and compare its dirty logs
+    with the presets': the object `sptelab real --json` prints (contract section 3)."""
+    require_kernel(store.settings)
+    scenario = _parse(body.scenario)
+    presets = compared_presets(",".join(body.compare), API_PRESETS)
+    overrides = checked_overrides(body.policy, presets)
+    return _json(live_result(store.settings, _run_key(scenario), scenario, presets, overrides))
 
 
 @router.get("/schema")
