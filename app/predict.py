@@ -11,6 +11,13 @@ sees on the page, never from the outcome, so the prompt gives nothing away. The 
 dirty-log question: it prefers a page that was written but will not be reported, because that silent
 loss is what the lazy-buggy preset is about; its prompt reads the same whatever the answer.
 
+The kinds follow the op: an access asks which path a fault takes (or which bits the CPU sets); enabling
+logging asks what becomes of a mapping (zapped, write-protected, split into 4K sptes, or left alone when the
+bitmap starts all set); a harvest (GET_DIRTY_LOG, a round, the dirty ring's reset) asks whether a written page
+is reported; KVM_CLEAR_DIRTY_LOG asks whether a page is write-protected again; the end of a migration asks
+for the verdict. An ioctl the VM's dirty-log mode refuses is asked about as if it ran, and its failure is the
+answer.
+
 Everything here is a pure function of engine values; the explanations reuse `app.explain`'s sentences for
 the trace events that decided the answer.
 """
@@ -25,12 +32,14 @@ from app.cache import Shown
 from app.explain import INVARIANT_TEXT, Context, explain
 from engine.kvm import Kvm
 from engine.scenario import (
+    ClearDirtyLogStep,
     DisableDirtyLogStep,
     EnableDirtyLogStep,
     GetDirtyLogStep,
     MigrateBeginStep,
     MigrateEndStep,
     MigrateRoundStep,
+    ResetDirtyRingStep,
     Step,
     WriteStep,
 )
@@ -49,7 +58,7 @@ from engine.spte import (
 from engine.trace import event_json
 
 # The kinds of question, as the page's `data-question` hook names them.
-FAULT, BITS, LOGGING, DIRTY_LOG, VERDICT = "fault", "bits", "logging", "dirty_log", "verdict"
+FAULT, BITS, LOGGING, DIRTY_LOG, CLEAR, VERDICT = "fault", "bits", "logging", "dirty_log", "clear", "verdict"
 
 # Reported pages looked at when choosing which one to ask about: a dirty log can hold a million.
 _SCAN_REPORTED = 256
@@ -449,8 +458,11 @@ def access_question(shown: Shown, result: StepResult) -> Question:
 _LOGGING = (
     Choice("zap", "Zapped: it is removed, and the next touch of its range faults"),
     Choice("wp", "Write-protected: it loses W and stays mapped"),
+    Choice("split", "Split: a table of read-only 4K sptes replaces it"),
     Choice("same", "Unchanged"),
 )
+# A 4K spte has nothing to split into: the same question without that option.
+_LOGGING_4K = tuple(choice for choice in _LOGGING if choice.key != "split")
 
 
 def _leaves_in(kvm: Kvm, touched: Mapping[tuple[KvmMmuPage, int], int], slots: Sequence[int]) -> list[Leaf]:
@@ -484,17 +496,71 @@ def _leaves_in(kvm: Kvm, touched: Mapping[tuple[KvmMmuPage, int], int], slots: S
 
 
 def _logging_outcome(leaf: Leaf) -> str:
+    """The answer key: "zap" (gone), "split" (a large leaf became a pointer to a table), "wp" (it lost
+    W) or "same"."""
     old, new = leaf.old, leaf.new
     if not new & PT_PRESENT_MASK:
         return "zap"
+    if leaf.level > 1 and not _is_leaf(new, leaf.level):
+        return "split"
     if old & PT_WRITABLE_MASK and not new & PT_WRITABLE_MASK:
         return "wp"
     return "same"
 
 
+def small_leaves_under(kvm: Kvm, table: int, level: int) -> tuple[int, int]:
+    """(present, writable) 4K leaves under the non-leaf spte `table` of a level-`level` table: what a
+    split left in its place (a 1G leaf split to 4K is 512 tables of 512)."""
+    sp = kvm.sp_by_pfn.get((table & PT64_BASE_ADDR_MASK) >> 12)
+    if sp is None:
+        return 0, 0
+    if sp.level == 1:
+        leaves = [value for value in sp.spt if value & PT_PRESENT_MASK]
+        return len(leaves), sum(1 for value in leaves if value & PT_WRITABLE_MASK)
+    present = writable = 0
+    for value in sp.spt:
+        if value & PT_PRESENT_MASK and not _is_leaf(value, sp.level):
+            below = small_leaves_under(kvm, value, sp.level)
+            present += below[0]
+            writable += below[1]
+    return present, writable
+
+
+def _split_story(kvm: Kvm, leaf: Leaf, said: list[_Said]) -> str:
+    mine = _said_of(said, "tdp_mmu_split_huge_page", leaf)
+    story = mine[0].text if mine else _pick(said, ("kvm_mmu_slot_try_split_huge_pages",))
+    if not story:  # the step's trace was cut short before the split's events
+        story = (
+            f"{leaf.where} is split as logging starts (eager page splitting): a table of smaller sptes"
+            " with the same permissions replaces it, so every page stays mapped."
+        )
+    present, writable = small_leaves_under(kvm, leaf.new, leaf.level)
+    if not present:
+        return story
+    read_only = "all of them read-only" if not writable else f"{present - writable} of them read-only"
+    return _join(
+        story,
+        f"Write protection then runs over the new 4K sptes: {present} now map the range, {read_only}, so"
+        " the first write to any of its pages is a fast fault on its own 4K spte.",
+    )
+
+
+def _initially_set_story(kvm: Kvm, leaf: Leaf, slots: Sequence[int]) -> str:
+    """Under KVM_DIRTY_LOG_INITIALLY_SET nothing is write-protected: say so, from the bitmaps."""
+    logged = [s for s in kvm.memslots if s.id in slots and s.dirty_bitmap is not None]
+    if not logged or not all(s.all_dirty(s.base_gfn, s.npages) for s in logged):
+        return ""
+    return (
+        "With KVM_DIRTY_LOG_INITIALLY_SET the bitmap starts with every bit set, so no write can be missed"
+        f" yet, and no spte is touched: {leaf.where} keeps its bits. Each KVM_CLEAR_DIRTY_LOG"
+        " write-protects (and splits) the range it clears."
+    )
+
+
 def logging_question(shown: Shown, result: StepResult, slots: Sequence[int]) -> Question | None:
     """What does turning dirty logging on do to a mapping of the slot? Asked about the first large spte
-    (the patch's subject: zapped before it, write-protected after), else the first 4K leaf."""
+    (the patch's subject: zapped before it, write-protected after, split by today's kernels), else the
+    first 4K leaf. The options depend only on that spte's size, which the page shows."""
     kvm = shown.sim.kvm
     leaves = _leaves_in(kvm, shown.touched, slots)
     if not leaves:
@@ -510,14 +576,19 @@ def logging_question(shown: Shown, result: StepResult, slots: Sequence[int]) -> 
     prompt = f"{head}. What happens to {leaf.describe()}?"
     said = _sentences(result)
     mine = _said_of(said, "spte_write_protect", leaf)
-    if mine:
+    if correct == "split":
+        story = _split_story(kvm, leaf, said)
+    elif mine:
         story = mine[0].text
     elif correct == "same":
-        story = f"{leaf.where} has no W bit to clear, so write protection leaves it as it is."
+        story = _initially_set_story(kvm, leaf, slots) or (
+            f"{leaf.where} has no W bit to clear, so write protection leaves it as it is."
+        )
     else:
         story = _pick(said, ("kvm_mmu_slot_remove_write_access",))
     change = f"{leaf.where}: {_hx(leaf.old)} → {_hx(leaf.new)}." if correct != "same" else ""
-    return Question(result.index, LOGGING, prompt, _LOGGING, correct, _join(change, story))
+    options = _LOGGING if leaf.level > 1 else _LOGGING_4K
+    return Question(result.index, LOGGING, prompt, options, correct, _join(change, story))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -531,22 +602,35 @@ _VERDICT = (
 )
 
 
-def _harvests(step: Step, slot: int) -> bool:
-    """Whether `step` starts a new interval for `slot`'s dirty log: a GET of it, or logging switched."""
+def _harvests(step: Step, slot: int, offset: int, mode: str) -> bool:
+    """Whether `step` starts a new interval for the dirty bit (or ring entry) of page `offset` of `slot`:
+    the step
+    that clears it under the VM's dirty-log mode (GET_DIRTY_LOG in plain bitmap mode; CLEAR_DIRTY_LOG
+    of a range holding it in any bitmap mode, since with manual protection GET only copies; the ring's
+    reset), a migration round, or logging switched."""
     if isinstance(step, MigrateBeginStep | MigrateRoundStep | MigrateEndStep):
         return True
-    if isinstance(step, GetDirtyLogStep | EnableDirtyLogStep | DisableDirtyLogStep):
+    if isinstance(step, EnableDirtyLogStep | DisableDirtyLogStep):
         return step.slot == slot
+    if isinstance(step, GetDirtyLogStep):
+        return step.slot == slot and mode == "bitmap"
+    if isinstance(step, ClearDirtyLogStep):
+        return step.slot == slot and mode != "ring" and step.first <= offset < step.first + step.num
+    if isinstance(step, ResetDirtyRingStep):
+        return mode == "ring"
     return False
 
 
-def first_write_since(steps: Sequence[Step], index: int, gfn: int, slot: int) -> int | None:
-    """The earliest step since `slot`'s last GET_DIRTY_LOG (or since logging was switched on) before
-    step `index` that stores to `gfn`, read from the scenario's ops: the learner's "written at #k"."""
+def first_write_since(
+    steps: Sequence[Step], index: int, gfn: int, slot: int, mode: str = "bitmap", base_gfn: int = 0
+) -> int | None:
+    """The earliest step since `gfn`'s dirty bit was last cleared in `slot` (see `_harvests`; or since
+    logging was switched on) before step `index` that stores to `gfn`, read from the scenario's ops: the
+    learner's "written at #k"."""
     found = None
     for k in range(index - 1, -1, -1):
         step = steps[k]
-        if _harvests(step, slot):
+        if _harvests(step, slot, gfn - base_gfn, mode):
             break
         if isinstance(step, WriteStep):
             offset = gfn - step.gfn
@@ -559,27 +643,108 @@ def first_write_since(steps: Sequence[Step], index: int, gfn: int, slot: int) ->
     return found
 
 
-def dirty_log_question(shown: Shown, result: StepResult) -> Question:
-    """Will this GET_DIRTY_LOG report gfn G? G is a page written since the last GET that the log misses
-    when there is one (the lost write), else a written page it reports, else any page it reports; with
-    nothing written or reported it asks whether the log is empty."""
+def _harvest_head(op: Mapping[str, object], mode: str) -> str:
+    """What the harvesting step does, in the VM's dirty-log mode: the question's first sentence."""
+    name = op.get("op")
+    if name == "get_dirty_log":
+        return f"KVM_GET_DIRTY_LOG runs on slot {op.get('slot')}."
+    if name == "reset_dirty_ring":
+        return (
+            "Userspace harvests every vCPU's dirty ring, then KVM_RESET_DIRTY_RINGS re-protects what it"
+            " harvested."
+        )
+    if mode == "ring":
+        return (
+            "A pre-copy round: every vCPU's dirty ring is harvested and reset; what it reports is copied"
+            " again."
+        )
+    if mode != "bitmap":
+        return (
+            "A pre-copy round: KVM_GET_DIRTY_LOG on every logged slot, then KVM_CLEAR_DIRTY_LOG of what it"
+            " returned; what it reports is copied again."
+        )
+    return "A pre-copy round: KVM_GET_DIRTY_LOG on every logged slot; what it reports is copied again."
+
+
+def _reported_text(op: Mapping[str, object], mode: str, gfn: int) -> str:
+    """Why a reported page is reported, and what becomes of its bit, in the VM's dirty-log mode."""
+    page = f"gfn {_hx(gfn)}"
+    if op.get("op") == "reset_dirty_ring" or mode == "ring":
+        return (
+            f"Yes: the fault that marked {page} dirty pushed it to its vCPU's dirty ring; the harvest"
+            " collects it, and the reset re-protects the page."
+        )
+    if mode == "bitmap":
+        return f"Yes: {page}'s dirty bit is set, so the ioctl returns it and clears the bit."
+    if op.get("op") == "get_dirty_log":
+        return (
+            f"Yes: {page}'s dirty bit is set, so the ioctl reports it. With manual protection it only copies"
+            " the bitmap: the bit stays set, and the page writable, until KVM_CLEAR_DIRTY_LOG."
+        )
+    return (
+        f"Yes: {page}'s dirty bit is set, so GET reports it, and the round's KVM_CLEAR_DIRTY_LOG clears"
+        " the bit and re-protects the page before it is copied."
+    )
+
+
+def _clears_bits(step: Step, mode: str) -> bool:
+    """Whether `step` clears some dirty bits (or ring entries) under `mode`, or switches logging on."""
+    if isinstance(step, MigrateBeginStep | MigrateRoundStep | MigrateEndStep | EnableDirtyLogStep):
+        return True
+    if isinstance(step, GetDirtyLogStep):
+        return mode == "bitmap"
+    if isinstance(step, ClearDirtyLogStep):
+        return mode != "ring"
+    return isinstance(step, ResetDirtyRingStep) and mode == "ring"
+
+
+def _failed(shown: Shown, result: StepResult, head: str) -> Question:
+    """A harvesting ioctl the VM's dirty-log mode refuses: asked as if it ran, about the lowest page the
+    guest wrote since bits were last cleared (from the ops, as a harvest that reports it would be asked
+    about), and answered "no" by the failure."""
     sim = shown.sim
     steps = sim.scenario.steps
+    mode = sim.policy.dirty_log_mode
+    written: dict[int, int] = {}
+    for k in range(result.index - 1, -1, -1):
+        step = steps[k]
+        if _clears_bits(step, mode):
+            break
+        if isinstance(step, WriteStep) and sim.kvm.gfn_to_memslot(step.gfn) is not None:
+            written[step.gfn] = k
+    said = _pick(_sentences(result), ("kvm_vm_ioctl",))
+    failed = f"No: the ioctl fails ({result.error}) and does nothing."
+    if not written:
+        prompt = f"{head} Will it report any page at all?"
+        return Question(result.index, DIRTY_LOG, prompt, _ANY, "no", _join(failed, said))
+    gfn = min(written)
+    prompt = f"{head} Will it report gfn {_hx(gfn)}, which the guest wrote at step #{written[gfn]}?"
+    return Question(result.index, DIRTY_LOG, prompt, _REPORT, "no", _join(failed, said))
+
+
+def dirty_log_question(shown: Shown, result: StepResult) -> Question:
+    """Will this GET_DIRTY_LOG (or round, or ring harvest) report gfn G? G is a page written since the
+    last harvest that the log misses when there is one (the lost write), else a written page it reports,
+    else any page it reports; with nothing written or reported it asks whether the log is empty."""
+    sim = shown.sim
+    steps = sim.scenario.steps
+    mode = sim.policy.dirty_log_mode
+    head = _harvest_head(result.op, mode)
+    if result.error is not None:
+        return _failed(shown, result, head)
     reported = list(result.dirty_log or [])
     lost = sorted(
         {v.gfn for v in result.violations if v.invariant == "written_not_logged" and v.gfn is not None}
     )
-    if result.op.get("op") == "get_dirty_log":
-        head = f"KVM_GET_DIRTY_LOG runs on slot {result.op.get('slot')}."
-    else:
-        head = "A pre-copy round: KVM_GET_DIRTY_LOG on every logged slot; what it reports is copied again."
     listed = ", ".join(_hx(g) for g in reported[:12]) + (" …" if len(reported) > 12 else "")
     returns = f"The log returns {listed}." if reported else "The log returns nothing."
-    said = _pick(_sentences(result), ("kvm_vm_ioctl_get_dirty_log",))
+    said = _pick(_sentences(result), ("kvm_vm_ioctl_get_dirty_log", "dirty_ring_harvest"))
 
     def written(gfn: int) -> int | None:
         slot = sim.kvm.gfn_to_memslot(gfn)
-        return None if slot is None else first_write_since(steps, result.index, gfn, slot.id)
+        if slot is None:
+            return None
+        return first_write_since(steps, result.index, gfn, slot.id, mode, slot.base_gfn)
 
     target: int | None = None
     if lost:
@@ -593,18 +758,17 @@ def dirty_log_question(shown: Shown, result: StepResult) -> Question:
             target = reported[0]
     if target is None:
         prompt = f"{head} Will it report any page at all?"
-        explanation = _join(
-            "No: no dirty bit is set, so the ioctl returns nothing (and flushes no TLB).", said
+        nothing = (
+            "No: no vCPU pushed an entry to its dirty ring, so the harvest finds nothing."
+            if result.op.get("op") == "reset_dirty_ring" or mode == "ring"
+            else "No: no dirty bit is set, so the ioctl returns nothing (and flushes no TLB)."
         )
-        return Question(result.index, DIRTY_LOG, prompt, _ANY, "no", explanation)
+        return Question(result.index, DIRTY_LOG, prompt, _ANY, "no", _join(nothing, said))
     when = written(target)
     wrote = f", which the guest wrote at step #{when}" if when is not None else ""
     prompt = f"{head} Will it report gfn {_hx(target)}{wrote}?"
     if target in reported:
-        explanation = _join(
-            f"Yes: gfn {_hx(target)}'s dirty bit is set, so the ioctl returns it and clears the bit.",
-            said or returns,
-        )
+        explanation = _join(_reported_text(result.op, mode, target), said or returns)
         return Question(result.index, DIRTY_LOG, prompt, _REPORT, "yes", explanation)
     explanation = _join(
         f"No: gfn {_hx(target)} was written{f' at step #{when}' if when is not None else ''} while the slot"
@@ -613,6 +777,93 @@ def dirty_log_question(shown: Shown, result: StepResult) -> Question:
         returns,
     )
     return Question(result.index, DIRTY_LOG, prompt, _REPORT, "no", explanation)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# KVM_CLEAR_DIRTY_LOG: "will it write-protect gfn G again?"
+
+_PROTECT = (
+    Choice("yes", "Yes: it loses W, so the next write faults and is logged"),
+    Choice("no", "No: it stays writable"),
+)
+_PROTECT_ANY = (Choice("yes", "Yes, some page"), Choice("no", "No, none"))
+
+
+def _writable_after(kvm: Kvm, gfn: int) -> bool:
+    leaf = leaf_before(kvm, {}, gfn)
+    return leaf is not None and bool(leaf.old & PT_WRITABLE_MASK)
+
+
+def clear_question(shown: Shown, result: StepResult) -> Question:
+    """Will this KVM_CLEAR_DIRTY_LOG write-protect gfn G again? G is the first page of the range (among
+    its first pages) that the state before maps writable, which the page shows; with none, whether it
+    write-protects anything. The answer is read off the sptes after the step."""
+    kvm = shown.sim.kvm
+    mode = shown.sim.policy.dirty_log_mode
+    op = result.op
+    slot_id, first, num = (int(str(op.get(key, 0))) for key in ("slot", "first", "num"))
+    slot = kvm.memslots.by_id[slot_id]
+    low = slot.base_gfn + first
+    head = (
+        f"KVM_CLEAR_DIRTY_LOG runs on slot {slot_id} over pages {_hx(first)}+{num}"
+        f" (gfns {_hx(low)}–{_hx(low + num - 1)}), every bit of its mask set."
+    )
+    target: tuple[int, Leaf] | None = None
+    for gfn in range(low, low + min(num, _SCAN_REPORTED)):
+        leaf = leaf_before(kvm, shown.touched, gfn)
+        if leaf is not None and leaf.old & PT_WRITABLE_MASK:
+            target = (gfn, leaf)
+            break
+    said = _pick(
+        _sentences(result),
+        ("kvm_vm_ioctl", "kvm_clear_dirty_log_protect", "kvm_arch_mmu_enable_log_dirty_pt_masked"),
+    )
+    if result.error is not None:
+        failed = f"No: the ioctl fails ({result.error}) and does nothing."
+        prompt = (
+            f"{head} Will it write-protect any page?"
+            if target is None
+            else f"{head} Will it write-protect gfn {_hx(target[0])}, mapped by {target[1].describe()}?"
+        )
+        return Question(
+            result.index,
+            CLEAR,
+            prompt,
+            _PROTECT_ANY if target is None else _PROTECT,
+            "no",
+            _join(failed, said),
+        )
+    if target is None:
+        protected = any(
+            old & PT_WRITABLE_MASK and not sp.spt[index] & PT_WRITABLE_MASK
+            for (sp, index), old in shown.touched.items()
+        )
+        prompt = f"{head} Will it write-protect any page?"
+        if protected:
+            return Question(result.index, CLEAR, prompt, _PROTECT_ANY, "yes", said)
+        why = (
+            "No: nothing in the range is mapped writable. In plain bitmap mode KVM_GET_DIRTY_LOG already"
+            " cleared the bits it returned and re-protected their pages, so CLEAR finds nothing to do."
+            if mode == "bitmap"
+            else "No: nothing in the range is mapped writable, so there is nothing to re-protect."
+        )
+        return Question(result.index, CLEAR, prompt, _PROTECT_ANY, "no", _join(why, said))
+    gfn, leaf = target
+    prompt = f"{head} Will it write-protect gfn {_hx(gfn)}, mapped by {leaf.describe()}?"
+    after = leaf_before(kvm, {}, gfn)
+    change = f"{leaf.where}: {_hx(leaf.old)} → {_hx(leaf.new)}." if leaf.old != leaf.new else ""
+    if not _writable_after(kvm, gfn):
+        how = (
+            f" gfn {_hx(gfn)} is now mapped by {after.where}, read-only."
+            if after is not None and (after.sp, after.index) != (leaf.sp, leaf.index)
+            else ""
+        )
+        return Question(result.index, CLEAR, prompt, _PROTECT, "yes", _join(change + how, said))
+    why = (
+        f"No: {leaf.where} keeps W: CLEAR re-protects only pages whose dirty bit was set, through the 4K"
+        " rmaps."
+    )
+    return Question(result.index, CLEAR, prompt, _PROTECT, "no", _join(why, said))
 
 
 def verdict_question(shown: Shown, result: StepResult) -> Question:
@@ -638,9 +889,10 @@ def verdict_question(shown: Shown, result: StepResult) -> Question:
 def question_for(shown: Shown) -> Question | None:
     """The question about step `shown.n - 1`, derived from the state after it (`shown`), or None for a
     step that asks nothing sensible (a note, a TLB flush, zapping everything, switching logging off,
-    enabling logging on a slot nothing maps)."""
+    enabling logging on a slot nothing maps). An ioctl the dirty-log mode refuses is asked about as if
+    it ran: that it fails is the answer."""
     result = shown.result
-    if result is None or result.error is not None:  # a refused ioctl asks nothing
+    if result is None:
         return None
     name = result.op.get("op")
     if name in ("read", "write"):
@@ -649,8 +901,10 @@ def question_for(shown: Shown) -> Question | None:
         return logging_question(shown, result, [int(str(result.op.get("slot")))])
     if name == "migrate_begin":
         return logging_question(shown, result, shown.sim.migration.enabled_slots)
-    if name in ("get_dirty_log", "migrate_round"):
+    if name in ("get_dirty_log", "migrate_round", "reset_dirty_ring"):
         return dirty_log_question(shown, result)
+    if name == "clear_dirty_log":
+        return clear_question(shown, result)
     if name == "migrate_end":
         return verdict_question(shown, result)
     return None

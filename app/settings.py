@@ -46,9 +46,11 @@ class Settings(BaseSettings):
     workshop: bool = False
 
     # Runs (one scenario under one policy) kept in memory, least recently used dropped first ...
-    # 48: the built-in lessons alone are 33 runs (11 × 3 presets); with 16 a workshop evicts and rebuilds
-    # constantly (benchmarks/load.py: p95 75 ms at 16, 46 ms at 48, same memory).
-    cache_runs: int = Field(default=48, ge=1)
+    # 64: the landing page alone shows every built-in lesson under every preset, 52 runs (13 × 4), and a
+    # workshop's players and compare views need the same runs again, so a smaller cache evicts and
+    # rebuilds constantly (benchmarks/load.py, with 11 lessons × 3 presets: p95 75 ms at 16, 46 ms at
+    # 48, same memory).
+    cache_runs: int = Field(default=64, ge=1)
     # ... and the bytes all their stored states may take together (snapshots exactly, live states
     # estimated).
     cache_bytes: int = Field(default=2 << 30, ge=1 << 20)
@@ -86,8 +88,10 @@ class Settings(BaseSettings):
     # (engine.scenario.estimate_work: about one guest access that faults a page in per unit, ~12 µs of
     # the summary pass): the player's run to the step shown, one run per preset on /compare, the whole
     # run for /api/run and /result.json. Beyond it the request is refused with 413 (the command line has
-    # no budget). 1 000 000 is about 10-20 s of one core at worst, far above the built-in scenarios and
-    # the 10 000-step scenario of benchmarks/web_latency.py (230 000 per preset).
+    # no budget). 1 000 000 is about 10-20 s of one core at worst, far above the built-in scenarios (the
+    # largest, one-gig-page, is estimated at about 200 000 per preset: `modern` splits its gigabyte) and
+    # above the 10 000-step scenario of benchmarks/web_latency.py (about 850 000 per preset; `modern`
+    # takes about 600 000 there, splitting and recovering its slot's huge pages a hundred times).
     run_budget: int = Field(default=1_000_000, ge=1)
     # Offer "run on this machine's kernel" (/real, POST /api/real) when the server can open this KVM
     # device; off, or without the device (a container started without --device /dev/kvm), the player

@@ -590,6 +590,10 @@ def _check_accesses(where: str, step: ReadStep | WriteStep, slots: list[Memslot]
 # - read, write: `count` (a TLB hit costs a tenth of that, a write to a logged page twice as much);
 # - enable_dirty_log: a quarter of the sptes the slot can have mapped (kvm_mmu_slot_remove_write_access
 #   visits every one, about 3 µs each): at most one per page, and at most 8 per guest access so far;
+#   and half of the pages its large leaves can map (the estimate holds for every preset, and a preset
+#   that splits huge pages, eagerly here or in place on a fault while the slot stays logged, builds and
+#   write-protects a 4K spte per page they map, about 4.5 µs each): one large page per guest access so
+#   far, bounded by the slot, none where the VM or the host maps 4K only;
 # - get_dirty_log: the slot's pages / 1024 (the bitmap is read a long at a time; the pages it returns
 #   were paid for by the writes that dirtied them);
 # - clear_dirty_log: its pages / 64 (every bit of the range is looked at, one rmap lookup each), and,
@@ -601,11 +605,15 @@ def _check_accesses(where: str, step: ReadStep | WriteStep, slots: list[Memslot]
 # - migrate_begin: enable_dirty_log over every slot, and a copy of every page (as much as get_dirty_log);
 #   migrate_round: get_dirty_log over every slot; migrate_end: the pages / 64 (its final round, then both
 #   sides compared page by page);
-# - flush_tlb, disable_dirty_log, note: nothing more (a TLB holds only what accesses put there);
+# - disable_dirty_log: a quarter of the pages the slot's large leaves can map (a preset that recovers
+#   huge pages zaps the 4K tables under them, about 2 µs per spte); migrate_end, the same over every slot;
+# - flush_tlb, note: nothing more (a TLB holds only what accesses put there);
 # - creating the VM: the pages / 512 (each slot's arrays).
 #
 # Measured against the summary pass of every built-in scenario and of stress scenarios near the limits
-# (4 GiB slots, 100 000 steps), the estimate is within a factor of about two of the time taken.
+# (4 GiB slots, 100 000 steps), the estimate is within a factor of about two of the time taken by the
+# costliest preset (one-gig-page: about 200 000 units, and 1.7 s under `modern`, which splits the whole
+# gigabyte at migrate_begin and zaps it back at migrate_end), and above it for each of them.
 
 # Units per step, per table zap_all reads, and the divisors of the page-proportional terms (see above).
 WORK_PER_STEP = 1
@@ -614,6 +622,7 @@ PAGES_PER_WORK_ENABLE_LOG = 4
 PAGES_PER_WORK_GET_LOG = 1024
 PAGES_PER_WORK_CLEAR_LOG = 64
 PAGES_PER_WORK_SPLIT = 2
+PAGES_PER_WORK_RECOVER = 4
 PAGES_PER_WORK_MIGRATE_END = 64
 PAGES_PER_WORK_SETUP = 512
 # The most sptes one guest access can map (the faulting one and its prefetched neighbours), and the most
@@ -650,8 +659,19 @@ class _WorkCounter:
         # slot, plus the root.
         self.max_tables = _per(self.all_pages, 512) + 6 * len(self.slot_pages) + 1
         self.setup = _per(self.all_pages, PAGES_PER_WORK_SETUP)
+        # The pages one large leaf of each slot can map: 1 where the VM or the host maps 4K only.
+        self.large_span = {
+            slot.id: 512 ** (min(scenario.vm.max_level, slot.host_level) - 1) for slot in scenario.memslots
+        }
         self.accessed = 0
         self.since_zap = 0
+
+    def large_mapped(self, slot_id: int) -> int:
+        """The most pages large leaves of the slot can map so far: one large page per guest access (a
+        fault maps one leaf), bounded by the slot. Splitting (eagerly, in place, or by CLEAR) and
+        recovering huge pages work in proportion to it."""
+        span = self.large_span[slot_id]
+        return 0 if span == 1 else min(self.slot_pages[slot_id], span * self.accessed)
 
     def step(self, step: Step) -> tuple[int, int, int]:
         """(bookkeeping, accesses, slot work) of the next step."""
@@ -666,7 +686,10 @@ class _WorkCounter:
         all_pages = self.all_pages
         if isinstance(step, EnableDirtyLogStep):
             mapped = min(self.slot_pages[step.slot], MAPPED_PER_ACCESS * self.accessed)
-            return WORK_PER_STEP, 0, _per(mapped, PAGES_PER_WORK_ENABLE_LOG)
+            split = _per(self.large_mapped(step.slot), PAGES_PER_WORK_SPLIT)
+            return WORK_PER_STEP, 0, _per(mapped, PAGES_PER_WORK_ENABLE_LOG) + split
+        if isinstance(step, DisableDirtyLogStep):
+            return WORK_PER_STEP, 0, _per(self.large_mapped(step.slot), PAGES_PER_WORK_RECOVER)
         if isinstance(step, GetDirtyLogStep):
             return WORK_PER_STEP, 0, _per(self.slot_pages[step.slot], PAGES_PER_WORK_GET_LOG)
         if isinstance(step, ClearDirtyLogStep):
@@ -675,14 +698,16 @@ class _WorkCounter:
             protected = min(self.slot_pages[step.slot] + 512, step.num + split) if self.accessed else 0
             work = _per(step.num, PAGES_PER_WORK_CLEAR_LOG) + _per(protected, PAGES_PER_WORK_SPLIT)
             return WORK_PER_STEP, 0, work
+        large = sum(self.large_mapped(slot_id) for slot_id in self.slot_pages)
         if isinstance(step, MigrateBeginStep):
             mapped = min(all_pages, MAPPED_PER_ACCESS * self.accessed)
             work = _per(mapped, PAGES_PER_WORK_ENABLE_LOG) + _per(all_pages, PAGES_PER_WORK_GET_LOG)
-            return WORK_PER_STEP, 0, work
+            return WORK_PER_STEP, 0, work + _per(large, PAGES_PER_WORK_SPLIT)
         if isinstance(step, MigrateRoundStep):
             return WORK_PER_STEP, 0, _per(all_pages, PAGES_PER_WORK_GET_LOG)
         if isinstance(step, MigrateEndStep):
-            return WORK_PER_STEP, 0, _per(all_pages, PAGES_PER_WORK_MIGRATE_END)
+            recover = _per(large, PAGES_PER_WORK_RECOVER)
+            return WORK_PER_STEP, 0, _per(all_pages, PAGES_PER_WORK_MIGRATE_END) + recover
         return WORK_PER_STEP, 0, 0
 
 

@@ -96,16 +96,34 @@ EXPECTED: dict[str, list[str]] = {
         "yes",
         "no",
     ],
+    # The modern preset on the same steps: §5.2 (eager splitting at enable; every write then a fast fault
+    # on its own read-only 4K spte), the live-kernel note (the read takes no exit; the kernel's logs).
+    "modern": [
+        "slow",
+        "set-d",
+        "split",  # §5.2: the 2M spte becomes a table of 512 read-only 4K sptes
+        "none",  # the read goes through its read-only 4K spte
+        "fast",
+        "fast",
+        "fast",
+        "yes",  # live-kernel note 2: [0x250, 0x260, 0x2c0]
+        "fast",
+        "fast",  # 0x300 already has a read-only 4K spte from the split
+        "yes",  # [0x250, 0x300]
+        "no",
+    ],
 }
 KINDS = [FAULT, BITS, LOGGING, FAULT, FAULT, FAULT, FAULT, DIRTY_LOG, FAULT, FAULT, DIRTY_LOG, VERDICT]
 
 
 @cache
-def questions(preset: str, scenario_text: str | None = None) -> tuple[Question | None, ...]:
+def questions(
+    preset: str, scenario_text: str | None = None, switches: tuple[tuple[str, str], ...] = ()
+) -> tuple[Question | None, ...]:
     """Every step's question, derived as the player derives it: from `Run.at(n + 1)`."""
     text = scenario_text if scenario_text is not None else load_builtin_text(EXAMPLE)
     scenario = parse_scenario(text)
-    policy = make_policy(preset)
+    policy = make_policy(preset, dict(switches))
     run = Run(("test", policy), scenario, policy, Settings())
     out = []
     for index in range(len(scenario.steps)):
@@ -204,12 +222,40 @@ def test_the_hardware_sets_d() -> None:
 
 def test_enabling_logging() -> None:
     """§7.2 step 3: zapped under zap, W cleared under both lazy presets (0x80000FF7 → 0x80000FF5)."""
-    assert asked("zap", 2).keys == ["zap", "wp", "same"]
+    assert asked("zap", 2).keys == ["zap", "wp", "split", "same"]
     assert "0x80000ff7 → 0x0" in asked("zap", 2).explanation
     assert "zaps the large spte" in asked("zap", 2).explanation
     lazy = asked("lazy", 2)
     assert "L2[0x1], the 2M spte mapping gfns 0x200–0x3ff" in lazy.prompt
     assert "0x80000ff7 → 0x80000ff5" in lazy.explanation and "loses W but stays" in lazy.explanation
+
+
+def test_enabling_logging_splits_under_modern() -> None:
+    """§5.2: eager splitting replaces the 2M spte by a table; write protection leaves all 512 read-only."""
+    modern = asked("modern", 2)
+    assert modern.prompt == asked("lazy", 2).prompt and modern.options == asked("lazy", 2).options
+    assert modern.correct == "split"
+    assert "0x80000ff7 → 0x1003107" in modern.explanation
+    assert "512 now map the range, all of them read-only" in modern.explanation
+    # Without eager splitting the modern kernel write-protects the 2M spte as 3.16 does (§5.1).
+    assert questions("modern", None, (("eager_split", "false"),))[2].correct == "wp"  # type: ignore[union-attr]
+
+
+def test_enabling_logging_initially_set_touches_nothing() -> None:
+    """§5.4: with KVM_DIRTY_LOG_INITIALLY_SET every bit is set and no spte is touched."""
+    question = questions("modern", None, (("dirty_log_mode", "initially_set"),))[2]
+    assert question is not None and question.kind == LOGGING
+    assert question.correct == "same"
+    assert "every bit set" in question.explanation and "no spte is touched" in question.explanation
+    assert "no W bit" not in question.explanation
+
+
+def test_enabling_logging_on_a_4k_spte_has_no_split_option() -> None:
+    text = small_scenario([{"op": "write", "gfn": "0x210"}, {"op": "enable_dirty_log", "slot": 1}])
+    nested = json.loads(text)
+    nested["vm"]["max_page_level"] = "4K"
+    question = questions("modern", json.dumps(nested))[1]
+    assert question is not None and question.keys == ["zap", "wp", "same"] and question.correct == "wp"
 
 
 def test_the_get_rounds_ask_about_the_lost_pages() -> None:
@@ -260,6 +306,65 @@ def test_steps_without_a_sensible_question() -> None:
     assert many is not None and many.kind == FAULT
     assert many.keys == ["none", "fast", "slow", "both"] and many.correct == "slow"
     assert "4 pages from gfn 0x200" in many.prompt
+
+
+# The clear-dirty-log steps: 0 write, 1 enable, 2 note, 3-5 writes 0x250 0x260 0x300, 6 GET, 7 note,
+# 8 CLEAR of pages 0x40+64 (gfns 0x240-0x27f), 9 note, 10-11 writes 0x250 0x300, 12 GET, 13 note,
+# 14 write 0x300, 15 CLEAR of pages 0x100+64 (gfns 0x300-0x33f), 16 note, 17 write 0x300, 18 GET, 19 note.
+CLEAR_LESSON = load_builtin_text("clear-dirty-log")
+
+
+def clear_questions(mode: str) -> tuple[Question | None, ...]:
+    return questions("modern", CLEAR_LESSON, (("dirty_log_mode", mode),))
+
+
+def test_clear_dirty_log_in_bitmap_mode_finds_nothing_to_rearm() -> None:
+    """§3.6: GET already cleared and re-protected 0x250 and 0x260, so the first CLEAR re-protects nothing;
+    0x300, written after the second GET, is re-protected by the second."""
+    first, second = clear_questions("bitmap")[8], clear_questions("bitmap")[15]
+    assert first is not None and first.kind == "clear"
+    assert first.prompt.endswith("Will it write-protect any page?") and first.correct == "no"
+    assert "GET_DIRTY_LOG already cleared the bits" in first.explanation
+    assert second is not None and second.correct == "yes"
+    assert "gfn 0x300, mapped by L1[0x100]" in second.prompt
+
+
+def test_clear_dirty_log_with_manual_protection_rearms_the_chunk() -> None:
+    """§5.4: GET only copies, so 0x250 is still writable before the CLEAR of its chunk, which
+    re-protects it."""
+    found = clear_questions("manual_clear")
+    get = found[6]
+    assert get is not None and get.correct == "yes" and "only copies the bitmap" in get.explanation
+    clear = found[8]
+    assert clear is not None and clear.correct == "yes"
+    assert "gfn 0x250, mapped by L1[0x50], the 4K spte mapping gfn 0x250 (R W X" in clear.prompt
+
+
+def test_clear_dirty_log_under_initially_set_splits_the_huge_page() -> None:
+    """§5.4: nothing was protected at enable; CLEAR splits the 2M spte and write-protects its chunk."""
+    clear = clear_questions("initially_set")[8]
+    assert clear is not None and clear.correct == "yes"
+    assert "the 2M spte mapping gfns 0x200–0x3ff (R W X PS" in clear.prompt
+    assert "now mapped by L1[0x40], read-only" in clear.explanation
+
+
+def test_a_refused_ioctl_is_asked_and_answered_by_its_failure() -> None:
+    """Contract: under the dirty ring GET and CLEAR fail with ENXIO; reset_dirty_ring fails with EINVAL in
+    any bitmap mode. The question is the one a working ioctl gets; its answer is "no"."""
+    found = clear_questions("ring")
+    get = found[6]
+    assert get is not None and get.kind == DIRTY_LOG and get.correct == "no"
+    assert "Will it report gfn 0x250, which the guest wrote at step #3?" in get.prompt
+    assert "KVM_GET_DIRTY_LOG: ENXIO" in get.explanation
+    clear = found[8]
+    assert clear is not None and clear.correct == "no" and "KVM_CLEAR_DIRTY_LOG: ENXIO" in clear.explanation
+    reset = small_scenario([{"op": "enable_dirty_log", "slot": 1}, {"op": "write", "gfn": "0x250"},
+                            {"op": "reset_dirty_ring"}])  # fmt: skip
+    refused = questions("modern", reset)[2]
+    assert refused is not None and refused.correct == "no" and "EINVAL" in refused.explanation
+    harvested = questions("modern", reset, (("dirty_log_mode", "ring"),))[2]
+    assert harvested is not None and harvested.kind == DIRTY_LOG and harvested.correct == "yes"
+    assert "dirty ring" in harvested.prompt and "pushed it to its vCPU's dirty ring" in harvested.explanation
 
 
 def test_judging_and_the_score() -> None:
