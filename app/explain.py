@@ -65,6 +65,11 @@ KERNEL_SOURCES: dict[str, str] = {
     "dirty_ring_harvest": "QEMU (userspace, kvm_dirty_ring_reap)",
     "kvm_dirty_ring_reset": "virt/kvm/dirty_ring.c",
     "kvm_vm_ioctl_reset_dirty_pages": _KVM_MAIN,
+    "pml_log": "the CPU (Intel SDM, page-modification logging)",
+    "vmx_flush_pml_buffer": "arch/x86/kvm/vmx/vmx.c",
+    "vmx_update_cpu_dirty_logging": "arch/x86/kvm/vmx/vmx.c",
+    "kvm_mmu_slot_leaf_clear_dirty": "arch/x86/kvm/mmu/mmu.c",
+    "kvm_mmu_clear_dirty_pt_masked": "arch/x86/kvm/mmu/mmu.c",
 }
 
 # The dirty-log modes after 3.16 (policy.dirty_log_mode): their functions are quoted from later trees.
@@ -77,6 +82,8 @@ LATER_DIRTY_LOG_EVENTS = frozenset(
         "kvm_dirty_ring_check_request",
         "kvm_dirty_ring_reset",
         "kvm_vm_ioctl_reset_dirty_pages",
+        "vmx_flush_pml_buffer",
+        "vmx_update_cpu_dirty_logging",
     }
 )
 
@@ -336,6 +343,8 @@ def mark_page_dirty(ev: Event, ctx: Context) -> str:
                 f" not gfn {ctx.fault_gfn:#x}, which the guest wrote."
             )
         return f"gfn {gfn:#x} is marked dirty in slot {slot}'s bitmap: the write will be logged."
+    if caller == "vmx_flush_pml_buffer":
+        return f"gfn {gfn:#x}, logged by the CPU in a PML buffer, is marked dirty in slot {slot}'s log."
     if caller == "set_spte" and ctx.fault_write is False:
         return (
             f"A read fault maps the page writable and marks it dirty (3.x behaviour): gfn {gfn:#x} is in the"
@@ -565,7 +574,9 @@ def kvm_arch_mmu_enable_log_dirty_pt_masked(ev: Event, ctx: Context) -> str:
             " may still map them writable: the huge pages holding the first and last page are split (with"
             " eager splitting) and write-protected first, then the 4K sptes."
         )
-    return f"Re-arms logging for the pages of the mask ({where}): their 4K sptes lose W."
+    return (
+        f"Re-arms logging for the pages of the mask ({where}): their 4K sptes lose W (with PML, D instead)."
+    )
 
 
 def kvm_dirty_ring_push(ev: Event, ctx: Context) -> str:
@@ -607,6 +618,61 @@ def kvm_vm_ioctl_reset_dirty_pages(ev: Event, ctx: Context) -> str:
     if not ev.get("flush"):
         return "KVM_RESET_DIRTY_RINGS finds no collected entry: nothing to re-protect, no flush."
     return f"KVM_RESET_DIRTY_RINGS reset {ev.get('cleared')} entries in all, then flushes the TLBs once."
+
+
+# --- Intel PML ----------------------------------------------------------------------------------------------
+
+
+def pml_log(ev: Event, ctx: Context) -> str:
+    return (
+        f"vCPU {ev.get('vcpu')}'s store to gfn {_hex(ev.get('gfn'))} sets D, so the CPU logs the page in its"
+        f" PML buffer (entry {ev.get('index')}; 511 is written first): no exit, and the dirty log does not"
+        " show the page until the buffer is flushed."
+    )
+
+
+def vmx_flush_pml_buffer(ev: Event, ctx: Context) -> str:
+    gfns = list(ev.get("gfns") or [])
+    why = {
+        "exit": "Any VM exit flushes the vCPU's PML buffer first",
+        "pml_full": "The buffer was full, so the store made a PML-full exit instead of logging; the exit"
+        " flushes the buffer and the store is retried",
+        "kick": "The vCPU is kicked out of the guest (the dirty log is about to be read or re-armed, or"
+        " logging changed), and its exit flushes its PML buffer",
+    }.get(str(ev.get("reason")), "The PML buffer is flushed")
+    return (
+        f"{why}: {len(gfns)} page{'s' if len(gfns) != 1 else ''} of vCPU {ev.get('vcpu')}"
+        f" ({_gfns_text(gfns)}) go to mark_page_dirty, oldest first."
+    )
+
+
+def vmx_update_cpu_dirty_logging(ev: Event, ctx: Context) -> str:
+    if ev.get("inert"):
+        return (
+            "pml is set, but EPT A/D bits are off (vm.ept_ad false): the kernel then runs without PML, so"
+            " dirty logging write-protects sptes as it does without PML."
+        )
+    state = "on" if ev.get("pml") else "off"
+    return (
+        f"Logging {'starts' if ev.get('enable') else 'stops'} on slot {ev.get('slot')};"
+        f" {ev.get('logged_slots')} slot(s) logged, so every vCPU runs with PML {state}. D bits are left as"
+        " they are."
+    )
+
+
+def kvm_mmu_slot_leaf_clear_dirty(ev: Event, ctx: Context) -> str:
+    return (
+        f"With PML, the 4K sptes of slot {ev.get('slot')} lose D instead of W ({ev.get('cleared')} had it):"
+        " the next store to each sets D and is logged by the CPU without a fault. Only the huge sptes are"
+        " write-protected next, so that a write splits them."
+    )
+
+
+def kvm_mmu_clear_dirty_pt_masked(ev: Event, ctx: Context) -> str:
+    return (
+        f"With PML, the reported pages (page offset {_hex(ev.get('gfn_offset'))}, mask {ev.get('mask')}) are"
+        f" re-armed by clearing D on their 4K sptes ({ev.get('cleared')} had it); W stays set."
+    )
 
 
 EXPLAINERS: dict[str, Callable[[Event, Context], str]] = {
@@ -653,6 +719,11 @@ EXPLAINERS: dict[str, Callable[[Event, Context], str]] = {
     "dirty_ring_harvest": dirty_ring_harvest,
     "kvm_dirty_ring_reset": kvm_dirty_ring_reset,
     "kvm_vm_ioctl_reset_dirty_pages": kvm_vm_ioctl_reset_dirty_pages,
+    "pml_log": pml_log,
+    "vmx_flush_pml_buffer": vmx_flush_pml_buffer,
+    "vmx_update_cpu_dirty_logging": vmx_update_cpu_dirty_logging,
+    "kvm_mmu_slot_leaf_clear_dirty": kvm_mmu_slot_leaf_clear_dirty,
+    "kvm_mmu_clear_dirty_pt_masked": kvm_mmu_clear_dirty_pt_masked,
 }
 
 
@@ -674,7 +745,8 @@ INVARIANT_TEXT: dict[str, str] = {
     "no_writable_large_while_logging": "While a slot is dirty-logged no large spte may be writable: stores"
     " anywhere in its range take no fault and set no dirty bit.",
     "writable_implies_dirty_bit": "While a slot is logged, a writable 4K spte must have its page's dirty bit"
-    " set, or stores to it go unreported.",
+    " set, or stores to it go unreported. With PML only a writable spte with D set needs it (or its page"
+    " waiting in a PML buffer): a store that sets D is logged by the CPU.",
     "tlb_more_permissive_than_spte": "At a step boundary no TLB entry may allow more than its spte does: a"
     " flush is missing.",
     "written_not_logged": "A store to a logged page that no GET_DIRTY_LOG reported: a migration would lose"

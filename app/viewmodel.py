@@ -25,7 +25,7 @@ from app.explain import BIT_MEANINGS, INVARIANT_TEXT, Context, explain, kernel_s
 from engine.invariants import Violation
 from engine.kvm import Kvm
 from engine.memslot import KvmMemorySlot
-from engine.policy import PRESET_DESCRIPTIONS
+from engine.policy import PRESET_DESCRIPTIONS, Policy
 from engine.rmap import pte_list
 from engine.shadow_page import KvmMmuPage
 from engine.simulation import Simulation, StepResult
@@ -147,6 +147,29 @@ def _int_field(op: Mapping[str, object], name: str) -> int:
     return value if isinstance(value, int) else 0
 
 
+def _enabling_text(policy: Policy) -> str:
+    """What switching logging on does to the slot's sptes under `policy` (kvm_mmu_slot_apply_flags in
+    later kernels, kvm_mmu_slot_remove_write_access in 3.x): the rest of the step's sentence."""
+    if policy.dirty_log_mode == "initially_set":
+        return " with every bit already set: no spte is touched until KVM_CLEAR_DIRTY_LOG"
+    if policy.eager_split:
+        return ": every huge page is split into 4K sptes, and every spte loses W"
+    if policy.wp_large == "zap":
+        return ": its large sptes are zapped, and every 4K spte loses W"
+    return ": every spte loses W, large ones staying mapped read-only"
+
+
+def _disabling_text(policy: Policy) -> str:
+    """What switching logging off does: 3.x only frees the bitmap; later kernels zap the tables a huge
+    page could replace (kvm_mmu_zap_collapsible_sptes), so the next fault maps huge again."""
+    if policy.recover_on_disable:
+        return (
+            ": the tables a huge page could replace are zapped, so the next fault there maps a huge page"
+            " again"
+        )
+    return "; the sptes stay as they are"
+
+
 def narrate(op: Mapping[str, object], result: StepResult, sim: Simulation) -> str:
     """One line saying what the step did, in words."""
     name = op.get("op")
@@ -173,23 +196,31 @@ def narrate(op: Mapping[str, object], result: StepResult, sim: Simulation) -> st
             parts.append(f"{head}: {' and '.join(faults)}")
         else:
             parts.append(f"{head}: no exit, the mapping already allows it")
-    elif name == "enable_dirty_log" and sim.policy.dirty_log_mode == "initially_set":
-        parts.append(
-            f"Dirty logging is switched on for slot {op.get('slot')} with every bit already set:"
-            " no spte is touched until KVM_CLEAR_DIRTY_LOG"
-        )
     elif name == "enable_dirty_log":
-        parts.append(f"Dirty logging is switched on for slot {op.get('slot')}: every spte of it loses W")
+        parts.append(f"Dirty logging is switched on for slot {op.get('slot')}{_enabling_text(sim.policy)}")
     elif name == "disable_dirty_log":
-        parts.append(f"Dirty logging is switched off for slot {op.get('slot')}; the sptes stay as they are")
+        parts.append(f"Dirty logging is switched off for slot {op.get('slot')}{_disabling_text(sim.policy)}")
     elif result.error is not None:
         parts.append(f"{describe_op(op)} fails: {result.error}")
+    elif name == "get_dirty_log" and sim.policy.dirty_log_mode != "bitmap":
+        parts.append(
+            f"KVM_GET_DIRTY_LOG on slot {op.get('slot')} copies {gfn_list(result.dirty_log or [])}:"
+            " with manual protection nothing is cleared or re-protected until KVM_CLEAR_DIRTY_LOG"
+        )
     elif name == "get_dirty_log":
-        parts.append(f"KVM_GET_DIRTY_LOG on slot {op.get('slot')} returns {gfn_list(result.dirty_log or [])}")
+        parts.append(
+            f"KVM_GET_DIRTY_LOG on slot {op.get('slot')} returns {gfn_list(result.dirty_log or [])},"
+            " clearing those bits and re-protecting their pages"
+        )
     elif name == "clear_dirty_log":
         parts.append(
             f"KVM_CLEAR_DIRTY_LOG on slot {op.get('slot')}, pages {hx(_int_field(op, 'first'))}"
             f"+{op.get('num')}: the bits that were set are cleared and their pages re-protected"
+            + (
+                ", after the huge pages holding the range are split and write-protected"
+                if sim.policy.dirty_log_mode == "initially_set"
+                else ""
+            )
         )
     elif name == "reset_dirty_ring":
         parts.append(
@@ -201,7 +232,10 @@ def narrate(op: Mapping[str, object], result: StepResult, sim: Simulation) -> st
     elif name == "zap_all":
         parts.append("Every spte is zapped, as on a memslot change")
     elif name == "migrate_begin":
-        parts.append("Migration starts: dirty logging on for every slot, every page copied once")
+        parts.append(
+            f"Migration starts: dirty logging on for every slot{_enabling_text(sim.policy)}; every page"
+            " copied once"
+        )
     elif name == "migrate_round":
         parts.append(
             f"Pre-copy round: the dirty log returns {gfn_list(result.dirty_log or [])}, copied again"
@@ -210,6 +244,8 @@ def narrate(op: Mapping[str, object], result: StepResult, sim: Simulation) -> st
         lost = sim.migration.lost or []
         verdict = f"{plural(len(lost), 'page')} LOST: {gfn_list(lost)}" if lost else "no page lost"
         parts.append(f"Stop-and-copy: the last round returns {gfn_list(result.dirty_log or [])}; {verdict}")
+        if sim.policy.recover_on_disable:
+            parts.append(f"dirty logging is switched off{_disabling_text(sim.policy)}")
     else:
         parts.append(describe_op(op))
     if result.marked_dirty and name not in _HARVESTING_OPS:
@@ -971,6 +1007,22 @@ def ring_views(sim: Simulation) -> list[RingView] | None:
     ]
 
 
+class PmlView(NamedTuple):
+    """One vCPU's PML buffer: the pages the CPU logged and KVM has not flushed yet, oldest first."""
+
+    vcpu: int
+    entries: int
+    gfns: list[int]
+
+
+def pml_views(sim: Simulation) -> list[PmlView] | None:
+    """The vCPUs' PML buffers, or None when dirty logging does not use PML (pml off, or EPT A/D off)."""
+    kvm = sim.kvm
+    if not kvm.cpu_dirty_log_size:
+        return None
+    return [PmlView(v.id, len(v.pml), v.pml.entries[:RING_ENTRIES_SHOWN]) for v in kvm.vcpus]
+
+
 @dataclass(slots=True)
 class MigrationView:
     running: bool
@@ -1025,6 +1077,7 @@ class PlayView:
     spte_change_count: int
     dirty_log: list[int] | None
     marked_dirty: list[int]
+    pml: list[PmlView] | None = None  # with PML only
 
 
 def _fault_lines(result: StepResult | None) -> list[str]:
@@ -1119,6 +1172,7 @@ def play_view(
         tree=tree.build(),
         bitmaps=[bitmap_view(sim, slot, bitmap_cells, lost) for slot in kvm.memslots],
         rings=ring_views(sim),
+        pml=pml_views(sim),
         rmaps=rmap_views(kvm),
         tlbs=tlb_views(kvm),
         trace=trace_view(shown, variant),

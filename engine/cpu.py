@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from engine.kvm import FaultRecord, Kvm, Vcpu
 from engine.mmu import PFERR_PRESENT_MASK, PFERR_WRITE_MASK, tdp_page_fault
+from engine.pml import handle_pml_full, pml_log, vmx_flush_pml_buffer
 from engine.shadow_page import KvmMmuPage
 from engine.spte import (
     PT64_BASE_ADDR_MASK,
@@ -26,11 +27,17 @@ _new_tuple = tuple.__new__
 # More faults than this on one access means no progress: the guest would loop forever.
 MAX_FAULTS_PER_ACCESS = 4
 
+# What ept_walk returns instead of an error code when a store would set D with PML enabled and the vCPU's
+# log is full: the CPU makes a PML-full exit before the store (not an EPT violation).
+EXIT_REASON_PML_FULL = -1
+
 
 def ept_walk(kvm: Kvm, vcpu: Vcpu, gfn: int, write: bool) -> int | None:
     """Walk the EPT for `gfn`. On success set A (and D for a store), fill the TLB and return None.
 
-    On failure return the page-fault error code: PRESENT when the translation was readable.
+    On failure return the page-fault error code: PRESENT when the translation was readable. With PML
+    enabled, a store that sets D also logs the page in the vCPU's PML buffer; if the buffer is full the
+    store does not happen and EXIT_REASON_PML_FULL is returned.
     """
     accessed = kvm.masks.accessed_mask
     l1 = kvm.l1_tables.get(gfn >> PT64_LEVEL_BITS)
@@ -61,7 +68,13 @@ def ept_walk(kvm: Kvm, vcpu: Vcpu, gfn: int, write: bool) -> int | None:
     if accessed:
         new = spte | accessed | (dirty if write else 0)
         if new != spte:
-            _set_ad(kvm, vcpu, sp, index, new)
+            if write and kvm.pml_enabled and not spte & dirty:
+                if vcpu.pml.full():
+                    return EXIT_REASON_PML_FULL
+                _set_ad(kvm, vcpu, sp, index, new)
+                pml_log(kvm, vcpu, gfn)
+            else:
+                _set_ad(kvm, vcpu, sp, index, new)
             spte = new
     shift = PT64_LEVEL_BITS * (level - 1)
     # TlbEntry(level, gfn, pfn, writable, dirty), filled in place. Without A/D bits there is no dirty
@@ -132,6 +145,14 @@ def guest_accesses(kvm: Kvm, vcpu: Vcpu, gfn: int, count: int, stride: int, writ
                     walked = True
                     if walk_error is None:
                         break
+                    if walk_error == EXIT_REASON_PML_FULL:
+                        # The exit flushes the log; the store is retried at the next entry, which a
+                        # ring made soft full by the flush forbids.
+                        handle_pml_full(kvm, vcpu)
+                        if ring is not None and ring.soft_full():
+                            ring_full = True
+                            break
+                        continue
                     error_code = walk_error
                 if faults == MAX_FAULTS_PER_ACCESS:
                     livelock = True
@@ -179,6 +200,8 @@ def _dirty_ring_full(kvm: Kvm, vcpu: Vcpu, gfn: int, skipped: int) -> None:
 def handle_ept_violation(kvm: Kvm, vcpu: Vcpu, gfn: int, write: bool, error_code: int, stale: bool) -> None:
     kvm.stat.exits += 1
     vcpu.tlb.invalidate_gfn(gfn)
+    if vcpu.pml.entries:  # every VM exit flushes the vCPU's PML buffer before it is handled
+        vmx_flush_pml_buffer(kvm, vcpu, "exit")
     if kvm.tp.on:
         present = bool(error_code & PFERR_PRESENT_MASK)
         kvm.tp.emit(HandleEptViolation(vcpu.id, gfn, error_code, present, write, stale))

@@ -14,8 +14,9 @@ from engine.kvm import Kvm
 from engine.kvm_main import kvm_flush_remote_tlbs
 from engine.memslot import BITS_PER_LONG, KvmMemorySlot
 from engine.mmu import kvm_mmu_zap_collapsible_sptes
+from engine.pml import kvm_arch_sync_dirty_log, kvm_mmu_update_cpu_dirty_logging
 from engine.split import kvm_mmu_slot_try_split_huge_pages, split_huge_pages_in_range
-from engine.spte import PT_DIRECTORY_LEVEL, pages_per_hpage
+from engine.spte import PT_DIRECTORY_LEVEL, PT_PAGE_TABLE_LEVEL, pages_per_hpage
 from engine.trace import (
     ClearDirtyLog,
     ClearDirtyLogProtect,
@@ -26,7 +27,9 @@ from engine.trace import (
     WriteProtectPtMasked,
 )
 from engine.write_protect import (
+    kvm_mmu_clear_dirty_pt_masked,
     kvm_mmu_slot_gfn_write_protect,
+    kvm_mmu_slot_leaf_clear_dirty,
     kvm_mmu_slot_remove_write_access,
     kvm_mmu_write_protect_pt_masked,
 )
@@ -45,6 +48,10 @@ def kvm_set_dirty_logging(kvm: Kvm, slot: KvmMemorySlot, enable: bool) -> None:
     Later kernels (kvm_mmu_slot_apply_flags) split every huge page of the slot before write-protecting it
     (`eager_split`), and zap the tables a huge page could replace once logging stops
     (`recover_on_disable`), both after the new memslots are installed.
+
+    With PML (`pml`, EPT A/D bits on) every vCPU logs stores while any slot is logged; enabling clears D
+    on the slot's 4K leaves instead of W and write-protects only the huge ones. Disabling stops the
+    logging and leaves the D bits as they are.
     """
     if enable == (slot.dirty_bitmap is not None):
         if kvm.tp.on:
@@ -54,11 +61,13 @@ def kvm_set_dirty_logging(kvm: Kvm, slot: KvmMemorySlot, enable: bool) -> None:
         kvm.tp.emit(SetMemoryRegion(slot.id, enable, "flags_only"))
     if not enable:
         slot.dirty_bitmap = None
+        kvm_mmu_update_cpu_dirty_logging(kvm, slot, False)
         if kvm.policy.recover_on_disable:
             kvm_mmu_zap_collapsible_sptes(kvm, slot)
         return
     slot.create_dirty_bitmap()
     kvm.log.logging_enabled.append(slot.id)
+    kvm_mmu_update_cpu_dirty_logging(kvm, slot, True)
     if kvm.policy.dirty_log_mode == "initially_set":
         # KVM_DIRTY_LOG_INITIALLY_SET: every page starts dirty, so nothing can be missed yet and no spte
         # is touched; each KVM_CLEAR_DIRTY_LOG protects the range it clears.
@@ -66,7 +75,11 @@ def kvm_set_dirty_logging(kvm: Kvm, slot: KvmMemorySlot, enable: bool) -> None:
         return
     if kvm.policy.eager_split:
         kvm_mmu_slot_try_split_huge_pages(kvm, slot)
-    kvm_mmu_slot_remove_write_access(kvm, slot)
+    if kvm.cpu_dirty_log_size:
+        kvm_mmu_slot_leaf_clear_dirty(kvm, slot)
+        kvm_mmu_slot_remove_write_access(kvm, slot, PT_DIRECTORY_LEVEL)
+    else:
+        kvm_mmu_slot_remove_write_access(kvm, slot, PT_PAGE_TABLE_LEVEL)
 
 
 def ioctl_error(kvm: Kvm, ioctl: str, errno: str, reason: str) -> None:
@@ -87,6 +100,8 @@ def kvm_vm_ioctl_get_dirty_log(kvm: Kvm, slot: KvmMemorySlot) -> list[int] | Non
     With manual protection (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2) the ioctl only copies the bitmap: clearing
     and re-protecting wait for KVM_CLEAR_DIRTY_LOG, so userspace can re-arm a chunk right before it copies
     that chunk. With the dirty ring there is no bitmap to copy: -ENXIO, and None.
+
+    With PML every vCPU's log is flushed into the bitmap first, and the reported pages lose D, not W.
     """
     mode = kvm.policy.dirty_log_mode
     if mode == "ring":
@@ -95,6 +110,7 @@ def kvm_vm_ioctl_get_dirty_log(kvm: Kvm, slot: KvmMemorySlot) -> list[int] | Non
     bitmap = slot.dirty_bitmap
     if bitmap is None:
         raise AssertionError(f"GET_DIRTY_LOG on slot {slot.id}, which is not logged")
+    kvm_arch_sync_dirty_log(kvm)
     if mode != "bitmap":
         copied = slot.dirty_gfns()
         kvm.log.harvested.extend(copied)
@@ -107,6 +123,9 @@ def kvm_vm_ioctl_get_dirty_log(kvm: Kvm, slot: KvmMemorySlot) -> list[int] | Non
         bitmap[word * 8 : word * 8 + 8] = bytes(8)  # the kernel's xchg(word, 0)
         gfns.extend(slot.gfns_of_word(word, mask))
         first = word * BITS_PER_LONG
+        if kvm.cpu_dirty_log_size:
+            kvm_mmu_clear_dirty_pt_masked(kvm, slot, first, mask)
+            continue
         if kvm.tp.on:
             kvm.tp.emit(WriteProtectPtMasked(slot.id, first, f"{mask:#x}"))
         kvm_mmu_write_protect_pt_masked(kvm, slot, first, mask)
@@ -145,6 +164,7 @@ def kvm_vm_ioctl_clear_dirty_log(
         or (num % BITS_PER_LONG and first + num != slot.npages)
     ):
         raise AssertionError(f"CLEAR_DIRTY_LOG of pages {first:#x}+{num} on slot {slot.id}: bad range")
+    kvm_arch_sync_dirty_log(kvm)
     kvm_clear_dirty_log_protect(kvm, slot, first, num, user_mask)
     return True
 
@@ -182,7 +202,8 @@ def kvm_arch_mmu_enable_log_dirty_pt_masked(
     Under INITIALLY_SET nothing was protected when logging started, so huge pages may still map these
     pages writable: first split (with eager splitting) and write-protect the huge pages holding the first
     and the last page of the mask (a long spans at most two 2M pages), so that a write there faults and
-    is logged. Then the 4K sptes, through the level-1 rmaps as GET_DIRTY_LOG does.
+    is logged. Then the 4K sptes, through the level-1 rmaps as GET_DIRTY_LOG does: W is cleared, or with
+    PML the D bit (the huge pages are write-protected either way).
     """
     huge_first = kvm.policy.dirty_log_mode == "initially_set"
     if kvm.tp.on:
@@ -197,4 +218,7 @@ def kvm_arch_mmu_enable_log_dirty_pt_masked(
         # starting unaligned) protects the end's huge pages too.
         if -(-start // HPAGE_2M_PAGES) != -(-end // HPAGE_2M_PAGES):
             kvm_mmu_slot_gfn_write_protect(kvm, slot, end, PT_DIRECTORY_LEVEL)
-    kvm_mmu_write_protect_pt_masked(kvm, slot, gfn_offset, mask)
+    if kvm.cpu_dirty_log_size:
+        kvm_mmu_clear_dirty_pt_masked(kvm, slot, gfn_offset, mask)
+    else:
+        kvm_mmu_write_protect_pt_masked(kvm, slot, gfn_offset, mask)

@@ -12,17 +12,20 @@ from engine.dirty_log import ioctl_error, kvm_arch_mmu_enable_log_dirty_pt_maske
 from engine.kvm import Kvm, Vcpu
 from engine.kvm_main import kvm_flush_remote_tlbs
 from engine.memslot import BITS_PER_LONG
+from engine.pml import kvm_arch_sync_dirty_log
 from engine.trace import DirtyRingHarvest, DirtyRingReset, ResetDirtyPages
 
 
 def harvest_and_reset(kvm: Kvm) -> list[int] | None:
     """Read every vCPU's published entries, then KVM_RESET_DIRTY_RINGS; the sorted distinct gfns read.
 
-    Outside ring mode the kernel refuses the reset (-EINVAL) and there is nothing to read: None.
+    Outside ring mode the kernel refuses the reset (-EINVAL) and there is nothing to read: None. With
+    PML, userspace first kicks every vCPU out of the guest, so that their logs are flushed onto the rings.
     """
     if kvm.policy.dirty_log_mode != "ring":
         ioctl_error(kvm, "KVM_RESET_DIRTY_RINGS", "EINVAL", "the VM has no dirty rings")
         return None
+    kvm_arch_sync_dirty_log(kvm)
     read: list[int] = []
     for vcpu in kvm.vcpus:
         gfns = [kvm.memslots.by_id[slot_id].base_gfn + offset for slot_id, offset in vcpu.dirty_ring.entries]

@@ -16,6 +16,7 @@ from engine.cpu import walk_spte
 from engine.kvm import Kvm
 from engine.memslot import KvmMemorySlot, gfn_to_index
 from engine.mmu_spte import SPTE_LOCKLESS_MASK
+from engine.pml import pml_holds
 from engine.rmap import pte_list
 from engine.shadow_page import KvmMmuPage, kvm_mmu_page_get_gfn
 from engine.spte import (
@@ -95,6 +96,10 @@ def _check_spte(kvm: Kvm, sp: KvmMmuPage, index: int, found: _Collector) -> None
     other writable large spte on a logged slot is `no_writable_large_while_logging`. With the dirty ring
     the "dirty bit" is the model's index of pages with a ring entry not yet reset (see mark_page_dirty).
 
+    With PML a writable 4K spte is the rule, not a hole: a store through it whose D is clear makes the CPU
+    log the page. What lets a store through unlogged is a writable spte with D already set, so that one
+    needs the page's dirty bit, or the page waiting in a vCPU's PML buffer (flushed before any harvest).
+
     Runs for every spte a step wrote, so the predicates are spelled as bit tests.
     """
     spte = sp.spt[index]
@@ -135,6 +140,12 @@ def _check_spte(kvm: Kvm, sp: KvmMmuPage, index: int, found: _Collector) -> None
                   f"gfns {gfn:#x}-{gfn + pages_per_hpage(level) - 1:#x} while slot {slot.id} is "
                   "dirty-logged: stores anywhere in it take no fault and set no dirty bit")
     elif not slot.dirty_bitmap[(gfn - slot.base_gfn) >> 3] >> ((gfn - slot.base_gfn) & 7) & 1:
+        if kvm.cpu_dirty_log_size:
+            if spte & kvm.masks.dirty_mask and not pml_holds(kvm, gfn):
+                found.add("writable_implies_dirty_bit", gfn, f"gfn {gfn:#x} has a writable 4K spte with D "
+                          f"set while slot {slot.id} is logged with PML, but its dirty bit is clear and no "
+                          "PML buffer holds it: stores to it would not be reported")
+            return
         found.add("writable_implies_dirty_bit", gfn, f"gfn {gfn:#x} has a writable 4K spte while slot "
                   f"{slot.id} is logged, but its dirty bit is clear: stores to it would not be reported")
 
@@ -171,6 +182,18 @@ def _check_tlb_entry(kvm: Kvm, vcpu: int, entry: TlbEntry, found: _Collector) ->
     elif entry.writable and not is_writable_pte(spte):
         found.add("tlb_more_permissive_than_spte", entry.gfn, f"{what} but its spte {_where(sp, index)} "
                   "is read-only: stores through the TLB bypass write protection until a flush")
+    elif _dirty_cached_over_clean(kvm, entry, spte):
+        found.add("tlb_more_permissive_than_spte", entry.gfn, f"{what} with D cached but its spte "
+                  f"{_where(sp, index)} has D clear: stores through the TLB are not logged by PML until "
+                  "a flush")
+
+
+def _dirty_cached_over_clean(kvm: Kvm, entry: TlbEntry, spte: int) -> bool:
+    """With PML, a writable TLB entry that cached D over an spte whose D is now clear: a store through it
+    neither re-walks nor sets D, so the CPU logs nothing (the window the flush after clearing D closes)."""
+    return bool(
+        kvm.cpu_dirty_log_size and entry.writable and entry.dirty and not spte & kvm.masks.dirty_mask
+    )
 
 
 def _harvest_name(kvm: Kvm) -> str:
@@ -201,6 +224,8 @@ def _leaves_differ(kvm: Kvm, table: KvmMmuPage, entry: TlbEntry) -> str | None:
             return f"gfn {gfn:#x} points elsewhere"
         elif entry.writable and not is_writable_pte(spte):
             return f"gfn {gfn:#x} is read-only"
+        elif _dirty_cached_over_clean(kvm, entry, spte):
+            return f"gfn {gfn:#x} has D clear"
     return None
 
 
@@ -227,6 +252,8 @@ class StepChecker:
         found = _Collector(step)
         touched = log.touched
         tlbs_live = any(len(vcpu.tlb) for vcpu in kvm.vcpus)
+        # With PML, losing D is lowering too: a TLB entry that cached D would let stores through unlogged.
+        lost_mask = PT_WRITABLE_MASK | (kvm.masks.dirty_mask if kvm.cpu_dirty_log_size else 0)
         lowered: list[tuple[KvmMmuPage, int]] = []
         large_delta = 0
         gfn_to_memslot = kvm.gfn_to_memslot
@@ -244,7 +271,7 @@ class StepChecker:
                 and old & PT_PRESENT_MASK
                 and (
                     not new & PT_PRESENT_MASK
-                    or old & ~new & PT_WRITABLE_MASK
+                    or old & ~new & lost_mask
                     or (old ^ new) & PT64_BASE_ADDR_MASK
                 )
             ):
@@ -308,7 +335,8 @@ class StepChecker:
         self, kvm: Kvm, touched: dict[tuple[KvmMmuPage, int], int], found: _Collector
     ) -> None:
         """A page whose bit a harvest cleared (GET_DIRTY_LOG, CLEAR_DIRTY_LOG, a ring reset) must not keep
-        a writable 4K spte (sptes the step wrote are already checked)."""
+        a writable 4K spte, or with PML a dirty (D set) one (sptes the step wrote are already checked)."""
+        keep = kvm.masks.dirty_mask if kvm.cpu_dirty_log_size else PT_WRITABLE_MASK
         slot: KvmMemorySlot | None = None
         for gfn in kvm.log.reprotected:  # runs of one slot's gfns, in order
             if slot is None or not slot.base_gfn <= gfn < slot.base_gfn + slot.npages:
@@ -318,12 +346,12 @@ class StepChecker:
             head = slot.rmap[PT_PAGE_TABLE_LEVEL - 1].get(gfn - slot.base_gfn)
             if isinstance(head, tuple):  # the usual single spte, looked at without building a list
                 sp, index = head
-                if sp.spt[index] & PT_WRITABLE_MASK and head not in touched:
+                if sp.spt[index] & keep and head not in touched:
                     _check_spte(kvm, sp, index, found)
             elif head:
                 for ptr in head:
                     sp, index = ptr
-                    if sp.spt[index] & PT_WRITABLE_MASK and ptr not in touched:
+                    if sp.spt[index] & keep and ptr not in touched:
                         _check_spte(kvm, sp, index, found)
 
     def _check_tlbs(self, kvm: Kvm, lowered: list[tuple[KvmMmuPage, int]], found: _Collector) -> None:
@@ -350,12 +378,13 @@ class StepChecker:
             self.pending.setdefault(slot_id, {}).setdefault(gfn, step)
 
     def finish(self, kvm: Kvm, step: int) -> list[Violation]:
-        """At the end of the scenario, stores still unreported and not in the current bitmap are lost."""
+        """At the end of the scenario, stores still unreported and not in the current bitmap are lost. A
+        store waiting in a vCPU's PML buffer is not: every harvest flushes the buffers first."""
         found = _Collector(step)
         for slot_id, writes in sorted(self.pending.items()):
             slot = kvm.memslots.by_id[slot_id]
             for gfn, when in sorted(writes.items()):
-                if slot.dirty_bitmap is not None and not slot.test_dirty(gfn):
+                if slot.dirty_bitmap is not None and not slot.test_dirty(gfn) and not pml_holds(kvm, gfn):
                     found.add("written_not_logged", gfn, f"gfn {gfn:#x} was written at step {when} while "
                               f"slot {slot_id} was logged, and neither a {_harvest_name(kvm)} nor the "
                               f"current {'rings' if kvm.policy.dirty_log_mode == 'ring' else 'bitmap'} "

@@ -93,6 +93,10 @@ class StepLog:
 DIRTY_RING_SIZE = 4096
 DIRTY_RING_RSVD_ENTRIES = 64
 
+# Intel PML: the entries of a vCPU's page-modification log (one 4 KiB page of 8-byte guest-physical
+# addresses), which is also the VM's `cpu_dirty_log_size` when PML is in use.
+PML_ENTITY_NUM = 512
+
 
 class KvmDirtyRing:
     """`struct kvm_dirty_ring` of one vCPU: the entries published and not yet reset, oldest first.
@@ -104,9 +108,11 @@ class KvmDirtyRing:
 
     __slots__ = ("entries", "size", "soft_limit")
 
-    def __init__(self, size: int = DIRTY_RING_SIZE) -> None:
+    def __init__(self, size: int = DIRTY_RING_SIZE, cpu_dirty_log_size: int = 0) -> None:
         self.size = size
-        self.soft_limit = size - DIRTY_RING_RSVD_ENTRIES
+        # With PML one exit can flush a whole PML buffer onto the ring before the vCPU notices the ring is
+        # soft full, so the kernel keeps that many more entries back.
+        self.soft_limit = size - DIRTY_RING_RSVD_ENTRIES - cpu_dirty_log_size
         self.entries: list[tuple[int, int]] = []
 
     def soft_full(self) -> bool:
@@ -117,13 +123,52 @@ class KvmDirtyRing:
         return len(self.entries)
 
 
-class Vcpu:
-    __slots__ = ("dirty_ring", "id", "tlb")
+class PmlBuffer:
+    """One vCPU's page-modification log (Intel PML): the guest-physical pages the CPU logged, oldest first.
 
-    def __init__(self, vcpu_id: int) -> None:
+    The CPU writes entry 511 first and counts GUEST_PML_INDEX down, so `pml_index` is the next slot it
+    writes; a store that finds no free slot (index 0 already used) makes a PML-full VM exit instead of
+    logging. `gfns` answers "is this page waiting in the log" without a scan; a page is logged again
+    only after its D bit was cleared, which harvesting does after draining every buffer, so the two
+    forget their contents together.
+    """
+
+    __slots__ = ("entries", "gfns")
+
+    def __init__(self) -> None:
+        self.entries: list[int] = []
+        self.gfns: set[int] = set()
+
+    @property
+    def pml_index(self) -> int:
+        return PML_ENTITY_NUM - 1 - len(self.entries)
+
+    def full(self) -> bool:
+        return len(self.entries) >= PML_ENTITY_NUM
+
+    def log(self, gfn: int) -> None:
+        self.entries.append(gfn)
+        self.gfns.add(gfn)
+
+    def take(self) -> list[int]:
+        """Empty the log (GUEST_PML_INDEX back to 511); returns what it held, oldest first."""
+        entries = self.entries
+        self.entries = []
+        self.gfns = set()
+        return entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+class Vcpu:
+    __slots__ = ("dirty_ring", "id", "pml", "tlb")
+
+    def __init__(self, vcpu_id: int, cpu_dirty_log_size: int = 0) -> None:
         self.id = vcpu_id
         self.tlb = Tlb()
-        self.dirty_ring = KvmDirtyRing()
+        self.dirty_ring = KvmDirtyRing(cpu_dirty_log_size=cpu_dirty_log_size)
+        self.pml = PmlBuffer()
 
 
 class Kvm:
@@ -140,10 +185,18 @@ class Kvm:
     ) -> None:
         self.policy = policy
         self.masks = SpteMasks.for_ept(ept_ad)
+        # kvm->arch.cpu_dirty_log_size: PML_ENTITY_NUM when dirty logging clears D and lets the CPU log
+        # stores (PML), 0 when it write-protects. The kernel turns PML off without EPT A/D bits, so
+        # `pml` is inert then.
+        self.cpu_dirty_log_size = PML_ENTITY_NUM if policy.pml and ept_ad else 0
+        # kvm->arch.cpu_dirty_logging_count: dirty-logged slots. While it is non-zero every vCPU runs
+        # with PML enabled in its VMCS (vmx_update_cpu_dirty_logging).
+        self.cpu_dirty_logging_count = 0
+        self.pml_enabled = False
         self.max_level = max_level  # kvm_x86_ops->get_lpage_level(), or 1 with large pages disabled
         self.memslots = Memslots(slots)
         self.gfn_to_memslot: Callable[[int], KvmMemorySlot | None] = self.memslots.gfn_to_memslot
-        self.vcpus = [Vcpu(i) for i in range(vcpus)]
+        self.vcpus = [Vcpu(i, self.cpu_dirty_log_size) for i in range(vcpus)]
         # kvm_get_running_vcpu(): the vCPU whose access is being handled, None outside guest accesses.
         self.running_vcpu: Vcpu | None = None
         self.stat = KvmStat()

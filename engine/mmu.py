@@ -118,6 +118,10 @@ def set_spte(
                 kvm.tp.emit(MakeSpteReadOnly(sp.level, sp.gfn, index, gfn, logged.id, spte))
         else:
             spte |= PT_WRITABLE_MASK | SPTE_MMU_WRITEABLE
+            if kvm.cpu_dirty_log_size and _slot_logged(kvm, gfn):
+                # With PML, as later kernels' make_spte: a writable spte is built dirty, and the page
+                # is marked here, so the store that faulted is not logged a second time by the CPU.
+                spte |= masks.dirty_mask
             # mmu_need_write_protect() never fires under TDP: no guest page table is shadowed.
             mark_page_dirty(kvm, gfn, "set_spte")
     if mmu_spte_update(kvm, sp, index, spte):

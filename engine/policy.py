@@ -39,6 +39,8 @@ class Policy:
     # Whether a read fault on a logged slot maps writable and marks the page dirty (3.x), or maps read-only.
     read_fault_marks_dirty: bool = True
     dirty_log_mode: str = "bitmap"
+    # Intel PML: logging clears D on 4K leaves and the CPU logs stores, instead of write-protection faults.
+    # Inert without EPT A/D bits (vm.ept_ad false), as the kernel then runs without PML.
     pml: bool = False
 
     def as_json(self) -> dict[str, str | bool]:
@@ -63,9 +65,7 @@ SWITCH_VALUES: dict[str, tuple[str | bool, ...]] = {
 
 # Values the spec defines for later kernels that this engine does not model yet. Refusing them loudly is
 # the point: a what-if that silently behaved like 3.16 would teach the wrong thing.
-NOT_IMPLEMENTED: dict[tuple[str, str | bool], str] = {
-    ("pml", True): "Intel PML",
-}
+NOT_IMPLEMENTED: dict[tuple[str, str | bool], str] = {}
 
 PRESETS: dict[str, Policy] = {
     "zap": Policy(
@@ -107,8 +107,8 @@ PRESET_DESCRIPTIONS: dict[str, str] = {
     " logging starts, recovered when it stops, read faults on logged slots mapped read-only, the fast"
     " path's large-page guard only while logging. Modelled on the rmap-based MMU: not the TDP MMU's"
     " lockless, RCU-protected tables (which keep no rmaps), nor NX huge pages, mmu notifiers or in-place"
-    " huge page recovery. Dirty logging is the plain bitmap; manual clear, the dirty ring and PML are"
-    " opt-in switches",
+    " huge page recovery. Dirty logging is the plain bitmap, write-protection based; manual clear, the dirty"
+    " ring and Intel PML (which needs EPT A/D bits) are opt-in switches",
 }
 
 DEFAULT_PRESET = "lazy"

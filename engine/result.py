@@ -191,7 +191,14 @@ def final_json(sim: Simulation, *, stream: bool = False) -> dict[str, object]:
     }
     if ring:
         out["dirty_rings"] = dirty_rings_json(kvm)
+    if any(vcpu.pml.entries for vcpu in kvm.vcpus):  # only ever with PML in use
+        out["pml_buffers"] = pml_buffers_json(kvm)
     return out
+
+
+def pml_buffers_json(kvm: Kvm) -> dict[str, list[int]]:
+    """Each vCPU's PML buffer not yet flushed, oldest entry first, as gfns."""
+    return {str(vcpu.id): list(vcpu.pml.entries) for vcpu in kvm.vcpus}
 
 
 def dirty_rings_json(kvm: Kvm) -> dict[str, list[int]]:

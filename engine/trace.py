@@ -483,3 +483,67 @@ class ZapCollapsibleSptes(Event):
     name: ClassVar[str] = "kvm_mmu_zap_collapsible_sptes"
     slot: int
     zapped: int
+
+
+# --- Intel PML (vmx.c, mmu/mmu.c, x86.c in later kernels) -----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PmlLog(Event):
+    """The CPU set D on a leaf for a store while PML is enabled, and logged the page in the vCPU's PML
+    buffer at `index` (511 first, counting down). No exit: the page reaches the dirty log only when the
+    buffer is flushed."""
+
+    name: ClassVar[str] = "pml_log"
+    vcpu: int
+    gfn: int
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class FlushPmlBuffer(Event):
+    """vmx_flush_pml_buffer: the vCPU's logged pages handed to mark_page_dirty, oldest first, and the log
+    emptied. `reason`: "exit" (any VM exit, here an EPT violation), "pml_full" (the PML-full exit of a
+    store that found the log full), "kick" (userspace is about to read the dirty log, or the vCPUs are
+    told to update their dirty-logging state: each vCPU is kicked out of the guest)."""
+
+    name: ClassVar[str] = "vmx_flush_pml_buffer"
+    vcpu: int
+    reason: str
+    gfns: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateCpuDirtyLogging(Event):
+    """Logging was switched on or off for a slot with `pml` set: every vCPU turns PML on while any slot is
+    logged (vmx_update_cpu_dirty_logging). `inert`: the kernel disabled PML because EPT A/D bits are off,
+    so dirty logging stays write-protection based."""
+
+    name: ClassVar[str] = "vmx_update_cpu_dirty_logging"
+    slot: int
+    enable: bool
+    logged_slots: int
+    pml: bool
+    inert: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SlotLeafClearDirty(Event):
+    """kvm_mmu_slot_leaf_clear_dirty: logging starts with PML, so the 4K leaves of the slot lose D instead
+    of W: the next store to each sets D again and is logged by the CPU, without a fault."""
+
+    name: ClassVar[str] = "kvm_mmu_slot_leaf_clear_dirty"
+    slot: int
+    cleared: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClearDirtyPtMasked(Event):
+    """kvm_mmu_clear_dirty_pt_masked: harvesting under PML re-arms the reported pages by clearing D on
+    their 4K sptes (not W); `cleared` is how many sptes had D set."""
+
+    name: ClassVar[str] = "kvm_mmu_clear_dirty_pt_masked"
+    slot: int
+    gfn_offset: int
+    mask: str
+    cleared: int

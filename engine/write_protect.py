@@ -19,7 +19,9 @@ from engine.spte import (
     spte_is_locklessly_modifiable,
 )
 from engine.trace import (
+    ClearDirtyPtMasked,
     RmapWriteProtect,
+    SlotLeafClearDirty,
     SlotRemoveWriteAccess,
     SpteWriteProtect,
 )
@@ -81,14 +83,19 @@ def __rmap_write_protect(kvm: Kvm, slot: KvmMemorySlot, level: int, key: int, pt
     return flush
 
 
-def kvm_mmu_slot_remove_write_access(kvm: Kvm, slot: KvmMemorySlot) -> None:
-    """Logging was switched on: take W away from every spte of the slot, at every level, then flush.
+def kvm_mmu_slot_remove_write_access(
+    kvm: Kvm, slot: KvmMemorySlot, start_level: int = PT_PAGE_TABLE_LEVEL
+) -> None:
+    """Logging was switched on: take W away from every spte of the slot, at every level from
+    `start_level` up, then flush.
 
     The flush is unconditional. 3.14 issues it with mmu_lock held; 3.16 (198c74f4) after dropping it,
-    which is safe only because write protection no longer makes sptes disappear.
+    which is safe only because write protection no longer makes sptes disappear. With PML the 4K leaves
+    have just lost D instead (kvm_mmu_slot_leaf_clear_dirty) and only the huge leaves are protected, from
+    2M up, so that a write to one faults and splits it; the one flush serves both passes.
     """
     walked = 0
-    for level in range(PT_PAGE_TABLE_LEVEL, PT_PAGE_TABLE_LEVEL + 3):
+    for level in range(start_level, PT_PAGE_TABLE_LEVEL + 3):
         heads = slot.rmap[level - 1]
         for key in sorted(heads):
             if key in heads:
@@ -119,3 +126,46 @@ def kvm_mmu_slot_gfn_write_protect(kvm: Kvm, slot: KvmMemorySlot, gfn: int, min_
         if key in slot.rmap[level - 1]:
             flush |= __rmap_write_protect(kvm, slot, level, key, pt_protect=False)
     return flush
+
+
+# --- Intel PML: D instead of W (later kernels' mmu/mmu.c) ------------------------------------------------
+
+
+def spte_clear_dirty(kvm: Kvm, sp: KvmMmuPage, index: int) -> bool:
+    """Clear D on one spte; returns whether it was set. W stays: the next store through it makes the CPU
+    set D again and log the page, so a TLB entry that cached D must go (the callers flush)."""
+    old = sp.spt[index]
+    dirty = kvm.masks.dirty_mask
+    if not old & dirty:
+        return False
+    mmu_spte_update(kvm, sp, index, old & ~dirty)
+    return True
+
+
+def __rmap_clear_dirty(kvm: Kvm, slot: KvmMemorySlot, key: int) -> int:
+    """Clear D on every spte of one level-1 rmap head; returns how many had it."""
+    head = pte_list(slot.rmap[PT_PAGE_TABLE_LEVEL - 1].get(key))
+    return sum(spte_clear_dirty(kvm, sp, index) for sp, index in head)
+
+
+def kvm_mmu_slot_leaf_clear_dirty(kvm: Kvm, slot: KvmMemorySlot) -> int:
+    """Logging was switched on with PML: clear D on every 4K leaf of the slot (the huge leaves are
+    write-protected next, by the caller); returns how many had D. The caller flushes."""
+    heads = slot.rmap[PT_PAGE_TABLE_LEVEL - 1]
+    cleared = sum(__rmap_clear_dirty(kvm, slot, key) for key in sorted(heads))
+    if kvm.tp.on:
+        kvm.tp.emit(SlotLeafClearDirty(slot.id, cleared))
+    return cleared
+
+
+def kvm_mmu_clear_dirty_pt_masked(kvm: Kvm, slot: KvmMemorySlot, gfn_offset: int, mask: int) -> None:
+    """Re-arm the pages of `mask` under PML: clear D on their 4K sptes (only level-1 rmaps, as the
+    write-protecting twin), so the next store to each is logged again. The caller flushes."""
+    cleared = 0
+    bits = mask
+    while bits:
+        bit = (bits & -bits).bit_length() - 1
+        cleared += __rmap_clear_dirty(kvm, slot, gfn_offset + bit)
+        bits &= bits - 1
+    if kvm.tp.on:
+        kvm.tp.emit(ClearDirtyPtMasked(slot.id, gfn_offset, f"{mask:#x}", cleared))

@@ -17,8 +17,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from fastapi.testclient import TestClient
 
+import engine.policy
 from app.main import create_app
-from app.pagectx import error_location
+from app.pagectx import _switches, error_location
 from engine.codec import encode_scenario
 from engine.policy import make_policy
 from engine.result import result_json
@@ -292,10 +293,20 @@ def test_panels_counters_and_navigation(client: TestClient) -> None:
     assert doc.find(id="help")
 
 
-def test_unimplemented_switch_values_are_shown_disabled(client: TestClient) -> None:
+def test_unimplemented_switch_values_are_shown_disabled(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every value the switch table lists is implemented today; the what-if form greys out the next one.
     html = client.get(f"{PLAY}&step=1").text
+    assert "(not modelled)" not in html
+    monkeypatch.setitem(engine.policy.NOT_IMPLEMENTED, ("eager_split", True), "eager page splitting")
+    _switches.cache_clear()
+    try:
+        html = client.get(f"{PLAY}&step=2&variant=lazy-buggy&policy=flush_rule=old_hw_mw").text
+    finally:
+        _switches.cache_clear()
     assert re.search(r'<option value="true" disabled>true \(not modelled\)</option>', html)
-    assert "Intel PML" in html
+    assert "eager page splitting" in html
 
 
 def test_partial_responses_carry_vary_and_oob_blocks(client: TestClient) -> None:
@@ -344,7 +355,6 @@ def test_step_zero_is_before_anything(client: TestClient) -> None:
         ("variant=bogus", 400, "unknown variant"),
         ("policy=bogus=1", 400, "unknown policy switch"),
         ("policy=wp_large=sideways", 400, "unknown value"),
-        ("policy=pml=true", 400, "not implemented"),
         ("policy=wp_large", 400, "SWITCH=VALUE"),
     ],
 )
@@ -355,6 +365,17 @@ def test_bad_policy_is_refused_with_a_message(
     assert response.status_code == status
     assert message in response.text and "text/html" in response.headers["content-type"]
     assert 'href="/"' in response.text
+
+
+def test_an_unimplemented_switch_value_is_refused(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every value the switch table lists is implemented today; the refusal is for the next one.
+    monkeypatch.setitem(engine.policy.NOT_IMPLEMENTED, ("eager_split", True), "eager page splitting")
+    response = client.get(f"{PLAY}&policy=eager_split=true")
+    assert response.status_code == 400 and "not implemented" in response.text
+    unmodelled = client.post("/api/run", json={"scenario": example(), "policy": {"eager_split": True}})
+    assert unmodelled.status_code == 400 and "not implemented" in unmodelled.json()["detail"]
 
 
 def test_policy_overrides_and_the_whatif_form(client: TestClient) -> None:
@@ -555,8 +576,8 @@ def test_api_run_options_and_errors(client: TestClient) -> None:
     assert custom.json()["variant"] == "custom"
     bad_variant = client.post("/api/run", json={"scenario": example(), "variant": "nope"})
     assert bad_variant.status_code == 400 and "unknown variant" in bad_variant.json()["detail"]
-    unmodelled = client.post("/api/run", json={"scenario": example(), "policy": {"pml": True}})
-    assert unmodelled.status_code == 400 and "not implemented" in unmodelled.json()["detail"]
+    pml = client.post("/api/run", json={"scenario": example(), "policy": {"pml": True}})
+    assert pml.status_code == 200 and pml.json()["policy"]["pml"] is True
     invalid = example()
     invalid["steps"][0]["gfn"] = "0x9999"
     response = client.post("/api/run", json={"scenario": invalid})

@@ -130,12 +130,14 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-@given(data=scenarios(), mode=st.sampled_from(MODES))
-def test_modern_agrees_with_the_live_kernel(data: dict[str, Any], mode: str) -> None:
+@given(data=scenarios(), mode=st.sampled_from(MODES), pml=st.booleans())
+def test_modern_agrees_with_the_live_kernel(data: dict[str, Any], mode: str, pml: bool) -> None:
+    # PML changes how the dirty log is gathered, not what userspace reads: either way the engine must
+    # agree with this machine's kernel (whether or not it uses PML).
     scenario = parse_scenario(data)
     assert refusal(scenario, mode) is None
     kernel = run_on_kernel(scenario, mode)
-    engine = engine_dirty_logs(scenario, PRESET, {"dirty_log_mode": mode})
+    engine = engine_dirty_logs(scenario, PRESET, {"dirty_log_mode": mode, "pml": pml})
     for index, (ours, theirs) in enumerate(zip(kernel, engine, strict=True)):
         note(f"step {index} {data['steps'][index]}: kernel {ours}, engine {theirs}")
     assert kernel == engine

@@ -279,6 +279,21 @@ def test_invariants_hold_under_each_dirty_log_mode(mode: str) -> None:
     machine.TestCase().runTest()
 
 
+@pytest.mark.parametrize(
+    ("preset", "mode"),
+    [("lazy", "bitmap"), ("modern", "bitmap"), ("modern", "manual_clear"), ("modern", "ring")],
+)
+def test_invariants_hold_with_pml(preset: str, mode: str) -> None:
+    """Intel PML (§5.6) on top of a dirty-log mode: sptes stay writable, D and the PML buffers log."""
+    machine: type[MmuMachine] = type(
+        f"MmuMachine_{preset}_{mode}_pml",
+        (MmuMachine,),
+        {"preset": preset, "overrides": {"dirty_log_mode": mode, "pml": "true"}},
+    )
+    machine.TestCase.settings = settings(MACHINE_SETTINGS, max_examples=50)
+    machine.TestCase().runTest()
+
+
 def test_search_finds_the_lazy_buggy_loss() -> None:
     """The random generator, unguided, reaches caf6900f's bug: a write that no GET_DIRTY_LOG reports, or
     the writable large spte under logging that causes it (§4.2, §3.13 invariant 2)."""
