@@ -60,7 +60,7 @@ from web_latency import _free_port, memory_kb, ms, percentile, verdict  # noqa: 
 from engine.codec import encode_scenario  # noqa: E402
 from scenarios import builtin_names, load_builtin_text  # noqa: E402
 
-PRESETS = ("zap", "lazy-buggy", "lazy")
+PRESETS = ("zap", "lazy-buggy", "lazy", "modern")
 SEED = 20140417
 
 ATTENDEES = 50

@@ -47,7 +47,7 @@ from engine.policy import make_policy  # noqa: E402
 from engine.scenario import parse_scenario  # noqa: E402
 from engine.simulation import Simulation  # noqa: E402
 
-PRESETS = ("zap", "lazy-buggy", "lazy")
+PRESETS = ("zap", "lazy-buggy", "lazy", "modern")
 
 STEPS = 10_000
 NPAGES = 8192  # 32 MiB: sixteen 2M ranges
