@@ -141,8 +141,11 @@ class _History:
     changes: list[tuple[int, int, int]] = field(default_factory=list)  # (step index, old, new)
 
 
-# Bytes a live VM state takes per spte unit (see sim_weight), measured on small and 1 GiB states.
-LIVE_BYTES_PER_UNIT = 256
+# Bytes a live VM state takes (see sim_weight), measured with tracemalloc on the 1 GiB lesson: per entry
+# of a shadow page (a full table of present sptes, each with its rmap entry: 50 MB for the 513 tables of
+# a 1G page split to 4K), and per guest page (its content and bitmap share: 4 MB for 262 144 pages).
+LIVE_BYTES_PER_SPTE = 160
+LIVE_BYTES_PER_PAGE = 24
 
 
 # A step's own cost in StepRecord.cost units (about 1 µs each) beyond what its record counts: a note,
@@ -163,10 +166,12 @@ def copy_work(sim: Simulation, per_table: int) -> int:
 
 def sim_weight(sim: Simulation) -> int:
     """The size of a live VM state in bytes, estimated from a full table per shadow page and each guest
-    page (its rmap entry, spte and content)."""
+    page. An estimate too high evicts runs that would have fit, and rebuilding them is what a busy server
+    cannot afford; too low lets the caches outgrow their budget."""
     kvm = sim.kvm
-    units = len(kvm.active_mmu_pages) * 512 + sum(slot.npages for slot in kvm.memslots)
-    return units * LIVE_BYTES_PER_UNIT
+    sptes = len(kvm.active_mmu_pages) * 512
+    pages = sum(slot.npages for slot in kvm.memslots)
+    return sptes * LIVE_BYTES_PER_SPTE + pages * LIVE_BYTES_PER_PAGE
 
 
 def freeze(sim: Simulation, result: StepResult | None = None) -> bytes:

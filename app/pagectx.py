@@ -303,9 +303,20 @@ def play_context(
         "source_param": query.source.param,
         # Long share codes: links inside the panels become buttons of two shared forms (see controls.html).
         "compact": compact,
-        "tree_html": render_tree([tree.root, *tree.orphans, *tree.freed], inspect),
+        "tree_html": (
+            render_tree([tree.root, *tree.orphans, *tree.freed], inspect) + _freed_note(tree.freed_hidden)
+        ),
         **_mode_context(query, links, predict),
     }
+
+
+def _freed_note(hidden: int) -> Markup:
+    if not hidden:
+        return Markup("")
+    return Markup(
+        f'<p class="muted tree-more" data-freed-hidden="{hidden}">… and {hidden} more'
+        f" table{'s' if hidden != 1 else ''} freed this step</p>"
+    )
 
 
 def _real_context(request: Request, query: PlayerQuery, links: Links) -> dict[str, Any]:

@@ -356,6 +356,10 @@ class TableView:
         return self.gfn + self.span - 1
 
 
+# Freed tables drawn as ghosts, the rest counted: no page is bigger because the step freed more.
+FREED_TABLES_DRAWN = 8
+
+
 @dataclass(slots=True)
 class TreeView:
     root: TableView
@@ -366,6 +370,8 @@ class TreeView:
     present: int
     large: int
     changed: int
+    # Tables the step freed beyond the ones drawn (a recovery or zap can free hundreds at once).
+    freed_hidden: int = 0
 
 
 def _kind(spte: int, level: int) -> str:
@@ -482,13 +488,22 @@ class TreeBuilder:
             for sp in kvm.active_mmu_pages.values()
             if sp is not kvm.root and not sp.parent_ptes and not sp.invalid
         ]
-        freed = [self.freed_table(sp) for sp in self.freed_pages.values()]
+        gone = list(self.freed_pages.values())
+        freed = [self.freed_table(sp) for sp in gone[:FREED_TABLES_DRAWN]]
         # A non-present spte is 0 in this model (no MMIO sptes), so counting is list.count's job; the
         # large leaves are what stat.lpages counts, which the invariants check after every step.
         present = sum(len(sp.spt) - sp.spt.count(0) for sp in kvm.active_mmu_pages.values())
         large = kvm.stat.lpages
         return TreeView(
-            root, orphans, freed, self.drawn, len(kvm.active_mmu_pages), present, large, self.changed_count
+            root,
+            orphans,
+            freed,
+            self.drawn,
+            len(kvm.active_mmu_pages),
+            present,
+            large,
+            self.changed_count,
+            len(gone) - len(freed),
         )
 
     def _entry(

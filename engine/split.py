@@ -15,12 +15,13 @@ from __future__ import annotations
 from engine.kvm import Kvm
 from engine.memslot import KvmMemorySlot
 from engine.mmu_spte import mmu_spte_set
-from engine.rmap import rmap_add, rmap_remove
+from engine.rmap import gfn_to_rmap_slot, rmap_add, rmap_remove
 from engine.shadow_page import KvmMmuPage, kvm_mmu_page_get_gfn
 from engine.spte import (
     PAGE_SHIFT,
     PT64_BASE_ADDR_MASK,
     PT64_ENT_PER_PAGE,
+    PT64_LEVEL_BITS,
     PT_DIRECTORY_LEVEL,
     PT_PAGE_SIZE_MASK,
     PT_PAGE_TABLE_LEVEL,
@@ -67,9 +68,20 @@ def tdp_mmu_split_huge_page(kvm: Kvm, sp: KvmMmuPage, index: int, caller: str) -
     # range is not reused.
     child = kvm.alloc_mmu_page(gfn, child_level)
     step = pages_per_hpage(child_level)
+    first = make_huge_page_split_spte(huge, child_level, 0)
+    # The huge leaf lay wholly inside one slot, so every child's rmap is in that slot: the children are
+    # rmap_add's empty-head case 512 times over, keyed by consecutive indexes (checked, not assumed).
+    slot = gfn_to_rmap_slot(kvm, gfn)
+    shift = PT64_LEVEL_BITS * (child_level - 1)
+    heads = slot.rmap[child_level - 1]
+    key = (gfn >> shift) - (slot.base_gfn >> shift)
+    stride = step << PAGE_SHIFT
     for i in range(PT64_ENT_PER_PAGE):
-        mmu_spte_set(kvm, child, i, make_huge_page_split_spte(huge, child_level, i))
-        rmap_add(kvm, child, i, gfn + i * step)
+        mmu_spte_set(kvm, child, i, first + i * stride)
+        if key + i in heads:
+            rmap_add(kvm, child, i, gfn + i * step)
+        else:
+            heads[key + i] = (child, i)
     if child_level > PT_PAGE_TABLE_LEVEL:
         kvm.stat.lpages += PT64_ENT_PER_PAGE
     rmap_remove(kvm, sp, index)

@@ -654,3 +654,16 @@ def test_serve_runs_the_app_with_one_worker(monkeypatch: pytest.MonkeyPatch) -> 
             {"host": "127.0.0.2", "port": 8123, "workers": 1, "access_log": False, **serving},
         )
     ]
+
+
+def test_a_step_that_frees_hundreds_of_tables_draws_a_few_and_counts_the_rest(client: TestClient) -> None:
+    """Under modern, migrate_end on the 1 GiB lesson stops logging and recovers the huge page (spec §5.3):
+    the level-3 pointer over the 1G range is zapped with everything under it, the level-2 table and its
+    512 level-1 tables. The page draws a few of them and counts the rest, so it stays small."""
+    page = client.get("/play?scenario=one-gig-page&variant=modern&step=12")
+    assert page.status_code == 200
+    drawn = page.text.count('data-freed="1"')
+    assert 0 < drawn <= 8
+    hidden = re.search(r'data-freed-hidden="(\d+)"', page.text)
+    assert hidden is not None and drawn + int(hidden.group(1)) == 1 + 512
+    assert len(page.content) < 200 * 1024
