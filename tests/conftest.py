@@ -47,6 +47,21 @@ _SPEC_STEPS: list[dict[str, Any]] = [
 ]
 
 
+# The worked example's memslot (spec §7.1): gfns 0x200-0x3ff on one writable 2 MiB host page at 0x80000.
+SLOT_2M: dict[str, Any] = {
+    "id": 1, "base_gfn": "0x200", "npages": 512, "host_page": "2M", "base_pfn": "0x80000"
+}
+
+# Spec §1.1 bits. A leaf built by a fault always has R, X and the write-back memory type with IPAT (§1.3).
+W, PS, A, D, HW, MW = 1 << 1, 1 << 7, 1 << 8, 1 << 9, 1 << 10, 1 << 11
+LEAF = 1 | 1 << 2 | 6 << 3 | 1 << 6
+
+
+def leaf(pfn: int, bits: int) -> int:
+    """A leaf spte as the fault path builds it, mapping `pfn` with `bits` besides the fixed ones."""
+    return pfn << 12 | LEAF | bits
+
+
 def spec_example(rounds: int = 2) -> dict[str, Any]:
     """The spec's worked example (§7.1 setup, §7.2 steps) as a fresh scenario dict, ending after the
     first GET_DIRTY_LOG round (`rounds=1`, eight steps) or the second (eleven steps)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 import pytest
-from conftest import load_scenario, make_scenario, spec_example, spte_at
+from conftest import HW, MW, PS, SLOT_2M, A, D, W, leaf, load_scenario, make_scenario, spec_example, spte_at
 
 from engine.invariants import check_all
 from engine.policy import PRESET_DESCRIPTIONS, make_policy
@@ -18,17 +18,6 @@ from engine.result import result_json, step_json
 from engine.scenario import Scenario, parse_scenario
 from engine.simulation import Simulation
 from scenarios import builtin_names
-
-SLOT_2M = {"id": 1, "base_gfn": "0x200", "npages": 512, "host_page": "2M", "base_pfn": "0x80000"}
-
-# §1.1 bits; a faulted leaf always has R, X and the write-back memory type with IPAT (§1.3).
-W, PS, A, D, HW, MW = 1 << 1, 1 << 7, 1 << 8, 1 << 9, 1 << 10, 1 << 11
-LEAF = 1 | 1 << 2 | 6 << 3 | 1 << 6
-
-
-def leaf(pfn: int, bits: int) -> int:
-    return pfn << 12 | LEAF | bits
-
 
 LARGE_RW = leaf(0x80000, PS | W | A | HW | MW)  # §1.3: 0x80000DF7
 

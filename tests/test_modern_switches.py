@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 import pytest
-from conftest import make_scenario, per_preset, spte_at
+from conftest import HW, MW, PS, SLOT_2M, A, D, W, leaf, make_scenario, per_preset, spte_at
 
 from app.explain import EXPLAINERS, KERNEL_SOURCES, Context, explain, kernel_source
 from engine.cpu import walk_spte
@@ -32,20 +32,11 @@ from engine.trace import (
     event_json,
 )
 
-# The worked example's memslot (§7.1): gfns 0x200-0x3ff on one writable 2 MiB host page at pfn 0x80000.
-SLOT_2M = {"id": 1, "base_gfn": "0x200", "npages": 512, "host_page": "2M", "base_pfn": "0x80000"}
 # One 1 GiB hugetlbfs page, aligned, guest and host alike: the only way to a 1G leaf (§1.2, §3.8).
 SLOT_1G = {"id": 1, "base_gfn": "0x40000", "npages": 0x40000, "host_page": "1G", "base_pfn": "0x1000000"}
 # 4K host pages: only 4K sptes.
 SLOT_4K = {"id": 2, "base_gfn": "0x1000", "npages": 16, "host_page": "4K", "base_pfn": "0x90000"}
 
-# §1.1 bits. A leaf built by a fault always has R, X and the write-back memory type with IPAT (§1.3).
-W, PS, A, D, HW, MW = 1 << 1, 1 << 7, 1 << 8, 1 << 9, 1 << 10, 1 << 11
-LEAF = 1 | 1 << 2 | 6 << 3 | 1 << 6
-
-
-def leaf(pfn: int, bits: int) -> int:
-    return pfn << 12 | LEAF | bits
 
 
 LARGE_RW = leaf(0x80000, PS | W | A | HW | MW)  # §1.3: 0x80000DF7
