@@ -188,24 +188,24 @@ def compare_json(scenario: Scenario, variants: Sequence[str], overrides: dict[st
     }
 
 
-def _variant_list(raw: Sequence[str] | None) -> list[str]:
-    """`--variant a --variant b,c` as [a, b, c], first spelling first, each once; default: every preset."""
+def _preset_list(raw: Sequence[str] | None, default: Sequence[str], flag: str) -> list[str]:
+    """`FLAG a FLAG b,c` as [a, b, c], first spelling first, each once; `default` when none is named."""
     names: list[str] = []
     for item in raw or []:
         for spelled in item.split(","):
             name = spelled.strip()
             if not name:
-                raise CliError(f"--variant {item!r}: empty variant name")
+                raise CliError(f"{flag} {item!r}: empty preset name")
             if name not in PRESETS:
                 raise PolicyError(f"unknown variant {name!r} (known: {', '.join(PRESETS)})")
             if name not in names:
                 names.append(name)
-    return names or list(PRESETS)
+    return names or list(default)
 
 
 def cmd_compare(args: argparse.Namespace, out: IO[str]) -> int:
     scenario = load_scenario(args.file)
-    variants = _variant_list(args.variant)
+    variants = _preset_list(args.variant, list(PRESETS), "--variant")
     overrides = parse_policy_args(list(args.policy or []))
     data = compare_json(scenario, variants, overrides)
     if args.json:
@@ -334,21 +334,6 @@ def _setting_error(error: Any, where: Callable[[str], str]) -> str:
 
 
 REAL_DEFAULT_PRESET = "modern"
-
-
-def _preset_list(raw: Sequence[str] | None, default: Sequence[str], flag: str) -> list[str]:
-    """`FLAG a FLAG b,c` as [a, b, c], first spelling first, each once; `default` when none is named."""
-    names: list[str] = []
-    for item in raw or []:
-        for spelled in item.split(","):
-            name = spelled.strip()
-            if not name:
-                raise CliError(f"{flag} {item!r}: empty preset name")
-            if name not in PRESETS:
-                raise PolicyError(f"unknown variant {name!r} (known: {', '.join(PRESETS)})")
-            if name not in names:
-                names.append(name)
-    return names or list(default)
 
 
 def _gfn_list(gfns: Sequence[int]) -> str:
