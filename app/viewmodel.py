@@ -147,15 +147,22 @@ def _int_field(op: Mapping[str, object], name: str) -> int:
     return value if isinstance(value, int) else 0
 
 
-def _enabling_text(policy: Policy) -> str:
-    """What switching logging on does to the slot's sptes under `policy` (kvm_mmu_slot_apply_flags in
-    later kernels, kvm_mmu_slot_remove_write_access in 3.x): the rest of the step's sentence."""
+def _enabling_text(sim: Simulation) -> str:
+    """What switching logging on does to the slot's sptes under the run's policy (kvm_mmu_slot_apply_flags
+    in later kernels, kvm_mmu_slot_remove_write_access in 3.x): the rest of the step's sentence. With PML
+    in use (it needs EPT A/D bits) the 4K sptes lose D instead of W."""
+    policy = sim.policy
     if policy.dirty_log_mode == "initially_set":
         return " with every bit already set: no spte is touched until KVM_CLEAR_DIRTY_LOG"
+    small = "every 4K spte loses D (PML logs the next store to it)" if sim.kvm.cpu_dirty_log_size else ""
     if policy.eager_split:
+        if small:
+            return f": every huge page is split into 4K sptes, and {small}"
         return ": every huge page is split into 4K sptes, and every spte loses W"
     if policy.wp_large == "zap":
-        return ": its large sptes are zapped, and every 4K spte loses W"
+        return f": its large sptes are zapped, and {small or 'every 4K spte loses W'}"
+    if small:
+        return f": large sptes lose W, staying mapped read-only, and {small}"
     return ": every spte loses W, large ones staying mapped read-only"
 
 
@@ -197,7 +204,7 @@ def narrate(op: Mapping[str, object], result: StepResult, sim: Simulation) -> st
         else:
             parts.append(f"{head}: no exit, the mapping already allows it")
     elif name == "enable_dirty_log":
-        parts.append(f"Dirty logging is switched on for slot {op.get('slot')}{_enabling_text(sim.policy)}")
+        parts.append(f"Dirty logging is switched on for slot {op.get('slot')}{_enabling_text(sim)}")
     elif name == "disable_dirty_log":
         parts.append(f"Dirty logging is switched off for slot {op.get('slot')}{_disabling_text(sim.policy)}")
     elif result.error is not None:
@@ -233,7 +240,7 @@ def narrate(op: Mapping[str, object], result: StepResult, sim: Simulation) -> st
         parts.append("Every spte is zapped, as on a memslot change")
     elif name == "migrate_begin":
         parts.append(
-            f"Migration starts: dirty logging on for every slot{_enabling_text(sim.policy)}; every page"
+            f"Migration starts: dirty logging on for every slot{_enabling_text(sim)}; every page"
             " copied once"
         )
     elif name == "migrate_round":

@@ -11,6 +11,7 @@ The 4K slot: gfns 0x200-0x5ff on 4K host pages, so every leaf is a 4K spte in th
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -283,3 +284,22 @@ def test_the_player_shows_each_vcpus_pml_buffer() -> None:
     shown = client.get(f"{base}&policy=pml=true&step=4").text
     assert 'data-pml-vcpu="0"' in shown and "data-pml-entries=" in shown
     assert "data-pml-vcpu" not in client.get(f"{base}&step=4").text
+
+
+@pytest.mark.parametrize(
+    ("query", "says", "never"),
+    [
+        ("variant=modern&policy=pml=true", "every 4K spte loses D", "every spte loses W"),
+        ("variant=lazy&policy=pml=true", "every 4K spte loses D", "every spte loses W"),
+        ("variant=modern", "every spte loses W", "loses D"),
+    ],
+)
+def test_the_step_that_enables_logging_says_which_bit_the_sptes_lose(
+    query: str, says: str, never: str
+) -> None:
+    """§5.6: with PML, logging clears D on 4K leaves (W stays) and W only on large ones; without it, W."""
+    page = TestClient(create_app()).get(f"/play?scenario=todays-kernel&{query}&step=4")
+    assert page.status_code == 200
+    narration = re.search(r"Dirty logging is switched on for slot 1[^<]*", page.text)
+    assert narration is not None
+    assert says in narration.group(0) and never not in narration.group(0)
