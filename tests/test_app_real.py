@@ -8,6 +8,7 @@ reason, only where /dev/kvm cannot be opened.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from conftest import scenario_dict, spec_example
@@ -15,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
+from engine import trace
 from live.report import availability
 
 UNAVAILABLE = availability()
@@ -110,3 +112,20 @@ def test_api_real_refuses_bad_requests_by_name(body: dict[str, object], status: 
     response = _client().post("/api/real", json=body)
     assert response.status_code == status
     assert words in str(response.json()["detail"])
+
+
+
+def test_the_event_names_the_contract_extensions_list_are_the_engine_s() -> None:
+    """docs/contract-extensions.md lists the events that extend contract §4 for scripts to match on: each
+    one must be a name the engine really emits, and each of the engine's later-kernel events is listed."""
+    names = {
+        cls.name
+        for cls in vars(trace).values()
+        if isinstance(cls, type) and issubclass(cls, trace.Event) and cls is not trace.Event
+    }
+    text = (Path(__file__).resolve().parent.parent / "docs" / "contract-extensions.md").read_text()
+    section = text[text.index("New `events[].name`") : text.index("## Command")]
+    listed = set(re.findall(r"`([a-z_]+)`", section))
+    assert listed <= names
+    later = {"tdp_mmu_split_huge_page", "kvm_mmu_zap_collapsible_sptes", "make_spte", "pml_log"}
+    assert later <= listed
