@@ -129,3 +129,18 @@ def test_the_event_names_the_contract_extensions_list_are_the_engine_s() -> None
     assert listed <= names
     later = {"tdp_mmu_split_huge_page", "kvm_mmu_zap_collapsible_sptes", "make_spte", "pml_log"}
     assert later <= listed
+
+
+@needs_kvm
+def test_the_players_dirty_log_mode_goes_to_the_live_vm() -> None:
+    """A what-if dirty_log_mode is how the live VM logs too (the dirty ring here): the button carries it,
+    and under it the kernel still agrees with modern. Other what-if switches stay the engine's."""
+    client = _client()
+    player = client.get("/play?scenario=clear-dirty-log&variant=lazy&policy=dirty_log_mode=ring,eager_split=true")
+    link = re.search(r'<a class="button small" href="([^"]+)" data-real-link', player.text)
+    assert link is not None
+    assert link.group(1) == "/real?scenario=clear-dirty-log&amp;policy=dirty_log_mode=ring"
+    page = client.get("/real?scenario=clear-dirty-log&policy=dirty_log_mode=ring")
+    assert page.status_code == 200
+    assert _verdicts(page.text)["modern"] == "1"
+    assert "dirty_log_mode=ring" in page.text
