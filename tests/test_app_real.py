@@ -136,7 +136,8 @@ def test_the_players_dirty_log_mode_goes_to_the_live_vm() -> None:
     """A what-if dirty_log_mode is how the live VM logs too (the dirty ring here): the button carries it,
     and under it the kernel still agrees with modern. Other what-if switches stay the engine's."""
     client = _client()
-    player = client.get("/play?scenario=clear-dirty-log&variant=lazy&policy=dirty_log_mode=ring,eager_split=true")
+    whatif = "policy=dirty_log_mode=ring,eager_split=true"
+    player = client.get(f"/play?scenario=clear-dirty-log&variant=lazy&{whatif}")
     link = re.search(r'<a class="button small" href="([^"]+)" data-real-link', player.text)
     assert link is not None
     assert link.group(1) == "/real?scenario=clear-dirty-log&amp;policy=dirty_log_mode=ring"
