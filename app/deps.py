@@ -10,7 +10,7 @@ always in the same parameter order, so equal states have equal URLs.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Annotated
@@ -410,9 +410,11 @@ def whatif_overrides(request: Request, variant: str) -> dict[str, str]:
     return out
 
 
-def compare_variants(raw: str | None) -> list[str]:
+def compare_variants(raw: str | None, default: Sequence[str] = tuple(PRESETS)) -> list[str]:
+    """`variants=a,b` (or the API's list joined): known presets, first mention kept, never none;
+    `default` when none is asked for."""
     if raw is None or not raw.strip():
-        return list(PRESETS)
+        return list(default)
     names: list[str] = []
     for item in raw.split(","):
         name = item.strip()

@@ -19,7 +19,7 @@ from typing import Any
 
 from app.cache import Lru, check_budget
 from app.deps import resolve_policy
-from app.errors import AppError, bad_request
+from app.errors import AppError
 from app.settings import Settings
 from engine.policy import PRESETS
 from engine.scenario import Scenario, estimate_work
@@ -59,22 +59,6 @@ def require_kernel(settings: Settings) -> None:
             hint="Run it on a Linux machine with KVM (sptelab real FILE), or start the Docker image with"
             " --device /dev/kvm.",
         )
-
-
-def compared_presets(raw: str | None, default: tuple[str, ...]) -> list[str]:
-    """`variants=a,b` (or the API's list joined): known presets, first mention kept, never none."""
-    if raw is None or not raw.strip():
-        return list(default)
-    names: list[str] = []
-    for item in raw.split(","):
-        name = item.strip()
-        if name and name not in PRESETS:
-            raise bad_request(f"unknown variant {name[:40]!r} (known: {', '.join(PRESETS)})")
-        if name and name not in names:
-            names.append(name)
-    if not names:
-        raise bad_request("no preset to compare with: name at least one (known: " + ", ".join(PRESETS) + ")")
-    return names
 
 
 def checked_overrides(overrides: Mapping[str, str | bool], presets: list[str]) -> dict[str, str]:

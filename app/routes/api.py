@@ -22,9 +22,9 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.cache import check_budget, too_heavy_to_write
-from app.deps import StoreDep, query_param
+from app.deps import StoreDep, compare_variants, query_param
 from app.errors import AppError, bad_request, invalid_scenario, not_found
-from app.livekernel import API_PRESETS, checked_overrides, compared_presets, live_result, require_kernel
+from app.livekernel import API_PRESETS, checked_overrides, live_result, require_kernel
 from app.sources import scenario_from_code, share_code
 from engine.canonical import iterdumps
 from engine.codec import CodecError, encode_scenario
@@ -234,7 +234,7 @@ def real(body: RealRequest, store: StoreDep) -> Response:
     with the presets': the object `sptelab real --json` prints (contract section 3)."""
     require_kernel(store.settings)
     scenario = _parse(body.scenario)
-    presets = compared_presets(",".join(body.compare), API_PRESETS)
+    presets = compare_variants(",".join(body.compare), API_PRESETS)
     overrides = checked_overrides(body.policy, presets)
     return _json(live_result(store.settings, _run_key(scenario), scenario, presets, overrides))
 

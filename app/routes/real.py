@@ -9,8 +9,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
-from app.deps import Links, StoreDep, parse_policy_param, query_param
-from app.livekernel import PAGE_PRESETS, checked_overrides, compared_presets, live_result
+from app.deps import Links, StoreDep, compare_variants, parse_policy_param, query_param
+from app.livekernel import PAGE_PRESETS, checked_overrides, live_result
 from app.pagectx import page
 from app.render import base_path
 from app.viewmodel import describe_op, preset_description
@@ -22,7 +22,7 @@ router = APIRouter()
 @router.get("/real", response_class=HTMLResponse)
 def real_page(request: Request, store: StoreDep) -> Response:
     source = store.sources.resolve(query_param(request, "scenario"), query_param(request, "s"))
-    presets = compared_presets(query_param(request, "variants"), PAGE_PRESETS)
+    presets = compare_variants(query_param(request, "variants"), PAGE_PRESETS)
     raw_policy = query_param(request, "policy")
     overrides = checked_overrides(parse_policy_param(raw_policy) if raw_policy else {}, presets)
     result = live_result(store.settings, source.code, source.scenario, presets, overrides)
