@@ -1,29 +1,36 @@
-"""KVM's binary statistics (`live.stats`): the file format, snapshots and their differences, and what
-this machine's kernel counts while the guest runs.
+"""KVM's binary statistics (`live.stats`) and what they decide (`live.execution`): whether the kernel ran
+the guest's accesses through its MMU or in its instruction emulator.
 
-The parser is tested on made-up files everywhere; the rest reads the real device and is skipped, with the
-reason `availability()` gives, where /dev/kvm cannot be opened.
+The parser and the decision are tested on made-up files and numbers everywhere; the rest reads the real
+device and is skipped, with the reason `availability()` gives, where /dev/kvm cannot be opened.
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from cli.main import main
 from engine.scenario import parse_scenario
 from live import kvm_abi as abi
 from live.backend import run_with_stats
+from live.execution import HEADLINES, judge
 from live.guest_code import access_program
-from live.report import availability
+from live.report import availability, engine_dirty_logs, oracle_dirty_logs
 from live.stats import Snapshot, StatsFile, VmStats, parse_descriptors
 from live.vm import KvmError, KvmVm
 from scenarios import load_builtin_text
 
 UNAVAILABLE = availability()
 needs_kvm = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"no usable KVM device: {UNAVAILABLE}")
+
+EMULATED_HEADLINE = "the kernel emulated these accesses: its dirty-log ioctls were checked, its MMU was not"
+
 
 def _has_hardware_virtualisation() -> bool:
     """Whether this CPU offers VMX or SVM (then KVM runs this guest on the CPU, through EPT/NPT)."""
@@ -124,6 +131,53 @@ def test_snapshot_differences_keep_falls_and_drop_zeros_unless_asked() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The decision, on made-up numbers
+
+
+def _totals(pf_taken: int | None, insn_emulation: int | None, vcpus: int = 2) -> Snapshot:
+    counters: dict[str, int] = {"exits": 1}
+    if pf_taken is not None:
+        counters["pf_taken"] = pf_taken
+    if insn_emulation is not None:
+        counters["insn_emulation"] = insn_emulation
+    return Snapshot(vm={"pages_4k": 0}, vcpus=tuple(dict(counters) for _ in range(vcpus)))
+
+
+@pytest.mark.parametrize(
+    ("totals", "accesses", "execution", "words"),
+    [
+        # This machine: every instruction emulated, no fault.
+        (_totals(0, 202), 100, "emulated", "pf_taken stayed 0 although the guest touched 3 pages"),
+        # An EPT/NPT host, or a guest the MMU runs: faults on first touch, a handful of emulated instructions.
+        (_totals(3, 1), 100, "mmu", "pf_taken grew by 6 as the guest touched 3 pages for the first time"),
+        # Faults and emulation both: the MMU did run.
+        (_totals(1, 400), 100, "mmu", "its MMU handled the guest's faults"),
+        (_totals(0, 10), 100, "unknown", "yet insn_emulation grew by 20 for 100 guest accesses"),
+        (_totals(0, 4), 0, "none", "the scenario makes no guest access"),
+        (_totals(None, 400), 100, "unknown", "have no pf_taken, so whether"),
+        (_totals(None, None), 100, "unknown", "have no pf_taken and insn_emulation"),
+    ],
+)
+def test_the_decision_reads_pf_taken_and_insn_emulation(
+    totals: Snapshot, accesses: int, execution: str, words: str
+) -> None:
+    verdict = judge(totals, accesses, 3, None)
+    assert verdict.execution == execution
+    assert words in verdict.reason
+    assert verdict.mmu_exercised == (execution == "mmu")
+    assert verdict.headline == HEADLINES[verdict.execution]
+    assert "\n" not in verdict.reason
+
+
+def test_the_decision_says_when_the_kernel_has_no_statistics() -> None:
+    missing = "this kernel has no binary statistics (KVM_CAP_BINARY_STATS_FD)"
+    verdict = judge(Snapshot(vm={}, vcpus=({},)), 10, 1, missing)
+    assert (verdict.execution, verdict.mmu_exercised, verdict.checked) == ("unknown", False, "nothing")
+    assert verdict.reason.startswith(missing)
+    assert HEADLINES["emulated"] == EMULATED_HEADLINE
+
+
+# ---------------------------------------------------------------------------------------------------------
 # The real device
 
 
@@ -210,3 +264,44 @@ def test_a_run_reports_each_steps_counters() -> None:
         total = total.plus(later)
     assert total.vcpu_total("insn_emulation") == run.totals.vcpu_total("insn_emulation")
     assert "pf_taken" in run.totals.vcpus[0]  # zeros are kept in the totals
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What this machine's kernel did with the guest, through `sptelab real --json`
+
+
+@needs_kvm
+def test_this_machines_paging_off_guest_is_emulated(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["real", "worked-example", "--json"]) == 0
+    result: dict[str, Any] = json.loads(capsys.readouterr().out)
+    live = result["live"]
+    if _has_hardware_virtualisation():
+        pytest.skip("this CPU has VMX/SVM: KVM runs the paging-off guest through EPT/NPT here")
+    assert live["mmu_exercised"] is False
+    assert live["execution"] == "emulated" and live["checked"] == "dirty_log_ioctls"
+    assert live["emulated_instructions"] >= live["guest_accesses"] == 8
+    assert live["page_faults"] == 0
+    assert live["stats"]["vm"]["pages_4k"] == live["stats"]["vm"]["pages_2m"] == 0
+    assert live["headline"] == EMULATED_HEADLINE
+    assert live["oracle"] == {"agrees": True, "differences": []}
+    for step in result["steps"]:
+        assert set(step) == {"index", "dirty_log", "live"}
+        assert set(step["live"]["stats"]) == {"vm", "vcpus"}
+
+
+@needs_kvm
+def test_the_oracle_tells_lazy_from_the_emulated_guest_and_the_kernel_is_the_emulated_guest() -> None:
+    """read-mostly-logging reads pages of a logged slot that no spte maps: 3.16 maps each read fault
+    writable and logs it; an emulated guest logs only the page it wrote. The kernel logs what the emulated
+    guest logs."""
+    parsed = parse_scenario(load_builtin_text("read-mostly-logging"))
+    run = run_with_stats(parsed)
+    verdict = judge(run.totals, run.guest_accesses, run.pages_touched, run.stats_missing)
+    if verdict.mmu_exercised:
+        pytest.skip(f"this kernel's MMU ran the guest: {verdict.reason}")
+    oracle = oracle_dirty_logs(parsed)
+    lazy = engine_dirty_logs(parsed, "lazy")
+    harvests = [i for i, log in enumerate(oracle) if log is not None]
+    assert [oracle[i] for i in harvests] == [[0x480]]
+    assert any(oracle[i] != lazy[i] for i in harvests)
+    assert run.logs == oracle
