@@ -14,11 +14,15 @@ import pytest
 from conftest import scenario_dict, spec_example
 from fastapi.testclient import TestClient
 
+from app.cache import Lru
 from app.main import create_app
 from app.settings import Settings
 from engine import trace
 from engine.codec import encode_scenario
+from engine.scenario import parse_scenario
+from live.backend import KernelRun
 from live.report import availability
+from live.stats import Snapshot
 
 UNAVAILABLE = availability()
 needs_kvm = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"no usable KVM device: {UNAVAILABLE}")
@@ -95,6 +99,48 @@ def test_the_worked_example_on_the_kernel_checks_what_the_kernel_ran() -> None:
     # Every access step made the guest run (an exit at least), so each has a row of counters.
     counted = {int(index) for index in re.findall(r'<tr data-stats-step="(\d+)">', page.text)}
     assert counted >= {0, 1, 3, 4, 5, 6, 8, 9}
+
+
+def _made_up_run(native: bool) -> KernelRun:
+    """The worked example's kernel logs with the counters of an emulated run, or of one through the MMU."""
+    parsed = parse_scenario(spec_example())
+    kernel: list[list[int] | None] = [None] * len(parsed.steps)
+    kernel[7], kernel[10] = [0x250, 0x260, 0x2C0], [0x250, 0x300]
+    counters = {"pf_taken": 6, "insn_emulation": 8} if native else {"pf_taken": 0, "insn_emulation": 64}
+    return KernelRun(
+        logs=kernel,
+        step_stats=[Snapshot(vm={}, vcpus=({"exits": 1},)) for _ in parsed.steps],
+        totals=Snapshot(vm={"pages_4k": 6 if native else 0}, vcpus=({**counters, "exits": 8},)),
+        stats_missing=None,
+        guest_accesses=8,
+        pages_touched=6,
+    )
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_the_page_says_agreement_with_an_mmu_only_when_the_mmu_ran(
+    native: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("app.livekernel.kernel_unavailable", lambda settings: None)
+    monkeypatch.setattr("app.livekernel._results", Lru(4))  # made-up results stay in this test
+    monkeypatch.setattr("live.report.run_with_stats", lambda *args, **kwargs: _made_up_run(native))
+    client = _client()
+    page = client.get("/real", params={"s": encode_scenario(spec_example()), "variants": "modern,lazy-buggy"})
+    assert page.status_code == 200
+    assert _execution(page.text) == (("mmu", "1") if native else ("emulated", "0"))
+    assert _verdicts(page.text) == {"modern": "1", "lazy-buggy": "0"}
+    assert re.search(r'data-oracle data-agrees="1"', page.text)
+    if native:
+        assert "agrees with the kernel's MMU at every step" in page.text
+        assert "would log" not in page.text
+        assert 'class="real-verdict good" data-variant="modern"' in page.text
+    else:
+        assert "T" + EMULATED[1:] + "." in page.text
+        assert "agrees with the kernel" not in page.text
+        assert "its MMU would log the same pages at every step" in page.text
+        assert 'class="real-verdict data" data-variant="modern"' in page.text
+    api = client.post("/api/real", json={"scenario": spec_example()})
+    assert api.status_code == 200 and api.json()["live"]["mmu_exercised"] is native
 
 
 @needs_kvm

@@ -304,6 +304,51 @@ def test_real_result_has_the_contract_shape(monkeypatch: pytest.MonkeyPatch) -> 
     json.dumps(result)  # plain JSON values only
 
 
+def _made_up_run(parsed: Scenario, *, native: bool) -> KernelRun:
+    """The worked example's kernel logs, with the counters of an emulated run or of one through the MMU."""
+    kernel: list[list[int] | None] = [None] * len(parsed.steps)
+    kernel[7], kernel[10], kernel[11] = [0x250, 0x260, 0x2C0], [0x250, 0x300], []
+    counters = {"pf_taken": 6, "insn_emulation": 8} if native else {"pf_taken": 0, "insn_emulation": 64}
+    return KernelRun(
+        logs=kernel,
+        step_stats=[Snapshot(vm={}, vcpus=({},)) for _ in parsed.steps],
+        totals=Snapshot(vm={"pages_4k": 6 if native else 0}, vcpus=({**counters, "exits": 8},)),
+        stats_missing=None,
+        guest_accesses=8,
+        pages_touched=6,
+    )
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_cli_real_claims_agreement_with_an_mmu_only_when_the_mmu_ran(
+    native: bool, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parsed = parse_scenario(load_builtin_text("worked-example"))
+    run = _made_up_run(parsed, native=native)
+    monkeypatch.setattr("live.report.run_with_stats", lambda *args, **kwargs: run)
+    monkeypatch.setattr("cli.main.availability", lambda *args: None)
+    assert main(["real", "worked-example", "--compare", "lazy-buggy,modern"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[3].startswith("  why: pf_taken ")
+    said = {" ".join(line.split()) for line in lines}
+    assert "emulated guest agrees" in said
+    if native:
+        assert lines[2] == (
+            "the kernel's MMU ran these accesses: the presets' dirty logs were compared with the kernel's MMU"
+        )
+        assert "modern agrees" in said
+        assert lines[-2:] == ["lazy-buggy: differs at 2 steps", "modern: agrees at every step"]
+    else:
+        assert lines[2] == EMULATED
+        assert "modern's MMU would log the same" in said
+        assert lines[-3:] == [
+            "what each preset's MMU would log, not checked against the kernel's MMU:",
+            "lazy-buggy: other pages at 2 steps",
+            "modern: the same pages at every step",
+        ]
+        assert not any(line.endswith("  agrees") and "emulated guest" not in line for line in lines)
+
+
 def test_availability_names_a_device_that_does_not_open() -> None:
     assert availability("/nonexistent/kvm") == "cannot open /nonexistent/kvm: No such file or directory"
     with pytest.raises(RealRefusalError, match="cannot open /nonexistent/kvm"):
