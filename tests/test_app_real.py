@@ -74,7 +74,10 @@ def test_the_worked_example_on_the_kernel_checks_what_the_kernel_ran() -> None:
     page = _client().get("/real?scenario=worked-example")
     assert page.status_code == 200
     assert re.search(r'data-oracle data-agrees="1"', page.text)
-    assert _verdicts(page.text) == {"modern": "1", "zap": "1", "lazy-buggy": "0", "lazy": "1"}
+    verdicts = _verdicts(page.text)
+    assert list(verdicts) == ["modern", "zap", "lazy-buggy", "lazy"]
+    # modern's log is data here, not a fact of the kernel's; the 3.x presets' are the spec's.
+    assert (verdicts["zap"], verdicts["lazy-buggy"], verdicts["lazy"]) == ("1", "0", "1")
     execution, native = _execution(page.text)
     if native == "1":
         assert "agrees with the kernel's MMU at every step" in page.text
@@ -125,20 +128,20 @@ def test_the_page_says_agreement_with_an_mmu_only_when_the_mmu_ran(
     monkeypatch.setattr("app.livekernel._results", Lru(4))  # made-up results stay in this test
     monkeypatch.setattr("live.report.run_with_stats", lambda *args, **kwargs: _made_up_run(native))
     client = _client()
-    page = client.get("/real", params={"s": encode_scenario(spec_example()), "variants": "modern,lazy-buggy"})
+    page = client.get("/real", params={"s": encode_scenario(spec_example()), "variants": "lazy,lazy-buggy"})
     assert page.status_code == 200
     assert _execution(page.text) == (("mmu", "1") if native else ("emulated", "0"))
-    assert _verdicts(page.text) == {"modern": "1", "lazy-buggy": "0"}
+    assert _verdicts(page.text) == {"lazy": "1", "lazy-buggy": "0"}
     assert re.search(r'data-oracle data-agrees="1"', page.text)
     if native:
         assert "agrees with the kernel's MMU at every step" in page.text
         assert "would log" not in page.text
-        assert 'class="real-verdict good" data-variant="modern"' in page.text
+        assert 'class="real-verdict good" data-variant="lazy"' in page.text
     else:
         assert "T" + EMULATED[1:] + "." in page.text
         assert "agrees with the kernel" not in page.text
         assert "its MMU would log the same pages at every step" in page.text
-        assert 'class="real-verdict data" data-variant="modern"' in page.text
+        assert 'class="real-verdict data" data-variant="lazy"' in page.text
     api = client.post("/api/real", json={"scenario": spec_example()})
     assert api.status_code == 200 and api.json()["live"]["mmu_exercised"] is native
 

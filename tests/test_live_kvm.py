@@ -327,7 +327,7 @@ def test_cli_real_claims_agreement_with_an_mmu_only_when_the_mmu_ran(
     run = _made_up_run(parsed, native=native)
     monkeypatch.setattr("live.report.run_with_stats", lambda *args, **kwargs: run)
     monkeypatch.setattr("cli.main.availability", lambda *args: None)
-    assert main(["real", "worked-example", "--compare", "lazy-buggy,modern"]) == 0
+    assert main(["real", "worked-example", "--compare", "lazy-buggy,lazy"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[3].startswith("  why: pf_taken ")
     said = {" ".join(line.split()) for line in lines}
@@ -336,15 +336,15 @@ def test_cli_real_claims_agreement_with_an_mmu_only_when_the_mmu_ran(
         assert lines[2] == (
             "the kernel's MMU ran these accesses: the presets' dirty logs were compared with the kernel's MMU"
         )
-        assert "modern agrees" in said
-        assert lines[-2:] == ["lazy-buggy: differs at 2 steps", "modern: agrees at every step"]
+        assert "lazy agrees" in said
+        assert lines[-2:] == ["lazy-buggy: differs at 2 steps", "lazy: agrees at every step"]
     else:
         assert lines[2] == EMULATED
-        assert "modern's MMU would log the same" in said
+        assert "lazy's MMU would log the same" in said
         assert lines[-3:] == [
             "what each preset's MMU would log, not checked against the kernel's MMU:",
             "lazy-buggy: other pages at 2 steps",
-            "modern: the same pages at every step",
+            "lazy: the same pages at every step",
         ]
         assert not any(line.endswith("  agrees") and "emulated guest" not in line for line in lines)
 
@@ -413,9 +413,9 @@ def test_cli_real_json_and_text(capsys: pytest.CaptureFixture[str]) -> None:
     assert lines[2] == EMULATED
     assert lines[3].startswith("  why: pf_taken stayed 0 although the guest touched 6 pages")
     assert lines[4].startswith("  stats over the run: pf_taken 0, ")
-    assert "          modern's MMU    would log the same" in text
+    assert "          zap's MMU       would log the same" in text
     assert "what each preset's MMU would log, not checked against the kernel's MMU:" in text
-    assert "modern: the same pages at every step" in text
+    assert "zap: the same pages at every step" in text
     verdicts = text.replace("emulated guest: agrees with the kernel at every step", "")
     assert "agrees at every step" not in verdicts and "  agrees" not in verdicts.replace("guest  agrees", "")
     # The 3.x presets' MMUs log a read of a logged page; the emulated guest and the kernel do not.
