@@ -92,11 +92,14 @@ def parse_descriptors(header: abi.KvmStatsHeader, block: bytes) -> tuple[StatDes
 
 
 def _pread_exactly(fd: int, size: int, offset: int) -> bytes:
-    """pread(2) until `size` bytes are read; a file that ends first is an error."""
+    """pread(2) until `size` bytes are read; a file that ends first, or a failed read, is a KvmError."""
     chunks: list[bytes] = []
     done = 0
     while done < size:
-        chunk = os.pread(fd, size - done, offset + done)
+        try:
+            chunk = os.pread(fd, size - done, offset + done)
+        except OSError as error:
+            raise KvmError(error.errno or 0, f"KVM stats: pread: {error.strerror or error}") from None
         if not chunk:
             raise KvmError(0, f"KVM stats: the file ends at {offset + done}, before {offset + size}")
         chunks.append(chunk)

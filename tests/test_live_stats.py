@@ -107,6 +107,8 @@ def test_a_truncated_or_absurd_file_is_an_error_and_its_fd_is_closed(tmp_path: P
         StatsFile(fd)
     with pytest.raises(OSError):
         os.fstat(fd)  # closed by the failed constructor
+    with pytest.raises(KvmError, match="KVM stats: pread: Is a directory"):
+        StatsFile(os.open(tmp_path, os.O_RDONLY))
     huge = abi.KvmStatsHeader(name_size=48, num_desc=1 << 20, id_offset=24, desc_offset=72, data_offset=0)
     path.write_bytes(bytes(huge) + bytes(64))
     with pytest.raises(KvmError, match="descriptors"):
