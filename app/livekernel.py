@@ -1,14 +1,15 @@
 """Running a scenario on this machine's kernel for the web app: whether it can, the budget, a result cache.
 
 The scenario's guest accesses run as guest code on a real VM through /dev/kvm (package `live`), and what
-the live kernel's dirty log returned at each harvesting step is set beside each preset's (contract §3).
+the live kernel's dirty log returned at each harvesting step is set beside the engine's emulated guest's
+and each preset's (contract §3, with the `live` object saying whether the kernel's MMU ran the guest).
 It is offered only where the server can open the device (`Settings.live_kernel`, `Settings.kvm_device`);
 elsewhere the routes answer 503 with the reason and the player shows no button.
 
-A live run is cheap (milliseconds of VM setup, then the guest runs at hardware speed), but it is real
-work on a shared machine: runs are taken one at a time, bounded by the same budget as the engine's (one
-run per compared preset plus the kernel's), and their results are kept in a small LRU, since the same
-scenario on the same kernel returns the same logs.
+A live run is cheap (milliseconds of VM setup, then the guest runs, emulated or not, in microseconds
+per access), but it is real work on a shared machine: runs are taken one at a time, bounded by the same
+budget as the engine's (one run per compared preset, the emulated guest's and the kernel's), and their
+results are kept in a small LRU, since the same scenario on the same kernel returns the same logs.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from engine.policy import PRESETS
 from engine.scenario import Scenario, estimate_work
 from live.report import RealRefusalError, availability, real_result
 
-# The page compares with every preset, newest first: the live kernel is today's, so `modern` is the one
-# expected to agree, and the 3.x presets show what changed since. The API's default is contract §3's.
+# The page sets every preset beside the kernel, newest first: the live kernel is today's, and the 3.x
+# presets show what changed since. The API's default is contract §3's.
 PAGE_PRESETS = ("modern", *[name for name in PRESETS if name != "modern"])
 API_PRESETS = ("modern",)
 
@@ -80,7 +81,7 @@ def live_result(
         return hit
     steps = len(scenario.steps)
     work = estimate_work(scenario, steps).total
-    check_budget(settings, scenario, work, steps=steps, runs=len(presets) + 1, doing="a live-kernel run")
+    check_budget(settings, scenario, work, steps=steps, runs=len(presets) + 2, doing="a live-kernel run")
     with _lock:
         try:
             result = real_result(scenario, presets, overrides=overrides, device=settings.kvm_device)

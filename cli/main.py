@@ -373,40 +373,88 @@ def cmd_real(args: argparse.Namespace, out: IO[str]) -> int:
     return EXIT_OK
 
 
+# The counters `sptelab real` prints over the whole run, where the kernel has them: the vCPUs' (summed) and
+# the VM's. The JSON has every counter.
+_REAL_VCPU_STATS = ("pf_taken", "pf_fixed", "pf_fast", "insn_emulation", "exits")
+_REAL_VM_STATS = ("pages_4k", "pages_2m", "pages_1g", "mmu_shadow_zapped", "remote_tlb_flush")
+
+
+def _real_stats_line(live: dict[str, Any]) -> str:
+    totals = live["stats"]
+    vcpus = totals["vcpus"].values()
+    parts = [
+        f"{name} {sum(c[name] for c in vcpus)}" for name in _REAL_VCPU_STATS if any(name in c for c in vcpus)
+    ]
+    parts += [f"{name} {totals['vm'][name]:+d}" for name in _REAL_VM_STATS if name in totals["vm"]]
+    return "stats over the run: " + ", ".join(parts) if parts else f"no stats: {live['stats_missing']}"
+
+
 def _real_text(scenario: Scenario, result: dict[str, Any], presets: Sequence[str], mode: str) -> list[str]:
-    """Per harvesting step the kernel's log, and per preset "agrees" or exactly what differs."""
+    """What the kernel ran and checked, then per harvesting step the kernel's log beside the emulated
+    guest's and each preset's.
+
+    Only a run whose MMU ran the guest (live.mmu_exercised) says a preset agrees with the kernel; else a
+    preset's line is what its MMU would log, set beside the kernel's as data."""
+    live = result["live"]
+    native = bool(live["mmu_exercised"])
     lines = [
         f"{_one_line(scenario.title or 'untitled scenario')}",
         f"kernel {_one_line(result['kernel'])}, dirty-log mode {mode}, compared with {', '.join(presets)}",
+        live["headline"],
+        f"  why: {live['reason']}",
+        f"  {_real_stats_line(live)}",
         "",
     ]
+    oracle = {entry["step"]: entry for entry in live["oracle"]["differences"]}
     differences = {
         name: {entry["step"]: entry for entry in result["compare"][name]["differences"]} for name in presets
     }
-    width = max(len(name) for name in presets)
+    labels = {name: name if native else f"{name}'s MMU" for name in presets}
+    width = max(len(label) for label in [*labels.values(), "emulated guest"])
+
+    def line(label: str, diff: dict[str, Any] | None, same: str, differs: str) -> str:
+        if diff is None:
+            return f"          {label:<{width}}  {same}"
+        return (
+            f"          {label:<{width}}  {differs}kernel only {_gfn_list(diff['kernel_only'])},"
+            f" engine only {_gfn_list(diff['engine_only'])}"
+        )
+
     for entry in result["steps"]:
         index = entry["index"]
         log = entry["dirty_log"]
-        if log is None and not any(index in differences[name] for name in presets):
+        if log is None and index not in oracle and not any(index in differences[n] for n in presets):
             continue
         op = describe_op(step_to_json(scenario.steps[index]))
         shown = _gfn_list(log) if log is not None else "no log"
         lines.append(f"step {index:>3}  {op}: kernel {shown}")
+        lines.append(line("emulated guest", oracle.get(index), "agrees", "differs: "))
         for name in presets:
             diff = differences[name].get(index)
-            if diff is None:
-                lines.append(f"          {name:<{width}}  agrees")
+            if native:
+                lines.append(line(labels[name], diff, "agrees", "differs: "))
             else:
-                lines.append(
-                    f"          {name:<{width}}  differs: kernel only {_gfn_list(diff['kernel_only'])},"
-                    f" engine only {_gfn_list(diff['engine_only'])}"
-                )
+                lines.append(line(labels[name], diff, "would log the same", "would log other pages: "))
     lines.append("")
+    count = len(oracle)
+    lines.append(
+        "emulated guest: "
+        + ("agrees with the kernel at every step" if count == 0 else f"differs at {_steps(count)}")
+    )
+    if not native:
+        lines.append("what each preset's MMU would log, not checked against the kernel's MMU:")
     for name in presets:
         count = len(differences[name])
-        verdict = "agrees at every step" if count == 0 else f"differs at {count} step{'s' * (count != 1)}"
+        if native:
+            verdict = "agrees at every step" if count == 0 else f"differs at {_steps(count)}"
+        else:
+            verdict = "the same pages at every step" if count == 0 else f"other pages at {_steps(count)}"
         lines.append(f"{name}: {verdict}")
     return lines
+
+
+def _steps(count: int) -> str:
+    return f"{count} step{'s' * (count != 1)}"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -541,16 +589,22 @@ def build_parser() -> argparse.ArgumentParser:
     real = command(
         "real",
         cmd_real,
-        "run a scenario's guest accesses and dirty-log steps on this machine's kernel through /dev/kvm, and"
-        " compare the dirty logs it returns with the presets'",
+        "run a scenario's guest accesses and dirty-log steps on this machine's kernel through /dev/kvm, say"
+        " from its statistics whether its MMU or its instruction emulator ran them, and compare the dirty"
+        " logs it returns with the emulated guest's and the presets'",
     )
     real.epilog = (
-        "The device is /dev/kvm, or $SPTELAB_KVM_DEVICE when set. flush_tlb and zap_all have no ioctl and"
-        " are refused, as are gfns at or above 0xfe000 and more than 1 GiB of memslots."
+        "The device is /dev/kvm, or $SPTELAB_KVM_DEVICE when set. Where the kernel emulates the guest (no"
+        " EPT/NPT: pf_taken stays 0, insn_emulation grows), the run checks its dirty-log ioctls, not its"
+        " MMU, and the presets' lines are what each preset's MMU would log. flush_tlb and zap_all have no"
+        " ioctl and are refused, as are gfns at or above 0xfe000 and more than 1 GiB of memslots."
     )
     _add_file(real)
     real.add_argument(
-        "--json", action="store_true", help="print the result JSON of contract section 3 (sptelab-real)"
+        "--json",
+        action="store_true",
+        help="print the result JSON of contract section 3 (sptelab-real), with its live object and per-step"
+        " stats",
     )
     real.add_argument(
         "--compare",

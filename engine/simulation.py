@@ -8,6 +8,7 @@ result, the trace and the invariant checks cannot disagree.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from engine.collector import gc_paused
 from engine.cpu import guest_accesses
@@ -17,6 +18,7 @@ from engine.dirty_log import (
     kvm_vm_ioctl_get_dirty_log,
 )
 from engine.dirty_ring import harvest_and_reset
+from engine.emulate import emulated_accesses
 from engine.invariants import StepChecker, Violation
 from engine.kvm import FaultRecord, Kvm
 from engine.kvm_main import kvm_flush_remote_tlbs
@@ -43,6 +45,12 @@ from engine.scenario import (
 )
 from engine.trace import Event, Trace
 from engine.zap import kvm_mmu_zap_all
+
+# How a read or write step reaches guest memory: "mmu", the CPU through the TLB, the sptes and the fault
+# path (engine.cpu); "emulated", KVM's instruction emulator, which reads and writes guest memory without
+# any spte and marks every store dirty (engine.emulate).
+GuestExecution = Literal["mmu", "emulated"]
+GUEST_EXECUTIONS: tuple[GuestExecution, ...] = get_args(GuestExecution)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +85,19 @@ class StepResult:
 class Simulation:
     """One scenario under one policy. Deterministic: the same inputs give the same steps, bit for bit."""
 
-    def __init__(self, scenario: Scenario, policy: Policy, *, detail: str = "full") -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        policy: Policy,
+        *,
+        detail: str = "full",
+        guest_execution: GuestExecution = "mmu",
+    ) -> None:
+        if guest_execution not in GUEST_EXECUTIONS:
+            raise ValueError(
+                f"unknown guest execution {guest_execution!r} (known: {', '.join(GUEST_EXECUTIONS)})"
+            )
+        self.guest_execution: GuestExecution = guest_execution
         self.scenario = scenario
         self.policy = policy
         self.detail = detail
@@ -154,7 +174,8 @@ class Simulation:
     def _execute(self, step: Step) -> None:
         kvm = self.kvm
         if isinstance(step, ReadStep | WriteStep):
-            guest_accesses(kvm, kvm.vcpus[step.vcpu], step.gfn, step.count, step.stride, step.is_write)
+            access = emulated_accesses if self.guest_execution == "emulated" else guest_accesses
+            access(kvm, kvm.vcpus[step.vcpu], step.gfn, step.count, step.stride, step.is_write)
         elif isinstance(step, EnableDirtyLogStep | DisableDirtyLogStep):
             kvm_set_dirty_logging(kvm, self._slot(step.slot), isinstance(step, EnableDirtyLogStep))
         elif isinstance(step, GetDirtyLogStep):

@@ -1,4 +1,4 @@
-"""The live kernel as an oracle: a scenario's guest accesses and dirty-log steps run on a real KVM VM.
+"""The live kernel: a scenario's guest accesses and dirty-log steps run on a real KVM VM, and read back.
 
 Pure Python over /dev/kvm (`fcntl`-style ioctls through ctypes, anonymous mmaps, hand-assembled guest
 code), so it needs no compiler and no dependency. Importing it never touches the device: a machine
@@ -7,8 +7,13 @@ without KVM imports it fine, and `live.report.availability()` says why it cannot
 - `kvm_abi`: the ioctl numbers, structures and constants of the KVM userspace ABI;
 - `guest_code`: the x86 machine code an access step becomes;
 - `vm`: one VM (memslots, vCPUs, the dirty-log ioctls and the dirty ring), released as a context manager;
-- `backend`: a scenario step by step on a VM, and what it refuses (`run_on_kernel`, `refusal`);
-- `report`: contract §3's `sptelab real` result, comparing the kernel with the engine's presets.
+- `stats`: the VM's and vCPUs' binary statistics (KVM_GET_STATS_FD), snapshots and their differences;
+- `backend`: a scenario step by step on a VM, its statistics around each step, and what it refuses
+  (`run_on_kernel`, `run_with_stats`, `refusal`);
+- `execution`: from the statistics, whether the kernel ran the guest through its MMU or emulated it, and
+  so what a run can check;
+- `report`: contract §3's `sptelab real` result, the kernel beside the engine's emulated guest (the
+  oracle of its dirty-log ioctls) and the presets, with the `live` object saying what was checked.
 
 `engine` never imports this package.
 """

@@ -2,6 +2,8 @@
 
 `run_on_kernel` gives, per scenario step, what the live kernel's dirty log returned, in the shape of the
 engine's `StepResult.dirty_log`: the sorted gfns for a harvesting step, None for every other step.
+`run_with_stats` gives the same with the kernel's statistics (`live.stats`) read around every step, from
+which `live.execution` tells whether the kernel's MMU or its instruction emulator ran the guest.
 
 - read, write: the program of `live.guest_code` runs on the step's vCPU until it halts;
 - enable_dirty_log, disable_dirty_log: KVM_SET_USER_MEMORY_REGION with KVM_MEM_LOG_DIRTY_PAGES set or
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from engine.scenario import (
@@ -54,6 +57,7 @@ from engine.scenario import (
     WriteStep,
 )
 from live.guest_code import access_program
+from live.stats import Snapshot, VmStats
 from live.vm import (
     DIRTY_LOG_MODES,
     RESERVED_END_GFN,
@@ -286,6 +290,77 @@ class _Run:
         self.vm.run_code(step.vcpu, access_program(step.gfn, step.count, step.stride, step.is_write))
 
 
+@dataclass(frozen=True, slots=True)
+class KernelRun:
+    """What one run of a scenario on the live kernel returned and what its statistics say it cost.
+
+    `logs`: per step, the dirty log (as `run_on_kernel`). `step_stats`: per step, the VM's and vCPUs'
+    counters that changed while the step ran (live.stats: cumulative and instant counters; unchanged ones
+    left out). `totals`: the same over the whole run, every counter the kernel offers, zeros included.
+    `stats_missing`: why there are no statistics (None when there are). `guest_accesses`: the loads and
+    stores the guest code made; `pages_touched`: the distinct pages they touched, each for the first time
+    in this fresh VM.
+    """
+
+    logs: list[list[int] | None]
+    step_stats: list[Snapshot]
+    totals: Snapshot
+    stats_missing: str | None
+    guest_accesses: int
+    pages_touched: int
+
+
+def _accesses(scenario: Scenario) -> tuple[int, int]:
+    """(guest accesses, distinct pages they touch) of the scenario's read and write steps."""
+    count = 0
+    pages: set[int] = set()
+    for step in scenario.steps:
+        if isinstance(step, ReadStep | WriteStep):
+            count += step.count
+            stride = step.stride if step.count > 1 else 0
+            pages.update(range(step.gfn, step.gfn + step.count * stride, stride) if stride else (step.gfn,))
+    return count, len(pages)
+
+
+def run_with_stats(
+    scenario: Scenario, dirty_log_mode: str = "bitmap", *, device: str | None = None
+) -> KernelRun:
+    """Run the scenario on a fresh VM of the live kernel, reading its statistics around every step.
+
+    Raises UnsupportedScenarioError (with `refusal`'s reason) before opening anything when the scenario
+    cannot be expressed, and `live.vm.KvmError` when the device or an ioctl fails.
+    """
+    reason = refusal(scenario, dirty_log_mode)
+    if reason is not None:
+        raise UnsupportedScenarioError(reason)
+    accesses, pages = _accesses(scenario)
+    with KvmVm(scenario.vm.vcpus, dirty_log_mode=dirty_log_mode, device=device) as vm:
+        for slot in scenario.memslots:
+            vm.add_slot(slot.id, slot.base_gfn, slot.npages)
+        vm.add_code_slot(
+            code_slot_id(slot.id for slot in scenario.memslots),
+            code_gfn((slot.base_gfn, slot.npages) for slot in scenario.memslots),
+        )
+        with VmStats(vm) as stats:
+            run = _Run(vm, scenario)
+            logs: list[list[int] | None] = []
+            step_stats: list[Snapshot] = []
+            first = before = stats.snapshot()
+            for step in scenario.steps:
+                logs.append(run.step(step))
+                after = stats.snapshot()
+                step_stats.append(after.minus(before))
+                before = after
+            return KernelRun(
+                logs=logs,
+                step_stats=step_stats,
+                totals=before.minus(first, keep_zero=True),
+                stats_missing=stats.missing,
+                guest_accesses=accesses,
+                pages_touched=pages,
+            )
+
+
 def run_on_kernel(
     scenario: Scenario, dirty_log_mode: str = "bitmap", *, device: str | None = None
 ) -> list[list[int] | None]:
@@ -294,15 +369,4 @@ def run_on_kernel(
     Raises UnsupportedScenarioError (with `refusal`'s reason) before opening anything when the scenario
     cannot be expressed, and `live.vm.KvmError` when the device or an ioctl fails.
     """
-    reason = refusal(scenario, dirty_log_mode)
-    if reason is not None:
-        raise UnsupportedScenarioError(reason)
-    with KvmVm(scenario.vm.vcpus, dirty_log_mode=dirty_log_mode, device=device) as vm:
-        for slot in scenario.memslots:
-            vm.add_slot(slot.id, slot.base_gfn, slot.npages)
-        vm.add_code_slot(
-            code_slot_id(slot.id for slot in scenario.memslots),
-            code_gfn((slot.base_gfn, slot.npages) for slot in scenario.memslots),
-        )
-        run = _Run(vm, scenario)
-        return [run.step(step) for step in scenario.steps]
+    return run_with_stats(scenario, dirty_log_mode, device=device).logs

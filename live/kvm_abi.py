@@ -263,6 +263,67 @@ class KvmDirtyGfn(ctypes.Structure):
 KVM_DIRTY_GFN_F_DIRTY = 1 << 0
 KVM_DIRTY_GFN_F_RESET = 1 << 1
 
+
+class KvmStatsHeader(ctypes.Structure):
+    """struct kvm_stats_header: the start of a binary stats fd (KVM_GET_STATS_FD). The offsets are in
+    bytes from the start of the file; `name_size` is the bytes each descriptor's name takes, NUL included."""
+
+    _fields_ = (
+        ("flags", ctypes.c_uint32),
+        ("name_size", ctypes.c_uint32),
+        ("num_desc", ctypes.c_uint32),
+        ("id_offset", ctypes.c_uint32),
+        ("desc_offset", ctypes.c_uint32),
+        ("data_offset", ctypes.c_uint32),
+    )
+
+
+class KvmStatsDesc(ctypes.Structure):
+    """The fixed part of struct kvm_stats_desc. Its name (`name_size` bytes) follows it, so descriptors
+    lie `sizeof(KvmStatsDesc) + name_size` bytes apart. `size` counts u64 values; `offset` is where they
+    start, in bytes from the header's `data_offset`."""
+
+    _fields_ = (
+        ("flags", ctypes.c_uint32),
+        ("exponent", ctypes.c_int16),
+        ("size", ctypes.c_uint16),
+        ("offset", ctypes.c_uint32),
+        ("bucket_size", ctypes.c_uint32),
+    )
+
+
+# The descriptor flags: type (bits 0-3), unit (4-7), base of the exponent (8-11).
+KVM_STATS_TYPE_MASK = 0xF << 0
+KVM_STATS_TYPE_CUMULATIVE = 0x0 << 0
+KVM_STATS_TYPE_INSTANT = 0x1 << 0
+KVM_STATS_TYPE_PEAK = 0x2 << 0
+KVM_STATS_TYPE_LINEAR_HIST = 0x3 << 0
+KVM_STATS_TYPE_LOG_HIST = 0x4 << 0
+KVM_STATS_UNIT_MASK = 0xF << 4
+KVM_STATS_UNIT_NONE = 0x0 << 4
+KVM_STATS_UNIT_BYTES = 0x1 << 4
+KVM_STATS_UNIT_SECONDS = 0x2 << 4
+KVM_STATS_UNIT_CYCLES = 0x3 << 4
+KVM_STATS_UNIT_BOOLEAN = 0x4 << 4
+KVM_STATS_BASE_MASK = 0xF << 8
+KVM_STATS_BASE_POW10 = 0x0 << 8
+KVM_STATS_BASE_POW2 = 0x1 << 8
+
+STATS_TYPE_NAMES: dict[int, str] = {
+    KVM_STATS_TYPE_CUMULATIVE: "cumulative",
+    KVM_STATS_TYPE_INSTANT: "instant",
+    KVM_STATS_TYPE_PEAK: "peak",
+    KVM_STATS_TYPE_LINEAR_HIST: "linear_hist",
+    KVM_STATS_TYPE_LOG_HIST: "log_hist",
+}
+STATS_UNIT_NAMES: dict[int, str] = {
+    KVM_STATS_UNIT_NONE: "none",
+    KVM_STATS_UNIT_BYTES: "bytes",
+    KVM_STATS_UNIT_SECONDS: "seconds",
+    KVM_STATS_UNIT_CYCLES: "cycles",
+    KVM_STATS_UNIT_BOOLEAN: "boolean",
+}
+
 # ---------------------------------------------------------------------------------------------------------
 # ioctls: on the /dev/kvm fd (system), the VM fd and the vCPU fd
 
@@ -279,6 +340,7 @@ KVM_SET_IDENTITY_MAP_ADDR = _iow(KVMIO, 0x48, ctypes.c_uint64)
 KVM_ENABLE_CAP = _iow(KVMIO, 0xA3, KvmEnableCap)
 KVM_CLEAR_DIRTY_LOG = _iowr(KVMIO, 0xC0, KvmClearDirtyLog)
 KVM_RESET_DIRTY_RINGS = _io(KVMIO, 0xC7)
+KVM_GET_STATS_FD = _io(KVMIO, 0xCE)  # on a VM or a vCPU fd: returns a read-only fd of its statistics
 
 KVM_RUN = _io(KVMIO, 0x80)
 KVM_GET_REGS = _ior(KVMIO, 0x81, KvmRegs)
@@ -299,6 +361,7 @@ KVM_CAP_SET_IDENTITY_MAP_ADDR = 37
 KVM_CAP_MAX_VCPUS = 66
 KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 = 168
 KVM_CAP_DIRTY_LOG_RING = 192
+KVM_CAP_BINARY_STATS_FD = 203
 KVM_CAP_DIRTY_LOG_RING_ACQ_REL = 223
 
 # The options of KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 (args[0]).
@@ -357,6 +420,8 @@ _SIZES: dict[type[ctypes.Structure], int] = {
     KvmEnableCap: 104,
     KvmRunHeader: 32,
     KvmDirtyGfn: 16,
+    KvmStatsHeader: 24,
+    KvmStatsDesc: 16,
 }
 
 

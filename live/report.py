@@ -1,9 +1,17 @@
 """The live kernel's dirty logs beside the engine's: contract §3's `sptelab real` result, and availability.
 
-`real_result` runs the scenario once on the kernel (`live.backend`) and once per named preset on the
-engine (summary detail), and compares the dirty log of every step: a difference is a step where the two
-sets differ, listed as the gfns only the kernel returned and those only the engine returned. The switches
-given as overrides apply to every preset, and `dirty_log_mode` among them also chooses the live VM's mode.
+`real_result` runs the scenario once on the kernel (`live.backend.run_with_stats`, its statistics read
+around every step), once on the engine's emulated guest (`engine.emulate`: the oracle of the kernel's
+dirty-log ioctls, in the live VM's dirty-log mode) and once per named preset on the engine (summary
+detail), and compares the dirty log of every step: a difference is a step where the two sets differ,
+listed as the gfns only the kernel returned and those only the engine returned. The switches given as
+overrides apply to every preset, and `dirty_log_mode` among them also chooses the live VM's mode.
+
+What the comparison means depends on how the kernel ran the guest, which `live.execution.judge` decides
+from the statistics and the result says in its `live` object: when the kernel emulated the guest (no
+spte, no fault), the kernel's logs are checked against the emulated guest, and the presets' logs are
+what each preset's MMU would log, not a check of the kernel's MMU; when its MMU ran the guest, the
+presets are compared with the kernel's MMU.
 """
 
 from __future__ import annotations
@@ -11,11 +19,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
+from engine.kvm import KvmDirtyRing
 from engine.policy import Policy, make_policy
 from engine.scenario import Scenario
-from engine.simulation import Simulation
-from live.backend import UnsupportedScenarioError, refusal, run_on_kernel
-from live.vm import GuestExitError, KvmError, probe
+from engine.simulation import GuestExecution, Simulation
+from live.backend import KernelRun, UnsupportedScenarioError, refusal, run_with_stats
+from live.execution import Verdict, judge
+from live.vm import RING_ENTRIES, GuestExitError, KvmError, probe
 
 REAL_FORMAT = "sptelab-real"
 REAL_VERSION = 1
@@ -41,16 +51,21 @@ def dirty_log_mode_of(overrides: Mapping[str, str | bool] | None, default: str =
     return str(value).strip().lower()
 
 
-def kernel_dirty_logs(
-    scenario: Scenario, dirty_log_mode: str = "bitmap", *, device: str | None = None
-) -> list[list[int] | None]:
-    """run_on_kernel, with every way it can fail turned into a RealRefusalError."""
+def kernel_run(scenario: Scenario, dirty_log_mode: str = "bitmap", *, device: str | None = None) -> KernelRun:
+    """run_with_stats, with every way it can fail turned into a RealRefusalError."""
     try:
-        return run_on_kernel(scenario, dirty_log_mode, device=device)
+        return run_with_stats(scenario, dirty_log_mode, device=device)
     except UnsupportedScenarioError as error:
         raise RealRefusalError(str(error)) from None
     except (KvmError, GuestExitError) as error:
         raise RealRefusalError(f"the live kernel failed: {error}") from None
+
+
+def kernel_dirty_logs(
+    scenario: Scenario, dirty_log_mode: str = "bitmap", *, device: str | None = None
+) -> list[list[int] | None]:
+    """The kernel's dirty log per step (kernel_run's logs)."""
+    return kernel_run(scenario, dirty_log_mode, device=device).logs
 
 
 def engine_dirty_logs(
@@ -60,8 +75,32 @@ def engine_dirty_logs(
     return _engine_logs(scenario, make_policy(preset, overrides))
 
 
+# The preset whose dirty-log code the oracle runs: today's kernel. Under an emulated guest no spte exists,
+# so none of the MMU's switches can change what it logs; only the dirty-log mode matters.
+ORACLE_PRESET = "modern"
+
+
+def oracle_dirty_logs(scenario: Scenario, dirty_log_mode: str = "bitmap") -> list[list[int] | None]:
+    """The engine's emulated guest per step, in the live VM's dirty-log mode and with its ring size.
+
+    The live VM's dirty rings hold RING_ENTRIES entries where the engine's hold DIRTY_RING_SIZE: the
+    oracle's vCPUs get rings of the live size, so that a vCPU stops at the same soft limit on both sides.
+    """
+    sim = _simulation(scenario, make_policy(ORACLE_PRESET, {"dirty_log_mode": dirty_log_mode}), "emulated")
+    for vcpu in sim.kvm.vcpus:
+        vcpu.dirty_ring = KvmDirtyRing(size=RING_ENTRIES, cpu_dirty_log_size=sim.kvm.cpu_dirty_log_size)
+    return _logs(sim)
+
+
+def _simulation(scenario: Scenario, policy: Policy, execution: GuestExecution = "mmu") -> Simulation:
+    return Simulation(scenario, policy, detail="summary", guest_execution=execution)
+
+
 def _engine_logs(scenario: Scenario, policy: Policy) -> list[list[int] | None]:
-    sim = Simulation(scenario, policy, detail="summary")
+    return _logs(_simulation(scenario, policy))
+
+
+def _logs(sim: Simulation) -> list[list[int] | None]:
     logs: list[list[int] | None] = []
     while not sim.done:
         log = sim.step().dirty_log
@@ -88,6 +127,24 @@ def compare_logs(kernel: Sequence[list[int] | None], engine: Sequence[list[int] 
     return {"agrees": not differences, "differences": differences}
 
 
+def live_json(verdict: Verdict, oracle: dict[str, object], run: KernelRun) -> dict[str, object]:
+    """The result's `live` object: how the kernel ran the guest, what was checked, and the run's stats."""
+    return {
+        "execution": verdict.execution,
+        "mmu_exercised": verdict.mmu_exercised,
+        "emulated_instructions": verdict.emulated_instructions,
+        "page_faults": verdict.page_faults,
+        "guest_accesses": verdict.guest_accesses,
+        "pages_touched": verdict.pages_touched,
+        "reason": verdict.reason,
+        "checked": verdict.checked,
+        "headline": verdict.headline,
+        "oracle": oracle,
+        "stats": run.totals.to_json(),
+        "stats_missing": run.stats_missing,
+    }
+
+
 def real_result(
     scenario: Scenario,
     presets: Sequence[str],
@@ -96,7 +153,9 @@ def real_result(
     overrides: Mapping[str, str | bool] | None = None,
     device: str | None = None,
 ) -> dict[str, object]:
-    """Contract §3's JSON: the kernel's dirty log per step, and per preset where the engine's differs.
+    """Contract §3's JSON: the kernel's dirty log per step, and per preset where the engine's differs;
+    extended by `live` (how the kernel ran the guest, and the emulated-guest oracle's verdict) and each
+    step's `live.stats` (the counters that changed during it).
 
     The mode is `dirty_log_mode` if given, else the overrides' `dirty_log_mode`, else bitmap. The presets
     are checked (PolicyError) and the scenario refused (RealRefusalError) before the VM is created.
@@ -106,7 +165,10 @@ def real_result(
     reason = refusal(scenario, mode)
     if reason is not None:
         raise RealRefusalError(reason)
-    kernel = kernel_dirty_logs(scenario, mode, device=device)
+    run = kernel_run(scenario, mode, device=device)
+    kernel = run.logs
+    verdict = judge(run.totals, run.guest_accesses, run.pages_touched, run.stats_missing)
+    oracle = compare_logs(kernel, oracle_dirty_logs(scenario, mode))
     compare: dict[str, object] = {}
     for name, policy in policies.items():
         compare[name] = compare_logs(kernel, _engine_logs(scenario, policy))
@@ -114,6 +176,10 @@ def real_result(
         "format": REAL_FORMAT,
         "version": REAL_VERSION,
         "kernel": kernel_release(),
-        "steps": [{"index": index, "dirty_log": log} for index, log in enumerate(kernel)],
+        "steps": [
+            {"index": index, "dirty_log": log, "live": {"stats": stats.to_json()}}
+            for index, (log, stats) in enumerate(zip(kernel, run.step_stats, strict=True))
+        ],
         "compare": compare,
+        "live": live_json(verdict, oracle, run),
     }

@@ -126,6 +126,7 @@ _REQUEST_NAMES: dict[int, str] = {
         "KVM_ENABLE_CAP",
         "KVM_CLEAR_DIRTY_LOG",
         "KVM_RESET_DIRTY_RINGS",
+        "KVM_GET_STATS_FD",
         "KVM_RUN",
         "KVM_GET_REGS",
         "KVM_SET_REGS",
@@ -141,6 +142,11 @@ def _mmap(size: int, prot: int, flags: int, fd: int = -1, offset: int = 0) -> in
         code = ctypes.get_errno()
         raise KvmError(code, f"mmap of {size} bytes: {os.strerror(code)}")
     return int(address)
+
+
+def stats_fd(fd: int) -> int:
+    """KVM_GET_STATS_FD on a VM or vCPU fd: a new read-only fd of its binary statistics (see live.stats)."""
+    return _ioctl(fd, abi.KVM_GET_STATS_FD)
 
 
 def device_path(device: str | None = None) -> str:

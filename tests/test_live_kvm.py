@@ -20,6 +20,7 @@ from live import kvm_abi as abi
 from live.backend import (
     MAX_LIVE_PAGES,
     RING_WRITE_BUDGET,
+    KernelRun,
     UnsupportedScenarioError,
     code_gfn,
     code_slot_id,
@@ -28,8 +29,11 @@ from live.backend import (
 )
 from live.guest_code import Assembler, Reg, access_program
 from live.report import RealRefusalError, availability, compare_logs, real_result
+from live.stats import Snapshot
 from live.vm import DEVICE_ENV, KvmVm
 from scenarios import load_builtin_text
+
+EMULATED = "the kernel emulated these accesses: its dirty-log ioctls were checked, its MMU was not"
 
 UNAVAILABLE = availability()
 needs_kvm = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"no usable KVM device: {UNAVAILABLE}")
@@ -256,15 +260,93 @@ def test_real_result_has_the_contract_shape(monkeypatch: pytest.MonkeyPatch) -> 
     parsed = parse_scenario(load_builtin_text("worked-example"))
     kernel: list[list[int] | None] = [None] * len(parsed.steps)
     kernel[7], kernel[10], kernel[11] = [0x250, 0x260, 0x2C0], [0x250, 0x300, 0x301], []
-    monkeypatch.setattr("live.report.run_on_kernel", lambda *args, **kwargs: kernel)
-    result = real_result(parsed, ["lazy"])
-    assert list(result) == ["format", "version", "kernel", "steps", "compare"]
+    quiet = Snapshot(vm={}, vcpus=({},))
+    step_stats = [
+        Snapshot(vm={}, vcpus=({"insn_emulation": 8, "exits": 1},)) if step.op in ("read", "write") else quiet
+        for step in parsed.steps
+    ]
+    run = KernelRun(
+        logs=kernel,
+        step_stats=step_stats,
+        totals=Snapshot(vm={"pages_4k": 0}, vcpus=({"insn_emulation": 64, "exits": 8, "pf_taken": 0},)),
+        stats_missing=None,
+        guest_accesses=8,
+        pages_touched=6,
+    )
+    monkeypatch.setattr("live.report.run_with_stats", lambda *args, **kwargs: run)
+    result: dict[str, Any] = real_result(parsed, ["lazy"])
+    assert list(result) == ["format", "version", "kernel", "steps", "compare", "live"]
     assert (result["format"], result["version"], result["kernel"]) == ("sptelab-real", 1, os.uname().release)
-    assert result["steps"] == [{"index": i, "dirty_log": log} for i, log in enumerate(kernel)]
+    assert [(s["index"], s["dirty_log"]) for s in result["steps"]] == list(enumerate(kernel))
+    four = {"insn_emulation": 8, "exits": 1}
+    assert result["steps"][4]["live"] == {"stats": {"vm": {}, "vcpus": {"0": four}}}
+    assert result["steps"][7]["live"] == {"stats": {"vm": {}, "vcpus": {"0": {}}}}
     assert result["compare"] == {
         "lazy": {"agrees": False, "differences": [{"step": 10, "kernel_only": [0x301], "engine_only": []}]}
     }
+    live = result["live"]
+    assert {key: live[key] for key in ("execution", "mmu_exercised", "checked")} == {
+        "execution": "emulated",
+        "mmu_exercised": False,
+        "checked": "dirty_log_ioctls",
+    }
+    assert (live["emulated_instructions"], live["page_faults"], live["guest_accesses"]) == (64, 0, 8)
+    assert live["headline"] == EMULATED
+    assert "insn_emulation grew by 64 for 8 guest accesses" in live["reason"]
+    # The emulated guest logs exactly what the worked example writes: 0x301 is the kernel's alone.
+    assert live["oracle"] == {
+        "agrees": False,
+        "differences": [{"step": 10, "kernel_only": [0x301], "engine_only": []}],
+    }
+    totals = {"exits": 8, "insn_emulation": 64, "pf_taken": 0}
+    assert live["stats"] == {"vm": {"pages_4k": 0}, "vcpus": {"0": totals}}
+    assert live["stats_missing"] is None
     json.dumps(result)  # plain JSON values only
+
+
+def _made_up_run(parsed: Scenario, *, native: bool) -> KernelRun:
+    """The worked example's kernel logs, with the counters of an emulated run or of one through the MMU."""
+    kernel: list[list[int] | None] = [None] * len(parsed.steps)
+    kernel[7], kernel[10], kernel[11] = [0x250, 0x260, 0x2C0], [0x250, 0x300], []
+    counters = {"pf_taken": 6, "insn_emulation": 8} if native else {"pf_taken": 0, "insn_emulation": 64}
+    return KernelRun(
+        logs=kernel,
+        step_stats=[Snapshot(vm={}, vcpus=({},)) for _ in parsed.steps],
+        totals=Snapshot(vm={"pages_4k": 6 if native else 0}, vcpus=({**counters, "exits": 8},)),
+        stats_missing=None,
+        guest_accesses=8,
+        pages_touched=6,
+    )
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_cli_real_claims_agreement_with_an_mmu_only_when_the_mmu_ran(
+    native: bool, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parsed = parse_scenario(load_builtin_text("worked-example"))
+    run = _made_up_run(parsed, native=native)
+    monkeypatch.setattr("live.report.run_with_stats", lambda *args, **kwargs: run)
+    monkeypatch.setattr("cli.main.availability", lambda *args: None)
+    assert main(["real", "worked-example", "--compare", "lazy-buggy,lazy"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[3].startswith("  why: pf_taken ")
+    said = {" ".join(line.split()) for line in lines}
+    assert "emulated guest agrees" in said
+    if native:
+        assert lines[2] == (
+            "the kernel's MMU ran these accesses: the presets' dirty logs were compared with the kernel's MMU"
+        )
+        assert "lazy agrees" in said
+        assert lines[-2:] == ["lazy-buggy: differs at 2 steps", "lazy: agrees at every step"]
+    else:
+        assert lines[2] == EMULATED
+        assert "lazy's MMU would log the same" in said
+        assert lines[-3:] == [
+            "what each preset's MMU would log, not checked against the kernel's MMU:",
+            "lazy-buggy: other pages at 2 steps",
+            "lazy: the same pages at every step",
+        ]
+        assert not any(line.endswith("  agrees") and "emulated guest" not in line for line in lines)
 
 
 def test_availability_names_a_device_that_does_not_open() -> None:
@@ -299,23 +381,49 @@ def test_cli_real_refuses_an_unknown_preset(capsys: pytest.CaptureFixture[str]) 
     assert capsys.readouterr().err.startswith("sptelab real: unknown variant 'nope'")
 
 
+def test_cli_real_refuses_an_oversized_scenario_in_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    data = json.loads(load_builtin_text("worked-example"))
+    data["description"] = "x" * (1 << 20)
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps(data))
+    assert main(["real", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("sptelab real: ") and captured.err.count("\n") == 1
+    assert "1 MiB" in captured.err or "too large" in captured.err
+
+
 @needs_kvm
 def test_cli_real_json_and_text(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["real", "worked-example", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert list(result["compare"]) == ["modern"]
-    assert result["compare"]["modern"] == {"agrees": True, "differences": []}
+    assert set(result["compare"]["modern"]) == {"agrees", "differences"}
+    assert result["live"]["oracle"] == {"agrees": True, "differences": []}
     assert main(["real", "worked-example", "--compare", "modern", "--compare", "zap"]) == 0
     text = capsys.readouterr().out
     assert "step   7  migrate_round: kernel [0x250, 0x260, 0x2c0]" in text
-    assert "          modern  agrees" in text
-    assert "modern: agrees at every step" in text
-    # The 3.x presets log a read of a logged page; the live kernel does not.
+    assert "          emulated guest  agrees" in text
+    assert "emulated guest: agrees with the kernel at every step" in text
+    if result["live"]["mmu_exercised"]:
+        assert text.splitlines()[2].startswith("the kernel's MMU ran these accesses")
+        return
+    lines = text.splitlines()
+    assert lines[2] == EMULATED
+    assert lines[3].startswith("  why: pf_taken stayed 0 although the guest touched 6 pages")
+    assert lines[4].startswith("  stats over the run: pf_taken 0, ")
+    assert "          zap's MMU       would log the same" in text
+    assert "what each preset's MMU would log, not checked against the kernel's MMU:" in text
+    assert "zap: the same pages at every step" in text
+    verdicts = text.replace("emulated guest: agrees with the kernel at every step", "")
+    assert "agrees at every step" not in verdicts and "  agrees" not in verdicts.replace("guest  agrees", "")
+    # The 3.x presets' MMUs log a read of a logged page; the emulated guest and the kernel do not.
     assert main(["real", "read-mostly-logging", "--compare", "modern,lazy"]) == 0
     text = capsys.readouterr().out
-    assert "modern: agrees at every step" in text
-    assert "lazy: differs at 1 step" in text
-    assert "lazy    differs: kernel only [], engine only [" in text
+    assert "emulated guest: agrees with the kernel at every step" in text
+    assert "lazy: other pages at 1 step" in text
+    assert "lazy's MMU      would log other pages: kernel only [], engine only [" in text
 
 
 @needs_kvm

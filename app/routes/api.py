@@ -230,8 +230,11 @@ class RealRequest(BaseModel):
     "/real", responses={503: {"model": ApiError, "description": "This server cannot open /dev/kvm"}}
 )
 def real(body: RealRequest, store: StoreDep) -> Response:
-    """Run the scenario's accesses on this machine's kernel through /dev/kvm and compare its dirty logs
-    with the presets': the object `sptelab real --json` prints (contract section 3)."""
+    """Run the scenario's accesses on this machine's kernel through /dev/kvm: the object `sptelab real
+    --json` prints (contract section 3). Its `live` object says how the kernel ran the guest (its MMU or
+    its instruction emulator, from its statistics) and what was checked: on a kernel that emulated the
+    guest, its dirty-log ioctls against the engine's emulated guest (`live.oracle`), not its MMU; the
+    presets' logs in `compare` are then what each preset's MMU would log."""
     require_kernel(store.settings)
     scenario = _parse(body.scenario)
     presets = compare_variants(",".join(body.compare), API_PRESETS)

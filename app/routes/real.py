@@ -1,10 +1,17 @@
-"""`/real`: the scenario run on this machine's kernel, its dirty logs beside every preset's.
+"""`/real`: the scenario run on this machine's kernel, what the kernel ran it with, and its dirty logs
+beside the emulated guest's and every preset's.
 
-One row per harvesting step (get_dirty_log, the migration rounds, a ring reset): what the live kernel
-returned, and per preset either "same" or exactly which gfns only one side reported.
+First what the run exercised (`live` of the result: the kernel's MMU, or its instruction emulator, decided
+from its statistics), then one row per harvesting step (get_dirty_log, the migration rounds, a ring
+reset): what the live kernel returned, whether the engine's emulated guest returned the same, and per
+preset either "same" or exactly which gfns only one side reported. Only when the kernel's MMU ran the
+guest is a preset said to agree with the kernel; otherwise a preset's column is what its MMU would log.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
@@ -14,9 +21,41 @@ from app.livekernel import PAGE_PRESETS, checked_overrides, live_result
 from app.pagectx import page
 from app.render import base_path
 from app.viewmodel import describe_op, preset_description
-from engine.scenario import step_to_json
+from engine.scenario import Step, step_to_json
 
 router = APIRouter()
+
+# The counters the page shows, over the run and per step: the vCPUs' (summed over vCPUs), then the VM's.
+VCPU_COUNTERS = ("pf_taken", "pf_fixed", "insn_emulation", "exits")
+VM_COUNTERS = ("pages_4k", "pages_2m", "mmu_shadow_zapped", "remote_tlb_flush")
+# Steps listed in the per-step counters table at most (the JSON has them all).
+STEP_ROWS = 64
+
+
+def _counters(stats: dict[str, Any]) -> dict[str, int]:
+    """The shown counters of a stats object ({"vm", "vcpus"}), vCPU counters summed; absent ones left out."""
+    vcpus = stats["vcpus"].values()
+    shown = {
+        name: sum(c.get(name, 0) for c in vcpus) for name in VCPU_COUNTERS if any(name in c for c in vcpus)
+    }
+    shown.update({name: stats["vm"][name] for name in VM_COUNTERS if name in stats["vm"]})
+    return shown
+
+
+def _step_counters(result: dict[str, Any], steps: Sequence[Step]) -> tuple[list[dict[str, Any]], int]:
+    """Per step whose shown counters changed: its index, op and the changes; capped at STEP_ROWS."""
+    rows = []
+    for entry in result["steps"]:
+        changed = {name: value for name, value in _counters(entry["live"]["stats"]).items() if value}
+        if changed:
+            rows.append(
+                {
+                    "index": entry["index"],
+                    "op": describe_op(step_to_json(steps[entry["index"]])),
+                    "changed": changed,
+                }
+            )
+    return rows[:STEP_ROWS], len(rows)
 
 
 @router.get("/real", response_class=HTMLResponse)
@@ -28,19 +67,20 @@ def real_page(request: Request, store: StoreDep) -> Response:
     result = live_result(store.settings, source.code, source.scenario, presets, overrides)
     links = Links(source.param, presets[0], overrides, None, base=base_path(request.scope))
     steps = source.scenario.steps
-    differences = {
-        name: {d["step"]: d for d in result["compare"][name]["differences"]} for name in presets
-    }
+    live = result["live"]
+    oracle = {d["step"]: d for d in live["oracle"]["differences"]}
+    differences = {name: {d["step"]: d for d in result["compare"][name]["differences"]} for name in presets}
     rows = [
         {
             "index": entry["index"],
             "op": describe_op(step_to_json(steps[entry["index"]])),
             "kernel": entry["dirty_log"],
+            "oracle": oracle.get(entry["index"]),
             "cells": [{"variant": name, "diff": differences[name].get(entry["index"])} for name in presets],
             "play_url": links.play(entry["index"] + 1),
         }
         for entry in result["steps"]
-        if entry["dirty_log"] is not None
+        if entry["dirty_log"] is not None or entry["index"] in oracle
     ]
     columns = [
         {
@@ -52,10 +92,18 @@ def real_page(request: Request, store: StoreDep) -> Response:
         }
         for name in presets
     ]
+    step_rows, step_rows_total = _step_counters(result, steps)
     context = {
         "page": "real",
         "title": source.scenario.title or source.name or "Untitled scenario",
         "kernel": result["kernel"],
+        "live": live,
+        "native": bool(live["mmu_exercised"]),
+        "oracle_differing": len(oracle),
+        "totals": _counters(live["stats"]),
+        "counter_names": [*VCPU_COUNTERS, *VM_COUNTERS],
+        "step_rows": step_rows,
+        "step_rows_total": step_rows_total,
         "rows": rows,
         "columns": columns,
         "overrides": overrides,
