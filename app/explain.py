@@ -11,7 +11,27 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from engine.spte import PT_PAGE_SIZE_MASK, PT_WRITABLE_MASK, level_name, pages_per_hpage, spte_flags
+from engine.spte import (
+    EPT_SPTE_HOST_WRITABLE,
+    EPT_SPTE_MMU_WRITABLE,
+    ERA_6X,
+    PT_PAGE_SIZE_MASK,
+    PT_PRESENT_MASK,
+    PT_WRITABLE_MASK,
+    SPTE_HOST_WRITEABLE,
+    SPTE_MMU_PRESENT_MASK,
+    SPTE_MMU_WRITEABLE,
+    SPTE_TDP_AD_DISABLED,
+    VMX_EPT_ACCESS_BIT,
+    VMX_EPT_DIRTY_BIT,
+    VMX_EPT_EXECUTABLE_MASK,
+    VMX_EPT_IPAT_BIT,
+    VMX_EPT_SUPPRESS_VE_BIT,
+    SpteMasks,
+    level_name,
+    pages_per_hpage,
+    spte_flags,
+)
 
 Event = Mapping[str, Any]
 
@@ -54,6 +74,12 @@ KERNEL_SOURCES: dict[str, str] = {
     "make_spte": "arch/x86/kvm/mmu/spte.c",
     "zap_collapsible_spte_range": "arch/x86/kvm/mmu/tdp_mmu.c",
     "kvm_mmu_zap_collapsible_sptes": "arch/x86/kvm/mmu/mmu.c",
+    "tdp_mmu_make_huge_spte": "arch/x86/kvm/mmu/tdp_mmu.c",
+    "kvm_mmu_recover_huge_pages": "arch/x86/kvm/mmu/mmu.c",
+    "kvm_mmu_notifier_invalidate_range_start": f"{_KVM_MAIN} and {_MMU} (kvm_unmap_hva_range)",
+    "mmu_notifier_retry": f"{_MMU} (tdp_page_fault)",
+    "kvm_mmu_invalidate_zap_all_pages": _MMU,
+    "mmu_free_roots": _MMU,
     "migrate_copy": "QEMU (userspace migration loop)",
     "migrate_verdict": "QEMU (userspace migration loop)",
     "kvm_vm_ioctl": _KVM_MAIN,
@@ -103,8 +129,10 @@ def kernel_source(name: str, variant: str | None) -> str:
 
 @dataclass(slots=True)
 class Context:
-    """What the step has done so far, for the events whose meaning depends on it."""
+    """What the step has done so far, for the events whose meaning depends on it, and the spte layout
+    of the run's kernel generation, to read the values the events carry."""
 
+    masks: SpteMasks
     fault_gfn: int | None = None
     fault_write: bool | None = None
 
@@ -125,8 +153,8 @@ def _where(ev: Event) -> str:
     return f"L{ev.get('level')}[{_hex(ev.get('index'))}]"
 
 
-def _flags(value: object) -> str:
-    return " ".join(spte_flags(_int(value))) or "not present"
+def _flags(value: object, ctx: Context) -> str:
+    return " ".join(spte_flags(_int(value), ctx.masks)) or "not present"
 
 
 def _size(level: object) -> str:
@@ -155,7 +183,7 @@ def guest_access(ev: Event, ctx: Context) -> str:
 
 def ept_ad_update(ev: Event, ctx: Context) -> str:
     old, new = _int(ev.get("old")), _int(ev.get("new"))
-    added = [flag for flag in spte_flags(new) if flag not in spte_flags(old)]
+    added = [flag for flag in spte_flags(new, ctx.masks) if flag not in spte_flags(old, ctx.masks)]
     what = " and ".join({"A": "accessed (A)", "D": "dirty (D)"}.get(flag, flag) for flag in added) or "A/D"
     return f"The CPU sets the {what} flag of {_where(ev)} as it walks: hardware writes the spte, no exit."
 
@@ -221,7 +249,7 @@ def fast_page_fault(ev: Event, ctx: Context) -> str:
     result = str(ev.get("result"))
     sp_level = _int(ev.get("sp_level"))
     gfn = _int(ev.get("gfn"))
-    seen = f"The lockless walk ends on a {_size(sp_level)} spte ({_flags(ev.get('old'))})"
+    seen = f"The lockless walk ends on a {_size(sp_level)} spte ({_flags(ev.get('old'), ctx)})"
     if result == "fixed":
         first = gfn & ~(pages_per_hpage(sp_level) - 1)
         if sp_level > 1:
@@ -247,8 +275,16 @@ def fast_pf_fix_direct_spte(ev: Event, ctx: Context) -> str:
 
 def gfn_to_pfn(ev: Event, ctx: Context) -> str:
     text = f"gfn {_hex(ev.get('gfn'))} is backed by host pfn {_hex(ev.get('pfn'))}"
+    if ev.get("cow_broken") and ev.get("copied"):
+        return (
+            text + ": the write breaks the copy-on-write sharing: the host copies the page, and its"
+            " page-table change fires the mmu notifier before this fault goes on."
+        )
     if ev.get("cow_broken"):
-        return text + ": the write breaks the copy-on-write sharing, so the page can be mapped writable."
+        return (
+            text + ": the host page was read-only but the process owns it alone, so the host makes it"
+            " writable in place: no copy, no notifier."
+        )
     if ev.get("map_writable"):
         return text + ", writable on the host."
     return text + ", read-only on the host (copy-on-write): the spte gets no HW bit and no W."
@@ -302,7 +338,7 @@ def mmu_set_spte(ev: Event, ctx: Context) -> str:
     result = ev.get("result")
     size = "large " + _size(ev.get("level")) if new & PT_PAGE_SIZE_MASK else "4K"
     head = (
-        f"{_where(ev)} = {ev.get('new')} ({_flags(new)}): a {size} leaf for gfn {_hex(ev.get('gfn'))} →"
+        f"{_where(ev)} = {ev.get('new')} ({_flags(new, ctx)}): a {size} leaf for gfn {_hex(ev.get('gfn'))} →"
         f" pfn {_hex(ev.get('pfn'))}"
     )
     if ev.get("speculative"):
@@ -465,7 +501,7 @@ def tdp_mmu_split_huge_page(ev: Event, ctx: Context) -> str:
         if ev.get("caller") == "tdp_mmu_split_huge_pages_root"
         else "on the way down to the faulting page, instead of dropping it"
     )
-    what = f"The {_size(level)} spte {_where(ev)} ({_flags(ev.get('old'))}, gfn {_hex(ev.get('gfn'))})"
+    what = f"The {_size(level)} spte {_where(ev)} ({_flags(ev.get('old'), ctx)}, gfn {_hex(ev.get('gfn'))})"
     return (
         f"{what} is split in place {how}: a new table of 512 {_size(child)} sptes with the same permissions"
         " replaces it, so every page stays mapped; no TLB flush, since every translation is unchanged."
@@ -482,11 +518,12 @@ def kvm_mmu_slot_try_split_huge_pages(ev: Event, ctx: Context) -> str:
 
 
 def make_spte(ev: Event, ctx: Context) -> str:
-    spte = f"{_where(ev)} = {ev.get('new')} ({_flags(ev.get('new'))})"
+    spte = f"{_where(ev)} = {ev.get('new')} ({_flags(ev.get('new'), ctx)})"
     return (
         f"{spte}: a read of gfn {_hex(ev.get('gfn'))} in dirty-logged slot {ev.get('slot')} is mapped"
-        " read-only and not marked dirty (later kernels; 3.x maps it writable and marks it). HW and MW stay,"
-        " so the first write is fixed by the fast path and logged then."
+        " read-only and not marked dirty (the what-if read_fault_marks_dirty=false; every TDP kernel maps"
+        " it writable and marks it). HW and MW stay, so the first write is fixed by the fast path and"
+        " logged then."
     )
 
 
@@ -507,6 +544,66 @@ def kvm_mmu_zap_collapsible_sptes(ev: Event, ctx: Context) -> str:
         f"Huge page recovery for slot {ev.get('slot')}: {zapped} table pointer{'s' if zapped != 1 else ''}"
         " zapped, so huge pages come back at the next faults (3.x leaves the 4K tables in place)."
     )
+
+
+def tdp_mmu_make_huge_spte(ev: Event, ctx: Context) -> str:
+    size = _size(_int(ev.get("level")))
+    return (
+        f"Logging is off, so a {size} page can map gfn {_hex(ev.get('gfn'))} onwards again: the first"
+        f" present leaf under the table ({_flags(ev.get('child'), ctx)}) becomes a {size} leaf"
+        f" {ev.get('new')} ({_flags(ev.get('new'), ctx)}), stored over the pointer {_where(ev)} in one write;"
+        " the table and every spte under it are freed. No flush yet: one for the whole slot at the end."
+    )
+
+
+def kvm_mmu_recover_huge_pages(ev: Event, ctx: Context) -> str:
+    recovered = _int(ev.get("recovered"))
+    if not recovered:
+        return f"Huge page recovery for slot {ev.get('slot')}: no table could be replaced by a huge page."
+    return (
+        f"Huge page recovery for slot {ev.get('slot')} (6.13 and later): {recovered} table"
+        f"{'s' if recovered != 1 else ''} replaced in place by huge leaves, then one TLB flush for the"
+        " memslot. The huge pages are back at once, with the bits of the leaf they were built from: after"
+        " a GET_DIRTY_LOG read-only but MMU-writable, so the next write is a fast fault."
+    )
+
+
+def kvm_mmu_notifier_invalidate_range_start(ev: Event, ctx: Context) -> str:
+    start, end = _int(ev.get("gfn_start")), _int(ev.get("gfn_end"))
+    dropped = _int(ev.get("dropped"))
+    what = (
+        f"{dropped} spte{'s' if dropped != 1 else ''} mapping it dropped, and the TLBs flushed"
+        if dropped
+        else "nothing mapped it, so nothing is dropped and nothing flushed"
+    )
+    return (
+        f"The host copied the shared page behind gfns {_hex(start)}–{_hex(end - 1)} and told KVM first"
+        f" (mmu notifier): {what}. The invalidation sequence moves on."
+    )
+
+
+def mmu_notifier_retry(ev: Event, ctx: Context) -> str:
+    return (
+        f"The fault on gfn {_hex(ev.get('gfn'))} saw an invalidation run while it looked the host page up:"
+        " it maps nothing, and the guest faults again (the retried fault finds the new, writable page)."
+    )
+
+
+def kvm_mmu_invalidate_zap_all_pages(ev: Event, ctx: Context) -> str:
+    return (
+        f"A memslot change: the valid generation becomes {ev.get('mmu_valid_gen')}, every vCPU must reload"
+        f" its root, and the {ev.get('pages')} shadow pages of the old generation are zapped, oldest first,"
+        " then committed with one flush. A root still loaded is only marked invalid."
+    )
+
+
+def mmu_free_roots(ev: Event, ctx: Context) -> str:
+    if ev.get("freed"):
+        return (
+            f"vCPU {ev.get('vcpu')} drops the old root before its next entry; it was the last user, so the"
+            " invalid root is zapped once more and freed, with another flush."
+        )
+    return f"vCPU {ev.get('vcpu')} drops the old root before its next entry ({ev.get('root_count')} left)."
 
 
 def migrate_copy(ev: Event, ctx: Context) -> str:
@@ -676,6 +773,12 @@ def kvm_mmu_clear_dirty_pt_masked(ev: Event, ctx: Context) -> str:
 
 
 EXPLAINERS: dict[str, Callable[[Event, Context], str]] = {
+    "tdp_mmu_make_huge_spte": tdp_mmu_make_huge_spte,
+    "kvm_mmu_recover_huge_pages": kvm_mmu_recover_huge_pages,
+    "kvm_mmu_notifier_invalidate_range_start": kvm_mmu_notifier_invalidate_range_start,
+    "mmu_notifier_retry": mmu_notifier_retry,
+    "kvm_mmu_invalidate_zap_all_pages": kvm_mmu_invalidate_zap_all_pages,
+    "mmu_free_roots": mmu_free_roots,
     "guest_access": guest_access,
     "ept_ad_update": ept_ad_update,
     "handle_ept_violation": handle_ept_violation,
@@ -754,17 +857,42 @@ INVARIANT_TEXT: dict[str, str] = {
     "fault_livelock": "An access faulted again and again without progress: the guest would hang.",
 }
 
-# What each spte bit means (spec section 1.1), for the inspector.
-BIT_MEANINGS: list[tuple[str, str, str]] = [
-    ("0", "R", "readable; KVM treats it as present"),
-    ("1", "W", "writable: a store through it needs no exit"),
-    ("2", "X", "executable"),
-    ("3–5", "MT", "EPT memory type (6 = write-back)"),
-    ("6", "IPAT", "ignore the guest's PAT memory type"),
-    ("7", "PS", "page size: this leaf maps 2M (level 2) or 1G (level 3) at once"),
-    ("8", "A", "accessed: the CPU set it on a walk (EPT A/D bits)"),
-    ("9", "D", "dirty: the CPU set it on a store"),
-    ("10", "HW", "host writable: the host page was writable when the spte was built"),
-    ("11", "MW", "MMU writable: KVM's MMU allows writes; with HW, the fast path may set W again locklessly"),
-    ("12–51", "pfn", "host page frame (leaf) or the child table's page (non-leaf)"),
+# What each spte bit means, for the inspector: (bits, name, meaning, mask). The mask is the bit to read,
+# or None for a field the inspector reads on its own (memory type, pfn). 3.x (spec section 1.1):
+_COMMON_LOW_BITS: list[tuple[str, str, str, int | None]] = [
+    ("0", "R", "readable; KVM treats it as present", PT_PRESENT_MASK),
+    ("1", "W", "writable: a store through it needs no exit", PT_WRITABLE_MASK),
+    ("2", "X", "executable", VMX_EPT_EXECUTABLE_MASK),
+    ("3–5", "MT", "EPT memory type (6 = write-back)", None),
+    ("6", "IPAT", "ignore the guest's PAT memory type", VMX_EPT_IPAT_BIT),
+    ("7", "PS", "page size: this leaf maps 2M (level 2) or 1G (level 3) at once", PT_PAGE_SIZE_MASK),
+    ("8", "A", "accessed: the CPU set it on a walk (EPT A/D bits)", VMX_EPT_ACCESS_BIT),
+    ("9", "D", "dirty: the CPU set it on a store", VMX_EPT_DIRTY_BIT),
 ]
+_HW = "host writable: the host page was writable when the spte was built"
+_MW = "MMU writable: KVM's MMU allows writes; with HW, the fast path may set W again locklessly"
+_PFN = ("12–51", "pfn", "host page frame (leaf) or the child table's page (non-leaf)", None)
+BIT_MEANINGS_3X: list[tuple[str, str, str, int | None]] = [
+    *_COMMON_LOW_BITS,
+    ("10", "HW", _HW, SPTE_HOST_WRITEABLE),
+    ("11", "MW", _MW, SPTE_MMU_WRITEABLE),
+    _PFN,
+]
+# 6.x (mmu/spte.h): the software bits moved up, and two bits every present spte carries were added.
+BIT_MEANINGS_6X: list[tuple[str, str, str, int | None]] = [
+    *_COMMON_LOW_BITS,
+    ("11", "MMU-present", "set in every present spte, whatever its permissions (SPTE_MMU_PRESENT_MASK)",
+     SPTE_MMU_PRESENT_MASK),
+    _PFN,
+    ("52", "AD-disabled", "A/D bits disabled: set in every spte when EPT A/D bits are off",
+     SPTE_TDP_AD_DISABLED),
+    ("57", "HW", _HW, EPT_SPTE_HOST_WRITABLE),
+    ("58", "MW", _MW, EPT_SPTE_MMU_WRITABLE),
+    ("63", "SVE", "suppress #VE: set in every spte, present or not; a non-present spte is this bit alone",
+     VMX_EPT_SUPPRESS_VE_BIT),
+]
+
+
+def bit_meanings(masks: SpteMasks) -> list[tuple[str, str, str, int | None]]:
+    """The inspector's rows for the layout of the run's kernel generation, lowest bit first."""
+    return BIT_MEANINGS_6X if masks.era == ERA_6X else BIT_MEANINGS_3X

@@ -51,6 +51,8 @@ from engine.spte import (
     PT_PAGE_SIZE_MASK,
     PT_PRESENT_MASK,
     PT_WRITABLE_MASK,
+    SpteMasks,
+    flag_word,
     level_name,
     pages_per_hpage,
     spte_index,
@@ -132,9 +134,10 @@ def _hx(value: int) -> str:
     return f"{value:#x}"
 
 
-def _bits(value: int) -> str:
+def _bits(value: int, masks: SpteMasks) -> str:
     """The eight flags in their fixed order, an unset one as a dot, as the tree draws them."""
-    return " ".join(name if value & bit else "·" for name, bit in FLAG_BITS)
+    word = flag_word(value, masks)
+    return " ".join(name if word & bit else "·" for name, bit in FLAG_BITS)
 
 
 def _is_leaf(value: int, level: int) -> bool:
@@ -148,6 +151,7 @@ class Leaf:
     sp: KvmMmuPage
     index: int
     old: int
+    masks: SpteMasks
 
     @property
     def level(self) -> int:
@@ -176,7 +180,7 @@ class Leaf:
         else:
             last = self.gfn + self.span - 1
             what = f"the {level_name(self.level)} spte mapping gfns {_hx(self.gfn)}–{_hx(last)}"
-        return f"{self.where}, {what} ({_bits(self.old)})"
+        return f"{self.where}, {what} ({_bits(self.old, self.masks)})"
 
 
 def leaf_before(kvm: Kvm, touched: Mapping[tuple[KvmMmuPage, int], int], gfn: int) -> Leaf | None:
@@ -190,7 +194,7 @@ def leaf_before(kvm: Kvm, touched: Mapping[tuple[KvmMmuPage, int], int], gfn: in
         if not old & PT_PRESENT_MASK:
             return None
         if _is_leaf(old, sp.level):
-            return Leaf(sp, index, old)
+            return Leaf(sp, index, old, kvm.masks)
         sp = kvm.sp_by_pfn.get((old & PT64_BASE_ADDR_MASK) >> 12)
     return None
 
@@ -201,12 +205,12 @@ class _Said(NamedTuple):
     text: str
 
 
-def _sentences(result: StepResult) -> list[_Said]:
+def _sentences(result: StepResult, masks: SpteMasks) -> list[_Said]:
     """Every trace event of the step with the trace panel's sentence for it (one Context for the whole
     step, as the panel uses, so "the gfn the guest wrote" means the same here)."""
     if result.events is None:
         return []
-    ctx = Context()
+    ctx = Context(masks)
     out = []
     for event in result.events:
         data = event_json(event)
@@ -332,7 +336,7 @@ def fault_question(shown: Shown, result: StepResult) -> Question:
     op = result.op
     write, gfn, count, vcpu = _access_words(op)
     verb = "writes" if write else "reads"
-    said = _sentences(result)
+    said = _sentences(result, shown.sim.kvm.masks)
     if count == 1:
         options = _WRITE_FAULT if write else _READ_FAULT
         correct = single_outcome(result)
@@ -381,13 +385,14 @@ def _unlogged_store(shown: Shown, result: StepResult, gfn: int) -> str:
     )
 
 
-def _bits_change(old: int, new: int, level: int) -> str:
+def _bits_change(old: int, new: int, level: int, masks: SpteMasks) -> str:
     """The answer key of an spte's change: "none", "gone" (removed or replaced by something else), or
     the flags it gained and lost, "set-ad", "clear-w", "set-d-clear-w"."""
     if old == new:
         return "none"
     if not _is_leaf(new, level) or (old ^ new) & PT64_BASE_ADDR_MASK:
         return "gone"
+    old, new = flag_word(old, masks), flag_word(new, masks)
     gained = "".join(name.lower() for name, bit in FLAG_BITS if new & bit and not old & bit)
     lost = "".join(name.lower() for name, bit in FLAG_BITS if old & bit and not new & bit)
     parts = ([f"set-{gained}"] if gained else []) + ([f"clear-{lost}"] if lost else [])
@@ -430,9 +435,9 @@ def bits_question(result: StepResult, leaf: Leaf) -> Question:
     the CPU sets D (and A) in it as it walks."""
     write, gfn, _, vcpu = _access_words(result.op)
     verb = "writes" if write else "reads"
-    correct = _bits_change(leaf.old, leaf.new, leaf.level)
+    correct = _bits_change(leaf.old, leaf.new, leaf.level, leaf.masks)
     prompt = f"vCPU {vcpu} {verb} gfn {_hx(gfn)} through {leaf.describe()}. Which of its bits change?"
-    said = _sentences(result)
+    said = _sentences(result, leaf.masks)
     mine = _said_of(said, "ept_ad_update", leaf)
     story = " ".join(item.text for item in mine[:1]) or _pick(said, _STORY[single_outcome(result)])
     explanation = _join(
@@ -483,13 +488,13 @@ def _leaves_in(kvm: Kvm, touched: Mapping[tuple[KvmMmuPage, int], int], slots: S
         for index, value in enumerate(sp.spt):
             old = touched.get((sp, index), value)
             if old & PT_PRESENT_MASK and old & PT_PAGE_SIZE_MASK:
-                leaf = Leaf(sp, index, old)
+                leaf = Leaf(sp, index, old, kvm.masks)
                 if inside(leaf.gfn):
                     large[(leaf.gfn, -leaf.level)] = leaf
     small = {}
     for (sp, index), old in touched.items():
         if sp.level == 1 and old & PT_PRESENT_MASK and not sp.invalid:
-            leaf = Leaf(sp, index, old)
+            leaf = Leaf(sp, index, old, kvm.masks)
             if inside(leaf.gfn):
                 small[leaf.gfn] = leaf
     return [large[key] for key in sorted(large)] + [small[key] for key in sorted(small)]
@@ -574,7 +579,7 @@ def logging_question(shown: Shown, result: StepResult, slots: Sequence[int]) -> 
         else f"Dirty logging is switched on for slot {named}"
     )
     prompt = f"{head}. What happens to {leaf.describe()}?"
-    said = _sentences(result)
+    said = _sentences(result, shown.sim.kvm.masks)
     mine = _said_of(said, "spte_write_protect", leaf)
     if correct == "split":
         story = _split_story(kvm, leaf, said)
@@ -712,7 +717,7 @@ def _failed(shown: Shown, result: StepResult, head: str) -> Question:
             break
         if isinstance(step, WriteStep) and sim.kvm.gfn_to_memslot(step.gfn) is not None:
             written[step.gfn] = k
-    said = _pick(_sentences(result), ("kvm_vm_ioctl",))
+    said = _pick(_sentences(result, shown.sim.kvm.masks), ("kvm_vm_ioctl",))
     failed = f"No: the ioctl fails ({result.error}) and does nothing."
     if not written:
         prompt = f"{head} Will it report any page at all?"
@@ -738,7 +743,9 @@ def dirty_log_question(shown: Shown, result: StepResult) -> Question:
     )
     listed = ", ".join(_hx(g) for g in reported[:12]) + (" …" if len(reported) > 12 else "")
     returns = f"The log returns {listed}." if reported else "The log returns nothing."
-    said = _pick(_sentences(result), ("kvm_vm_ioctl_get_dirty_log", "dirty_ring_harvest"))
+    said = _pick(
+        _sentences(result, shown.sim.kvm.masks), ("kvm_vm_ioctl_get_dirty_log", "dirty_ring_harvest")
+    )
 
     def written(gfn: int) -> int | None:
         slot = sim.kvm.gfn_to_memslot(gfn)
@@ -815,7 +822,7 @@ def clear_question(shown: Shown, result: StepResult) -> Question:
             target = (gfn, leaf)
             break
     said = _pick(
-        _sentences(result),
+        _sentences(result, shown.sim.kvm.masks),
         ("kvm_vm_ioctl", "kvm_clear_dirty_log_protect", "kvm_arch_mmu_enable_log_dirty_pt_masked"),
     )
     if result.error is not None:
@@ -873,7 +880,7 @@ def verdict_question(shown: Shown, result: StepResult) -> Question:
         "Stop-and-copy: the vCPUs stop, a last GET_DIRTY_LOG round copies what it reports, and the"
         " destination is compared with the source. Will any page be lost?"
     )
-    said = _pick(_sentences(result), ("migrate_verdict",))
+    said = _pick(_sentences(result, shown.sim.kvm.masks), ("migrate_verdict",))
     if lost:
         shown_gfns = ", ".join(_hx(g) for g in lost[:12]) + (" …" if len(lost) > 12 else "")
         fallback = f"Yes: {len(lost)} page{'s' if len(lost) != 1 else ''} lost: {shown_gfns}."

@@ -21,11 +21,12 @@ from typing import NamedTuple
 from markupsafe import Markup
 
 from app.cache import Shown, StepRecord
-from app.explain import BIT_MEANINGS, INVARIANT_TEXT, Context, explain, kernel_source
+from app.explain import INVARIANT_TEXT, Context, bit_meanings, explain, kernel_source
 from engine.invariants import Violation
 from engine.kvm import Kvm
 from engine.memslot import KvmMemorySlot
 from engine.policy import PRESET_DESCRIPTIONS, Policy
+from engine.result import FLAG_MASK
 from engine.rmap import pte_list
 from engine.shadow_page import KvmMmuPage
 from engine.simulation import Simulation, StepResult
@@ -36,6 +37,8 @@ from engine.spte import (
     PT_PAGE_TABLE_LEVEL,
     PT_PRESENT_MASK,
     PT_WRITABLE_MASK,
+    SpteMasks,
+    flag_word,
     level_name,
     pages_per_hpage,
     spte_flags,
@@ -73,24 +76,24 @@ def gfn_list(gfns: Iterable[int], limit: int = 16) -> str:
     return text or "none"
 
 
-# The bits the contract's flags live in: the texts below depend on nothing else, and a tree repeats a
-# handful of combinations, so each is written once.
-_FLAG_MASK = sum(bit for _, bit in FLAG_BITS)
+# The texts below depend only on an spte's flag word (engine.spte.flag_word: the contract's flags at fixed
+# positions, whatever the layout), and a tree repeats a handful of combinations, so each is written once.
 
 
 @lru_cache(maxsize=256)
-def _flags_text(flag_bits: int) -> str:
-    return " ".join(spte_flags(flag_bits))
+def _flags_text(word: int) -> str:
+    return " ".join(name for name, bit in FLAG_BITS if word & bit)
 
 
 @lru_cache(maxsize=256)
-def _bits_text(flag_bits: int) -> str:
-    return " ".join(name if on else "·" for name, on in letters(flag_bits))
+def _bits_text(word: int) -> str:
+    return " ".join(name if on else "·" for name, on in letters(word))
 
 
-def letters(value: int) -> list[tuple[str, bool]]:
-    """Each contract flag in order with whether it is set: the tree shows unset ones as a dot."""
-    return [(name, bool(value & bit)) for name, bit in FLAG_BITS]
+def letters(word: int) -> list[tuple[str, bool]]:
+    """Each contract flag of a flag word in order with whether it is set: the tree shows unset ones as a
+    dot."""
+    return [(name, bool(word & bit)) for name, bit in FLAG_BITS]
 
 
 def parse_location(text: str) -> Location:
@@ -275,6 +278,7 @@ class SpteView:
     sp_gfn: int
     index: int
     value: int
+    word: int  # the value's flags at fixed positions (engine.spte.flag_word), whatever the layout
     kind: str  # "ptr" | "large" | "4k"
     gfn: int
     span: int
@@ -301,12 +305,12 @@ class SpteView:
 
     @property
     def flags(self) -> str:
-        return _flags_text(self.value & _FLAG_MASK)
+        return _flags_text(self.word)
 
     @property
     def bits(self) -> str:
         """The eight flags in their fixed order, an unset one as a dot: `R · X PS A D HW MW`."""
-        return _bits_text(self.value & _FLAG_MASK)
+        return _bits_text(self.word)
 
     @property
     def pfn(self) -> int:
@@ -390,8 +394,9 @@ def _kind(spte: int, level: int) -> str:
 def _leaf_counts(kvm: Kvm, sp: KvmMmuPage) -> tuple[int, int, int, int]:
     """(tables, large leaves, 4K leaves, writable leaves) below and in `sp`."""
     level = sp.level
-    if level == PT_PAGE_TABLE_LEVEL:  # only 4K leaves; a non-present spte is 0 in this model
-        return 1, 0, len(sp.spt) - sp.spt.count(0), len([s for s in sp.spt if s & PT_WRITABLE_MASK])
+    if level == PT_PAGE_TABLE_LEVEL:  # only 4K leaves; every non-present spte holds the same value
+        present = len(sp.spt) - sp.spt.count(kvm.masks.nonpresent)
+        return 1, 0, present, len([s for s in sp.spt if s & PT_WRITABLE_MASK])
     tables, large, small, writable = 1, 0, 0, 0
     for spte in sp.spt:
         if not spte & PT_PRESENT_MASK:
@@ -497,10 +502,11 @@ class TreeBuilder:
         ]
         gone = list(self.freed_pages.values())
         freed = [self.freed_table(sp) for sp in gone[:FREED_TABLES_DRAWN]]
-        # A non-present spte is 0 in this model (no MMIO sptes), so counting is list.count's job; the
-        # large leaves are what stat.lpages counts, which the invariants check after every step.
-        present = sum(len(sp.spt) - sp.spt.count(0) for sp in kvm.active_mmu_pages.values())
-        large = kvm.stat.lpages
+        # Every non-present spte holds the same value (no MMIO sptes), so counting is list.count's job;
+        # the present large leaves are counted at the spte choke point, which the invariants check.
+        nonpresent = kvm.masks.nonpresent
+        present = sum(len(sp.spt) - sp.spt.count(nonpresent) for sp in kvm.active_mmu_pages.values())
+        large = kvm.stat.large_leaves
         return TreeView(
             root,
             orphans,
@@ -522,6 +528,7 @@ class TreeBuilder:
             sp_gfn=sp.gfn,
             index=index,
             value=value,
+            word=flag_word(value, self.kvm.masks),
             kind=_kind(value, sp.level),
             gfn=sp.gfn + index * span,
             span=span,
@@ -542,7 +549,8 @@ class TreeBuilder:
     def table(self, sp: KvmMmuPage, orphan: bool = False) -> TableView:
         kvm = self.kvm
         spt = sp.spt
-        present = list(compress(range(len(spt)), spt))  # non-present sptes are 0 in this model
+        nonpresent = kvm.masks.nonpresent
+        present = list(compress(range(len(spt)), map(nonpresent.__ne__, spt)))
         changes = self.changes.get(sp.serial, {})
         must = self.must.get(sp.serial, set())
         always = self.always.get(sp.serial, set())
@@ -597,7 +605,7 @@ class TreeBuilder:
         changes = self.changes.get(sp.serial, {})
         must = self.must.get(sp.serial, set())
         runs: list[RunView] = []
-        for (_, changed), members in groupby(indices, key=lambda i: (spt[i] & 0xFFF, i in changes)):
+        for (_, changed), members in groupby(indices, key=lambda i: (spt[i] & FLAG_MASK, i in changes)):
             group = list(members)
             kind = _kind(spt[group[0]], sp.level)
             runs.append(self._run(sp, group, kind, changed or any(i in must for i in group)))
@@ -608,7 +616,7 @@ class TreeBuilder:
         first, last = group[0], group[-1]
         span = pages_per_hpage(sp.level)
         gfns = f"gfns {hx(sp.gfn + first * span)}–{hx(sp.gfn + (last + 1) * span - 1)}"
-        flags = " ".join(spte_flags(spt[first]))
+        flags = " ".join(spte_flags(spt[first], self.kvm.masks))
         count = len(group)
         if kind == "gone":
             return RunView(first, last, count, f"{count} removed this step, {gfns}", True)
@@ -963,7 +971,7 @@ def trace_view(shown: Shown, variant: str | None) -> TraceView:
     result = shown.result
     if result is None or result.events is None:
         return TraceView(False, [], 0, [])
-    ctx = Context()
+    ctx = Context(shown.sim.kvm.masks)
     events = []
     counts: dict[str, int] = {}
     for event in result.events:
@@ -1198,7 +1206,7 @@ def play_view(
         rmaps=rmap_views(kvm),
         tlbs=tlb_views(kvm),
         trace=trace_view(shown, variant),
-        stats=kvm.stat.as_json(),
+        stats=kvm.stats(),
         step_counts=step_counts,
         violations=violation_views(sim.violations, n - 1 if n else None),
         violation_total=len(sim.violations),
@@ -1253,13 +1261,13 @@ class InspectorView:
         return f"L{level}[{hx(index)}] of the level-{level} table at gfn {hx(sp_gfn)}"
 
 
-def _change_text(old: int, new: int) -> str:
+def _change_text(old: int, new: int, masks: SpteMasks) -> str:
     if not old & PT_PRESENT_MASK:
         return "created"
     if not new & PT_PRESENT_MASK:
         return "removed"
-    gained = [f for f in spte_flags(new) if f not in spte_flags(old)]
-    lost = [f for f in spte_flags(old) if f not in spte_flags(new)]
+    gained = [f for f in spte_flags(new, masks) if f not in spte_flags(old, masks)]
+    lost = [f for f in spte_flags(old, masks) if f not in spte_flags(new, masks)]
     parts = [f"+{f}" for f in gained] + [f"−{f}" for f in lost]
     if spte_to_pfn(old) != spte_to_pfn(new):
         parts.append("new target")
@@ -1273,15 +1281,14 @@ def inspector_view(sim: Simulation, location: Location, history: list[tuple[int,
         if not candidate.invalid:
             sp = candidate
             break
-    value = sp.spt[index] if sp is not None else 0
+    masks = sim.kvm.masks
+    value = sp.spt[index] if sp is not None else masks.nonpresent
     span = pages_per_hpage(level)
     leaf = level == 1 or bool(value & PT_PAGE_SIZE_MASK)
     bits: list[BitRow] = []
-    for bits_text, name, meaning in BIT_MEANINGS:
+    for bits_text, name, meaning, mask in bit_meanings(masks):
         if name == "MT":
             bits.append(BitRow(bits_text, name, meaning, str(value >> 3 & 7), None))
-        elif name == "IPAT":
-            bits.append(BitRow(bits_text, name, meaning, "1" if value & 0x40 else "0", bool(value & 0x40)))
         elif name == "pfn":
             pfn = spte_to_pfn(value)
             what = meaning if value & PT_PRESENT_MASK else "—"
@@ -1291,10 +1298,11 @@ def inspector_view(sim: Simulation, location: Location, history: list[tuple[int,
             elif value & PT_PRESENT_MASK:
                 what = f"host page of gfn {hx(sp_gfn + index * span)}"
             bits.append(BitRow(bits_text, name, what, hx(pfn), None))
-        else:
-            bit = dict(FLAG_BITS)[name]
-            bits.append(BitRow(bits_text, name, meaning, "1" if value & bit else "0", bool(value & bit)))
-    rows = [HistoryRow(step, old, new, _change_text(old, new)) for step, old, new in history[-MAX_HISTORY:]]
+        elif mask is not None:
+            bits.append(BitRow(bits_text, name, meaning, "1" if value & mask else "0", bool(value & mask)))
+    rows = [
+        HistoryRow(step, old, new, _change_text(old, new, masks)) for step, old, new in history[-MAX_HISTORY:]
+    ]
     return InspectorView(
         location=location,
         param=location_param(location),

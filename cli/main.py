@@ -137,7 +137,7 @@ def cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
         _write(out, header)
         out.write("\n")
         for _ in range(count):
-            _write(out, format_step(sim.step(), style))
+            _write(out, format_step(sim.step(), style, sim.kvm.masks))
         out.write("\n")
         finished = sim.migration.lost is not None
         footer = format_footer(
@@ -175,7 +175,7 @@ def compare_json(scenario: Scenario, variants: Sequence[str], overrides: dict[st
             # None: no migration verdict, because nothing migrated or migrate_end never ran.
             "lost": list(sim.migration.lost) if sim.migration.lost is not None else None,
             "violations": len(sim.violations),
-            "stats": sim.kvm.stat.as_json(),
+            "stats": sim.kvm.stats(),
         }
     return {
         "format": COMPARE_FORMAT,

@@ -18,7 +18,7 @@ from engine.mmu import PFERR_PRESENT_MASK, PFERR_WRITE_MASK
 from engine.policy import PRESET_DESCRIPTIONS, Policy
 from engine.scenario import Scenario
 from engine.simulation import SpteChange, StepResult
-from engine.spte import level_name, spte_flags
+from engine.spte import SpteMasks, level_name, spte_flags
 from engine.trace import DirtyRingFull, GuestAccess
 
 _WIDTH = 100
@@ -102,9 +102,9 @@ def terminal_text(text: object) -> str:
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in words)
 
 
-def flags_text(spte: int) -> str:
+def flags_text(spte: int, masks: SpteMasks) -> str:
     """The contract's flag letters, or "-" for an spte with none set (not present)."""
-    return " ".join(spte_flags(spte)) or "-"
+    return " ".join(spte_flags(spte, masks)) or "-"
 
 
 def error_code_text(error_code: int) -> str:
@@ -212,14 +212,21 @@ def format_header(
             f"memslot {slot.id}: gfns {slot.base_gfn:#x}-{slot.end_gfn - 1:#x}"
             f" ({plural(slot.npages, 'page')}),"
             f" {slot.host_page} host pages from pfn {slot.base_pfn:#x},"
-            f" host {'writable' if slot.host_writable else 'read-only (copy-on-write)'}"
+            f" host {'writable' if slot.host_writable else _cow_text(slot.host_cow)}"
         )
     lines.append(plural(len(scenario.steps), "step"))
     return lines
 
 
-def format_step(step: StepResult, style: Style) -> list[str]:
-    """One step: its op, then everything it did. With detail "summary" the step holds counts only."""
+def _cow_text(host_cow: str) -> str:
+    if host_cow == "copy":
+        return "read-only until a write copies it (shared copy-on-write)"
+    return "read-only until a write makes it writable in place (owned alone)"
+
+
+def format_step(step: StepResult, style: Style, masks: SpteMasks) -> list[str]:
+    """One step: its op, then everything it did. With detail "summary" the step holds counts only.
+    `masks` is the spte layout the run's kernel generation uses, to read the flags of its values."""
     lines = [style.bold(f"step {step.index}  {describe_op(step.op)}")]
     indent = "  "
     if step.faults is None:
@@ -236,9 +243,8 @@ def format_step(step: StepResult, style: Style) -> list[str]:
     lines.extend(indent + fault_text(fault, style) for fault in faults)
     for change in step.spte_changes or []:
         lines.append(indent + "spte   " + spte_change_text(change, style))
-        lines.append(
-            indent + "       " + style.dim(f"{flags_text(change.old)} {style.arrow} {flags_text(change.new)}")
-        )
+        old, new = flags_text(change.old, masks), flags_text(change.new, masks)
+        lines.append(indent + "       " + style.dim(f"{old} {style.arrow} {new}"))
     if step.marked_dirty:
         lines.append(indent + style.cyan(f"marked dirty: {gfn_list(step.marked_dirty)}"))
     if step.dirty_log is not None:

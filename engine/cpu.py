@@ -8,7 +8,7 @@ retried after each fault, as the guest would; one that never completes is report
 from __future__ import annotations
 
 from engine.kvm import FaultRecord, Kvm, Vcpu
-from engine.mmu import PFERR_PRESENT_MASK, PFERR_WRITE_MASK, tdp_page_fault
+from engine.mmu import PFERR_PRESENT_MASK, PFERR_WRITE_MASK, RET_PF_FIXED, RET_PF_SPURIOUS, tdp_page_fault
 from engine.pml import handle_pml_full, pml_log, vmx_flush_pml_buffer
 from engine.shadow_page import KvmMmuPage
 from engine.spte import (
@@ -211,6 +211,15 @@ def handle_ept_violation(kvm: Kvm, vcpu: Vcpu, gfn: int, write: bool, error_code
         log.fast_faults += 1
     else:
         log.slow_faults += 1
+    if kvm.era6:  # kvm_mmu_page_fault's and fast_page_fault's counters
+        stat = kvm.stat
+        stat.pf_taken += 1
+        if result.ret == RET_PF_FIXED:
+            stat.pf_fixed += 1
+        elif result.ret == RET_PF_SPURIOUS:
+            stat.pf_spurious += 1
+        if result.fast_handled:
+            stat.pf_fast += 1
     if kvm.tp.on:  # the per-fault rows are part of the full detail only
         log.faults.append(
             FaultRecord(

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from engine.kvm import Kvm
 from engine.kvm_main import kvm_flush_remote_tlbs
 from engine.memslot import BITS_PER_LONG, KvmMemorySlot
-from engine.mmu import kvm_mmu_zap_collapsible_sptes
 from engine.pml import kvm_arch_sync_dirty_log, kvm_mmu_update_cpu_dirty_logging
+from engine.recover import recover_huge_pages_on_disable
 from engine.split import kvm_mmu_slot_try_split_huge_pages, split_huge_pages_in_range
 from engine.spte import PT_DIRECTORY_LEVEL, PT_PAGE_TABLE_LEVEL, pages_per_hpage
 from engine.trace import (
@@ -46,8 +46,8 @@ def kvm_set_dirty_logging(kvm: Kvm, slot: KvmMemorySlot, enable: bool) -> None:
     bitmap: 3.14/3.16 leave every spte as it is.
 
     Later kernels (kvm_mmu_slot_apply_flags) split every huge page of the slot before write-protecting it
-    (`eager_split`), and zap the tables a huge page could replace once logging stops
-    (`recover_on_disable`), both after the new memslots are installed.
+    (`eager_split`), and bring the huge pages back once logging stops (`recover_on_disable`: by zapping
+    until 6.12, in place since 6.13), both after the new memslots are installed.
 
     With PML (`pml`, EPT A/D bits on) every vCPU logs stores while any slot is logged; enabling clears D
     on the slot's 4K leaves instead of W and write-protects only the huge ones. Disabling stops the
@@ -63,7 +63,7 @@ def kvm_set_dirty_logging(kvm: Kvm, slot: KvmMemorySlot, enable: bool) -> None:
         slot.dirty_bitmap = None
         kvm_mmu_update_cpu_dirty_logging(kvm, slot, False)
         if kvm.policy.recover_on_disable:
-            kvm_mmu_zap_collapsible_sptes(kvm, slot)
+            recover_huge_pages_on_disable(kvm, slot)
         return
     slot.create_dirty_bitmap()
     kvm.log.logging_enabled.append(slot.id)

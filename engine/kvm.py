@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 from engine.memslot import KvmMemorySlot, Memslots
 from engine.policy import Policy
 from engine.shadow_page import KvmMmuPage
-from engine.spte import PT64_LEVEL_BITS, PT64_ROOT_LEVEL, PT_PAGE_SIZE_MASK, PT_PRESENT_MASK, SpteMasks
+from engine.spte import (
+    ERA_6X,
+    PT64_LEVEL_BITS,
+    PT64_ROOT_LEVEL,
+    PT_PAGE_SIZE_MASK,
+    PT_PAGE_TABLE_LEVEL,
+    PT_PRESENT_MASK,
+    SpteMasks,
+)
 from engine.tlb import Tlb
 from engine.trace import Trace
 
@@ -23,19 +31,55 @@ TABLE_PFN_BASE = 0x1000
 
 @dataclass(slots=True)
 class KvmStat:
-    """The VM and vCPU statistics the model keeps, under the kernel's names (debugfs kvm/*)."""
+    """The VM and vCPU statistics the model keeps, under the kernel's names, and what each generation shows.
+
+    `lpages` is 3.x's `stat.lpages` (debugfs `largepages`), kept by the very calls that keep it in the
+    kernel, so that it drifts where the kernel's does: 3.14/3.16's mmu-notifier path drops a large spte
+    without counting it down (`lpages_uncounted` records how often). `pages` is the present leaves per
+    level (4K, 2M, 1G), kept at the spte choke point as 6.x's `kvm_update_page_stats` keeps `pages_4k`,
+    `pages_2m` and `pages_1g`. The fault counters follow the era's rules: 3.x counts `pf_fixed` where
+    `__direct_map` installs a leaf; 6.x counts every fault in `pf_taken`, and `pf_fixed`, `pf_spurious`
+    and `pf_fast` by how it ended. Counters summed over the vCPUs (vCPU stats in the kernel) are summed
+    here too.
+    """
 
     pf_fixed: int = 0
+    pf_taken: int = 0
+    pf_fast: int = 0
+    pf_spurious: int = 0
     lpages: int = 0
+    lpages_uncounted: int = 0
     remote_tlb_flush: int = 0
     mmu_shadow_zapped: int = 0
     mmu_cache_miss: int = 0
     exits: int = 0
+    pages: list[int] = field(default_factory=lambda: [0, 0, 0])
 
-    def as_json(self) -> dict[str, int]:
+    @property
+    def large_leaves(self) -> int:
+        """Present large leaf sptes: what contract §4 calls `lpages`, whatever the kernel's own count."""
+        return self.pages[1] + self.pages[2]
+
+    def as_json(self, era: str) -> dict[str, int]:
+        """The counters `kvm_stat` shows for this generation (debugfs in 3.x, the binary stats in 6.x),
+        plus contract §4's `lpages`: the present large leaves."""
+        if era == ERA_6X:
+            return {
+                "exits": self.exits,
+                "lpages": self.large_leaves,
+                "pages_1g": self.pages[2],
+                "pages_2m": self.pages[1],
+                "pages_4k": self.pages[0],
+                "pf_fast": self.pf_fast,
+                "pf_fixed": self.pf_fixed,
+                "pf_spurious": self.pf_spurious,
+                "pf_taken": self.pf_taken,
+                "remote_tlb_flush": self.remote_tlb_flush,
+            }
         return {
             "exits": self.exits,
-            "lpages": self.lpages,
+            "largepages": self.lpages,
+            "lpages": self.large_leaves,
             "mmu_cache_miss": self.mmu_cache_miss,
             "mmu_shadow_zapped": self.mmu_shadow_zapped,
             "pf_fixed": self.pf_fixed,
@@ -184,7 +228,8 @@ class Kvm:
         trace: bool,
     ) -> None:
         self.policy = policy
-        self.masks = SpteMasks.for_ept(ept_ad)
+        self.masks = SpteMasks.for_ept(ept_ad, policy.era)
+        self.era6 = policy.era == ERA_6X
         # kvm->arch.cpu_dirty_log_size: PML_ENTITY_NUM when dirty logging clears D and lets the CPU log
         # stores (PML), 0 when it write-protects. The kernel turns PML off without EPT A/D bits, so
         # `pml` is inert then.
@@ -199,6 +244,10 @@ class Kvm:
         self.vcpus = [Vcpu(i, self.cpu_dirty_log_size) for i in range(vcpus)]
         # kvm_get_running_vcpu(): the vCPU whose access is being handled, None outside guest accesses.
         self.running_vcpu: Vcpu | None = None
+        # kvm->mmu_notifier_seq: moved on by every invalidation; a fault that saw it move maps nothing.
+        self.mmu_notifier_seq = 0
+        # kvm->arch.mmu_valid_gen: the generation of shadow pages 3.14/3.16's memslot zap keeps.
+        self.mmu_valid_gen = 0
         self.stat = KvmStat()
         self.tp = Trace(on=trace)
         self.log = StepLog()
@@ -220,9 +269,17 @@ class Kvm:
         log.touched.setdefault((sp, index), old)
         if self.tp.on:
             log.spte_changes.append((sp, index, old, new))
+        level = sp.level
+        if (old ^ new) & (PT_PRESENT_MASK | PT_PAGE_SIZE_MASK) and level <= 3:
+            # A leaf appeared or went away (kvm_update_page_stats): count present leaves by level.
+            pages = self.stat.pages
+            if old & PT_PRESENT_MASK and (level == PT_PAGE_TABLE_LEVEL or old & PT_PAGE_SIZE_MASK):
+                pages[level - 1] -= 1
+            if new & PT_PRESENT_MASK and (level == PT_PAGE_TABLE_LEVEL or new & PT_PAGE_SIZE_MASK):
+                pages[level - 1] += 1
         # A change to a table pointer may re-route walks: forget the shortcuts to level-1 tables.
         both = old | new
-        if sp.level > 1 and both & PT_PRESENT_MASK and not both & PT_PAGE_SIZE_MASK and self.l1_tables:
+        if level > 1 and both & PT_PRESENT_MASK and not both & PT_PAGE_SIZE_MASK and self.l1_tables:
             self.l1_tables.clear()
         return old
 
@@ -238,7 +295,7 @@ class Kvm:
         """kvm_mmu_alloc_page + hash insertion: a zeroed table (init_shadow_page_table)."""
         serial = self._next_serial
         self._next_serial += 1
-        sp = KvmMmuPage(gfn, level, TABLE_PFN_BASE + serial, serial)
+        sp = KvmMmuPage(gfn, level, TABLE_PFN_BASE + serial, serial, self.masks.nonpresent)
         self.mmu_page_hash.setdefault((gfn, level), []).append(sp)
         self.active_mmu_pages[serial] = sp
         self.sp_by_pfn[sp.pfn] = sp
@@ -270,6 +327,10 @@ class Kvm:
     def child_sp(self, spte: int) -> KvmMmuPage:
         """page_header(spte & PT64_BASE_ADDR_MASK): the table a non-leaf spte points at."""
         return self.sp_by_pfn[spte >> 12 & ((1 << 40) - 1)]
+
+    def stats(self) -> dict[str, int]:
+        """The statistics under the names of the policy's kernel generation (KvmStat.as_json)."""
+        return self.stat.as_json(self.policy.era)
 
     def new_step(self) -> StepLog:
         self.log = StepLog()

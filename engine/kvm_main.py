@@ -63,8 +63,11 @@ def kvm_flush_remote_tlbs(kvm: Kvm, caller: str, under_mmu_lock: bool) -> None:
         kvm.tp.emit(FlushRemoteTlbs(caller, under_mmu_lock, dropped))
 
 
-def gfn_to_pfn(kvm: Kvm, slot: KvmMemorySlot, gfn: int, write_fault: bool) -> tuple[int, bool]:
-    """hva_to_pfn: the host page and whether it may be mapped writable (`map_writable`).
+def gfn_to_pfn(kvm: Kvm, slot: KvmMemorySlot, gfn: int, write_fault: bool) -> tuple[int, bool, bool]:
+    """hva_to_pfn: the host page, whether it may be mapped writable (`map_writable`), and whether the
+    lookup copied a shared copy-on-write page (the host's page-table change fires the mmu notifier: see
+    engine.mmu_notifier). A page the process owns alone (`host_cow: reuse`) is made writable in place,
+    with no notifier.
 
     A write fault breaks copy-on-write first, so its page is always writable. A read fault still asks for
     a writable page but settles for a read-only one when the host PTE is not writable (an unbroken COW
@@ -77,6 +80,7 @@ def gfn_to_pfn(kvm: Kvm, slot: KvmMemorySlot, gfn: int, write_fault: bool) -> tu
     else:
         broken = slot.break_cow(pfn) if write_fault else False
         map_writable = slot.host_page_writable(pfn)
+    copied = broken and slot.host_cow_copies
     if kvm.tp.on:
-        kvm.tp.emit(GfnToPfn(gfn, pfn, write_fault, map_writable, broken))
-    return pfn, map_writable
+        kvm.tp.emit(GfnToPfn(gfn, pfn, write_fault, map_writable, broken, copied))
+    return pfn, map_writable, copied

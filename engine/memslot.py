@@ -35,6 +35,7 @@ class KvmMemorySlot:
         "content",
         "cow_broken",
         "dirty_bitmap",
+        "host_cow_copies",
         "host_level",
         "host_writable",
         "id",
@@ -52,6 +53,7 @@ class KvmMemorySlot:
         base_pfn: int,
         host_writable: bool,
         largepages_enabled: bool,
+        host_cow_copies: bool = True,
     ) -> None:
         self.id = slot_id
         self.base_gfn = base_gfn
@@ -59,6 +61,9 @@ class KvmMemorySlot:
         self.host_level = host_level
         self.base_pfn = base_pfn
         self.host_writable = host_writable
+        # Whether making a read-only host page writable copies it (a shared page: the mmu notifier fires)
+        # or reuses it in place (a page the process owns alone: no notifier).
+        self.host_cow_copies = host_cow_copies
         # Host pages whose copy-on-write sharing a write fault has already broken (by host page number).
         self.cow_broken: set[int] = set()
         self.dirty_bitmap: bytearray | None = None

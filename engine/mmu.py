@@ -11,24 +11,21 @@ from typing import NamedTuple
 from engine.kvm import Kvm, Vcpu
 from engine.kvm_main import gfn_to_pfn, kvm_flush_remote_tlbs, mark_page_dirty
 from engine.memslot import KvmMemorySlot
+from engine.mmu_notifier import host_page_gfns, kvm_mmu_notifier_invalidate_range_start
 from engine.mmu_spte import drop_large_spte, drop_parent_pte, drop_spte, mmu_spte_set, mmu_spte_update
 from engine.rmap import rmap_add
 from engine.shadow_page import KvmMmuPage, kvm_mmu_page_get_gfn
 from engine.split import SPLIT_ON_FAULT, tdp_mmu_split_huge_page
 from engine.spte import (
-    KVM_NR_PAGE_SIZES,
     PAGE_SHIFT,
     PT64_BASE_ADDR_MASK,
     PT64_ENT_PER_PAGE,
     PT64_LEVEL_BITS,
     PT64_ROOT_LEVEL,
-    PT_DIRECTORY_LEVEL,
     PT_PAGE_SIZE_MASK,
     PT_PAGE_TABLE_LEVEL,
     PT_PRESENT_MASK,
     PT_WRITABLE_MASK,
-    SPTE_HOST_WRITEABLE,
-    SPTE_MMU_WRITEABLE,
     is_last_spte,
     is_shadow_present_pte,
     is_writable_pte,
@@ -45,12 +42,11 @@ from engine.trace import (
     LinkShadowPage,
     MakeSpteReadOnly,
     MappingLevel,
+    MmuNotifierRetry,
     MmuSetSpte,
     TdpPageFault,
-    ZapCollapsibleSpte,
-    ZapCollapsibleSptes,
 )
-from engine.zap import kvm_mmu_prepare_zap_page
+from engine.zap import handle_removed_pt
 
 PFERR_PRESENT_MASK = 1 << 0
 PFERR_WRITE_MASK = 1 << 1
@@ -60,12 +56,21 @@ PTE_PREFETCH_NUM = 8
 _new_tuple = tuple.__new__
 
 
+# How a fault ended, as the kernel's RET_PF_* values name it: a leaf installed or made writable, nothing to
+# do (the spte already allowed the access), or nothing done so that the guest faults again.
+RET_PF_FIXED = "fixed"
+RET_PF_SPURIOUS = "spurious"
+RET_PF_RETRY = "retry"
+
+
 class FaultResult(NamedTuple):
-    """How tdp_page_fault ended: handled by the fast path or not, and what the fast path saw."""
+    """How tdp_page_fault ended: handled by the fast path or not, what the fast path saw, and the fault's
+    RET_PF_* outcome."""
 
     fast_tried: bool
     fast_handled: bool
     fast_result: str | None
+    ret: str
 
 
 # --- building sptes (slow path) --------------------------------------------------------------------------
@@ -90,14 +95,14 @@ def set_spte(
     the page, through the fast path, which may set W on such a 4K spte.
     """
     masks = kvm.masks
-    spte = PT_PRESENT_MASK | masks.x_mask | masks.mt_mask
+    spte = PT_PRESENT_MASK | masks.present_mask | masks.x_mask | masks.mt_mask
     if not speculative:
         spte |= masks.accessed_mask
     if level > PT_PAGE_TABLE_LEVEL:
         spte |= PT_PAGE_SIZE_MASK
     write_access = True
     if host_writable:
-        spte |= SPTE_HOST_WRITEABLE
+        spte |= masks.host_writable_mask
     else:
         write_access = False
     spte |= pfn << 12
@@ -113,12 +118,17 @@ def set_spte(
             if logged is not None and logged.dirty_bitmap is None:
                 logged = None
         if logged is not None:
-            spte |= SPTE_MMU_WRITEABLE  # read-only, yet the fast path may make it writable
+            spte |= masks.mmu_writable_mask  # read-only, yet the fast path may make it writable
             if kvm.tp.on:
                 kvm.tp.emit(MakeSpteReadOnly(sp.level, sp.gfn, index, gfn, logged.id, spte))
         else:
-            spte |= PT_WRITABLE_MASK | SPTE_MMU_WRITEABLE
-            if kvm.cpu_dirty_log_size and _slot_logged(kvm, gfn):
+            spte |= PT_WRITABLE_MASK | masks.mmu_writable_mask
+            old = sp.spt[index]
+            if kvm.era6 and not (is_last_spte(old, level) and old & PT_WRITABLE_MASK):
+                # 6.x make_spte builds a writable spte dirty, unless it overwrites a writable leaf (whose D
+                # already told the host page is dirty).
+                spte |= masks.dirty_mask
+            elif kvm.cpu_dirty_log_size and _slot_logged(kvm, gfn):
                 # With PML, as later kernels' make_spte: a writable spte is built dirty, and the page
                 # is marked here, so the store that faulted is not logged a second time by the CPU.
                 spte |= masks.dirty_mask
@@ -139,16 +149,25 @@ def mmu_set_spte(
     pfn: int,
     speculative: bool,
     host_writable: bool,
-) -> None:
+) -> bool:
+    """Install the leaf for `pfn` at (sp, index); returns whether the spte changed (6.x calls a fault whose
+    new spte equals the old one spurious)."""
     was_rmapped = False
     old = sp.spt[index]
     result = "created"
+    replaced: KvmMmuPage | None = None
     if old & PT_PRESENT_MASK:
         if level > PT_PAGE_TABLE_LEVEL and not old & PT_PAGE_SIZE_MASK:
-            # A large mapping replaces a table: unlink the now unreachable child (it lingers, orphaned).
-            drop_parent_pte(kvm, kvm.child_sp(old), sp, index)
-            kvm_flush_remote_tlbs(kvm, "mmu_set_spte", under_mmu_lock=True)
             result = "replaced_table"
+            if kvm.era6:
+                # The TDP MMU stores the leaf over the pointer and zaps the table it replaced, with
+                # everything under it (handle_removed_pt), then flushes.
+                replaced = kvm.child_sp(old)
+                replaced.parent_ptes.remove((sp, index))
+            else:
+                # A large mapping replaces a table: unlink the now unreachable child (it lingers, orphaned).
+                drop_parent_pte(kvm, kvm.child_sp(old), sp, index)
+                kvm_flush_remote_tlbs(kvm, "mmu_set_spte", under_mmu_lock=True)
         elif pfn != spte_to_pfn(old):
             drop_spte(kvm, sp, index)
             kvm_flush_remote_tlbs(kvm, "mmu_set_spte", under_mmu_lock=True)
@@ -163,8 +182,15 @@ def mmu_set_spte(
         if new & PT_PAGE_SIZE_MASK:
             kvm.stat.lpages += 1
         rmap_add(kvm, sp, index, gfn)
+    if replaced is not None:
+        removed: list[KvmMmuPage] = []
+        handle_removed_pt(kvm, replaced, removed)
+        kvm_flush_remote_tlbs(kvm, "tdp_mmu_map_handle_target_level", under_mmu_lock=True)
+        for table in removed:
+            kvm.free_mmu_page(table)
     if kvm.tp.on:
         kvm.tp.emit(MmuSetSpte(sp.level, sp.gfn, index, gfn, pfn, write_fault, speculative, old, new, result))
+    return new != old
 
 
 def direct_pte_prefetch(kvm: Kvm, sp: KvmMmuPage, index: int) -> None:
@@ -249,19 +275,31 @@ def kvm_mmu_get_page(kvm: Kvm, gfn: int, level: int, parent: tuple[KvmMmuPage, i
     return sp
 
 
-def link_shadow_page(kvm: Kvm, sp: KvmMmuPage, index: int, child: KvmMmuPage) -> None:
+def make_nonleaf_spte(kvm: Kvm, child: KvmMmuPage) -> int:
+    """A pointer to `child`: readable, writable, executable and accessed, so that only leaves decide."""
     masks = kvm.masks
-    spte = (child.pfn << 12) | PT_PRESENT_MASK | PT_WRITABLE_MASK | masks.x_mask | masks.accessed_mask
-    mmu_spte_set(kvm, sp, index, spte)
+    return (
+        (child.pfn << PAGE_SHIFT)
+        | PT_PRESENT_MASK
+        | PT_WRITABLE_MASK
+        | masks.present_mask
+        | masks.x_mask
+        | masks.accessed_mask
+    )
+
+
+def link_shadow_page(kvm: Kvm, sp: KvmMmuPage, index: int, child: KvmMmuPage) -> None:
+    mmu_spte_set(kvm, sp, index, make_nonleaf_spte(kvm, child))
     if kvm.tp.on:
         kvm.tp.emit(LinkShadowPage(sp.level, sp.gfn, index, child.level, child.gfn))
 
 
-def direct_map(kvm: Kvm, vcpu: Vcpu, write: bool, map_writable: bool, level: int, gfn: int, pfn: int) -> bool:
+def direct_map(kvm: Kvm, vcpu: Vcpu, write: bool, map_writable: bool, level: int, gfn: int, pfn: int) -> str:
     """`__direct_map`: walk down from the root, building tables, and install the leaf at `level`.
 
-    Returns False when the walk ended on a leaf above `level` without mapping anything: what a tree
-    without 404381c5 does with a read-only large spte, so the guest refaults forever.
+    Returns RET_PF_FIXED, RET_PF_SPURIOUS when the leaf it built is the one already there, or RET_PF_RETRY
+    when the walk ended on a leaf above `level` without mapping anything: what a tree without 404381c5
+    does with a read-only large spte, so the guest refaults forever.
 
     A large leaf above `level` is dropped (404381c5, `split_on_fault = drop`), or, as the modern TDP MMU
     does, split in place into a full table of smaller leaves with its permissions (`split_in_place`); the
@@ -273,17 +311,20 @@ def direct_map(kvm: Kvm, vcpu: Vcpu, write: bool, map_writable: bool, level: int
         l1 = kvm.l1_table(gfn)
         if l1 is not None:  # the walk would only follow present pointers down to it
             sp, top = l1, PT_PAGE_TABLE_LEVEL
-    mapped = False
-    drops_large = kvm.policy.direct_map_drops_large
-    split_in_place = kvm.policy.split_on_fault == "split_in_place"
+    ret = RET_PF_RETRY
+    policy = kvm.policy
+    drops_large = policy.direct_map_drops_large
+    split_in_place = policy.split_on_fault == "split_in_place"
     sp_by_pfn = kvm.sp_by_pfn
     for cur in range(top, level - 1, -1):
         index = (gfn >> (PT64_LEVEL_BITS * (cur - 1))) & (PT64_ENT_PER_PAGE - 1)
         if cur == level:
-            mmu_set_spte(kvm, sp, index, write, level, gfn, pfn, False, map_writable)
-            direct_pte_prefetch(kvm, sp, index)
-            kvm.stat.pf_fixed += 1
-            mapped = True
+            changed = mmu_set_spte(kvm, sp, index, write, level, gfn, pfn, False, map_writable)
+            if policy.pte_prefetch:
+                direct_pte_prefetch(kvm, sp, index)
+            if not kvm.era6:
+                kvm.stat.pf_fixed += 1  # 3.x counts every leaf __direct_map installs
+            ret = RET_PF_FIXED if changed or not kvm.era6 else RET_PF_SPURIOUS
             break
         spte = sp.spt[index]
         if spte & PT_PAGE_SIZE_MASK:
@@ -303,8 +344,8 @@ def direct_map(kvm: Kvm, vcpu: Vcpu, write: bool, map_writable: bool, level: int
         else:
             sp = sp_by_pfn[(spte & PT64_BASE_ADDR_MASK) >> PAGE_SHIFT]
     if kvm.tp.on:
-        kvm.tp.emit(DirectMap(gfn, level, pfn, write, map_writable, mapped))
-    return mapped
+        kvm.tp.emit(DirectMap(gfn, level, pfn, write, map_writable, ret != RET_PF_RETRY))
+    return ret
 
 
 # --- the fault path --------------------------------------------------------------------------------------
@@ -365,7 +406,8 @@ def _fast_page_fault_decide(
 ) -> tuple[bool, str]:
     policy = kvm.policy
     if not is_shadow_present_pte(spte):
-        return True, "retry"  # the mapping changed under us: let the vCPU fault again
+        # The mapping changed under us. 3.x lets the vCPU fault again; 6.x takes the slow path at once.
+        return (False, "not_present") if kvm.era6 else (True, "retry")
     # 3.14 asks about the requested level, which is 1 whenever the slot is logged, so a large spte
     # passes; 3.16 asks about the level of the sp the spte really lives in.
     check_level = level if policy.last_spte_check == "requested_level" else sp.level
@@ -373,7 +415,7 @@ def _fast_page_fault_decide(
         return False, "not_last_spte"
     if is_writable_pte(spte):
         return True, "spurious"
-    if not spte_is_locklessly_modifiable(spte):
+    if not spte_is_locklessly_modifiable(spte, kvm.masks):
         return False, "not_locklessly_modifiable"
     # The seed's guard: fast_pf_fix_direct_spte would log only the first 4K page of a large spte.
     guard = policy.fast_pf_level_guard
@@ -381,7 +423,7 @@ def _fast_page_fault_decide(
         guard == "any_large" or (guard == "large_if_dirty_logged" and _slot_logged(kvm, gfn))
     ):
         return False, "bail_large"
-    fixed = fast_pf_fix_direct_spte(kvm, sp, index, spte)
+    fixed = fast_pf_fix_direct_spte(kvm, sp, index, spte, gfn)
     return True, "fixed" if fixed else "cas_lost"
 
 
@@ -390,10 +432,13 @@ def _slot_logged(kvm: Kvm, gfn: int) -> bool:
     return slot is not None and slot.dirty_bitmap is not None
 
 
-def fast_pf_fix_direct_spte(kvm: Kvm, sp: KvmMmuPage, index: int, spte: int) -> bool:
-    """Set W with a compare-and-swap and mark the gfn the spte's *position* maps: for a large spte that is
-    the first gfn of its range, whichever page the guest wrote."""
+def fast_pf_fix_direct_spte(kvm: Kvm, sp: KvmMmuPage, index: int, spte: int, fault_gfn: int) -> bool:
+    """Set W with a compare-and-swap and mark a gfn dirty: in 3.x the one the spte's *position* maps,
+    which for a large spte is the first gfn of its range whichever page the guest wrote; in 6.x
+    (`fast_pf_dirty_gfn = fault_gfn`) the faulting gfn."""
     gfn = kvm_mmu_page_get_gfn(sp, index)
+    if kvm.policy.fast_pf_dirty_gfn == "fault_gfn":
+        gfn = fault_gfn
     if sp.spt[index] != spte:
         return False
     new = spte | PT_WRITABLE_MASK
@@ -405,11 +450,18 @@ def fast_pf_fix_direct_spte(kvm: Kvm, sp: KvmMmuPage, index: int, spte: int) -> 
 
 
 def tdp_page_fault(kvm: Kvm, vcpu: Vcpu, gfn: int, error_code: int) -> FaultResult:
-    """An EPT violation on `gfn`: choose the level, try the fast path, else map under mmu_lock."""
+    """An EPT violation on `gfn`: choose the level, try the fast path, else map under mmu_lock.
+
+    The host page is looked up before mmu_lock is taken. If that lookup broke a shared copy-on-write page,
+    the host's copy fired the mmu notifier, which dropped what mapped the old page; the fault sees the
+    invalidation sequence moved (mmu_notifier_retry) and maps nothing: the guest faults again and the
+    retried fault maps the new, writable page.
+    """
     write = bool(error_code & PFERR_WRITE_MASK)
     slot = kvm.gfn_to_memslot(gfn)
     if slot is None:  # the scenario validator keeps every access inside a slot
         raise AssertionError(f"fault on gfn {gfn:#x} outside every memslot")
+    mmu_seq = kvm.mmu_notifier_seq
     # A logged slot forces 4K mappings: no new large spte is ever created under dirty logging.
     force_pt_level = slot.dirty_bitmap is not None
     if force_pt_level:
@@ -425,75 +477,20 @@ def tdp_page_fault(kvm: Kvm, vcpu: Vcpu, gfn: int, error_code: int) -> FaultResu
     if can_be_fast:
         handled, fast_result = fast_page_fault(kvm, vcpu, gfn, level, error_code)
         if handled:
-            return _new_tuple(FaultResult, (True, True, fast_result))
-    pfn, map_writable = gfn_to_pfn(kvm, slot, map_gfn, write)
+            ret = RET_PF_SPURIOUS if fast_result == "spurious" else RET_PF_FIXED
+            if fast_result == "retry":
+                ret = RET_PF_RETRY
+            return _new_tuple(FaultResult, (True, True, fast_result, ret))
+    pfn, map_writable, copied = gfn_to_pfn(kvm, slot, map_gfn, write)
+    if copied:
+        # The host copied the shared page while KVM looked it up: its page-table change fired the mmu
+        # notifier, before this fault takes mmu_lock.
+        start, end = host_page_gfns(slot, pfn)
+        kvm_mmu_notifier_invalidate_range_start(kvm, slot, start, end)
     # mmu_lock is taken here; no THP is modelled, so transparent_hugepage_adjust never changes the level.
-    direct_map(kvm, vcpu, write, map_writable, level, map_gfn, pfn)
-    return _new_tuple(FaultResult, (can_be_fast, False, fast_result))
-
-
-# --- huge pages after logging stops (later kernels) --------------------------------------------------------
-
-
-def kvm_mmu_zap_collapsible_sptes(kvm: Kvm, slot: KvmMemorySlot) -> int:
-    """Logging was switched off: zap every table pointer of the slot whose whole range a huge leaf could
-    now map, so the next fault there builds the huge leaf again. Returns how many pointers were zapped.
-
-    3.14/3.16 leave the 4K tables in place until some slow-path fault happens to map a huge leaf over
-    one, which after "properly check last spte" rarely happens (writes to read-only 4K sptes are fixed by
-    the fast path). Each zap flushes the TLBs, as the TDP MMU's atomic zap does, with mmu_lock held.
-    """
-    zapped = _zap_collapsible_spte_range(kvm, kvm.root, slot, slot.base_gfn, slot.base_gfn + slot.npages)
-    if kvm.tp.on:
-        kvm.tp.emit(ZapCollapsibleSptes(slot.id, zapped))
-    return zapped
-
-
-def _zap_collapsible_spte_range(kvm: Kvm, sp: KvmMmuPage, slot: KvmMemorySlot, start: int, end: int) -> int:
-    """The pre-order walk of the slot's range below `sp`: a pointer at level 3 is looked at before the
-    level-2 pointers under it, and a zapped one takes them all with it."""
-    span = pages_per_hpage(sp.level)
-    first = (max(start, sp.gfn) - sp.gfn) // span
-    last = min((end - 1 - sp.gfn) // span, PT64_ENT_PER_PAGE - 1)
-    zapped = 0
-    for index in range(first, last + 1):
-        spte = sp.spt[index]
-        if not spte & PT_PRESENT_MASK or spte & PT_PAGE_SIZE_MASK:
-            continue  # nothing mapped, or already a huge leaf
-        gfn = sp.gfn + index * span
-        # A range that starts outside the slot is not wholly inside it; level-4 entries are never leaves.
-        if sp.level <= KVM_NR_PAGE_SIZES and start <= gfn < end:
-            max_level = kvm_mmu_max_mapping_level(kvm, slot, gfn)
-            if max_level >= sp.level:
-                if kvm.tp.on:
-                    kvm.tp.emit(ZapCollapsibleSpte(sp.level, sp.gfn, index, gfn, spte, max_level))
-                tdp_mmu_zap_spte_atomic(kvm, sp, index)
-                zapped += 1
-                continue
-        if sp.level > PT_DIRECTORY_LEVEL:  # below level 2 there are only 4K leaves
-            zapped += _zap_collapsible_spte_range(kvm, kvm.child_sp(spte), slot, start, end)
-    return zapped
-
-
-def tdp_mmu_zap_spte_atomic(kvm: Kvm, sp: KvmMmuPage, index: int) -> None:
-    """Zap the pointer at (sp, index) with the whole tree of tables under it: every leaf dropped from its
-    rmap and the large-page count, every table unlinked and freed, and one flush for the range."""
-    removed: list[KvmMmuPage] = []
-    handle_removed_pt(kvm, kvm.child_sp(sp.spt[index]), removed)
-    kvm_flush_remote_tlbs(kvm, "zap_collapsible_spte_range", under_mmu_lock=True)
-    for table in removed:
-        kvm.free_mmu_page(table)
-
-
-def handle_removed_pt(kvm: Kvm, table: KvmMmuPage, removed: list[KvmMmuPage]) -> None:
-    """Zap a table that was just unlinked, then every table only it pointed at (their leaves included)."""
-    children = [
-        kvm.child_sp(spte)
-        for spte in table.spt
-        if table.level > PT_PAGE_TABLE_LEVEL and spte & PT_PRESENT_MASK and not spte & PT_PAGE_SIZE_MASK
-    ]
-    kvm_mmu_prepare_zap_page(kvm, table)  # drops the leaves, unlinks the children and the parent pointer
-    removed.append(table)
-    for child in children:
-        if not child.parent_ptes:
-            handle_removed_pt(kvm, child, removed)
+    if kvm.mmu_notifier_seq != mmu_seq:
+        if kvm.tp.on:
+            kvm.tp.emit(MmuNotifierRetry(vcpu.id, gfn))
+        return _new_tuple(FaultResult, (can_be_fast, False, fast_result, RET_PF_RETRY))
+    ret = direct_map(kvm, vcpu, write, map_writable, level, map_gfn, pfn)
+    return _new_tuple(FaultResult, (can_be_fast, False, fast_result, ret))

@@ -13,8 +13,6 @@ from engine.shadow_page import KvmMmuPage, kvm_mmu_page_get_gfn
 from engine.spte import (
     PT_PRESENT_MASK,
     PT_WRITABLE_MASK,
-    SPTE_HOST_WRITEABLE,
-    SPTE_MMU_WRITEABLE,
     is_large_pte,
     is_shadow_present_pte,
 )
@@ -23,8 +21,6 @@ from engine.trace import (
     DropParentPte,
     DropSpte,
 )
-
-SPTE_LOCKLESS_MASK = SPTE_HOST_WRITEABLE | SPTE_MMU_WRITEABLE
 
 
 def mmu_spte_set(kvm: Kvm, sp: KvmMmuPage, index: int, new: int) -> None:
@@ -44,12 +40,13 @@ def mmu_spte_update(kvm: Kvm, sp: KvmMmuPage, index: int, new: int) -> bool:
         return False
     if kvm.policy.flush_rule == "old_w":
         return bool(old & PT_WRITABLE_MASK)
-    return old & SPTE_LOCKLESS_MASK == SPTE_LOCKLESS_MASK
+    lockless = kvm.masks.lockless_mask
+    return old & lockless == lockless
 
 
 def mmu_spte_clear_track_bits(kvm: Kvm, sp: KvmMmuPage, index: int) -> tuple[int, bool]:
     """Clear an spte; returns it and whether the host page must be marked dirty (D set, or no A/D)."""
-    old = kvm.write_spte(sp, index, 0)
+    old = kvm.write_spte(sp, index, kvm.masks.nonpresent)
     return old, bool(old & kvm.masks.dirty_mask) or not kvm.masks.dirty_mask
 
 
@@ -82,6 +79,6 @@ def drop_large_spte(kvm: Kvm, sp: KvmMmuPage, index: int) -> None:
 def drop_parent_pte(kvm: Kvm, child: KvmMmuPage, sp: KvmMmuPage, index: int) -> None:
     """Unlink `child` from the entry (sp, index) that points at it (mmu_spte_clear_no_track)."""
     child.parent_ptes.remove((sp, index))
-    kvm.write_spte(sp, index, 0)
+    kvm.write_spte(sp, index, kvm.masks.nonpresent)
     if kvm.tp.on:
         kvm.tp.emit(DropParentPte(sp.level, sp.gfn, index, child.gfn))

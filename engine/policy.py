@@ -1,4 +1,4 @@
-"""The switches that tell 3.14, caf6900f, 3.16 and a modern kernel apart (spec section 8), and the named
+"""The switches that tell 3.14, caf6900f, 3.16 and today's kernel apart (spec section 8), and the named
 presets.
 
 A variant is a combination of switch values, never a code fork: the fault path and the write-protect paths
@@ -34,14 +34,34 @@ class Policy:
     split_on_fault: str = "drop"
     # Whether enabling logging first splits every huge page of the slot (kvm.eager_page_split).
     eager_split: bool = False
-    # Whether disabling logging zaps the tables a huge page could now replace (kvm_mmu_zap_collapsible_sptes).
+    # Whether disabling logging brings huge pages back at once (3.14/3.16 leave the 4K tables alone).
     recover_on_disable: bool = False
-    # Whether a read fault on a logged slot maps writable and marks the page dirty (3.x), or maps read-only.
+    # How it does so: zap every table a huge page could replace so that the next fault maps it huge
+    # (kvm_mmu_zap_collapsible_sptes, 4.1 to 6.12), or replace each such table by a huge leaf in place
+    # (kvm_mmu_recover_huge_pages, 6.13 and later).
+    huge_page_recovery: str = "zap_collapsible"
+    # Whether a read fault on a logged slot maps writable and marks the page dirty, as every TDP kernel does
+    # when the host page is writable (set_spte / make_spte give ACC_ALL); false maps it read-only and marks
+    # nothing, which no TDP kernel does (the shadow MMU does it for a read through a clean guest PTE).
     read_fault_marks_dirty: bool = True
+    # Whether a 4K fault also maps its still-empty neighbours speculatively (direct_pte_prefetch, the
+    # rmap-based MMU of every generation); the 6.x TDP MMU never prefetches.
+    pte_prefetch: bool = True
+    # Which gfn fast_pf_fix_direct_spte marks: the one the spte's position maps, the first of a huge
+    # page's range (3.x), or the faulting one (fault->gfn, 6.x).
+    fast_pf_dirty_gfn: str = "sp_gfn"
     dirty_log_mode: str = "bitmap"
     # Intel PML: logging clears D on 4K leaves and the CPU logs stores, instead of write-protection faults.
     # Inert without EPT A/D bits (vm.ept_ad false), as the kernel then runs without PML.
     pml: bool = False
+    # The kernel generation whose bookkeeping the model speaks: the spte layout (3.x: HW/MW at bits 10/11 and
+    # 0 for a non-present spte; 6.x: MMU-present at bit 11, HW/MW at 57/58, suppress-#VE at 63 in every
+    # spte), D on the sptes make_spte builds writable (6.x), the statistics (3.x `largepages` and a
+    # `pf_fixed` of slow faults; 6.x `pages_4k/2m/1g`, `pf_taken`, `pf_fast`, `pf_spurious` and a
+    # `pf_fixed` of every fixed fault), what the fast path does with a non-present spte (3.x: let the
+    # guest retry; 6.x: take the slow path), the levels PML's enable pass clears D on (3.x rmaps: 4K; 6.x
+    # TDP MMU: every leaf), and the memslot zap (3.x: kvm_mmu_invalidate_zap_all_pages).
+    era: str = "3.x"
 
     def as_json(self) -> dict[str, str | bool]:
         return dict(asdict(self))
@@ -58,9 +78,13 @@ SWITCH_VALUES: dict[str, tuple[str | bool, ...]] = {
     "split_on_fault": ("drop", "split_in_place"),
     "eager_split": (False, True),
     "recover_on_disable": (False, True),
+    "huge_page_recovery": ("zap_collapsible", "in_place"),
     "read_fault_marks_dirty": (False, True),
+    "pte_prefetch": (False, True),
+    "fast_pf_dirty_gfn": ("sp_gfn", "fault_gfn"),
     "dirty_log_mode": ("bitmap", "manual_clear", "initially_set", "ring"),
     "pml": (False, True),
+    "era": ("3.x", "6.x"),
 }
 
 # Values the spec defines for later kernels that this engine does not model yet. Refusing them loudly is
@@ -93,22 +117,30 @@ PRESETS: dict[str, Policy] = {
         split_on_fault="split_in_place",
         eager_split=True,
         recover_on_disable=True,
-        read_fault_marks_dirty=False,
+        huge_page_recovery="in_place",
+        read_fault_marks_dirty=True,
+        pte_prefetch=False,
+        fast_pf_dirty_gfn="fault_gfn",
         dirty_log_mode="bitmap",
         pml=False,
+        era="6.x",
     ),
 }
 
 PRESET_DESCRIPTIONS: dict[str, str] = {
-    "zap": "Linux 3.14, before the patch: write-protecting a large spte zaps it",
-    "lazy-buggy": "the first attempt (caf6900f): large sptes made read-only, no fast-path level guard",
-    "lazy": "Linux 3.16, the patch and its series",
-    "modern": "a 6.x kernel's dirty-logging behaviour: huge pages split in place on a fault and eagerly when"
-    " logging starts, recovered when it stops, read faults on logged slots mapped read-only, the fast"
-    " path's large-page guard only while logging. Modelled on the rmap-based MMU: not the TDP MMU's"
-    " lockless, RCU-protected tables (which keep no rmaps), nor NX huge pages, mmu notifiers or in-place"
-    " huge page recovery. Dirty logging is the plain bitmap, write-protection based; manual clear, the dirty"
-    " ring and Intel PML (which needs EPT A/D bits) are opt-in switches",
+    "zap": "Linux 3.14 (as 3.8 to 3.15), before the patch: write-protecting a large spte zaps it",
+    "lazy-buggy": "the first attempt, caf6900f (early 2013, a 3.9-era tree; reverted before v3.9):"
+    " large sptes made read-only, no fast-path level guard",
+    "lazy": "Linux 3.16.0, the patch (c126d94f) and its series: large sptes made read-only, never made"
+    " writable by the fast path",
+    "modern": "upstream Linux 6.13 and later, the TDP MMU on an Intel EPT host with A/D bits"
+    " (kvm.tdp_mmu=Y, kvm.eager_page_split=Y, no PML, plain KVM_GET_DIRTY_LOG): huge pages split"
+    " eagerly when logging starts and in place on a fault, recovered in place when it stops; a read"
+    " fault on a logged page maps it writable and dirty and logs it; no prefetch; the fast path's"
+    " large-page guard only while logging, marking the faulting gfn; 6.x spte layout and statistics."
+    " Modelled on the rmap-based MMU's structure: not the TDP MMU's lockless, RCU-protected tables"
+    " (which keep no rmaps), nor NX huge pages. Manual clear, the dirty ring and Intel PML are opt-in"
+    " switches; 6.12's zap-and-refault recovery is huge_page_recovery=zap_collapsible",
 }
 
 DEFAULT_PRESET = "lazy"

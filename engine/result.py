@@ -21,10 +21,9 @@ from engine.spte import (
     PT_PAGE_TABLE_LEVEL,
     PT_PRESENT_MASK,
     PT_WRITABLE_MASK,
-    SPTE_HOST_WRITEABLE,
-    SPTE_MMU_WRITEABLE,
     VMX_EPT_ACCESS_BIT,
     VMX_EPT_DIRTY_BIT,
+    SpteMasks,
     is_last_spte,
     pages_per_hpage,
     spte_to_pfn,
@@ -78,29 +77,35 @@ def step_json(step: StepResult) -> dict[str, object]:
     return out
 
 
+# The bits of an spte that are not its address: all its decoded fields depend on.
+FLAG_MASK = ~PT64_BASE_ADDR_MASK & ((1 << 64) - 1)
+
+
 @functools.cache
-def _decoded_bits(low_bits: int, leaf: bool) -> dict[str, bool]:
-    """The boolean fields of an spte, which depend only on its low 12 bits and whether it is a leaf:
-    computed once per combination, since a big final state repeats a handful of them."""
+def _decoded_bits(flag_bits: int, leaf: bool, masks: SpteMasks) -> dict[str, bool]:
+    """The boolean fields of an spte, which depend only on its non-address bits, whether it is a leaf and
+    the layout: computed once per combination, since a big final state repeats a handful of them."""
     return {
         "leaf": leaf,
-        "large": bool(low_bits & PT_PAGE_SIZE_MASK),
-        "present": bool(low_bits & PT_PRESENT_MASK),
-        "writable": bool(low_bits & PT_WRITABLE_MASK),
-        "host_writable": bool(low_bits & SPTE_HOST_WRITEABLE),
-        "mmu_writable": bool(low_bits & SPTE_MMU_WRITEABLE),
-        "accessed": bool(low_bits & VMX_EPT_ACCESS_BIT),
-        "dirty": bool(low_bits & VMX_EPT_DIRTY_BIT),
+        "large": bool(flag_bits & PT_PAGE_SIZE_MASK),
+        "present": bool(flag_bits & PT_PRESENT_MASK),
+        "writable": bool(flag_bits & PT_WRITABLE_MASK),
+        "host_writable": bool(flag_bits & masks.host_writable_mask),
+        "mmu_writable": bool(flag_bits & masks.mmu_writable_mask),
+        "accessed": bool(flag_bits & VMX_EPT_ACCESS_BIT),
+        "dirty": bool(flag_bits & VMX_EPT_DIRTY_BIT),
     }
 
 
-def spte_json(level: int, sp_gfn: int, index: int, gfn: int, spte: int) -> dict[str, object]:
+def spte_json(
+    level: int, sp_gfn: int, index: int, gfn: int, spte: int, masks: SpteMasks
+) -> dict[str, object]:
     return {
         "level": level,
         "sp_gfn": sp_gfn,
         "index": index,
         "gfn": gfn,
-        **_decoded_bits(spte & 0xFFF, is_last_spte(spte, level)),
+        **_decoded_bits(spte & FLAG_MASK, is_last_spte(spte, level), masks),
         "pfn": spte_to_pfn(spte),
         "value": f"{spte:#x}",
     }
@@ -113,10 +118,11 @@ def _pages_in_order(kvm: Kvm) -> list[KvmMmuPage]:
 def present_sptes(kvm: Kvm) -> list[dict[str, object]]:
     """Every present spte of every shadow page, by (level descending, sp gfn, index)."""
     rows: list[dict[str, object]] = []
+    masks = kvm.masks
     for sp in _pages_in_order(kvm):
         level, sp_gfn, step = sp.level, sp.gfn, pages_per_hpage(sp.level)
         rows.extend(
-            spte_json(level, sp_gfn, index, sp_gfn + index * step, spte)
+            spte_json(level, sp_gfn, index, sp_gfn + index * step, spte, masks)
             for index, spte in enumerate(sp.spt)
             if spte & PT_PRESENT_MASK
         )
@@ -127,10 +133,11 @@ def present_sptes(kvm: Kvm) -> list[dict[str, object]]:
 _ROW_NUMBERS = ("gfn", "index", "level", "pfn", "sp_gfn", "value")
 
 
-def _spte_row_template(low_bits: int, leaf: bool, depth: int) -> str:
+def _spte_row_template(flag_bits: int, leaf: bool, depth: int, masks: SpteMasks) -> str:
     """The canonical text of an spte row at nesting `depth`, its flags filled in, its numbers left as
     %s placeholders in the order of _ROW_NUMBERS."""
-    fields = {name: "true" if value else "false" for name, value in _decoded_bits(low_bits, leaf).items()}
+    decoded = _decoded_bits(flag_bits, leaf, masks)
+    fields = {name: "true" if value else "false" for name, value in decoded.items()}
     fields.update({name: "%s" for name in _ROW_NUMBERS}, value='"%s"')
     if [name for name in sorted(fields) if "%s" in fields[name]] != list(_ROW_NUMBERS):
         raise AssertionError("an spte row gained a numeric field: update _ROW_NUMBERS")
@@ -140,29 +147,31 @@ def _spte_row_template(low_bits: int, leaf: bool, depth: int) -> str:
 
 
 class _RowTemplates(dict[int, str]):
-    """Row templates of one table level by the spte's low 12 bits, built on first use: a big final state
-    repeats a handful of flag combinations."""
+    """Row templates of one table level by the spte's non-address bits, built on first use: a big final
+    state repeats a handful of flag combinations."""
 
-    def __init__(self, table_level: bool, depth: int) -> None:
+    def __init__(self, table_level: bool, depth: int, masks: SpteMasks) -> None:
         super().__init__()
         self.table_level = table_level
         self.depth = depth
+        self.masks = masks
 
-    def __missing__(self, low_bits: int) -> str:
-        leaf = self.table_level or bool(low_bits & PT_PAGE_SIZE_MASK)
-        self[low_bits] = template = _spte_row_template(low_bits, leaf, self.depth)
+    def __missing__(self, flag_bits: int) -> str:
+        leaf = self.table_level or bool(flag_bits & PT_PAGE_SIZE_MASK)
+        self[flag_bits] = template = _spte_row_template(flag_bits, leaf, self.depth, self.masks)
         return template
 
 
 def present_sptes_text(kvm: Kvm, depth: int) -> Iterator[str]:
     """`present_sptes` as canonical text, row by row: what a big final state is written from, without
     holding a dict per spte."""
-    by_level = {True: _RowTemplates(True, depth), False: _RowTemplates(False, depth)}
+    masks = kvm.masks
+    by_level = {True: _RowTemplates(True, depth, masks), False: _RowTemplates(False, depth, masks)}
     for sp in _pages_in_order(kvm):
         level, sp_gfn, step = sp.level, sp.gfn, pages_per_hpage(sp.level)
         templates = by_level[level == PT_PAGE_TABLE_LEVEL]
         yield from [
-            templates[spte & 0xFFF]
+            templates[spte & FLAG_MASK]
             % (sp_gfn + index * step, index, level, (spte & PT64_BASE_ADDR_MASK) >> 12, sp_gfn, hex(spte))
             for index, spte in enumerate(sp.spt)
             if spte & PT_PRESENT_MASK
@@ -185,7 +194,7 @@ def final_json(sim: Simulation, *, stream: bool = False) -> dict[str, object]:
             ]
             for vcpu in kvm.vcpus
         },
-        "stats": kvm.stat.as_json(),
+        "stats": kvm.stats(),
         "migration": sim.migration.as_json() if sim.migrated else None,
         "violations": [v.as_json() for v in sim.violations],
     }

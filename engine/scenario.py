@@ -232,6 +232,10 @@ class Memslot(_Frozen):
     # always holds a concrete pfn.
     base_pfn: Annotated[Number, _Between(0, MAX_PFN_END - 1, hex=True)]
     host_writable: bool = True
+    # What the host does when a guest write needs a page that is not writable yet (host_writable false):
+    # "copy" a shared page (the zero page, KSM, a fork's copy-on-write), which fires the mmu notifier, or
+    # "reuse" a page the process owns alone, made writable where it is, with no notifier (do_wp_page).
+    host_cow: Literal["copy", "reuse"] = "copy"
 
     @property
     def host_level(self) -> int:
@@ -244,6 +248,12 @@ class Memslot(_Frozen):
 
     @model_validator(mode="after")
     def _fits_the_hardware(self) -> "Memslot":
+        if self.host_cow != "copy" and self.host_writable:
+            raise _refuse(
+                "memslot_cow",
+                "host_cow says what a write does to a host page that is not writable yet; with"
+                " host_writable true every page already is",
+            )
         if self.end_gfn > MAX_GFN_END:
             raise _refuse(
                 "memslot_range",

@@ -18,12 +18,14 @@ RmapHead = SptePtr | list[SptePtr]
 class KvmMmuPage:
     __slots__ = ("gfn", "invalid", "level", "parent_ptes", "pfn", "root_count", "serial", "spt")
 
-    def __init__(self, gfn: int, level: int, pfn: int, serial: int) -> None:
+    def __init__(self, gfn: int, level: int, pfn: int, serial: int, nonpresent: int = 0) -> None:
         self.gfn = gfn
         self.level = level  # role.level: the level of the entries this table holds
         self.pfn = pfn  # the (engine-chosen) host page the table lives in: what non-leaf sptes point at
         self.serial = serial  # creation order, standing in for the active_mmu_pages list position
-        self.spt: list[int] = [0] * PT64_ENT_PER_PAGE
+        # A new table is every entry non-present (init_shadow_page_table; 6.x fills it with
+        # SHADOW_NONPRESENT_VALUE).
+        self.spt: list[int] = [nonpresent] * PT64_ENT_PER_PAGE
         self.parent_ptes: list[SptePtr] = []
         self.root_count = 0
         self.invalid = False

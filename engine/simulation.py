@@ -44,7 +44,7 @@ from engine.scenario import (
     step_to_json,
 )
 from engine.trace import Event, Trace
-from engine.zap import kvm_mmu_zap_all
+from engine.zap import kvm_mmu_invalidate_zap_all_pages, kvm_mmu_zap_all
 
 # How a read or write step reaches guest memory: "mmu", the CPU through the TLB, the sptes and the fault
 # path (engine.cpu); "emulated", KVM's instruction emulator, which reads and writes guest memory without
@@ -110,6 +110,7 @@ class Simulation:
                 host_level=m.host_level,
                 base_pfn=m.base_pfn,
                 host_writable=m.host_writable,
+                host_cow_copies=m.host_cow == "copy",
                 largepages_enabled=vm.max_level > 1,
             )
             for m in scenario.memslots
@@ -187,7 +188,11 @@ class Simulation:
         elif isinstance(step, FlushTlbStep):
             kvm_flush_remote_tlbs(kvm, "userspace", under_mmu_lock=False)
         elif isinstance(step, ZapAllStep):
-            kvm_mmu_zap_all(kvm)
+            # A memslot deletion or move: 3.14/3.16 invalidate the generation; the model of 6.x zaps all.
+            if kvm.era6:
+                kvm_mmu_zap_all(kvm)
+            else:
+                kvm_mmu_invalidate_zap_all_pages(kvm)
         elif isinstance(step, MigrateBeginStep):
             self.migrated = True
             migrate_begin(kvm, self.migration)

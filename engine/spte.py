@@ -1,8 +1,10 @@
-"""The 3.14/3.16 spte format on EPT: bit positions, constructors and predicates (mmu.c, vmx.c).
+"""The spte format on EPT, as 3.14/3.16 (mmu.c, vmx.c) and 6.x (mmu/spte.h, spte.c) lay it out.
 
-Sptes are plain ints, as in the kernel. The masks that depend on module parameters (EPT A/D bits) live in a
-frozen `SpteMasks` value handed around explicitly, never in module globals, so that two VMs with different
-settings can be simulated side by side.
+Sptes are plain ints, as in the kernel. The masks that depend on module parameters (EPT A/D bits) and on the
+kernel generation (where the software bits live, what a non-present spte holds) live in a frozen
+`SpteMasks` value handed around explicitly, never in module globals, so that two VMs with different
+settings can be simulated side by side: the kernel itself chooses them once, in `kvm_mmu_set_mask_ptes`
+(3.x) or `kvm_mmu_set_ept_masks` (6.x).
 """
 
 from __future__ import annotations
@@ -33,10 +35,25 @@ SPTE_HOST_WRITEABLE = 1 << PT_FIRST_AVAIL_BITS_SHIFT
 SPTE_MMU_WRITEABLE = 1 << (PT_FIRST_AVAIL_BITS_SHIFT + 1)
 PT64_BASE_ADDR_MASK = ((1 << 52) - 1) & ~((1 << PAGE_SHIFT) - 1)
 
+# 6.x (mmu/spte.h, asm/vmx.h): the software bits moved up, out of the way of the hardware's, and bit 11
+# became "MMU-present", so that a present spte is recognisable whatever its permissions. Bit 63 is EPT's
+# "suppress #VE", which 6.x sets in every spte, present or not: a non-present spte is that bit alone.
+SPTE_MMU_PRESENT_MASK = 1 << 11
+SPTE_TDP_AD_DISABLED = 1 << 52
+EPT_SPTE_HOST_WRITABLE = 1 << 57
+EPT_SPTE_MMU_WRITABLE = 1 << 58
+VMX_EPT_SUPPRESS_VE_BIT = 1 << 63
+SHADOW_NONPRESENT_VALUE = VMX_EPT_SUPPRESS_VE_BIT
+
+# The kernel generations whose spte layout and statistics the model speaks (Policy.era).
+ERA_3X = "3.x"
+ERA_6X = "6.x"
+
 # Memory type of guest RAM without non-coherent DMA: write-back, ignore PAT (vmx_get_mt_mask).
 EPT_RAM_MT_MASK = (MTRR_TYPE_WRBACK << VMX_EPT_MT_EPTE_SHIFT) | VMX_EPT_IPAT_BIT
 
-# The decoded flags shown to people, in the order the contract fixes.
+# The decoded flags shown to people, in the order the contract fixes, at their 3.x positions (the 6.x
+# ones are `SpteMasks.flag_bits`).
 FLAG_BITS: tuple[tuple[str, int], ...] = (
     ("R", PT_PRESENT_MASK),
     ("W", PT_WRITABLE_MASK),
@@ -51,19 +68,68 @@ FLAG_BITS: tuple[tuple[str, int], ...] = (
 
 @dataclass(frozen=True, slots=True)
 class SpteMasks:
-    """The masks `kvm_mmu_set_mask_ptes` installs from vmx.c's hardware_setup for EPT."""
+    """The masks KVM installs for EPT at module load: 3.x `kvm_mmu_set_mask_ptes` from vmx.c's
+    hardware_setup, or 6.x `kvm_mmu_set_ept_masks`.
+
+    `present_mask` holds the bits every present spte carries besides R (6.x: MMU-present and suppress-#VE,
+    and "A/D disabled" without EPT A/D bits); `nonpresent` is what a cleared spte holds (0 in 3.x,
+    suppress-#VE alone in 6.x).
+    """
 
     accessed_mask: int
     dirty_mask: int
     x_mask: int = VMX_EPT_EXECUTABLE_MASK
     mt_mask: int = EPT_RAM_MT_MASK
+    host_writable_mask: int = SPTE_HOST_WRITEABLE
+    mmu_writable_mask: int = SPTE_MMU_WRITEABLE
+    present_mask: int = 0
+    nonpresent: int = 0
+    era: str = ERA_3X
 
     @classmethod
-    def for_ept(cls, ept_ad: bool) -> SpteMasks:
+    def for_ept(cls, ept_ad: bool, era: str = ERA_3X) -> SpteMasks:
         """With `eptad=0` the CPU keeps no A/D bits, and KVM's masks for them are zero."""
-        if ept_ad:
-            return cls(accessed_mask=VMX_EPT_ACCESS_BIT, dirty_mask=VMX_EPT_DIRTY_BIT)
-        return cls(accessed_mask=0, dirty_mask=0)
+        accessed, dirty = (VMX_EPT_ACCESS_BIT, VMX_EPT_DIRTY_BIT) if ept_ad else (0, 0)
+        if era == ERA_6X:
+            present = SPTE_MMU_PRESENT_MASK | VMX_EPT_SUPPRESS_VE_BIT
+            if not ept_ad:
+                present |= SPTE_TDP_AD_DISABLED
+            return cls(
+                accessed_mask=accessed,
+                dirty_mask=dirty,
+                host_writable_mask=EPT_SPTE_HOST_WRITABLE,
+                mmu_writable_mask=EPT_SPTE_MMU_WRITABLE,
+                present_mask=present,
+                nonpresent=SHADOW_NONPRESENT_VALUE,
+                era=ERA_6X,
+            )
+        return cls(accessed_mask=accessed, dirty_mask=dirty)
+
+    @property
+    def lockless_mask(self) -> int:
+        """HW and MW: the bits spte_is_locklessly_modifiable asks for."""
+        return self.host_writable_mask | self.mmu_writable_mask
+
+    @property
+    def flag_bits(self) -> tuple[tuple[str, int], ...]:
+        """The contract's flags at this layout's positions (A and D where EPT keeps them even when KVM
+        has turned its masks off, so that a value always decodes the same way)."""
+        return (
+            ("R", PT_PRESENT_MASK),
+            ("W", PT_WRITABLE_MASK),
+            ("X", VMX_EPT_EXECUTABLE_MASK),
+            ("PS", PT_PAGE_SIZE_MASK),
+            ("A", VMX_EPT_ACCESS_BIT),
+            ("D", VMX_EPT_DIRTY_BIT),
+            ("HW", self.host_writable_mask),
+            ("MW", self.mmu_writable_mask),
+        )
+
+    @property
+    def flag_mask(self) -> int:
+        """Every bit of an spte that is not its address: what a decoded spte's flags depend on."""
+        return ~PT64_BASE_ADDR_MASK & ((1 << 64) - 1)
+
 
 
 def is_shadow_present_pte(spte: int) -> bool:
@@ -88,9 +154,9 @@ def is_last_spte(spte: int, level: int) -> bool:
     return level == PT_PAGE_TABLE_LEVEL or is_large_pte(spte)
 
 
-def spte_is_locklessly_modifiable(spte: int) -> bool:
+def spte_is_locklessly_modifiable(spte: int, masks: SpteMasks) -> bool:
     """HW and MW both set: only dirty logging removed W, so the fast path may put it back."""
-    mask = SPTE_HOST_WRITEABLE | SPTE_MMU_WRITEABLE
+    mask = masks.lockless_mask
     return spte & mask == mask
 
 
@@ -98,9 +164,31 @@ def spte_to_pfn(spte: int) -> int:
     return (spte & PT64_BASE_ADDR_MASK) >> PAGE_SHIFT
 
 
-def spte_flags(spte: int) -> list[str]:
-    """The contract's decoded flags, e.g. ['R', 'X', 'PS', 'A', 'D', 'HW', 'MW']."""
-    return [name for name, bit in FLAG_BITS if spte & bit]
+# The bits of FLAG_BITS other than HW and MW, which sit at the same positions in every layout.
+_FIXED_FLAGS = PT_PRESENT_MASK | PT_WRITABLE_MASK | VMX_EPT_EXECUTABLE_MASK | PT_PAGE_SIZE_MASK
+_FIXED_FLAGS |= VMX_EPT_ACCESS_BIT | VMX_EPT_DIRTY_BIT
+
+
+def flag_word(spte: int, masks: SpteMasks) -> int:
+    """The contract's eight flags of `spte` packed at their 3.x positions (FLAG_BITS), whatever the
+    layout: code that decodes or compares flags is written once, against FLAG_BITS. A non-present spte
+    has none."""
+    if not spte & PT_PRESENT_MASK:
+        return 0
+    word = spte & _FIXED_FLAGS
+    if spte & masks.host_writable_mask:
+        word |= SPTE_HOST_WRITEABLE
+    if spte & masks.mmu_writable_mask:
+        word |= SPTE_MMU_WRITEABLE
+    return word
+
+
+def spte_flags(spte: int, masks: SpteMasks) -> list[str]:
+    """The contract's decoded flags, e.g. ['R', 'X', 'PS', 'A', 'D', 'HW', 'MW'], read at the positions of
+    `masks`' layout. A non-present spte has none (6.x keeps suppress-#VE in it, which is not a flag)."""
+    if not spte & PT_PRESENT_MASK:
+        return []
+    return [name for name, bit in masks.flag_bits if spte & bit]
 
 
 def pages_per_hpage(level: int) -> int:

@@ -14,7 +14,6 @@ from engine.spte import (
     PT_PAGE_SIZE_MASK,
     PT_PAGE_TABLE_LEVEL,
     PT_WRITABLE_MASK,
-    SPTE_MMU_WRITEABLE,
     pages_per_hpage,
     spte_is_locklessly_modifiable,
 )
@@ -35,7 +34,7 @@ def spte_write_protect(kvm: Kvm, sp: KvmMmuPage, index: int, pt_protect: bool) -
     and MW: dirty logging only takes W away, so the fast path could give it back.
     """
     old = sp.spt[index]
-    if not old & PT_WRITABLE_MASK and not (pt_protect and spte_is_locklessly_modifiable(old)):
+    if not old & PT_WRITABLE_MASK and not (pt_protect and spte_is_locklessly_modifiable(old, kvm.masks)):
         if kvm.tp.on:
             gfn = kvm_mmu_page_get_gfn(sp, index)
             kvm.tp.emit(SpteWriteProtect(sp.level, sp.gfn, index, gfn, old, old, "none", False))
@@ -47,7 +46,7 @@ def spte_write_protect(kvm: Kvm, sp: KvmMmuPage, index: int, pt_protect: bool) -
         return True, True
     new = old & ~PT_WRITABLE_MASK
     if pt_protect:
-        new &= ~SPTE_MMU_WRITEABLE
+        new &= ~kvm.masks.mmu_writable_mask
     flush = mmu_spte_update(kvm, sp, index, new)
     if kvm.tp.on:
         gfn = kvm_mmu_page_get_gfn(sp, index)
@@ -119,12 +118,16 @@ def kvm_mmu_write_protect_pt_masked(kvm: Kvm, slot: KvmMemorySlot, gfn_offset: i
 
 def kvm_mmu_slot_gfn_write_protect(kvm: Kvm, slot: KvmMemorySlot, gfn: int, min_level: int) -> bool:
     """Write-protect whatever maps `gfn` at `min_level` and every larger level, through those rmaps;
-    returns whether a flush is needed (the callers flush once, later)."""
+    returns whether a flush is needed (the callers flush once, later).
+
+    This is the write protection of page tracking, not of dirty logging: it clears MMU-writable too
+    (rmap_write_protect with pt_protect, and the TDP MMU's write_protect_gfn), so the fast path will not
+    make these sptes writable again; the next write to one takes the slow path."""
     flush = False
     for level in range(min_level, PT_PAGE_TABLE_LEVEL + 3):
         key = gfn_to_index(gfn, slot.base_gfn, level)
         if key in slot.rmap[level - 1]:
-            flush |= __rmap_write_protect(kvm, slot, level, key, pt_protect=False)
+            flush |= __rmap_write_protect(kvm, slot, level, key, pt_protect=True)
     return flush
 
 
@@ -142,17 +145,23 @@ def spte_clear_dirty(kvm: Kvm, sp: KvmMmuPage, index: int) -> bool:
     return True
 
 
-def __rmap_clear_dirty(kvm: Kvm, slot: KvmMemorySlot, key: int) -> int:
-    """Clear D on every spte of one level-1 rmap head; returns how many had it."""
-    head = pte_list(slot.rmap[PT_PAGE_TABLE_LEVEL - 1].get(key))
+def __rmap_clear_dirty(kvm: Kvm, slot: KvmMemorySlot, key: int, level: int = PT_PAGE_TABLE_LEVEL) -> int:
+    """Clear D on every spte of one rmap head (level 1 unless told); returns how many had it."""
+    head = pte_list(slot.rmap[level - 1].get(key))
     return sum(spte_clear_dirty(kvm, sp, index) for sp, index in head)
 
 
 def kvm_mmu_slot_leaf_clear_dirty(kvm: Kvm, slot: KvmMemorySlot) -> int:
-    """Logging was switched on with PML: clear D on every 4K leaf of the slot (the huge leaves are
-    write-protected next, by the caller); returns how many had D. The caller flushes."""
-    heads = slot.rmap[PT_PAGE_TABLE_LEVEL - 1]
-    cleared = sum(__rmap_clear_dirty(kvm, slot, key) for key in sorted(heads))
+    """Logging was switched on with PML: clear D on the leaves of the slot (the huge leaves are
+    write-protected next, by the caller); returns how many had D. The caller flushes.
+
+    The rmap-based MMU clears D on 4K leaves only (walk_slot_rmaps_4k); the 6.x TDP MMU
+    (clear_dirty_gfn_range) on every present leaf, huge ones included."""
+    levels = range(PT_PAGE_TABLE_LEVEL, PT_PAGE_TABLE_LEVEL + (3 if kvm.era6 else 1))
+    cleared = 0
+    for level in levels:
+        heads = slot.rmap[level - 1]
+        cleared += sum(__rmap_clear_dirty(kvm, slot, key, level) for key in sorted(heads))
     if kvm.tp.on:
         kvm.tp.emit(SlotLeafClearDirty(slot.id, cleared))
     return cleared

@@ -1,4 +1,6 @@
-"""Zapping every shadow page, as 3.14/3.16's kvm_mmu_zap_all does on a memslot deletion or move.
+"""Zapping shadow pages (mmu.c): a whole table with everything under it, and every page of the VM as a memslot
+deletion or move does it: 3.14/3.16's generation-based `kvm_mmu_invalidate_zap_all_pages`, or the older
+`kvm_mmu_zap_all` that 6.x's model keeps for the same op.
 """
 
 from __future__ import annotations
@@ -8,11 +10,17 @@ from engine.kvm_main import kvm_flush_remote_tlbs
 from engine.mmu_spte import drop_parent_pte, drop_spte
 from engine.shadow_page import KvmMmuPage
 from engine.spte import (
+    PT64_ROOT_LEVEL,
+    PT_PAGE_SIZE_MASK,
+    PT_PAGE_TABLE_LEVEL,
+    PT_PRESENT_MASK,
     is_large_pte,
     is_last_spte,
     is_shadow_present_pte,
 )
 from engine.trace import (
+    InvalidateZapAllPages,
+    MmuFreeRoots,
     MmuLoad,
     PrepareZapPage,
     ZapAll,
@@ -34,6 +42,53 @@ def kvm_mmu_zap_all(kvm: Kvm) -> None:
         kvm.tp.emit(MmuLoad(kvm.root.gfn, kvm.root.level))
 
 
+def kvm_mmu_invalidate_zap_all_pages(kvm: Kvm) -> None:
+    """The memslot zap of 3.14/3.16: move the valid generation on, ask every vCPU to reload its root, zap
+    the old generation's pages oldest first, and commit them with one flush. A root some vCPU still has
+    loaded is only marked invalid; each vCPU drops it before its next entry (mmu_free_roots), the last
+    one frees it, zapped once more and committed with another flush, and the first one to load a root
+    again builds the new one (the others find it in the hash)."""
+    kvm.mmu_valid_gen += 1
+    pages = sorted(kvm.active_mmu_pages.values(), key=lambda sp: sp.serial)
+    if kvm.tp.on:
+        kvm.tp.emit(InvalidateZapAllPages(kvm.mmu_valid_gen, len(pages)))
+    invalid_list: list[KvmMmuPage] = []
+    for sp in pages:  # kvm_zap_obsolete_pages: the oldest page first
+        if sp.invalid:
+            continue
+        kvm_mmu_prepare_zap_page(kvm, sp)
+        if not sp.root_count:
+            invalid_list.append(sp)
+    kvm_mmu_commit_zap_page(kvm, invalid_list)
+    old_root = kvm.root
+    new_root: KvmMmuPage | None = None
+    for vcpu in kvm.vcpus:  # KVM_REQ_MMU_RELOAD, handled before the vCPU's next entry
+        old_root.root_count -= 1
+        freed = not old_root.root_count
+        if kvm.tp.on:
+            kvm.tp.emit(MmuFreeRoots(vcpu.id, old_root.root_count, freed))
+        if freed:
+            kvm_mmu_prepare_zap_page(kvm, old_root)
+            kvm_mmu_commit_zap_page(kvm, [old_root])
+        if new_root is None:  # mmu_alloc_direct_roots: a hash miss for the first vCPU only
+            new_root = kvm.alloc_mmu_page(0, PT64_ROOT_LEVEL)
+            kvm.stat.mmu_cache_miss += 1
+            if kvm.tp.on:
+                kvm.tp.emit(MmuLoad(new_root.gfn, new_root.level))
+        new_root.root_count += 1
+    if new_root is not None:
+        kvm.root = new_root
+
+
+def kvm_mmu_commit_zap_page(kvm: Kvm, invalid_list: list[KvmMmuPage]) -> None:
+    """Flush every vCPU's TLB, then free the zapped pages: nothing may still translate through them."""
+    if not invalid_list:
+        return
+    kvm_flush_remote_tlbs(kvm, "kvm_mmu_commit_zap_page", under_mmu_lock=True)
+    for sp in invalid_list:
+        kvm.free_mmu_page(sp)
+
+
 def kvm_mmu_prepare_zap_page(kvm: Kvm, sp: KvmMmuPage) -> None:
     kvm.stat.mmu_shadow_zapped += 1
     if kvm.tp.on:
@@ -52,3 +107,19 @@ def kvm_mmu_prepare_zap_page(kvm: Kvm, sp: KvmMmuPage) -> None:
     for parent, index in list(sp.parent_ptes):
         drop_parent_pte(kvm, sp, parent, index)
     sp.invalid = True
+
+
+def handle_removed_pt(kvm: Kvm, table: KvmMmuPage, removed: list[KvmMmuPage]) -> None:
+    """Zap a table that was just unlinked, then every table only it pointed at (their leaves included):
+    6.x's handle_removed_pt, as the TDP MMU runs it when a pointer is zapped or replaced by a huge leaf.
+    The tables are collected in `removed` for the caller to free once the TLBs are flushed."""
+    children = [
+        kvm.child_sp(spte)
+        for spte in table.spt
+        if table.level > PT_PAGE_TABLE_LEVEL and spte & PT_PRESENT_MASK and not spte & PT_PAGE_SIZE_MASK
+    ]
+    kvm_mmu_prepare_zap_page(kvm, table)  # drops the leaves, unlinks the children and the parent pointer
+    removed.append(table)
+    for child in children:
+        if not child.parent_ptes:
+            handle_removed_pt(kvm, child, removed)

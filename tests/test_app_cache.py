@@ -34,7 +34,7 @@ def state(sim: Simulation) -> tuple[object, ...]:
         present_sptes(kvm),
         {slot.id: slot.dirty_gfns() if slot.dirty_bitmap is not None else None for slot in kvm.memslots},
         [vcpu.tlb.entries() for vcpu in kvm.vcpus],
-        kvm.stat.as_json(),
+        kvm.stats(),
         [v.as_json() for v in sim.violations],
         dict(sim.checker.pending),
     )
