@@ -15,7 +15,7 @@ import copy
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -60,6 +60,41 @@ LEAF = 1 | 1 << 2 | 6 << 3 | 1 << 6
 def leaf(pfn: int, bits: int) -> int:
     """A leaf spte as the fault path builds it, mapping `pfn` with `bits` besides the fixed ones."""
     return pfn << 12 | LEAF | bits
+
+
+class Layout(NamedTuple):
+    """One kernel generation's EPT spte layout, from the spec: §1.1/§1.3 for 3.x, §5.7's row "spte
+    encoding" for 6.x (A = bit 8, D = 9, MMU-present = 11, host-writable = 57, MMU-writable = 58,
+    suppress-#VE = 63). 6.12's spte.h adds what the spec leaves implicit: suppress-#VE is part of
+    shadow_present_mask, so every spte carries it, and a non-present spte is that bit alone
+    (SHADOW_NONPRESENT_VALUE); a non-leaf carries MMU-present like a leaf (make_nonleaf_spte)."""
+
+    name: str
+    W: int
+    PS: int
+    A: int
+    D: int
+    HW: int
+    MW: int
+    present: int  # bits every present spte carries besides R, X and (leaves) the memory type
+    nonpresent: int
+
+    def leaf(self, pfn: int, bits: int) -> int:
+        """A leaf mapping `pfn` with `bits` (this layout's) besides R, X, WB memory type and IPAT."""
+        return pfn << 12 | LEAF | self.present | bits
+
+    def nonleaf(self, table_pfn: int) -> int:
+        """A pointer to the table at `table_pfn`: R W X and A (§1.3), plus the layout's present bits."""
+        return table_pfn << 12 | 0x107 | self.present
+
+
+LAYOUT_3X = Layout("3.x", W, PS, A, D, HW, MW, 0, 0)
+LAYOUT_6X = Layout("6.x", W, PS, A, D, 1 << 57, 1 << 58, 1 << 11 | 1 << 63, 1 << 63)
+
+
+def layout(preset: str) -> Layout:
+    """The layout of the kernel generation a preset stands for: 6.x for `modern`, 3.x for the others."""
+    return LAYOUT_6X if preset == "modern" else LAYOUT_3X
 
 
 def spec_example(rounds: int = 2) -> dict[str, Any]:
