@@ -277,9 +277,12 @@ class Kvm:
                 pages[level - 1] -= 1
             if new & PT_PRESENT_MASK and (level == PT_PAGE_TABLE_LEVEL or new & PT_PAGE_SIZE_MASK):
                 pages[level - 1] += 1
-        # A change to a table pointer may re-route walks: forget the shortcuts to level-1 tables.
-        both = old | new
-        if level > 1 and both & PT_PRESENT_MASK and not both & PT_PAGE_SIZE_MASK and self.l1_tables:
+        # A change to a table pointer may re-route walks: forget the shortcuts to level-1 tables. (A
+        # pointer replaced by a huge leaf in one store, as 6.x recovery does, is such a change too.)
+        if level > 1 and self.l1_tables and (
+            (old & PT_PRESENT_MASK and not old & PT_PAGE_SIZE_MASK)
+            or (new & PT_PRESENT_MASK and not new & PT_PAGE_SIZE_MASK)
+        ):
             self.l1_tables.clear()
         return old
 
