@@ -9,6 +9,9 @@ settings can be simulated side by side: the kernel itself chooses them once, in 
 
 from __future__ import annotations
 
+import sys
+from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 PAGE_SHIFT = 12
@@ -189,6 +192,35 @@ def spte_flags(spte: int, masks: SpteMasks) -> list[str]:
     if not spte & PT_PRESENT_MASK:
         return []
     return [name for name, bit in masks.flag_bits if spte & bit]
+
+
+# --- whole tables at once ---------------------------------------------------------------------------------
+#
+# R (bit 0) and PS (bit 7) both sit in an spte's low byte, so what is_shadow_present_pte and is_last_spte say
+# of each spte can be looked up from its low byte alone. The bulk paths (a huge page split, a table zapped,
+# a slot write-protected) ask it of 512 sptes at a time, at C speed rather than one int at a time.
+
+_PRESENT_BY_LOW_BYTE = bytes(int(is_shadow_present_pte(b)) for b in range(256))
+_LARGE_LEAF_BY_LOW_BYTE = bytes(int(is_shadow_present_pte(b) and is_large_pte(b)) for b in range(256))
+
+
+def _low_bytes(sptes: Iterable[int]) -> bytes:
+    """The low byte of each spte (64-bit values, as the kernel's u64)."""
+    words = array("Q", sptes)
+    if sys.byteorder != "little":
+        words.byteswap()
+    return words.tobytes()[::8]
+
+
+def present_flags(sptes: Iterable[int]) -> bytes:
+    """is_shadow_present_pte of each spte, one byte (1 or 0) per spte."""
+    return _low_bytes(sptes).translate(_PRESENT_BY_LOW_BYTE)
+
+
+def count_leaves(sptes: Iterable[int], level: int) -> int:
+    """How many of `sptes`, entries of a level-`level` table, are present leaves (is_last_spte)."""
+    leaf = _PRESENT_BY_LOW_BYTE if level == PT_PAGE_TABLE_LEVEL else _LARGE_LEAF_BY_LOW_BYTE
+    return _low_bytes(sptes).translate(leaf).count(1)
 
 
 def pages_per_hpage(level: int) -> int:
