@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from engine.kvm import Kvm
 from engine.kvm_main import kvm_flush_remote_tlbs
-from engine.rmap import rmap_remove
+from engine.rmap import rmap_remove, rmap_remove_sptes
 from engine.shadow_page import KvmMmuPage, kvm_mmu_page_get_gfn
 from engine.spte import (
     PT_PRESENT_MASK,
@@ -44,10 +44,15 @@ def mmu_spte_update(kvm: Kvm, sp: KvmMmuPage, index: int, new: int) -> bool:
     return old & lockless == lockless
 
 
+def _pfn_dirty(kvm: Kvm, old: int) -> bool:
+    """Whether clearing `old` leaves the host page to be marked dirty: D was set, or there are no A/D."""
+    return bool(old & kvm.masks.dirty_mask) or not kvm.masks.dirty_mask
+
+
 def mmu_spte_clear_track_bits(kvm: Kvm, sp: KvmMmuPage, index: int) -> tuple[int, bool]:
     """Clear an spte; returns it and whether the host page must be marked dirty (D set, or no A/D)."""
     old = kvm.write_spte(sp, index, kvm.masks.nonpresent)
-    return old, bool(old & kvm.masks.dirty_mask) or not kvm.masks.dirty_mask
+    return old, _pfn_dirty(kvm, old)
 
 
 def drop_spte(kvm: Kvm, sp: KvmMmuPage, index: int) -> int:
@@ -57,6 +62,17 @@ def drop_spte(kvm: Kvm, sp: KvmMmuPage, index: int) -> int:
     if kvm.tp.on:
         kvm.tp.emit(DropSpte(sp.level, sp.gfn, index, kvm_mmu_page_get_gfn(sp, index), old, pfn_dirty))
     return old
+
+
+def drop_sptes(kvm: Kvm, sp: KvmMmuPage, indexes: list[int]) -> None:
+    """drop_spte for each of the present leaves at `indexes` of `sp`, in order: cleared in one store of
+    the table and taken out of their rmaps together, as zapping a whole 4K table does."""
+    olds = kvm.write_sptes(sp, indexes, [kvm.masks.nonpresent] * len(indexes))
+    rmap_remove_sptes(kvm, sp, indexes)
+    if kvm.tp.on:
+        for index, old in zip(indexes, olds, strict=True):
+            gfn = kvm_mmu_page_get_gfn(sp, index)
+            kvm.tp.emit(DropSpte(sp.level, sp.gfn, index, gfn, old, _pfn_dirty(kvm, old)))
 
 
 def __drop_large_spte(kvm: Kvm, sp: KvmMmuPage, index: int) -> bool:
