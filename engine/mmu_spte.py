@@ -36,6 +36,11 @@ def mmu_spte_update(kvm: Kvm, sp: KvmMmuPage, index: int, new: int) -> bool:
     because with the flush moved out of mmu_lock a W bit may already be gone while a TLB still has it.
     """
     old = kvm.write_spte(sp, index, new)  # mmu_spte_set when nothing was present
+    return spte_update_needs_flush(kvm, old, new)
+
+
+def spte_update_needs_flush(kvm: Kvm, old: int, new: int) -> bool:
+    """mmu_spte_update's answer for `old` replaced by `new`: whether TLBs may now hold more than it allows."""
     if not old & PT_PRESENT_MASK or new & PT_WRITABLE_MASK:
         return False
     if kvm.policy.flush_rule == "old_w":

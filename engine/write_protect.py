@@ -7,13 +7,15 @@ from __future__ import annotations
 from engine.kvm import Kvm
 from engine.kvm_main import kvm_flush_remote_tlbs
 from engine.memslot import KvmMemorySlot, gfn_to_index
-from engine.mmu_spte import __drop_large_spte, mmu_spte_update
+from engine.mmu_spte import __drop_large_spte, mmu_spte_update, spte_update_needs_flush
 from engine.rmap import pte_list
 from engine.shadow_page import KvmMmuPage, kvm_mmu_page_get_gfn
 from engine.spte import (
     PT_PAGE_SIZE_MASK,
     PT_PAGE_TABLE_LEVEL,
     PT_WRITABLE_MASK,
+    is_large_pte,
+    is_writable_pte,
     pages_per_hpage,
     spte_is_locklessly_modifiable,
 )
@@ -96,15 +98,68 @@ def kvm_mmu_slot_remove_write_access(
     walked = 0
     for level in range(start_level, PT_PAGE_TABLE_LEVEL + 3):
         heads = slot.rmap[level - 1]
+        # Heads holding one spte each, of the same table, with consecutive keys: write-protected
+        # together (_rmap_write_protect_run) when the walk reaches the next table or a longer head.
+        run_sp: KvmMmuPage | None = None
+        run_keys: list[int] = []
+        run_indexes: list[int] = []
         for key in sorted(heads):
-            if key in heads:
+            head = heads.get(key)
+            if isinstance(head, tuple) and head[0] is run_sp:
+                run_keys.append(key)
+                run_indexes.append(head[1])
+                continue
+            if run_sp is not None:
+                _rmap_write_protect_run(kvm, slot, run_sp, run_keys, run_indexes)
+                walked += len(run_keys)
+                run_sp = None
+            if isinstance(head, tuple):
+                run_sp, run_keys, run_indexes = head[0], [key], [head[1]]
+            elif head is not None:  # a head a drop has emptied is not walked
                 __rmap_write_protect(kvm, slot, level, key, pt_protect=False)
                 walked += 1
+        if run_sp is not None:
+            _rmap_write_protect_run(kvm, slot, run_sp, run_keys, run_indexes)
+            walked += len(run_keys)
     if kvm.tp.on:
         kvm.tp.emit(SlotRemoveWriteAccess(slot.id, walked))
     kvm_flush_remote_tlbs(
         kvm, "kvm_mmu_slot_remove_write_access", under_mmu_lock=not kvm.policy.flush_after_unlock
     )
+
+
+def _rmap_write_protect_run(
+    kvm: Kvm, slot: KvmMemorySlot, sp: KvmMmuPage, keys: list[int], indexes: list[int]
+) -> None:
+    """__rmap_write_protect (without pt_protect) of the rmap heads `keys` of `sp`'s level, in order, each
+    holding the one spte at (sp, indexes[k]): every writable one loses W, in one store of the table.
+
+    A writable large spte that 3.14 would zap instead leaves its rmap, and an spte in two heads (a broken
+    rmap) is protected once and then found read-only: such a run takes the heads one at a time."""
+    level = sp.level
+    spt = sp.spt
+    olds = [spt[index] for index in indexes]
+    zapped = kvm.policy.wp_large == "zap" and any(is_writable_pte(old) and is_large_pte(old) for old in olds)
+    if zapped or len(set(indexes)) != len(indexes):
+        for key in keys:
+            if key in slot.rmap[level - 1]:
+                __rmap_write_protect(kvm, slot, level, key, pt_protect=False)
+        return
+    writable = [k for k, old in enumerate(olds) if old & PT_WRITABLE_MASK]
+    kvm.write_sptes(sp, [indexes[k] for k in writable], [olds[k] & ~PT_WRITABLE_MASK for k in writable])
+    if kvm.tp.on:
+        span = pages_per_hpage(level)
+        for key, index, old in zip(keys, indexes, olds, strict=True):
+            gfn = kvm_mmu_page_get_gfn(sp, index)
+            if old & PT_WRITABLE_MASK:
+                new = old & ~PT_WRITABLE_MASK
+                flush = spte_update_needs_flush(kvm, old, new)
+                kvm.tp.emit(SpteWriteProtect(level, sp.gfn, index, gfn, old, new, "wrprotect", flush))
+            else:
+                flush = False
+                kvm.tp.emit(SpteWriteProtect(level, sp.gfn, index, gfn, old, old, "none", False))
+            head_gfn = slot.base_gfn - (slot.base_gfn % span) + key * span
+            kvm.tp.emit(RmapWriteProtect(slot.id, level, max(head_gfn, slot.base_gfn), 1, flush))
 
 
 def kvm_mmu_write_protect_pt_masked(kvm: Kvm, slot: KvmMemorySlot, gfn_offset: int, mask: int) -> None:
