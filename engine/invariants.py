@@ -274,7 +274,9 @@ class StepChecker:
         large_delta = 0
         gfn_to_memslot = kvm.gfn_to_memslot
         lockless = kvm.masks.lockless_mask
-        for (sp, index), old in touched.items():
+        slot: KvmMemorySlot | None = None  # the slot of the last 4K leaf looked at: runs share one
+        for key, old in touched.items():
+            sp, index = key
             new = sp.spt[index]
             if (old | new) & PT_PAGE_SIZE_MASK:
                 large_delta += bool(new & PT_PRESENT_MASK and new & PT_PAGE_SIZE_MASK) - bool(
@@ -292,7 +294,7 @@ class StepChecker:
                     or (old ^ new) & PT64_BASE_ADDR_MASK
                 )
             ):
-                lowered.append((sp, index))
+                lowered.append(key)
             level = sp.level
             if level == PT_PAGE_TABLE_LEVEL and new & PT_PRESENT_MASK:
                 # A 4K leaf, as every fault leaves one: the checks of _check_spte spelled out for the
@@ -301,13 +303,11 @@ class StepChecker:
                 if not remapped and not new & PT_WRITABLE_MASK:
                     continue  # lost W or gained A/D: nothing to look at
                 gfn = sp.gfn + index
-                slot = gfn_to_memslot(gfn)
+                if slot is None or not slot.base_gfn <= gfn < slot.base_gfn + slot.npages:
+                    slot = gfn_to_memslot(gfn)
                 if slot is not None:
-                    ok = True
-                    if remapped:
-                        # An rmap holding this spte alone keeps it in place (see engine.rmap).
-                        head = slot.rmap[0].get(gfn - slot.base_gfn)
-                        ok = isinstance(head, tuple) and head[0] is sp and head[1] == index
+                    # An rmap holding this spte alone keeps it in place, as the tuple `key` (engine.rmap).
+                    ok = not remapped or slot.rmap[0].get(gfn - slot.base_gfn) == key
                     if ok and new & PT_WRITABLE_MASK:
                         bitmap = slot.dirty_bitmap
                         offset = gfn - slot.base_gfn
@@ -351,9 +351,13 @@ class StepChecker:
         step wrote were judged above (a split can write every spte of a 1G page); the others are here."""
         for heads in slot.rmap:
             for head in heads.values():
-                for sp, index in pte_list(head):
-                    if (sp, index) not in touched:
-                        _check_spte(kvm, sp, index, found)
+                if isinstance(head, tuple):  # the usual single spte, looked at without building a list
+                    if head not in touched:
+                        _check_spte(kvm, head[0], head[1], found)
+                    continue
+                for ptr in head:
+                    if ptr not in touched:
+                        _check_spte(kvm, ptr[0], ptr[1], found)
 
     def _check_harvested(
         self, kvm: Kvm, touched: dict[tuple[KvmMmuPage, int], int], found: _Collector
