@@ -13,7 +13,7 @@ from itertools import repeat
 
 from engine.memslot import KvmMemorySlot, Memslots
 from engine.policy import Policy
-from engine.shadow_page import KvmMmuPage
+from engine.shadow_page import KvmMmuPage, as_range, entries_at
 from engine.spte import (
     ERA_6X,
     PT64_LEVEL_BITS,
@@ -305,12 +305,13 @@ class Kvm:
         """
         if len(indexes) != len(values):
             raise ValueError(f"{len(indexes)} indexes for {len(values)} values")
+        if not isinstance(indexes, range) or indexes.step != 1:
+            indexes = as_range(list(indexes))
+        olds = entries_at(sp, indexes)
         spt = sp.spt
-        if isinstance(indexes, range) and indexes.step == 1:
-            olds = spt[indexes.start : indexes.stop]
+        if isinstance(indexes, range):
             spt[indexes.start : indexes.stop] = values
         else:
-            olds = [spt[index] for index in indexes]
             for index, new in zip(indexes, values, strict=True):
                 spt[index] = new
         log = self.log

@@ -69,7 +69,7 @@ def drop_spte(kvm: Kvm, sp: KvmMmuPage, index: int) -> int:
     return old
 
 
-def drop_sptes(kvm: Kvm, sp: KvmMmuPage, indexes: list[int]) -> None:
+def drop_sptes(kvm: Kvm, sp: KvmMmuPage, indexes: range | list[int]) -> None:
     """drop_spte for each of the present leaves at `indexes` of `sp`, in order: cleared in one store of
     the table and taken out of their rmaps together, as zapping a whole 4K table does."""
     olds = kvm.write_sptes(sp, indexes, [kvm.masks.nonpresent] * len(indexes))

@@ -38,3 +38,18 @@ class KvmMmuPage:
 def kvm_mmu_page_get_gfn(sp: KvmMmuPage, index: int) -> int:
     """The first gfn entry `index` of a direct sp maps: derived from the position, not from any fault."""
     return sp.gfn + index * pages_per_hpage(sp.level)
+
+
+def as_range(indexes: list[int]) -> range | list[int]:
+    """`indexes` as a range when they are consecutive and ascending, as the entries of a table written
+    whole are (one slice then reads or stores them all), else as they are."""
+    if indexes and indexes == list(range(indexes[0], indexes[0] + len(indexes))):
+        return range(indexes[0], indexes[0] + len(indexes))
+    return indexes
+
+
+def entries_at(sp: KvmMmuPage, indexes: range | list[int]) -> list[int]:
+    """The sptes of `sp` at `indexes` (a range of step 1, or a list)."""
+    if isinstance(indexes, range):
+        return sp.spt[indexes.start : indexes.stop]
+    return list(map(sp.spt.__getitem__, indexes))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 PAGE_SHIFT = 12
@@ -196,15 +196,19 @@ def spte_flags(spte: int, masks: SpteMasks) -> list[str]:
 
 # --- whole tables at once ---------------------------------------------------------------------------------
 #
-# R (bit 0) and PS (bit 7) both sit in an spte's low byte, so what is_shadow_present_pte and is_last_spte say
-# of each spte can be looked up from its low byte alone. The bulk paths (a huge page split, a table zapped,
-# a slot write-protected) ask it of 512 sptes at a time, at C speed rather than one int at a time.
+# R (bit 0), W (bit 1) and PS (bit 7) all sit in an spte's low byte, so what is_shadow_present_pte,
+# is_writable_pte and is_large_pte say of an spte can be looked up from its low byte alone. The bulk paths
+# (a huge page split, a table zapped, a slot write-protected, the checks of such a step) ask it of 512
+# sptes at a time: `low_bytes(sptes).translate(TABLE)` is one byte per spte, 1 where the predicate holds,
+# computed at C speed rather than one int at a time.
 
-_PRESENT_BY_LOW_BYTE = bytes(int(is_shadow_present_pte(b)) for b in range(256))
-_LARGE_LEAF_BY_LOW_BYTE = bytes(int(is_shadow_present_pte(b) and is_large_pte(b)) for b in range(256))
+PRESENT_BY_LOW_BYTE = bytes(int(is_shadow_present_pte(b)) for b in range(256))
+WRITABLE_BY_LOW_BYTE = bytes(int(is_writable_pte(b)) for b in range(256))
+LARGE_LEAF_BY_LOW_BYTE = bytes(int(is_shadow_present_pte(b) and is_large_pte(b)) for b in range(256))
+READ_ONLY_BY_LOW_BYTE = bytes(int(is_shadow_present_pte(b) and not is_writable_pte(b)) for b in range(256))
 
 
-def _low_bytes(sptes: Iterable[int]) -> bytes:
+def low_bytes(sptes: Iterable[int]) -> bytes:
     """The low byte of each spte (64-bit values, as the kernel's u64)."""
     words = array("Q", sptes)
     if sys.byteorder != "little":
@@ -212,15 +216,13 @@ def _low_bytes(sptes: Iterable[int]) -> bytes:
     return words.tobytes()[::8]
 
 
-def present_flags(sptes: Iterable[int]) -> bytes:
-    """is_shadow_present_pte of each spte, one byte (1 or 0) per spte."""
-    return _low_bytes(sptes).translate(_PRESENT_BY_LOW_BYTE)
-
-
-def count_leaves(sptes: Iterable[int], level: int) -> int:
+def count_leaves(sptes: Sequence[int], level: int) -> int:
     """How many of `sptes`, entries of a level-`level` table, are present leaves (is_last_spte)."""
-    leaf = _PRESENT_BY_LOW_BYTE if level == PT_PAGE_TABLE_LEVEL else _LARGE_LEAF_BY_LOW_BYTE
-    return _low_bytes(sptes).translate(leaf).count(1)
+    if sptes and sptes[0] == sptes[-1] and sptes.count(sptes[0]) == len(sptes):
+        # One value throughout, as a new table or one cleared whole holds.
+        return len(sptes) if is_last_spte(sptes[0], level) and is_shadow_present_pte(sptes[0]) else 0
+    leaf = PRESENT_BY_LOW_BYTE if level == PT_PAGE_TABLE_LEVEL else LARGE_LEAF_BY_LOW_BYTE
+    return low_bytes(sptes).translate(leaf).count(1)
 
 
 def pages_per_hpage(level: int) -> int:

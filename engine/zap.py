@@ -10,8 +10,9 @@ from itertools import compress
 from engine.kvm import Kvm
 from engine.kvm_main import kvm_flush_remote_tlbs
 from engine.mmu_spte import drop_parent_pte, drop_spte, drop_sptes
-from engine.shadow_page import KvmMmuPage
+from engine.shadow_page import KvmMmuPage, as_range
 from engine.spte import (
+    PRESENT_BY_LOW_BYTE,
     PT64_ENT_PER_PAGE,
     PT64_ROOT_LEVEL,
     PT_PAGE_SIZE_MASK,
@@ -20,7 +21,7 @@ from engine.spte import (
     is_large_pte,
     is_last_spte,
     is_shadow_present_pte,
-    present_flags,
+    low_bytes,
 )
 from engine.trace import (
     InvalidateZapAllPages,
@@ -100,7 +101,8 @@ def kvm_mmu_prepare_zap_page(kvm: Kvm, sp: KvmMmuPage) -> None:
     # kvm_mmu_page_unlink_children
     if sp.level == PT_PAGE_TABLE_LEVEL:
         # Nothing but 4K leaves, none of them large: drop_spte for each present one, in one store.
-        drop_sptes(kvm, sp, list(compress(range(PT64_ENT_PER_PAGE), present_flags(sp.spt))))
+        present = low_bytes(sp.spt).translate(PRESENT_BY_LOW_BYTE)
+        drop_sptes(kvm, sp, as_range(list(compress(range(PT64_ENT_PER_PAGE), present))))
     else:
         _unlink_children(kvm, sp)
     # kvm_mmu_unlink_parents
