@@ -4,18 +4,23 @@ GET_DIRTY_LOG returned. This is where "lazily drop large spte" changed what happ
 
 from __future__ import annotations
 
+from itertools import compress, groupby
+from operator import itemgetter
+
 from engine.kvm import Kvm
 from engine.kvm_main import kvm_flush_remote_tlbs
 from engine.memslot import KvmMemorySlot, gfn_to_index
 from engine.mmu_spte import __drop_large_spte, mmu_spte_update, spte_update_needs_flush
 from engine.rmap import pte_list
-from engine.shadow_page import KvmMmuPage, kvm_mmu_page_get_gfn
+from engine.shadow_page import KvmMmuPage, as_range, entries_at, kvm_mmu_page_get_gfn
 from engine.spte import (
     PT_PAGE_SIZE_MASK,
     PT_PAGE_TABLE_LEVEL,
     PT_WRITABLE_MASK,
+    WRITABLE_BY_LOW_BYTE,
     is_large_pte,
     is_writable_pte,
+    low_bytes,
     pages_per_hpage,
     spte_is_locklessly_modifiable,
 )
@@ -98,29 +103,24 @@ def kvm_mmu_slot_remove_write_access(
     walked = 0
     for level in range(start_level, PT_PAGE_TABLE_LEVEL + 3):
         heads = slot.rmap[level - 1]
-        # Heads holding one spte each, of the same table, with consecutive keys: write-protected
-        # together (_rmap_write_protect_run) when the walk reaches the next table or a longer head.
-        run_sp: KvmMmuPage | None = None
-        run_keys: list[int] = []
-        run_indexes: list[int] = []
-        for key in sorted(heads):
-            head = heads.get(key)
-            if isinstance(head, tuple) and head[0] is run_sp:
-                run_keys.append(key)
-                run_indexes.append(head[1])
-                continue
-            if run_sp is not None:
-                _rmap_write_protect_run(kvm, slot, run_sp, run_keys, run_indexes)
+        keys = sorted(heads)
+        # The heads in key order, a run at a time: a head holding one spte is the tuple (sp, index), so
+        # consecutive heads of one table group under that sp and are protected together; a longer head
+        # (a list, grouped under its first spte) is protected on its own. Protecting a head changes no
+        # other head, so the heads can be read ahead.
+        start = 0
+        for owner, group in groupby(map(heads.__getitem__, keys), key=itemgetter(0)):
+            run = list(group)
+            run_keys = keys[start : start + len(run)]
+            start += len(run)
+            if isinstance(owner, KvmMmuPage):
+                _rmap_write_protect_run(kvm, slot, owner, run_keys, as_range(list(map(itemgetter(1), run))))
                 walked += len(run_keys)
-                run_sp = None
-            if isinstance(head, tuple):
-                run_sp, run_keys, run_indexes = head[0], [key], [head[1]]
-            elif head is not None:  # a head a drop has emptied is not walked
-                __rmap_write_protect(kvm, slot, level, key, pt_protect=False)
-                walked += 1
-        if run_sp is not None:
-            _rmap_write_protect_run(kvm, slot, run_sp, run_keys, run_indexes)
-            walked += len(run_keys)
+                continue
+            for key in run_keys:
+                if key in heads:
+                    __rmap_write_protect(kvm, slot, level, key, pt_protect=False)
+                    walked += 1
     if kvm.tp.on:
         kvm.tp.emit(SlotRemoveWriteAccess(slot.id, walked))
     kvm_flush_remote_tlbs(
@@ -129,7 +129,7 @@ def kvm_mmu_slot_remove_write_access(
 
 
 def _rmap_write_protect_run(
-    kvm: Kvm, slot: KvmMemorySlot, sp: KvmMmuPage, keys: list[int], indexes: list[int]
+    kvm: Kvm, slot: KvmMemorySlot, sp: KvmMmuPage, keys: list[int], indexes: range | list[int]
 ) -> None:
     """__rmap_write_protect (without pt_protect) of the rmap heads `keys` of `sp`'s level, in order, each
     holding the one spte at (sp, indexes[k]): every writable one loses W, in one store of the table.
@@ -137,16 +137,19 @@ def _rmap_write_protect_run(
     A writable large spte that 3.14 would zap instead leaves its rmap, and an spte in two heads (a broken
     rmap) is protected once and then found read-only: such a run takes the heads one at a time."""
     level = sp.level
-    spt = sp.spt
-    olds = [spt[index] for index in indexes]
+    olds = entries_at(sp, indexes)
     zapped = kvm.policy.wp_large == "zap" and any(is_writable_pte(old) and is_large_pte(old) for old in olds)
-    if zapped or len(set(indexes)) != len(indexes):
+    if zapped or (isinstance(indexes, list) and len(set(indexes)) != len(indexes)):
         for key in keys:
             if key in slot.rmap[level - 1]:
                 __rmap_write_protect(kvm, slot, level, key, pt_protect=False)
         return
-    writable = [k for k, old in enumerate(olds) if old & PT_WRITABLE_MASK]
-    kvm.write_sptes(sp, [indexes[k] for k in writable], [olds[k] & ~PT_WRITABLE_MASK for k in writable])
+    writable = low_bytes(olds).translate(WRITABLE_BY_LOW_BYTE)
+    if writable.count(1) == len(olds):  # as after a split of a writable huge page
+        kvm.write_sptes(sp, indexes, [old & ~PT_WRITABLE_MASK for old in olds])
+    else:
+        entries = list(compress(range(len(olds)), writable))
+        kvm.write_sptes(sp, [indexes[k] for k in entries], [olds[k] & ~PT_WRITABLE_MASK for k in entries])
     if kvm.tp.on:
         span = pages_per_hpage(level)
         for key, index, old in zip(keys, indexes, olds, strict=True):
