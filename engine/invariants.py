@@ -11,15 +11,18 @@ whole state; the tests use it to show that the incremental checks miss nothing. 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import groupby, islice
+from operator import itemgetter
 
 from engine.cpu import walk_spte
 from engine.kvm import Kvm
 from engine.memslot import KvmMemorySlot, gfn_to_index
 from engine.pml import pml_holds
 from engine.rmap import pte_list
-from engine.shadow_page import KvmMmuPage, kvm_mmu_page_get_gfn
+from engine.shadow_page import KvmMmuPage, as_range, entries_at, kvm_mmu_page_get_gfn
 from engine.spte import (
     KVM_NR_PAGE_SIZES,
+    LARGE_LEAF_BY_LOW_BYTE,
     PT64_BASE_ADDR_MASK,
     PT64_LEVEL_BITS,
     PT64_ROOT_LEVEL,
@@ -27,11 +30,13 @@ from engine.spte import (
     PT_PAGE_TABLE_LEVEL,
     PT_PRESENT_MASK,
     PT_WRITABLE_MASK,
+    READ_ONLY_BY_LOW_BYTE,
     is_large_pte,
     is_last_spte,
     is_shadow_present_pte,
     is_writable_pte,
     level_name,
+    low_bytes,
     pages_per_hpage,
     spte_index,
     spte_to_pfn,
@@ -247,6 +252,61 @@ def _check_lpages(kvm: Kvm, large: int, found: _Collector) -> None:
 
 # --- the incremental checker -----------------------------------------------------------------------------
 
+# Runs of at least this many touched entries of one table are first judged as a whole (_judge_run);
+# shorter ones, as a fault leaves, entry by entry.
+_WHOLE_RUN = 16
+
+
+def _judge_run(
+    kvm: Kvm, table: KvmMmuPage, run: list[tuple[KvmMmuPage, int]], olds: list[int], tlbs_live: bool
+) -> tuple[int, KvmMemorySlot | None] | None:
+    """The touched entries `run` of `table` (`olds` before the step) judged as a whole, when the
+    entry-by-entry checks of check_step would find nothing in any of them but a change in the large
+    leaves: the table was zapped, or the run is a quiet 4K run (_quiet_4k_run) with every TLB empty.
+    Returns that change and the quiet run's slot (None for a zapped table); None when the entries need
+    a look one by one."""
+    indexes = as_range(list(map(itemgetter(1), run)))
+    news = entries_at(table, indexes)
+    quiet = None
+    if not table.invalid:
+        if tlbs_live:
+            return None
+        quiet = _quiet_4k_run(kvm, table, run, indexes, news)
+        if quiet is None:
+            return None
+    return _large_leaves(news) - _large_leaves(olds), quiet
+
+
+def _large_leaves(sptes: list[int]) -> int:
+    """How many of `sptes` are present with PS set, at whatever level."""
+    return low_bytes(sptes).translate(LARGE_LEAF_BY_LOW_BYTE).count(1)
+
+
+def _quiet_4k_run(
+    kvm: Kvm, sp: KvmMmuPage, run: list[tuple[KvmMmuPage, int]], indexes: range | list[int], news: list[int]
+) -> KvmMemorySlot | None:
+    """The slot of `run`, touched entries `indexes` of the 4K table `sp` now holding `news`, if each is a
+    present, read-only leaf alone in its rmap head (the tuple of its touched key) in that one slot: then
+    the entry-by-entry checks have nothing to look at (TLBs aside). That is what write-protecting a
+    freshly split table leaves, 512 entries at a time."""
+    if sp.level != PT_PAGE_TABLE_LEVEL:
+        return None
+    if low_bytes(news).translate(READ_ONLY_BY_LOW_BYTE).count(1) != len(news):
+        return None
+    if isinstance(indexes, range):
+        lowest, highest = indexes[0], indexes[-1]
+    else:
+        lowest, highest = min(indexes), max(indexes)
+    slot = kvm.gfn_to_memslot(sp.gfn + lowest)
+    if slot is None or not slot.contains(sp.gfn + highest):
+        return None
+    first = sp.gfn - slot.base_gfn  # the rmap key of entry 0
+    if isinstance(indexes, range):
+        keys: range | list[int] = range(first + indexes.start, first + indexes.stop)
+    else:
+        keys = [first + index for index in indexes]
+    return slot if list(map(slot.rmap[0].get, keys)) == run else None
+
 
 @dataclass(slots=True)
 class StepChecker:
@@ -275,63 +335,79 @@ class StepChecker:
         gfn_to_memslot = kvm.gfn_to_memslot
         lockless = kvm.masks.lockless_mask
         slot: KvmMemorySlot | None = None  # the slot of the last 4K leaf looked at: runs share one
-        for key, old in touched.items():
-            sp, index = key
-            new = sp.spt[index]
-            if (old | new) & PT_PAGE_SIZE_MASK:
-                large_delta += bool(new & PT_PRESENT_MASK and new & PT_PAGE_SIZE_MASK) - bool(
-                    old & PT_PRESENT_MASK and old & PT_PAGE_SIZE_MASK
-                )
-            if sp.invalid:
-                continue
-            # Less than before (gone, read-only, pointing elsewhere): a TLB may still hold what it was.
-            if (
-                tlbs_live
-                and old & PT_PRESENT_MASK
-                and (
-                    not new & PT_PRESENT_MASK
-                    or old & ~new & lost_mask
-                    or (old ^ new) & PT64_BASE_ADDR_MASK
-                )
-            ):
-                lowered.append(key)
-            level = sp.level
-            if level == PT_PAGE_TABLE_LEVEL and new & PT_PRESENT_MASK:
-                # A 4K leaf, as every fault leaves one: the checks of _check_spte spelled out for the
-                # common answers, since this runs once per fault. Anything unusual takes the long way.
-                remapped = not old & PT_PRESENT_MASK or (old ^ new) & PT64_BASE_ADDR_MASK
-                if not remapped and not new & PT_WRITABLE_MASK:
-                    continue  # lost W or gained A/D: nothing to look at
-                gfn = sp.gfn + index
-                if slot is None or not slot.base_gfn <= gfn < slot.base_gfn + slot.npages:
-                    slot = gfn_to_memslot(gfn)
-                if slot is not None:
-                    # An rmap holding this spte alone keeps it in place, as the tuple `key` (engine.rmap).
-                    ok = not remapped or slot.rmap[0].get(gfn - slot.base_gfn) == key
-                    if ok and new & PT_WRITABLE_MASK:
-                        bitmap = slot.dirty_bitmap
-                        offset = gfn - slot.base_gfn
-                        ok = new & lockless == lockless and (
-                            bitmap is None or bool(bitmap[offset >> 3] >> (offset & 7) & 1)
-                        )
-                    if ok:
-                        continue
-                _check_spte(kvm, sp, index, found)
-                continue
-            # Only a change of leafness or target can break rmap membership, and only a writable leaf
-            # can break the W rules: a leaf that merely lost W or gained A/D needs no look.
-            old_leaf = bool(old & PT_PRESENT_MASK and (level == 1 or old & PT_PAGE_SIZE_MASK))
-            new_leaf = bool(new & PT_PRESENT_MASK and (level == 1 or new & PT_PAGE_SIZE_MASK))
-            if (
-                old_leaf != new_leaf
-                or (new_leaf and new & PT_WRITABLE_MASK)
-                or (new_leaf and (old ^ new) & PT64_BASE_ADDR_MASK)
-            ):
-                _check_spte(kvm, sp, index, found)
+        # The entries in touched order, one table's run at a time: a table written whole (split, zapped,
+        # write-protected) is one run, which may pass as a whole.
+        values = iter(touched.values())
+        quiet_heads: dict[int, int] = {}  # slot id -> 4K rmap heads found holding a quiet run's sptes
+        for table, entries in groupby(touched, key=itemgetter(0)):
+            run = list(entries)
+            olds = list(islice(values, len(run)))
+            if len(run) >= _WHOLE_RUN:
+                judged = _judge_run(kvm, table, run, olds, tlbs_live)
+                if judged is not None:
+                    delta, quiet = judged
+                    large_delta += delta
+                    if quiet is not None:
+                        quiet_heads[quiet.id] = quiet_heads.get(quiet.id, 0) + len(run)
+                    continue
+            for key, old in zip(run, olds, strict=True):
+                sp, index = key
+                new = sp.spt[index]
+                if (old | new) & PT_PAGE_SIZE_MASK:
+                    large_delta += bool(new & PT_PRESENT_MASK and new & PT_PAGE_SIZE_MASK) - bool(
+                        old & PT_PRESENT_MASK and old & PT_PAGE_SIZE_MASK
+                    )
+                if sp.invalid:
+                    continue
+                # Less than before (gone, read-only, pointing elsewhere): a TLB may still hold what it was.
+                if (
+                    tlbs_live
+                    and old & PT_PRESENT_MASK
+                    and (
+                        not new & PT_PRESENT_MASK
+                        or old & ~new & lost_mask
+                        or (old ^ new) & PT64_BASE_ADDR_MASK
+                    )
+                ):
+                    lowered.append(key)
+                level = sp.level
+                if level == PT_PAGE_TABLE_LEVEL and new & PT_PRESENT_MASK:
+                    # A 4K leaf, as every fault leaves one: the checks of _check_spte spelled out for the
+                    # common answers, since this runs once per fault. Anything unusual takes the long way.
+                    remapped = not old & PT_PRESENT_MASK or (old ^ new) & PT64_BASE_ADDR_MASK
+                    if not remapped and not new & PT_WRITABLE_MASK:
+                        continue  # lost W or gained A/D: nothing to look at
+                    gfn = sp.gfn + index
+                    if slot is None or not slot.base_gfn <= gfn < slot.base_gfn + slot.npages:
+                        slot = gfn_to_memslot(gfn)
+                    if slot is not None:
+                        # An rmap holding this spte alone keeps it in place, as the tuple `key` (engine.rmap).
+                        ok = not remapped or slot.rmap[0].get(gfn - slot.base_gfn) == key
+                        if ok and new & PT_WRITABLE_MASK:
+                            bitmap = slot.dirty_bitmap
+                            offset = gfn - slot.base_gfn
+                            ok = new & lockless == lockless and (
+                                bitmap is None or bool(bitmap[offset >> 3] >> (offset & 7) & 1)
+                            )
+                        if ok:
+                            continue
+                    _check_spte(kvm, sp, index, found)
+                    continue
+                # Only a change of leafness or target can break rmap membership, and only a writable leaf
+                # can break the W rules: a leaf that merely lost W or gained A/D needs no look.
+                old_leaf = bool(old & PT_PRESENT_MASK and (level == 1 or old & PT_PAGE_SIZE_MASK))
+                new_leaf = bool(new & PT_PRESENT_MASK and (level == 1 or new & PT_PAGE_SIZE_MASK))
+                if (
+                    old_leaf != new_leaf
+                    or (new_leaf and new & PT_WRITABLE_MASK)
+                    or (new_leaf and (old ^ new) & PT64_BASE_ADDR_MASK)
+                ):
+                    _check_spte(kvm, sp, index, found)
         self.lpages_seen += large_delta
         _check_lpages(kvm, self.lpages_seen, found)
         for slot_id in log.logging_enabled:
-            self._check_slot_sptes(kvm, kvm.memslots.by_id[slot_id], touched, found)
+            slot = kvm.memslots.by_id[slot_id]
+            self._check_slot_sptes(kvm, slot, touched, quiet_heads.get(slot_id, 0), found)
         self._check_harvested(kvm, touched, found)
         self._check_tlbs(kvm, lowered, found)
         self._check_writes(kvm, step, found)
@@ -345,11 +421,16 @@ class StepChecker:
         kvm: Kvm,
         slot: KvmMemorySlot,
         touched: dict[tuple[KvmMmuPage, int], int],
+        quiet_heads: int,
         found: _Collector,
     ) -> None:
         """Logging was switched on: every spte of the slot must now obey the logging rules. The ones the
-        step wrote were judged above (a split can write every spte of a 1G page); the others are here."""
-        for heads in slot.rmap:
+        step wrote were judged above (a split can write every spte of a 1G page); the others are here.
+        `quiet_heads` 4K rmap heads were found holding sptes the step wrote, one each: when that is all
+        of them, no 4K head is left to look at."""
+        for level, heads in enumerate(slot.rmap, start=PT_PAGE_TABLE_LEVEL):
+            if level == PT_PAGE_TABLE_LEVEL and quiet_heads == len(heads):
+                continue
             for head in heads.values():
                 if isinstance(head, tuple):  # the usual single spte, looked at without building a list
                     if head not in touched:
