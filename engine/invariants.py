@@ -10,6 +10,7 @@ whole state; the tests use it to show that the incremental checks miss nothing. 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import groupby, islice
 from operator import itemgetter
@@ -257,6 +258,34 @@ def _check_lpages(kvm: Kvm, large: int, found: _Collector) -> None:
 _WHOLE_RUN = 16
 
 
+@dataclass(slots=True)
+class _Runs:
+    """What judging runs of touched entries as a whole found: their change in large leaves, and per slot
+    id the 4K rmap heads quiet runs were found in."""
+
+    large_delta: int = 0
+    quiet_heads: dict[int, int] = field(default_factory=dict)
+
+
+def _judge_runs(
+    kvm: Kvm, touched: dict[tuple[KvmMmuPage, int], int], tlbs_live: bool, runs: _Runs
+) -> Iterator[tuple[tuple[KvmMmuPage, int], int]]:
+    """The touched entries left to look at one by one, in touched order: taken a run of one table at a
+    time, each long run is judged as a whole first (_judge_run), and what that found goes to `runs`."""
+    values = iter(touched.values())
+    for table, entries in groupby(touched, key=itemgetter(0)):
+        run = list(entries)
+        olds = list(islice(values, len(run)))
+        judged = _judge_run(kvm, table, run, olds, tlbs_live) if len(run) >= _WHOLE_RUN else None
+        if judged is None:
+            yield from zip(run, olds, strict=True)
+            continue
+        delta, quiet = judged
+        runs.large_delta += delta
+        if quiet is not None:
+            runs.quiet_heads[quiet.id] = runs.quiet_heads.get(quiet.id, 0) + len(run)
+
+
 def _judge_run(
     kvm: Kvm, table: KvmMmuPage, run: list[tuple[KvmMmuPage, int]], olds: list[int], tlbs_live: bool
 ) -> tuple[int, KvmMemorySlot | None] | None:
@@ -335,79 +364,69 @@ class StepChecker:
         gfn_to_memslot = kvm.gfn_to_memslot
         lockless = kvm.masks.lockless_mask
         slot: KvmMemorySlot | None = None  # the slot of the last 4K leaf looked at: runs share one
-        # The entries in touched order, one table's run at a time: a table written whole (split, zapped,
-        # write-protected) is one run, which may pass as a whole.
-        values = iter(touched.values())
-        quiet_heads: dict[int, int] = {}  # slot id -> 4K rmap heads found holding a quiet run's sptes
-        for table, entries in groupby(touched, key=itemgetter(0)):
-            run = list(entries)
-            olds = list(islice(values, len(run)))
-            if len(run) >= _WHOLE_RUN:
-                judged = _judge_run(kvm, table, run, olds, tlbs_live)
-                if judged is not None:
-                    delta, quiet = judged
-                    large_delta += delta
-                    if quiet is not None:
-                        quiet_heads[quiet.id] = quiet_heads.get(quiet.id, 0) + len(run)
-                    continue
-            for key, old in zip(run, olds, strict=True):
-                sp, index = key
-                new = sp.spt[index]
-                if (old | new) & PT_PAGE_SIZE_MASK:
-                    large_delta += bool(new & PT_PRESENT_MASK and new & PT_PAGE_SIZE_MASK) - bool(
-                        old & PT_PRESENT_MASK and old & PT_PAGE_SIZE_MASK
-                    )
-                if sp.invalid:
-                    continue
-                # Less than before (gone, read-only, pointing elsewhere): a TLB may still hold what it was.
-                if (
-                    tlbs_live
-                    and old & PT_PRESENT_MASK
-                    and (
-                        not new & PT_PRESENT_MASK
-                        or old & ~new & lost_mask
-                        or (old ^ new) & PT64_BASE_ADDR_MASK
-                    )
-                ):
-                    lowered.append(key)
-                level = sp.level
-                if level == PT_PAGE_TABLE_LEVEL and new & PT_PRESENT_MASK:
-                    # A 4K leaf, as every fault leaves one: the checks of _check_spte spelled out for the
-                    # common answers, since this runs once per fault. Anything unusual takes the long way.
-                    remapped = not old & PT_PRESENT_MASK or (old ^ new) & PT64_BASE_ADDR_MASK
-                    if not remapped and not new & PT_WRITABLE_MASK:
-                        continue  # lost W or gained A/D: nothing to look at
-                    gfn = sp.gfn + index
-                    if slot is None or not slot.base_gfn <= gfn < slot.base_gfn + slot.npages:
-                        slot = gfn_to_memslot(gfn)
-                    if slot is not None:
-                        # An rmap holding this spte alone keeps it in place, as the tuple `key` (engine.rmap).
-                        ok = not remapped or slot.rmap[0].get(gfn - slot.base_gfn) == key
-                        if ok and new & PT_WRITABLE_MASK:
-                            bitmap = slot.dirty_bitmap
-                            offset = gfn - slot.base_gfn
-                            ok = new & lockless == lockless and (
-                                bitmap is None or bool(bitmap[offset >> 3] >> (offset & 7) & 1)
-                            )
-                        if ok:
-                            continue
-                    _check_spte(kvm, sp, index, found)
-                    continue
-                # Only a change of leafness or target can break rmap membership, and only a writable leaf
-                # can break the W rules: a leaf that merely lost W or gained A/D needs no look.
-                old_leaf = bool(old & PT_PRESENT_MASK and (level == 1 or old & PT_PAGE_SIZE_MASK))
-                new_leaf = bool(new & PT_PRESENT_MASK and (level == 1 or new & PT_PAGE_SIZE_MASK))
-                if (
-                    old_leaf != new_leaf
-                    or (new_leaf and new & PT_WRITABLE_MASK)
-                    or (new_leaf and (old ^ new) & PT64_BASE_ADDR_MASK)
-                ):
-                    _check_spte(kvm, sp, index, found)
-        self.lpages_seen += large_delta
+        runs = _Runs()
+        entries: Iterable[tuple[tuple[KvmMmuPage, int], int]] = touched.items()
+        if len(touched) >= _WHOLE_RUN:
+            # A step that wrote whole tables (split, zapped, write-protected): judge those runs first.
+            entries = _judge_runs(kvm, touched, tlbs_live, runs)
+        for key, old in entries:
+            sp, index = key
+            new = sp.spt[index]
+            if (old | new) & PT_PAGE_SIZE_MASK:
+                large_delta += bool(new & PT_PRESENT_MASK and new & PT_PAGE_SIZE_MASK) - bool(
+                    old & PT_PRESENT_MASK and old & PT_PAGE_SIZE_MASK
+                )
+            if sp.invalid:
+                continue
+            # Less than before (gone, read-only, pointing elsewhere): a TLB may still hold what it was.
+            if (
+                tlbs_live
+                and old & PT_PRESENT_MASK
+                and (
+                    not new & PT_PRESENT_MASK
+                    or old & ~new & lost_mask
+                    or (old ^ new) & PT64_BASE_ADDR_MASK
+                )
+            ):
+                lowered.append(key)
+            level = sp.level
+            if level == PT_PAGE_TABLE_LEVEL and new & PT_PRESENT_MASK:
+                # A 4K leaf, as every fault leaves one: the checks of _check_spte spelled out for the
+                # common answers, since this runs once per fault. Anything unusual takes the long way.
+                remapped = not old & PT_PRESENT_MASK or (old ^ new) & PT64_BASE_ADDR_MASK
+                if not remapped and not new & PT_WRITABLE_MASK:
+                    continue  # lost W or gained A/D: nothing to look at
+                gfn = sp.gfn + index
+                if slot is None or not slot.base_gfn <= gfn < slot.base_gfn + slot.npages:
+                    slot = gfn_to_memslot(gfn)
+                if slot is not None:
+                    # An rmap holding this spte alone keeps it in place, as the tuple `key` (engine.rmap).
+                    ok = not remapped or slot.rmap[0].get(gfn - slot.base_gfn) == key
+                    if ok and new & PT_WRITABLE_MASK:
+                        bitmap = slot.dirty_bitmap
+                        offset = gfn - slot.base_gfn
+                        ok = new & lockless == lockless and (
+                            bitmap is None or bool(bitmap[offset >> 3] >> (offset & 7) & 1)
+                        )
+                    if ok:
+                        continue
+                _check_spte(kvm, sp, index, found)
+                continue
+            # Only a change of leafness or target can break rmap membership, and only a writable leaf
+            # can break the W rules: a leaf that merely lost W or gained A/D needs no look.
+            old_leaf = bool(old & PT_PRESENT_MASK and (level == 1 or old & PT_PAGE_SIZE_MASK))
+            new_leaf = bool(new & PT_PRESENT_MASK and (level == 1 or new & PT_PAGE_SIZE_MASK))
+            if (
+                old_leaf != new_leaf
+                or (new_leaf and new & PT_WRITABLE_MASK)
+                or (new_leaf and (old ^ new) & PT64_BASE_ADDR_MASK)
+            ):
+                _check_spte(kvm, sp, index, found)
+        self.lpages_seen += large_delta + runs.large_delta
         _check_lpages(kvm, self.lpages_seen, found)
         for slot_id in log.logging_enabled:
             slot = kvm.memslots.by_id[slot_id]
-            self._check_slot_sptes(kvm, slot, touched, quiet_heads.get(slot_id, 0), found)
+            self._check_slot_sptes(kvm, slot, touched, runs.quiet_heads.get(slot_id, 0), found)
         self._check_harvested(kvm, touched, found)
         self._check_tlbs(kvm, lowered, found)
         self._check_writes(kvm, step, found)
