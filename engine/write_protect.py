@@ -105,15 +105,15 @@ def kvm_mmu_slot_remove_write_access(
         heads = slot.rmap[level - 1]
         keys = sorted(heads)
         # The heads in key order, a run at a time: a head holding one spte is the tuple (sp, index), so
-        # consecutive heads of one table group under that sp and are protected together; a longer head
-        # (a list, grouped under its first spte) is protected on its own. Protecting a head changes no
-        # other head, so the heads can be read ahead.
+        # consecutive heads of one table group under that sp, and a long run of them is protected
+        # together; a longer head (a list, grouped under its first spte) or a short run, head by head.
+        # Protecting a head changes no other head, so the heads can be read ahead.
         start = 0
         for owner, group in groupby(map(heads.__getitem__, keys), key=itemgetter(0)):
             run = list(group)
             run_keys = keys[start : start + len(run)]
             start += len(run)
-            if isinstance(owner, KvmMmuPage):
+            if isinstance(owner, KvmMmuPage) and len(run) >= _BULK_RUN:
                 _rmap_write_protect_run(kvm, slot, owner, run_keys, as_range(list(map(itemgetter(1), run))))
                 walked += len(run_keys)
                 continue
@@ -126,6 +126,11 @@ def kvm_mmu_slot_remove_write_access(
     kvm_flush_remote_tlbs(
         kvm, "kvm_mmu_slot_remove_write_access", under_mmu_lock=not kvm.policy.flush_after_unlock
     )
+
+
+# Runs of single-spte heads at least this long are protected in one store of their table; shorter ones
+# (a few faulted pages of a table) cost less head by head.
+_BULK_RUN = 16
 
 
 def _rmap_write_protect_run(
