@@ -217,6 +217,13 @@ class Vcpu:
         self.pml = PmlBuffer()
 
 
+def _consecutive(indexes: range | list[int]) -> range | list[int]:
+    """Entry indexes as a range of step 1 when they are consecutive (one slice stores them), else a list."""
+    if isinstance(indexes, range) and indexes.step == 1:
+        return indexes
+    return as_range(list(indexes))
+
+
 def _any_table_pointer(sptes: Sequence[int]) -> bool:
     """Whether any of `sptes`, entries of a table above level 1, points at a table."""
     return any(spte & PT_PRESENT_MASK and not spte & PT_PAGE_SIZE_MASK for spte in sptes)
@@ -305,13 +312,37 @@ class Kvm:
         """
         if len(indexes) != len(values):
             raise ValueError(f"{len(indexes)} indexes for {len(values)} values")
-        if not isinstance(indexes, range) or indexes.step != 1:
-            indexes = as_range(list(indexes))
+        indexes = _consecutive(indexes)
         olds = entries_at(sp, indexes)
-        spt = sp.spt
+        self._store_sptes(sp, indexes, olds, values)
+        level = sp.level
+        if level <= 3:
+            self.stat.pages[level - 1] += count_leaves(values, level) - count_leaves(olds, level)
+        if level > 1 and self.l1_tables and (_any_table_pointer(olds) or _any_table_pointer(values)):
+            self.l1_tables.clear()
+        return olds
+
+    def clear_spte_bits(self, sp: KvmMmuPage, indexes: range | list[int], mask: int) -> list[int]:
+        """write_sptes of each spte at `indexes` without the bits of `mask` (the TDP MMU's
+        tdp_mmu_clear_spte_bits over a run); returns the old values. `mask` holds neither R nor PS, so
+        every present leaf stays one and the page counts need no look."""
+        if mask & (PT_PRESENT_MASK | PT_PAGE_SIZE_MASK):
+            raise ValueError(f"clear_spte_bits cannot clear R or PS (mask {mask:#x})")
+        indexes = _consecutive(indexes)
+        olds = entries_at(sp, indexes)
+        self._store_sptes(sp, indexes, olds, [old & ~mask for old in olds])
+        if sp.level > 1 and self.l1_tables and _any_table_pointer(olds):
+            self.l1_tables.clear()
+        return olds
+
+    def _store_sptes(
+        self, sp: KvmMmuPage, indexes: range | list[int], olds: list[int], values: Sequence[int]
+    ) -> None:
+        """The stores of write_sptes and their records (touched, and spte_changes while tracing)."""
         if isinstance(indexes, range):
-            spt[indexes.start : indexes.stop] = values
+            sp.spt[indexes.start : indexes.stop] = values
         else:
+            spt = sp.spt
             for index, new in zip(indexes, values, strict=True):
                 spt[index] = new
         log = self.log
@@ -320,12 +351,6 @@ class Kvm:
             record((sp, index), old)
         if self.tp.on:
             log.spte_changes.extend(zip(repeat(sp), indexes, olds, values))
-        level = sp.level
-        if level <= 3:
-            self.stat.pages[level - 1] += count_leaves(values, level) - count_leaves(olds, level)
-        if level > 1 and self.l1_tables and (_any_table_pointer(olds) or _any_table_pointer(values)):
-            self.l1_tables.clear()
-        return olds
 
     def l1_table(self, gfn: int) -> KvmMmuPage | None:
         """The level-1 table the root currently routes `gfn` to, if a walk has been there since the last

@@ -151,10 +151,9 @@ def _rmap_write_protect_run(
         return
     writable = low_bytes(olds).translate(WRITABLE_BY_LOW_BYTE)
     if writable.count(1) == len(olds):  # as after a split of a writable huge page
-        kvm.write_sptes(sp, indexes, [old & ~PT_WRITABLE_MASK for old in olds])
+        kvm.clear_spte_bits(sp, indexes, PT_WRITABLE_MASK)
     else:
-        entries = list(compress(range(len(olds)), writable))
-        kvm.write_sptes(sp, [indexes[k] for k in entries], [olds[k] & ~PT_WRITABLE_MASK for k in entries])
+        kvm.clear_spte_bits(sp, list(compress(indexes, writable)), PT_WRITABLE_MASK)
     if kvm.tp.on:
         span = pages_per_hpage(level)
         for key, index, old in zip(keys, indexes, olds, strict=True):
