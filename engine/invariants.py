@@ -32,6 +32,7 @@ from engine.spte import (
     PT_PRESENT_MASK,
     PT_WRITABLE_MASK,
     READ_ONLY_BY_LOW_BYTE,
+    count_where,
     is_large_pte,
     is_last_spte,
     is_shadow_present_pte,
@@ -296,31 +297,28 @@ def _judge_run(
     a look one by one."""
     indexes = as_range(list(map(itemgetter(1), run)))
     news = entries_at(table, indexes)
-    quiet = None
-    if not table.invalid:
-        if tlbs_live:
-            return None
-        quiet = _quiet_4k_run(kvm, table, run, indexes, news)
-        if quiet is None:
-            return None
-    return _large_leaves(news) - _large_leaves(olds), quiet
-
-
-def _large_leaves(sptes: list[int]) -> int:
-    """How many of `sptes` are present with PS set, at whatever level."""
-    return low_bytes(sptes).translate(LARGE_LEAF_BY_LOW_BYTE).count(1)
+    if table.invalid:
+        return count_where(news, LARGE_LEAF_BY_LOW_BYTE) - count_where(olds, LARGE_LEAF_BY_LOW_BYTE), None
+    if tlbs_live:
+        return None
+    news_low = low_bytes(news)
+    quiet = _quiet_4k_run(kvm, table, run, indexes, news_low)
+    if quiet is None:
+        return None
+    large_after = news_low.translate(LARGE_LEAF_BY_LOW_BYTE).count(1)
+    return large_after - count_where(olds, LARGE_LEAF_BY_LOW_BYTE), quiet
 
 
 def _quiet_4k_run(
-    kvm: Kvm, sp: KvmMmuPage, run: list[tuple[KvmMmuPage, int]], indexes: range | list[int], news: list[int]
+    kvm: Kvm, sp: KvmMmuPage, run: list[tuple[KvmMmuPage, int]], indexes: range | list[int], news_low: bytes
 ) -> KvmMemorySlot | None:
-    """The slot of `run`, touched entries `indexes` of the 4K table `sp` now holding `news`, if each is a
-    present, read-only leaf alone in its rmap head (the tuple of its touched key) in that one slot: then
-    the entry-by-entry checks have nothing to look at (TLBs aside). That is what write-protecting a
-    freshly split table leaves, 512 entries at a time."""
+    """The slot of `run`, touched entries `indexes` of the 4K table `sp` whose low bytes are now
+    `news_low`, if each is a present, read-only leaf alone in its rmap head (the tuple of its touched
+    key) in that one slot: then the entry-by-entry checks have nothing to look at (TLBs aside). That is
+    what write-protecting a freshly split table leaves, 512 entries at a time."""
     if sp.level != PT_PAGE_TABLE_LEVEL:
         return None
-    if low_bytes(news).translate(READ_ONLY_BY_LOW_BYTE).count(1) != len(news):
+    if news_low.translate(READ_ONLY_BY_LOW_BYTE).count(1) != len(news_low):
         return None
     if isinstance(indexes, range):
         lowest, highest = indexes[0], indexes[-1]

@@ -216,13 +216,17 @@ def low_bytes(sptes: Iterable[int]) -> bytes:
     return words.tobytes()[::8]
 
 
-def count_leaves(sptes: Sequence[int], level: int) -> int:
-    """How many of `sptes`, entries of a level-`level` table, are present leaves (is_last_spte)."""
+def count_where(sptes: Sequence[int], by_low_byte: bytes) -> int:
+    """How many of `sptes` one of the tables above holds a 1 for."""
     if sptes and sptes[0] == sptes[-1] and sptes.count(sptes[0]) == len(sptes):
         # One value throughout, as a new table or one cleared whole holds.
-        return len(sptes) if is_last_spte(sptes[0], level) and is_shadow_present_pte(sptes[0]) else 0
-    leaf = PRESENT_BY_LOW_BYTE if level == PT_PAGE_TABLE_LEVEL else LARGE_LEAF_BY_LOW_BYTE
-    return low_bytes(sptes).translate(leaf).count(1)
+        return len(sptes) * by_low_byte[sptes[0] & 0xFF]
+    return low_bytes(sptes).translate(by_low_byte).count(1)
+
+
+def count_leaves(sptes: Sequence[int], level: int) -> int:
+    """How many of `sptes`, entries of a level-`level` table, are present leaves (is_last_spte)."""
+    return count_where(sptes, PRESENT_BY_LOW_BYTE if level == PT_PAGE_TABLE_LEVEL else LARGE_LEAF_BY_LOW_BYTE)
 
 
 def pages_per_hpage(level: int) -> int:
