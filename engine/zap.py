@@ -10,7 +10,7 @@ from itertools import compress
 from engine.kvm import Kvm
 from engine.kvm_main import kvm_flush_remote_tlbs
 from engine.mmu_spte import drop_parent_pte, drop_spte, drop_sptes
-from engine.shadow_page import KvmMmuPage, as_range
+from engine.shadow_page import KvmMmuPage
 from engine.spte import (
     PRESENT_BY_LOW_BYTE,
     PT64_ENT_PER_PAGE,
@@ -102,7 +102,8 @@ def kvm_mmu_prepare_zap_page(kvm: Kvm, sp: KvmMmuPage) -> None:
     if sp.level == PT_PAGE_TABLE_LEVEL:
         # Nothing but 4K leaves, none of them large: drop_spte for each present one, in one store.
         present = low_bytes(sp.spt).translate(PRESENT_BY_LOW_BYTE)
-        drop_sptes(kvm, sp, as_range(list(compress(range(PT64_ENT_PER_PAGE), present))))
+        entries = range(PT64_ENT_PER_PAGE)
+        drop_sptes(kvm, sp, entries if present.count(1) == len(entries) else list(compress(entries, present)))
     else:
         _unlink_children(kvm, sp)
     # kvm_mmu_unlink_parents
