@@ -254,9 +254,10 @@ def _check_lpages(kvm: Kvm, large: int, found: _Collector) -> None:
 
 # --- the incremental checker -----------------------------------------------------------------------------
 
-# Runs of at least this many touched entries of one table are first judged as a whole (_judge_run);
-# shorter ones, as a fault leaves, entry by entry.
-_WHOLE_RUN = 16
+# Runs of at least this many touched entries of one table (an eighth of it) are first judged as a whole
+# (_judge_run); shorter ones, as faults or a GET_DIRTY_LOG of a few pages leave, entry by entry, and a
+# step with fewer touched entries is not even grouped into runs.
+_WHOLE_RUN = 64
 
 
 @dataclass(slots=True)
@@ -362,10 +363,11 @@ class StepChecker:
         gfn_to_memslot = kvm.gfn_to_memslot
         lockless = kvm.masks.lockless_mask
         slot: KvmMemorySlot | None = None  # the slot of the last 4K leaf looked at: runs share one
-        runs = _Runs()
+        runs: _Runs | None = None
         entries: Iterable[tuple[tuple[KvmMmuPage, int], int]] = touched.items()
         if len(touched) >= _WHOLE_RUN:
             # A step that wrote whole tables (split, zapped, write-protected): judge those runs first.
+            runs = _Runs()
             entries = _judge_runs(kvm, touched, tlbs_live, runs)
         for key, old in entries:
             sp, index = key
@@ -420,11 +422,14 @@ class StepChecker:
                 or (new_leaf and (old ^ new) & PT64_BASE_ADDR_MASK)
             ):
                 _check_spte(kvm, sp, index, found)
-        self.lpages_seen += large_delta + runs.large_delta
+        if runs is not None:
+            large_delta += runs.large_delta
+        self.lpages_seen += large_delta
         _check_lpages(kvm, self.lpages_seen, found)
         for slot_id in log.logging_enabled:
             slot = kvm.memslots.by_id[slot_id]
-            self._check_slot_sptes(kvm, slot, touched, runs.quiet_heads.get(slot_id, 0), found)
+            quiet_heads = runs.quiet_heads.get(slot_id, 0) if runs is not None else 0
+            self._check_slot_sptes(kvm, slot, touched, quiet_heads, found)
         self._check_harvested(kvm, touched, found)
         self._check_tlbs(kvm, lowered, found)
         self._check_writes(kvm, step, found)
