@@ -231,7 +231,7 @@ def _any_table_pointer(sptes: Sequence[int]) -> bool:
 
 class Kvm:
     """The VM: its memslots, its MMU pages and the vCPUs. `write_spte` is the only spte store (with
-    `write_sptes`, the same store for many sptes of one table at once)."""
+    `write_sptes` and `clear_spte_bits`, the same store for many sptes of one table at once)."""
 
     def __init__(
         self,
