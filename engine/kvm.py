@@ -1,7 +1,7 @@
 """`struct kvm` and `struct kvm_vcpu` for the simulated VM: the state every mmu.c function works on.
 
 Holds the memslots, the shadow pages and their gfn hash, the vCPUs with their TLBs, the statistics, and the
-one function that stores an spte (with its twin for many sptes of one table). Mirrors the parts of
+one function that stores an spte (with its twins for many sptes of one table). Mirrors the parts of
 kvm_host.h (arch/x86 and generic) that 3.14/3.16's TDP MMU touches.
 """
 

@@ -1,8 +1,8 @@
 """`struct kvm_mmu_page` for a direct (TDP) MMU: one table of 512 sptes, its role level, gfn and parents.
 
 Mirrors mmu.c's shadow page bookkeeping in 3.14/3.16 (kvm_mmu_alloc_page, the gfn hash, parent_ptes,
-kvm_mmu_page_get_gfn). Sptes themselves are ints in `spt`; only `Kvm.write_spte` (and `Kvm.write_sptes`, the
-same store for many entries of one table) may store into it.
+kvm_mmu_page_get_gfn). Sptes themselves are ints in `spt`; only `Kvm.write_spte` (and `Kvm.write_sptes` and
+`Kvm.clear_spte_bits`, the same store for many entries of one table) may store into it.
 """
 
 from __future__ import annotations

@@ -217,7 +217,7 @@ def low_bytes(sptes: Iterable[int]) -> bytes:
 
 
 def count_where(sptes: Sequence[int], by_low_byte: bytes) -> int:
-    """How many of `sptes` one of the tables above holds a 1 for."""
+    """How many of `sptes` a table above (`by_low_byte`) holds a 1 for: how many the predicate holds of."""
     if sptes and sptes[0] == sptes[-1] and sptes.count(sptes[0]) == len(sptes):
         # One value throughout, as a new table or one cleared whole holds.
         return len(sptes) * by_low_byte[sptes[0] & 0xFF]
