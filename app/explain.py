@@ -844,7 +844,9 @@ INVARIANT_TEXT: dict[str, str] = {
     "rmap_consistency": "Every present leaf spte must be in exactly one rmap, the one of its level and gfn,"
     " and nothing else may be.",
     "w_implies_hw_mw": "A writable spte must have both software bits, HW and MW.",
-    "lpages_count": "stat.lpages must equal the number of present large leaf sptes.",
+    "lpages_count": "The large-page statistics must count the present large leaf sptes: 6.x pages_2m and"
+    " pages_1g exactly, 3.x largepages too, but for the large sptes 3.14/3.16's mmu-notifier path dropped"
+    " without counting them down.",
     "no_writable_large_while_logging": "While a slot is dirty-logged no large spte may be writable: stores"
     " anywhere in its range take no fault and set no dirty bit.",
     "writable_implies_dirty_bit": "While a slot is logged, a writable 4K spte must have its page's dirty bit"
