@@ -31,12 +31,12 @@ from engine.rmap import pte_list
 from engine.shadow_page import KvmMmuPage
 from engine.simulation import Simulation, StepResult
 from engine.spte import (
+    ERA_6X,
     FLAG_BITS,
     PT64_BASE_ADDR_MASK,
     PT_PAGE_SIZE_MASK,
     PT_PAGE_TABLE_LEVEL,
     PT_PRESENT_MASK,
-    ERA_6X,
     PT_WRITABLE_MASK,
     SpteMasks,
     flag_word,
@@ -1388,8 +1388,8 @@ def kernel_stats_view(kvm: Kvm) -> KernelStatsView:
     drift = kvm.stat.lpages_uncounted
     if not era6 and drift:
         note = (
-            f"largepages counts {drift} more than the {kvm.stat.large_leaves} large sptes present: 3.14/3.16's"
-            " mmu-notifier path drops a large spte without counting it down."
+            f"largepages counts {drift} more than the {kvm.stat.large_leaves} large sptes present:"
+            " 3.14/3.16's mmu-notifier path drops a large spte without counting it down."
         )
     return KernelStatsView(
         source,
