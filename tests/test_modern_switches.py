@@ -236,6 +236,33 @@ def test_eager_split(preset: str) -> None:
     assert value(written, 1, 0x200, 0x50) == lay.leaf(0x80050, W | A | D | lay.HW | lay.MW)
 
 
+@pytest.mark.parametrize("caller", ["eager", "on_fault"])
+def test_a_split_links_its_table_with_the_layouts_pointer_bits(preset: str, caller: str) -> None:
+    # The pointer that replaces the huge leaf is a non-leaf spte like any other: §1.3's "table address +
+    # R W X A" (0x107), and under 6.x the present bits every spte carries, MMU-present and suppress-#VE
+    # (§5.7 "spte encoding"; 6.12 tdp_mmu.c tdp_mmu_link_sp builds it with spte.c make_nonleaf_spte, whose
+    # SPTE_MMU_PRESENT_MASK | shadow_present_mask includes both). The same bits as the pointers a fault
+    # links (L4[0], L3[0]).
+    lay = layout(preset)
+    # On the fault path every preset needs a read-only large spte the fast path refuses (§3.5, §3.9).
+    on_fault: dict[str, str | bool] = {
+        "eager_split": False,
+        "split_on_fault": "split_in_place",
+        "wp_large": "readonly",
+        "fast_pf_level_guard": "any_large",
+    }
+    overrides: dict[str, str | bool] = {"eager_split": True} if caller == "eager" else on_fault
+    steps = EAGER_STEPS if caller == "eager" else STEP5_THEN_READS[:5]
+    states = walk(make_scenario([SLOT_2M], steps), preset, overrides)
+    _, after = states[-1]
+    assert len(events(states[2 if caller == "eager" else 4][0], "tdp_mmu_split_huge_page")) == 1
+    address = ((1 << 52) - 1) & ~0xFFF
+    pointers = {(s["level"], s["index"]): int(s["value"], 16) for s in after["sptes"] if not s["leaf"]}
+    assert set(pointers) == {(4, 0), (3, 0), (2, 1)}
+    bits = {key: value & ~address for key, value in pointers.items()}
+    assert bits == dict.fromkeys(pointers, lay.nonleaf(0))
+
+
 def test_eager_split_off_keeps_the_read_only_large_spte() -> None:
     # The contrast on modern, whose other switches would split on the fault instead (§5.1): the large spte
     # survives enable read-only (§3.5), and the first write bails out of the fast path (§5.1's guard).
