@@ -980,7 +980,8 @@ def trace_view(shown: Shown, variant: str | None) -> TraceView:
         name = str(data["name"])
         counts[name] = counts.get(name, 0) + 1
         args = [(k, _arg_text(k, v)) for k, v in data.items() if k != "name"]
-        events.append(EventView(name, args, explain(data, ctx), kernel_source(name, variant), _tone(data)))
+        source = kernel_source(name, variant, shown.sim.kvm.masks.era)
+        events.append(EventView(name, args, explain(data, ctx), source, _tone(data)))
     return TraceView(True, events, shown.dropped_events, sorted(counts.items()))
 
 
