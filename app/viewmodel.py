@@ -1326,6 +1326,27 @@ def preset_description(variant: str | None) -> str:
     return PRESET_DESCRIPTIONS.get(variant or "", "a custom combination of switches")
 
 
+# The kernel each preset stands for, in few words: how PRESET_DESCRIPTIONS begins (a test holds them to it).
+PRESET_KERNELS: dict[str, str] = {
+    "zap": "Linux 3.14 (as 3.8 to 3.15), before the patch",
+    "lazy-buggy": "the first attempt, caf6900f (early 2013, a 3.9-era tree; reverted before v3.9)",
+    "lazy": "Linux 3.16.0, the patch (c126d94f) and its series",
+    "modern": "upstream Linux 6.13 and later, the TDP MMU on an Intel EPT host",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LegendRow:
+    preset: str
+    kernel: str
+    description: str
+
+
+def preset_legend() -> list[LegendRow]:
+    """The landing page's key to the presets: each one's kernel, and its whole description."""
+    return [LegendRow(name, PRESET_KERNELS[name], PRESET_DESCRIPTIONS[name]) for name in PRESET_DESCRIPTIONS]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The compare view
 
