@@ -1,8 +1,11 @@
-"""The landing page's key to the presets: each names the kernel it stands for, in the words its description
-(engine/policy.py PRESET_DESCRIPTIONS) begins with, and no page repeats what `modern` was once said to do.
+"""What users read about the presets: the landing page's key, where each names the kernel it stands for in
+the words its description (engine/policy.py PRESET_DESCRIPTIONS) begins with, and README's switch table,
+which must be the presets' own values.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 from conftest import PRESET_NAMES
@@ -11,7 +14,7 @@ from test_app_routes import Page, page
 
 from app.main import create_app
 from app.viewmodel import PRESET_KERNELS
-from engine.policy import PRESET_DESCRIPTIONS
+from engine.policy import PRESET_DESCRIPTIONS, PRESETS, SWITCH_VALUES
 
 # The kernel each preset stands for, as the spec names it (§0 "Which release has what", §4.1, §5.7).
 KERNELS = {
@@ -51,3 +54,17 @@ def test_the_landing_page_says_what_6_13_does(landing: Page) -> None:
     assert "upstream Linux 6.13 and later" in foot.text
     for stale in ("6.x kernel", "read-only read faults", "today's"):
         assert stale not in text + foot.text
+
+
+def test_readme_switch_table_is_the_presets_own() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Presets") : readme.index("## Limits")]
+    rows = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[0].startswith("`") and cells[0].endswith("`"):
+            rows[cells[0].strip("`")] = cells[1:]
+    assert list(rows) == list(SWITCH_VALUES), "one row per switch, in engine/policy.py's order"
+    for switch, values in rows.items():
+        expected = [PRESETS[name].as_json()[switch] for name in PRESET_NAMES]
+        assert values == [str(v).lower() if isinstance(v, bool) else v for v in expected], switch
