@@ -178,6 +178,26 @@ def test_every_builtin_runs_and_only_lazy_buggy_breaks_invariants(name: str, pre
         assert check_all(sim.kvm, len(steps) - 1) == []
 
 
+# --- worked-example ---------------------------------------------------------------------------------------
+# The spec's §7.2 steps are tested value by value in test_worked_example.py and test_golden.py; here, what the
+# lesson's description adds about modern.
+
+
+def test_worked_example_modern_recovers_the_2m_page_at_migrate_end() -> None:
+    # §5.2: migrate_begin splits; the read of 0x2c0 hits a present 4K spte; every write is a fast fault.
+    assert at(WORKED, "modern", "read", gfn=0x2C0).step["fault_counts"] == {"fast": 0, "slow": 0}
+    writes = [a for a in walk(WORKED, "modern") if a.step["op"]["op"] == "write" and a.step["faults"]]
+    assert {result for a in writes for result in fast_results(a)} == {"fixed"}
+    assert logs(WORKED, "modern") == [[0x250, 0x260, 0x2C0], [0x250, 0x300], []]
+    # §5.7: migrate_end switches logging off and recovers in place: a 2M leaf built from the table's first
+    # present 4K spte (0x200's, read-only since the split), MMU-writable, one flush (the last GET found no
+    # bit set, so it has none of its own).
+    end = at(WORKED, "modern", "migrate_end")
+    (huge,) = [s for s in end.state["sptes"] if s["leaf"]]
+    assert (huge["level"], huge["gfn"], huge["writable"], huge["mmu_writable"]) == (2, 0x200, False, True)
+    assert [e["caller"] for e in events(end, "kvm_flush_remote_tlbs")] == ["kvm_mmu_recover_huge_pages"]
+
+
 # --- read-mostly-logging ----------------------------------------------------------------------------------
 
 READ_MOSTLY = "read-mostly-logging"
@@ -837,9 +857,12 @@ def test_disable_dirty_log_modern_recovers_the_huge_page_in_place() -> None:
     assert [e["recovered"] for e in events(disabled, "kvm_mmu_recover_huge_pages")] == [1]
     assert [e["caller"] for e in events(disabled, "kvm_flush_remote_tlbs")] == ["kvm_mmu_recover_huge_pages"]
     assert disabled.state["dirty_bitmaps"] == {}
-    # Re-enabling splits again (§5.2): 512 read-only 4K leaves.
+    # Re-enabling splits again (§5.2): 512 read-only 4K leaves, so the write to 0x201 is a fast fault on its
+    # own 4K spte that marks it (§5.7: the faulting gfn).
     again = at(DISABLE, "modern", "enable_dirty_log", nth=1)
     assert len(leaves(again)) == 512 and not any(writable for _, _, writable in leaves(again))
+    write = at(DISABLE, "modern", "write", gfn=0x201)
+    assert (fast_results(write), write.step["marked_dirty"]) == (["fixed"], [0x201])
 
 
 def test_disable_dirty_log_modern_6_12_zaps_the_table_instead() -> None:
