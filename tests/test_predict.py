@@ -239,7 +239,9 @@ def test_enabling_logging_splits_under_modern() -> None:
     # The 2M spte as 6.13+ built it (§5.7 "spte encoding", and D set by make_spte): W PS A D HW MW.
     lay = LAYOUT_6X
     old = lay.leaf(0x80000, lay.W | lay.PS | lay.A | lay.D | lay.HW | lay.MW)
-    assert f"L2[0x1]: {old:#x} → " in modern.explanation
+    # The new table is the model's third table page (engine/kvm.py TABLE_PFN_BASE; root and L3 took the first
+    # two), linked by a pointer with the layout's present bits (§1.3, §5.7).
+    assert f"L2[0x1]: {old:#x} → {lay.nonleaf(0x1003):#x}." in modern.explanation
     assert "512 now map the range, all of them read-only" in modern.explanation
     # Without eager splitting the modern kernel write-protects the 2M spte as 3.16 does (§5.1).
     assert questions("modern", None, (("eager_split", "false"),))[2].correct == "wp"  # type: ignore[union-attr]
