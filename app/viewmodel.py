@@ -980,7 +980,8 @@ def trace_view(shown: Shown, variant: str | None) -> TraceView:
         name = str(data["name"])
         counts[name] = counts.get(name, 0) + 1
         args = [(k, _arg_text(k, v)) for k, v in data.items() if k != "name"]
-        events.append(EventView(name, args, explain(data, ctx), kernel_source(name, variant), _tone(data)))
+        source = kernel_source(name, variant, shown.sim.kvm.masks.era)
+        events.append(EventView(name, args, explain(data, ctx), source, _tone(data)))
     return TraceView(True, events, shown.dropped_events, sorted(counts.items()))
 
 
@@ -1323,6 +1324,27 @@ def inspector_view(sim: Simulation, location: Location, history: list[tuple[int,
 
 def preset_description(variant: str | None) -> str:
     return PRESET_DESCRIPTIONS.get(variant or "", "a custom combination of switches")
+
+
+# The kernel each preset stands for, in few words: how PRESET_DESCRIPTIONS begins (a test holds them to it).
+PRESET_KERNELS: dict[str, str] = {
+    "zap": "Linux 3.14 (as 3.8 to 3.15), before the patch",
+    "lazy-buggy": "the first attempt, caf6900f (early 2013, a 3.9-era tree; reverted before v3.9)",
+    "lazy": "Linux 3.16.0, the patch (c126d94f) and its series",
+    "modern": "upstream Linux 6.13 and later, the TDP MMU on an Intel EPT host",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LegendRow:
+    preset: str
+    kernel: str
+    description: str
+
+
+def preset_legend() -> list[LegendRow]:
+    """The landing page's key to the presets: each one's kernel, and its whole description."""
+    return [LegendRow(name, PRESET_KERNELS[name], PRESET_DESCRIPTIONS[name]) for name in PRESET_DESCRIPTIONS]
 
 
 # ---------------------------------------------------------------------------------------------------------
