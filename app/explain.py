@@ -14,6 +14,7 @@ from typing import Any
 from engine.spte import (
     EPT_SPTE_HOST_WRITABLE,
     EPT_SPTE_MMU_WRITABLE,
+    ERA_3X,
     ERA_6X,
     PT_PAGE_SIZE_MASK,
     PT_PRESENT_MASK,
@@ -35,8 +36,11 @@ from engine.spte import (
 
 Event = Mapping[str, Any]
 
-# Which tree each preset's mmu.c comes from.
-KERNEL_VERSIONS = {"zap": "3.14", "lazy-buggy": "3.9-rc, caf6900f", "lazy": "3.16", "modern": "6.x"}
+# Which tree each preset's code comes from (engine/policy.py PRESET_DESCRIPTIONS): 3.14; caf6900f, on an
+# early-2013 tree of the 3.9 cycle, reverted before v3.9; 3.16; upstream 6.13 and later.
+KERNEL_VERSIONS = {"zap": "3.14", "lazy-buggy": "caf6900f, 3.9-era", "lazy": "3.16", "modern": "6.13+"}
+# A run whose switches match no preset is named by its generation (policy.era).
+ERA_VERSIONS = {ERA_3X: "3.14–3.16", ERA_6X: KERNEL_VERSIONS["modern"]}
 
 _MMU = "arch/x86/kvm/mmu.c"
 _KVM_MAIN = "virt/kvm/kvm_main.c"
@@ -112,19 +116,44 @@ LATER_DIRTY_LOG_EVENTS = frozenset(
         "vmx_update_cpu_dirty_logging",
     }
 )
+# Later functions that 6.13 no longer has: 6.12's zap-and-refault recovery (huge_page_recovery=
+# zap_collapsible), replaced by kvm_mmu_recover_huge_pages in 6.13 (spec §5.7).
+UNTIL_6_12 = frozenset({"zap_collapsible_spte_range", "kvm_mmu_zap_collapsible_sptes"})
+# Where a 3.x source moved by 6.13: mmu.c and vmx.c into their directories, and what the file names.
+_MOVED_IN_6X = (
+    ("arch/x86/kvm/mmu.c", "arch/x86/kvm/mmu/mmu.c"),
+    ("arch/x86/kvm/vmx.c", "arch/x86/kvm/vmx/vmx.c"),
+)
+SOURCES_6X: dict[str, str] = {
+    "kvm_mmu_notifier_invalidate_range_start": (
+        f"{_KVM_MAIN} and arch/x86/kvm/mmu/mmu.c (kvm_unmap_gfn_range)"
+    ),
+    "mmu_notifier_retry": "arch/x86/kvm/mmu/mmu.c (is_page_fault_stale)",
+    "kvm_vm_ioctl_get_dirty_log": _KVM_MAIN,
+}
 
 
-def kernel_source(name: str, variant: str | None) -> str:
-    """`arch/x86/kvm/mmu.c (3.16)`: the file, with the tree the preset models when it is kernel code."""
+def kernel_source(name: str, variant: str | None, era: str | None = None) -> str:
+    """`arch/x86/kvm/mmu.c (3.16)`: the file, with the tree it is quoted from when it is kernel code.
+
+    `variant` is the run's preset; a run whose switches match none (a what-if) is named by its generation,
+    `era`. Under 6.13+ the file is where 6.13 has it. A function only later kernels have is quoted from
+    6.13+ whatever the preset, except 6.12's recovery, which 6.13 replaced."""
+    later = KERNEL_VERSIONS["modern"]
+    version = KERNEL_VERSIONS.get(variant or "") or ERA_VERSIONS.get(era or "", ERA_VERSIONS[ERA_3X])
     where = KERNEL_SOURCES.get(name, "")
+    if version == later:
+        where = SOURCES_6X.get(name, where)
+        for old, new in _MOVED_IN_6X:
+            where = where.replace(old, new)
     if not where or not (where.startswith("arch/") or where.startswith("virt/")):
         return where
-    if variant == "modern" and where == _MMU:  # later kernels moved mmu.c into arch/x86/kvm/mmu/
-        where = "arch/x86/kvm/mmu/mmu.c"
+    if name in UNTIL_6_12:
+        return f"{where} (up to 6.12)"
     if where.startswith("arch/x86/kvm/mmu/") or name in LATER_DIRTY_LOG_EVENTS:
         # the mmu/ directory, KVM_CLEAR_DIRTY_LOG and the dirty ring exist only in later kernels
-        return f"{where} ({KERNEL_VERSIONS['modern']})"
-    return f"{where} ({KERNEL_VERSIONS.get(variant or '', '3.14–3.16')})"
+        return f"{where} ({later})"
+    return f"{where} ({version})"
 
 
 @dataclass(slots=True)
@@ -135,6 +164,10 @@ class Context:
     masks: SpteMasks
     fault_gfn: int | None = None
     fault_write: bool | None = None
+    # What the fast path of the fault in hand marked, and whether the slot was logged (mark_page_dirty
+    # runs before the fast_page_fault tracepoint that sums the fault up).
+    fast_marked: int | None = None
+    fast_logged: bool | None = None
 
 
 def _hex(value: object) -> str:
@@ -212,6 +245,7 @@ def handle_ept_violation(ev: Event, ctx: Context) -> str:
 def tdp_page_fault(ev: Event, ctx: Context) -> str:
     ctx.fault_gfn = _int(ev.get("gfn"))
     ctx.fault_write = bool(_int(ev.get("error_code")) & 2)
+    ctx.fast_marked = ctx.fast_logged = None
     parts = [f"Page fault on gfn {_hex(ev.get('gfn'))}"]
     if ev.get("force_pt_level"):
         parts.append("the slot is dirty-logged, so only a 4K mapping may be built (force_pt_level)")
@@ -250,26 +284,41 @@ def fast_page_fault(ev: Event, ctx: Context) -> str:
     sp_level = _int(ev.get("sp_level"))
     gfn = _int(ev.get("gfn"))
     seen = f"The lockless walk ends on a {_size(sp_level)} spte ({_flags(ev.get('old'), ctx)})"
-    if result == "fixed":
-        first = gfn & ~(pages_per_hpage(sp_level) - 1)
-        if sp_level > 1:
-            return (
-                f"{seen}: fixed locklessly, W set by compare-and-swap on the whole {_size(sp_level)} spte and"
-                f" gfn {first:#x} marked dirty, not gfn {gfn:#x}: every other page of the range is now"
-                " written without a fault and without a dirty bit."
-            )
-        return f"{seen}: fixed locklessly: W set by compare-and-swap and gfn {first:#x} marked dirty."
-    return f"{seen}: {_FAST_RESULTS.get(result, result)}."
+    if result != "fixed":
+        return f"{seen}: {_FAST_RESULTS.get(result, result)}."
+    # What fast_pf_fix_direct_spte marked, read off the step's own events; without them, the 3.x rule.
+    marked = ctx.fast_marked if ctx.fast_marked is not None else gfn & ~(pages_per_hpage(sp_level) - 1)
+    if ctx.fast_logged is False:
+        whole = f" on the whole {_size(sp_level)} spte" if sp_level > 1 else ""
+        return (
+            f"{seen}: fixed locklessly, W set by compare-and-swap{whole}. The slot is not dirty-logged, so"
+            " nothing is marked and nothing can be missed."
+        )
+    if sp_level == 1:
+        return f"{seen}: fixed locklessly: W set by compare-and-swap and gfn {marked:#x} marked dirty."
+    which = (
+        f"gfn {marked:#x} marked dirty, the page written"
+        if marked == gfn
+        else f"gfn {marked:#x} marked dirty, not gfn {gfn:#x}"
+    )
+    return (
+        f"{seen}: fixed locklessly, W set by compare-and-swap on the whole {_size(sp_level)} spte and"
+        f" {which}: every other page of the range is now written without a fault and without a dirty bit."
+    )
 
 
 def fast_pf_fix_direct_spte(ev: Event, ctx: Context) -> str:
     level = _int(ev.get("level"))
-    text = (
-        f"Compare-and-swap sets W on {_where(ev)}: {ev.get('old')} → {ev.get('new')}; it marks the gfn the"
-        f" spte's position maps, {_hex(ev.get('gfn'))}"
-    )
+    gfn = _int(ev.get("gfn"))
+    ctx.fast_marked = gfn
+    text = f"Compare-and-swap sets W on {_where(ev)}: {ev.get('old')} → {ev.get('new')}; it marks gfn"
+    text += f" {gfn:#x}"
+    if ctx.fault_gfn is not None and gfn == ctx.fault_gfn:
+        if level > 1:
+            return text + ", the faulting gfn (6.x), not the first page of the range (3.x)."
+        return text + ", the page written."
     if level > 1:
-        return text + f", the first page of the {_size(level)} range, whichever page the guest wrote."
+        return text + f", the first page of the {_size(level)} range (3.x), whichever page the guest wrote."
     return text + "."
 
 
@@ -368,6 +417,8 @@ def direct_pte_prefetch(ev: Event, ctx: Context) -> str:
 
 def mark_page_dirty(ev: Event, ctx: Context) -> str:
     gfn = _int(ev.get("gfn"))
+    if ev.get("caller") == "fast_pf_fix_direct_spte":
+        ctx.fast_logged = bool(ev.get("logged"))
     if not ev.get("logged"):
         return f"mark_page_dirty({gfn:#x}) is a no-op: the slot is not dirty-logged."
     slot = ev.get("slot")
@@ -383,8 +434,9 @@ def mark_page_dirty(ev: Event, ctx: Context) -> str:
         return f"gfn {gfn:#x}, logged by the CPU in a PML buffer, is marked dirty in slot {slot}'s log."
     if caller == "set_spte" and ctx.fault_write is False:
         return (
-            f"A read fault maps the page writable and marks it dirty (3.x behaviour): gfn {gfn:#x} is in the"
-            " dirty log although the guest only read it."
+            f"A read fault maps the page writable and marks it dirty, as every TDP kernel does when the host"
+            f" page is writable (3.x set_spte, 6.x make_spte): gfn {gfn:#x} is in the dirty log although the"
+            " guest only read it."
         )
     return f"gfn {gfn:#x} was mapped writable, so it is marked dirty in slot {slot}'s bitmap."
 
@@ -541,8 +593,9 @@ def kvm_mmu_zap_collapsible_sptes(ev: Event, ctx: Context) -> str:
     if not zapped:
         return f"Huge page recovery for slot {ev.get('slot')}: no table could be replaced by a huge page."
     return (
-        f"Huge page recovery for slot {ev.get('slot')}: {zapped} table pointer{'s' if zapped != 1 else ''}"
-        " zapped, so huge pages come back at the next faults (3.x leaves the 4K tables in place)."
+        f"Huge page recovery for slot {ev.get('slot')}, as 4.1 to 6.12 do it: {zapped} table"
+        f" pointer{'s' if zapped != 1 else ''} zapped, so huge pages come back at the next faults (3.x leaves"
+        " the 4K tables in place; 6.13 replaces them by huge leaves at once)."
     )
 
 
@@ -844,7 +897,9 @@ INVARIANT_TEXT: dict[str, str] = {
     "rmap_consistency": "Every present leaf spte must be in exactly one rmap, the one of its level and gfn,"
     " and nothing else may be.",
     "w_implies_hw_mw": "A writable spte must have both software bits, HW and MW.",
-    "lpages_count": "stat.lpages must equal the number of present large leaf sptes.",
+    "lpages_count": "The large-page statistics must count the present large leaf sptes: 6.x pages_2m and"
+    " pages_1g exactly, 3.x largepages too, but for the large sptes 3.14/3.16's mmu-notifier path dropped"
+    " without counting them down.",
     "no_writable_large_while_logging": "While a slot is dirty-logged no large spte may be writable: stores"
     " anywhere in its range take no fault and set no dirty bit.",
     "writable_implies_dirty_bit": "While a slot is logged, a writable 4K spte must have its page's dirty bit"

@@ -13,10 +13,11 @@ loss is what the lazy-buggy preset is about; its prompt reads the same whatever 
 
 The kinds follow the op: an access asks which path a fault takes (or which bits the CPU sets); enabling
 logging asks what becomes of a mapping (zapped, write-protected, split into 4K sptes, or left alone when the
-bitmap starts all set); a harvest (GET_DIRTY_LOG, a round, the dirty ring's reset) asks whether a written page
-is reported; KVM_CLEAR_DIRTY_LOG asks whether a page is write-protected again; the end of a migration asks
-for the verdict. An ioctl the VM's dirty-log mode refuses is asked about as if it ran, and its failure is the
-answer.
+bitmap starts all set), and disabling it what becomes of the table logging left where a huge page was (left,
+zapped, or replaced in place by a huge leaf, as 6.13 and later do); a harvest (GET_DIRTY_LOG, a round, the
+dirty ring's reset) asks whether a written page is reported; KVM_CLEAR_DIRTY_LOG asks whether a page is
+write-protected again; the end of a migration asks for the verdict. An ioctl the VM's dirty-log mode
+refuses is asked about as if it ran, and its failure is the answer.
 
 Everything here is a pure function of engine values; the explanations reuse `app.explain`'s sentences for
 the trace events that decided the answer.
@@ -597,6 +598,87 @@ def logging_question(shown: Shown, result: StepResult, slots: Sequence[int]) -> 
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Disabling dirty logging: "what happens to the table logging left behind?"
+
+_RECOVERY = (
+    Choice("same", "Nothing: the table and its 4K sptes stay"),
+    Choice("zap", "Zapped: the next fault there maps a huge page"),
+    Choice("huge", "Replaced at once by a huge leaf"),
+)
+
+
+def _table_before(kvm: Kvm, touched: Mapping[tuple[KvmMmuPage, int], int], slot: int) -> Leaf | None:
+    """The table pointer of `slot` a huge page would replace, as it was before the step: the first present
+    non-leaf entry of a level-2+ table inside the slot, largest range first."""
+    ranges = [(s.base_gfn, s.base_gfn + s.npages) for s in kvm.memslots if s.id == slot]
+    found = []
+    for sp in kvm.active_mmu_pages.values():
+        if sp.level < 2 or sp.invalid:
+            continue
+        span = pages_per_hpage(sp.level)
+        for index, value in enumerate(sp.spt):
+            old = touched.get((sp, index), value)
+            gfn = sp.gfn + index * span
+            inside = any(low <= gfn and gfn + span <= high for low, high in ranges)
+            if inside and old & PT_PRESENT_MASK and not _is_leaf(old, sp.level):
+                found.append((-sp.level, gfn, Leaf(sp, index, old, kvm.masks)))
+    return min(found, key=lambda item: item[:2])[2] if found else None
+
+
+def recovery_question(shown: Shown, result: StepResult, slot: int) -> Question | None:
+    """What does switching logging off do to the table logging left where a huge page was? 3.14 and 3.16
+    leave it (spec §5.3), 4.1 to 6.12 zap it so that the next fault maps the huge page, and 6.13 and later
+    replace it at once by a huge leaf built from its first present leaf (§5.7). Asked when the slot has such
+    a table, with the same options whatever the answer."""
+    kvm = shown.sim.kvm
+    table = _table_before(kvm, shown.touched, slot)
+    if table is None:
+        return None
+    last = table.gfn + table.span - 1
+    prompt = (
+        f"Dirty logging is switched off for slot {slot}. What happens to {table.where}, which points to a"
+        f" table of smaller sptes for gfns {_hx(table.gfn)}–{_hx(last)}?"
+    )
+    new = table.new
+    if _is_leaf(new, table.level):
+        correct = "huge"
+    elif not new & PT_PRESENT_MASK:
+        correct = "zap"
+    elif new == table.old:
+        correct = "same"
+    else:
+        correct = "other"
+    said = _sentences(result, kvm.masks)
+    mine = [
+        item
+        for item in said
+        if item.name in ("tdp_mmu_make_huge_spte", "zap_collapsible_spte_range")
+        and item.data.get("level") == table.level
+        and item.data.get("index") == table.index
+        and item.data.get("sp_gfn") == table.sp.gfn
+    ]
+    story = " ".join(item.text for item in mine[:1])
+    if correct == "same":
+        story = (
+            "Switching logging off frees the bitmap and changes no spte here: the table stays until a"
+            " slow-path fault in the range maps a huge page over it."
+        )
+    # The step's trace may have been cut short after the hundreds of sptes a recovery frees.
+    summary = _pick(said, ("kvm_mmu_recover_huge_pages", "kvm_mmu_zap_collapsible_sptes")) or {
+        "huge": "One TLB flush for the slot follows: the huge page is back at once, with the bits of the leaf"
+        " it was built from.",
+    }.get(correct, "")
+    if not story and correct == "huge":
+        story = (
+            f"Logging is off, so a {level_name(table.level)} page can map the range again: the first present"
+            " leaf under the table becomes a huge leaf, stored over the pointer in one write."
+        )
+    change = f"{table.where}: {_hx(table.old)} → {_hx(new)}." if correct != "same" else ""
+    options = _ensure(_RECOVERY, correct, "Something else")
+    return Question(result.index, LOGGING, prompt, options, correct, _join(change, story, summary))
+
+
+# ---------------------------------------------------------------------------------------------------------
 # GET_DIRTY_LOG: "will it report gfn G?"; the end of a migration: "will a page be lost?"
 
 _REPORT = (Choice("yes", "Yes, it is reported"), Choice("no", "No, it is not reported"))
@@ -895,9 +977,9 @@ def verdict_question(shown: Shown, result: StepResult) -> Question:
 
 def question_for(shown: Shown) -> Question | None:
     """The question about step `shown.n - 1`, derived from the state after it (`shown`), or None for a
-    step that asks nothing sensible (a note, a TLB flush, zapping everything, switching logging off,
-    enabling logging on a slot nothing maps). An ioctl the dirty-log mode refuses is asked about as if
-    it ran: that it fails is the answer."""
+    step that asks nothing sensible (a note, a TLB flush, zapping everything, switching logging on for a
+    slot nothing maps, or off for one without a table a huge page could replace). An ioctl the dirty-log
+    mode refuses is asked about as if it ran: that it fails is the answer."""
     result = shown.result
     if result is None:
         return None
@@ -906,6 +988,8 @@ def question_for(shown: Shown) -> Question | None:
         return access_question(shown, result)
     if name == "enable_dirty_log":
         return logging_question(shown, result, [int(str(result.op.get("slot")))])
+    if name == "disable_dirty_log":
+        return recovery_question(shown, result, int(str(result.op.get("slot"))))
     if name == "migrate_begin":
         return logging_question(shown, result, shown.sim.migration.enabled_slots)
     if name in ("get_dirty_log", "migrate_round", "reset_dirty_ring"):

@@ -20,7 +20,7 @@ from jinja2.runtime import Context
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
-from app.viewmodel import hx, plural
+from app.viewmodel import hx, plural, preset_legend
 
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
@@ -131,6 +131,7 @@ def _environment() -> Environment:
     env.filters["markdown"] = markdown
     env.globals["static"] = _static
     env.globals["htmx_js"] = HTMX
+    env.globals["preset_legend"] = preset_legend()
     return env
 
 

@@ -31,6 +31,7 @@ from engine.rmap import pte_list
 from engine.shadow_page import KvmMmuPage
 from engine.simulation import Simulation, StepResult
 from engine.spte import (
+    ERA_6X,
     FLAG_BITS,
     PT64_BASE_ADDR_MASK,
     PT_PAGE_SIZE_MASK,
@@ -979,7 +980,8 @@ def trace_view(shown: Shown, variant: str | None) -> TraceView:
         name = str(data["name"])
         counts[name] = counts.get(name, 0) + 1
         args = [(k, _arg_text(k, v)) for k, v in data.items() if k != "name"]
-        events.append(EventView(name, args, explain(data, ctx), kernel_source(name, variant), _tone(data)))
+        source = kernel_source(name, variant, shown.sim.kvm.masks.era)
+        events.append(EventView(name, args, explain(data, ctx), source, _tone(data)))
     return TraceView(True, events, shown.dropped_events, sorted(counts.items()))
 
 
@@ -1097,6 +1099,7 @@ class PlayView:
     trace: TraceView
     stats: dict[str, int]
     step_counts: list[tuple[str, str, int]]  # (hook name, label, value)
+    kernel_stats: KernelStatsView
     violations: list[ViolationView]
     violation_total: int
     step_violations: int
@@ -1208,6 +1211,7 @@ def play_view(
         trace=trace_view(shown, variant),
         stats=kvm.stats(),
         step_counts=step_counts,
+        kernel_stats=kernel_stats_view(kvm),
         violations=violation_views(sim.violations, n - 1 if n else None),
         violation_total=len(sim.violations),
         step_violations=len(result.violations) if result else 0,
@@ -1322,6 +1326,27 @@ def preset_description(variant: str | None) -> str:
     return PRESET_DESCRIPTIONS.get(variant or "", "a custom combination of switches")
 
 
+# The kernel each preset stands for, in few words: how PRESET_DESCRIPTIONS begins (a test holds them to it).
+PRESET_KERNELS: dict[str, str] = {
+    "zap": "Linux 3.14 (as 3.8 to 3.15), before the patch",
+    "lazy-buggy": "the first attempt, caf6900f (early 2013, a 3.9-era tree; reverted before v3.9)",
+    "lazy": "Linux 3.16.0, the patch (c126d94f) and its series",
+    "modern": "upstream Linux 6.13 and later, the TDP MMU on an Intel EPT host",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LegendRow:
+    preset: str
+    kernel: str
+    description: str
+
+
+def preset_legend() -> list[LegendRow]:
+    """The landing page's key to the presets: each one's kernel, and its whole description."""
+    return [LegendRow(name, PRESET_KERNELS[name], PRESET_DESCRIPTIONS[name]) for name in PRESET_DESCRIPTIONS]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The compare view
 
@@ -1359,6 +1384,41 @@ def _signature(view: PlayView, name: str) -> object:
         mig = view.migration
         return None if mig is None else (mig.finished, tuple(mig.lost))
     raise KeyError(name)
+
+
+# The counters kvm_stat shows per vCPU (the model sums them over the vCPUs); the others are the VM's.
+VCPU_STATS = frozenset({"exits", "pf_fixed", "pf_taken", "pf_fast", "pf_spurious"})
+
+
+@dataclass(slots=True)
+class KernelStatsView:
+    """The statistics as the preset's kernel names them, VM and vCPU apart, and where kvm_stat reads
+    them: every name shown is one a kvm_stat user knows from that kernel. The result's `lpages` (the
+    present large leaves, contract §4) is no kernel name, so it is not among them."""
+
+    source: str
+    vm: list[tuple[str, int]]
+    vcpu: list[tuple[str, int]]
+    note: str
+
+
+def kernel_stats_view(kvm: Kvm) -> KernelStatsView:
+    stats = {name: value for name, value in kvm.stats().items() if name != "lpages"}
+    era6 = kvm.masks.era == ERA_6X
+    source = "binary stats (KVM_GET_STATS_FD) of Linux 6.x" if era6 else "debugfs kvm/ of Linux 3.x"
+    note = ""
+    drift = kvm.stat.lpages_uncounted
+    if not era6 and drift:
+        note = (
+            f"largepages counts {drift} more than the {kvm.stat.large_leaves} large sptes present:"
+            " 3.14/3.16's mmu-notifier path drops a large spte without counting it down."
+        )
+    return KernelStatsView(
+        source,
+        [(name, value) for name, value in stats.items() if name not in VCPU_STATS],
+        [(name, value) for name, value in stats.items() if name in VCPU_STATS],
+        note,
+    )
 
 
 @dataclass(slots=True)

@@ -308,7 +308,9 @@ def format_footer(
         lines.append(f"  stopped after step {ran - 1} of steps 0-{total - 1} (--until)")
     stats = final.get("stats")
     if isinstance(stats, Mapping):
-        lines.append("  stats: " + ", ".join(f"{name} {value}" for name, value in sorted(stats.items())))
+        # The kernel's counters under kvm_stat's names; the result's `lpages` is the "large" count below.
+        shown = sorted((name, value) for name, value in stats.items() if name != "lpages")
+        lines.append("  stats: " + ", ".join(f"{name} {value}" for name, value in shown))
     sptes = final.get("sptes")
     if isinstance(sptes, list):
         large = sum(1 for spte in sptes if isinstance(spte, Mapping) and spte.get("large"))

@@ -188,6 +188,7 @@ def kvm_clear_dirty_log_protect(
             cleared.extend(slot.gfns_of_word(word, mask))
             kvm_arch_mmu_enable_log_dirty_pt_masked(kvm, slot, offset, mask)
     kvm.log.reprotected.extend(cleared)
+    kvm.log.discarded.extend(cleared)
     if kvm.tp.on:
         kvm.tp.emit(ClearDirtyLogProtect(slot.id, tuple(cleared), bool(cleared)))
     if cleared:

@@ -502,6 +502,13 @@ class StepChecker:
                 if gfn not in harvested:
                     found.add("written_not_logged", gfn, f"gfn {gfn:#x} was written at step {when} while "
                               f"slot {slot_id} was logged, and no {_harvest_name(kvm)} reported it")
+        for gfn in log.discarded:
+            # Userspace cleared the page's bit itself: whatever a store there left unreported, it chose
+            # to drop (as it drops a store a fault already marked). PML's drain before the CLEAR can be
+            # the mark that bit held.
+            slot = kvm.gfn_to_memslot(gfn)
+            if slot is not None:
+                self.pending.get(slot.id, {}).pop(gfn, None)
         for slot in kvm.memslots:
             if slot.dirty_bitmap is None:
                 self.pending.pop(slot.id, None)  # logging stopped: nobody asks for those pages any more

@@ -126,6 +126,9 @@ class StepLog:
     # gfns whose dirty bit (or ring entry) was cleared with their 4K sptes re-protected during the step:
     # none of them may keep a writable 4K spte.
     reprotected: list[int] = field(default_factory=list)
+    # gfns whose bit KVM_CLEAR_DIRTY_LOG cleared: userspace discarded whatever was logged there, reported
+    # by a GET or not (a CLEAR without the GET before it is userspace's mistake, not the kernel's).
+    discarded: list[int] = field(default_factory=list)
     # The ioctl of the step that failed, as "KVM_GET_DIRTY_LOG: ENXIO", or None.
     ioctl_error: str | None = None
     # slots whose logging was switched on during the step.

@@ -12,7 +12,14 @@ from engine.kvm import Kvm, Vcpu
 from engine.kvm_main import gfn_to_pfn, kvm_flush_remote_tlbs, mark_page_dirty
 from engine.memslot import KvmMemorySlot
 from engine.mmu_notifier import host_page_gfns, kvm_mmu_notifier_invalidate_range_start
-from engine.mmu_spte import drop_large_spte, drop_parent_pte, drop_spte, mmu_spte_set, mmu_spte_update
+from engine.mmu_spte import (
+    drop_large_spte,
+    drop_parent_pte,
+    drop_spte,
+    make_nonleaf_spte,
+    mmu_spte_set,
+    mmu_spte_update,
+)
 from engine.rmap import rmap_add
 from engine.shadow_page import KvmMmuPage, kvm_mmu_page_get_gfn
 from engine.split import SPLIT_ON_FAULT, tdp_mmu_split_huge_page
@@ -196,8 +203,9 @@ def mmu_set_spte(
 def direct_pte_prefetch(kvm: Kvm, sp: KvmMmuPage, index: int) -> None:
     """Map the still-empty neighbours of a 4K fault speculatively (no A bit), in its aligned group of 8.
 
-    As in 3.14/3.16 only runs of empty entries that end at a present entry or at the faulting one are
-    filled, so entries after the fault stay empty. The helper insists on a slot without a dirty bitmap,
+    3.14/3.16 fill only runs of empty entries that end at a present entry or at the faulting one, so
+    entries after the fault stay empty; later kernels (`era=6.x`, the rmap-based MMU of 6.x) also fill
+    the run left open at the end of the group. The helper insists on a slot without a dirty bitmap,
     because a direct mapping includes write access: under logging every touch maps exactly one page.
     """
     if not kvm.masks.accessed_mask:
@@ -228,6 +236,10 @@ def direct_pte_prefetch(kvm: Kvm, sp: KvmMmuPage, index: int) -> None:
                 start = None
             elif start is None:
                 start = i
+        else:
+            if start is not None and kvm.era6:
+                got, skipped = direct_pte_prefetch_many(kvm, sp, start, first + PTE_PREFETCH_NUM)
+                done.extend(got)
     if kvm.tp.on:
         kvm.tp.emit(DirectPtePrefetch(sp.gfn, tuple(done), skipped))
 
@@ -273,19 +285,6 @@ def kvm_mmu_get_page(kvm: Kvm, gfn: int, level: int, parent: tuple[KvmMmuPage, i
     if kvm.tp.on:
         kvm.tp.emit(KvmMmuGetPage(level, gfn, created))
     return sp
-
-
-def make_nonleaf_spte(kvm: Kvm, child: KvmMmuPage) -> int:
-    """A pointer to `child`: readable, writable, executable and accessed, so that only leaves decide."""
-    masks = kvm.masks
-    return (
-        (child.pfn << PAGE_SHIFT)
-        | PT_PRESENT_MASK
-        | PT_WRITABLE_MASK
-        | masks.present_mask
-        | masks.x_mask
-        | masks.accessed_mask
-    )
 
 
 def link_shadow_page(kvm: Kvm, sp: KvmMmuPage, index: int, child: KvmMmuPage) -> None:

@@ -11,6 +11,7 @@ from engine.kvm_main import kvm_flush_remote_tlbs
 from engine.rmap import rmap_remove, rmap_remove_sptes
 from engine.shadow_page import KvmMmuPage, kvm_mmu_page_get_gfn
 from engine.spte import (
+    PAGE_SHIFT,
     PT_PRESENT_MASK,
     PT_WRITABLE_MASK,
     is_large_pte,
@@ -21,6 +22,21 @@ from engine.trace import (
     DropParentPte,
     DropSpte,
 )
+
+
+def make_nonleaf_spte(kvm: Kvm, child: KvmMmuPage) -> int:
+    """A pointer to `child`: readable, writable, executable and accessed, so that only leaves decide, with
+    the bits the layout gives every present spte (link_shadow_page in 3.x; 6.x make_nonleaf_spte, which
+    the TDP MMU also uses to link the table a split fills)."""
+    masks = kvm.masks
+    return (
+        (child.pfn << PAGE_SHIFT)
+        | PT_PRESENT_MASK
+        | PT_WRITABLE_MASK
+        | masks.present_mask
+        | masks.x_mask
+        | masks.accessed_mask
+    )
 
 
 def mmu_spte_set(kvm: Kvm, sp: KvmMmuPage, index: int, new: int) -> None:

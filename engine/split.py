@@ -16,7 +16,7 @@ from itertools import repeat
 
 from engine.kvm import Kvm
 from engine.memslot import KvmMemorySlot
-from engine.mmu_spte import mmu_spte_set
+from engine.mmu_spte import make_nonleaf_spte, mmu_spte_set
 from engine.rmap import gfn_to_rmap_slot, rmap_add, rmap_remove
 from engine.shadow_page import KvmMmuPage, kvm_mmu_page_get_gfn
 from engine.spte import (
@@ -28,7 +28,6 @@ from engine.spte import (
     PT_PAGE_SIZE_MASK,
     PT_PAGE_TABLE_LEVEL,
     PT_PRESENT_MASK,
-    PT_WRITABLE_MASK,
     pages_per_hpage,
     spte_to_pfn,
 )
@@ -47,12 +46,6 @@ def make_huge_page_split_spte(huge_spte: int, child_level: int, index: int) -> i
     if child_level == PT_PAGE_TABLE_LEVEL:
         child &= ~PT_PAGE_SIZE_MASK
     return child
-
-
-def make_nonleaf_spte(kvm: Kvm, child: KvmMmuPage) -> int:
-    """A pointer to `child`, built as link_shadow_page builds one (accessed, readable, writable)."""
-    masks = kvm.masks
-    return (child.pfn << PAGE_SHIFT) | PT_PRESENT_MASK | PT_WRITABLE_MASK | masks.x_mask | masks.accessed_mask
 
 
 def tdp_mmu_split_huge_page(kvm: Kvm, sp: KvmMmuPage, index: int, caller: str) -> KvmMmuPage:

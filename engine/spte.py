@@ -55,20 +55,6 @@ ERA_6X = "6.x"
 # Memory type of guest RAM without non-coherent DMA: write-back, ignore PAT (vmx_get_mt_mask).
 EPT_RAM_MT_MASK = (MTRR_TYPE_WRBACK << VMX_EPT_MT_EPTE_SHIFT) | VMX_EPT_IPAT_BIT
 
-# The decoded flags shown to people, in the order the contract fixes, at their 3.x positions (the 6.x
-# ones are `SpteMasks.flag_bits`).
-FLAG_BITS: tuple[tuple[str, int], ...] = (
-    ("R", PT_PRESENT_MASK),
-    ("W", PT_WRITABLE_MASK),
-    ("X", VMX_EPT_EXECUTABLE_MASK),
-    ("PS", PT_PAGE_SIZE_MASK),
-    ("A", VMX_EPT_ACCESS_BIT),
-    ("D", VMX_EPT_DIRTY_BIT),
-    ("HW", SPTE_HOST_WRITEABLE),
-    ("MW", SPTE_MMU_WRITEABLE),
-)
-
-
 @dataclass(frozen=True, slots=True)
 class SpteMasks:
     """The masks KVM installs for EPT at module load: 3.x `kvm_mmu_set_mask_ptes` from vmx.c's
@@ -166,6 +152,10 @@ def spte_is_locklessly_modifiable(spte: int, masks: SpteMasks) -> bool:
 def spte_to_pfn(spte: int) -> int:
     return (spte & PT64_BASE_ADDR_MASK) >> PAGE_SHIFT
 
+
+# The decoded flags shown to people, in the order the contract fixes, at their 3.x positions: the positions
+# of `flag_word`, which packs any layout's flags there.
+FLAG_BITS = SpteMasks.for_ept(True, ERA_3X).flag_bits
 
 # The bits of FLAG_BITS other than HW and MW, which sit at the same positions in every layout.
 _FIXED_FLAGS = PT_PRESENT_MASK | PT_WRITABLE_MASK | VMX_EPT_EXECUTABLE_MASK | PT_PAGE_SIZE_MASK

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
-_HEX_FIELDS = frozenset({"old", "new", "spte"})
+_HEX_FIELDS = frozenset({"old", "new", "spte", "child"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -267,12 +267,21 @@ def test_compare_json_reports_the_decisive_write(capsys: pytest.CaptureFixture[s
         "field": "marked_dirty",
         "values": {"zap": [0x250], "lazy-buggy": [0x200], "lazy": [0x250], "modern": [0x250]},
     } in (data["differences"])
-    # Steps 0 and 1 happen before logging starts: every variant does the same.
-    assert all(d["step"] >= 2 for d in data["differences"])
+    # Steps 0 and 1 happen before logging starts: the 3.x variants do the same; modern differs only by its
+    # spte values, in the 6.x layout and built dirty (spec §5.7), so its step-1 store changes no spte.
+    early = [d for d in data["differences"] if d["step"] < 2]
+    assert [(d["step"], d["field"]) for d in early] == [(0, "spte_changes"), (1, "spte_changes")]
+    for d in early:
+        zap, buggy, lazy, modern = (d["values"][name] for name in PRESETS)
+        assert zap == buggy == lazy != modern
+    assert early[1]["values"]["modern"] == []
     assert data["final"]["lazy-buggy"]["lost"] == LOST_BY_LAZY_BUGGY
     assert data["final"]["zap"] == {**data["final"]["zap"], "lost": [], "violations": 0}
     assert data["final"]["lazy"]["violations"] == 0
     assert data["final"]["lazy-buggy"]["stats"]["lpages"] == 1
+    # migrate_end's disable recovers modern's 2M page in place (spec §5.7); 3.x leaves the 4K table (§2).
+    assert data["final"]["modern"]["stats"]["pages_2m"] == data["final"]["modern"]["stats"]["lpages"] == 1
+    assert data["final"]["lazy"]["stats"]["lpages"] == 0
     assert (
         run_cli(capsys, "compare", EXAMPLE, "--json")[1] == run_cli(capsys, "compare", EXAMPLE, "--json")[1]
     )

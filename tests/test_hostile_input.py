@@ -587,7 +587,7 @@ def test_the_estimate_is_consistent_and_small_for_the_builtins() -> None:
         assert all(prefix[n] == estimate_work(parsed, n).total for n in range(len(prefix))), name
         # Each built-in runs under every preset (four) on the landing page and /compare: far below any sane
         # budget. The estimate bounds the costliest preset: `modern` splits every huge page the guest
-        # mapped when logging starts and zaps them back when it stops, and one-gig-page's gigabyte is
+        # mapped when logging starts and recovers them when it stops, and one-gig-page's gigabyte is
         # 262 144 pages each way (about 1.7 s), which still fits the default budget four times over.
         if name == "one-gig-page":
             assert prefix[-1] * len(PRESETS) <= Settings().run_budget, name
@@ -613,7 +613,8 @@ def test_the_estimate_follows_the_ops_that_cost() -> None:
         [{"op": "write", "gfn": 0, "count": 8, "stride": 512}, *_many(10, {"op": "zap_all"})]
     )
     # A 1G leaf maps 262144 pages from one access (§1.2): enabling logging may split them all (the modern
-    # preset's eager split, §5.2) and disabling may zap them back (§5.3); a 4K-backed slot has none to split.
+    # preset's eager split, §5.2) and disabling may recover them (§5.3, §5.7: in place, freeing every table
+    # under the gigabyte); a 4K-backed slot has none to split.
     gig: dict[str, Any] = {
         "vm": {"max_page_level": "1G"},
         "memslots": [{"id": 1, "base_gfn": "0x40000", "npages": 1 << 18, "host_page": "1G"}],
@@ -644,7 +645,7 @@ def test_the_default_budget_runs_the_builtins_and_the_benchmark(monkeypatch: pyt
     per_run = estimate_work(parse_scenario(benchmark.build_scenario())).total
     # The benchmark asks the player for each preset in turn, one run per request, to the last step. The
     # estimate bounds the costliest preset: under `modern` each of its hundred enable_dirty_log steps splits
-    # the slot's sixteen 2M pages and each disable zaps them back (about 7 s of the summary pass), so the
+    # the slot's sixteen 2M pages and each disable recovers them (about 7 s of the summary pass), so the
     # estimate is several times the 3.x presets' cost and four runs of it (/compare) no longer fit.
     assert per_run <= budget
 

@@ -7,17 +7,24 @@ the spec section named beside them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import PRESET_NAMES, make_scenario, per_preset, run_scenario, spte_at
+from conftest import PRESET_NAMES, Layout, layout, make_scenario, per_preset, run_scenario, spte_at
 
 from engine.policy import NOT_IMPLEMENTED, PRESETS, SWITCH_VALUES, PolicyError, make_policy
+from engine.scenario import ScenarioError
 
 # The worked example's memslot (§7.1): gfns 0x200-0x3ff on one writable 2 MiB host page at pfn 0x80000.
 SLOT_2M = {"id": 1, "base_gfn": "0x200", "npages": 512, "host_page": "2M", "base_pfn": "0x80000"}
-# The same with an unbroken copy-on-write host page (§7.3 edge case): a read maps it without HW.
+# The same with an unbroken copy-on-write host page (§7.3 edge case): a read maps it without HW. The host
+# shares it (the zero page, KSM, a fork: `host_cow` "copy", the default), so a write copies it and fires the
+# mmu notifier (§5.8)...
 SLOT_2M_COW = {**SLOT_2M, "host_writable": False}
+# ... or the process owns it alone ("reuse"): a write makes it writable where it is, with no notifier (§5.8,
+# "a host page that the process owns alone has none of this"), as the host page of 404381c5's scenario.
+SLOT_2M_OWNED = {**SLOT_2M, "host_writable": False, "host_cow": "reuse"}
 # 4K host pages, for sptes that can only ever be 4K.
 SLOT_4K = {"id": 2, "base_gfn": "0x1000", "npages": 16, "host_page": "4K", "base_pfn": "0x90000"}
 
@@ -50,11 +57,11 @@ def invariants(step: dict[str, Any]) -> set[tuple[str, int | None]]:
 
 
 # Under `modern`, enabling logging splits every large spte to 4K first (eager_split, §5.2) and disabling it
-# zaps the 4K tables a large spte could replace (recover_on_disable, §5.3): the scenarios below, built to
-# put a large spte in front of a 3.x switch, never do under it. Its own switches are in
+# turns the 4K tables back into huge leaves in place (recover_on_disable, §5.7): the scenarios below, built
+# to put a large spte in front of a 3.x switch, never do under it. Its own switches are in
 # test_modern_switches.py.
 MODERN_SPLITS_FIRST = {"modern": "eager_split leaves no large spte once logging is on (§5.2)"}
-MODERN_RECOVERS = {"modern": "recover_on_disable zaps the 4K table when logging stops (§5.3)"}
+MODERN_RECOVERS = {"modern": "recover_on_disable makes the 4K table a 2M leaf when logging stops (§5.7)"}
 EVERY_3X = {"zap": None, "lazy-buggy": None, "lazy": None}
 
 
@@ -247,19 +254,45 @@ def test_last_spte_check(preset: str, _none: None, check: str) -> None:
 
 # --- flush_rule: mmu_spte_update's answer to "must TLBs be flushed?" --------------------------------------
 
+
+def _large(lay: Layout, bits: int) -> int:
+    """§1.3's 2M leaf in a preset's own layout (HW and MW sit at bits 10/11 in 3.x, 57/58 in 6.x: §5.7
+    "spte encoding"), with `bits` besides PS and A."""
+    return lay.leaf(0x80000, lay.PS | lay.A | bits)
+
+
+def large_rw_d(lay: Layout) -> int:
+    return _large(lay, lay.W | lay.D | lay.HW | lay.MW)
+
+
+def large_ro_d(lay: Layout) -> int:
+    return _large(lay, lay.D | lay.HW | lay.MW)
+
+
+def large_cow(lay: Layout) -> int:
+    return _large(lay, 0)
+
+
 # (old spte, new spte) → need_flush under each rule (§3.1): 3.14 asks W(old) ∧ ¬W(new); 3.16 asks
 # HW(old) ∧ MW(old) ∧ ¬W(new).
 FLUSH_RULE_CASES = [
-    pytest.param(LARGE_RW_D, LARGE_RO_D, {"old_w": True, "old_hw_mw": True}, id="writable-to-readonly"),
-    pytest.param(LARGE_RO_D, LARGE_RO_D, {"old_w": False, "old_hw_mw": True}, id="readonly-hw-mw-kept"),
-    pytest.param(LARGE_COW, LARGE_COW, {"old_w": False, "old_hw_mw": False}, id="readonly-no-hw"),
-    pytest.param(LARGE_RO_D, LARGE_RW_D, {"old_w": False, "old_hw_mw": False}, id="permission-increase"),
+    pytest.param(large_rw_d, large_ro_d, {"old_w": True, "old_hw_mw": True}, id="writable-to-readonly"),
+    pytest.param(large_ro_d, large_ro_d, {"old_w": False, "old_hw_mw": True}, id="readonly-hw-mw-kept"),
+    pytest.param(large_cow, large_cow, {"old_w": False, "old_hw_mw": False}, id="readonly-no-hw"),
+    pytest.param(large_ro_d, large_rw_d, {"old_w": False, "old_hw_mw": False}, id="permission-increase"),
 ]
+assert (large_rw_d(layout("lazy")), large_ro_d(layout("lazy"))) == (LARGE_RW_D, LARGE_RO_D)  # §1.3
 
 
 @pytest.mark.parametrize(("old", "new", "expected"), FLUSH_RULE_CASES)
 @pytest.mark.parametrize("rule", ["old_w", "old_hw_mw"])
-def test_flush_rule(preset: str, rule: str, old: int, new: int, expected: dict[str, bool]) -> None:
+def test_flush_rule(
+    preset: str,
+    rule: str,
+    old: Callable[[Layout], int],
+    new: Callable[[Layout], int],
+    expected: dict[str, bool],
+) -> None:
     # The two rules differ only for an old spte that is read-only yet HW ∧ MW, updated to a read-only one.
     # Under TDP no caller does that: spte_write_protect skips read-only sptes unless pt_protect, which only
     # shadow paging passes (§3.3, §3.4), and set_spte only downgrades when the host page stops being
@@ -268,15 +301,16 @@ def test_flush_rule(preset: str, rule: str, old: int, new: int, expected: dict[s
     from engine.cpu import walk_spte
     from engine.mmu_spte import mmu_spte_update
 
+    lay = layout(preset)
     sim, _, _ = run_scenario(
         make_scenario([SLOT_2M], [{"op": "read", "gfn": "0x210"}]), preset, {"flush_rule": rule}
     )
     found = walk_spte(sim.kvm, 0x210)
     assert found is not None
     sp, index, _spte = found
-    sim.kvm.write_spte(sp, index, old)
-    assert mmu_spte_update(sim.kvm, sp, index, new) is expected[rule]
-    assert sp.spt[index] == new
+    sim.kvm.write_spte(sp, index, old(lay))
+    assert mmu_spte_update(sim.kvm, sp, index, new(lay)) is expected[rule]
+    assert sp.spt[index] == new(lay)
 
 
 # --- flush_after_unlock: where the write-protect flushes run ----------------------------------------------
@@ -313,8 +347,10 @@ def test_flush_after_unlock(preset: str, after_unlock: bool) -> None:
     ),
 )
 def test_direct_map_drops_large(preset: str, _none: None, drops: bool) -> None:
+    # 404381c5's scenario (§3.2, §7.3 edge case) with a host page the process owns alone: the write makes it
+    # writable in place, so no mmu notifier drops the large spte first (§5.8), and __direct_map meets it.
     scenario = make_scenario(
-        [SLOT_2M_COW],
+        [SLOT_2M_OWNED],
         [
             {"op": "read", "gfn": "0x210"},
             {"op": "enable_dirty_log", "slot": 1},
@@ -329,6 +365,7 @@ def test_direct_map_drops_large(preset: str, _none: None, drops: bool) -> None:
     write = result["steps"][2]
     # The fast path refuses it: no HW (§3.9).
     assert write["faults"][0]["fast_result"] == "not_locklessly_modifiable"
+    assert [e for e in write["events"] if e["name"] == "kvm_mmu_notifier_invalidate_range_start"] == []
     if drops:
         # The slow path drops it (flush) and maps gfn 0x250 alone, writable, with HW (§3.2, §7.3).
         assert value(result, 1, 0x200, 0x50) == SMALL_0X250_RW_D
@@ -336,6 +373,8 @@ def test_direct_map_drops_large(preset: str, _none: None, drops: bool) -> None:
         assert write["fault_counts"] == {"fast": 0, "slow": 1}
         assert flush_events(write) == [("drop_large_spte", True)]
         assert write["violations"] == []
+        # __drop_large_spte counts largepages down (§3.2): the kernel's count is the present one again.
+        assert (result["final"]["stats"]["largepages"], result["final"]["stats"]["lpages"]) == (0, 0)
     else:
         # Without 404381c5 the walk stops on the leaf, nothing is mapped, and the write loops forever
         # (§3.2, §4.2 side note).
@@ -345,6 +384,103 @@ def test_direct_map_drops_large(preset: str, _none: None, drops: bool) -> None:
         assert write["fault_counts"]["slow"] > 1
         assert ("fault_livelock", 0x250) in invariants(write)
         assert steps[2].violations
+
+
+@pytest.mark.parametrize("drops", [False, True])
+def test_a_shared_page_is_dropped_by_the_notifier_before_direct_map(preset: str, drops: bool) -> None:
+    # The same scenario on a shared host page (host_cow "copy"): the write copies the page, and the mmu
+    # notifier drops every spte of the 2M host page with a flush before the fault takes mmu_lock; the fault
+    # in flight maps nothing (mmu_notifier_retry), and the retried one finds nothing large in its way
+    # (§5.8). So direct_map_drops_large cannot matter: the same two slow faults either way, and no livelock.
+    lay = layout(preset)
+    scenario = make_scenario(
+        [SLOT_2M_COW],
+        [
+            {"op": "read", "gfn": "0x210"},
+            {"op": "enable_dirty_log", "slot": 1},
+            {"op": "write", "gfn": "0x250"},
+        ],
+    )
+    _, _, result = run_scenario(scenario, preset, {"direct_map_drops_large": drops})
+    write = result["steps"][2]
+    assert write["fault_counts"] == {"fast": 0, "slow": 2}
+    assert write["faults"][0]["fast_result"] == "not_locklessly_modifiable"
+    notified = [e for e in write["events"] if e["name"] == "kvm_mmu_notifier_invalidate_range_start"]
+    # 3.x: the 2M spte the read built; modern: the 512 read-only 4K sptes eager splitting made of it (§5.2).
+    dropped = 512 if preset == "modern" else 1
+    assert [(e["gfn_start"], e["gfn_end"], e["dropped"]) for e in notified] == [(0x200, 0x400, dropped)]
+    assert [e["name"] for e in write["events"] if e["name"] == "mmu_notifier_retry"] == ["mmu_notifier_retry"]
+    assert flush_events(write) == [("kvm_mmu_notifier_invalidate_range_start", True)]
+    assert [e for e in write["events"] if e["name"] in ("drop_large_spte", "tdp_mmu_split_huge_page")] == []
+    assert write["marked_dirty"] == [0x250]
+    assert write["violations"] == []
+    # The retried fault maps the new, writable page: D from the store (3.x) or make_spte (6.x).
+    assert value(result, 1, 0x200, 0x50) == lay.leaf(0x80050, lay.W | lay.A | lay.D | lay.HW | lay.MW)
+    stats = result["final"]["stats"]
+    assert stats["lpages"] == 0
+    if preset != "modern":
+        # 3.14/3.16's kvm_unmap_rmapp drops the 2M spte with drop_spte, which never counts stat.lpages down
+        # (3.14 mmu.c: kvm_unmap_rmapp, drop_spte): the kernel's `largepages` stays at 1.
+        assert stats["largepages"] == 1
+
+
+# --- host_cow: what a write does to a host page that is not writable yet ----------------------------------
+
+# A 4K host page, so that only the page written is copied: the write of 0x1003 on a page a read mapped
+# without HW.
+SLOT_4K_RO = {**SLOT_4K, "host_writable": False}
+HOST_COW_STEPS = [
+    {"op": "read", "gfn": "0x1003"},
+    {"op": "read", "gfn": "0x1004"},
+    {"op": "write", "gfn": "0x1003"},
+]
+
+
+@pytest.mark.parametrize("cow", ["copy", "reuse"])
+def test_host_cow(preset: str, cow: str) -> None:
+    lay = layout(preset)
+    scenario = make_scenario([{**SLOT_4K_RO, "host_cow": cow}], HOST_COW_STEPS)
+    _, _, result = run_scenario(scenario, preset)
+    read = result["steps"][0]
+    # §1.3, §3.8: a read of an unbroken COW page: map_writable false, so no HW, no W, no MW.
+    assert [c["new"] for c in read["spte_changes"] if c["index"] == 3] == [f"{lay.leaf(0x90003, lay.A):#x}"]
+    write = result["steps"][2]
+    notified = [e for e in write["events"] if e["name"] == "kvm_mmu_notifier_invalidate_range_start"]
+    if cow == "copy":
+        # §5.8: the copy fires the mmu notifier for that host page only: the 4K spte dropped, one flush, the
+        # fault retried; the retried fault maps the copy writable. Two slow faults.
+        assert [(e["gfn_start"], e["gfn_end"], e["dropped"], e["flush"]) for e in notified] == [
+            (0x1003, 0x1004, 1, True)
+        ]
+        assert write["fault_counts"] == {"fast": 0, "slow": 2}
+        assert flush_events(write) == [("kvm_mmu_notifier_invalidate_range_start", True)]
+    else:
+        # No notifier: one slow fault rebuilds the spte over the read-only one, with HW now (§3.10: the pfn
+        # is the same, so mmu_set_spte updates it in place); a permission increase needs no flush (§3.11).
+        assert notified == []
+        assert write["fault_counts"] == {"fast": 0, "slow": 1}
+        assert write["tlb_flushes"] == 0
+    assert value(result, 1, 0x1000, 3) == lay.leaf(0x90003, lay.W | lay.A | lay.D | lay.HW | lay.MW)
+    # The neighbour the second read mapped is another host page, untouched either way.
+    assert value(result, 1, 0x1000, 4) == lay.leaf(0x90004, lay.A)
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_host_cow_reuse_on_a_writable_host_page_is_refused(index: int) -> None:
+    # "reuse" says what a write does to a page that is not writable yet: on a writable slot it means
+    # nothing, and the scenario is refused before anything runs, naming the memslot (contract §1).
+    slots = [{**SLOT_4K, "host_writable": False}, {**SLOT_2M}]
+    slots[index] = {**slots[index], "host_writable": True, "host_cow": "reuse"}
+    with pytest.raises(ScenarioError, match=rf"^memslots\[{index}\]: host_cow .*host_writable true"):
+        make_scenario(slots, [{"op": "read", "gfn": "0x210"}])
+
+
+@pytest.mark.parametrize("bad", ["share", "", "COPY", True, 1])
+def test_an_unknown_host_cow_is_refused(bad: object) -> None:
+    with pytest.raises(ScenarioError, match=r"^memslots\[0\]\.host_cow: must be 'copy' or 'reuse'"):
+        make_scenario(
+            [{**SLOT_2M, "host_writable": False, "host_cow": bad}], [{"op": "read", "gfn": "0x210"}]
+        )
 
 
 # --- the switch table itself ----------------------------------------------------------------------------
@@ -360,7 +496,11 @@ TESTED_SWITCHES = {
     "split_on_fault",
     "eager_split",
     "recover_on_disable",
+    "huge_page_recovery",
     "read_fault_marks_dirty",
+    "pte_prefetch",
+    "fast_pf_dirty_gfn",
+    "era",
     # One test per mode in test_dirty_log_modes.py.
     "dirty_log_mode",
     # Intel PML, in test_pml.py.
@@ -387,14 +527,21 @@ def test_presets_are_the_spec_switch_combinations() -> None:
     }
     assert set(table) == set(PRESET_NAMES)
     # The modern column for the later kernels' switches (dirty_log_mode "bitmap": the later modes are
-    # options), and no PML.
+    # options; no PML), with read_fault_marks_dirty true as corrected, and §5.7's rows: no prefetch,
+    # in-place recovery (6.13+), the faulting gfn marked by the fast path, the 6.x layout and statistics.
     modern = PRESETS["modern"]
     assert (modern.split_on_fault, modern.eager_split, modern.recover_on_disable) == (
         "split_in_place",
         True,
         True,
     )
-    assert (modern.read_fault_marks_dirty, modern.dirty_log_mode, modern.pml) == (False, "bitmap", False)
+    assert (modern.read_fault_marks_dirty, modern.dirty_log_mode, modern.pml) == (True, "bitmap", False)
+    assert (modern.huge_page_recovery, modern.pte_prefetch, modern.fast_pf_dirty_gfn, modern.era) == (
+        "in_place",
+        False,
+        "fault_gfn",
+        "6.x",
+    )
     for name, row in table.items():
         policy = PRESETS[name]
         got = (
@@ -408,13 +555,15 @@ def test_presets_are_the_spec_switch_combinations() -> None:
         assert got == row, name
         if name == "modern":
             continue
-        # The 3.x presets keep split_on_fault=drop, no eager split, no recovery, read faults mark dirty.
+        # The 3.x presets keep split_on_fault=drop, no eager split, no recovery, read faults mark dirty,
+        # prefetch (§3.10), the sp-derived gfn in the fast path (§3.9), and the 3.x layout (§1.1).
         assert (policy.split_on_fault, policy.eager_split, policy.recover_on_disable) == (
             "drop",
             False,
             False,
         )
         assert (policy.read_fault_marks_dirty, policy.dirty_log_mode) == (True, "bitmap")
+        assert (policy.pte_prefetch, policy.fast_pf_dirty_gfn, policy.era) == (True, "sp_gfn", "3.x")
 
 
 def test_nothing_listed_is_left_unimplemented() -> None:

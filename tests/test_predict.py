@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
-from conftest import spec_example
+from conftest import LAYOUT_6X, spec_example
 from fastapi.testclient import TestClient
 from test_app_routes import Page, page
 
@@ -96,17 +96,18 @@ EXPECTED: dict[str, list[str]] = {
         "yes",
         "no",
     ],
-    # The modern preset on the same steps: §5.2 (eager splitting at enable; every write then a fast fault
-    # on its own read-only 4K spte), the live-kernel note (the read takes no exit; the kernel's logs).
+    # The modern preset (upstream 6.13 and later) on the same steps: §5.7 (make_spte builds the writable 2M
+    # spte of step 1 with D already set), §5.2 (eager splitting at enable; every write then a fast fault on
+    # its own read-only 4K spte, a read a hit on a present one).
     "modern": [
         "slow",
-        "set-d",
+        "none",  # §5.7: D is already set, so the store takes no exit and the CPU has no bit to set
         "split",  # §5.2: the 2M spte becomes a table of 512 read-only 4K sptes
-        "none",  # the read goes through its read-only 4K spte
+        "none",  # the read goes through its present, read-only 4K spte: no fault
         "fast",
         "fast",
         "fast",
-        "yes",  # live-kernel note 2: [0x250, 0x260, 0x2c0]
+        "yes",  # §3.6: [0x250, 0x260, 0x2c0], the pages written since logging began
         "fast",
         "fast",  # 0x300 already has a read-only 4K spte from the split
         "yes",  # [0x250, 0x300]
@@ -235,10 +236,99 @@ def test_enabling_logging_splits_under_modern() -> None:
     modern = asked("modern", 2)
     assert modern.prompt == asked("lazy", 2).prompt and modern.options == asked("lazy", 2).options
     assert modern.correct == "split"
-    assert "0x80000ff7 → 0x1003107" in modern.explanation
+    # The 2M spte as 6.13+ built it (§5.7 "spte encoding", and D set by make_spte): W PS A D HW MW.
+    lay = LAYOUT_6X
+    old = lay.leaf(0x80000, lay.W | lay.PS | lay.A | lay.D | lay.HW | lay.MW)
+    # The new table is the model's third table page (engine/kvm.py TABLE_PFN_BASE; root and L3 took the first
+    # two), linked by a pointer with the layout's present bits (§1.3, §5.7).
+    assert f"L2[0x1]: {old:#x} → {lay.nonleaf(0x1003):#x}." in modern.explanation
     assert "512 now map the range, all of them read-only" in modern.explanation
     # Without eager splitting the modern kernel write-protects the 2M spte as 3.16 does (§5.1).
     assert questions("modern", None, (("eager_split", "false"),))[2].correct == "wp"  # type: ignore[union-attr]
+
+
+# todays-kernel: step 9 reads 0x410, which nothing maps yet; step 14 writes 0x250 once logging is off.
+TODAY = "todays-kernel"
+
+
+@pytest.mark.parametrize("preset", list(EXPECTED))
+def test_a_read_fault_under_logging_is_logged_under_every_preset(preset: str) -> None:
+    """§3.10 (3.x) and §5.7 (6.13+): a read that faults on a logged slot whose host page is writable maps
+    a writable spte and logs the page; the explanation says so, under modern as under 3.x."""
+    question = questions(preset, load_builtin_text(TODAY))[9]
+    assert question is not None and question.prompt.startswith("vCPU 0 reads gfn 0x410.")
+    assert question.correct == "slow"
+    assert "dirty log although the guest only read it" in question.explanation
+
+
+FIRST_WRITE_AFTER_DISABLE = {
+    # §3.9 "the level argument in 3.14": logging off asks about level 2, where a 4K spte is not last:
+    # the fast path gives up, the slow path maps 2M.
+    "zap": "bail",
+    # §4.2: the writable 2M spte never left: no exit.
+    "lazy-buggy": "none",
+    # 3.16 asks about the sp's level: the 4K spte is fixed locklessly.
+    "lazy": "fast",
+    # §5.7: disabling recovered a read-only, MMU-writable 2M leaf; with logging off the fast path may fix
+    # it (the guard applies only while logging, §5.1).
+    "modern": "fast",
+}
+
+
+@pytest.mark.parametrize(("preset", "expected"), FIRST_WRITE_AFTER_DISABLE.items())
+def test_the_first_write_after_logging_stops(preset: str, expected: str) -> None:
+    question = questions(preset, load_builtin_text(TODAY))[14]
+    assert question is not None and question.prompt.startswith("vCPU 0 writes gfn 0x250.")
+    assert question.correct == expected
+    if expected == "fast":
+        # Nothing is logged any more: the explanation must not talk of a page lost to the log.
+        assert "not dirty-logged, so nothing is marked" in question.explanation
+        assert "without a dirty bit" not in question.explanation
+    if preset == "modern":
+        assert "2M spte" in question.explanation
+
+
+# disable-dirty-log: step 6 switches logging off after a short logging phase.
+DISABLE = "disable-dirty-log"
+RECOVERY: list[tuple[str, tuple[tuple[str, str], ...], str]] = [
+    # §2 / §5.3: 3.14 and 3.16 change no spte when logging stops; the 4K table stays.
+    ("zap", (), "same"),
+    ("lazy", (), "same"),
+    # §5.7: 6.13 and later replace the table at once by a huge leaf built from its first present leaf.
+    ("modern", (), "huge"),
+    # §5.3 / §5.7: 4.1 to 6.12 zap it, so that the next fault maps the huge page.
+    ("modern", (("huge_page_recovery", "zap_collapsible"),), "zap"),
+    ("modern", (("recover_on_disable", "false"),), "same"),
+]
+
+
+@pytest.mark.parametrize(("preset", "switches", "expected"), RECOVERY)
+def test_switching_logging_off_asks_what_becomes_of_the_table(
+    preset: str, switches: tuple[tuple[str, str], ...], expected: str
+) -> None:
+    question = questions(preset, load_builtin_text(DISABLE), switches)[6]
+    assert question is not None and question.kind == LOGGING
+    # The same question whatever the answer: the table's place and range, which the page shows.
+    assert question.prompt == (
+        "Dirty logging is switched off for slot 1. What happens to L2[0x1], which points to a table of"
+        " smaller sptes for gfns 0x200–0x3ff?"
+    )
+    assert question.keys == ["same", "zap", "huge"]
+    assert question.correct == expected
+    if expected == "huge":
+        # §5.7: the first present leaf (0x200's 4K spte: R X A D HW MW, read-only since logging began)
+        # with PS set and the address masked to 2M; one flush for the slot.
+        lay = LAYOUT_6X
+        huge = lay.leaf(0x80000, lay.PS | lay.A | lay.D | lay.HW | lay.MW)
+        assert f"→ {huge:#x}." in question.explanation
+        assert "first present leaf" in question.explanation and "flush" in question.explanation
+    if expected == "same":
+        assert "changes no spte" in question.explanation
+
+
+def test_switching_logging_off_asks_nothing_without_a_table() -> None:
+    # §4.2: lazy-buggy's range never left its writable 2M leaf: there is no table to ask about.
+    assert questions("lazy-buggy", load_builtin_text(DISABLE))[6] is None
 
 
 def test_enabling_logging_initially_set_touches_nothing() -> None:
@@ -297,8 +387,12 @@ NO_QUESTIONS = small_scenario(
 
 def test_steps_without_a_sensible_question() -> None:
     found = questions("lazy", NO_QUESTIONS)
-    # A note, logging switched on with nothing mapped, a TLB flush, logging off, zap_all: nothing to ask.
-    assert [i for i, q in enumerate(found) if q is None] == [0, 1, 4, 5, 6]
+    # A note, logging switched on with nothing mapped, a TLB flush, zap_all: nothing to ask.
+    assert [i for i, q in enumerate(found) if q is None] == [0, 1, 4, 6]
+    # Logging switched off is asked about: the reads under logging left a table of 4K sptes (§3.8), which
+    # 3.16 keeps (§2).
+    off = found[5]
+    assert off is not None and off.kind == LOGGING and off.correct == "same"
     empty = found[2]
     assert empty is not None and empty.kind == DIRTY_LOG
     assert "any page at all?" in empty.prompt and empty.correct == "no"

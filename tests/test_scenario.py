@@ -127,7 +127,7 @@ def test_defaults_are_filled_in() -> None:
     assert scenario.title == scenario.description == ""
     assert (scenario.vm.vcpus, scenario.vm.max_page_level, scenario.vm.ept_ad) == (1, "2M", True)
     slot = scenario.memslots[0]
-    assert (slot.host_page, slot.host_writable, slot.host_level) == ("4K", True, 1)
+    assert (slot.host_page, slot.host_writable, slot.host_level, slot.host_cow) == ("4K", True, 1, "copy")
     write = scenario.steps[0]
     assert isinstance(write, WriteStep)
     assert (write.count, write.stride, write.vcpu) == (1, 1, 0)
@@ -217,6 +217,8 @@ def test_canonical_fills_defaults_and_uses_ints_in_a_stable_order() -> None:
                 "host_page": "4K",
                 "base_pfn": 0x80000,
                 "host_writable": True,
+                # What a write does to a host page not yet writable: copy a shared page (§5.8), the default.
+                "host_cow": "copy",
             }
         ],
         "steps": [{"op": "write", "gfn": 592, "count": 1, "stride": 1, "vcpu": 0}],
@@ -389,6 +391,16 @@ BAD_INPUTS: list[tuple[str, Callable[[dict[str, Any]], object], list[str]]] = [
         "host_writable",
         lambda s: s["memslots"][0].update(host_writable=0),
         ["memslots[0].host_writable: must be true or false"],
+    ),
+    (
+        "host_cow",
+        lambda s: s["memslots"][0].update(host_writable=False, host_cow="share"),
+        ["memslots[0].host_cow: must be 'copy' or 'reuse'"],
+    ),
+    (
+        "host_cow reuse on a writable host page",
+        lambda s: s["memslots"][0].update(host_cow="reuse"),
+        ["memslots[0]: host_cow says what a write does to a host page that is not writable yet"],
     ),
     ("npages 0", lambda s: s["memslots"][0].update(npages=0), ["memslots[0].npages: must be between 1 and"]),
     ("slot id", lambda s: s["memslots"][0].update(id=40000), ["memslots[0].id: must be between 0 and 32767"]),

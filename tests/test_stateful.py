@@ -43,7 +43,8 @@ BUG_SIGNS = {"written_not_logged", "no_writable_large_while_logging"}
 @st.composite
 def layouts(draw: st.DrawFn) -> dict[str, Any]:
     """vm + memslots: 1-3 slots of 4K, 2M or (with 1G mappings allowed) 1G host pages, at aligned or
-    misaligned guest and host addresses, some backed by copy-on-write pages."""
+    misaligned guest and host addresses, some backed by copy-on-write pages, shared (a write copies the
+    page and fires the mmu notifier) or owned alone (a write reuses it), spec §5.8."""
     max_page_level = draw(st.sampled_from(["2M", "2M", "2M", "1G", "4K"]))
     host_pages = ["4K", "2M", "2M"] + (["1G"] if max_page_level == "1G" else [])
     count = draw(st.integers(1, 3))
@@ -62,16 +63,17 @@ def layouts(draw: st.DrawFn) -> dict[str, Any]:
         base_gfn = -(-next_gfn // align) * align + skew
         # base_pfn agrees with base_gfn modulo 1G unless drawn off by one (large pages then impossible).
         base_pfn = 0x100000 * (position + 1) + (base_gfn % PAGES_1G) + draw(st.sampled_from([0, 0, 0, 1]))
-        memslots.append(
-            {
-                "id": slot_id,
-                "base_gfn": base_gfn,
-                "npages": npages,
-                "host_page": host_page,
-                "base_pfn": base_pfn,
-                "host_writable": draw(st.sampled_from([True, True, False])),
-            }
-        )
+        slot: dict[str, Any] = {
+            "id": slot_id,
+            "base_gfn": base_gfn,
+            "npages": npages,
+            "host_page": host_page,
+            "base_pfn": base_pfn,
+            "host_writable": draw(st.sampled_from([True, True, False])),
+        }
+        if not slot["host_writable"]:
+            slot["host_cow"] = draw(st.sampled_from(["copy", "reuse"]))
+        memslots.append(slot)
         next_gfn = base_gfn + npages + draw(st.sampled_from([0, 0, 0x200, 0x333]))
     vm = {
         "vcpus": draw(st.integers(1, 3)),
@@ -291,6 +293,26 @@ def test_invariants_hold_with_pml(preset: str, mode: str) -> None:
         {"preset": preset, "overrides": {"dirty_log_mode": mode, "pml": "true"}},
     )
     machine.TestCase.settings = settings(MACHINE_SETTINGS, max_examples=50)
+    machine.TestCase().runTest()
+
+
+@pytest.mark.parametrize(
+    ("preset", "overrides"),
+    [
+        # The 3.16 fault path with 6.x bookkeeping: layout, built-dirty sptes, statistics, memslot zap.
+        ("lazy", {"era": "6.x"}),
+        # 3.14 with huge pages recovered in place when logging stops (a what-if of §5.7's 6.13 row).
+        ("zap", {"recover_on_disable": "true", "huge_page_recovery": "in_place"}),
+        # The 6.13+ TDP MMU with 6.12's zap-and-refault recovery, and with the rmap-based MMU's prefetch.
+        ("modern", {"huge_page_recovery": "zap_collapsible", "pte_prefetch": "true"}),
+    ],
+)
+def test_invariants_hold_with_the_later_switches(preset: str, overrides: dict[str, str]) -> None:
+    """The §5.7 switches on presets that do not set them: no combination may break §3.13."""
+    machine: type[MmuMachine] = type(
+        f"MmuMachine_{preset}_what_if", (MmuMachine,), {"preset": preset, "overrides": overrides}
+    )
+    machine.TestCase.settings = settings(MACHINE_SETTINGS, max_examples=30)
     machine.TestCase().runTest()
 
 

@@ -9,9 +9,11 @@ indexes differ from the spec's step numbers:
 
 and index 11 is migrate_end (the final stop-and-copy of §7.2 step 9's last paragraph).
 
-The §7.2 tables have columns (a), (b), (c): `zap`, `lazy-buggy`, `lazy`. `modern` appears where the spec
-gives its value (the live-kernel note's dirty logs, and what §5.1–5.3 change); its step-by-step
-walk through the same example is in test_modern_preset.py.
+The §7.2 tables have columns (a), (b), (c): `zap`, `lazy-buggy`, `lazy`. `modern` (the 6.13+ TDP MMU, §5.7)
+appears where the spec gives its value: steps 1 and 2 with logging off (§5.7's rows "D bit of sptes built
+writable" and "spte encoding"), the dirty logs, which any correct write-protect logging returns here (the
+guest writes every page it reads after logging starts, §7.2), and what §5.1–5.3 and §5.7 change about
+large pages and flushes; its step-by-step walk through the same example is in test_modern_preset.py.
 
 Every expected value below comes from the spec text (the section is named beside it), never from a run.
 """
@@ -23,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import pytest
-from conftest import per_preset, run_scenario, scenario_dict, spec_example, spte_at
+from conftest import LAYOUT_6X, per_preset, run_scenario, scenario_dict, spec_example, spte_at
 
 from engine.canonical import dumps
 from engine.invariants import check_all
@@ -42,6 +44,10 @@ LARGE_RW_D = 0x80000FF7  # the same after the guest wrote it (the CPU sets D)
 LARGE_RO_D = 0x80000FF5  # the same, write-protected for dirty logging (− W)
 SMALL_0X2C0 = 0x800C0D77  # 4K leaf for gfn 0x2c0, R W X MT IPAT A HW MW
 W_BIT, D_BIT = 1 << 1, 1 << 9  # §1.1: bit 1 is W, bit 9 is EPT D
+# The same 2M leaf as modern's make_spte builds it: the 6.x layout (§5.7 "spte encoding"), and D set on a
+# spte built writable (§5.7 "D bit of sptes built writable").
+L6 = LAYOUT_6X
+LARGE_RW_6X = L6.leaf(0x80000, L6.W | L6.PS | L6.A | L6.D | L6.HW | L6.MW)
 
 
 def small_rw(gfn: int) -> int:
@@ -107,35 +113,61 @@ def bitmap(preset: str, index: int) -> list[int]:
 # --- step 1: read gfn 0x210, logging off (identical in all variants) --------------------------------------
 
 
-def test_step1_read_maps_one_writable_2m_spte(preset: str) -> None:
-    # §7.2 step 1: L2[1] = 2M leaf R W X PS A HW MW, pfn 0x80000 (0x80000DF7); largepages = 1; no flush.
+# §7.2 step 1 for (a), (b), (c): L2[1] = R W X PS A HW MW, pfn 0x80000 (0x80000DF7). modern builds the same
+# permissions in the 6.x layout, and dirty (§5.7).
+STEP1 = {
+    "zap": (LARGE_RW, False),
+    "lazy-buggy": (LARGE_RW, False),
+    "lazy": (LARGE_RW, False),
+    "modern": (LARGE_RW_6X, True),
+}
+
+
+@pytest.mark.parametrize(("preset", "expected"), per_preset(STEP1))
+def test_step1_read_maps_one_writable_2m_spte(preset: str, expected: tuple[int, bool]) -> None:
+    # §7.2 step 1: one writable 2M leaf at L2[1]; largepages = 1; no flush.
+    built, dirty = expected
     s = step(preset, READ_0X210)
     assert s["fault_counts"] == {"fast": 0, "slow": 1}
     assert s["faults"][0]["level"] == 2  # mapping_level = 2
-    assert value(preset, READ_0X210, 2, 0, 1) == LARGE_RW
+    assert value(preset, READ_0X210, 2, 0, 1) == built
     assert flags(spte(preset, READ_0X210, 2, 0, 1)) == {
         "present": True, "leaf": True, "large": True, "writable": True,
-        "host_writable": True, "mmu_writable": True, "accessed": True, "dirty": False,
+        "host_writable": True, "mmu_writable": True, "accessed": True, "dirty": dirty,
     }  # fmt: skip
     large = spte(preset, READ_0X210, 2, 0, 1)
     assert large is not None and large["pfn"] == 0x80000
     assert state(preset, READ_0X210)["stats"]["lpages"] == 1
     assert s["tlb_flushes"] == 0
     assert s["marked_dirty"] == []  # mark_page_dirty(0x200) is a no-op without a bitmap
-    # Prefetch is skipped (sp level 2): the 2M leaf is the only leaf.
+    # Prefetch is skipped (sp level 2; the TDP MMU never prefetches, §5.7): the 2M leaf is the only leaf.
     assert [x["level"] for x in state(preset, READ_0X210)["sptes"] if x["leaf"]] == [2]
 
 
 # --- step 2: write gfn 0x2a0, logging off -------------------------------------------------------------------
 
 
-def test_step2_write_sets_d_without_an_exit(preset: str) -> None:
-    # §7.2 step 2: no exit; the hardware sets D on L2[1] (0x80000FF7). Nothing else changes.
+@pytest.mark.parametrize(
+    ("preset", "expected"),
+    # §7.2 step 2: the hardware sets D on L2[1] (0x80000FF7). modern's leaf was built with D already
+    # (§5.7), so the store finds nothing to set and no spte changes.
+    per_preset(
+        {
+            "zap": (LARGE_RW_D, [(2, 0, 1)]),
+            "lazy-buggy": (LARGE_RW_D, [(2, 0, 1)]),
+            "lazy": (LARGE_RW_D, [(2, 0, 1)]),
+            "modern": (LARGE_RW_6X, []),
+        }
+    ),
+)
+def test_step2_write_sets_d_without_an_exit(preset: str, expected: tuple[int, list[tuple[int, ...]]]) -> None:
+    # §7.2 step 2: no exit. Nothing else changes.
+    after, changed = expected
     s = step(preset, WRITE_0X2A0)
     assert s["fault_counts"] == {"fast": 0, "slow": 0}
     assert s["faults"] == []
-    assert value(preset, WRITE_0X2A0, 2, 0, 1) == LARGE_RW_D
-    assert [(c["level"], c["sp_gfn"], c["index"]) for c in s["spte_changes"]] == [(2, 0, 1)]
+    assert value(preset, WRITE_0X2A0, 2, 0, 1) == after
+    assert [(c["level"], c["sp_gfn"], c["index"]) for c in s["spte_changes"]] == changed
     assert s["tlb_flushes"] == 0
 
 
@@ -327,8 +359,9 @@ def test_step6_writes_0x260_and_0x2c0(preset: str, expected: list[tuple[dict[str
 
 @pytest.mark.parametrize(
     ("preset", "returned"),
-    # §7.2 step 7 "returned set": (a), (c) {0x250, 0x260, 0x2c0}; (b) {0x200}; modern: the live-kernel
-    # note (2).
+    # §7.2 step 7 "returned set": (a), (c) {0x250, 0x260, 0x2c0}; (b) {0x200}. modern: each write is a fast
+    # fault on its own 4K spte (§5.2) and logs its page; the read of 0x2c0 hits the 4K spte the split left
+    # (no fault, nothing logged), and 0x2c0 is written in step 6 anyway.
     per_preset(
         {
             "zap": [0x250, 0x260, 0x2C0],
@@ -410,7 +443,8 @@ def test_step8_rewrite_0x250_and_first_touch_0x300(
 
 @pytest.mark.parametrize(
     ("preset", "returned"),
-    # §7.2 step 9: (a), (c) {0x250, 0x300}; (b) {}: both writes lost; modern: the live-kernel note (2).
+    # §7.2 step 9: (a), (c) {0x250, 0x300}; (b) {}: both writes lost; modern: both fast faults log their
+    # pages (§5.2, §5.7 "gfn marked by the fast path").
     per_preset({"zap": [0x250, 0x300], "lazy-buggy": [], "lazy": [0x250, 0x300], "modern": [0x250, 0x300]}),
 )
 def test_step9_round2_returns_the_dirty_set(preset: str, returned: list[int]) -> None:
@@ -444,16 +478,33 @@ def test_fault_counts_during_logging(preset: str, expected: dict[str, int]) -> N
 
 
 @pytest.mark.parametrize(
-    ("preset", "first_zero"),
+    ("preset", "span"),
     # §7.3: (a) largepages drops to 0 at enable time; (c) only at the first write fault in the range
-    # (spec step 5); (b) stays at 1 forever; modern: at enable time, split rather than zapped (§5.2: pages_2m
-    # drops to 0 immediately after enabling), and no fault brings it back while logging is on.
-    per_preset({"zap": ENABLE, "lazy-buggy": None, "lazy": WRITE_0X250, "modern": ENABLE}),
+    # (spec step 5); (b) stays at 1 forever. modern: at enable time, split rather than zapped (§5.2: pages_2m
+    # drops to 0 immediately after enabling), no fault brings it back while logging is on, and migrate_end's
+    # disable recovers it in place at once (§5.7 "disable logging"). 3.14/3.16 leave the 4K table when
+    # logging stops (§2, §5.3), so the 3.x counts stay at 0.
+    per_preset(
+        {
+            "zap": (ENABLE, None),
+            "lazy-buggy": (None, None),
+            "lazy": (WRITE_0X250, None),
+            "modern": (ENABLE, END),
+        }
+    ),
 )
-def test_large_page_count(preset: str, first_zero: int | None) -> None:
+def test_large_page_count(preset: str, span: tuple[int | None, int | None]) -> None:
+    zero, back = span  # the step the count drops to 0 at, and the step it comes back at
     counts = [s["stats"]["lpages"] for s in run_worked(preset)[1]]
-    end = len(counts) if first_zero is None else first_zero
-    assert counts == [1] * end + [0] * (len(counts) - end)
+    expected = [
+        0 if zero is not None and zero <= index and (back is None or index < back) else 1
+        for index in range(len(counts))
+    ]
+    assert counts == expected
+    if preset != "modern":
+        # §3.13 invariant 3: the kernel's own count (3.x debugfs `largepages`) is the present large leaves;
+        # nothing here goes through the mmu notifier, whose drop 3.14/3.16 forget to count (§5.8).
+        assert [s["stats"]["largepages"] for s in run_worked(preset)[1]] == expected
 
 
 @pytest.mark.parametrize(
@@ -466,8 +517,9 @@ def test_large_page_count(preset: str, first_zero: int | None) -> None:
             "zap": {ROUND_1: 1, ROUND_2: 1},
             "lazy-buggy": {ROUND_1: 1},
             "lazy": {WRITE_0X250: 1, ROUND_1: 1, ROUND_2: 1},
-            # modern: no drop, so 1 per GET with bits; migrate_end disables logging, and recovery zaps
-            # the 4K table the 2M page can replace again, one flush (§5.3).
+            # modern: no drop (the split at enable needs no flush, §5.2), so 1 per GET with bits;
+            # migrate_end disables logging, and the in-place recovery flushes once for the memslot
+            # (§5.7 "disable logging": one kvm_flush_remote_tlbs_memslot at the end).
             "modern": {ROUND_1: 1, ROUND_2: 1, END: 1},
         }
     ),
@@ -477,6 +529,10 @@ def test_tlb_flushes_after_enabling(preset: str, expected: dict[int, int]) -> No
     assert steps[END]["dirty_log"] == []  # the final GET: nothing was written after round 2
     after_enable = {s["index"]: s["tlb_flushes"] for s in steps[ENABLE + 1 :] if s["tlb_flushes"]}
     assert after_enable == expected
+    if preset == "modern":
+        assert [e["caller"] for e in events(preset, END, "kvm_flush_remote_tlbs")] == [
+            "kvm_mmu_recover_huge_pages"
+        ]
     # Plus the unconditional one when logging is enabled (§3.5).
     assert steps[ENABLE]["tlb_flushes"] == 1
     assert run_worked(preset)[2]["final"]["stats"]["remote_tlb_flush"] == 1 + sum(expected.values())
@@ -542,7 +598,7 @@ def literal_steps() -> list[dict[str, Any]]:
             "zap": [[0x250, 0x260, 0x2C0], [0x250, 0x300]],
             "lazy-buggy": [[0x200], []],
             "lazy": [[0x250, 0x260, 0x2C0], [0x250, 0x300]],
-            "modern": [[0x250, 0x260, 0x2C0], [0x250, 0x300]],  # the live-kernel note (2)
+            "modern": [[0x250, 0x260, 0x2C0], [0x250, 0x300]],  # as test_step7/test_step9 above
         }
     ),
 )
