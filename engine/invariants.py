@@ -10,16 +10,20 @@ whole state; the tests use it to show that the incremental checks miss nothing. 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import groupby, islice
+from operator import itemgetter
 
 from engine.cpu import walk_spte
 from engine.kvm import Kvm
 from engine.memslot import KvmMemorySlot, gfn_to_index
 from engine.pml import pml_holds
 from engine.rmap import pte_list
-from engine.shadow_page import KvmMmuPage, kvm_mmu_page_get_gfn
+from engine.shadow_page import KvmMmuPage, as_range, entries_at, kvm_mmu_page_get_gfn
 from engine.spte import (
     KVM_NR_PAGE_SIZES,
+    LARGE_LEAF_BY_LOW_BYTE,
     PT64_BASE_ADDR_MASK,
     PT64_LEVEL_BITS,
     PT64_ROOT_LEVEL,
@@ -27,11 +31,14 @@ from engine.spte import (
     PT_PAGE_TABLE_LEVEL,
     PT_PRESENT_MASK,
     PT_WRITABLE_MASK,
+    READ_ONLY_BY_LOW_BYTE,
+    count_where,
     is_large_pte,
     is_last_spte,
     is_shadow_present_pte,
     is_writable_pte,
     level_name,
+    low_bytes,
     pages_per_hpage,
     spte_index,
     spte_to_pfn,
@@ -247,6 +254,87 @@ def _check_lpages(kvm: Kvm, large: int, found: _Collector) -> None:
 
 # --- the incremental checker -----------------------------------------------------------------------------
 
+# Runs of at least this many touched entries of one table (an eighth of it) are first judged as a whole
+# (_judge_run); shorter ones, as faults or a GET_DIRTY_LOG of a few pages leave, entry by entry, and a
+# step with fewer touched entries is not even grouped into runs.
+_WHOLE_RUN = 64
+
+
+@dataclass(slots=True)
+class _Runs:
+    """What judging runs of touched entries as a whole found: their change in large leaves, and per slot
+    id the 4K rmap heads quiet runs were found in."""
+
+    large_delta: int = 0
+    quiet_heads: dict[int, int] = field(default_factory=dict)
+
+
+def _judge_runs(
+    kvm: Kvm, touched: dict[tuple[KvmMmuPage, int], int], tlbs_live: bool, runs: _Runs
+) -> Iterator[tuple[tuple[KvmMmuPage, int], int]]:
+    """The touched entries left to look at one by one, in touched order: taken a run of one table at a
+    time, each long run is judged as a whole first (_judge_run), and what that found goes to `runs`."""
+    values = iter(touched.values())
+    for table, entries in groupby(touched, key=itemgetter(0)):
+        run = list(entries)
+        olds = list(islice(values, len(run)))
+        judged = _judge_run(kvm, table, run, olds, tlbs_live) if len(run) >= _WHOLE_RUN else None
+        if judged is None:
+            yield from zip(run, olds, strict=True)
+            continue
+        delta, quiet = judged
+        runs.large_delta += delta
+        if quiet is not None:
+            runs.quiet_heads[quiet.id] = runs.quiet_heads.get(quiet.id, 0) + len(run)
+
+
+def _judge_run(
+    kvm: Kvm, table: KvmMmuPage, run: list[tuple[KvmMmuPage, int]], olds: list[int], tlbs_live: bool
+) -> tuple[int, KvmMemorySlot | None] | None:
+    """The touched entries `run` of `table` (`olds` before the step) judged as a whole, when the
+    entry-by-entry checks of check_step would find nothing in any of them but a change in the large
+    leaves: the table was zapped, or the run is a quiet 4K run (_quiet_4k_run) with every TLB empty.
+    Returns that change and the quiet run's slot (None for a zapped table); None when the entries need
+    a look one by one."""
+    indexes = as_range(list(map(itemgetter(1), run)))
+    news = entries_at(table, indexes)
+    if table.invalid:
+        return count_where(news, LARGE_LEAF_BY_LOW_BYTE) - count_where(olds, LARGE_LEAF_BY_LOW_BYTE), None
+    if tlbs_live:
+        return None
+    news_low = low_bytes(news)
+    quiet = _quiet_4k_run(kvm, table, run, indexes, news_low)
+    if quiet is None:
+        return None
+    large_after = news_low.translate(LARGE_LEAF_BY_LOW_BYTE).count(1)
+    return large_after - count_where(olds, LARGE_LEAF_BY_LOW_BYTE), quiet
+
+
+def _quiet_4k_run(
+    kvm: Kvm, sp: KvmMmuPage, run: list[tuple[KvmMmuPage, int]], indexes: range | list[int], news_low: bytes
+) -> KvmMemorySlot | None:
+    """The slot of `run`, touched entries `indexes` of the 4K table `sp` whose low bytes are now
+    `news_low`, if each is a present, read-only leaf alone in its rmap head (the tuple of its touched
+    key) in that one slot: then the entry-by-entry checks have nothing to look at (TLBs aside). That is
+    what write-protecting a freshly split table leaves, 512 entries at a time."""
+    if sp.level != PT_PAGE_TABLE_LEVEL:
+        return None
+    if news_low.translate(READ_ONLY_BY_LOW_BYTE).count(1) != len(news_low):
+        return None
+    if isinstance(indexes, range):
+        lowest, highest = indexes[0], indexes[-1]
+    else:
+        lowest, highest = min(indexes), max(indexes)
+    slot = kvm.gfn_to_memslot(sp.gfn + lowest)
+    if slot is None or not slot.contains(sp.gfn + highest):
+        return None
+    first = sp.gfn - slot.base_gfn  # the rmap key of entry 0
+    if isinstance(indexes, range):
+        keys: range | list[int] = range(first + indexes.start, first + indexes.stop)
+    else:
+        keys = [first + index for index in indexes]
+    return slot if list(map(slot.rmap[0].get, keys)) == run else None
+
 
 @dataclass(slots=True)
 class StepChecker:
@@ -274,7 +362,15 @@ class StepChecker:
         large_delta = 0
         gfn_to_memslot = kvm.gfn_to_memslot
         lockless = kvm.masks.lockless_mask
-        for (sp, index), old in touched.items():
+        slot: KvmMemorySlot | None = None  # the slot of the last 4K leaf looked at: runs share one
+        runs: _Runs | None = None
+        entries: Iterable[tuple[tuple[KvmMmuPage, int], int]] = touched.items()
+        if len(touched) >= _WHOLE_RUN:
+            # A step that wrote whole tables (split, zapped, write-protected): judge those runs first.
+            runs = _Runs()
+            entries = _judge_runs(kvm, touched, tlbs_live, runs)
+        for key, old in entries:
+            sp, index = key
             new = sp.spt[index]
             if (old | new) & PT_PAGE_SIZE_MASK:
                 large_delta += bool(new & PT_PRESENT_MASK and new & PT_PAGE_SIZE_MASK) - bool(
@@ -292,7 +388,7 @@ class StepChecker:
                     or (old ^ new) & PT64_BASE_ADDR_MASK
                 )
             ):
-                lowered.append((sp, index))
+                lowered.append(key)
             level = sp.level
             if level == PT_PAGE_TABLE_LEVEL and new & PT_PRESENT_MASK:
                 # A 4K leaf, as every fault leaves one: the checks of _check_spte spelled out for the
@@ -301,13 +397,11 @@ class StepChecker:
                 if not remapped and not new & PT_WRITABLE_MASK:
                     continue  # lost W or gained A/D: nothing to look at
                 gfn = sp.gfn + index
-                slot = gfn_to_memslot(gfn)
+                if slot is None or not slot.base_gfn <= gfn < slot.base_gfn + slot.npages:
+                    slot = gfn_to_memslot(gfn)
                 if slot is not None:
-                    ok = True
-                    if remapped:
-                        # An rmap holding this spte alone keeps it in place (see engine.rmap).
-                        head = slot.rmap[0].get(gfn - slot.base_gfn)
-                        ok = isinstance(head, tuple) and head[0] is sp and head[1] == index
+                    # An rmap holding this spte alone keeps it in place, as the tuple `key` (engine.rmap).
+                    ok = not remapped or slot.rmap[0].get(gfn - slot.base_gfn) == key
                     if ok and new & PT_WRITABLE_MASK:
                         bitmap = slot.dirty_bitmap
                         offset = gfn - slot.base_gfn
@@ -328,10 +422,14 @@ class StepChecker:
                 or (new_leaf and (old ^ new) & PT64_BASE_ADDR_MASK)
             ):
                 _check_spte(kvm, sp, index, found)
+        if runs is not None:
+            large_delta += runs.large_delta
         self.lpages_seen += large_delta
         _check_lpages(kvm, self.lpages_seen, found)
         for slot_id in log.logging_enabled:
-            self._check_slot_sptes(kvm, kvm.memslots.by_id[slot_id], touched, found)
+            slot = kvm.memslots.by_id[slot_id]
+            quiet_heads = runs.quiet_heads.get(slot_id, 0) if runs is not None else 0
+            self._check_slot_sptes(kvm, slot, touched, quiet_heads, found)
         self._check_harvested(kvm, touched, found)
         self._check_tlbs(kvm, lowered, found)
         self._check_writes(kvm, step, found)
@@ -345,15 +443,24 @@ class StepChecker:
         kvm: Kvm,
         slot: KvmMemorySlot,
         touched: dict[tuple[KvmMmuPage, int], int],
+        quiet_heads: int,
         found: _Collector,
     ) -> None:
         """Logging was switched on: every spte of the slot must now obey the logging rules. The ones the
-        step wrote were judged above (a split can write every spte of a 1G page); the others are here."""
-        for heads in slot.rmap:
+        step wrote were judged above (a split can write every spte of a 1G page); the others are here.
+        `quiet_heads` 4K rmap heads were found holding sptes the step wrote, one each: when that is all
+        of them, no 4K head is left to look at."""
+        for level, heads in enumerate(slot.rmap, start=PT_PAGE_TABLE_LEVEL):
+            if level == PT_PAGE_TABLE_LEVEL and quiet_heads == len(heads):
+                continue
             for head in heads.values():
-                for sp, index in pte_list(head):
-                    if (sp, index) not in touched:
-                        _check_spte(kvm, sp, index, found)
+                if isinstance(head, tuple):  # the usual single spte, looked at without building a list
+                    if head not in touched:
+                        _check_spte(kvm, head[0], head[1], found)
+                    continue
+                for ptr in head:
+                    if ptr not in touched:
+                        _check_spte(kvm, ptr[0], ptr[1], found)
 
     def _check_harvested(
         self, kvm: Kvm, touched: dict[tuple[KvmMmuPage, int], int], found: _Collector

@@ -1,18 +1,19 @@
 """`struct kvm` and `struct kvm_vcpu` for the simulated VM: the state every mmu.c function works on.
 
 Holds the memslots, the shadow pages and their gfn hash, the vCPUs with their TLBs, the statistics, and the
-one function that stores an spte. Mirrors the parts of kvm_host.h (arch/x86 and generic) that 3.14/3.16's
-TDP MMU touches.
+one function that stores an spte (with its twins for many sptes of one table). Mirrors the parts of
+kvm_host.h (arch/x86 and generic) that 3.14/3.16's TDP MMU touches.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 
 from engine.memslot import KvmMemorySlot, Memslots
 from engine.policy import Policy
-from engine.shadow_page import KvmMmuPage
+from engine.shadow_page import KvmMmuPage, as_range, entries_at
 from engine.spte import (
     ERA_6X,
     PT64_LEVEL_BITS,
@@ -21,6 +22,7 @@ from engine.spte import (
     PT_PAGE_TABLE_LEVEL,
     PT_PRESENT_MASK,
     SpteMasks,
+    count_leaves,
 )
 from engine.tlb import Tlb
 from engine.trace import Trace
@@ -218,8 +220,21 @@ class Vcpu:
         self.pml = PmlBuffer()
 
 
+def _consecutive(indexes: range | list[int]) -> range | list[int]:
+    """Entry indexes as a range of step 1 when they are consecutive (one slice stores them), else a list."""
+    if isinstance(indexes, range) and indexes.step == 1:
+        return indexes
+    return as_range(list(indexes))
+
+
+def _any_table_pointer(sptes: Sequence[int]) -> bool:
+    """Whether any of `sptes`, entries of a table above level 1, points at a table."""
+    return any(spte & PT_PRESENT_MASK and not spte & PT_PAGE_SIZE_MASK for spte in sptes)
+
+
 class Kvm:
-    """The VM: its memslots, its MMU pages and the vCPUs. `write_spte` is the only spte store."""
+    """The VM: its memslots, its MMU pages and the vCPUs. `write_spte` is the only spte store (with
+    `write_sptes` and `clear_spte_bits`, the same store for many sptes of one table at once)."""
 
     def __init__(
         self,
@@ -288,6 +303,57 @@ class Kvm:
         ):
             self.l1_tables.clear()
         return old
+
+    def write_sptes(self, sp: KvmMmuPage, indexes: range | list[int], values: Sequence[int]) -> list[int]:
+        """Store values[k] at (sp, indexes[k]) for every k, in that order, and record each store exactly as
+        `write_spte` does; returns the old values. The indexes are distinct.
+
+        Splitting a huge page, zapping a table and write-protecting a slot rewrite up to 512 sptes of one
+        table at a time, and a slot switched in and out of dirty logging does that for every table of
+        it. One pass per table leaves what a write_spte per entry would (the same touched entries in the
+        same order, the same spte_changes, page counts and walk shortcuts) at a fraction of the cost.
+        """
+        if len(indexes) != len(values):
+            raise ValueError(f"{len(indexes)} indexes for {len(values)} values")
+        indexes = _consecutive(indexes)
+        olds = entries_at(sp, indexes)
+        self._store_sptes(sp, indexes, olds, values)
+        level = sp.level
+        if level <= 3:
+            self.stat.pages[level - 1] += count_leaves(values, level) - count_leaves(olds, level)
+        if level > 1 and self.l1_tables and (_any_table_pointer(olds) or _any_table_pointer(values)):
+            self.l1_tables.clear()
+        return olds
+
+    def clear_spte_bits(self, sp: KvmMmuPage, indexes: range | list[int], mask: int) -> list[int]:
+        """write_sptes of each spte at `indexes` without the bits of `mask` (the TDP MMU's
+        tdp_mmu_clear_spte_bits over a run); returns the old values. `mask` holds neither R nor PS, so
+        every present leaf stays one and the page counts need no look."""
+        if mask & (PT_PRESENT_MASK | PT_PAGE_SIZE_MASK):
+            raise ValueError(f"clear_spte_bits cannot clear R or PS (mask {mask:#x})")
+        indexes = _consecutive(indexes)
+        olds = entries_at(sp, indexes)
+        self._store_sptes(sp, indexes, olds, [old & ~mask for old in olds])
+        if sp.level > 1 and self.l1_tables and _any_table_pointer(olds):
+            self.l1_tables.clear()
+        return olds
+
+    def _store_sptes(
+        self, sp: KvmMmuPage, indexes: range | list[int], olds: list[int], values: Sequence[int]
+    ) -> None:
+        """The stores of write_sptes and their records (touched, and spte_changes while tracing)."""
+        if isinstance(indexes, range):
+            sp.spt[indexes.start : indexes.stop] = values
+        else:
+            spt = sp.spt
+            for index, new in zip(indexes, values, strict=True):
+                spt[index] = new
+        log = self.log
+        record = log.touched.setdefault
+        for index, old in zip(indexes, olds, strict=True):
+            record((sp, index), old)
+        if self.tp.on:
+            log.spte_changes.extend(zip(repeat(sp), indexes, olds, values))
 
     def l1_table(self, gfn: int) -> KvmMmuPage | None:
         """The level-1 table the root currently routes `gfn` to, if a walk has been there since the last

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from engine.kvm import Kvm
 from engine.kvm_main import kvm_flush_remote_tlbs
-from engine.rmap import rmap_remove
+from engine.rmap import rmap_remove, rmap_remove_sptes
 from engine.shadow_page import KvmMmuPage, kvm_mmu_page_get_gfn
 from engine.spte import (
     PAGE_SHIFT,
@@ -52,6 +52,11 @@ def mmu_spte_update(kvm: Kvm, sp: KvmMmuPage, index: int, new: int) -> bool:
     because with the flush moved out of mmu_lock a W bit may already be gone while a TLB still has it.
     """
     old = kvm.write_spte(sp, index, new)  # mmu_spte_set when nothing was present
+    return spte_update_needs_flush(kvm, old, new)
+
+
+def spte_update_needs_flush(kvm: Kvm, old: int, new: int) -> bool:
+    """mmu_spte_update's answer for `old` replaced by `new`: whether TLBs may now hold more than it allows."""
     if not old & PT_PRESENT_MASK or new & PT_WRITABLE_MASK:
         return False
     if kvm.policy.flush_rule == "old_w":
@@ -60,10 +65,15 @@ def mmu_spte_update(kvm: Kvm, sp: KvmMmuPage, index: int, new: int) -> bool:
     return old & lockless == lockless
 
 
+def _pfn_dirty(kvm: Kvm, old: int) -> bool:
+    """Whether clearing `old` leaves the host page to be marked dirty: D was set, or there are no A/D."""
+    return bool(old & kvm.masks.dirty_mask) or not kvm.masks.dirty_mask
+
+
 def mmu_spte_clear_track_bits(kvm: Kvm, sp: KvmMmuPage, index: int) -> tuple[int, bool]:
     """Clear an spte; returns it and whether the host page must be marked dirty (D set, or no A/D)."""
     old = kvm.write_spte(sp, index, kvm.masks.nonpresent)
-    return old, bool(old & kvm.masks.dirty_mask) or not kvm.masks.dirty_mask
+    return old, _pfn_dirty(kvm, old)
 
 
 def drop_spte(kvm: Kvm, sp: KvmMmuPage, index: int) -> int:
@@ -73,6 +83,17 @@ def drop_spte(kvm: Kvm, sp: KvmMmuPage, index: int) -> int:
     if kvm.tp.on:
         kvm.tp.emit(DropSpte(sp.level, sp.gfn, index, kvm_mmu_page_get_gfn(sp, index), old, pfn_dirty))
     return old
+
+
+def drop_sptes(kvm: Kvm, sp: KvmMmuPage, indexes: range | list[int]) -> None:
+    """drop_spte for each of the present leaves at `indexes` of `sp`, in order: cleared in one store of
+    the table and taken out of their rmaps together, as zapping a whole 4K table does."""
+    olds = kvm.write_sptes(sp, indexes, [kvm.masks.nonpresent] * len(indexes))
+    rmap_remove_sptes(kvm, sp, indexes)
+    if kvm.tp.on:
+        for index, old in zip(indexes, olds, strict=True):
+            gfn = kvm_mmu_page_get_gfn(sp, index)
+            kvm.tp.emit(DropSpte(sp.level, sp.gfn, index, gfn, old, _pfn_dirty(kvm, old)))
 
 
 def __drop_large_spte(kvm: Kvm, sp: KvmMmuPage, index: int) -> bool:

@@ -11,6 +11,7 @@ kernel a descriptor.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import repeat
 
 from engine.kvm import Kvm
 from engine.memslot import KvmMemorySlot, gfn_to_index
@@ -71,3 +72,31 @@ def rmap_remove(kvm: Kvm, sp: KvmMmuPage, index: int) -> None:
     head.remove(ptr)
     if len(head) == 1:
         heads[key] = head[0]
+
+
+def rmap_remove_sptes(kvm: Kvm, sp: KvmMmuPage, indexes: range | list[int]) -> None:
+    """rmap_remove for the sptes at `indexes` of `sp`, in order.
+
+    A direct MMU's table nearly always maps the gfns of one slot, each spte alone in its rmap head (as a
+    zapped 4K table's leaves are): then the heads are checked all at once and simply go. Anything else
+    is removed one spte at a time."""
+    if not indexes:
+        return
+    slot = kvm.gfn_to_memslot(kvm_mmu_page_get_gfn(sp, indexes[0]))
+    if slot is not None and slot.contains(kvm_mmu_page_get_gfn(sp, indexes[-1])):
+        heads = slot.rmap[sp.level - 1]
+        first_key = gfn_to_index(sp.gfn, slot.base_gfn, sp.level)  # entry i's key is first_key + i
+        keys = _shifted(indexes, first_key)
+        if list(map(heads.get, keys)) == list(zip(repeat(sp), indexes)):
+            for key in keys:
+                del heads[key]
+            return
+    for index in indexes:
+        rmap_remove(kvm, sp, index)
+
+
+def _shifted(indexes: range | list[int], offset: int) -> range | list[int]:
+    """Each of `indexes` plus `offset`, a range staying a range."""
+    if isinstance(indexes, range):
+        return range(indexes.start + offset, indexes.stop + offset, indexes.step)
+    return [offset + index for index in indexes]

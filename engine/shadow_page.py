@@ -1,7 +1,8 @@
 """`struct kvm_mmu_page` for a direct (TDP) MMU: one table of 512 sptes, its role level, gfn and parents.
 
 Mirrors mmu.c's shadow page bookkeeping in 3.14/3.16 (kvm_mmu_alloc_page, the gfn hash, parent_ptes,
-kvm_mmu_page_get_gfn). Sptes themselves are ints in `spt`; only `Kvm.write_spte` may store into it.
+kvm_mmu_page_get_gfn). Sptes themselves are ints in `spt`; only `Kvm.write_spte` (and `Kvm.write_sptes` and
+`Kvm.clear_spte_bits`, the same store for many entries of one table) may store into it.
 """
 
 from __future__ import annotations
@@ -37,3 +38,18 @@ class KvmMmuPage:
 def kvm_mmu_page_get_gfn(sp: KvmMmuPage, index: int) -> int:
     """The first gfn entry `index` of a direct sp maps: derived from the position, not from any fault."""
     return sp.gfn + index * pages_per_hpage(sp.level)
+
+
+def as_range(indexes: list[int]) -> range | list[int]:
+    """`indexes` as a range when they are consecutive and ascending, as the entries of a table written
+    whole are (one slice then reads or stores them all), else as they are."""
+    if indexes and indexes == list(range(indexes[0], indexes[0] + len(indexes))):
+        return range(indexes[0], indexes[0] + len(indexes))
+    return indexes
+
+
+def entries_at(sp: KvmMmuPage, indexes: range | list[int]) -> list[int]:
+    """The sptes of `sp` at `indexes` (a range of step 1, or a list)."""
+    if isinstance(indexes, range):
+        return sp.spt[indexes.start : indexes.stop]
+    return list(map(sp.spt.__getitem__, indexes))

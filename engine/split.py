@@ -12,6 +12,8 @@ the write-protect walks and the invariants read the same state whichever way a t
 
 from __future__ import annotations
 
+from itertools import repeat
+
 from engine.kvm import Kvm
 from engine.memslot import KvmMemorySlot
 from engine.mmu_spte import make_nonleaf_spte, mmu_spte_set
@@ -62,19 +64,25 @@ def tdp_mmu_split_huge_page(kvm: Kvm, sp: KvmMmuPage, index: int, caller: str) -
     child = kvm.alloc_mmu_page(gfn, child_level)
     step = pages_per_hpage(child_level)
     first = make_huge_page_split_spte(huge, child_level, 0)
+    # mmu_spte_set for each child, in index order, as one store of the whole table.
+    stride = step << PAGE_SHIFT
+    entries = range(PT64_ENT_PER_PAGE)
+    kvm.write_sptes(child, entries, list(range(first, first + PT64_ENT_PER_PAGE * stride, stride)))
     # The huge leaf lay wholly inside one slot, so every child's rmap is in that slot: the children are
     # rmap_add's empty-head case 512 times over, keyed by consecutive indexes (checked, not assumed).
     slot = gfn_to_rmap_slot(kvm, gfn)
     shift = PT64_LEVEL_BITS * (child_level - 1)
     heads = slot.rmap[child_level - 1]
     key = (gfn >> shift) - (slot.base_gfn >> shift)
-    stride = step << PAGE_SHIFT
-    for i in range(PT64_ENT_PER_PAGE):
-        mmu_spte_set(kvm, child, i, first + i * stride)
-        if key + i in heads:
-            rmap_add(kvm, child, i, gfn + i * step)
-        else:
-            heads[key + i] = (child, i)
+    keys = range(key, key + PT64_ENT_PER_PAGE)
+    if heads.keys().isdisjoint(keys):
+        heads.update(zip(keys, zip(repeat(child), entries), strict=True))
+    else:
+        for i in entries:
+            if key + i in heads:
+                rmap_add(kvm, child, i, gfn + i * step)
+            else:
+                heads[key + i] = (child, i)
     if child_level > PT_PAGE_TABLE_LEVEL:
         kvm.stat.lpages += PT64_ENT_PER_PAGE
     rmap_remove(kvm, sp, index)

@@ -4,16 +4,23 @@ GET_DIRTY_LOG returned. This is where "lazily drop large spte" changed what happ
 
 from __future__ import annotations
 
+from itertools import compress, groupby
+from operator import itemgetter
+
 from engine.kvm import Kvm
 from engine.kvm_main import kvm_flush_remote_tlbs
 from engine.memslot import KvmMemorySlot, gfn_to_index
-from engine.mmu_spte import __drop_large_spte, mmu_spte_update
+from engine.mmu_spte import __drop_large_spte, mmu_spte_update, spte_update_needs_flush
 from engine.rmap import pte_list
-from engine.shadow_page import KvmMmuPage, kvm_mmu_page_get_gfn
+from engine.shadow_page import KvmMmuPage, as_range, entries_at, kvm_mmu_page_get_gfn
 from engine.spte import (
     PT_PAGE_SIZE_MASK,
     PT_PAGE_TABLE_LEVEL,
     PT_WRITABLE_MASK,
+    WRITABLE_BY_LOW_BYTE,
+    is_large_pte,
+    is_writable_pte,
+    low_bytes,
     pages_per_hpage,
     spte_is_locklessly_modifiable,
 )
@@ -96,15 +103,70 @@ def kvm_mmu_slot_remove_write_access(
     walked = 0
     for level in range(start_level, PT_PAGE_TABLE_LEVEL + 3):
         heads = slot.rmap[level - 1]
-        for key in sorted(heads):
-            if key in heads:
-                __rmap_write_protect(kvm, slot, level, key, pt_protect=False)
-                walked += 1
+        keys = sorted(heads)
+        # The heads in key order, a run at a time: a head holding one spte is the tuple (sp, index), so
+        # consecutive heads of one table group under that sp, and a long run of them is protected
+        # together; a longer head (a list, grouped under its first spte) or a short run, head by head.
+        # Protecting a head changes no other head, so the heads can be read ahead.
+        start = 0
+        for owner, group in groupby(map(heads.__getitem__, keys), key=itemgetter(0)):
+            run = list(group)
+            run_keys = keys[start : start + len(run)]
+            start += len(run)
+            if isinstance(owner, KvmMmuPage) and len(run) >= _BULK_RUN:
+                _rmap_write_protect_run(kvm, slot, owner, run_keys, as_range(list(map(itemgetter(1), run))))
+                walked += len(run_keys)
+                continue
+            for key in run_keys:
+                if key in heads:
+                    __rmap_write_protect(kvm, slot, level, key, pt_protect=False)
+                    walked += 1
     if kvm.tp.on:
         kvm.tp.emit(SlotRemoveWriteAccess(slot.id, walked))
     kvm_flush_remote_tlbs(
         kvm, "kvm_mmu_slot_remove_write_access", under_mmu_lock=not kvm.policy.flush_after_unlock
     )
+
+
+# Runs of single-spte heads at least this long are protected in one store of their table; shorter ones
+# (a few faulted pages of a table) cost less head by head.
+_BULK_RUN = 16
+
+
+def _rmap_write_protect_run(
+    kvm: Kvm, slot: KvmMemorySlot, sp: KvmMmuPage, keys: list[int], indexes: range | list[int]
+) -> None:
+    """__rmap_write_protect (without pt_protect) of the rmap heads `keys` of `sp`'s level, in order, each
+    holding the one spte at (sp, indexes[k]): every writable one loses W, in one store of the table.
+
+    A writable large spte that 3.14 would zap instead leaves its rmap, and an spte in two heads (a broken
+    rmap) is protected once and then found read-only: such a run takes the heads one at a time."""
+    level = sp.level
+    olds = entries_at(sp, indexes)
+    zapped = kvm.policy.wp_large == "zap" and any(is_writable_pte(old) and is_large_pte(old) for old in olds)
+    if zapped or (isinstance(indexes, list) and len(set(indexes)) != len(indexes)):
+        for key in keys:
+            if key in slot.rmap[level - 1]:
+                __rmap_write_protect(kvm, slot, level, key, pt_protect=False)
+        return
+    writable = low_bytes(olds).translate(WRITABLE_BY_LOW_BYTE)
+    if writable.count(1) == len(olds):  # as after a split of a writable huge page
+        kvm.clear_spte_bits(sp, indexes, PT_WRITABLE_MASK)
+    else:
+        kvm.clear_spte_bits(sp, list(compress(indexes, writable)), PT_WRITABLE_MASK)
+    if kvm.tp.on:
+        span = pages_per_hpage(level)
+        for key, index, old in zip(keys, indexes, olds, strict=True):
+            gfn = kvm_mmu_page_get_gfn(sp, index)
+            if old & PT_WRITABLE_MASK:
+                new = old & ~PT_WRITABLE_MASK
+                flush = spte_update_needs_flush(kvm, old, new)
+                kvm.tp.emit(SpteWriteProtect(level, sp.gfn, index, gfn, old, new, "wrprotect", flush))
+            else:
+                flush = False
+                kvm.tp.emit(SpteWriteProtect(level, sp.gfn, index, gfn, old, old, "none", False))
+            head_gfn = slot.base_gfn - (slot.base_gfn % span) + key * span
+            kvm.tp.emit(RmapWriteProtect(slot.id, level, max(head_gfn, slot.base_gfn), 1, flush))
 
 
 def kvm_mmu_write_protect_pt_masked(kvm: Kvm, slot: KvmMemorySlot, gfn_offset: int, mask: int) -> None:

@@ -5,11 +5,15 @@ deletion or move does it: 3.14/3.16's generation-based `kvm_mmu_invalidate_zap_a
 
 from __future__ import annotations
 
+from itertools import compress
+
 from engine.kvm import Kvm
 from engine.kvm_main import kvm_flush_remote_tlbs
-from engine.mmu_spte import drop_parent_pte, drop_spte
+from engine.mmu_spte import drop_parent_pte, drop_spte, drop_sptes
 from engine.shadow_page import KvmMmuPage
 from engine.spte import (
+    PRESENT_BY_LOW_BYTE,
+    PT64_ENT_PER_PAGE,
     PT64_ROOT_LEVEL,
     PT_PAGE_SIZE_MASK,
     PT_PAGE_TABLE_LEVEL,
@@ -17,6 +21,7 @@ from engine.spte import (
     is_large_pte,
     is_last_spte,
     is_shadow_present_pte,
+    low_bytes,
 )
 from engine.trace import (
     InvalidateZapAllPages,
@@ -94,6 +99,21 @@ def kvm_mmu_prepare_zap_page(kvm: Kvm, sp: KvmMmuPage) -> None:
     if kvm.tp.on:
         kvm.tp.emit(PrepareZapPage(sp.level, sp.gfn))
     # kvm_mmu_page_unlink_children
+    if sp.level == PT_PAGE_TABLE_LEVEL:
+        # Nothing but 4K leaves, none of them large: drop_spte for each present one, in one store.
+        present = low_bytes(sp.spt).translate(PRESENT_BY_LOW_BYTE)
+        entries = range(PT64_ENT_PER_PAGE)
+        drop_sptes(kvm, sp, entries if present.count(1) == len(entries) else list(compress(entries, present)))
+    else:
+        _unlink_children(kvm, sp)
+    # kvm_mmu_unlink_parents
+    for parent, index in list(sp.parent_ptes):
+        drop_parent_pte(kvm, sp, parent, index)
+    sp.invalid = True
+
+
+def _unlink_children(kvm: Kvm, sp: KvmMmuPage) -> None:
+    """Drop every leaf of a table above level 1 and unlink every table it points at, entry by entry."""
     for index, spte in enumerate(sp.spt):
         if not is_shadow_present_pte(spte):
             continue
@@ -103,21 +123,19 @@ def kvm_mmu_prepare_zap_page(kvm: Kvm, sp: KvmMmuPage) -> None:
             drop_spte(kvm, sp, index)
         else:
             drop_parent_pte(kvm, kvm.child_sp(spte), sp, index)
-    # kvm_mmu_unlink_parents
-    for parent, index in list(sp.parent_ptes):
-        drop_parent_pte(kvm, sp, parent, index)
-    sp.invalid = True
 
 
 def handle_removed_pt(kvm: Kvm, table: KvmMmuPage, removed: list[KvmMmuPage]) -> None:
     """Zap a table that was just unlinked, then every table only it pointed at (their leaves included):
     6.x's handle_removed_pt, as the TDP MMU runs it when a pointer is zapped or replaced by a huge leaf.
     The tables are collected in `removed` for the caller to free once the TLBs are flushed."""
-    children = [
-        kvm.child_sp(spte)
-        for spte in table.spt
-        if table.level > PT_PAGE_TABLE_LEVEL and spte & PT_PRESENT_MASK and not spte & PT_PAGE_SIZE_MASK
-    ]
+    children: list[KvmMmuPage] = []
+    if table.level > PT_PAGE_TABLE_LEVEL:
+        children = [
+            kvm.child_sp(spte)
+            for spte in table.spt
+            if spte & PT_PRESENT_MASK and not spte & PT_PAGE_SIZE_MASK
+        ]
     kvm_mmu_prepare_zap_page(kvm, table)  # drops the leaves, unlinks the children and the parent pointer
     removed.append(table)
     for child in children:
