@@ -25,7 +25,7 @@ from app.explain import INVARIANT_TEXT, Context, bit_meanings, explain, kernel_s
 from engine.invariants import Violation
 from engine.kvm import Kvm
 from engine.memslot import KvmMemorySlot
-from engine.policy import PRESET_DESCRIPTIONS, Policy
+from engine.policy import PRESET_DESCRIPTIONS, PRESET_KERNELS, Policy
 from engine.result import FLAG_MASK
 from engine.rmap import pte_list
 from engine.shadow_page import KvmMmuPage
@@ -1324,15 +1324,6 @@ def inspector_view(sim: Simulation, location: Location, history: list[tuple[int,
 
 def preset_description(variant: str | None) -> str:
     return PRESET_DESCRIPTIONS.get(variant or "", "a custom combination of switches")
-
-
-# The kernel each preset stands for, in few words: how PRESET_DESCRIPTIONS begins (a test holds them to it).
-PRESET_KERNELS: dict[str, str] = {
-    "zap": "Linux 3.14 (as 3.8 to 3.15), before the patch",
-    "lazy-buggy": "the first attempt, caf6900f (early 2013, a 3.9-era tree; reverted before v3.9)",
-    "lazy": "Linux 3.16.0, the patch (c126d94f) and its series",
-    "modern": "upstream Linux 6.13 and later, the TDP MMU on an Intel EPT host",
-}
 
 
 @dataclass(frozen=True, slots=True)

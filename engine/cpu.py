@@ -7,7 +7,7 @@ retried after each fault, as the guest would; one that never completes is report
 
 from __future__ import annotations
 
-from engine.kvm import FaultRecord, Kvm, Vcpu
+from engine.kvm import FaultRecord, Kvm, Vcpu, store_landed
 from engine.mmu import PFERR_PRESENT_MASK, PFERR_WRITE_MASK, RET_PF_FIXED, RET_PF_SPURIOUS, tdp_page_fault
 from engine.pml import handle_pml_full, pml_log, vmx_flush_pml_buffer
 from engine.shadow_page import KvmMmuPage
@@ -178,13 +178,7 @@ def guest_accesses(kvm: Kvm, vcpu: Vcpu, gfn: int, count: int, stride: int, writ
                     if slot is None or not slot.base_gfn <= gfn < slot.base_gfn + slot.npages:
                         slot = kvm.gfn_to_memslot(gfn)
                     if slot is not None:
-                        offset = gfn - slot.base_gfn
-                        slot.content[offset] += 1
-                        bitmap = slot.dirty_bitmap
-                        if bitmap is not None and not bitmap[offset >> 3] >> (offset & 7) & 1:
-                            # Landed in a logged slot without setting its page's bit: GET_DIRTY_LOG must
-                            # still report it somehow, or the write is lost. The checker follows it up.
-                            log.unlogged_writes.append((gfn, slot.id))
+                        store_landed(log, slot, gfn)
             gfn += stride
     finally:
         kvm.running_vcpu = None

@@ -17,7 +17,7 @@ dirty-log plumbing.
 
 from __future__ import annotations
 
-from engine.kvm import Kvm, Vcpu
+from engine.kvm import Kvm, Vcpu, store_landed
 from engine.kvm_main import mark_page_dirty
 from engine.trace import DirtyRingFull
 
@@ -46,14 +46,10 @@ def emulated_accesses(kvm: Kvm, vcpu: Vcpu, gfn: int, count: int, stride: int, w
             if write:
                 slot = kvm.gfn_to_memslot(gfn)
                 if slot is not None:
-                    offset = gfn - slot.base_gfn
-                    slot.content[offset] += 1
+                    # The emulator's store marks the page itself, so it never lands unmarked (the
+                    # invariant would say so if it did).
                     mark_page_dirty(kvm, gfn, WRITE_GUEST)
-                    bitmap = slot.dirty_bitmap
-                    if bitmap is not None and not bitmap[offset >> 3] >> (offset & 7) & 1:
-                        # A store to a logged slot that left its page unmarked: the checker follows it up
-                        # (it cannot happen here, and the invariant says so if it ever does).
-                        log.unlogged_writes.append((gfn, slot.id))
+                    store_landed(log, slot, gfn)
             gfn += stride
     finally:
         kvm.running_vcpu = None

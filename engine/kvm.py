@@ -136,6 +136,17 @@ class StepLog:
     livelocks: list[tuple[int, int, bool]] = field(default_factory=list)  # (vcpu, gfn, write)
 
 
+def store_landed(log: StepLog, slot: KvmMemorySlot, gfn: int) -> None:
+    """A guest store reached gfn's page, however it got there (the CPU through an spte, or the
+    emulator): the page's contents change, and a store to a logged page whose bit is still clear is
+    handed to the checker, which follows it up to the next harvest (or the write is lost)."""
+    offset = gfn - slot.base_gfn
+    slot.content[offset] += 1
+    bitmap = slot.dirty_bitmap
+    if bitmap is not None and not bitmap[offset >> 3] >> (offset & 7) & 1:
+        log.unlogged_writes.append((gfn, slot.id))
+
+
 # KVM_CAP_DIRTY_LOG_RING: the ring size the model gives every vCPU (entries, a power of two as the kernel
 # demands), and the entries kept back from it (KVM_DIRTY_RING_RSVD_ENTRIES without PML): once the ring
 # holds size - reserved entries it is "soft full" and the vCPU exits to userspace before its next entry.

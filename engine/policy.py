@@ -127,13 +127,19 @@ PRESETS: dict[str, Policy] = {
     ),
 }
 
+# The kernel each preset stands for, in few words: how each description below begins.
+PRESET_KERNELS: dict[str, str] = {
+    "zap": "Linux 3.14 (as 3.8 to 3.15), before the patch",
+    "lazy-buggy": "the first attempt, caf6900f (early 2013, a 3.9-era tree; reverted before v3.9)",
+    "lazy": "Linux 3.16.0, the patch (c126d94f) and its series",
+    "modern": "upstream Linux 6.13 and later, the TDP MMU on an Intel EPT host",
+}
+
 PRESET_DESCRIPTIONS: dict[str, str] = {
-    "zap": "Linux 3.14 (as 3.8 to 3.15), before the patch: write-protecting a large spte zaps it",
-    "lazy-buggy": "the first attempt, caf6900f (early 2013, a 3.9-era tree; reverted before v3.9):"
-    " large sptes made read-only, no fast-path level guard",
-    "lazy": "Linux 3.16.0, the patch (c126d94f) and its series: large sptes made read-only, never made"
-    " writable by the fast path",
-    "modern": "upstream Linux 6.13 and later, the TDP MMU on an Intel EPT host with A/D bits"
+    "zap": f"{PRESET_KERNELS['zap']}: write-protecting a large spte zaps it",
+    "lazy-buggy": f"{PRESET_KERNELS['lazy-buggy']}: large sptes made read-only, no fast-path level guard",
+    "lazy": f"{PRESET_KERNELS['lazy']}: large sptes made read-only, never made writable by the fast path",
+    "modern": f"{PRESET_KERNELS['modern']} with A/D bits"
     " (kvm.tdp_mmu=Y, kvm.eager_page_split=Y, no PML, plain KVM_GET_DIRTY_LOG): huge pages split"
     " eagerly when logging starts and in place on a fault, recovered in place when it stops; a read"
     " fault on a logged page maps it writable and dirty and logs it; no prefetch; the fast path's"

@@ -14,6 +14,8 @@ level-2 pointers under it, and one that goes takes them all with it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from engine.kvm import Kvm
 from engine.kvm_main import kvm_flush_remote_tlbs
 from engine.memslot import KvmMemorySlot
@@ -73,6 +75,27 @@ def _pointers_in_range(sp: KvmMmuPage, start: int, end: int) -> list[int]:
     ]
 
 
+def _collapse_range(
+    kvm: Kvm,
+    sp: KvmMmuPage,
+    slot: KvmMemorySlot,
+    start: int,
+    end: int,
+    collapse: Callable[[KvmMmuPage, int], bool],
+) -> int:
+    """The walk both recoveries make (for_each_tdp_pte_min_level down to 2M): `collapse` is offered each
+    pointer a huge leaf could replace and says whether it did; a pointer it leaves, or one that cannot be
+    collapsed, is walked into, down to level 2. Returns how many pointers were collapsed."""
+    done = 0
+    collapsible = set(_collapsible(kvm, sp, slot, start, end))
+    for index in _pointers_in_range(sp, start, end):
+        if index in collapsible and collapse(sp, index):
+            done += 1
+        elif sp.level > PT_DIRECTORY_LEVEL:  # below level 2 there are only 4K leaves
+            done += _collapse_range(kvm, kvm.child_sp(sp.spt[index]), slot, start, end, collapse)
+    return done
+
+
 # --- 4.1 to 6.12: zap, and let the next fault map it huge ------------------------------------------------
 
 
@@ -80,26 +103,18 @@ def kvm_mmu_zap_collapsible_sptes(kvm: Kvm, slot: KvmMemorySlot) -> int:
     """Zap every table pointer of the slot whose whole range a huge leaf could now map, so the next fault
     there builds the huge leaf again. Returns how many pointers were zapped. Each zap flushes the TLBs, as
     the TDP MMU's atomic zap does, with mmu_lock held."""
-    zapped = _zap_collapsible_spte_range(kvm, kvm.root, slot, slot.base_gfn, slot.base_gfn + slot.npages)
+
+    def zap(sp: KvmMmuPage, index: int) -> bool:
+        if kvm.tp.on:
+            gfn = sp.gfn + index * pages_per_hpage(sp.level)
+            max_level = kvm_mmu_max_mapping_level(kvm, slot, gfn)
+            kvm.tp.emit(ZapCollapsibleSpte(sp.level, sp.gfn, index, gfn, sp.spt[index], max_level))
+        tdp_mmu_zap_spte_atomic(kvm, sp, index)
+        return True
+
+    zapped = _collapse_range(kvm, kvm.root, slot, slot.base_gfn, slot.base_gfn + slot.npages, zap)
     if kvm.tp.on:
         kvm.tp.emit(ZapCollapsibleSptes(slot.id, zapped))
-    return zapped
-
-
-def _zap_collapsible_spte_range(kvm: Kvm, sp: KvmMmuPage, slot: KvmMemorySlot, start: int, end: int) -> int:
-    zapped = 0
-    collapsible = set(_collapsible(kvm, sp, slot, start, end))
-    for index in _pointers_in_range(sp, start, end):
-        spte = sp.spt[index]
-        if index in collapsible:
-            if kvm.tp.on:
-                gfn = sp.gfn + index * pages_per_hpage(sp.level)
-                max_level = kvm_mmu_max_mapping_level(kvm, slot, gfn)
-                kvm.tp.emit(ZapCollapsibleSpte(sp.level, sp.gfn, index, gfn, spte, max_level))
-            tdp_mmu_zap_spte_atomic(kvm, sp, index)
-            zapped += 1
-        elif sp.level > PT_DIRECTORY_LEVEL:  # below level 2 there are only 4K leaves
-            zapped += _zap_collapsible_spte_range(kvm, kvm.child_sp(spte), slot, start, end)
     return zapped
 
 
@@ -140,28 +155,19 @@ def kvm_mmu_recover_huge_pages(kvm: Kvm, slot: KvmMemorySlot) -> int:
     """Replace every table of the slot a huge leaf could now replace by that huge leaf; returns how many.
     No flush per replacement (each maps what the table's leaves mapped, or more); one for the memslot at
     the end if anything changed (kvm_flush_remote_tlbs_memslot)."""
-    start, end = slot.base_gfn, slot.base_gfn + slot.npages
-    recovered = _recover_huge_pages_range(kvm, kvm.root, slot, start, end)
+
+    def make_huge(sp: KvmMmuPage, index: int) -> bool:
+        child = _first_present_leaf(kvm, kvm.child_sp(sp.spt[index]))
+        if child is None:  # a table with no present leaf is left alone (-ENOENT)
+            return False
+        tdp_mmu_make_huge_spte(kvm, sp, index, make_huge_spte(child, sp.level), child)
+        return True
+
+    recovered = _collapse_range(kvm, kvm.root, slot, slot.base_gfn, slot.base_gfn + slot.npages, make_huge)
     if kvm.tp.on:
         kvm.tp.emit(RecoverHugePages(slot.id, recovered))
     if recovered:
         kvm_flush_remote_tlbs(kvm, "kvm_mmu_recover_huge_pages", under_mmu_lock=True)
-    return recovered
-
-
-def _recover_huge_pages_range(kvm: Kvm, sp: KvmMmuPage, slot: KvmMemorySlot, start: int, end: int) -> int:
-    recovered = 0
-    collapsible = set(_collapsible(kvm, sp, slot, start, end))
-    for index in _pointers_in_range(sp, start, end):
-        spte = sp.spt[index]
-        if index in collapsible:
-            child = _first_present_leaf(kvm, kvm.child_sp(spte))
-            if child is not None:  # a table with no present leaf is left alone (-ENOENT)
-                tdp_mmu_make_huge_spte(kvm, sp, index, make_huge_spte(child, sp.level), child)
-                recovered += 1
-                continue
-        if sp.level > PT_DIRECTORY_LEVEL:
-            recovered += _recover_huge_pages_range(kvm, kvm.child_sp(spte), slot, start, end)
     return recovered
 
 

@@ -13,8 +13,7 @@ from fastapi.testclient import TestClient
 from test_app_routes import Page, page
 
 from app.main import create_app
-from app.viewmodel import PRESET_KERNELS
-from engine.policy import PRESET_DESCRIPTIONS, PRESETS, SWITCH_VALUES
+from engine.policy import PRESET_DESCRIPTIONS, PRESET_KERNELS, PRESETS, SWITCH_VALUES
 
 # The kernel each preset stands for, as the spec names it (§0 "Which release has what", §4.1, §5.7).
 KERNELS = {
