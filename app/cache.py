@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Generic, NamedTuple, TypeVar
 
 from app.errors import AppError
+from app.room import checkpoint, waiting_for
 from app.settings import Settings
 from engine.collector import gc_paused
 from engine.kvm import StepLog
@@ -250,24 +251,46 @@ class Run:
     def ensure(self, n: int) -> None:
         """Run the frontier until it has passed `n` steps (or the end), checkpointing on the way."""
         settings = self._settings
-        with self.lock, gc_paused():
-            sim = self._frontier
+        with waiting_for(self.lock), gc_paused():
             target = min(n, self.total)
-            while len(self.records) < target:
-                index = len(self.records)
+            try:
+                self._advance(target, settings)
+            finally:
+                self._frontier_weight = sim_weight(self._frontier)
+
+    def _advance(self, target: int, settings: Settings) -> None:
+        """The summary pass from where the frontier is to `target` steps. A build may stop (its client
+        gone) between two steps, its progress kept, or inside one, at the engine's cond_resched
+        points: that step is half done, and the frontier goes back to its newest checkpoint."""
+        sim = self._frontier
+        while len(self.records) < target:
+            checkpoint()
+            index = len(self.records)
+            try:
                 result = sim.step()
-                record = _record(result, sim.kvm.log, _accesses(self.scenario, index))
-                self.records.append(record)
-                self._work += record.cost + STEP_COST
-                done = index + 1
-                due = done % settings.checkpoint_interval == 0 or self._work >= settings.checkpoint_work
-                if due and self._work >= copy_work(sim, settings.checkpoint_copy_work):
-                    blob = freeze(sim, result)
-                    self._checkpoints[done] = blob
-                    self._checkpoint_total += len(blob)
-                    self._work = 0
-                    self._thin_checkpoints()
-            self._frontier_weight = sim_weight(sim)
+            except BaseException:
+                self._rewind()
+                raise
+            record = _record(result, sim.kvm.log, _accesses(self.scenario, index))
+            self.records.append(record)
+            self._work += record.cost + STEP_COST
+            done = index + 1
+            due = done % settings.checkpoint_interval == 0 or self._work >= settings.checkpoint_work
+            if due and self._work >= copy_work(sim, settings.checkpoint_copy_work):
+                blob = freeze(sim, result)
+                self._checkpoints[done] = blob
+                self._checkpoint_total += len(blob)
+                self._work = 0
+                self._thin_checkpoints()
+
+    def _rewind(self) -> None:
+        """Put the frontier back at its newest checkpoint, forgetting the records after it: its state
+        is that of a step stopped half way, from which no step can go on."""
+        done = max(k for k in self._checkpoints if k <= len(self.records))
+        self._frontier, _ = thaw(self._checkpoints[done], self.scenario)
+        set_tracing(self._frontier, None)
+        del self.records[done:]
+        self._work = 0
 
     @property
     def finished(self) -> Simulation:
@@ -291,7 +314,7 @@ class Run:
 
         Give it back with `park` when done, so the next step forward starts from it.
         """
-        with self.lock:
+        with waiting_for(self.lock):
             self.ensure(n)
             cursor = self._take_cursor(n)
             if cursor is not None:
@@ -315,7 +338,7 @@ class Run:
     def park(self, shown: Shown) -> None:
         """Keep a shown state as a cursor (the oldest cursors go first)."""
         limit = self._settings.cursors_per_run
-        with self.lock:
+        with waiting_for(self.lock):
             if limit <= 0 or shown.n in self._cursors:
                 return
             self._cursors[shown.n] = shown
@@ -339,6 +362,7 @@ class Run:
         set_tracing(sim, None)
         with gc_paused():
             for _ in range(m - start):
+                checkpoint()
                 sim.step()
         return sim
 
@@ -348,13 +372,14 @@ class Run:
         """Every step before `n` that changed the spte at (level, sp gfn, index): (step, old, new), where
         old is the value before the step and new the value after it."""
         level, sp_gfn, index = location
-        with self.lock:
+        with waiting_for(self.lock):
             found = self._histories.pop(location, None) or _History()
             if found.upto < n:
                 self.ensure(n)
                 sim = self._replay_to(found.upto)
                 with gc_paused():
                     for step in range(found.upto, n):
+                        checkpoint()
                         sim.step()
                         for (sp, i), old in sim.kvm.log.touched.items():
                             if i == index and sp.gfn == sp_gfn and sp.level == level and sp.spt[i] != old:
@@ -371,6 +396,16 @@ class Run:
     def weight(self) -> int:
         """The bytes every state the run holds takes (read without the lock: three ints)."""
         return self._checkpoint_total + self._cursor_weight + self._frontier_weight
+
+
+def run_all(sim: Simulation) -> list[StepResult]:
+    """`Simulation.run()` with a checkpoint before each step: a request's whole run, stoppable and in
+    turns with the other builds (app/room.py)."""
+    results = []
+    while not sim.done:
+        checkpoint()
+        results.append(sim.step())
+    return results
 
 
 class RunCache:

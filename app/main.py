@@ -25,10 +25,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.deps import Store
 from app.errors import URL_TOO_LONG_HINT, AppError, query_not_utf8
 from app.render import STATIC, page_globals, render_page, route_path
+from app.room import Cancelled, Room, checkpoint
 from app.routes import api, export, health, pages, real
 from app.settings import Settings, get_settings
 from engine.codec import MAX_URL_BYTES
 from engine.scenario import MAX_SCENARIO_BYTES
+from engine.sched import set_resched
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -312,6 +314,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.store = Store(settings)
     app.state.settings = settings
+    app.state.room = Room(settings.room_slots, settings.room_turn)
+    # The engine's long walks pause at their cond_resched points for the room's other builds, and stop
+    # there when their client has gone (checkpoint does nothing outside a build).
+    set_resched(checkpoint)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(pages.router)
     app.include_router(api.router, tags=["api"])
@@ -322,6 +328,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/docs", include_in_schema=False)
     async def _docs(request: Request) -> Response:
         return _swagger_ui(app, request)
+
+    @app.exception_handler(Cancelled)
+    async def client_gone(request: Request, exc: Cancelled) -> Response:
+        # Nobody is there to read it: the build stopped because its client closed the connection.
+        return Response(status_code=499)
 
     @app.exception_handler(AppError)
     async def on_app_error(request: Request, exc: AppError) -> Response:

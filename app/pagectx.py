@@ -8,11 +8,10 @@ canonical URL of the state it shows; both kinds carry `Vary: HX-Request`.
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse
@@ -23,6 +22,7 @@ from app.deps import FOCUS_PANELS, Links, PlayerQuery
 from app.livekernel import kernel_unavailable
 from app.predict import PredictPanel
 from app.render import base_path, markdown, page_globals, render_blocks, render_page
+from app.room import Room
 from app.sources import Source
 from app.treehtml import InspectLink, render_tree
 from app.viewmodel import (
@@ -36,6 +36,8 @@ from app.viewmodel import (
 from engine.policy import NOT_IMPLEMENTED, PRESET_DESCRIPTIONS, PRESETS, SWITCH_VALUES, Policy
 from engine.scenario import ScenarioError, parse_scenario
 from live.backend import refusal as live_refusal
+
+R = TypeVar("R")
 
 PLAY_BLOCKS = (
     "position",
@@ -108,19 +110,23 @@ def page(
     return HTMLResponse(render_page(template, {**context, "oob": False}), status_code=status, headers=headers)
 
 
-# Pages are built one at a time. The work is pure Python, so threads would only take turns on the
-# interpreter lock, each switch stretching every request in flight; in a queue, each waits only for the
-# ones before it.
-_BUILD = threading.Lock()
+async def built(request: Request, build: Callable[[], R], *, turns: bool = True) -> R:
+    """Run `build` as the room's scheduler admits it (app/room.py): per client and in all, in turns with
+    the other builds, stopped if the client goes away. Every request that may run the engine, or wait
+    for the live kernel (`turns=False`: it waits on the kernel, not on the interpreter), goes through
+    here."""
+    room: Room = request.app.state.room
+    return await room.run(request, build, turns=turns)
 
 
-def cached(
+async def cached(
     request: Request,
     pages: Lru[tuple[str, ...], tuple[bytes, dict[str, str]]],
     build: Callable[[], HTMLResponse],
 ) -> HTMLResponse:
     """A page is a function of its URL (and whether htmx asked for the blocks): keep the last ones built,
-    so that many viewers stepping through the same scenario share the rendering."""
+    so that many viewers stepping through the same scenario share the rendering. A page the cache holds
+    is answered at once, without waiting for any build."""
     headers = request.headers
     key = (
         str(request.base_url),
@@ -133,8 +139,7 @@ def cached(
     if hit is not None:
         body, stored = hit
         return HTMLResponse(body, headers=stored)
-    with _BUILD:
-        response = build()
+    response = await built(request, build)
     if response.status_code == 200:
         wanted = ("vary", "hx-push-url")
         kept = {name: value for name, value in response.headers.items() if name in wanted}

@@ -9,11 +9,14 @@ other client's page for as long as they run. The scheduler bounds that in three 
   requests waits behind its own work. At most `slots` builds are admitted at once, first come first
   served across clients, so the thread pool always has threads left for cheap requests and `/healthz`.
 - **Turns** (in the build threads). Admitted builds run one at a time, in turns of `turn` seconds: a
-  build that has used its turn while another is waiting lets it go first at its next `checkpoint()`,
-  which the run caches call between engine steps. A page that a cache can answer never waits at all.
+  build that has used its turn lets a waiting one go first at its next `checkpoint()` if that one's
+  client has used the interpreter less lately (`Turns`). The run caches call `checkpoint()` between
+  engine steps, and the engine's long walks call it inside a step (engine/sched.py, `cond_resched`).
+  A page that a cache can answer never waits at all.
 - **Cancellation.** A client that goes away (the connection closes) cancels its build: a waiting request
-  leaves the queue, and a running one stops at its next checkpoint (`Cancelled`), where the run it was
-  advancing is consistent, so the work already done stays cached for the next request.
+  leaves the queue, and a running one stops at its next checkpoint (`Cancelled`). Between two steps the
+  run it was advancing keeps the steps done for the next request; inside a step, the run goes back to
+  its newest snapshot (app/cache.py `Run`).
 
 `checkpoint()` does nothing outside a build (the command line, the tests), so the caches call it
 unconditionally.
@@ -24,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,6 +39,11 @@ T = TypeVar("T")
 
 # How often a request's connection is looked at while its build waits or runs.
 DISCONNECT_POLL = 0.05
+# A client's use of the interpreter counts half after this many seconds, a quarter after twice as long.
+HALF_LIFE = 30.0
+# The clients whose use is remembered, before those whose use has decayed to nothing are forgotten.
+MAX_CLIENTS = 4096
+FORGOTTEN = 1e-3
 
 
 class Cancelled(Exception):  # noqa: N818 -- named after what happened, as asyncio's CancelledError
@@ -52,23 +59,51 @@ class Ticket:
 
 
 class Turns:
-    """A fair, sliced mutex over the builds: one runs at a time, in arrival order, each for at most
-    `turn` seconds while another waits."""
+    """A fair, sliced mutex over the builds: one runs at a time, for at most `turn` seconds while
+    another waits. Then the waiting build whose client has used the least CPU lately goes next, the
+    earliest of equals first: the pick of the kernel's fair scheduler, with each client's recent use
+    of the interpreter as its virtual runtime. A client whose heavy links have kept the interpreter
+    busy thus waits while the others' pages are built, and runs whenever nobody else waits.
 
-    def __init__(self, turn: float, clock: Callable[[], float] = time.monotonic) -> None:
+    Use decays by half every `half_life` seconds, so a client is judged by what it did lately."""
+
+    def __init__(
+        self, turn: float, clock: Callable[[], float] = time.monotonic, half_life: float = HALF_LIFE
+    ) -> None:
         self.turn = turn
+        self.half_life = half_life
         self._clock = clock
         self._cond = threading.Condition()
-        self._queue: deque[Ticket] = deque()
+        self._queue: list[Ticket] = []
         self._holder: Ticket | None = None
         self._since = 0.0
+        # client -> (seconds of interpreter used, as of when)
+        self._used: dict[str, tuple[float, float]] = {}
+
+    def used(self, client: str) -> float:
+        """The client's recent use, in seconds, decayed to now."""
+        seconds, when = self._used.get(client, (0.0, 0.0))
+        return seconds * 0.5 ** ((self._clock() - when) / self.half_life) if seconds else 0.0
+
+    def _charge(self, ticket: Ticket) -> None:
+        """Add the holder's time since its turn started (or since it was last charged) to its client."""
+        now = self._clock()
+        self._used[ticket.client] = (self.used(ticket.client) + now - self._since, now)
+        self._since = now
+        if len(self._used) > MAX_CLIENTS:
+            for client in [client for client in self._used if self.used(client) < FORGOTTEN]:
+                del self._used[client]
+
+    def _next(self) -> Ticket:
+        """The waiting build to run next (the queue holds at least one)."""
+        return min(enumerate(self._queue), key=lambda item: (self.used(item[1].client), item[0]))[1]
 
     def acquire(self, ticket: Ticket) -> None:
         """Wait for the turn of `ticket`; Cancelled if its client goes while it waits."""
         with self._cond:
             self._queue.append(ticket)
             try:
-                while self._holder is not None or self._queue[0] is not ticket:
+                while self._holder is not None or self._next() is not ticket:
                     if ticket.gone.is_set():
                         raise Cancelled
                     self._cond.wait(DISCONNECT_POLL)
@@ -76,26 +111,27 @@ class Turns:
                 self._queue.remove(ticket)
                 self._cond.notify_all()
                 raise
-            self._queue.popleft()
+            self._queue.remove(ticket)
             self._holder = ticket
             self._since = self._clock()
 
     def release(self, ticket: Ticket) -> None:
         with self._cond:
             if self._holder is ticket:
+                self._charge(ticket)
                 self._holder = None
                 self._cond.notify_all()
 
     def checkpoint(self, ticket: Ticket) -> None:
-        """Between two pieces of work: stop if the client has gone; let a waiting build go first if this
-        one has used its turn."""
+        """Between two pieces of work: stop if the client has gone; once this build has used its turn,
+        let a waiting one go first if its client has used less lately."""
         if ticket.gone.is_set():
             raise Cancelled
         if self._clock() - self._since < self.turn:
             return
         with self._cond:
-            if not self._queue:
-                self._since = self._clock()
+            self._charge(ticket)
+            if not self._queue or self.used(self._next().client) >= self.used(ticket.client):
                 return
         self.release(ticket)
         self.acquire(ticket)
@@ -172,9 +208,10 @@ class Room:
         self._clients: dict[str, asyncio.Lock] = {}
         self._users: dict[str, int] = {}
 
-    async def run(self, request: Request, work: Callable[[], T]) -> T:
-        """Run `work` in a thread once the request is admitted, in turns with the other builds; raises
-        Cancelled when the client goes away first."""
+    async def run(self, request: Request, work: Callable[[], T], *, turns: bool = True) -> T:
+        """Run `work` in a thread once the request is admitted, in turns with the other builds (unless
+        `turns` is false: work that waits on something else than the interpreter); raises Cancelled
+        when the client goes away first."""
         client = client_key(request)
         ticket = Ticket(client)
         watcher = asyncio.create_task(_watch(request, ticket))
@@ -184,6 +221,8 @@ class Room:
             try:
                 await _until_gone(self._admitted.acquire(), ticket)
                 try:
+                    if not turns:
+                        return await anyio.to_thread.run_sync(work)
                     return await anyio.to_thread.run_sync(self._in_thread, ticket, work)
                 finally:
                     self._admitted.release()

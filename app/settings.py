@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     # above the 10 000-step scenario of benchmarks/web_latency.py (about 850 000 per preset; `modern`
     # takes about 600 000 there, splitting and recovering its slot's huge pages a hundred times).
     run_budget: int = Field(default=1_000_000, ge=1)
+    # The room's scheduler (app/room.py): at most this many builds admitted at once (a client has at
+    # most one), so the thread pool always has threads left for cheap requests ...
+    room_slots: int = Field(default=4, ge=1, le=32)
+    # ... and the turn, in seconds, a build runs while another waits before it lets that one go first.
+    room_turn: float = Field(default=0.05, gt=0, le=10)
     # Offer "run on this machine's kernel" (/real, POST /api/real) when the server can open this KVM
     # device; off, or without the device (a container started without --device /dev/kvm), the player
     # shows no button and both routes answer 503 with the reason.

@@ -29,7 +29,7 @@ from xml.etree import ElementTree
 
 import httpx
 import pytest
-from conftest import http_scope
+from conftest import AsgiClient, http_scope
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -209,26 +209,9 @@ async def _asgi(
     application: Any, method: str, path: str, headers: list[tuple[bytes, bytes]], chunks: list[bytes]
 ) -> tuple[int, bytes, int]:
     """One request straight into the ASGI app: (status, body, bytes of the request body it read)."""
-    read = 0
-    pending = list(chunks)
-    answer: dict[str, Any] = {"status": 0, "body": b""}
-
-    async def receive() -> dict[str, Any]:
-        nonlocal read
-        if not pending:
-            return {"type": "http.disconnect"}
-        chunk = pending.pop(0)
-        read += len(chunk)
-        return {"type": "http.request", "body": chunk, "more_body": bool(pending)}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            answer["status"] = message["status"]
-        elif message["type"] == "http.response.body":
-            answer["body"] += message.get("body", b"")
-
-    await application(http_scope(application, method, path, headers), receive, send)
-    return answer["status"], answer["body"], read
+    client = AsgiClient(chunks)
+    await application(http_scope(application, method, path, headers), client.receive, client.send)
+    return client.status, client.body, client.read
 
 
 @pytest.mark.parametrize("path", ["/api/run", "/api/encode", "/play", "/validate", "/upload"])

@@ -89,6 +89,35 @@ def test_builds_run_in_arrival_order() -> None:
     assert order == ["b", "c", "d"]
 
 
+def test_the_client_that_used_less_goes_next_and_keeps_its_turn_against_a_heavier_one() -> None:
+    clock = Clock()
+    turns = Turns(0.05, clock)
+    heavy, light = Ticket("heavy"), Ticket("light")
+    order: list[str] = []
+    turns.acquire(heavy)
+    clock.now = 1.0  # the heavy client has had the interpreter for a second
+
+    def run_light() -> None:
+        with turns.holding(light):
+            order.append("light started")
+            clock.now += 0.5  # half a second of work, turn after turn ...
+            turns.checkpoint(light)  # ... yet less than the heavy client used: it keeps going
+            order.append("light went on")
+
+    thread = in_thread(run_light)
+    wait_until(lambda: turns.waiting == 1)
+    turns.checkpoint(heavy)  # used up, and the waiting client used less: it goes first
+    order.append("heavy resumed")
+    thread.join(1)
+    assert order == ["light started", "light went on", "heavy resumed"]
+    assert turns.used("heavy") == pytest.approx(1.0, rel=0.05)
+    assert turns.used("light") == pytest.approx(0.5, rel=0.05)
+    turns.release(heavy)
+    before = turns.used("heavy")
+    clock.now += 2 * turns.half_life  # use is judged by what a client did lately
+    assert turns.used("heavy") == pytest.approx(before / 4)
+
+
 def test_a_client_that_goes_stops_its_build_at_the_next_checkpoint_and_leaves_the_queue() -> None:
     turns = Turns(1.0, Clock())
     running, waiting = Ticket("a"), Ticket("b")

@@ -21,10 +21,11 @@ from fastapi.responses import Response, StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.cache import check_budget, too_heavy_to_write
-from app.deps import StoreDep, compare_variants, query_param
+from app.cache import check_budget, run_all, too_heavy_to_write
+from app.deps import Store, StoreDep, compare_variants, query_param
 from app.errors import AppError, bad_request, invalid_scenario, not_found
 from app.livekernel import API_PRESETS, checked_overrides, live_result, require_kernel
+from app.pagectx import built
 from app.sources import scenario_from_code, share_code
 from engine.canonical import iterdumps
 from engine.codec import CodecError, encode_scenario
@@ -172,13 +173,17 @@ def get_scenario(name: str) -> Response:
 
 
 @router.post("/run")
-def run(body: RunRequest, store: StoreDep) -> Response:
+async def run(request: Request, body: RunRequest, store: StoreDep) -> Response:
     """Run a scenario and return the result object of contract section 4 (sorted keys, byte-stable).
 
     Refused (413) before it runs when the run and the writing of its final state would cost more than
     the request budget, and, for the full detail, when the result would be larger than /result.json
     writes out (`Settings.result_work`). The result is streamed: its final state can be a million rows.
     """
+    return await built(request, lambda: _run(body, store))
+
+
+def _run(body: RunRequest, store: Store) -> Response:
     scenario = _parse(body.scenario)
     try:
         policy = make_policy(body.variant, body.policy)
@@ -199,7 +204,7 @@ def run(body: RunRequest, store: StoreDep) -> Response:
                 " sptelab run FILE --json",
             )
     sim = Simulation(scenario, policy, detail=body.detail)
-    steps = sim.run()
+    steps = run_all(sim)
     return StreamingResponse(
         _chunks(iterdumps(result_json(sim, steps, stream=True))), media_type="application/json"
     )
@@ -229,13 +234,17 @@ class RealRequest(BaseModel):
 @router.post(
     "/real", responses={503: {"model": ApiError, "description": "This server cannot open /dev/kvm"}}
 )
-def real(body: RealRequest, store: StoreDep) -> Response:
+async def real(request: Request, body: RealRequest, store: StoreDep) -> Response:
     """Run the scenario's accesses on this machine's kernel through /dev/kvm: the object `sptelab real
     --json` prints (contract section 3). Its `live` object says how the kernel ran the guest (its MMU or
     its instruction emulator, from its statistics) and what was checked: on a kernel that emulated the
     guest, its dirty-log ioctls against the engine's emulated guest (`live.oracle`), not its MMU; the
     presets' logs in `compare` are then what each preset's MMU would log."""
     require_kernel(store.settings)
+    return await built(request, lambda: _real(body, store), turns=False)
+
+
+def _real(body: RealRequest, store: Store) -> Response:
     scenario = _parse(body.scenario)
     presets = compare_variants(",".join(body.compare), API_PRESETS)
     overrides = checked_overrides(body.policy, presets)

@@ -12,10 +12,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from app.cache import check_budget, too_heavy_to_write
+from app.cache import check_budget, run_all, too_heavy_to_write
 from app.deps import PlayerQuery, Store, StoreDep, player_query
 from app.errors import AppError, bad_request
-from app.pagectx import absolute, slug
+from app.pagectx import absolute, built, slug
 from app.sources import Source
 from app.svgexport import Caption, step_svg
 from app.viewmodel import preset_description
@@ -27,8 +27,12 @@ router = APIRouter()
 
 
 @router.get("/export.svg")
-def export_svg(request: Request, store: StoreDep) -> Response:
+async def export_svg(request: Request, store: StoreDep) -> Response:
     """The player's view at `step` as a standalone SVG (app/svgexport.py)."""
+    return await built(request, lambda: _export_svg(request, store))
+
+
+def _export_svg(request: Request, store: StoreDep) -> Response:
     query = player_query(request, store)
     if query.notice:  # the player clamps a step out of range; a file named after the step must not
         raise bad_request(
@@ -47,12 +51,16 @@ def export_svg(request: Request, store: StoreDep) -> Response:
 
 
 @router.get("/result.json")
-def export_result(request: Request, store: StoreDep) -> Response:
+async def export_result(request: Request, store: StoreDep) -> Response:
     """The result object of contract §4 for the whole run, every step in full detail (`step` is ignored)."""
+    return await built(request, lambda: _export_result(request, store))
+
+
+def _export_result(request: Request, store: StoreDep) -> Response:
     query = player_query(request, store)
     _refuse_heavy(store, query)
     sim = Simulation(query.source.scenario, query.policy, detail="full")
-    body = dumps(result_json(sim, sim.run(), stream=True))
+    body = dumps(result_json(sim, run_all(sim), stream=True))
     return _attachment(body, "application/json", f"{_file_stem(query)}-result.json")
 
 
