@@ -20,6 +20,7 @@ from markupsafe import Markup
 
 from app.cache import Lru
 from app.deps import FOCUS_PANELS, Links, PlayerQuery
+from app.forwarded import public_origin
 from app.livekernel import kernel_unavailable
 from app.predict import PredictPanel
 from app.render import base_path, markdown, page_globals, render_blocks, render_page
@@ -123,7 +124,7 @@ def cached(
     so that many viewers stepping through the same scenario share the rendering."""
     headers = request.headers
     key = (
-        str(request.base_url),
+        public_origin(request.scope),
         request.url.path,
         request.url.query,
         str(is_partial(request)),
@@ -153,9 +154,10 @@ class Downloads:
 
 
 def absolute(request: Request, path: str) -> str:
-    """The full URL of `path`, an app URL as Links writes it (the root path already in front)."""
-    base = request.base_url
-    return f"{base.scheme}://{base.netloc}{path}"
+    """The full URL of `path`, an app URL as Links writes it (the root path already in front), from the
+    public origin (app/forwarded.py); the path alone when none is configured or forwarded, never from the
+    request's Host header."""
+    return public_origin(request.scope) + path
 
 
 def slug(title: str) -> str:
