@@ -322,9 +322,11 @@ def _freed_note(hidden: int) -> Markup:
 
 
 def _real_context(request: Request, query: PlayerQuery, links: Links) -> dict[str, Any]:
-    """The "run on this machine's kernel" button: absent where the server cannot open /dev/kvm, shown
+    """The "run on this machine's kernel" button: absent in workshop mode (app/workshop.py) and where the
+    server cannot open /dev/kvm, shown
     disabled, with the reason, for a scenario the live backend cannot express."""
-    if kernel_unavailable(request.app.state.settings) is not None:
+    settings = request.app.state.settings
+    if settings.workshop or kernel_unavailable(settings) is not None:
         return {"real_url": None, "real_refusal": None}
     mode = str(query.policy.dirty_log_mode)
     return {"real_url": links.real(), "real_refusal": live_refusal(query.source.scenario, mode)}

@@ -125,6 +125,10 @@ class Settings(BaseSettings):
     # above the 10 000-step scenario of benchmarks/web_latency.py (about 850 000 per preset; `modern`
     # takes about 600 000 there, splitting and recovering its slot's huge pages a hundred times).
     run_budget: int = Field(default=1_000_000, ge=1)
+    # The same bound in workshop mode, where a room shares one server and any share link may be heavy:
+    # 0 is a quarter of run_budget (250 000 by default: every built-in plays whole; comparing the four
+    # presets of one-gig-page past its first steps is refused).
+    workshop_budget: int = Field(default=0, ge=0)
     # Offer "run on this machine's kernel" (/real, POST /api/real) when the server can open this KVM
     # device; off, or without the device (a container started without --device /dev/kvm), the player
     # shows no button and both routes answer 503 with the reason.
