@@ -49,10 +49,10 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
-    # Serving: `sptelab serve` and `python -m app` hand these to uvicorn (the flags of `sptelab serve`
+    # Serving: `sptelab serve` and `python -m app` hand these to granian (the flags of `sptelab serve`
     # override them). Each worker is a process with its own caches: a run is computed once per worker.
     workers: int = Field(default=1, ge=1, le=64)
-    # The path prefix behind a reverse proxy (uvicorn's --root-path): every URL the app writes starts
+    # The path prefix behind a reverse proxy (granian's --url-path-prefix): every URL the app writes starts
     # with it. The proxy strips it before passing a request on.
     root_path: Annotated[str, AfterValidator(normalize_root_path)] = ""
     # Trust X-Forwarded-For/-Proto from these addresses (comma-separated, or *): the share links then
