@@ -480,7 +480,9 @@ def check_budget(
     `Settings.run_budget`: `runs` runs of the scenario's first `steps` steps, each estimated at `per_run`
     (engine.scenario.estimate_work; the caller usually has it precomputed). The message says what it
     would cost, what makes it big and how to shrink it; `earlier` offers showing an earlier step."""
-    budget = settings.run_budget
+    budget, setting = settings.run_budget, "SPTELAB_RUN_BUDGET"
+    if settings.workshop:  # a room shares the server (app/workshop.py)
+        budget, setting = settings.workshop_budget or settings.run_budget // 4, "SPTELAB_WORKSHOP_BUDGET"
     need = per_run * runs
     if need <= budget:
         return
@@ -497,11 +499,11 @@ def check_budget(
     raise AppError(
         413,
         f"too much work for this server: {doing} needs about {need:,} units of work ({times}one unit is"
-        f" about one guest access), and one request may ask for at most {budget:,} (SPTELAB_RUN_BUDGET);"
+        f" about one guest access), and one request may ask for at most {budget:,} ({setting});"
         f" {_SHRINK[biggest]}. Or {instead}run it on your own machine with the command line, which has"
         " no such budget: sptelab run FILE.",
         hint="Download the scenario and run it with the command line (sptelab run FILE), or ask whoever"
-        " runs this server to raise SPTELAB_RUN_BUDGET.",
+        f" runs this server to raise {setting}.",
     )
 
 

@@ -167,7 +167,7 @@ def _switch_text(value: str | bool) -> str:
 
 
 def parse_policy_param(text: str) -> dict[str, str]:
-    """`K=V,K=V` into overrides; each is checked by make_policy later."""
+    """`K=V,K=V` into overrides, each switch at most once; each is checked by make_policy later."""
     out: dict[str, str] = {}
     for item in text.split(","):
         if not item.strip():
@@ -177,7 +177,13 @@ def parse_policy_param(text: str) -> dict[str, str]:
             raise bad_request(
                 f"policy={text[:80]!r}: expected SWITCH=VALUE pairs separated by commas, e.g. wp_large=zap"
             )
-        out[name.strip()] = value.strip()
+        name = name.strip()
+        if name in out:
+            # A link that says two things about one switch is refused, not read as the last of them.
+            raise bad_request(
+                f"policy={text[:80]!r}: the switch {name[:40]!r} is given twice; give each switch once"
+            )
+        out[name] = value.strip()
     return out
 
 

@@ -19,6 +19,7 @@ from markupsafe import Markup
 
 from app.cache import Lru
 from app.deps import FOCUS_PANELS, Links, PlayerQuery
+from app.forwarded import public_origin
 from app.livekernel import kernel_unavailable
 from app.predict import PredictPanel
 from app.render import base_path, markdown, page_globals, render_blocks, render_page
@@ -129,7 +130,7 @@ async def cached(
     is answered at once, without waiting for any build."""
     headers = request.headers
     key = (
-        str(request.base_url),
+        public_origin(request.scope),
         request.url.path,
         request.url.query,
         str(is_partial(request)),
@@ -158,9 +159,10 @@ class Downloads:
 
 
 def absolute(request: Request, path: str) -> str:
-    """The full URL of `path`, an app URL as Links writes it (the root path already in front)."""
-    base = request.base_url
-    return f"{base.scheme}://{base.netloc}{path}"
+    """The full URL of `path`, an app URL as Links writes it (the root path already in front), from the
+    public origin (app/forwarded.py); the path alone when none is configured or forwarded, never from the
+    request's Host header."""
+    return public_origin(request.scope) + path
 
 
 def slug(title: str) -> str:
@@ -325,9 +327,11 @@ def _freed_note(hidden: int) -> Markup:
 
 
 def _real_context(request: Request, query: PlayerQuery, links: Links) -> dict[str, Any]:
-    """The "run on this machine's kernel" button: absent where the server cannot open /dev/kvm, shown
+    """The "run on this machine's kernel" button: absent in workshop mode (app/workshop.py) and where the
+    server cannot open /dev/kvm, shown
     disabled, with the reason, for a scenario the live backend cannot express."""
-    if kernel_unavailable(request.app.state.settings) is not None:
+    settings = request.app.state.settings
+    if settings.workshop or kernel_unavailable(settings) is not None:
         return {"real_url": None, "real_refusal": None}
     mode = str(query.policy.dirty_log_mode)
     return {"real_url": links.real(), "real_refusal": live_refusal(query.source.scenario, mode)}

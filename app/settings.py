@@ -25,15 +25,34 @@ def normalize_root_path(value: str) -> str:
     return text
 
 
+_ORIGIN = re.compile(r"(https?)://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
+
+
+def normalize_public_url(value: str) -> str:
+    """The public address as the app writes it in front of a link: '' for none, else `scheme://host` or
+    `scheme://host:port`, lowercase, without a trailing slash. Only an origin: the root path is a setting
+    of its own (SPTELAB_ROOT_PATH), and a link must not carry a user, a query or a fragment."""
+    text = value.strip().rstrip("/")
+    if not text:
+        return ""
+    match = _ORIGIN.fullmatch(text)
+    if match is None or (match.group(3) and not 0 < int(match.group(3)[1:]) < 65536):
+        raise ValueError(
+            f"{value[:80]!r} is not an address such as https://sptelab.example.org: http or https, a host"
+            " name or address, an optional port, and no path (the path prefix is SPTELAB_ROOT_PATH)"
+        )
+    return text.lower()
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SPTELAB_", extra="ignore")
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
-    # Serving: `sptelab serve` and `python -m app` hand these to uvicorn (the flags of `sptelab serve`
+    # Serving: `sptelab serve` and `python -m app` hand these to granian (the flags of `sptelab serve`
     # override them). Each worker is a process with its own caches: a run is computed once per worker.
     workers: int = Field(default=1, ge=1, le=64)
-    # The path prefix behind a reverse proxy (uvicorn's --root-path): every URL the app writes starts
+    # The path prefix behind a reverse proxy (granian's --url-path-prefix): every URL the app writes starts
     # with it. The proxy strips it before passing a request on.
     root_path: Annotated[str, AfterValidator(normalize_root_path)] = ""
     # Trust X-Forwarded-For/-Proto from these addresses (comma-separated, or *): the share links then
@@ -42,6 +61,19 @@ class Settings(BaseSettings):
     forwarded_allow_ips: str = "127.0.0.1"
     # Log every request: off by default, since every player URL carries its scenario's share code.
     access_log: bool = False
+    # The address the visitors reach the app at, `scheme://host[:port]` (the root path is added to it):
+    # share links and the SVG export's link are built from it, never from the request's Host header,
+    # which any client can set. Unset: the page's share box holds the link without scheme and host (the
+    # browser shows it whole, from its own address bar), and an export names the server's own address.
+    public_url: Annotated[str, AfterValidator(normalize_public_url)] = ""
+    # The sockets, for a server that faces a room directly (benchmarks/sockets.py measured them): a
+    # request's head (request line and headers) must arrive whole within header_timeout seconds of the
+    # connection's start or of the previous answer, and within header_bytes; a connection that sends
+    # nothing is closed after the same time. A body must arrive whole within body_timeout seconds of
+    # the head, else 408.
+    header_timeout: float = Field(default=10.0, gt=0, le=60)
+    header_bytes: int = Field(default=65_536, ge=16_384, le=1 << 20)
+    body_timeout: float = Field(default=30.0, gt=0, le=600)
     # Workshop mode, read by the app: no editor and no upload, built-in scenarios and share links only.
     workshop: bool = False
 
@@ -93,6 +125,10 @@ class Settings(BaseSettings):
     # above the 10 000-step scenario of benchmarks/web_latency.py (about 850 000 per preset; `modern`
     # takes about 600 000 there, splitting and recovering its slot's huge pages a hundred times).
     run_budget: int = Field(default=1_000_000, ge=1)
+    # The same bound in workshop mode, where a room shares one server and any share link may be heavy:
+    # 0 is a quarter of run_budget (250 000 by default: every built-in plays whole; comparing the four
+    # presets of one-gig-page past its first steps is refused).
+    workshop_budget: int = Field(default=0, ge=0)
     # The room's scheduler (app/room.py): at most this many builds admitted at once (a client has at
     # most one), so the thread pool always has threads left for cheap requests ...
     room_slots: int = Field(default=4, ge=1, le=32)

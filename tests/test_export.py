@@ -36,9 +36,13 @@ DC = "{http://purl.org/dc/elements/1.1/}"
 FORBIDDEN_TAGS = {"script", "style", "foreignObject", "image", "use", "iframe", "feImage", "animate", "set"}
 
 
+# The address the server is told it is reached at: the export's link starts with it.
+PUBLIC = "https://sptelab.example.org"
+
+
 @pytest.fixture(scope="module")
 def client() -> TestClient:
-    return TestClient(create_app(), follow_redirects=False)
+    return TestClient(create_app(Settings(public_url=PUBLIC)), follow_redirects=False)
 
 
 def svg_url(variant: str, step: int, source: str = f"scenario={EXAMPLE}") -> str:
@@ -46,7 +50,7 @@ def svg_url(variant: str, step: int, source: str = f"scenario={EXAMPLE}") -> str
 
 
 def share_url(variant: str, step: int, source: str = f"scenario={EXAMPLE}") -> str:
-    return f"http://testserver/play?{source}&variant={variant}&step={step}"
+    return f"{PUBLIC}/play?{source}&variant={variant}&step={step}"
 
 
 def get_svg(client: TestClient, url: str) -> tuple[str, ET.Element]:

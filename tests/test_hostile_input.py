@@ -3,8 +3,8 @@ a traceback or a hang; the limits of contract §1 and the request budget are enf
 
 Four parts: explicit cases for every route and the command line; the request budget (estimate_work,
 SPTELAB_RUN_BUDGET); Hypothesis tests of the codec and the scenario parser (they return or refuse with
-their own error, nothing else); and a real uvicorn server fed the hostile requests over HTTP, whose log must
-hold no traceback and no 500.
+their own error, nothing else); and the real server as the project serves it (`python -m app`) fed the
+hostile requests over HTTP, whose log must hold no traceback and no 500.
 """
 
 from __future__ import annotations
@@ -983,8 +983,8 @@ def server() -> Iterator[Server]:
     ARTIFACTS.mkdir(exist_ok=True)
     log = ARTIFACTS / "hostile-server.log"
     port = _free_port()
-    command = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "app"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "SPTELAB_HOST": "127.0.0.1", "SPTELAB_PORT": str(port)}
     with log.open("wb") as out:
         process = subprocess.Popen(
             command, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env

@@ -27,6 +27,7 @@ from app.errors import AppError, bad_request, invalid_scenario, not_found
 from app.livekernel import API_PRESETS, checked_overrides, live_result, require_kernel
 from app.pagectx import built
 from app.sources import scenario_from_code, share_code
+from app.workshop import workshop_off
 from engine.canonical import iterdumps
 from engine.codec import CodecError, encode_scenario
 from engine.policy import DEFAULT_PRESET, PolicyError, make_policy
@@ -172,7 +173,7 @@ def get_scenario(name: str) -> Response:
     return _json(json.loads(load_builtin_text(name)))
 
 
-@router.post("/run")
+@router.post("/run", dependencies=[workshop_off("POST /api/run (running your own scenario)")])
 async def run(request: Request, body: RunRequest, store: StoreDep) -> Response:
     """Run a scenario and return the result object of contract section 4 (sorted keys, byte-stable).
 
@@ -210,7 +211,11 @@ def _run(body: RunRequest, store: Store) -> Response:
     )
 
 
-@router.post("/encode", response_model=EncodeResponse)
+@router.post(
+    "/encode",
+    response_model=EncodeResponse,
+    dependencies=[workshop_off("POST /api/encode (making share codes)")],
+)
 def encode(body: EncodeRequest) -> EncodeResponse:
     code = share_code(_parse(body.scenario))
     return EncodeResponse(code=code, url=f"/play?s={code}")
@@ -232,7 +237,9 @@ class RealRequest(BaseModel):
 
 
 @router.post(
-    "/real", responses={503: {"model": ApiError, "description": "This server cannot open /dev/kvm"}}
+    "/real",
+    responses={503: {"model": ApiError, "description": "This server cannot open /dev/kvm"}},
+    dependencies=[workshop_off("POST /api/real (running scenarios on this machine's kernel)")],
 )
 async def real(request: Request, body: RealRequest, store: StoreDep) -> Response:
     """Run the scenario's accesses on this machine's kernel through /dev/kvm: the object `sptelab real

@@ -21,6 +21,7 @@ from app.livekernel import PAGE_PRESETS, checked_overrides, live_result
 from app.pagectx import built, page
 from app.render import base_path
 from app.viewmodel import describe_op, preset_description
+from app.workshop import workshop_off
 from engine.scenario import Step, step_to_json
 
 router = APIRouter()
@@ -58,7 +59,11 @@ def _step_counters(result: dict[str, Any], steps: Sequence[Step]) -> tuple[list[
     return rows[:STEP_ROWS], len(rows)
 
 
-@router.get("/real", response_class=HTMLResponse)
+@router.get(
+    "/real",
+    response_class=HTMLResponse,
+    dependencies=[workshop_off("/real (running scenarios on this machine's kernel)")],
+)
 async def real_page(request: Request, store: StoreDep) -> Response:
     # The run waits on the kernel, not on the interpreter: admitted like a build, but takes no turns.
     return await built(request, lambda: _real_page(request, store), turns=False)
