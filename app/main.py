@@ -401,7 +401,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.store = Store(settings)
     app.state.settings = settings
-    app.state.room = Room(settings.room_slots, settings.room_turn)
+    app.state.room = Room(settings.room_slots, settings.room_turn, settings.effective_client_share)
     # The engine's long walks pause at their cond_resched points for the room's other builds, and stop
     # there when their client has gone (checkpoint does nothing outside a build).
     set_resched(checkpoint)

@@ -25,6 +25,7 @@ unconditionally.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -34,6 +35,8 @@ from typing import TypeVar
 
 import anyio
 from starlette.requests import Request
+
+from app.errors import AppError
 
 T = TypeVar("T")
 
@@ -201,9 +204,12 @@ def waiting_for(lock: threading.RLock | threading.Lock) -> Iterator[None]:
 class Room:
     """Admission and turns for the app's builds (one per app)."""
 
-    def __init__(self, slots: int, turn: float) -> None:
+    def __init__(
+        self, slots: int, turn: float, share: float = 0.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.slots = slots
-        self.turns = Turns(turn)
+        self.share = share
+        self.turns = Turns(turn, clock)
         self._admitted = asyncio.Semaphore(slots)
         self._clients: dict[str, asyncio.Lock] = {}
         self._users: dict[str, int] = {}
@@ -213,6 +219,7 @@ class Room:
         `turns` is false: work that waits on something else than the interpreter); raises Cancelled
         when the client goes away first."""
         client = client_key(request)
+        self._check_share(client)
         ticket = Ticket(client)
         watcher = asyncio.create_task(_watch(request, ticket))
         lock = self._client_lock(client)
@@ -231,6 +238,21 @@ class Room:
         finally:
             watcher.cancel()
             self._client_done(client)
+
+    def _check_share(self, client: str) -> None:
+        """Refuse a new build to a client that has used more than its share of the interpreter lately
+        (`share` seconds, none if 0): in a room, one visitor's links cannot keep the server busy for
+        long, and its use halves every `HALF_LIFE` seconds until it may build again."""
+        used = self.turns.used(client)
+        if not self.share or used <= self.share:
+            return
+        wait = math.ceil(self.turns.half_life * math.log2(used / self.share))
+        raise AppError(
+            429,
+            f"Your address has used {used:.0f} s of this server's time lately, more than the"
+            f" {self.share:g} s each visitor gets here; pages already built still load.",
+            hint=f"Wait about {wait} s, or run heavy scenarios on your own machine with `sptelab run`.",
+        )
 
     def _in_thread(self, ticket: Ticket, work: Callable[[], T]) -> T:
         with self.turns.holding(ticket):

@@ -134,11 +134,23 @@ class Settings(BaseSettings):
     room_slots: int = Field(default=4, ge=1, le=32)
     # ... and the turn, in seconds, a build runs while another waits before it lets that one go first.
     room_turn: float = Field(default=0.05, gt=0, le=10)
+    # A client's share of the interpreter, in seconds of builds lately (their use halves every 30 s): a
+    # client over it gets 429 for anything not already built until its use has decayed. 0: no limit.
+    # Workshop mode uses workshop_client_share instead: a room's visitor stepping the built-in lessons
+    # uses a few seconds a minute, a laptop sending heavy links keeps using more.
+    client_share: float = Field(default=0.0, ge=0)
+    workshop_client_share: float = Field(default=15.0, ge=0)
     # Offer "run on this machine's kernel" (/real, POST /api/real) when the server can open this KVM
     # device; off, or without the device (a container started without --device /dev/kvm), the player
     # shows no button and both routes answer 503 with the reason.
     live_kernel: bool = True
     kvm_device: str = "/dev/kvm"
+
+
+    @property
+    def effective_client_share(self) -> float:
+        """The share of the interpreter each client gets, in the mode the server runs in."""
+        return self.workshop_client_share if self.workshop else self.client_share
 
 
 @lru_cache(maxsize=1)

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from app.errors import AppError
 from app.room import Cancelled, Room, Ticket, Turns, checkpoint, waiting_for
 
 
@@ -252,3 +253,28 @@ def test_a_client_that_goes_while_queued_never_runs() -> None:
 
     ran, outcome = asyncio.run(scenario())
     assert ran == ["holder"] and isinstance(outcome, Cancelled)
+
+
+def test_a_client_over_its_share_is_refused_until_its_use_decays() -> None:
+    clock = Clock()
+
+    async def scenario() -> list[object]:
+        room = Room(slots=4, turn=0.01, share=10.0, clock=clock)
+        ticket = Ticket("10.0.0.66")
+        room.turns.acquire(ticket)
+        clock.now = 30.0  # thirty seconds of heavy links
+        room.turns.release(ticket)
+        outcomes: list[object] = []
+        for host in ("10.0.0.66", "10.0.0.7"):
+            try:
+                outcomes.append(await room.run(FakeRequest(host), lambda: "built"))  # type: ignore[arg-type]
+            except AppError as error:
+                outcomes.append((error.status, error.message))
+        clock.now += 2 * room.turns.half_life  # its use has decayed to a quarter: 7.5 s
+        outcomes.append(await room.run(FakeRequest("10.0.0.66"), lambda: "built"))  # type: ignore[arg-type]
+        return outcomes
+
+    refused, other, later = asyncio.run(scenario())
+    assert isinstance(refused, tuple) and refused[0] == 429
+    assert "30 s" in refused[1] and "10 s each visitor" in refused[1]
+    assert other == "built" and later == "built"
