@@ -66,7 +66,7 @@ def _slot(npages: int, host_page: str = "4K") -> list[Json]:
 
 def migrate_64_slots(rounds: int = 1500) -> Scenario:
     """The shape of the 4.5 KB URL: 64 one-page slots, a migration of many rounds."""
-    steps = [{"op": "write", "gfn": 0x1000}, {"op": "migrate_begin"}]
+    steps: list[Json] = [{"op": "write", "gfn": 0x1000}, {"op": "migrate_begin"}]
     return _scenario(
         _one_page_slots(64), [*steps, *[{"op": "migrate_round"}] * rounds, {"op": "migrate_end"}]
     )
@@ -125,7 +125,7 @@ def _tlb_hits() -> Scenario:
 
 
 def _zap_run() -> Scenario:
-    block = [{"op": "write", "gfn": 0x100000, "count": 4096}, {"op": "zap_all"}]
+    block: list[Json] = [{"op": "write", "gfn": 0x100000, "count": 4096}, {"op": "zap_all"}]
     return _scenario(_slot(4096), block * 3)
 
 
@@ -134,7 +134,8 @@ def _notes() -> Scenario:
 
 
 def _migrate_big() -> Scenario:
-    steps = [{"op": "write", "gfn": 0x100000}, {"op": "migrate_begin"}, *[{"op": "migrate_round"}] * 200]
+    steps: list[Json] = [{"op": "write", "gfn": 0x100000}, {"op": "migrate_begin"}]
+    steps += [{"op": "migrate_round"}] * 200
     return _scenario(_slot(1 << 20), [*steps, {"op": "migrate_end"}])
 
 

@@ -130,7 +130,8 @@ def test_harvests_are_priced_per_slot(op: str) -> None:
 
 def test_a_migrate_round_is_priced_per_slot_and_written_per_slot() -> None:
     def price(slots: int, rounds: int, full: bool) -> int:
-        steps = [{"op": "write", "gfn": 0x1000}, {"op": "migrate_begin"}, *[{"op": "migrate_round"}] * rounds]
+        steps: list[Json] = [{"op": "write", "gfn": 0x1000}, {"op": "migrate_begin"}]
+        steps += [{"op": "migrate_round"}] * rounds
         scenario = build(steps, one_page_slots(slots))
         return estimate_result(scenario, full=True) if full else estimate_work(scenario).total
 
@@ -146,7 +147,8 @@ def test_a_migrate_round_is_priced_per_slot_and_written_per_slot() -> None:
 def test_slot_walks_are_priced_per_page(op: str) -> None:
     def price(npages: int) -> int:
         step = {**ONE_OF_EACH[op], "num": npages} if op == "clear_dirty_log" else ONE_OF_EACH[op]
-        steps = [{"op": "write", "gfn": 0}, {"op": "enable_dirty_log", "slot": 1}, {"op": "migrate_begin"}]
+        steps: list[Json] = [{"op": "write", "gfn": 0}, {"op": "enable_dirty_log", "slot": 1}]
+        steps.append({"op": "migrate_begin"})
         return run_price([*steps, *[step] * 100], [{"id": 1, "base_gfn": 0, "npages": npages}])
 
     small, big = price(4096), price(1 << 20)
