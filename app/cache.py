@@ -477,11 +477,11 @@ def check_budget(
     )
 
 
-def too_heavy_to_write(scenario: Scenario, limit: int) -> str:
+def too_heavy_to_write(scenario: Scenario, policy: Policy, limit: int) -> str:
     """Why the full-detail result of this scenario is too large to write out in a response ("" when it is
     not), priced before anything runs (engine.estimate.estimate_result): the run in full detail, a row per
     fault, spte write, trace event and harvested slot of every step, and the final state's rows."""
-    price = estimate_result(scenario, full=True)
+    price = estimate_result(scenario, full=True, policy=policy)
     if price <= limit:
         return ""
     return f"running it in full detail and writing its result costs about {price:,} units of work"

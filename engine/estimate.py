@@ -4,10 +4,11 @@ A shell that runs scenarios for others (the web app: the player's summary pass u
 run per preset on /compare, the whole run with its result for /result.json and POST /api/run) must know
 before it starts what a request will cost, so that it can refuse one beyond its budget instead of stopping
 it halfway. This module prices a scenario in **work units** of about 10 µs of one core of CPython: about
-one guest access that faults a 4 KiB page in on the summary pass. The price is an upper bound over every
-preset (the costliest is usually `modern`, which splits huge pages when logging starts and recovers them
-when it stops), and it is calibrated, term by term, by `benchmarks/budget.py`, which asserts that the CPU
-time per unit of every built-in lesson and of a hostile set stays within 3x of the median.
+one guest access that faults a 4 KiB page in on the summary pass. Without a policy the price is an upper
+bound over every preset (the costliest is usually `modern`, which splits huge pages when logging starts and
+recovers them when it stops; a policy that does neither pays nothing for them). It is calibrated, term by
+term, by `benchmarks/budget.py`, which asserts that the CPU time per unit of every built-in lesson and of a
+hostile set stays within 3x of the median.
 
 Two prices are kept apart, because writing a result costs far more than running it:
 
@@ -58,6 +59,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from engine.policy import Policy
 from engine.scenario import (
     ClearDirtyLogStep,
     DisableDirtyLogStep,
@@ -136,7 +138,10 @@ class StepPrice:
 class _Pricer:
     """Walks a scenario's steps in order, tracking what bounds the later ops' cost (see the docstring)."""
 
-    def __init__(self, scenario: Scenario) -> None:
+    def __init__(self, scenario: Scenario, policy: Policy | None = None) -> None:
+        # Without a policy, the price bounds every one: huge pages split and recovered.
+        self.split = SPLIT if policy is None or policy.eager_split or policy.split_on_fault != "drop" else 0.0
+        self.recover = RECOVER if policy is None or policy.recover_on_disable else 0.0
         self.vcpus = scenario.vm.vcpus
         self.slot_pages = {slot.id: slot.npages for slot in scenario.memslots}
         self.all_pages = sum(self.slot_pages.values())
@@ -178,11 +183,12 @@ class _Pricer:
         protect = self.mapped(slot_id)
         large = self.large_mapped(slot_id)
         self.clear_credit[slot_id] = (protect + large, self.faultable)
-        return SLOT + protect * PROTECT, large * SPLIT, SLOT_ROWS + (protect + large) * SPTE_ROWS
+        split_rows = large * SPTE_ROWS if self.split else 0.0
+        return SLOT + protect * PROTECT, large * self.split, SLOT_ROWS + protect * SPTE_ROWS + split_rows
 
     def _disable(self, slot_id: int) -> tuple[float, float, float]:
         large = self.large_mapped(slot_id)
-        return SLOT, large * RECOVER, SLOT_ROWS + large * SPTE_ROWS
+        return SLOT, large * self.recover, SLOT_ROWS + (large * SPTE_ROWS if self.recover else 0.0)
 
     def _get(self, slot_id: int) -> tuple[float, float]:
         return SLOT + self.slot_pages[slot_id] * BITMAP, SLOT_ROWS
@@ -248,10 +254,10 @@ def step_prices(scenario: Scenario) -> Iterator[StepPrice]:
         yield pricer.step(step)
 
 
-def estimate_work(scenario: Scenario, steps: int | None = None) -> WorkEstimate:
+def estimate_work(scenario: Scenario, steps: int | None = None, policy: Policy | None = None) -> WorkEstimate:
     """The price of creating the VM and running the first `steps` steps (default: all) on the summary
-    pass, by source."""
-    pricer = _Pricer(scenario)
+    pass, by source: under `policy`, or the most any policy can cost."""
+    pricer = _Pricer(scenario, policy)
     b = a = s = h = 0.0
     for step in scenario.steps[:steps]:
         price = pricer.step(step)
@@ -280,11 +286,12 @@ def estimate_result_rows(scenario: Scenario) -> int:
     return math.ceil(pricer.final_rows())
 
 
-def estimate_result(scenario: Scenario, *, full: bool) -> int:
+def estimate_result(scenario: Scenario, *, full: bool, policy: Policy | None = None) -> int:
     """The price of running the whole scenario and writing its result: the run, the final state's rows,
     and in full detail every step's record (its faults, spte changes and trace events) with the run done
-    in full detail. This is what /result.json (full) and POST /api/run (either detail) cost."""
-    pricer = _Pricer(scenario)
+    in full detail. This is what /result.json (full) and POST /api/run (either detail) cost: under
+    `policy`, or the most any policy can cost."""
+    pricer = _Pricer(scenario, policy)
     total = pricer.setup
     for step in scenario.steps:
         price = pricer.step(step)

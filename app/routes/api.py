@@ -188,7 +188,7 @@ def run(body: RunRequest, store: StoreDep) -> Response:
     check_budget(store.settings, scenario, need, steps=total, doing="running this scenario")
     if body.detail == "full":
         limit = store.settings.result_work
-        why = too_heavy_to_write(scenario, limit)
+        why = too_heavy_to_write(scenario, policy, limit)
         if why:
             raise AppError(
                 413,

@@ -69,7 +69,7 @@ def _refuse_heavy(store: Store, query: PlayerQuery) -> None:
         doing="writing out the result of the whole run",
     )
     limit = store.settings.result_work
-    why = too_heavy_to_write(source.scenario, limit)
+    why = too_heavy_to_write(source.scenario, query.policy, limit)
     if why:
         raise _too_heavy(query, why, limit)
 
