@@ -718,7 +718,7 @@ def test_the_budget_is_a_setting_and_the_command_line_has_none(
 def test_api_run_in_full_detail_is_bounded_like_result_json() -> None:
     small = TestClient(create_app(Settings(result_work=100)), raise_server_exceptions=False)
     data = scenario([{"op": "write", "gfn": 0, "count": 101}])
-    refused(small.post("/api/run", json={"scenario": data}), 413, "SPTELAB_RESULT_WORK", '"detail": "summary"')
+    refused(small.post("/api/run", json={"scenario": data}), 413, "RESULT_WORK", '"detail": "summary"')
     assert small.post("/api/run", json={"scenario": data, "detail": "summary"}).status_code == 200
     refused(small.get(f"/result.json?s={encode_scenario(data)}"), 413, "SPTELAB_RESULT_WORK")
 
