@@ -23,8 +23,9 @@ Every run has its own lock; the states `at` hands out are private copies, so bui
 needs no lock.
 
 What a request may ask the runs for is bounded before anything runs: `check_budget` refuses (413) a
-request whose estimated work (engine.scenario.estimate_work) exceeds `Settings.run_budget`, and
-`too_heavy_to_write` measures whether a run's full-detail result is small enough to write out.
+request whose price (engine.estimate.estimate_work) exceeds `Settings.run_budget`, and
+`too_heavy_to_write` whether a run's full-detail result (engine.estimate.estimate_result) is small enough
+to write out (`Settings.result_work`).
 """
 
 from __future__ import annotations
@@ -40,9 +41,10 @@ from app.errors import AppError
 from app.room import checkpoint, waiting_for
 from app.settings import Settings
 from engine.collector import gc_paused
+from engine.estimate import estimate_result, estimate_work
 from engine.kvm import StepLog
 from engine.policy import Policy
-from engine.scenario import ReadStep, Scenario, WriteStep, estimate_work
+from engine.scenario import ReadStep, Scenario, WriteStep
 from engine.shadow_page import KvmMmuPage
 from engine.simulation import Simulation, StepResult
 from engine.trace import Event, Trace
@@ -458,8 +460,12 @@ class RunCache:
 _SHRINK = {
     "accesses": "most of it guest accesses: lower the counts of its read and write steps",
     "slot_pages": (
-        "most of it dirty-log and migration steps on big memslots: make the memslots smaller, or use"
-        " fewer enable_dirty_log, get_dirty_log and migrate steps on them"
+        "most of it dirty-log, flush and migration steps, per memslot and per page: use fewer or smaller"
+        " memslots, or fewer enable_dirty_log, get_dirty_log, clear_dirty_log and migrate steps"
+    ),
+    "huge": (
+        "most of it huge pages split when logging starts and recovered when it stops: toggle logging"
+        " less often on slots mapped with 2M or 1G pages"
     ),
     "steps": "most of it the steps themselves: use fewer steps, and fewer zap_all",
     "setup": "most of it creating the memslots: make them smaller",
@@ -478,7 +484,7 @@ def check_budget(
 ) -> None:
     """Refuse (413), before anything runs, a request that would make the engine do more than
     `Settings.run_budget`: `runs` runs of the scenario's first `steps` steps, each estimated at `per_run`
-    (engine.scenario.estimate_work; the caller usually has it precomputed). The message says what it
+    (engine.estimate.estimate_work; the caller usually has it precomputed). The message says what it
     would cost, what makes it big and how to shrink it; `earlier` offers showing an earlier step."""
     budget, setting = settings.run_budget, "SPTELAB_RUN_BUDGET"
     if settings.workshop:  # a room shares the server (app/workshop.py)
@@ -492,6 +498,7 @@ def check_budget(
         "slot_pages": estimate.slot_pages,
         "steps": estimate.steps,
         "setup": estimate.setup,
+        "huge": estimate.huge,
     }
     biggest = max(parts, key=lambda name: parts[name])
     times = f"{runs} runs of about {per_run:,} each, " if runs > 1 else ""
@@ -507,23 +514,11 @@ def check_budget(
     )
 
 
-def too_heavy_to_write(runs: RunCache, code: str, scenario: Scenario, policy: Policy, limit: int) -> str:
-    """Why the full-detail result of this run is too large to write out in a response ("" when it is
-    not): the result holds a row per fault, spte write and trace event, so its size follows the run's
-    work. First from the scenario's guest accesses (nothing runs), then from the summary pass of the run
-    cache, step by step, stopping at the bound (a few accesses can still make much work: logging toggled
-    on many mapped pages, again and again)."""
-    accesses = sum(step.count for step in scenario.steps if isinstance(step, ReadStep | WriteStep))
-    if accesses > limit:
-        return f"it makes {accesses:,} guest accesses"
-    run = runs.get(code, scenario, policy)
-    try:
-        work = 0
-        for n in range(1, run.total + 1):
-            run.ensure(n)
-            work += run.records[n - 1].cost
-            if work > limit:
-                return f"its first {n} steps already do {work:,} units of work"
-    finally:
-        runs.trim()
-    return ""
+def too_heavy_to_write(scenario: Scenario, policy: Policy, limit: int) -> str:
+    """Why the full-detail result of this scenario is too large to write out in a response ("" when it is
+    not), priced before anything runs (engine.estimate.estimate_result): the run in full detail, a row per
+    fault, spte write, trace event and harvested slot of every step, and the final state's rows."""
+    price = estimate_result(scenario, full=True, policy=policy)
+    if price <= limit:
+        return ""
+    return f"running it in full detail and writing its result costs about {price:,} units of work"

@@ -22,8 +22,9 @@ from app.cache import Lru, check_budget
 from app.deps import resolve_policy
 from app.errors import AppError
 from app.settings import Settings
+from engine.estimate import estimate_work
 from engine.policy import PRESETS
-from engine.scenario import Scenario, estimate_work
+from engine.scenario import Scenario
 from live.report import RealRefusalError, availability, real_result
 
 # The page sets every preset beside the kernel, newest first: the live kernel is today's, and the 3.x

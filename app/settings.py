@@ -112,18 +112,20 @@ class Settings(BaseSettings):
     tree_sptes: int = Field(default=64, ge=20)
     # Dirty-bitmap cells drawn one by one per slot; longer runs of identical cells are summarised.
     bitmap_cells: int = Field(default=512, ge=64)
-    # /result.json (every step in full detail) is refused for a run doing more work than this, counted as
-    # the summary pass counts it (guest accesses, spte writes, 8 per fault, harvested pages): about 200
-    # bytes of result and 40 µs of server time per unit, so the bound is about 10 MB and 2 s.
-    result_work: int = Field(default=50_000, ge=0)
-    # The most work one request may make the engine do, estimated from the scenario before anything runs
-    # (engine.scenario.estimate_work: about one guest access that faults a page in per unit, ~12 µs of
-    # the summary pass): the player's run to the step shown, one run per preset on /compare, the whole
-    # run for /api/run and /result.json. Beyond it the request is refused with 413 (the command line has
-    # no budget). 1 000 000 is about 10-20 s of one core at worst, far above the built-in scenarios (the
-    # largest, one-gig-page, is estimated at about 200 000 per preset: `modern` splits its gigabyte) and
-    # above the 10 000-step scenario of benchmarks/web_latency.py (about 850 000 per preset; `modern`
-    # takes about 600 000 there, splitting and recovering its slot's huge pages a hundred times).
+    # /result.json and POST /api/run with "detail": "full" are refused (413, before anything runs) when
+    # running the scenario in full detail and writing its result is priced over this (engine.estimate:
+    # the run, a row per fault, spte write, trace event and harvested slot, and the final state's rows).
+    # A unit is about 10 µs of one core and 70-150 bytes of result (benchmarks/budget.py), so the bound
+    # is about 1 s and 7-15 MB; every built-in lesson fits under every preset but one-gig-page under
+    # `modern` (a row per spte of the gigabyte it splits and recovers).
+    result_work: int = Field(default=100_000, ge=0)
+    # The most work one request may make the engine do, priced from the scenario before anything runs
+    # (engine.estimate.estimate_work: about 10 µs of one core per unit, calibrated by
+    # benchmarks/budget.py): the player's run to the step shown, one run per preset on /compare (the
+    # sum), the whole run and its final state for POST /api/run. Beyond it the request is refused with
+    # 413 (the command line has no budget). 1 000 000 is about 10 s of one core, far above the built-in
+    # lessons (the largest, one-gig-page, is priced at about 41 000 per run) and above the 10 000-step
+    # scenario of benchmarks/web_latency.py.
     run_budget: int = Field(default=1_000_000, ge=1)
     # The same bound in workshop mode, where a room shares one server and any share link may be heavy:
     # 0 is a quarter of run_budget (250 000 by default: every built-in plays whole; comparing the four

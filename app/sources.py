@@ -3,7 +3,7 @@
 Both resolve to the parsed scenario and its canonical share code, which, with the policy, keys the
 simulation cache: two links to the same scenario share one run. Parsing a long scenario costs more than
 showing a step of it, so resolved sources are kept in a small LRU, with the estimated work of running each
-prefix of the scenario (engine.scenario.cumulative_work), which every request checks against the budget
+prefix of the scenario (engine.estimate.cumulative_work), which every request checks against the budget
 before anything runs.
 """
 
@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from app.errors import URL_TOO_LONG_HINT, AppError, bad_request, invalid_scenario, not_found
 from engine.codec import CodecError, decode_code, encode_scenario
-from engine.scenario import Scenario, ScenarioError, cumulative_work, parse_scenario
+from engine.estimate import cumulative_work
+from engine.scenario import Scenario, ScenarioError, parse_scenario
 from scenarios import builtin_names, load_builtin_text
 
 

@@ -14,6 +14,7 @@ import base64
 import html
 import importlib.util
 import json
+import math
 import os
 import re
 import socket
@@ -38,7 +39,9 @@ import app.cache
 from app.main import MAX_BODY_BYTES, create_app
 from app.settings import Settings
 from cli.main import main as cli_main
+from engine import estimate
 from engine.codec import MAX_URL_BYTES, CodecError, decode_code, encode_scenario
+from engine.estimate import cumulative_work, estimate_result_rows, estimate_work
 from engine.policy import NOT_IMPLEMENTED, PRESETS
 from engine.scenario import (
     MAX_ACCESSES,
@@ -52,9 +55,6 @@ from engine.scenario import (
     Scenario,
     ScenarioError,
     ScenarioTooLargeError,
-    cumulative_work,
-    estimate_result_rows,
-    estimate_work,
     parse_scenario,
 )
 from scenarios import builtin_names, builtin_scenarios, load_builtin_text
@@ -102,7 +102,7 @@ def raw_code(data: bytes) -> str:
 BOMB = raw_code(b" " * 5_000_000)
 # A scenario the budget refuses: 4 GiB of slots, written 4 million times.
 HEAVY = scenario(
-    [{"op": "write", "gfn": hex(k << 18), "count": MAX_COUNT, "stride": 0} for k in range(4)],
+    [{"op": "write", "gfn": "0x0", "count": MAX_COUNT} for _ in range(4)],
     npages=MAX_TOTAL_PAGES // 4,
 )
 HEAVY["memslots"] = [{"id": k, "base_gfn": hex(k << 18), "npages": 1 << 18} for k in range(4)]
@@ -583,14 +583,14 @@ def test_the_estimate_follows_the_ops_that_cost() -> None:
         return estimate_work(parse_scenario(scenario(steps, npages=npages))).total
 
     base = total([])
-    assert total([{"op": "write", "gfn": 0, "count": 1000}]) == base + 1 + 1000
+    assert total([{"op": "write", "gfn": 0, "count": 1000}]) == base + 1 + math.ceil(1000 * estimate.FAULT)
     # Write-protecting a slot is bounded by what the accesses so far can have mapped ...
     few = total([{"op": "write", "gfn": 0}, {"op": "enable_dirty_log", "slot": 1}])
     many = total([{"op": "write", "gfn": 0, "count": 1 << 16}, {"op": "enable_dirty_log", "slot": 1}])
-    assert few < base + 10 and many - (1 << 16) > 100_000
+    assert few < base + 10 and many - few > (1 << 16) * (estimate.FAULT + estimate.PROTECT)
     # ... and reading its bitmap by its size.
     logged = [{"op": "enable_dirty_log", "slot": 1}, *_many(100, {"op": "get_dirty_log", "slot": 1})]
-    assert total(logged) >= base + 100 * 1024
+    assert total(logged) >= base + 100 * (1 << 20) * estimate.BITMAP
     assert total(logged, npages=512) < 500
     assert total(_many(10, {"op": "zap_all"})) < total(
         [{"op": "write", "gfn": 0, "count": 8, "stride": 512}, *_many(10, {"op": "zap_all"})]
@@ -608,13 +608,15 @@ def test_the_estimate_follows_the_ops_that_cost() -> None:
         {"op": "disable_dirty_log", "slot": 1},
     ]
     split = estimate_work(parse_scenario(scenario(toggled, **gig)))
-    assert split.slot_pages >= (1 << 18) // 2 + (1 << 18) // 4
+    assert split.huge >= (1 << 18) * (estimate.SPLIT + estimate.RECOVER)
     small: dict[str, Any] = {
         "memslots": [{"id": 1, "base_gfn": "0x40000", "npages": 1 << 18, "host_page": "4K"}]
     }
-    assert estimate_work(parse_scenario(scenario(toggled, **{**gig, **small}))).slot_pages < 10
+    flat = estimate_work(parse_scenario(scenario(toggled, **{**gig, **small})))
+    assert flat.huge == 0 and flat.slot_pages < 10
     heavy = parse_scenario(HEAVY)
-    assert estimate_work(heavy).total > 4 * MAX_COUNT and estimate_result_rows(heavy) >= MAX_TOTAL_PAGES
+    assert estimate_work(heavy).total > 4 * MAX_COUNT * estimate.FAULT
+    assert estimate_result_rows(heavy) >= MAX_TOTAL_PAGES
 
 
 def test_the_default_budget_runs_the_builtins_and_the_benchmark(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -665,7 +667,7 @@ def test_a_request_over_the_budget_is_refused_before_anything_runs(monkeypatch: 
     refused(
         heavy_client.get(f"/compare?s={code}&step=1"), 413, "comparing 4 presets at step 1", "4 runs", *common
     )
-    refused(heavy_client.get(f"/compare?s={code}&step=1&variants=zap"), 413, "comparing 1 presets", *common)
+    refused(heavy_client.get(f"/compare?s={code}&step=2&variants=zap"), 413, "comparing 1 presets", *common)
     refused(heavy_client.get(f"/result.json?s={code}"), 413, "writing out the result", *common)
     refused(heavy_client.post("/api/run", json={"scenario": HEAVY, "detail": "summary"}), 413, *common)
     # Step 0 runs nothing but the VM's creation.
@@ -680,7 +682,7 @@ def test_dirty_log_work_is_named_as_what_is_too_big() -> None:
         npages=MAX_TOTAL_PAGES,
     )
     code = encode_scenario(logged)
-    refused(small.get(f"/play?s={code}&step=101"), 413, "dirty-log and migration steps on big memslots")
+    refused(small.get(f"/play?s={code}&step=101"), 413, "dirty-log, flush and migration steps, per memslot")
     assert small.get(f"/play?s={code}&step=10").status_code == 200
 
 
@@ -699,9 +701,9 @@ def test_the_budget_is_a_setting_and_the_command_line_has_none(
 def test_api_run_in_full_detail_is_bounded_like_result_json() -> None:
     small = TestClient(create_app(Settings(result_work=100)), raise_server_exceptions=False)
     data = scenario([{"op": "write", "gfn": 0, "count": 101}])
-    refused(small.post("/api/run", json={"scenario": data}), 413, "101 guest accesses", '"detail": "summary"')
+    refused(small.post("/api/run", json={"scenario": data}), 413, "RESULT_WORK", '"detail": "summary"')
     assert small.post("/api/run", json={"scenario": data, "detail": "summary"}).status_code == 200
-    refused(small.get(f"/result.json?s={encode_scenario(data)}"), 413, "101 guest accesses")
+    refused(small.get(f"/result.json?s={encode_scenario(data)}"), 413, "SPTELAB_RESULT_WORK")
 
 
 def test_checkpoints_of_a_big_state_wait_for_work_in_proportion() -> None:

@@ -30,14 +30,13 @@ from app.sources import scenario_from_code, share_code
 from app.workshop import workshop_off
 from engine.canonical import iterdumps
 from engine.codec import CodecError, encode_scenario
+from engine.estimate import estimate_result
 from engine.policy import DEFAULT_PRESET, PolicyError, make_policy
 from engine.result import result_json
 from engine.scenario import (
     Scenario,
     ScenarioError,
     ScenarioTooLargeError,
-    estimate_result_rows,
-    estimate_work,
     loads_json,
     parse_scenario,
     scenario_json_schema,
@@ -191,17 +190,17 @@ def _run(body: RunRequest, store: Store) -> Response:
     except PolicyError as error:
         raise bad_request(str(error)) from None
     total = len(scenario.steps)
-    need = estimate_work(scenario).total + estimate_result_rows(scenario)
+    need = estimate_result(scenario, full=False)
     check_budget(store.settings, scenario, need, steps=total, doing="running this scenario")
     if body.detail == "full":
         limit = store.settings.result_work
-        why = too_heavy_to_write(store.runs, _run_key(scenario), scenario, policy, limit)
+        why = too_heavy_to_write(scenario, policy, limit)
         if why:
             raise AppError(
                 413,
                 f"the full-detail result of this run is too large to send: {why}, and this server writes"
-                f" out at most {limit:,} units of work (guest accesses, spte writes, faults, harvested"
-                ' pages) in full detail; ask for "detail": "summary", or run it with the command line:'
+                f" out at most {limit:,} (SPTELAB_RESULT_WORK; a unit is about 10 µs of the server's time"
+                ' or 100 bytes of result); ask for "detail": "summary", or run it with the command line:'
                 " sptelab run FILE --json",
             )
     sim = Simulation(scenario, policy, detail=body.detail)

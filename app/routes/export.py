@@ -4,7 +4,8 @@ Both take the player's query (`scenario=NAME` or `s=CODE`, `variant`, `policy`; 
 and `spte`) and answer with an attachment. The picture is drawn from the very view the player renders
 (`Store.play_view`), so it shows what the player shows. The result is a fresh full-detail run, because the
 run cache keeps only the summary pass and a capped trace of the shown step; the cache's summary pass is
-what measures the run first, so a run too heavy to write out in full is refused before it is traced.
+is not used: the result is priced first (engine.estimate), so a run too heavy to write out in full is
+refused before anything runs.
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ def _export_result(request: Request, store: StoreDep) -> Response:
 
 
 def _refuse_heavy(store: Store, query: PlayerQuery) -> None:
-    """413 when the whole run is over the request budget (estimated, nothing runs), or does more work than
-    `Settings.result_work` (measured by the cached summary pass, stopping at the bound)."""
+    """413, before anything runs, when the whole run is over the request budget or running it in full
+    detail and writing its result is priced over `Settings.result_work` (engine.estimate)."""
     source = query.source
     check_budget(
         store.settings,
@@ -76,7 +77,7 @@ def _refuse_heavy(store: Store, query: PlayerQuery) -> None:
         doing="writing out the result of the whole run",
     )
     limit = store.settings.result_work
-    why = too_heavy_to_write(store.runs, source.code, source.scenario, query.policy, limit)
+    why = too_heavy_to_write(source.scenario, query.policy, limit)
     if why:
         raise _too_heavy(query, why, limit)
 
@@ -86,8 +87,8 @@ def _too_heavy(query: PlayerQuery, why: str, limit: int) -> AppError:
     return AppError(
         413,
         f"The full result of this run is too large to download here: {why}, and this server writes out"
-        f" at most {limit:,} units of work (guest accesses, spte writes, faults, harvested pages) in full"
-        " detail.",
+        f" at most {limit:,} (SPTELAB_RESULT_WORK; a unit is about 10 µs of the server's time or 100 bytes"
+        " of result: a fault, an spte write, a trace event, a harvested slot).",
         hint=(
             "Download the scenario and run it on your own machine:"
             f" sptelab run FILE --json --variant {query.variant}{policy}"
