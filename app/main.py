@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.deps import Store
 from app.errors import URL_TOO_LONG_HINT, AppError, query_not_utf8
+from app.livekernel import live_results
 from app.render import STATIC, page_globals, render_page, route_path
 from app.routes import api, export, health, pages, real
 from app.settings import Settings, get_settings
@@ -311,6 +312,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         form_limits={"max_part_size": MAX_BODY_BYTES},
     )
     app.state.store = Store(settings)
+    live_results.attach(app.state.store.budget)
     app.state.settings = settings
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(pages.router)

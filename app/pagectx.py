@@ -18,7 +18,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from markupsafe import Markup
 
-from app.cache import Lru
+from app.budget_bytes import Lru
 from app.deps import FOCUS_PANELS, Links, PlayerQuery
 from app.livekernel import kernel_unavailable
 from app.predict import PredictPanel
@@ -108,6 +108,44 @@ def page(
     return HTMLResponse(render_page(template, {**context, "oob": False}), status_code=status, headers=headers)
 
 
+# The htmx triggers whose request gets a different answer: the step slider keeps its own position.
+# Any other HX-Trigger (an id a client made up) is dropped from the page's key.
+OWN_TRIGGERS = frozenset({"step-slider"})
+# The origin a page's share links start with, when it is an honest one: a scheme, a host name or an
+# address, a port. A page asked for through any other Host is built, but not kept.
+_ORIGIN = re.compile(
+    r"https?://(?:[a-z0-9-]{1,63}(?:\.[a-z0-9-]{1,63})*|\[[0-9a-f:.]{2,45}\])(?::[0-9]{1,5})?"
+)
+MAX_ORIGIN = 120
+
+
+def page_key(request: Request) -> tuple[str, ...] | None:
+    """The key of a page in the page cache: what the page is a function of, in canonical form. The path
+    under the root path, the query's parameters in sorted order (the scenario as it was resolved:
+    its canonical share code), whether htmx asked for the blocks and the trigger if the app reads it,
+    and the origin its share links name. Never a raw header: a client could make every key unique or
+    huge. None for a request whose origin is not a plain host name (the page is not kept)."""
+    base = request.base_url
+    origin = f"{base.scheme}://{base.netloc}".lower()
+    if len(origin) > MAX_ORIGIN or not _ORIGIN.fullmatch(origin):
+        return None
+    params = sorted(request.query_params.multi_items(), key=lambda item: item[0])
+    store = request.app.state.store
+    canonical: list[str] = []
+    for name, value in params:
+        canonical.append(f"{name}={store.sources.resolve(None, value).code if name == 's' else value}")
+    partial = is_partial(request)
+    trigger = request.headers.get("HX-Trigger") or ""
+    return (
+        origin,
+        base_path(request.scope),
+        request.url.path,
+        "&".join(canonical),
+        str(partial),
+        trigger if partial and trigger in OWN_TRIGGERS else "",
+    )
+
+
 # Pages are built one at a time. The work is pure Python, so threads would only take turns on the
 # interpreter lock, each switch stretching every request in flight; in a queue, each waits only for the
 # ones before it.
@@ -121,21 +159,14 @@ def cached(
 ) -> HTMLResponse:
     """A page is a function of its URL (and whether htmx asked for the blocks): keep the last ones built,
     so that many viewers stepping through the same scenario share the rendering."""
-    headers = request.headers
-    key = (
-        str(request.base_url),
-        request.url.path,
-        request.url.query,
-        str(is_partial(request)),
-        headers.get("HX-Trigger") or "",
-    )
-    hit = pages.get(key)
+    key = page_key(request)
+    hit = pages.get(key) if key is not None else None
     if hit is not None:
         body, stored = hit
         return HTMLResponse(body, headers=stored)
     with _BUILD:
         response = build()
-    if response.status_code == 200:
+    if response.status_code == 200 and key is not None:
         wanted = ("vary", "hx-push-url")
         kept = {name: value for name, value in response.headers.items() if name in wanted}
         pages.put(key, (bytes(response.body), kept))
