@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.deps import Store
 from app.errors import URL_TOO_LONG_HINT, AppError, query_not_utf8
 from app.livekernel import live_results
+from app.malloc import limit_arenas, trim
 from app.render import STATIC, page_globals, render_page, route_path
 from app.routes import api, export, health, pages, real
 from app.settings import Settings, get_settings
@@ -273,7 +274,8 @@ async def _settled_collector(app: FastAPI) -> AsyncIterator[None]:
     full pass over them stalls a step for 100-800 ms). So the objects alive at startup are frozen out of
     its sight, it looks at young objects after 20 000 allocations instead of 700 (a request's cycles die
     young), and the full pass over the old generation runs on a timer, once a minute, instead of after
-    whichever request happens to tip the count."""
+    whichever request happens to tip the count; then the allocator's free pages go back (app.malloc)."""
+    limit_arenas()
     gc.collect()
     gc.freeze()
     thresholds = gc.get_threshold()
@@ -291,6 +293,7 @@ async def _sweep_old_generation() -> None:
     while True:
         await asyncio.sleep(GC_FULL_INTERVAL_S)
         gc.collect()
+        trim()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
