@@ -126,7 +126,7 @@ LIVE_BYTES_PER_LEAF = 160
 LIVE_BYTES_PER_TLB_ENTRY = 384
 LIVE_BYTES_PER_PAGE = 18
 LIVE_BYTES_PER_LOGGED_PAGE = 20
-LIVE_BYTES_BASE = 120_000
+LIVE_BYTES_BASE = 300_000
 
 # A step's own cost in StepRecord.cost units (about 1 µs each) beyond what its record counts: a note,
 # which counts nothing, takes about 15 µs.
