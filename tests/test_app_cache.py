@@ -97,7 +97,7 @@ def test_cursors_and_runs_stay_bounded() -> None:
     for key in ("b", "c", "d"):
         cache.get(key, scenario, make_policy("lazy"))
     assert len(cache) == 2
-    budget = 1 << 18
+    budget = 1 << 20
     small = RunCache(Settings(), ByteBudget(budget, reserve=0))
     runs = [small.get(key, scenario, make_policy("zap")) for key in "abcdef"]
     for run in runs:
