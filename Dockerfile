@@ -59,7 +59,10 @@ ENV SPTELAB_HOST=0.0.0.0 \
     SPTELAB_HEADER_TIMEOUT=10 \
     SPTELAB_HEADER_BYTES=65536 \
     SPTELAB_BODY_TIMEOUT=30 \
-    SPTELAB_CACHE_BYTES=536870912
+    SPTELAB_CACHE_BYTES=536870912 \
+    MALLOC_ARENA_MAX=2
+# MALLOC_ARENA_MAX: glibc's arenas, one per request thread by default, each keeping the memory it freed;
+# two bound RSS near what the caches hold (app/malloc.py sets the same when the variable is unset).
 
 USER 10001:10001
 EXPOSE 8000

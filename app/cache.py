@@ -33,10 +33,10 @@ from __future__ import annotations
 import pickle
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Generic, NamedTuple, TypeVar
+from typing import NamedTuple
 
+from app.budget_bytes import ByteBudget
 from app.errors import AppError
 from app.room import checkpoint, waiting_for
 from app.settings import Settings
@@ -49,41 +49,10 @@ from engine.shadow_page import KvmMmuPage
 from engine.simulation import Simulation, StepResult
 from engine.trace import Event, Trace
 
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
-
 # A dirty log longer than this is kept as its length and a digest only.
 _KEEP_DIRTY_LOG = 4096
 # Spte locations whose history the inspector has asked for, kept per run.
 _HISTORIES_PER_RUN = 32
-
-
-class Lru(Generic[K, V]):
-    """A small thread-safe LRU map."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._lock = threading.Lock()
-        self._items: OrderedDict[K, V] = OrderedDict()
-
-    def get(self, key: K) -> V | None:
-        with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
-
-    def put(self, key: K, value: V) -> None:
-        if self.size <= 0:
-            return
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 class CappedTrace(Trace):
@@ -144,12 +113,23 @@ class _History:
     changes: list[tuple[int, int, int]] = field(default_factory=list)  # (step index, old, new)
 
 
-# Bytes a live VM state takes (see sim_weight), measured with tracemalloc on the 1 GiB lesson: per entry
-# of a shadow page (a full table of present sptes, each with its rmap entry: 50 MB for the 513 tables of
-# a 1G page split to 4K), and per guest page (its content and bitmap share: 4 MB for 262 144 pages).
-LIVE_BYTES_PER_SPTE = 160
-LIVE_BYTES_PER_PAGE = 24
-
+# Bytes a live VM state takes (see sim_weight), fitted to tracemalloc's count of a thawed state on the
+# built-in lessons and on slots of 256 Ki pages written, read and logged at 4K, 2M and 1G (and
+# tests/test_memory_bound.py checks the estimate is never below the measure):
+# - a shadow page: its list of 512 sptes and its bookkeeping; under 6.x every empty entry holds the
+#   non-present value (suppress-#VE), an int of its own, so a table costs five times more;
+# - a present leaf: the spte's int and its rmap entry; a vCPU's TLB entry (a tuple in a dict);
+# - a guest page: its content word and its share of the slot's arrays, and more while its slot is logged;
+# - the VM's fixed part (vCPUs, statistics, logs).
+# Counting only a full table per shadow page and each guest page, as before, was 2.1-2.6 times low on
+# states with many present 4K leaves mapped through the TLB.
+LIVE_BYTES_PER_TABLE = 4_608
+LIVE_BYTES_PER_TABLE_6X = 23_552
+LIVE_BYTES_PER_LEAF = 160
+LIVE_BYTES_PER_TLB_ENTRY = 384
+LIVE_BYTES_PER_PAGE = 18
+LIVE_BYTES_PER_LOGGED_PAGE = 20
+LIVE_BYTES_BASE = 300_000
 
 # A step's own cost in StepRecord.cost units (about 1 µs each) beyond what its record counts: a note,
 # which counts nothing, takes about 15 µs.
@@ -168,13 +148,45 @@ def copy_work(sim: Simulation, per_table: int) -> int:
 
 
 def sim_weight(sim: Simulation) -> int:
-    """The size of a live VM state in bytes, estimated from a full table per shadow page and each guest
-    page. An estimate too high evicts runs that would have fit, and rebuilding them is what a busy server
-    cannot afford; too low lets the caches outgrow their budget."""
+    """The size of a live VM state in bytes, estimated from its shadow pages, its present leaves (the
+    statistics the choke point keeps), its TLB entries and its guest pages (see LIVE_BYTES_PER_TABLE).
+    An estimate too high evicts runs that would have fit, and rebuilding them is what a busy server
+    cannot afford; too low lets the caches outgrow their budget, so each constant is rounded up."""
     kvm = sim.kvm
-    sptes = len(kvm.active_mmu_pages) * 512
-    pages = sum(slot.npages for slot in kvm.memslots)
-    return sptes * LIVE_BYTES_PER_SPTE + pages * LIVE_BYTES_PER_PAGE
+    per_table = LIVE_BYTES_PER_TABLE_6X if kvm.era6 else LIVE_BYTES_PER_TABLE
+    leaves = sum(kvm.stat.pages)
+    tlb = sum(len(entries) for vcpu in kvm.vcpus for entries in vcpu.tlb.by_level)
+    pages = logged = 0
+    for slot in kvm.memslots:
+        pages += slot.npages
+        if slot.dirty_bitmap is not None:
+            logged += slot.npages
+    return (
+        LIVE_BYTES_BASE
+        + len(kvm.active_mmu_pages) * per_table
+        + leaves * LIVE_BYTES_PER_LEAF
+        + tlb * LIVE_BYTES_PER_TLB_ENTRY
+        + pages * LIVE_BYTES_PER_PAGE
+        + logged * LIVE_BYTES_PER_LOGGED_PAGE
+    )
+
+
+# A StepRecord's own bytes (a tuple of nine fields, its ints), and each gfn of a dirty log it keeps.
+RECORD_BYTES = 200
+RECORD_BYTES_PER_GFN = 40
+# A cursor beside its live state: the traced step's result (its events capped) and, per spte the step
+# wrote, its `touched` entry.
+SHOWN_BYTES = 24_000
+SHOWN_BYTES_PER_TOUCHED = 130
+
+
+def record_weight(record: StepRecord) -> int:
+    return RECORD_BYTES + (RECORD_BYTES_PER_GFN * len(record.dirty_log) if record.dirty_log else 0)
+
+
+def shown_weight(shown: Shown) -> int:
+    """A cursor's bytes: its live state and the step result it carries."""
+    return sim_weight(shown.sim) + SHOWN_BYTES + SHOWN_BYTES_PER_TOUCHED * len(shown.touched)
 
 
 def freeze(sim: Simulation, result: StepResult | None = None) -> bytes:
@@ -238,6 +250,7 @@ class Run:
         self._settings = settings
         self._frontier = Simulation(scenario, policy, detail="summary")
         self.records: list[StepRecord] = []
+        self._records_weight = 0
         # Each snapshot holds the (untraced) result of the step that led to it and that step's log, so a
         # step too heavy to trace is shown from its snapshot without running it again.
         self._checkpoints: dict[int, bytes] = {0: freeze(self._frontier)}
@@ -275,6 +288,7 @@ class Run:
                 raise
             record = _record(result, sim.kvm.log, _accesses(self.scenario, index))
             self.records.append(record)
+            self._records_weight += record_weight(record)
             self._work += record.cost + STEP_COST
             done = index + 1
             due = done % settings.checkpoint_interval == 0 or self._work >= settings.checkpoint_work
@@ -344,17 +358,17 @@ class Run:
             if limit <= 0 or shown.n in self._cursors:
                 return
             self._cursors[shown.n] = shown
-            self._cursor_weight += sim_weight(shown.sim)
+            self._cursor_weight += shown_weight(shown)
             while len(self._cursors) > limit or (
                 len(self._cursors) > 1 and self._cursor_weight > self._settings.cache_bytes // 4
             ):
                 _, old = self._cursors.popitem(last=False)
-                self._cursor_weight -= sim_weight(old.sim)
+                self._cursor_weight -= shown_weight(old)
 
     def _take_cursor(self, n: int) -> Shown | None:
         shown = self._cursors.pop(n, None)
         if shown is not None:
-            self._cursor_weight -= sim_weight(shown.sim)
+            self._cursor_weight -= shown_weight(shown)
         return shown
 
     def _replay_to(self, m: int) -> Simulation:
@@ -396,8 +410,8 @@ class Run:
 
     @property
     def weight(self) -> int:
-        """The bytes every state the run holds takes (read without the lock: three ints)."""
-        return self._checkpoint_total + self._cursor_weight + self._frontier_weight
+        """The bytes every state the run holds takes (read without the lock: four ints)."""
+        return self._checkpoint_total + self._cursor_weight + self._frontier_weight + self._records_weight
 
 
 def run_all(sim: Simulation) -> list[StepResult]:
@@ -411,12 +425,16 @@ def run_all(sim: Simulation) -> list[StepResult]:
 
 
 class RunCache:
-    """The runs, least recently used first out, bounded by count and by the size of their states."""
+    """The runs, least recently used first out, bounded by count and, as a member of the app's byte
+    budget, by the size of their states (snapshots exactly, live states estimated by sim_weight)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, budget: ByteBudget | None = None) -> None:
         self._settings = settings
+        self._budget = budget if budget is not None else ByteBudget(settings.cache_bytes, reserve=0)
         self._lock = threading.Lock()
         self._runs: OrderedDict[tuple[str, Policy], Run] = OrderedDict()
+        self._stamps: dict[tuple[str, Policy], int] = {}
+        self._budget.join(self)
 
     def get(self, code: str, scenario: Scenario, policy: Policy) -> Run:
         key = (code, policy)
@@ -424,30 +442,44 @@ class RunCache:
             run = self._runs.get(key)
             if run is not None:
                 self._runs.move_to_end(key)
+                self._stamps[key] = self._budget.tick()
                 return run
         created = Run(key, scenario, policy, self._settings)
         with self._lock:
             run = self._runs.setdefault(key, created)
             self._runs.move_to_end(key)
+            self._stamps[key] = self._budget.tick()
             while len(self._runs) > self._settings.cache_runs:
-                self._runs.popitem(last=False)
+                old, _ = self._runs.popitem(last=False)
+                self._stamps.pop(old, None)
         return run
 
     def trim(self) -> None:
-        """Drop the least recently used runs while all of them hold more than the budget."""
+        """Bring every cache back within the byte budget, now that the runs' states have grown."""
+        self._budget.settle()
+
+    # --- as a member of the budget -----------------------------------------------------------------------
+
+    @property
+    def bytes(self) -> int:
+        """The bytes of every run's states (each run's weight is three ints, read without its lock)."""
         with self._lock:
-            runs = list(self._runs.items())
-        total = sum(run.weight for _, run in runs)
-        dropped: list[tuple[str, Policy]] = []
-        for key, run in runs[:-1]:
-            if total <= self._settings.cache_bytes:
-                break
-            total -= run.weight
-            dropped.append(key)
-        if dropped:
-            with self._lock:
-                for key in dropped:
-                    self._runs.pop(key, None)
+            runs = list(self._runs.values())
+        return sum(run.weight for run in runs)
+
+    def oldest(self) -> int | None:
+        with self._lock:
+            for key in self._runs:
+                return self._stamps.get(key, 0)
+            return None
+
+    def evict_oldest(self) -> int:
+        with self._lock:
+            if not self._runs:
+                return 0
+            key, run = self._runs.popitem(last=False)
+            self._stamps.pop(key, None)
+        return run.weight
 
     def __len__(self) -> int:
         return len(self._runs)

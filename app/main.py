@@ -25,6 +25,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.deps import Store
 from app.errors import URL_TOO_LONG_HINT, AppError, query_not_utf8
 from app.forwarded import ForwardedMiddleware
+from app.livekernel import live_results
+from app.malloc import limit_arenas, trim
 from app.render import STATIC, page_globals, render_page, route_path
 from app.room import Cancelled, Room, checkpoint
 from app.routes import api, export, health, pages, real
@@ -361,7 +363,8 @@ async def _settled_collector(app: FastAPI) -> AsyncIterator[None]:
     full pass over them stalls a step for 100-800 ms). So the objects alive at startup are frozen out of
     its sight, it looks at young objects after 20 000 allocations instead of 700 (a request's cycles die
     young), and the full pass over the old generation runs on a timer, once a minute, instead of after
-    whichever request happens to tip the count."""
+    whichever request happens to tip the count; then the allocator's free pages go back (app.malloc)."""
+    limit_arenas()
     gc.collect()
     gc.freeze()
     thresholds = gc.get_threshold()
@@ -379,6 +382,7 @@ async def _sweep_old_generation() -> None:
     while True:
         await asyncio.sleep(GC_FULL_INTERVAL_S)
         gc.collect()
+        trim()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -400,6 +404,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         form_limits={"max_part_size": MAX_BODY_BYTES},
     )
     app.state.store = Store(settings)
+    live_results.attach(app.state.store.budget)
     app.state.settings = settings
     app.state.room = Room(settings.room_slots, settings.room_turn, settings.effective_client_share)
     # The engine's long walks pause at their cond_resched points for the room's other builds, and stop

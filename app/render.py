@@ -20,6 +20,7 @@ from jinja2.runtime import Context
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
+from app.budget_bytes import MARKDOWN_ENTRIES
 from app.viewmodel import hx, plural, preset_legend
 
 HERE = Path(__file__).resolve().parent
@@ -92,7 +93,7 @@ _MD = _markdown()
 MARKDOWN_CHARS = 32_768
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=MARKDOWN_ENTRIES)
 def markdown(text: str) -> Markup:
     """The scenario description: CommonMark with raw HTML off and links limited to http(s); its first
     MARKDOWN_CHARS characters, and a line saying how much more the scenario file holds."""

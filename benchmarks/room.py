@@ -56,7 +56,8 @@ from load import (  # noqa: E402
 from web_latency import ms, percentile, verdict  # noqa: E402
 
 from engine.codec import encode_scenario  # noqa: E402
-from engine.scenario import estimate_work, parse_scenario  # noqa: E402
+from engine.estimate import estimate_work  # noqa: E402
+from engine.scenario import parse_scenario  # noqa: E402
 
 ATTENDEES = 20
 DURATION_S = 75.0

@@ -40,6 +40,14 @@ MAX_TOTAL_PAGES = 1 << 20  # 4 GiB of guest memory in all slots together
 MAX_STEPS = 100_000
 MAX_COUNT = 1 << 20
 MAX_ACCESSES = 1 << 22  # guest accesses in the whole scenario: the sum of every read/write count
+# The text a scenario shows, in characters. Each is shown on every page of the scenario (the title in the
+# heading and the window title, the description beside the player, the current note in the narration),
+# and a share code compresses repeated text a thousandfold: without a cap, a link of 1.6 KB made a 2 MB
+# page. The built-in lessons use at most 64, 3 524 and 485 characters; the caps leave room for two
+# screens of description and a long paragraph of narration per step.
+MAX_TITLE_CHARS = 200
+MAX_DESCRIPTION_CHARS = 8192
+MAX_NOTE_CHARS = 2048
 
 # The hardware's limits, not policy: a 4-level EPT walk covers 48 bits of guest-physical address, and an
 # spte holds a 40-bit pfn (bits 12..51).
@@ -200,6 +208,35 @@ def _check_text_input(value: object) -> object:
 Text = Annotated[str, BeforeValidator(_check_text_input)]
 
 
+@dataclass(frozen=True, slots=True)
+class _MaxChars:
+    """Cap a text's length, with a message that names the limit and the length found."""
+
+    limit: int
+    what: str
+
+    def _check(self, value: str) -> str:
+        if len(value) > self.limit:
+            raise _refuse(
+                "text_too_long",
+                f"is {len(value):,} characters long, more than the {self.limit:,} {self.what} may hold",
+            )
+        return value
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(self._check, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return {**handler(schema), "maxLength": self.limit}
+
+
+Title = Annotated[Text, _MaxChars(MAX_TITLE_CHARS, "a title")]
+Description = Annotated[Text, _MaxChars(MAX_DESCRIPTION_CHARS, "a description")]
+NoteText = Annotated[Text, _MaxChars(MAX_NOTE_CHARS, "a note")]
+
+
 class _Frozen(BaseModel):
     # strict: no silent coercion of "true" to True or of 1.0 to 1; numbers go through _parse_number.
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
@@ -355,7 +392,7 @@ class NoteStep(_Frozen):
     """Narration for the player; changes nothing."""
 
     op: Literal["note"] = "note"
-    text: Text
+    text: NoteText
 
 
 class MigrateBeginStep(_Frozen):
@@ -421,8 +458,8 @@ class Scenario(_Frozen):
 
     format: Literal["sptelab-scenario"]
     version: int
-    title: Text = ""
-    description: Text = ""
+    title: Title = ""
+    description: Description = ""
     vm: Vm = Vm()
     memslots: list[Memslot]
     steps: list[Step] = []
@@ -459,6 +496,16 @@ class Scenario(_Frozen):
         if isinstance(value, list | tuple) and len(value) > MAX_STEPS:
             raise _refuse("steps_count", f"must hold at most {MAX_STEPS} steps, not {len(value)}")
         return value
+
+    @field_validator("steps", mode="after")
+    @classmethod
+    def _share_equal_steps(cls, steps: list[Step]) -> list[Step]:
+        # Steps are frozen values, and long scenarios repeat a few of them thousands of times (a share
+        # code of 4 KB can hold 40 000 steps): keep one object per distinct step, not one per line, so a
+        # parsed scenario costs a pointer per step (pydantic's model of a step is about 500 bytes).
+        # Keyed by the field values (plain ints, strings and booleans), which hash faster than the models.
+        distinct: dict[tuple[object, ...], Step] = {}
+        return [distinct.setdefault((type(step), *step.__dict__.values()), step) for step in steps]
 
     @model_validator(mode="after")
     def _check(self) -> "Scenario":
@@ -728,9 +775,12 @@ def scenario_json_schema() -> dict[str, object]:
 __all__ = [
     "MAX_ACCESSES",
     "MAX_COUNT",
+    "MAX_DESCRIPTION_CHARS",
     "MAX_MEMSLOTS",
+    "MAX_NOTE_CHARS",
     "MAX_SCENARIO_BYTES",
     "MAX_STEPS",
+    "MAX_TITLE_CHARS",
     "MAX_TOTAL_PAGES",
     "MAX_VCPUS",
     "PAGE_LEVELS",

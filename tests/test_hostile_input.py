@@ -444,10 +444,12 @@ def test_non_utf8_form_bodies(client: TestClient) -> None:
 
 def test_a_large_scenario_in_the_editor_form_is_not_refused_by_the_form_parser(client: TestClient) -> None:
     # 600 KB of JSON is 1 MB once percent-encoded: the form parser's own 1 MiB per field must not refuse it.
-    data = scenario([{"op": "write", "gfn": 0}], description="x, " * 200_000)
+    # In notes of at most MAX_NOTE_CHARS characters each.
+    note = {"op": "note", "text": "x, " * 666}
+    data = scenario([{"op": "write", "gfn": 0}, *[note] * 300])
     response = client.post("/validate", data={"scenario": json.dumps(data)})
     assert response.status_code == 200 and "Valid" in response.text
-    data["description"] = "x, " * 400_000
+    data["steps"] = [*data["steps"], *[note] * 300]
     refused(client.post("/play", data={"scenario": json.dumps(data)}), 413, "larger than 1048576 bytes")
 
 
