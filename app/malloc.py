@@ -15,9 +15,17 @@ import ctypes
 import ctypes.util
 import os
 
-# mallopt's parameter (malloc.h): the most arenas malloc creates.
+# mallopt's parameters (malloc.h): the most arenas malloc creates; the size from which a block is
+# mapped on its own (and unmapped when freed); how much free memory at an arena's top is kept.
 M_ARENA_MAX = -8
+M_MMAP_THRESHOLD = -3
+M_TRIM_THRESHOLD = -1
 ARENAS = 2
+# Fixed, these turn off glibc's sliding threshold, which after the first large block freed serves every
+# block up to 32 MiB from the arenas: a snapshot's bytes or a page being built would then stay in RSS
+# after it is gone. From 1 MiB a block is mapped and handed back when freed; a 1 MiB free top is trimmed.
+MMAP_FROM = 1 << 20
+TRIM_FROM = 1 << 20
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -35,9 +43,16 @@ _LIBC = _libc()
 
 
 def limit_arenas() -> None:
-    """At most ARENAS arenas (unless MALLOC_ARENA_MAX says otherwise): before the request threads start."""
-    if _LIBC is not None and "MALLOC_ARENA_MAX" not in os.environ:
+    """At most ARENAS arenas, large blocks mapped apart and free tops trimmed (unless the environment's
+    MALLOC_* variables say otherwise): before the request threads start."""
+    if _LIBC is None:
+        return
+    if "MALLOC_ARENA_MAX" not in os.environ:
         _LIBC.mallopt(M_ARENA_MAX, ARENAS)
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        _LIBC.mallopt(M_MMAP_THRESHOLD, MMAP_FROM)
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        _LIBC.mallopt(M_TRIM_THRESHOLD, TRIM_FROM)
 
 
 def trim() -> None:

@@ -128,8 +128,8 @@ class Settings(BaseSettings):
     # scenario of benchmarks/web_latency.py.
     run_budget: int = Field(default=1_000_000, ge=1)
     # The same bound in workshop mode, where a room shares one server and any share link may be heavy:
-    # 0 is a quarter of run_budget (250 000 by default: every built-in plays whole; comparing the four
-    # presets of one-gig-page past its first steps is refused).
+    # 0 is a quarter of run_budget (250 000 by default: every built-in plays and compares whole, the
+    # heaviest, one-gig-page, at about 41 000 per preset).
     workshop_budget: int = Field(default=0, ge=0)
     # The room's scheduler (app/room.py): at most this many builds admitted at once (a client has at
     # most one), so the thread pool always has threads left for cheap requests ...

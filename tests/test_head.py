@@ -36,6 +36,7 @@ EXAMPLES: dict[str, list[str]] = {
     "/api/decode": [f"/api/decode?s={SHARE}", "/api/decode?s=1.!!!"],
     "/api/schema": ["/api/schema"],
     "/healthz": ["/healthz"],
+    "/healthz/memory": ["/healthz/memory"],
     "/favicon.ico": ["/favicon.ico"],
     "/export.svg": [f"/export.svg?scenario={EXAMPLE}&step=3"],
     "/result.json": [f"/result.json?scenario={EXAMPLE}"],

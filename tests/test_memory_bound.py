@@ -117,9 +117,10 @@ def test_hostile_host_and_trigger_headers_add_no_page_cache_entries() -> None:
     entries = len(pages)
     for k in range(20):
         hostile = [
-            {"HX-Trigger": f"made-up-{k}-" + "x" * (1 << 16)},
+            # (a head larger than SPTELAB_HEADER_BYTES never gets this far: 431, tests/test_sockets.py)
+            {"HX-Trigger": f"made-up-{k}-" + "x" * (1 << 14)},
             {"HX-Request": "true", "HX-Trigger": f"made-up-{k}"},
-            {"Host": f"{'h' * (4 << 20)}{k}.example"},
+            {"Host": f"{'h' * (1 << 14)}{k}.example"},
             {"Host": f"bad host {k}<>"},
         ]
         for headers in hostile:

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.settings import Settings
 from engine.codec import encode_scenario
+from engine.estimate import estimate_work
 from engine.scenario import parse_scenario
 from scenarios import builtin_names, load_builtin_text
 
@@ -76,18 +77,21 @@ def test_share_links_and_the_read_only_api_still_work(workshop: TestClient) -> N
 
 
 def test_workshop_mode_has_a_smaller_work_budget() -> None:
-    """one-gig-page's whole run is about 200 000 units: within the default run budget and a quarter of
-    it alone; its four-preset compare (about 800 000) only within the first."""
+    """In workshop mode the workshop budget bounds each request: one between the price of one-gig-page's
+    run and that of its four-preset compare admits the one and refuses the other. Outside workshop mode
+    it bounds nothing, and by default every built-in compares whole in workshop mode too."""
     name = "one-gig-page"
-    steps = len(parse_scenario(load_builtin_text(name)).steps)
+    scenario = parse_scenario(load_builtin_text(name))
+    steps = len(scenario.steps)
+    between = 2 * estimate_work(scenario).total
     url = f"/compare?scenario={name}&step={steps}"
-    assert TestClient(create_app(Settings())).get(url).status_code == 200
-    refused = TestClient(create_app(Settings(workshop=True))).get(url)
+    assert TestClient(create_app(Settings(workshop=True))).get(url).status_code == 200
+    small = TestClient(create_app(Settings(workshop=True, workshop_budget=between)))
+    refused = small.get(url)
     assert refused.status_code == 413
-    assert "at most 250,000 (SPTELAB_WORKSHOP_BUDGET)" in refused.text
-    # Set explicitly, it is the bound.
-    roomy = TestClient(create_app(Settings(workshop=True, workshop_budget=1_000_000)))
-    assert roomy.get(url).status_code == 200
+    assert f"at most {between:,} (SPTELAB_WORKSHOP_BUDGET)" in refused.text
+    assert small.get(f"/play?scenario={name}&step={steps}").status_code == 200
+    assert TestClient(create_app(Settings(workshop_budget=between))).get(url).status_code == 200
     tight = TestClient(create_app(Settings(workshop=True, workshop_budget=1_000)))
     response = tight.get(f"/play?scenario={name}&step={steps}")
     assert response.status_code == 413 and "at most 1,000 (SPTELAB_WORKSHOP_BUDGET)" in response.text
