@@ -272,8 +272,8 @@ class Room:
 
 
 def client_key(request: Request) -> str:
-    """Who a request is from: the peer's address, which uvicorn replaces by the forwarded one only for
-    the proxies it trusts (`--forwarded-allow-ips`), so a client cannot choose it."""
+    """Who a request is from: the peer's address, which app.forwarded replaces by the forwarded one only
+    for the proxies it trusts (`SPTELAB_FORWARDED_ALLOW_IPS`), so a client cannot choose it."""
     peer = request.client
     return peer.host if peer is not None else "unknown"
 
