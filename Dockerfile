@@ -1,4 +1,4 @@
-# sptelab's web app for a workshop, served by `sptelab serve` (uvicorn) as an unprivileged user.
+# sptelab's web app for a workshop, served by `sptelab serve` (granian) as an unprivileged user.
 #
 #   docker build -t sptelab .
 #   docker run --rm -p 8000:8000 sptelab                        # then open http://127.0.0.1:8000
@@ -44,7 +44,9 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
 # The settings of `sptelab serve` (app/settings.py). HOST 0.0.0.0: reachable through the published port.
 # WORKERS: each worker is a process with its own simulation cache. WORKSHOP=1: the read-only mode.
 # ROOT_PATH=/prefix: behind a reverse proxy that serves the app under /prefix/ and strips it.
-# FORWARDED_ALLOW_IPS: the proxies whose X-Forwarded-For/-Proto are trusted (comma-separated, or *).
+# FORWARDED_ALLOW_IPS: the proxies whose X-Forwarded-For/-Proto/-Host are trusted (comma-separated, or *).
+# PUBLIC_URL=https://host: the address share links and exports are built from (never the Host header).
+# HEADER_TIMEOUT, HEADER_BYTES, BODY_TIMEOUT: the socket limits of a server that faces a room directly.
 ENV SPTELAB_HOST=0.0.0.0 \
     SPTELAB_PORT=8000 \
     SPTELAB_WORKERS=1 \
@@ -53,7 +55,14 @@ ENV SPTELAB_HOST=0.0.0.0 \
     SPTELAB_PROXY_HEADERS=1 \
     SPTELAB_FORWARDED_ALLOW_IPS=127.0.0.1 \
     SPTELAB_ACCESS_LOG=0 \
-    SPTELAB_CACHE_BYTES=536870912
+    SPTELAB_PUBLIC_URL="" \
+    SPTELAB_HEADER_TIMEOUT=10 \
+    SPTELAB_HEADER_BYTES=65536 \
+    SPTELAB_BODY_TIMEOUT=30 \
+    SPTELAB_CACHE_BYTES=536870912 \
+    MALLOC_ARENA_MAX=2
+# MALLOC_ARENA_MAX: glibc's arenas, one per request thread by default, each keeping the memory it freed;
+# two bound RSS near what the caches hold (app/malloc.py sets the same when the variable is unset).
 
 USER 10001:10001
 EXPOSE 8000

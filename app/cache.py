@@ -23,8 +23,9 @@ Every run has its own lock; the states `at` hands out are private copies, so bui
 needs no lock.
 
 What a request may ask the runs for is bounded before anything runs: `check_budget` refuses (413) a
-request whose estimated work (engine.scenario.estimate_work) exceeds `Settings.run_budget`, and
-`too_heavy_to_write` measures whether a run's full-detail result is small enough to write out.
+request whose price (engine.estimate.estimate_work) exceeds `Settings.run_budget`, and
+`too_heavy_to_write` whether a run's full-detail result (engine.estimate.estimate_result) is small enough
+to write out (`Settings.result_work`).
 """
 
 from __future__ import annotations
@@ -32,55 +33,26 @@ from __future__ import annotations
 import pickle
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Generic, NamedTuple, TypeVar
+from typing import NamedTuple
 
+from app.budget_bytes import ByteBudget
 from app.errors import AppError
+from app.room import checkpoint, waiting_for
 from app.settings import Settings
 from engine.collector import gc_paused
+from engine.estimate import estimate_result, estimate_work
 from engine.kvm import StepLog
 from engine.policy import Policy
-from engine.scenario import ReadStep, Scenario, WriteStep, estimate_work
+from engine.scenario import ReadStep, Scenario, WriteStep
 from engine.shadow_page import KvmMmuPage
 from engine.simulation import Simulation, StepResult
 from engine.trace import Event, Trace
-
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
 
 # A dirty log longer than this is kept as its length and a digest only.
 _KEEP_DIRTY_LOG = 4096
 # Spte locations whose history the inspector has asked for, kept per run.
 _HISTORIES_PER_RUN = 32
-
-
-class Lru(Generic[K, V]):
-    """A small thread-safe LRU map."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._lock = threading.Lock()
-        self._items: OrderedDict[K, V] = OrderedDict()
-
-    def get(self, key: K) -> V | None:
-        with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
-
-    def put(self, key: K, value: V) -> None:
-        if self.size <= 0:
-            return
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 class CappedTrace(Trace):
@@ -141,12 +113,23 @@ class _History:
     changes: list[tuple[int, int, int]] = field(default_factory=list)  # (step index, old, new)
 
 
-# Bytes a live VM state takes (see sim_weight), measured with tracemalloc on the 1 GiB lesson: per entry
-# of a shadow page (a full table of present sptes, each with its rmap entry: 50 MB for the 513 tables of
-# a 1G page split to 4K), and per guest page (its content and bitmap share: 4 MB for 262 144 pages).
-LIVE_BYTES_PER_SPTE = 160
-LIVE_BYTES_PER_PAGE = 24
-
+# Bytes a live VM state takes (see sim_weight), fitted to tracemalloc's count of a thawed state on the
+# built-in lessons and on slots of 256 Ki pages written, read and logged at 4K, 2M and 1G (and
+# tests/test_memory_bound.py checks the estimate is never below the measure):
+# - a shadow page: its list of 512 sptes and its bookkeeping; under 6.x every empty entry holds the
+#   non-present value (suppress-#VE), an int of its own, so a table costs five times more;
+# - a present leaf: the spte's int and its rmap entry; a vCPU's TLB entry (a tuple in a dict);
+# - a guest page: its content word and its share of the slot's arrays, and more while its slot is logged;
+# - the VM's fixed part (vCPUs, statistics, logs).
+# Counting only a full table per shadow page and each guest page, as before, was 2.1-2.6 times low on
+# states with many present 4K leaves mapped through the TLB.
+LIVE_BYTES_PER_TABLE = 4_608
+LIVE_BYTES_PER_TABLE_6X = 23_552
+LIVE_BYTES_PER_LEAF = 160
+LIVE_BYTES_PER_TLB_ENTRY = 384
+LIVE_BYTES_PER_PAGE = 18
+LIVE_BYTES_PER_LOGGED_PAGE = 20
+LIVE_BYTES_BASE = 300_000
 
 # A step's own cost in StepRecord.cost units (about 1 µs each) beyond what its record counts: a note,
 # which counts nothing, takes about 15 µs.
@@ -165,13 +148,45 @@ def copy_work(sim: Simulation, per_table: int) -> int:
 
 
 def sim_weight(sim: Simulation) -> int:
-    """The size of a live VM state in bytes, estimated from a full table per shadow page and each guest
-    page. An estimate too high evicts runs that would have fit, and rebuilding them is what a busy server
-    cannot afford; too low lets the caches outgrow their budget."""
+    """The size of a live VM state in bytes, estimated from its shadow pages, its present leaves (the
+    statistics the choke point keeps), its TLB entries and its guest pages (see LIVE_BYTES_PER_TABLE).
+    An estimate too high evicts runs that would have fit, and rebuilding them is what a busy server
+    cannot afford; too low lets the caches outgrow their budget, so each constant is rounded up."""
     kvm = sim.kvm
-    sptes = len(kvm.active_mmu_pages) * 512
-    pages = sum(slot.npages for slot in kvm.memslots)
-    return sptes * LIVE_BYTES_PER_SPTE + pages * LIVE_BYTES_PER_PAGE
+    per_table = LIVE_BYTES_PER_TABLE_6X if kvm.era6 else LIVE_BYTES_PER_TABLE
+    leaves = sum(kvm.stat.pages)
+    tlb = sum(len(entries) for vcpu in kvm.vcpus for entries in vcpu.tlb.by_level)
+    pages = logged = 0
+    for slot in kvm.memslots:
+        pages += slot.npages
+        if slot.dirty_bitmap is not None:
+            logged += slot.npages
+    return (
+        LIVE_BYTES_BASE
+        + len(kvm.active_mmu_pages) * per_table
+        + leaves * LIVE_BYTES_PER_LEAF
+        + tlb * LIVE_BYTES_PER_TLB_ENTRY
+        + pages * LIVE_BYTES_PER_PAGE
+        + logged * LIVE_BYTES_PER_LOGGED_PAGE
+    )
+
+
+# A StepRecord's own bytes (a tuple of nine fields, its ints), and each gfn of a dirty log it keeps.
+RECORD_BYTES = 200
+RECORD_BYTES_PER_GFN = 40
+# A cursor beside its live state: the traced step's result (its events capped) and, per spte the step
+# wrote, its `touched` entry.
+SHOWN_BYTES = 24_000
+SHOWN_BYTES_PER_TOUCHED = 130
+
+
+def record_weight(record: StepRecord) -> int:
+    return RECORD_BYTES + (RECORD_BYTES_PER_GFN * len(record.dirty_log) if record.dirty_log else 0)
+
+
+def shown_weight(shown: Shown) -> int:
+    """A cursor's bytes: its live state and the step result it carries."""
+    return sim_weight(shown.sim) + SHOWN_BYTES + SHOWN_BYTES_PER_TOUCHED * len(shown.touched)
 
 
 def freeze(sim: Simulation, result: StepResult | None = None) -> bytes:
@@ -235,6 +250,7 @@ class Run:
         self._settings = settings
         self._frontier = Simulation(scenario, policy, detail="summary")
         self.records: list[StepRecord] = []
+        self._records_weight = 0
         # Each snapshot holds the (untraced) result of the step that led to it and that step's log, so a
         # step too heavy to trace is shown from its snapshot without running it again.
         self._checkpoints: dict[int, bytes] = {0: freeze(self._frontier)}
@@ -250,24 +266,47 @@ class Run:
     def ensure(self, n: int) -> None:
         """Run the frontier until it has passed `n` steps (or the end), checkpointing on the way."""
         settings = self._settings
-        with self.lock, gc_paused():
-            sim = self._frontier
+        with waiting_for(self.lock), gc_paused():
             target = min(n, self.total)
-            while len(self.records) < target:
-                index = len(self.records)
+            try:
+                self._advance(target, settings)
+            finally:
+                self._frontier_weight = sim_weight(self._frontier)
+
+    def _advance(self, target: int, settings: Settings) -> None:
+        """The summary pass from where the frontier is to `target` steps. A build may stop (its client
+        gone) between two steps, its progress kept, or inside one, at the engine's cond_resched
+        points: that step is half done, and the frontier goes back to its newest checkpoint."""
+        sim = self._frontier
+        while len(self.records) < target:
+            checkpoint()
+            index = len(self.records)
+            try:
                 result = sim.step()
-                record = _record(result, sim.kvm.log, _accesses(self.scenario, index))
-                self.records.append(record)
-                self._work += record.cost + STEP_COST
-                done = index + 1
-                due = done % settings.checkpoint_interval == 0 or self._work >= settings.checkpoint_work
-                if due and self._work >= copy_work(sim, settings.checkpoint_copy_work):
-                    blob = freeze(sim, result)
-                    self._checkpoints[done] = blob
-                    self._checkpoint_total += len(blob)
-                    self._work = 0
-                    self._thin_checkpoints()
-            self._frontier_weight = sim_weight(sim)
+            except BaseException:
+                self._rewind()
+                raise
+            record = _record(result, sim.kvm.log, _accesses(self.scenario, index))
+            self.records.append(record)
+            self._records_weight += record_weight(record)
+            self._work += record.cost + STEP_COST
+            done = index + 1
+            due = done % settings.checkpoint_interval == 0 or self._work >= settings.checkpoint_work
+            if due and self._work >= copy_work(sim, settings.checkpoint_copy_work):
+                blob = freeze(sim, result)
+                self._checkpoints[done] = blob
+                self._checkpoint_total += len(blob)
+                self._work = 0
+                self._thin_checkpoints()
+
+    def _rewind(self) -> None:
+        """Put the frontier back at its newest checkpoint, forgetting the records after it: its state
+        is that of a step stopped half way, from which no step can go on."""
+        done = max(k for k in self._checkpoints if k <= len(self.records))
+        self._frontier, _ = thaw(self._checkpoints[done], self.scenario)
+        set_tracing(self._frontier, None)
+        del self.records[done:]
+        self._work = 0
 
     @property
     def finished(self) -> Simulation:
@@ -291,7 +330,7 @@ class Run:
 
         Give it back with `park` when done, so the next step forward starts from it.
         """
-        with self.lock:
+        with waiting_for(self.lock):
             self.ensure(n)
             cursor = self._take_cursor(n)
             if cursor is not None:
@@ -315,21 +354,21 @@ class Run:
     def park(self, shown: Shown) -> None:
         """Keep a shown state as a cursor (the oldest cursors go first)."""
         limit = self._settings.cursors_per_run
-        with self.lock:
+        with waiting_for(self.lock):
             if limit <= 0 or shown.n in self._cursors:
                 return
             self._cursors[shown.n] = shown
-            self._cursor_weight += sim_weight(shown.sim)
+            self._cursor_weight += shown_weight(shown)
             while len(self._cursors) > limit or (
                 len(self._cursors) > 1 and self._cursor_weight > self._settings.cache_bytes // 4
             ):
                 _, old = self._cursors.popitem(last=False)
-                self._cursor_weight -= sim_weight(old.sim)
+                self._cursor_weight -= shown_weight(old)
 
     def _take_cursor(self, n: int) -> Shown | None:
         shown = self._cursors.pop(n, None)
         if shown is not None:
-            self._cursor_weight -= sim_weight(shown.sim)
+            self._cursor_weight -= shown_weight(shown)
         return shown
 
     def _replay_to(self, m: int) -> Simulation:
@@ -339,6 +378,7 @@ class Run:
         set_tracing(sim, None)
         with gc_paused():
             for _ in range(m - start):
+                checkpoint()
                 sim.step()
         return sim
 
@@ -348,13 +388,14 @@ class Run:
         """Every step before `n` that changed the spte at (level, sp gfn, index): (step, old, new), where
         old is the value before the step and new the value after it."""
         level, sp_gfn, index = location
-        with self.lock:
+        with waiting_for(self.lock):
             found = self._histories.pop(location, None) or _History()
             if found.upto < n:
                 self.ensure(n)
                 sim = self._replay_to(found.upto)
                 with gc_paused():
                     for step in range(found.upto, n):
+                        checkpoint()
                         sim.step()
                         for (sp, i), old in sim.kvm.log.touched.items():
                             if i == index and sp.gfn == sp_gfn and sp.level == level and sp.spt[i] != old:
@@ -369,17 +410,31 @@ class Run:
 
     @property
     def weight(self) -> int:
-        """The bytes every state the run holds takes (read without the lock: three ints)."""
-        return self._checkpoint_total + self._cursor_weight + self._frontier_weight
+        """The bytes every state the run holds takes (read without the lock: four ints)."""
+        return self._checkpoint_total + self._cursor_weight + self._frontier_weight + self._records_weight
+
+
+def run_all(sim: Simulation) -> list[StepResult]:
+    """`Simulation.run()` with a checkpoint before each step: a request's whole run, stoppable and in
+    turns with the other builds (app/room.py)."""
+    results = []
+    while not sim.done:
+        checkpoint()
+        results.append(sim.step())
+    return results
 
 
 class RunCache:
-    """The runs, least recently used first out, bounded by count and by the size of their states."""
+    """The runs, least recently used first out, bounded by count and, as a member of the app's byte
+    budget, by the size of their states (snapshots exactly, live states estimated by sim_weight)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, budget: ByteBudget | None = None) -> None:
         self._settings = settings
+        self._budget = budget if budget is not None else ByteBudget(settings.cache_bytes, reserve=0)
         self._lock = threading.Lock()
         self._runs: OrderedDict[tuple[str, Policy], Run] = OrderedDict()
+        self._stamps: dict[tuple[str, Policy], int] = {}
+        self._budget.join(self)
 
     def get(self, code: str, scenario: Scenario, policy: Policy) -> Run:
         key = (code, policy)
@@ -387,30 +442,44 @@ class RunCache:
             run = self._runs.get(key)
             if run is not None:
                 self._runs.move_to_end(key)
+                self._stamps[key] = self._budget.tick()
                 return run
         created = Run(key, scenario, policy, self._settings)
         with self._lock:
             run = self._runs.setdefault(key, created)
             self._runs.move_to_end(key)
+            self._stamps[key] = self._budget.tick()
             while len(self._runs) > self._settings.cache_runs:
-                self._runs.popitem(last=False)
+                old, _ = self._runs.popitem(last=False)
+                self._stamps.pop(old, None)
         return run
 
     def trim(self) -> None:
-        """Drop the least recently used runs while all of them hold more than the budget."""
+        """Bring every cache back within the byte budget, now that the runs' states have grown."""
+        self._budget.settle()
+
+    # --- as a member of the budget -----------------------------------------------------------------------
+
+    @property
+    def bytes(self) -> int:
+        """The bytes of every run's states (each run's weight is three ints, read without its lock)."""
         with self._lock:
-            runs = list(self._runs.items())
-        total = sum(run.weight for _, run in runs)
-        dropped: list[tuple[str, Policy]] = []
-        for key, run in runs[:-1]:
-            if total <= self._settings.cache_bytes:
-                break
-            total -= run.weight
-            dropped.append(key)
-        if dropped:
-            with self._lock:
-                for key in dropped:
-                    self._runs.pop(key, None)
+            runs = list(self._runs.values())
+        return sum(run.weight for run in runs)
+
+    def oldest(self) -> int | None:
+        with self._lock:
+            for key in self._runs:
+                return self._stamps.get(key, 0)
+            return None
+
+    def evict_oldest(self) -> int:
+        with self._lock:
+            if not self._runs:
+                return 0
+            key, run = self._runs.popitem(last=False)
+            self._stamps.pop(key, None)
+        return run.weight
 
     def __len__(self) -> int:
         return len(self._runs)
@@ -423,8 +492,12 @@ class RunCache:
 _SHRINK = {
     "accesses": "most of it guest accesses: lower the counts of its read and write steps",
     "slot_pages": (
-        "most of it dirty-log and migration steps on big memslots: make the memslots smaller, or use"
-        " fewer enable_dirty_log, get_dirty_log and migrate steps on them"
+        "most of it dirty-log, flush and migration steps, per memslot and per page: use fewer or smaller"
+        " memslots, or fewer enable_dirty_log, get_dirty_log, clear_dirty_log and migrate steps"
+    ),
+    "huge": (
+        "most of it huge pages split when logging starts and recovered when it stops: toggle logging"
+        " less often on slots mapped with 2M or 1G pages"
     ),
     "steps": "most of it the steps themselves: use fewer steps, and fewer zap_all",
     "setup": "most of it creating the memslots: make them smaller",
@@ -443,9 +516,11 @@ def check_budget(
 ) -> None:
     """Refuse (413), before anything runs, a request that would make the engine do more than
     `Settings.run_budget`: `runs` runs of the scenario's first `steps` steps, each estimated at `per_run`
-    (engine.scenario.estimate_work; the caller usually has it precomputed). The message says what it
+    (engine.estimate.estimate_work; the caller usually has it precomputed). The message says what it
     would cost, what makes it big and how to shrink it; `earlier` offers showing an earlier step."""
-    budget = settings.run_budget
+    budget, setting = settings.run_budget, "SPTELAB_RUN_BUDGET"
+    if settings.workshop:  # a room shares the server (app/workshop.py)
+        budget, setting = settings.workshop_budget or settings.run_budget // 4, "SPTELAB_WORKSHOP_BUDGET"
     need = per_run * runs
     if need <= budget:
         return
@@ -455,6 +530,7 @@ def check_budget(
         "slot_pages": estimate.slot_pages,
         "steps": estimate.steps,
         "setup": estimate.setup,
+        "huge": estimate.huge,
     }
     biggest = max(parts, key=lambda name: parts[name])
     times = f"{runs} runs of about {per_run:,} each, " if runs > 1 else ""
@@ -462,31 +538,19 @@ def check_budget(
     raise AppError(
         413,
         f"too much work for this server: {doing} needs about {need:,} units of work ({times}one unit is"
-        f" about one guest access), and one request may ask for at most {budget:,} (SPTELAB_RUN_BUDGET);"
+        f" about one guest access), and one request may ask for at most {budget:,} ({setting});"
         f" {_SHRINK[biggest]}. Or {instead}run it on your own machine with the command line, which has"
         " no such budget: sptelab run FILE.",
         hint="Download the scenario and run it with the command line (sptelab run FILE), or ask whoever"
-        " runs this server to raise SPTELAB_RUN_BUDGET.",
+        f" runs this server to raise {setting}.",
     )
 
 
-def too_heavy_to_write(runs: RunCache, code: str, scenario: Scenario, policy: Policy, limit: int) -> str:
-    """Why the full-detail result of this run is too large to write out in a response ("" when it is
-    not): the result holds a row per fault, spte write and trace event, so its size follows the run's
-    work. First from the scenario's guest accesses (nothing runs), then from the summary pass of the run
-    cache, step by step, stopping at the bound (a few accesses can still make much work: logging toggled
-    on many mapped pages, again and again)."""
-    accesses = sum(step.count for step in scenario.steps if isinstance(step, ReadStep | WriteStep))
-    if accesses > limit:
-        return f"it makes {accesses:,} guest accesses"
-    run = runs.get(code, scenario, policy)
-    try:
-        work = 0
-        for n in range(1, run.total + 1):
-            run.ensure(n)
-            work += run.records[n - 1].cost
-            if work > limit:
-                return f"its first {n} steps already do {work:,} units of work"
-    finally:
-        runs.trim()
-    return ""
+def too_heavy_to_write(scenario: Scenario, policy: Policy, limit: int) -> str:
+    """Why the full-detail result of this scenario is too large to write out in a response ("" when it is
+    not), priced before anything runs (engine.estimate.estimate_result): the run in full detail, a row per
+    fault, spte write, trace event and harvested slot of every step, and the final state's rows."""
+    price = estimate_result(scenario, full=True, policy=policy)
+    if price <= limit:
+        return ""
+    return f"running it in full detail and writing its result costs about {price:,} units of work"

@@ -18,7 +18,8 @@ from urllib.parse import urlencode
 
 from fastapi import Depends, Request
 
-from app.cache import Lru, RunCache, check_budget
+from app.budget_bytes import SOURCE_QUERY_ENTRIES, ByteBudget, Lru, weigh_any
+from app.cache import RunCache, check_budget
 from app.errors import bad_request
 from app.predict import PredictPanel, Question, judge, predict_panel, question_for
 from app.render import base_path, first_sentence
@@ -47,21 +48,41 @@ from engine.policy import (
 )
 from scenarios import builtin_names
 
+# A cached page's bytes beyond its body and key: the tuple, the headers dict, the entry.
+PAGE_OVERHEAD = 600
+
+
+def page_weight(key: tuple[str, ...], value: tuple[bytes, dict[str, str]]) -> int:
+    body, headers = value
+    texts = sum(len(part) for part in key) + sum(len(k) + len(v) for k, v in headers.items())
+    return PAGE_OVERHEAD + len(body) + texts
+
 
 class Store:
     """Every cache of the app; one per app instance."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.sources = SourceCache(settings.cache_scenarios)
-        self.runs = RunCache(settings)
-        self.views: Lru[tuple[object, ...], PlayView] = Lru(settings.cache_views)
-        self.inspections: Lru[tuple[object, ...], InspectorView] = Lru(settings.cache_views)
+        # One byte budget (SPTELAB_CACHE_BYTES) over every cache below (and app.livekernel's results, which
+        # create_app puts under it).
+        self.budget = ByteBudget(settings.cache_bytes)
+        budget = self.budget
+        self.sources = SourceCache(settings.cache_scenarios, budget)
+        self.runs = RunCache(settings, budget)
+        self.views: Lru[tuple[object, ...], PlayView] = Lru(settings.cache_views, budget, weigh_any)
+        self.inspections: Lru[tuple[object, ...], InspectorView] = Lru(
+            settings.cache_views, budget, weigh_any
+        )
         # Predict mode's questions by (code, policy, step index); a 1-tuple, since a step may ask nothing.
-        self.questions: Lru[tuple[object, ...], tuple[Question | None]] = Lru(settings.cache_views)
+        self.questions: Lru[tuple[object, ...], tuple[Question | None]] = Lru(
+            settings.cache_views, budget, weigh_any
+        )
+        # The landing page's cards: one per built-in lesson, a fixed set.
         self.landing: dict[str, object] = {}
-        # Rendered pages and partials by URL: (body, headers).
-        self.pages: Lru[tuple[str, ...], tuple[bytes, dict[str, str]]] = Lru(settings.cache_pages)
+        # Rendered pages and partials by canonical key (app.pagectx.page_key): (body, headers).
+        self.pages: Lru[tuple[str, ...], tuple[bytes, dict[str, str]]] = Lru(
+            settings.cache_pages, budget, page_weight
+        )
 
     def play_view(self, query: PlayerQuery) -> PlayView:
         return self.view_at(query.source, query.policy, query.step, query.selected)
@@ -167,7 +188,7 @@ def _switch_text(value: str | bool) -> str:
 
 
 def parse_policy_param(text: str) -> dict[str, str]:
-    """`K=V,K=V` into overrides; each is checked by make_policy later."""
+    """`K=V,K=V` into overrides, each switch at most once; each is checked by make_policy later."""
     out: dict[str, str] = {}
     for item in text.split(","):
         if not item.strip():
@@ -177,7 +198,13 @@ def parse_policy_param(text: str) -> dict[str, str]:
             raise bad_request(
                 f"policy={text[:80]!r}: expected SWITCH=VALUE pairs separated by commas, e.g. wp_large=zap"
             )
-        out[name.strip()] = value.strip()
+        name = name.strip()
+        if name in out:
+            # A link that says two things about one switch is refused, not read as the last of them.
+            raise bad_request(
+                f"policy={text[:80]!r}: the switch {name[:40]!r} is given twice; give each switch once"
+            )
+        out[name] = value.strip()
     return out
 
 
@@ -433,7 +460,7 @@ def compare_variants(raw: str | None, default: Sequence[str] = tuple(PRESETS)) -
 # Links
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=SOURCE_QUERY_ENTRIES)
 def _source_query(source: tuple[str, str]) -> str:
     """The scenario's part of a link, `s=<code>` or `scenario=<name>`: a share code is kilobytes, and a
     page holds dozens of links to the same scenario, so it is quoted once."""

@@ -18,12 +18,14 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from app.cache import Lru, check_budget
+from app.budget_bytes import Lru, weigh_any
+from app.cache import check_budget
 from app.deps import resolve_policy
 from app.errors import AppError
 from app.settings import Settings
+from engine.estimate import estimate_work
 from engine.policy import PRESETS
-from engine.scenario import Scenario, estimate_work
+from engine.scenario import Scenario
 from live.report import RealRefusalError, availability, real_result
 
 # The page sets every preset beside the kernel, newest first: the live kernel is today's, and the 3.x
@@ -37,7 +39,10 @@ REFUSAL_HINT = (
 )
 
 _lock = threading.Lock()
-_results: Lru[tuple[str, str, tuple[str, ...], tuple[tuple[str, str], ...]], dict[str, Any]] = Lru(32)
+# Results by run; their bytes count in the app's byte budget (the Store attaches it).
+live_results: Lru[tuple[str, str, tuple[str, ...], tuple[tuple[str, str], ...]], dict[str, Any]] = Lru(
+    32, weigh=weigh_any
+)
 _availability: dict[str, str | None] = {}
 
 
@@ -76,7 +81,7 @@ def live_result(
     """Contract §3's result, from the cache or from a live run now (refused first if over the budget)."""
     require_kernel(settings)
     cache_key = (settings.kvm_device, key, tuple(presets), tuple(sorted(overrides.items())))
-    hit = _results.get(cache_key)
+    hit = live_results.get(cache_key)
     if hit is not None:
         return hit
     steps = len(scenario.steps)
@@ -87,5 +92,5 @@ def live_result(
             result = real_result(scenario, presets, overrides=overrides, device=settings.kvm_device)
         except RealRefusalError as refusal:  # what the live backend cannot express, or the device refused
             raise AppError(422, str(refusal), hint=REFUSAL_HINT) from None
-    _results.put(cache_key, result)
+    live_results.put(cache_key, result)
     return result

@@ -1,6 +1,6 @@
 """The app: `create_app()` wires the routers, the static files, the limits and the error handlers.
 
-Served by `sptelab serve` (uvicorn, one worker, `app.main:app`). Every client mistake gets its status
+Served by `sptelab serve` (granian, one worker, app/serving.py). Every client mistake gets its status
 and a message, never a 500: JSON `{"detail": ...}` under /api, the error page elsewhere.
 """
 
@@ -24,11 +24,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.deps import Store
 from app.errors import URL_TOO_LONG_HINT, AppError, query_not_utf8
+from app.forwarded import ForwardedMiddleware
+from app.livekernel import live_results
+from app.malloc import limit_arenas, trim
 from app.render import STATIC, page_globals, render_page, route_path
+from app.room import Cancelled, Room, checkpoint
 from app.routes import api, export, health, pages, real
 from app.settings import Settings, get_settings
 from engine.codec import MAX_URL_BYTES
 from engine.scenario import MAX_SCENARIO_BYTES
+from engine.sched import set_resched
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -38,13 +43,18 @@ AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # A request body may hold a whole scenario (1 MiB) plus its envelope: form encoding, multipart headers.
 MAX_BODY_BYTES = MAX_SCENARIO_BYTES * 3 + 64 * 1024
+# Header lines a request may have: as many as the server's HTTP/1 parser takes (hyper's 100). A browser
+# sends about 15.
+MAX_HEADERS = 100
 
 _TITLES = {
     400: "Bad request",
     404: "Not found",
     405: "Method not allowed",
+    408: "Too slow",
     413: "Too large",
     414: "Link too long",
+    431: "Headers too large",
     403: "Forbidden",
     422: "Invalid scenario",
     500: "Server error",
@@ -104,22 +114,35 @@ def error_response(
 
 
 class LimitsMiddleware:
-    """Refuse a URL over 8 KiB (414) before routing, and a request body over the limit (413) before
-    anything reads it; add the security headers to every response, a 500 for a bug included. A plain
-    ASGI middleware: it sits on every request, and Starlette's BaseHTTPMiddleware would cost more than
-    some pages."""
+    """Refuse a head of more than MAX_HEADERS lines or `header_bytes` bytes (431), a URL over 8 KiB (414)
+    before routing, a request body over the limit (413) before anything reads it, and a body that has not
+    arrived within `body_timeout` seconds of the head (408); answer HEAD as GET without the body; add the
+    security headers to every response, a 500 for a bug included. A plain ASGI middleware: it sits on
+    every request, and Starlette's BaseHTTPMiddleware would cost more than some pages.
 
-    def __init__(self, app: AsgiApp) -> None:
+    The server bounds the head's time and size before the app sees it (app/serving.py); the head checks
+    here hold the same limits under any server, and the body's deadline is the app's alone."""
+
+    def __init__(self, app: AsgiApp, *, body_timeout: float = 30.0, header_bytes: int = 65_536) -> None:
         self.app = app
+        self.body_timeout = body_timeout
+        self.header_bytes = header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        secured = _SecuredSend(send)
+        head = scope.get("method") == "HEAD"
+        if head:
+            # HEAD wherever GET works: the same status and headers, no body.
+            scope = {**scope, "method": "GET"}
+        secured = _SecuredSend(send, head=head)
+        deadline = _BodyDeadline(scope, receive, secured, self.body_timeout)
         try:
-            await self._limited(scope, receive, secured)
+            await self._limited(scope, deadline.receive, secured)
         except Exception:
+            if deadline.expired:
+                return  # answered 408 already; what the app made of the missing body does not matter
             # A bug, not the client's doing. Answer here, with the headers, before Starlette's last-resort
             # handler would (outside this middleware, so without them); it still logs the exception.
             if not secured.started:
@@ -131,6 +154,17 @@ class LimitsMiddleware:
 
     async def _limited(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
+        headers = scope.get("headers") or []
+        size = sum(len(name) + len(value) + 4 for name, value in headers)
+        if len(headers) > MAX_HEADERS or size > self.header_bytes:
+            message = (
+                f"the request has {len(headers)} header lines, more than the {MAX_HEADERS} this app accepts"
+                if len(headers) > MAX_HEADERS
+                else f"the request's headers are {size} bytes, more than the {self.header_bytes} this app"
+                " accepts"
+            )
+            await error_response(path, 431, message, scope=scope)(scope, receive, send)
+            return
         raw = scope.get("raw_path") or path.encode("utf-8")
         query = scope.get("query_string") or b""
         length = len(raw) + (len(query) + 1 if query else 0)
@@ -201,19 +235,76 @@ _SECURITY_HEADERS = [
 
 class _SecuredSend:
     """The server's `send`, adding the security headers to the response, and remembering whether the
-    response has started (after that, a failure can only cut it short)."""
+    response has started (after that, a failure can only cut it short). For a HEAD request the body is
+    left out (the headers, Content-Length included, are GET's). Once `closed`, the app's own answer is
+    dropped: the request was answered without it (a 408)."""
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, *, head: bool = False) -> None:
         self.send = send
+        self.head = head
         self.started = False
+        self.closed = False
 
     async def __call__(self, message: Message) -> None:
+        if self.closed:
+            return
         if message["type"] == "http.response.start":
             self.started = True
             headers = list(message.get("headers", []))
             present = {name.lower() for name, _ in headers}
             message["headers"] = headers + [h for h in _SECURITY_HEADERS if h[0] not in present]
+        elif message["type"] == "http.response.body" and self.head:
+            message = {**message, "body": b""}
         await self.send(message)
+
+
+# A request whose body has not arrived this long after its head is answered 408: a client that announces
+# a body and stalls would otherwise hold its connection, and the request's task, for ever.
+_BODY_TIMEOUT_MESSAGE = (
+    "the request body did not arrive within {seconds:g} seconds: send it whole, or send it again"
+)
+
+
+class _BodyDeadline:
+    """The server's `receive` with a deadline on the whole body, counted from the head's arrival. When it
+    passes, the client gets 408 (with Connection: close) at once, and the app a disconnect: it stops, and
+    whatever it would answer is dropped. Once the body is complete, receive waits as long as it likes
+    (for a disconnect, while a response streams)."""
+
+    def __init__(self, scope: Scope, receive: Receive, send: _SecuredSend, seconds: float) -> None:
+        self.scope = scope
+        self.inner = receive
+        self.send = send
+        self.seconds = seconds
+        self.deadline = asyncio.get_running_loop().time() + seconds
+        self.complete = False
+        self.expired = False
+
+    async def receive(self) -> Message:
+        if self.expired:
+            return {"type": "http.disconnect"}
+        if self.complete:
+            return await self.inner()
+        left = self.deadline - asyncio.get_running_loop().time()
+        try:
+            message = await asyncio.wait_for(self.inner(), timeout=max(left, 0.0))
+        except TimeoutError:
+            await self._expire()
+            return {"type": "http.disconnect"}
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            self.complete = True
+        return message
+
+    async def _expire(self) -> None:
+        self.expired = True
+        if self.send.started:
+            self.send.closed = True
+            return
+        message = _BODY_TIMEOUT_MESSAGE.format(seconds=self.seconds)
+        response = error_response(str(self.scope.get("path", "")), 408, message, scope=self.scope)
+        response.headers["connection"] = "close"
+        await response(self.scope, self.inner, self.send)
+        self.send.closed = True
 
 
 def _swagger_ui(app: FastAPI, request: Request) -> Response:
@@ -272,7 +363,8 @@ async def _settled_collector(app: FastAPI) -> AsyncIterator[None]:
     full pass over them stalls a step for 100-800 ms). So the objects alive at startup are frozen out of
     its sight, it looks at young objects after 20 000 allocations instead of 700 (a request's cycles die
     young), and the full pass over the old generation runs on a timer, once a minute, instead of after
-    whichever request happens to tip the count."""
+    whichever request happens to tip the count; then the allocator's free pages go back (app.malloc)."""
+    limit_arenas()
     gc.collect()
     gc.freeze()
     thresholds = gc.get_threshold()
@@ -290,6 +382,7 @@ async def _sweep_old_generation() -> None:
     while True:
         await asyncio.sleep(GC_FULL_INTERVAL_S)
         gc.collect()
+        trim()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -311,7 +404,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         form_limits={"max_part_size": MAX_BODY_BYTES},
     )
     app.state.store = Store(settings)
+    live_results.attach(app.state.store.budget)
     app.state.settings = settings
+    app.state.room = Room(settings.room_slots, settings.room_turn, settings.effective_client_share)
+    # The engine's long walks pause at their cond_resched points for the room's other builds, and stop
+    # there when their client has gone (checkpoint does nothing outside a build).
+    set_resched(checkpoint)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(pages.router)
     app.include_router(api.router, tags=["api"])
@@ -322,6 +420,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/docs", include_in_schema=False)
     async def _docs(request: Request) -> Response:
         return _swagger_ui(app, request)
+
+    @app.exception_handler(Cancelled)
+    async def client_gone(request: Request, exc: Cancelled) -> Response:
+        # Nobody is there to read it: the build stopped because its client closed the connection.
+        return Response(status_code=499)
 
     @app.exception_handler(AppError)
     async def on_app_error(request: Request, exc: AppError) -> Response:
@@ -341,7 +444,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         status, message = _validation_message(exc)
         return error_response(request.url.path, status, message, scope=request.scope)
 
-    app.add_middleware(LimitsMiddleware)
+    # Inside the limits: a refused head never reaches it. Under any server, the proxy headers are the
+    # app's to judge (app/forwarded.py), with the trusted peers of the settings.
+    app.add_middleware(
+        ForwardedMiddleware, trusted=settings.forwarded_allow_ips, enabled=settings.proxy_headers
+    )
+    app.add_middleware(
+        LimitsMiddleware, body_timeout=settings.body_timeout, header_bytes=settings.header_bytes
+    )
     return app
 
 

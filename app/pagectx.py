@@ -8,21 +8,22 @@ canonical URL of the state it shows; both kinds carry `Vary: HX-Request`.
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse
 from markupsafe import Markup
 
-from app.cache import Lru
+from app.budget_bytes import Lru
 from app.deps import FOCUS_PANELS, Links, PlayerQuery
+from app.forwarded import public_origin
 from app.livekernel import kernel_unavailable
 from app.predict import PredictPanel
 from app.render import base_path, markdown, page_globals, render_blocks, render_page
+from app.room import Room
 from app.sources import Source
 from app.treehtml import InspectLink, render_tree
 from app.viewmodel import (
@@ -36,6 +37,8 @@ from app.viewmodel import (
 from engine.policy import NOT_IMPLEMENTED, PRESET_DESCRIPTIONS, PRESETS, SWITCH_VALUES, Policy
 from engine.scenario import ScenarioError, parse_scenario
 from live.backend import refusal as live_refusal
+
+R = TypeVar("R")
 
 PLAY_BLOCKS = (
     "position",
@@ -108,33 +111,54 @@ def page(
     return HTMLResponse(render_page(template, {**context, "oob": False}), status_code=status, headers=headers)
 
 
-# Pages are built one at a time. The work is pure Python, so threads would only take turns on the
-# interpreter lock, each switch stretching every request in flight; in a queue, each waits only for the
-# ones before it.
-_BUILD = threading.Lock()
+async def built(request: Request, build: Callable[[], R], *, turns: bool = True) -> R:
+    """Run `build` as the room's scheduler admits it (app/room.py): per client and in all, in turns with
+    the other builds, stopped if the client goes away. Every request that may run the engine, or wait
+    for the live kernel (`turns=False`: it waits on the kernel, not on the interpreter), goes through
+    here."""
+    room: Room = request.app.state.room
+    return await room.run(request, build, turns=turns)
 
 
-def cached(
+# The htmx triggers whose request gets a different answer: the step slider keeps its own position.
+# Any other HX-Trigger (an id a client made up) is dropped from the page's key.
+OWN_TRIGGERS = frozenset({"step-slider"})
+
+
+def page_key(request: Request) -> tuple[str, ...]:
+    """The key of a page in the page cache: what the page is a function of, from the app's own
+    parameters. The origin its share links name (the configured or trusted one, never a raw Host), the
+    path under the root path, the query's parameters in sorted order, whether htmx asked for the
+    blocks, and the trigger if the app reads it. Never a raw header: a client could make every key
+    unique or huge. Computed on the event loop, so it parses nothing: the query is bounded by the URL's
+    limit, and a share code written two ways is two pages, each counted in the byte budget."""
+    params = sorted(request.query_params.multi_items())
+    partial = is_partial(request)
+    trigger = request.headers.get("HX-Trigger") or ""
+    return (
+        public_origin(request.scope),
+        base_path(request.scope),
+        request.url.path,
+        "&".join(f"{name}={value}" for name, value in params),
+        str(partial),
+        trigger if partial and trigger in OWN_TRIGGERS else "",
+    )
+
+
+async def cached(
     request: Request,
     pages: Lru[tuple[str, ...], tuple[bytes, dict[str, str]]],
     build: Callable[[], HTMLResponse],
 ) -> HTMLResponse:
     """A page is a function of its URL (and whether htmx asked for the blocks): keep the last ones built,
-    so that many viewers stepping through the same scenario share the rendering."""
-    headers = request.headers
-    key = (
-        str(request.base_url),
-        request.url.path,
-        request.url.query,
-        str(is_partial(request)),
-        headers.get("HX-Trigger") or "",
-    )
+    so that many viewers stepping through the same scenario share the rendering. A page the cache holds
+    is answered at once, without waiting for any build."""
+    key = page_key(request)
     hit = pages.get(key)
     if hit is not None:
         body, stored = hit
         return HTMLResponse(body, headers=stored)
-    with _BUILD:
-        response = build()
+    response = await built(request, build)
     if response.status_code == 200:
         wanted = ("vary", "hx-push-url")
         kept = {name: value for name, value in response.headers.items() if name in wanted}
@@ -153,9 +177,10 @@ class Downloads:
 
 
 def absolute(request: Request, path: str) -> str:
-    """The full URL of `path`, an app URL as Links writes it (the root path already in front)."""
-    base = request.base_url
-    return f"{base.scheme}://{base.netloc}{path}"
+    """The full URL of `path`, an app URL as Links writes it (the root path already in front), from the
+    public origin (app/forwarded.py); the path alone when none is configured or forwarded, never from the
+    request's Host header."""
+    return public_origin(request.scope) + path
 
 
 def slug(title: str) -> str:
@@ -320,9 +345,11 @@ def _freed_note(hidden: int) -> Markup:
 
 
 def _real_context(request: Request, query: PlayerQuery, links: Links) -> dict[str, Any]:
-    """The "run on this machine's kernel" button: absent where the server cannot open /dev/kvm, shown
+    """The "run on this machine's kernel" button: absent in workshop mode (app/workshop.py) and where the
+    server cannot open /dev/kvm, shown
     disabled, with the reason, for a scenario the live backend cannot express."""
-    if kernel_unavailable(request.app.state.settings) is not None:
+    settings = request.app.state.settings
+    if settings.workshop or kernel_unavailable(settings) is not None:
         return {"real_url": None, "real_refusal": None}
     mode = str(query.policy.dirty_log_mode)
     return {"real_url": links.real(), "real_refusal": live_refusal(query.source.scenario, mode)}

@@ -20,6 +20,7 @@ from jinja2.runtime import Context
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
+from app.budget_bytes import MARKDOWN_ENTRIES
 from app.viewmodel import hx, plural, preset_legend
 
 HERE = Path(__file__).resolve().parent
@@ -45,7 +46,7 @@ def _static(context: Context, path: str) -> str:
 
 def base_path(scope: Mapping[str, Any]) -> str:
     """The path prefix the app is served under behind a reverse proxy, '' at the root: the ASGI
-    root_path that the server puts in every request (`sptelab serve --root-path`, uvicorn's option).
+    root_path that the server puts in every request (`sptelab serve --root-path`, app/serving.py).
     Every URL the app writes, in a page, a header or a redirect, starts with it."""
     # A mounted app (the static files) sees its mount point added to root_path; app_root_path keeps the
     # app's own, as Starlette's base_url does.
@@ -54,7 +55,7 @@ def base_path(scope: Mapping[str, Any]) -> str:
 
 
 def route_path(scope: Mapping[str, Any]) -> str:
-    """The request's path inside the app: uvicorn puts the root path in front of `path`."""
+    """The request's path inside the app: the server puts the root path in front of `path`."""
     path = str(scope.get("path", ""))
     base = base_path(scope)
     if base and (path == base or path.startswith(base + "/")):
@@ -92,7 +93,7 @@ _MD = _markdown()
 MARKDOWN_CHARS = 32_768
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=MARKDOWN_ENTRIES)
 def markdown(text: str) -> Markup:
     """The scenario description: CommonMark with raw HTML off and links limited to http(s); its first
     MARKDOWN_CHARS characters, and a line saying how much more the scenario file holds."""

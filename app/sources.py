@@ -3,20 +3,20 @@
 Both resolve to the parsed scenario and its canonical share code, which, with the policy, keys the
 simulation cache: two links to the same scenario share one run. Parsing a long scenario costs more than
 showing a step of it, so resolved sources are kept in a small LRU, with the estimated work of running each
-prefix of the scenario (engine.scenario.cumulative_work), which every request checks against the budget
+prefix of the scenario (engine.estimate.cumulative_work), which every request checks against the budget
 before anything runs.
 """
 
 from __future__ import annotations
 
-import threading
 from array import array
-from collections import OrderedDict
 from dataclasses import dataclass
 
+from app.budget_bytes import ByteBudget, Lru
 from app.errors import URL_TOO_LONG_HINT, AppError, bad_request, invalid_scenario, not_found
 from engine.codec import CodecError, decode_code, encode_scenario
-from engine.scenario import Scenario, ScenarioError, cumulative_work, parse_scenario
+from engine.estimate import cumulative_work
+from engine.scenario import NoteStep, Scenario, ScenarioError, parse_scenario
 from scenarios import builtin_names, load_builtin_text
 
 
@@ -40,11 +40,41 @@ class Source:
         return self.work[max(0, min(steps, self.total))]
 
 
+# A resolved source's bytes, fitted to tracemalloc's count of `_load` (long texts, 16 000 steps of two
+# kinds, 5 000 distinct steps): the scenario's fixed part, each step's pointer and work estimate, each
+# distinct step's model (equal steps share one, see engine.scenario), and the text, per character (four
+# bytes for text that is not ASCII, as Python may store it).
+SOURCE_BYTES = 8_000
+SOURCE_BYTES_PER_STEP = 16
+SOURCE_BYTES_PER_DISTINCT_STEP = 1_000
+
+
+def _text_bytes(text: str) -> int:
+    return len(text) if text.isascii() else 4 * len(text)
+
+
+def source_weight(key: tuple[str, str], source: Source) -> int:
+    """A cached source's bytes: its key (the raw share code), canonical code, parsed scenario, work array."""
+    scenario = source.scenario
+    distinct = {id(step): step for step in scenario.steps}
+    notes = sum(_text_bytes(step.text) for step in distinct.values() if isinstance(step, NoteStep))
+    return (
+        SOURCE_BYTES
+        + len(key[1])
+        + len(source.code)
+        + SOURCE_BYTES_PER_STEP * len(scenario.steps)
+        + SOURCE_BYTES_PER_DISTINCT_STEP * len(distinct)
+        + _text_bytes(scenario.title)
+        + _text_bytes(scenario.description)
+        + notes
+    )
+
+
 class SourceCache:
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._lock = threading.Lock()
-        self._items: OrderedDict[tuple[str, str], Source] = OrderedDict()
+    """Resolved sources by how the query named them, bounded by count and by the app's byte budget."""
+
+    def __init__(self, size: int, budget: ByteBudget | None = None) -> None:
+        self._items: Lru[tuple[str, str], Source] = Lru(size, budget, source_weight)
 
     def resolve(self, name: str | None, code: str | None) -> Source:
         """The scenario named by the query: exactly one of `name` and `code`."""
@@ -53,16 +83,11 @@ class SourceCache:
         if name is None and code is None:
             raise bad_request("no scenario given: add scenario=NAME (a built-in) or s=CODE (a share code)")
         key = ("scenario", name) if name is not None else ("s", code or "")
-        with self._lock:
-            hit = self._items.get(key)
-            if hit is not None:
-                self._items.move_to_end(key)
-                return hit
+        hit = self._items.get(key)
+        if hit is not None:
+            return hit
         source = _load(*key)
-        with self._lock:
-            self._items[key] = source
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
+        self._items.put(key, source)
         return source
 
 

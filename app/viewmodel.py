@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 from markupsafe import Markup
 
+from app.budget_bytes import CELL_ROWS
 from app.cache import Shown, StepRecord
 from app.explain import INVARIANT_TEXT, Context, bit_meanings, explain, kernel_source
 from engine.invariants import Violation
@@ -244,8 +245,7 @@ def narrate(op: Mapping[str, object], result: StepResult, sim: Simulation) -> st
         parts.append("Every spte is zapped, as on a memslot change")
     elif name == "migrate_begin":
         parts.append(
-            f"Migration starts: dirty logging on for every slot{_enabling_text(sim)}; every page"
-            " copied once"
+            f"Migration starts: dirty logging on for every slot{_enabling_text(sim)}; every page copied once"
         )
     elif name == "migrate_round":
         parts.append(
@@ -730,7 +730,7 @@ class BitmapView:
     html: str = ""
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=CELL_ROWS)
 def _cells_html(gfn: int, count: int, dirty_mask: int, written_mask: int) -> str:
     """One drawn row's cells. A row's bits seldom change from one step to the next, so rows are kept
     by value: stepping redraws the bitmap from what it drew before."""

@@ -242,6 +242,7 @@ class Sample:
     seconds: float
     status: int
     size: int
+    url: str = ""
 
 
 @dataclass
@@ -305,7 +306,7 @@ class Attendee:
             self.tally.errors.append(f"attendee {self.number} {kind} {url[:80]}: {error!r}")
             return ""
         elapsed = time.perf_counter() - start
-        self.tally.samples.append(Sample(kind, elapsed, response.status_code, len(response.content)))
+        self.tally.samples.append(Sample(kind, elapsed, response.status_code, len(response.content), url))
         if response.status_code != 200:
             self.tally.errors.append(f"attendee {self.number} {kind} {url[:80]}: HTTP {response.status_code}")
             return ""
@@ -420,6 +421,23 @@ async def _watch_lag(deadline: float, lags: list[float]) -> None:
         lags.append(time.perf_counter() - before - 0.05)
 
 
+def attendee_address(number: int) -> str:
+    """Attendee `number`'s own loopback address (127.0.0.10, .11, ...): people in a room come from
+    machines of their own, and the server admits work per client address (app/room.py)."""
+    return f"127.0.0.{10 + number}"
+
+
+def client_from(
+    url: str, address: str, connections: int = 1, timeout: float = REQUEST_TIMEOUT_S
+) -> httpx.AsyncClient:
+    """A client of the server at `url` whose connections come from `address`."""
+    transport = httpx.AsyncHTTPTransport(local_address=address)
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    return httpx.AsyncClient(
+        base_url=url, transport=transport, limits=limits, timeout=httpx.Timeout(timeout), trust_env=False
+    )
+
+
 @dataclass
 class Outcome:
     tally: Tally
@@ -432,12 +450,7 @@ async def _attend(args: argparse.Namespace, server: Server, scenarios: list[Scen
     tally = Tally()
     memory_samples: list[tuple[float, Memory]] = []
     lags: list[float] = []
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    timeout = httpx.Timeout(REQUEST_TIMEOUT_S)
-    clients = [
-        httpx.AsyncClient(base_url=server.url, limits=limits, timeout=timeout, trust_env=False)
-        for _ in range(args.attendees)
-    ]
+    clients = [client_from(server.url, attendee_address(n)) for n in range(args.attendees)]
     start = time.monotonic()
     deadline = start + args.duration
     try:

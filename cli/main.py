@@ -267,22 +267,20 @@ def cmd_serve(args: argparse.Namespace, out: IO[str]) -> int:
     # Import lazily: every other command must work in a build without the web app or its server.
     serving = _web_module("app.serving")
     settings = _serve_settings(args)
-    # The app reads workshop mode from the environment, in this process and in every worker it starts;
-    # set it before the app is imported.
-    if args.workshop is not None:
-        os.environ["SPTELAB_WORKSHOP"] = "1" if args.workshop else "0"
-        _web_module("app.settings").get_settings.cache_clear()
+    # Each worker builds the app from the environment: the flags go there before the app is imported,
+    # in this process and in every worker it starts.
+    serving.export_settings(settings)
     _web_module("app.main")
     try:
-        uvicorn = importlib.import_module("uvicorn")
+        importlib.import_module("granian")
     except ModuleNotFoundError:
-        raise CliError("the web app needs uvicorn, which is not installed") from None
+        raise CliError("the web app needs granian, which is not installed") from None
     # The server runs with the cyclic collector on (app.main tunes it while serving): the pause main()
     # puts around a command is for simulations, and a long-lived server would never free a cycle.
     collecting = gc.isenabled()
     gc.enable()
     try:
-        uvicorn.run(serving.APP, **serving.uvicorn_options(settings))
+        serving.serve(settings)
     finally:
         if not collecting:
             gc.disable()
@@ -299,6 +297,10 @@ _SERVE_FLAGS = (
     "proxy_headers",
     "forwarded_allow_ips",
     "access_log",
+    "public_url",
+    "header_timeout",
+    "header_bytes",
+    "body_timeout",
 )
 
 
@@ -548,7 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.epilog = (
         "Every flag overrides a setting of the environment, SPTELAB_<NAME> (SPTELAB_HOST, SPTELAB_PORT,"
         " SPTELAB_WORKERS, SPTELAB_ROOT_PATH, SPTELAB_WORKSHOP, SPTELAB_PROXY_HEADERS,"
-        " SPTELAB_FORWARDED_ALLOW_IPS, SPTELAB_ACCESS_LOG)."
+        " SPTELAB_FORWARDED_ALLOW_IPS, SPTELAB_ACCESS_LOG, SPTELAB_PUBLIC_URL, SPTELAB_HEADER_TIMEOUT,"
+        " SPTELAB_HEADER_BYTES, SPTELAB_BODY_TIMEOUT). The server is granian, one worker by default."
     )
     serve.add_argument("--host", metavar="H", help="the address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, metavar="P", help="default 8000")
@@ -584,6 +587,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--access-log",
         action=argparse.BooleanOptionalAction,
         help="log every request (each player URL holds its scenario; default off)",
+    )
+    serve.add_argument(
+        "--public-url",
+        metavar="URL",
+        help="the address visitors reach the app at, e.g. https://sptelab.example.org: share links and"
+        " exports are built from it, never from the request's Host header (default none)",
+    )
+    serve.add_argument(
+        "--header-timeout",
+        type=float,
+        metavar="S",
+        help="seconds a request's head (request line and headers) may take to arrive, and an idle"
+        " connection is kept (default 10)",
+    )
+    serve.add_argument(
+        "--header-bytes",
+        type=int,
+        metavar="N",
+        help="the largest request head in bytes; a larger one is refused with 431 (default 65536)",
+    )
+    serve.add_argument(
+        "--body-timeout",
+        type=float,
+        metavar="S",
+        help="seconds a request's body may take to arrive after its head, else 408 (default 30)",
     )
 
     real = command(

@@ -190,13 +190,17 @@ def make_policy(variant: str = DEFAULT_PRESET, overrides: Mapping[str, str | boo
 
 
 def parse_policy_args(args: list[str]) -> dict[str, str]:
-    """`K=V` strings from the command line into overrides; a malformed one is refused by name."""
+    """`K=V` strings from the command line into overrides; a malformed one, or a switch given twice, is
+    refused by name."""
     out: dict[str, str] = {}
     for arg in args:
         name, sep, value = arg.partition("=")
         if not sep or not name.strip() or not value.strip():
             raise PolicyError(f"--policy {arg!r}: expected SWITCH=VALUE, e.g. wp_large=zap")
-        out[name.strip()] = value.strip()
+        name = name.strip()
+        if name in out:
+            raise PolicyError(f"--policy {arg!r}: the switch {name!r} is given twice; give each switch once")
+        out[name] = value.strip()
     return out
 
 

@@ -21,6 +21,7 @@ from engine.kvm_main import kvm_flush_remote_tlbs
 from engine.memslot import KvmMemorySlot
 from engine.mmu import kvm_mmu_max_mapping_level
 from engine.rmap import rmap_add
+from engine.sched import cond_resched
 from engine.shadow_page import KvmMmuPage
 from engine.spte import (
     KVM_NR_PAGE_SIZES,
@@ -89,6 +90,7 @@ def _collapse_range(
     done = 0
     collapsible = set(_collapsible(kvm, sp, slot, start, end))
     for index in _pointers_in_range(sp, start, end):
+        cond_resched()
         if index in collapsible and collapse(sp, index):
             done += 1
         elif sp.level > PT_DIRECTORY_LEVEL:  # below level 2 there are only 4K leaves

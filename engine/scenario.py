@@ -40,6 +40,14 @@ MAX_TOTAL_PAGES = 1 << 20  # 4 GiB of guest memory in all slots together
 MAX_STEPS = 100_000
 MAX_COUNT = 1 << 20
 MAX_ACCESSES = 1 << 22  # guest accesses in the whole scenario: the sum of every read/write count
+# The text a scenario shows, in characters. Each is shown on every page of the scenario (the title in the
+# heading and the window title, the description beside the player, the current note in the narration),
+# and a share code compresses repeated text a thousandfold: without a cap, a link of 1.6 KB made a 2 MB
+# page. The built-in lessons use at most 64, 3 524 and 485 characters; the caps leave room for two
+# screens of description and a long paragraph of narration per step.
+MAX_TITLE_CHARS = 200
+MAX_DESCRIPTION_CHARS = 8192
+MAX_NOTE_CHARS = 2048
 
 # The hardware's limits, not policy: a 4-level EPT walk covers 48 bits of guest-physical address, and an
 # spte holds a 40-bit pfn (bits 12..51).
@@ -200,6 +208,35 @@ def _check_text_input(value: object) -> object:
 Text = Annotated[str, BeforeValidator(_check_text_input)]
 
 
+@dataclass(frozen=True, slots=True)
+class _MaxChars:
+    """Cap a text's length, with a message that names the limit and the length found."""
+
+    limit: int
+    what: str
+
+    def _check(self, value: str) -> str:
+        if len(value) > self.limit:
+            raise _refuse(
+                "text_too_long",
+                f"is {len(value):,} characters long, more than the {self.limit:,} {self.what} may hold",
+            )
+        return value
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(self._check, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return {**handler(schema), "maxLength": self.limit}
+
+
+Title = Annotated[Text, _MaxChars(MAX_TITLE_CHARS, "a title")]
+Description = Annotated[Text, _MaxChars(MAX_DESCRIPTION_CHARS, "a description")]
+NoteText = Annotated[Text, _MaxChars(MAX_NOTE_CHARS, "a note")]
+
+
 class _Frozen(BaseModel):
     # strict: no silent coercion of "true" to True or of 1.0 to 1; numbers go through _parse_number.
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
@@ -355,7 +392,7 @@ class NoteStep(_Frozen):
     """Narration for the player; changes nothing."""
 
     op: Literal["note"] = "note"
-    text: Text
+    text: NoteText
 
 
 class MigrateBeginStep(_Frozen):
@@ -421,8 +458,8 @@ class Scenario(_Frozen):
 
     format: Literal["sptelab-scenario"]
     version: int
-    title: Text = ""
-    description: Text = ""
+    title: Title = ""
+    description: Description = ""
     vm: Vm = Vm()
     memslots: list[Memslot]
     steps: list[Step] = []
@@ -459,6 +496,16 @@ class Scenario(_Frozen):
         if isinstance(value, list | tuple) and len(value) > MAX_STEPS:
             raise _refuse("steps_count", f"must hold at most {MAX_STEPS} steps, not {len(value)}")
         return value
+
+    @field_validator("steps", mode="after")
+    @classmethod
+    def _share_equal_steps(cls, steps: list[Step]) -> list[Step]:
+        # Steps are frozen values, and long scenarios repeat a few of them thousands of times (a share
+        # code of 4 KB can hold 40 000 steps): keep one object per distinct step, not one per line, so a
+        # parsed scenario costs a pointer per step (pydantic's model of a step is about 500 bytes).
+        # Keyed by the field values (plain ints, strings and booleans), which hash faster than the models.
+        distinct: dict[tuple[object, ...], Step] = {}
+        return [distinct.setdefault((type(step), *step.__dict__.values()), step) for step in steps]
 
     @model_validator(mode="after")
     def _check(self) -> "Scenario":
@@ -583,177 +630,6 @@ def _check_accesses(where: str, step: ReadStep | WriteStep, slots: list[Memslot]
             return
         # The accesses left inside this slot: the smallest j with gfn + j × stride >= end.
         k += -(-(slots[position].end_gfn - gfn) // step.stride)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The work a run costs, estimated before it runs
-#
-# The limits above bound one run; a shell that runs scenarios for others (the web app runs one per preset
-# on its compare view, and the player runs the summary pass up to the step it shows) also needs to know,
-# before it starts, how long a run will take, so that it can refuse one beyond its budget instead of
-# stopping it halfway. The estimate is in units of about one guest access that faults a 4 KiB page in
-# (about 12 µs of the summary pass), and each term is a measured upper bound of what an op can cost:
-#
-# - every step: 1, its own bookkeeping and invariant check (a note costs about that);
-# - zap_all: 8 per shadow page it zaps, and its new root (kvm_mmu_prepare_zap_page reads all 512 entries of
-#   each table): a guest access adds at most 3 tables, and the slots' pages bound them too;
-# - read, write: `count` (a TLB hit costs a tenth of that, a write to a logged page twice as much);
-# - enable_dirty_log: a quarter of the sptes the slot can have mapped (kvm_mmu_slot_remove_write_access
-#   visits every one, about 3 µs each): at most one per page, and at most 8 per guest access so far;
-#   and half of the pages its large leaves can map (the estimate holds for every preset, and a preset
-#   that splits huge pages, eagerly here or in place on a fault while the slot stays logged, builds and
-#   write-protects a 4K spte per page they map, about 4.5 µs each): one large page per guest access so
-#   far, bounded by the slot, none where the VM or the host maps 4K only;
-# - get_dirty_log: the slot's pages / 1024 (the bitmap is read a long at a time; the pages it returns
-#   were paid for by the writes that dirtied them);
-# - clear_dirty_log: its pages / 64 (every bit of the range is looked at, one rmap lookup each), and,
-#   once anything is mapped, half of the sptes it can build and write-protect: one per page of the
-#   range, plus, when logging started all-set, the 4K leaves eager splitting builds under the two 2M
-#   pages and the 1G page each long of the range can overlap (bounded by the slot);
-# - reset_dirty_ring: nothing more (each entry it harvests was pushed by a fault that paid for it, and a
-#   ring holds at most DIRTY_RING_SIZE of them);
-# - migrate_begin: enable_dirty_log over every slot, and a copy of every page (as much as get_dirty_log);
-#   migrate_round: get_dirty_log over every slot; migrate_end: the pages / 64 (its final round, then both
-#   sides compared page by page);
-# - disable_dirty_log: a quarter of the pages the slot's large leaves can map (a preset that recovers
-#   huge pages zaps the 4K tables under them, about 2 µs per spte); migrate_end, the same over every slot;
-# - flush_tlb, note: nothing more (a TLB holds only what accesses put there);
-# - creating the VM: the pages / 512 (each slot's arrays).
-#
-# Measured against the summary pass of every built-in scenario and of stress scenarios near the limits
-# (4 GiB slots, 100 000 steps), the estimate is within a factor of about two of the time taken by the
-# costliest preset (one-gig-page: about 200 000 units, and 1.7 s under `modern`, which splits the whole
-# gigabyte at migrate_begin and zaps it back at migrate_end), and above it for each of them.
-
-# Units per step, per table zap_all reads, and the divisors of the page-proportional terms (see above).
-WORK_PER_STEP = 1
-WORK_PER_TABLE_ZAPPED = 8
-PAGES_PER_WORK_ENABLE_LOG = 4
-PAGES_PER_WORK_GET_LOG = 1024
-PAGES_PER_WORK_CLEAR_LOG = 64
-PAGES_PER_WORK_SPLIT = 2
-PAGES_PER_WORK_RECOVER = 4
-PAGES_PER_WORK_MIGRATE_END = 64
-PAGES_PER_WORK_SETUP = 512
-# The most sptes one guest access can map (the faulting one and its prefetched neighbours), and the most
-# shadow pages (tables) it can add.
-MAPPED_PER_ACCESS = 8
-TABLES_PER_ACCESS = 3
-
-
-@dataclass(frozen=True, slots=True)
-class WorkEstimate:
-    """The estimated cost of running a scenario's first steps, in work units (see above), by source."""
-
-    setup: int  # creating the VM
-    steps: int  # every step's own bookkeeping, and the tables zap_all reads
-    accesses: int  # guest reads and writes
-    slot_pages: int  # dirty-log and migration ops, in proportion to the pages of the slots they act on
-
-    @property
-    def total(self) -> int:
-        return self.setup + self.steps + self.accesses + self.slot_pages
-
-
-def _per(pages: int, divisor: int) -> int:
-    return -(-pages // divisor)
-
-
-class _WorkCounter:
-    """Walks a scenario's steps in order, tracking what bounds the later ops' cost (see above)."""
-
-    def __init__(self, scenario: Scenario) -> None:
-        self.slot_pages = {slot.id: slot.npages for slot in scenario.memslots}
-        self.all_pages = sum(self.slot_pages.values())
-        # Tables can hold one level-1 table per 512 pages, plus the partial ends and upper levels of each
-        # slot, plus the root.
-        self.max_tables = _per(self.all_pages, 512) + 6 * len(self.slot_pages) + 1
-        self.setup = _per(self.all_pages, PAGES_PER_WORK_SETUP)
-        # The pages one large leaf of each slot can map: 1 where the VM or the host maps 4K only.
-        self.large_span = {
-            slot.id: 512 ** (min(scenario.vm.max_level, slot.host_level) - 1) for slot in scenario.memslots
-        }
-        self.accessed = 0
-        self.since_zap = 0
-
-    def large_mapped(self, slot_id: int) -> int:
-        """The most pages large leaves of the slot can map so far: one large page per guest access (a
-        fault maps one leaf), bounded by the slot. Splitting (eagerly, in place, or by CLEAR) and
-        recovering huge pages work in proportion to it."""
-        span = self.large_span[slot_id]
-        return 0 if span == 1 else min(self.slot_pages[slot_id], span * self.accessed)
-
-    def step(self, step: Step) -> tuple[int, int, int]:
-        """(bookkeeping, accesses, slot work) of the next step."""
-        if isinstance(step, ReadStep | WriteStep):
-            self.accessed += step.count
-            self.since_zap += step.count
-            return WORK_PER_STEP, step.count, 0
-        if isinstance(step, ZapAllStep):
-            tables = 1 + min(TABLES_PER_ACCESS * self.since_zap, self.max_tables)
-            self.since_zap = 0
-            return WORK_PER_STEP + WORK_PER_TABLE_ZAPPED * tables, 0, 0
-        all_pages = self.all_pages
-        if isinstance(step, EnableDirtyLogStep):
-            mapped = min(self.slot_pages[step.slot], MAPPED_PER_ACCESS * self.accessed)
-            split = _per(self.large_mapped(step.slot), PAGES_PER_WORK_SPLIT)
-            return WORK_PER_STEP, 0, _per(mapped, PAGES_PER_WORK_ENABLE_LOG) + split
-        if isinstance(step, DisableDirtyLogStep):
-            return WORK_PER_STEP, 0, _per(self.large_mapped(step.slot), PAGES_PER_WORK_RECOVER)
-        if isinstance(step, GetDirtyLogStep):
-            return WORK_PER_STEP, 0, _per(self.slot_pages[step.slot], PAGES_PER_WORK_GET_LOG)
-        if isinstance(step, ClearDirtyLogStep):
-            # Splitting can build up to 3 × 512 sptes per long of the range (two 2M pages and a 1G one).
-            split = 3 * 512 * _per(step.num, 64)
-            protected = min(self.slot_pages[step.slot] + 512, step.num + split) if self.accessed else 0
-            work = _per(step.num, PAGES_PER_WORK_CLEAR_LOG) + _per(protected, PAGES_PER_WORK_SPLIT)
-            return WORK_PER_STEP, 0, work
-        large = sum(self.large_mapped(slot_id) for slot_id in self.slot_pages)
-        if isinstance(step, MigrateBeginStep):
-            mapped = min(all_pages, MAPPED_PER_ACCESS * self.accessed)
-            work = _per(mapped, PAGES_PER_WORK_ENABLE_LOG) + _per(all_pages, PAGES_PER_WORK_GET_LOG)
-            return WORK_PER_STEP, 0, work + _per(large, PAGES_PER_WORK_SPLIT)
-        if isinstance(step, MigrateRoundStep):
-            return WORK_PER_STEP, 0, _per(all_pages, PAGES_PER_WORK_GET_LOG)
-        if isinstance(step, MigrateEndStep):
-            recover = _per(large, PAGES_PER_WORK_RECOVER)
-            return WORK_PER_STEP, 0, _per(all_pages, PAGES_PER_WORK_MIGRATE_END) + recover
-        return WORK_PER_STEP, 0, 0
-
-
-def estimate_work(scenario: Scenario, steps: int | None = None) -> WorkEstimate:
-    """The estimated work of creating the VM and running the first `steps` steps (default: all)."""
-    counter = _WorkCounter(scenario)
-    bookkeeping = accesses = slot_work = 0
-    for step in scenario.steps[:steps]:
-        b, a, w = counter.step(step)
-        bookkeeping += b
-        accesses += a
-        slot_work += w
-    return WorkEstimate(counter.setup, bookkeeping, accesses, slot_work)
-
-
-def cumulative_work(scenario: Scenario) -> list[int]:
-    """`[w0, w1, ..., wN]`: wn is `estimate_work(scenario, n).total`, for a shell that asks it often."""
-    counter = _WorkCounter(scenario)
-    total = counter.setup
-    out = [total]
-    for step in scenario.steps:
-        total += sum(counter.step(step))
-        out.append(total)
-    return out
-
-
-def estimate_result_rows(scenario: Scenario) -> int:
-    """The most rows the final state of the scenario's result can hold, each about a unit of work to
-    write (~20 µs of canonical JSON): an spte per page the accesses can have mapped and per table they
-    can have made, and a TLB entry and a dirty-bitmap bit per access (at most one per page and vCPU)."""
-    counter = _WorkCounter(scenario)
-    for step in scenario.steps:
-        counter.step(step)
-    accessed, pages = counter.accessed, counter.all_pages
-    sptes = min(pages + counter.max_tables, (MAPPED_PER_ACCESS + TABLES_PER_ACCESS) * accessed)
-    return sptes + min(accessed, scenario.vm.vcpus * pages) + min(accessed, pages)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -899,9 +775,12 @@ def scenario_json_schema() -> dict[str, object]:
 __all__ = [
     "MAX_ACCESSES",
     "MAX_COUNT",
+    "MAX_DESCRIPTION_CHARS",
     "MAX_MEMSLOTS",
+    "MAX_NOTE_CHARS",
     "MAX_SCENARIO_BYTES",
     "MAX_STEPS",
+    "MAX_TITLE_CHARS",
     "MAX_TOTAL_PAGES",
     "MAX_VCPUS",
     "PAGE_LEVELS",
@@ -923,12 +802,8 @@ __all__ = [
     "ScenarioTooLargeError",
     "Step",
     "Vm",
-    "WorkEstimate",
     "WriteStep",
     "ZapAllStep",
-    "cumulative_work",
-    "estimate_result_rows",
-    "estimate_work",
     "loads_json",
     "parse_scenario",
     "scenario_json_schema",

@@ -18,6 +18,7 @@ from engine.kvm import Kvm
 from engine.memslot import KvmMemorySlot
 from engine.mmu_spte import make_nonleaf_spte, mmu_spte_set
 from engine.rmap import gfn_to_rmap_slot, rmap_add, rmap_remove
+from engine.sched import cond_resched
 from engine.shadow_page import KvmMmuPage, kvm_mmu_page_get_gfn
 from engine.spte import (
     PAGE_SHIFT,
@@ -106,6 +107,7 @@ def _split_under(kvm: Kvm, sp: KvmMmuPage, start: int, end: int) -> int:
         spte = sp.spt[index]
         if not spte & PT_PRESENT_MASK:
             continue
+        cond_resched()
         if spte & PT_PAGE_SIZE_MASK:
             child = tdp_mmu_split_huge_page(kvm, sp, index, SPLIT_EAGERLY)
             split += 1

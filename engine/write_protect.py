@@ -12,6 +12,7 @@ from engine.kvm_main import kvm_flush_remote_tlbs
 from engine.memslot import KvmMemorySlot, gfn_to_index
 from engine.mmu_spte import __drop_large_spte, mmu_spte_update, spte_update_needs_flush
 from engine.rmap import pte_list
+from engine.sched import cond_resched
 from engine.shadow_page import KvmMmuPage, as_range, entries_at, kvm_mmu_page_get_gfn
 from engine.spte import (
     PT_PAGE_SIZE_MASK,
@@ -110,6 +111,7 @@ def kvm_mmu_slot_remove_write_access(
         # Protecting a head changes no other head, so the heads can be read ahead.
         start = 0
         for owner, group in groupby(map(heads.__getitem__, keys), key=itemgetter(0)):
+            cond_resched()
             run = list(group)
             run_keys = keys[start : start + len(run)]
             start += len(run)
@@ -222,6 +224,7 @@ def kvm_mmu_slot_leaf_clear_dirty(kvm: Kvm, slot: KvmMemorySlot) -> int:
     levels = range(PT_PAGE_TABLE_LEVEL, PT_PAGE_TABLE_LEVEL + (3 if kvm.era6 else 1))
     cleared = 0
     for level in levels:
+        cond_resched()
         heads = slot.rmap[level - 1]
         cleared += sum(__rmap_clear_dirty(kvm, slot, key, level) for key in sorted(heads))
     if kvm.tp.on:

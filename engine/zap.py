@@ -10,6 +10,7 @@ from itertools import compress
 from engine.kvm import Kvm
 from engine.kvm_main import kvm_flush_remote_tlbs
 from engine.mmu_spte import drop_parent_pte, drop_spte, drop_sptes
+from engine.sched import cond_resched
 from engine.shadow_page import KvmMmuPage
 from engine.spte import (
     PRESENT_BY_LOW_BYTE,
@@ -36,6 +37,7 @@ def kvm_mmu_zap_all(kvm: Kvm) -> None:
     """Zap every shadow page, newest first, as a memslot deletion or move does; then reload the root."""
     pages = sorted(kvm.active_mmu_pages.values(), key=lambda sp: sp.serial, reverse=True)
     for sp in pages:
+        cond_resched()
         kvm_mmu_prepare_zap_page(kvm, sp)
     kvm_flush_remote_tlbs(kvm, "kvm_mmu_commit_zap_page", under_mmu_lock=True)
     for sp in pages:
@@ -61,6 +63,7 @@ def kvm_mmu_invalidate_zap_all_pages(kvm: Kvm) -> None:
     for sp in pages:  # kvm_zap_obsolete_pages: the oldest page first
         if sp.invalid:
             continue
+        cond_resched()
         kvm_mmu_prepare_zap_page(kvm, sp)
         if not sp.root_count:
             invalid_list.append(sp)

@@ -11,6 +11,7 @@ preset, as the spec's section 7 tables do. A test that leaves a preset out says 
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 from collections.abc import Mapping, Sequence
@@ -223,3 +224,35 @@ def http_scope(
         "server": ("test", 80),
         "app": application,
     }
+
+
+class AsgiClient:
+    """The two ends of one request that a test sends straight into the app: `receive` hands over the body
+    in `chunks`, then, as a connected client does, says nothing more until the answer is complete, and
+    only then that the connection closed (the app takes a disconnect before that as its client gone);
+    `send` collects the answer. `read` counts the body bytes the app asked for."""
+
+    def __init__(self, chunks: Sequence[bytes]) -> None:
+        self.pending = list(chunks)
+        self.read = 0
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = b""
+        self._answered = asyncio.Event()
+
+    async def receive(self) -> dict[str, Any]:
+        if self.pending:
+            chunk = self.pending.pop(0)
+            self.read += len(chunk)
+            return {"type": "http.request", "body": chunk, "more_body": bool(self.pending)}
+        await self._answered.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Mapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.headers = list(message.get("headers", []))
+        elif message["type"] == "http.response.body":
+            self.body += message.get("body", b"")
+            if not message.get("more_body", False):
+                self._answered.set()

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from app.budget_bytes import ByteBudget
 from app.cache import Run, RunCache
 from app.explain import Context, explain
 from app.main import create_app
@@ -97,7 +98,7 @@ def test_cursors_and_runs_stay_bounded() -> None:
         cache.get(key, scenario, make_policy("lazy"))
     assert len(cache) == 2
     budget = 1 << 20
-    small = RunCache(Settings(cache_bytes=budget))
+    small = RunCache(Settings(), ByteBudget(budget, reserve=0))
     runs = [small.get(key, scenario, make_policy("zap")) for key in "abcdef"]
     for run in runs:
         run.ensure(12)

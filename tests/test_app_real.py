@@ -14,7 +14,7 @@ import pytest
 from conftest import scenario_dict, spec_example
 from fastapi.testclient import TestClient
 
-from app.cache import Lru
+from app.budget_bytes import Lru
 from app.main import create_app
 from app.settings import Settings
 from engine import trace
@@ -125,7 +125,7 @@ def test_the_page_says_agreement_with_an_mmu_only_when_the_mmu_ran(
     native: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("app.livekernel.kernel_unavailable", lambda settings: None)
-    monkeypatch.setattr("app.livekernel._results", Lru(4))  # made-up results stay in this test
+    monkeypatch.setattr("app.livekernel.live_results", Lru(4))  # made-up results stay in this test
     monkeypatch.setattr("live.report.run_with_stats", lambda *args, **kwargs: _made_up_run(native))
     client = _client()
     page = client.get("/real", params={"s": encode_scenario(spec_example()), "variants": "lazy,lazy-buggy"})
@@ -211,7 +211,6 @@ def test_api_real_refuses_bad_requests_by_name(body: dict[str, object], status: 
     response = _client().post("/api/real", json=body)
     assert response.status_code == status
     assert words in str(response.json()["detail"])
-
 
 
 def test_the_event_names_the_contract_extensions_list_are_the_engine_s() -> None:

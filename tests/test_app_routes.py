@@ -288,9 +288,8 @@ def test_panels_counters_and_navigation(client: TestClient) -> None:
         "sw.pml",
     }
     (share,) = doc.find(id="share-url")
-    assert share.get("readonly") is not None and (share.get("value") or "").startswith(
-        "http://testserver/play?"
-    )
+    # No public URL configured: the path alone (the browser makes it whole), never the Host header's.
+    assert share.get("readonly") is not None and (share.get("value") or "").startswith("/play?")
     assert doc.find(data_action="copy-link")
     assert [e.get("href") for e in doc.find(data_action="download")] == [f"/download?scenario={EXAMPLE}"]
     assert doc.find(id="help")
@@ -643,20 +642,30 @@ def test_orphaned_tables_are_marked(client: TestClient) -> None:
 
 
 def test_serve_runs_the_app_with_one_worker(monkeypatch: pytest.MonkeyPatch) -> None:
-    import uvicorn
-
+    import app.serving
     from cli.main import main
 
-    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: calls.append((args, kwargs)))
-    assert main(["serve", "--host", "127.0.0.2", "--port", "8123"]) == 0
-    serving = {"root_path": "", "proxy_headers": True, "forwarded_allow_ips": "127.0.0.1"}
-    assert calls == [
-        (
-            ("app.main:app",),
-            {"host": "127.0.0.2", "port": 8123, "workers": 1, "access_log": False, **serving},
-        )
-    ]
+    calls: list[tuple[str, dict[str, Any]]] = []
+
+    class Recorder:
+        def __init__(self, target: str, **kwargs: Any) -> None:
+            calls.append((target, kwargs))
+
+        def serve(self) -> None:
+            pass
+
+    monkeypatch.setattr(app.serving, "Server", Recorder)
+    try:
+        assert main(["serve", "--host", "127.0.0.2", "--port", "8123"]) == 0
+    finally:
+        from app.settings import get_settings
+
+        for name in app.serving.SERVING_SETTINGS:
+            monkeypatch.delenv(f"SPTELAB_{name.upper()}", raising=False)
+        get_settings.cache_clear()
+    ((target, options),) = calls
+    assert target == "app.serving:served_app"
+    assert (options["address"], options["port"], options["workers"]) == ("127.0.0.2", 8123, 1)
 
 
 def test_a_step_that_frees_hundreds_of_tables_draws_a_few_and_counts_the_rest(client: TestClient) -> None:

@@ -356,18 +356,19 @@ def test_scenarios_lists_the_builtins(capsys: pytest.CaptureFixture[str]) -> Non
 # The settings `sptelab serve` reads from the environment (app/settings.py); each test starts without them.
 SERVE_ENV = (
     "SPTELAB_HOST", "SPTELAB_PORT", "SPTELAB_WORKERS", "SPTELAB_ROOT_PATH", "SPTELAB_WORKSHOP",
-    "SPTELAB_PROXY_HEADERS", "SPTELAB_FORWARDED_ALLOW_IPS", "SPTELAB_ACCESS_LOG",
+    "SPTELAB_PROXY_HEADERS", "SPTELAB_FORWARDED_ALLOW_IPS", "SPTELAB_ACCESS_LOG", "SPTELAB_PUBLIC_URL",
+    "SPTELAB_HEADER_TIMEOUT", "SPTELAB_HEADER_BYTES", "SPTELAB_BODY_TIMEOUT",
 )
 
 
 @pytest.fixture
-def uvicorn_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, dict[str, object]]]]:
-    """uvicorn.run replaced by a recorder (with whether the cyclic collector was on); the serving
-    settings cleared from the environment, and restored afterwards whatever `serve` set."""
+def server_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, dict[str, object]]]]:
+    """granian's Server replaced by a recorder of the options it was given (with whether the cyclic
+    collector was on when it served); the serving settings cleared from the environment, and restored
+    afterwards whatever `serve` set."""
     import gc
 
-    import uvicorn
-
+    import app.serving
     from app.settings import get_settings
 
     for name in SERVE_ENV:
@@ -375,69 +376,89 @@ def uvicorn_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, d
         monkeypatch.delenv(name)
     calls: list[tuple[str, dict[str, object]]] = []
 
-    def run(target: str, **kw: object) -> None:
-        calls.append((target, {**kw, "gc": gc.isenabled()}))
+    class Recorder:
+        def __init__(self, target: str, **kw: object) -> None:
+            settings = kw.pop("http1_settings")
+            kw["header_read_timeout"] = getattr(settings, "header_read_timeout", None)
+            kw["max_buffer_size"] = getattr(settings, "max_buffer_size", None)
+            self.call = (target, kw)
 
-    monkeypatch.setattr(uvicorn, "run", run)
+        def serve(self) -> None:
+            calls.append((self.call[0], {**self.call[1], "gc": gc.isenabled()}))
+
+    monkeypatch.setattr(app.serving, "Server", Recorder)
     yield calls
     get_settings.cache_clear()
 
 
-DEFAULT_SERVING = {
-    "host": "127.0.0.1",
-    "port": 8000,
-    "workers": 1,
-    "access_log": False,
-    "root_path": "",
-    "proxy_headers": True,
-    "forwarded_allow_ips": "127.0.0.1",
-    "gc": True,
-}
+def serving(**changed: object) -> dict[str, object]:
+    """The options granian is given by default, with `changed`."""
+    from granian.constants import HTTPModes, Interfaces
+
+    options: dict[str, object] = {
+        "address": "127.0.0.1",
+        "port": 8000,
+        "workers": 1,
+        "interface": Interfaces.ASGI,
+        "factory": True,
+        "http": HTTPModes.http1,
+        "websockets": False,
+        "log_access": False,
+        "url_path_prefix": None,
+        "respawn_failed_workers": True,
+        "header_read_timeout": 10_000,
+        "max_buffer_size": 65_536,
+        "gc": True,
+    }
+    return {**options, **changed}
 
 
-def test_serve_runs_one_uvicorn_worker_on_the_app(
-    capsys: pytest.CaptureFixture[str], uvicorn_calls: list[tuple[str, dict[str, object]]]
+def test_serve_runs_one_granian_worker_on_the_app(
+    capsys: pytest.CaptureFixture[str], server_calls: list[tuple[str, dict[str, object]]]
 ) -> None:
-    calls = uvicorn_calls
+    calls = server_calls
     assert run_cli(capsys, "serve", "--host", "127.0.0.1", "--port", "8123")[0] == 0
     # The server runs with the cyclic collector on, unlike the simulations of the other commands.
-    assert calls == [("app.main:app", {**DEFAULT_SERVING, "port": 8123})]
+    assert calls == [("app.serving:served_app", serving(port=8123))]
     assert run_cli(capsys, "serve", "--access-log")[0] == 0
-    assert calls[-1][1]["access_log"] is True
+    assert calls[-1][1]["log_access"] is True
+    argv = ["serve", "--header-timeout", "2.5", "--header-bytes", "20000", "--body-timeout", "7"]
+    assert run_cli(capsys, *argv)[0] == 0
+    # (Each run leaves its settings in the environment, where the next one reads them.)
+    expected = serving(port=8123, log_access=True, header_read_timeout=2500, max_buffer_size=20_000)
+    assert calls[-1][1] == expected
+    assert os.environ["SPTELAB_BODY_TIMEOUT"] == "7.0"  # the app's own: every worker reads it
     status, _, err = run_cli(capsys, "serve", "--port", "70000")
     assert status == 2 and "--port 70000" in err and err.count("\n") == 1
-    assert "SPTELAB_WORKSHOP" not in os.environ  # nothing asked for it
+    assert os.environ["SPTELAB_WORKSHOP"] == "0"  # nothing asked for it
 
 
 def test_serve_flags_override_the_environment(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
-    uvicorn_calls: list[tuple[str, dict[str, object]]],
+    server_calls: list[tuple[str, dict[str, object]]],
 ) -> None:
     monkeypatch.setenv("SPTELAB_PORT", "9000")
     monkeypatch.setenv("SPTELAB_WORKERS", "3")
     monkeypatch.setenv("SPTELAB_ROOT_PATH", "/from-env")
     monkeypatch.setenv("SPTELAB_FORWARDED_ALLOW_IPS", "*")
     assert run_cli(capsys, "serve")[0] == 0
-    assert uvicorn_calls[-1][1] == {
-        **DEFAULT_SERVING, "port": 9000, "workers": 3, "root_path": "/from-env", "forwarded_allow_ips": "*",
-    }
+    assert server_calls[-1][1] == serving(port=9000, workers=3, url_path_prefix="/from-env")
+    assert os.environ["SPTELAB_FORWARDED_ALLOW_IPS"] == "*"
     argv = [
         "serve", "--host", "0.0.0.0", "--workers", "2", "--root-path", "/sptelab/", "--workshop",
         "--no-proxy-headers", "--forwarded-allow-ips", "10.0.0.1,10.0.0.2",
-    ]
+        "--public-url", "https://Sptelab.example.org/",
+    ]  # fmt: skip
     assert run_cli(capsys, *argv)[0] == 0
-    assert uvicorn_calls[-1][1] == {
-        **DEFAULT_SERVING,
-        "host": "0.0.0.0",
-        "port": 9000,
-        "workers": 2,
-        "root_path": "/sptelab",  # without the trailing slash
-        "proxy_headers": False,
-        "forwarded_allow_ips": "10.0.0.1,10.0.0.2",
-    }
-    # Workshop mode is the app's own setting: every worker reads it from the environment.
+    assert server_calls[-1][1] == serving(
+        address="0.0.0.0", port=9000, workers=2, url_path_prefix="/sptelab"  # without the trailing slash
+    )
+    # The app's own settings: every worker reads them from the environment.
     assert os.environ["SPTELAB_WORKSHOP"] == "1"
+    assert os.environ["SPTELAB_PROXY_HEADERS"] == "0"
+    assert os.environ["SPTELAB_FORWARDED_ALLOW_IPS"] == "10.0.0.1,10.0.0.2"
+    assert os.environ["SPTELAB_PUBLIC_URL"] == "https://sptelab.example.org"
     assert run_cli(capsys, "serve", "--no-workshop")[0] == 0
     assert os.environ["SPTELAB_WORKSHOP"] == "0"
 
@@ -453,12 +474,16 @@ def test_serve_flags_override_the_environment(
         ([], {"SPTELAB_WORKERS": "many"}, "SPTELAB_WORKERS"),
         ([], {"SPTELAB_ROOT_PATH": "/a?b"}, "SPTELAB_ROOT_PATH"),
         ([], {"SPTELAB_WORKSHOP": "perhaps"}, "SPTELAB_WORKSHOP"),
+        (["--public-url", "https://evil.example/path"], {}, "--public-url https://evil.example/path"),
+        (["--header-timeout", "0"], {}, "--header-timeout 0.0"),
+        (["--header-bytes", "100"], {}, "--header-bytes 100"),
+        ([], {"SPTELAB_PUBLIC_URL": "ftp://x"}, "SPTELAB_PUBLIC_URL"),
     ],
 )
 def test_serve_refuses_a_bad_option_in_one_line(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
-    uvicorn_calls: list[tuple[str, dict[str, object]]],
+    server_calls: list[tuple[str, dict[str, object]]],
     argv: list[str],
     env: dict[str, str],
     named: str,
@@ -467,7 +492,7 @@ def test_serve_refuses_a_bad_option_in_one_line(
         monkeypatch.setenv(name, value)
     status, _, err = run_cli(capsys, "serve", *argv)
     assert status == 2 and err.startswith(f"sptelab serve: {named}: ") and err.count("\n") == 1
-    assert uvicorn_calls == []
+    assert server_calls == []
 
 
 def test_real_is_listed_in_the_help(capsys: pytest.CaptureFixture[str]) -> None:

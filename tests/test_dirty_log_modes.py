@@ -15,11 +15,12 @@ from conftest import make_scenario, run_scenario, spec_example, spte_at
 
 from app.explain import EXPLAINERS, KERNEL_SOURCES
 from engine import trace
+from engine.estimate import estimate_work
 from engine.invariants import check_all
 from engine.kvm import DIRTY_RING_RSVD_ENTRIES, DIRTY_RING_SIZE
 from engine.policy import NOT_IMPLEMENTED, PRESETS, make_policy
 from engine.result import present_sptes, result_json
-from engine.scenario import ScenarioError, estimate_work, parse_scenario
+from engine.scenario import ScenarioError, parse_scenario
 from engine.simulation import Simulation, StepResult
 
 SLOT = {"id": 1, "base_gfn": "0x200", "npages": 512, "host_page": "2M", "base_pfn": "0x80000"}

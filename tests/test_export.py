@@ -22,6 +22,7 @@ from app.main import create_app
 from app.settings import Settings
 from engine.canonical import dumps
 from engine.codec import encode_scenario
+from engine.estimate import estimate_result
 from engine.policy import make_policy
 from engine.result import result_json
 from engine.scenario import parse_scenario
@@ -36,9 +37,13 @@ DC = "{http://purl.org/dc/elements/1.1/}"
 FORBIDDEN_TAGS = {"script", "style", "foreignObject", "image", "use", "iframe", "feImage", "animate", "set"}
 
 
+# The address the server is told it is reached at: the export's link starts with it.
+PUBLIC = "https://sptelab.example.org"
+
+
 @pytest.fixture(scope="module")
 def client() -> TestClient:
-    return TestClient(create_app(), follow_redirects=False)
+    return TestClient(create_app(Settings(public_url=PUBLIC)), follow_redirects=False)
 
 
 def svg_url(variant: str, step: int, source: str = f"scenario={EXAMPLE}") -> str:
@@ -46,7 +51,7 @@ def svg_url(variant: str, step: int, source: str = f"scenario={EXAMPLE}") -> str
 
 
 def share_url(variant: str, step: int, source: str = f"scenario={EXAMPLE}") -> str:
-    return f"http://testserver/play?{source}&variant={variant}&step={step}"
+    return f"{PUBLIC}/play?{source}&variant={variant}&step={step}"
 
 
 def get_svg(client: TestClient, url: str) -> tuple[str, ET.Element]:
@@ -367,23 +372,27 @@ def test_result_json_of_a_share_code_is_named_after_its_title(client: TestClient
 
 
 def test_result_json_refuses_a_heavy_run() -> None:
-    small = TestClient(create_app(Settings(result_work=100)), follow_redirects=False)
-    # The worked example does 82 units of work: under the bound.
+    # The bound is on the price of running in full detail and writing the result (engine/estimate.py):
+    # the worked example is priced under it, a scenario of many accesses or of much work over it.
+    worked = parse_scenario(json.loads(load_builtin_text(EXAMPLE)))
+    bound = estimate_result(worked, full=True, policy=make_policy("lazy", {}))
+    small = TestClient(create_app(Settings(result_work=bound)), follow_redirects=False)
     assert small.get(f"/result.json?scenario={EXAMPLE}").status_code == 200
     many_accesses = {
         "format": "sptelab-scenario",
         "version": 1,
         "memslots": [{"id": 1, "base_gfn": 0, "npages": 512}],
-        "steps": [{"op": "read", "gfn": 0, "count": 101}],
+        "steps": [{"op": "read", "gfn": 0, "count": 101, "stride": 1}],
     }
     response = small.get(f"/result.json?s={encode_scenario(parse_scenario(many_accesses))}")
     assert response.status_code == 413
-    assert "101 guest accesses" in response.text and "sptelab run FILE --json --variant lazy" in response.text
+    assert "units of work" in response.text and "sptelab run FILE --json --variant lazy" in response.text
     # Few accesses, much work: logging toggled on many mapped pages, again and again.
     toggles: list[dict[str, Any]] = []
     for _ in range(20):
         toggles += [{"op": "enable_dirty_log", "slot": 1}, {"op": "disable_dirty_log", "slot": 1}]
-    much_work = {**many_accesses, "steps": [{"op": "write", "gfn": 0, "count": 64}, *toggles]}
+    much_work = {**many_accesses, "steps": [{"op": "write", "gfn": 0, "count": 8, "stride": 1}, *toggles]}
+    assert estimate_result(parse_scenario(much_work), full=True, policy=make_policy("zap", {})) > bound
     response = small.get(f"/result.json?s={encode_scenario(parse_scenario(much_work))}&variant=zap")
     assert response.status_code == 413
     assert "units of work" in response.text and "--variant zap" in response.text

@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Coroutine, MutableMapping
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 from urllib.parse import quote
 
 import pytest
 import schemathesis
-from conftest import http_scope
+from conftest import AsgiClient, http_scope
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import checks
@@ -79,30 +79,13 @@ def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
 async def _call(
     method: str, path: str, query: bytes, body: bytes, content_type: bytes
 ) -> tuple[int, str, bytes]:
-    sent: dict[str, Any] = {"status": 0, "type": "", "body": b""}
-    delivered = False
-
-    async def receive() -> MutableMapping[str, Any]:
-        nonlocal delivered
-        if delivered:
-            return {"type": "http.disconnect"}
-        delivered = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    async def send(message: MutableMapping[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            sent["status"] = message["status"]
-            for name, value in message.get("headers", []):
-                if name.lower() == b"content-type":
-                    sent["type"] = value.decode("latin-1")
-        elif message["type"] == "http.response.body":
-            sent["body"] += message.get("body", b"")
-
+    client = AsgiClient([body])
     headers = [(b"host", b"test"), (b"content-length", str(len(body)).encode())]
     if content_type:
         headers.append((b"content-type", content_type))
-    await APP(http_scope(APP, method, path, headers, query), receive, send)
-    return sent["status"], sent["type"], sent["body"]
+    await APP(http_scope(APP, method, path, headers, query), client.receive, client.send)
+    media_type = next((v.decode("latin-1") for k, v in client.headers if k.lower() == b"content-type"), "")
+    return client.status, media_type, client.body
 
 
 def request(method: str, path: str, query: bytes = b"", body: bytes = b"", content_type: bytes = b"") -> None:

@@ -3,8 +3,8 @@ a traceback or a hang; the limits of contract §1 and the request budget are enf
 
 Four parts: explicit cases for every route and the command line; the request budget (estimate_work,
 SPTELAB_RUN_BUDGET); Hypothesis tests of the codec and the scenario parser (they return or refuse with
-their own error, nothing else); and a real uvicorn server fed the hostile requests over HTTP, whose log must
-hold no traceback and no 500.
+their own error, nothing else); and the real server as the project serves it (`python -m app`) fed the
+hostile requests over HTTP, whose log must hold no traceback and no 500.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import base64
 import html
 import importlib.util
 import json
+import math
 import os
 import re
 import socket
@@ -29,7 +30,7 @@ from xml.etree import ElementTree
 
 import httpx
 import pytest
-from conftest import http_scope
+from conftest import AsgiClient, http_scope
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -38,7 +39,9 @@ import app.cache
 from app.main import MAX_BODY_BYTES, create_app
 from app.settings import Settings
 from cli.main import main as cli_main
+from engine import estimate
 from engine.codec import MAX_URL_BYTES, CodecError, decode_code, encode_scenario
+from engine.estimate import cumulative_work, estimate_result_rows, estimate_work
 from engine.policy import NOT_IMPLEMENTED, PRESETS
 from engine.scenario import (
     MAX_ACCESSES,
@@ -52,9 +55,6 @@ from engine.scenario import (
     Scenario,
     ScenarioError,
     ScenarioTooLargeError,
-    cumulative_work,
-    estimate_result_rows,
-    estimate_work,
     parse_scenario,
 )
 from scenarios import builtin_names, builtin_scenarios, load_builtin_text
@@ -102,7 +102,7 @@ def raw_code(data: bytes) -> str:
 BOMB = raw_code(b" " * 5_000_000)
 # A scenario the budget refuses: 4 GiB of slots, written 4 million times.
 HEAVY = scenario(
-    [{"op": "write", "gfn": hex(k << 18), "count": MAX_COUNT, "stride": 0} for k in range(4)],
+    [{"op": "write", "gfn": "0x0", "count": MAX_COUNT} for _ in range(4)],
     npages=MAX_TOTAL_PAGES // 4,
 )
 HEAVY["memslots"] = [{"id": k, "base_gfn": hex(k << 18), "npages": 1 << 18} for k in range(4)]
@@ -209,26 +209,9 @@ async def _asgi(
     application: Any, method: str, path: str, headers: list[tuple[bytes, bytes]], chunks: list[bytes]
 ) -> tuple[int, bytes, int]:
     """One request straight into the ASGI app: (status, body, bytes of the request body it read)."""
-    read = 0
-    pending = list(chunks)
-    answer: dict[str, Any] = {"status": 0, "body": b""}
-
-    async def receive() -> dict[str, Any]:
-        nonlocal read
-        if not pending:
-            return {"type": "http.disconnect"}
-        chunk = pending.pop(0)
-        read += len(chunk)
-        return {"type": "http.request", "body": chunk, "more_body": bool(pending)}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            answer["status"] = message["status"]
-        elif message["type"] == "http.response.body":
-            answer["body"] += message.get("body", b"")
-
-    await application(http_scope(application, method, path, headers), receive, send)
-    return answer["status"], answer["body"], read
+    client = AsgiClient(chunks)
+    await application(http_scope(application, method, path, headers), client.receive, client.send)
+    return client.status, client.body, client.read
 
 
 @pytest.mark.parametrize("path", ["/api/run", "/api/encode", "/play", "/validate", "/upload"])
@@ -461,10 +444,12 @@ def test_non_utf8_form_bodies(client: TestClient) -> None:
 
 def test_a_large_scenario_in_the_editor_form_is_not_refused_by_the_form_parser(client: TestClient) -> None:
     # 600 KB of JSON is 1 MB once percent-encoded: the form parser's own 1 MiB per field must not refuse it.
-    data = scenario([{"op": "write", "gfn": 0}], description="x, " * 200_000)
+    # In notes of at most MAX_NOTE_CHARS characters each.
+    note = {"op": "note", "text": "x, " * 666}
+    data = scenario([{"op": "write", "gfn": 0}, *[note] * 300])
     response = client.post("/validate", data={"scenario": json.dumps(data)})
     assert response.status_code == 200 and "Valid" in response.text
-    data["description"] = "x, " * 400_000
+    data["steps"] = [*data["steps"], *[note] * 300]
     refused(client.post("/play", data={"scenario": json.dumps(data)}), 413, "larger than 1048576 bytes")
 
 
@@ -600,14 +585,14 @@ def test_the_estimate_follows_the_ops_that_cost() -> None:
         return estimate_work(parse_scenario(scenario(steps, npages=npages))).total
 
     base = total([])
-    assert total([{"op": "write", "gfn": 0, "count": 1000}]) == base + 1 + 1000
+    assert total([{"op": "write", "gfn": 0, "count": 1000}]) == base + 1 + math.ceil(1000 * estimate.FAULT)
     # Write-protecting a slot is bounded by what the accesses so far can have mapped ...
     few = total([{"op": "write", "gfn": 0}, {"op": "enable_dirty_log", "slot": 1}])
     many = total([{"op": "write", "gfn": 0, "count": 1 << 16}, {"op": "enable_dirty_log", "slot": 1}])
-    assert few < base + 10 and many - (1 << 16) > 100_000
+    assert few < base + 10 and many - few > (1 << 16) * (estimate.FAULT + estimate.PROTECT)
     # ... and reading its bitmap by its size.
     logged = [{"op": "enable_dirty_log", "slot": 1}, *_many(100, {"op": "get_dirty_log", "slot": 1})]
-    assert total(logged) >= base + 100 * 1024
+    assert total(logged) >= base + 100 * (1 << 20) * estimate.BITMAP
     assert total(logged, npages=512) < 500
     assert total(_many(10, {"op": "zap_all"})) < total(
         [{"op": "write", "gfn": 0, "count": 8, "stride": 512}, *_many(10, {"op": "zap_all"})]
@@ -625,13 +610,15 @@ def test_the_estimate_follows_the_ops_that_cost() -> None:
         {"op": "disable_dirty_log", "slot": 1},
     ]
     split = estimate_work(parse_scenario(scenario(toggled, **gig)))
-    assert split.slot_pages >= (1 << 18) // 2 + (1 << 18) // 4
+    assert split.huge >= (1 << 18) * (estimate.SPLIT + estimate.RECOVER)
     small: dict[str, Any] = {
         "memslots": [{"id": 1, "base_gfn": "0x40000", "npages": 1 << 18, "host_page": "4K"}]
     }
-    assert estimate_work(parse_scenario(scenario(toggled, **{**gig, **small}))).slot_pages < 10
+    flat = estimate_work(parse_scenario(scenario(toggled, **{**gig, **small})))
+    assert flat.huge == 0 and flat.slot_pages < 10
     heavy = parse_scenario(HEAVY)
-    assert estimate_work(heavy).total > 4 * MAX_COUNT and estimate_result_rows(heavy) >= MAX_TOTAL_PAGES
+    assert estimate_work(heavy).total > 4 * MAX_COUNT * estimate.FAULT
+    assert estimate_result_rows(heavy) >= MAX_TOTAL_PAGES
 
 
 def test_the_default_budget_runs_the_builtins_and_the_benchmark(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -682,7 +669,7 @@ def test_a_request_over_the_budget_is_refused_before_anything_runs(monkeypatch: 
     refused(
         heavy_client.get(f"/compare?s={code}&step=1"), 413, "comparing 4 presets at step 1", "4 runs", *common
     )
-    refused(heavy_client.get(f"/compare?s={code}&step=1&variants=zap"), 413, "comparing 1 presets", *common)
+    refused(heavy_client.get(f"/compare?s={code}&step=2&variants=zap"), 413, "comparing 1 presets", *common)
     refused(heavy_client.get(f"/result.json?s={code}"), 413, "writing out the result", *common)
     refused(heavy_client.post("/api/run", json={"scenario": HEAVY, "detail": "summary"}), 413, *common)
     # Step 0 runs nothing but the VM's creation.
@@ -697,7 +684,7 @@ def test_dirty_log_work_is_named_as_what_is_too_big() -> None:
         npages=MAX_TOTAL_PAGES,
     )
     code = encode_scenario(logged)
-    refused(small.get(f"/play?s={code}&step=101"), 413, "dirty-log and migration steps on big memslots")
+    refused(small.get(f"/play?s={code}&step=101"), 413, "dirty-log, flush and migration steps, per memslot")
     assert small.get(f"/play?s={code}&step=10").status_code == 200
 
 
@@ -716,9 +703,9 @@ def test_the_budget_is_a_setting_and_the_command_line_has_none(
 def test_api_run_in_full_detail_is_bounded_like_result_json() -> None:
     small = TestClient(create_app(Settings(result_work=100)), raise_server_exceptions=False)
     data = scenario([{"op": "write", "gfn": 0, "count": 101}])
-    refused(small.post("/api/run", json={"scenario": data}), 413, "101 guest accesses", '"detail": "summary"')
+    refused(small.post("/api/run", json={"scenario": data}), 413, "RESULT_WORK", '"detail": "summary"')
     assert small.post("/api/run", json={"scenario": data, "detail": "summary"}).status_code == 200
-    refused(small.get(f"/result.json?s={encode_scenario(data)}"), 413, "101 guest accesses")
+    refused(small.get(f"/result.json?s={encode_scenario(data)}"), 413, "SPTELAB_RESULT_WORK")
 
 
 def test_checkpoints_of_a_big_state_wait_for_work_in_proportion() -> None:
@@ -1000,8 +987,8 @@ def server() -> Iterator[Server]:
     ARTIFACTS.mkdir(exist_ok=True)
     log = ARTIFACTS / "hostile-server.log"
     port = _free_port()
-    command = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "app"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "SPTELAB_HOST": "127.0.0.1", "SPTELAB_PORT": str(port)}
     with log.open("wb") as out:
         process = subprocess.Popen(
             command, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env

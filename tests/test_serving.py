@@ -168,15 +168,23 @@ def test_static_files_load_under_the_root_path(prefixed: TestClient) -> None:
         assert prefixed.get(url).status_code == 200
 
 
-def test_the_share_link_and_the_svg_export_are_absolute_under_the_root_path(prefixed: TestClient) -> None:
+PUBLIC = "https://sptelab.example.org"
+
+
+def test_the_share_link_and_the_svg_export_are_absolute_under_the_root_path() -> None:
+    prefixed = TestClient(create_app(Settings(public_url=PUBLIC)), root_path=PREFIX)
     response = prefixed.get(f"{PREFIX}{PLAY}&variant=lazy-buggy&step=4")
     (share,) = [value for _, attr, value in Urls(response.text).found if attr == "value"]
-    assert share.startswith(f"http://testserver{PREFIX}/play?scenario={EXAMPLE}&variant=lazy-buggy&step=4")
+    assert share.startswith(f"{PUBLIC}{PREFIX}/play?scenario={EXAMPLE}&variant=lazy-buggy&step=4")
     svg = prefixed.get(f"{PREFIX}/export.svg?scenario={EXAMPLE}&variant=lazy-buggy&step=4")
     assert svg.status_code == 200
-    assert f'href="http://testserver{PREFIX}/play?scenario={EXAMPLE}&amp;variant=lazy-buggy&amp;step=4"' in (
-        svg.text
-    )
+    assert f'href="{PUBLIC}{PREFIX}/play?scenario={EXAMPLE}&amp;variant=lazy-buggy&amp;step=4"' in svg.text
+
+
+def test_without_a_public_url_the_share_link_is_the_path_alone(prefixed: TestClient) -> None:
+    response = prefixed.get(f"{PREFIX}{PLAY}&variant=lazy-buggy&step=4")
+    (share,) = [value for _, attr, value in Urls(response.text).found if attr == "value"]
+    assert share.startswith(f"{PREFIX}/play?scenario={EXAMPLE}&variant=lazy-buggy&step=4")
 
 
 def test_redirects_carry_the_root_path(prefixed: TestClient) -> None:

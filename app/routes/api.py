@@ -21,21 +21,22 @@ from fastapi.responses import Response, StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.cache import check_budget, too_heavy_to_write
-from app.deps import StoreDep, compare_variants, query_param
+from app.cache import check_budget, run_all, too_heavy_to_write
+from app.deps import Store, StoreDep, compare_variants, query_param
 from app.errors import AppError, bad_request, invalid_scenario, not_found
 from app.livekernel import API_PRESETS, checked_overrides, live_result, require_kernel
+from app.pagectx import built
 from app.sources import scenario_from_code, share_code
+from app.workshop import workshop_off
 from engine.canonical import iterdumps
 from engine.codec import CodecError, encode_scenario
+from engine.estimate import estimate_result
 from engine.policy import DEFAULT_PRESET, PolicyError, make_policy
 from engine.result import result_json
 from engine.scenario import (
     Scenario,
     ScenarioError,
     ScenarioTooLargeError,
-    estimate_result_rows,
-    estimate_work,
     loads_json,
     parse_scenario,
     scenario_json_schema,
@@ -171,41 +172,49 @@ def get_scenario(name: str) -> Response:
     return _json(json.loads(load_builtin_text(name)))
 
 
-@router.post("/run")
-def run(body: RunRequest, store: StoreDep) -> Response:
+@router.post("/run", dependencies=[workshop_off("POST /api/run (running your own scenario)")])
+async def run(request: Request, body: RunRequest, store: StoreDep) -> Response:
     """Run a scenario and return the result object of contract section 4 (sorted keys, byte-stable).
 
     Refused (413) before it runs when the run and the writing of its final state would cost more than
     the request budget, and, for the full detail, when the result would be larger than /result.json
     writes out (`Settings.result_work`). The result is streamed: its final state can be a million rows.
     """
+    return await built(request, lambda: _run(body, store))
+
+
+def _run(body: RunRequest, store: Store) -> Response:
     scenario = _parse(body.scenario)
     try:
         policy = make_policy(body.variant, body.policy)
     except PolicyError as error:
         raise bad_request(str(error)) from None
     total = len(scenario.steps)
-    need = estimate_work(scenario).total + estimate_result_rows(scenario)
+    need = estimate_result(scenario, full=False)
     check_budget(store.settings, scenario, need, steps=total, doing="running this scenario")
     if body.detail == "full":
         limit = store.settings.result_work
-        why = too_heavy_to_write(store.runs, _run_key(scenario), scenario, policy, limit)
+        why = too_heavy_to_write(scenario, policy, limit)
         if why:
             raise AppError(
                 413,
                 f"the full-detail result of this run is too large to send: {why}, and this server writes"
-                f" out at most {limit:,} units of work (guest accesses, spte writes, faults, harvested"
-                ' pages) in full detail; ask for "detail": "summary", or run it with the command line:'
+                f" out at most {limit:,} (SPTELAB_RESULT_WORK; a unit is about 10 µs of the server's time"
+                ' or 100 bytes of result); ask for "detail": "summary", or run it with the command line:'
                 " sptelab run FILE --json",
             )
     sim = Simulation(scenario, policy, detail=body.detail)
-    steps = sim.run()
+    steps = run_all(sim)
     return StreamingResponse(
         _chunks(iterdumps(result_json(sim, steps, stream=True))), media_type="application/json"
     )
 
 
-@router.post("/encode", response_model=EncodeResponse)
+@router.post(
+    "/encode",
+    response_model=EncodeResponse,
+    dependencies=[workshop_off("POST /api/encode (making share codes)")],
+)
 def encode(body: EncodeRequest) -> EncodeResponse:
     code = share_code(_parse(body.scenario))
     return EncodeResponse(code=code, url=f"/play?s={code}")
@@ -227,15 +236,21 @@ class RealRequest(BaseModel):
 
 
 @router.post(
-    "/real", responses={503: {"model": ApiError, "description": "This server cannot open /dev/kvm"}}
+    "/real",
+    responses={503: {"model": ApiError, "description": "This server cannot open /dev/kvm"}},
+    dependencies=[workshop_off("POST /api/real (running scenarios on this machine's kernel)")],
 )
-def real(body: RealRequest, store: StoreDep) -> Response:
+async def real(request: Request, body: RealRequest, store: StoreDep) -> Response:
     """Run the scenario's accesses on this machine's kernel through /dev/kvm: the object `sptelab real
     --json` prints (contract section 3). Its `live` object says how the kernel ran the guest (its MMU or
     its instruction emulator, from its statistics) and what was checked: on a kernel that emulated the
     guest, its dirty-log ioctls against the engine's emulated guest (`live.oracle`), not its MMU; the
     presets' logs in `compare` are then what each preset's MMU would log."""
     require_kernel(store.settings)
+    return await built(request, lambda: _real(body, store), turns=False)
+
+
+def _real(body: RealRequest, store: Store) -> Response:
     scenario = _parse(body.scenario)
     presets = compare_variants(",".join(body.compare), API_PRESETS)
     overrides = checked_overrides(body.policy, presets)

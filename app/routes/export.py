@@ -4,7 +4,8 @@ Both take the player's query (`scenario=NAME` or `s=CODE`, `variant`, `policy`; 
 and `spte`) and answer with an attachment. The picture is drawn from the very view the player renders
 (`Store.play_view`), so it shows what the player shows. The result is a fresh full-detail run, because the
 run cache keeps only the summary pass and a capped trace of the shown step; the cache's summary pass is
-what measures the run first, so a run too heavy to write out in full is refused before it is traced.
+is not used: the result is priced first (engine.estimate), so a run too heavy to write out in full is
+refused before anything runs.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from app.cache import check_budget, too_heavy_to_write
+from app.cache import check_budget, run_all, too_heavy_to_write
 from app.deps import PlayerQuery, Store, StoreDep, player_query
 from app.errors import AppError, bad_request
-from app.pagectx import absolute, slug
+from app.pagectx import absolute, built, slug
 from app.sources import Source
 from app.svgexport import Caption, step_svg
 from app.viewmodel import preset_description
@@ -27,8 +28,12 @@ router = APIRouter()
 
 
 @router.get("/export.svg")
-def export_svg(request: Request, store: StoreDep) -> Response:
+async def export_svg(request: Request, store: StoreDep) -> Response:
     """The player's view at `step` as a standalone SVG (app/svgexport.py)."""
+    return await built(request, lambda: _export_svg(request, store))
+
+
+def _export_svg(request: Request, store: StoreDep) -> Response:
     query = player_query(request, store)
     if query.notice:  # the player clamps a step out of range; a file named after the step must not
         raise bad_request(
@@ -47,18 +52,22 @@ def export_svg(request: Request, store: StoreDep) -> Response:
 
 
 @router.get("/result.json")
-def export_result(request: Request, store: StoreDep) -> Response:
+async def export_result(request: Request, store: StoreDep) -> Response:
     """The result object of contract §4 for the whole run, every step in full detail (`step` is ignored)."""
+    return await built(request, lambda: _export_result(request, store))
+
+
+def _export_result(request: Request, store: StoreDep) -> Response:
     query = player_query(request, store)
     _refuse_heavy(store, query)
     sim = Simulation(query.source.scenario, query.policy, detail="full")
-    body = dumps(result_json(sim, sim.run(), stream=True))
+    body = dumps(result_json(sim, run_all(sim), stream=True))
     return _attachment(body, "application/json", f"{_file_stem(query)}-result.json")
 
 
 def _refuse_heavy(store: Store, query: PlayerQuery) -> None:
-    """413 when the whole run is over the request budget (estimated, nothing runs), or does more work than
-    `Settings.result_work` (measured by the cached summary pass, stopping at the bound)."""
+    """413, before anything runs, when the whole run is over the request budget or running it in full
+    detail and writing its result is priced over `Settings.result_work` (engine.estimate)."""
     source = query.source
     check_budget(
         store.settings,
@@ -68,7 +77,7 @@ def _refuse_heavy(store: Store, query: PlayerQuery) -> None:
         doing="writing out the result of the whole run",
     )
     limit = store.settings.result_work
-    why = too_heavy_to_write(store.runs, source.code, source.scenario, query.policy, limit)
+    why = too_heavy_to_write(source.scenario, query.policy, limit)
     if why:
         raise _too_heavy(query, why, limit)
 
@@ -78,8 +87,8 @@ def _too_heavy(query: PlayerQuery, why: str, limit: int) -> AppError:
     return AppError(
         413,
         f"The full result of this run is too large to download here: {why}, and this server writes out"
-        f" at most {limit:,} units of work (guest accesses, spte writes, faults, harvested pages) in full"
-        " detail.",
+        f" at most {limit:,} (SPTELAB_RESULT_WORK; a unit is about 10 µs of the server's time or 100 bytes"
+        " of result: a fault, an spte write, a trace event, a harvested slot).",
         hint=(
             "Download the scenario and run it on your own machine:"
             f" sptelab run FILE --json --variant {query.variant}{policy}"

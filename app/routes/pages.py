@@ -31,6 +31,7 @@ from app.errors import URL_TOO_LONG_HINT, AppError, bad_request, invalid_scenari
 from app.pagectx import (
     COMPARE_BLOCKS,
     PLAY_BLOCKS,
+    built,
     cached,
     compare_context,
     editor_status,
@@ -66,7 +67,12 @@ EditorOn = Depends(editor_on)
 
 
 @router.get("/", response_class=HTMLResponse)
-def index(request: Request, store: StoreDep) -> Response:
+async def index(request: Request, store: StoreDep) -> Response:
+    # The cards summarise every built-in lesson under every preset: runs, the first time.
+    return await built(request, lambda: _index(request, store))
+
+
+def _index(request: Request, store: StoreDep) -> Response:
     if request.app.state.settings.workshop:
         return page(request, "index.html", {"cards": builtin_cards(store)})
     text = load_builtin_text(EXAMPLE)
@@ -75,10 +81,10 @@ def index(request: Request, store: StoreDep) -> Response:
 
 
 @router.get("/play", response_class=HTMLResponse)
-def play(request: Request, store: StoreDep) -> Response:
+async def play(request: Request, store: StoreDep) -> Response:
     if any(key.startswith("sw.") for key in request.query_params):
-        return _whatif_redirect(request, store)
-    return cached(request, store.pages, lambda: _play(request, store))
+        return await built(request, lambda: _whatif_redirect(request, store))
+    return await cached(request, store.pages, lambda: _play(request, store))
 
 
 def _play(request: Request, store: StoreDep) -> HTMLResponse:
@@ -123,8 +129,8 @@ def validate(request: Request, scenario: Annotated[str, Form()] = "") -> Respons
 
 
 @router.get("/compare", response_class=HTMLResponse)
-def compare(request: Request, store: StoreDep) -> Response:
-    return cached(request, store.pages, lambda: _compare(request, store))
+async def compare(request: Request, store: StoreDep) -> Response:
+    return await cached(request, store.pages, lambda: _compare(request, store))
 
 
 def _compare(request: Request, store: StoreDep) -> HTMLResponse:

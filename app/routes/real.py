@@ -18,9 +18,10 @@ from fastapi.responses import HTMLResponse, Response
 
 from app.deps import Links, StoreDep, compare_variants, parse_policy_param, query_param
 from app.livekernel import PAGE_PRESETS, checked_overrides, live_result
-from app.pagectx import page
+from app.pagectx import built, page
 from app.render import base_path
 from app.viewmodel import describe_op, preset_description
+from app.workshop import workshop_off
 from engine.scenario import Step, step_to_json
 
 router = APIRouter()
@@ -58,8 +59,17 @@ def _step_counters(result: dict[str, Any], steps: Sequence[Step]) -> tuple[list[
     return rows[:STEP_ROWS], len(rows)
 
 
-@router.get("/real", response_class=HTMLResponse)
-def real_page(request: Request, store: StoreDep) -> Response:
+@router.get(
+    "/real",
+    response_class=HTMLResponse,
+    dependencies=[workshop_off("/real (running scenarios on this machine's kernel)")],
+)
+async def real_page(request: Request, store: StoreDep) -> Response:
+    # The run waits on the kernel, not on the interpreter: admitted like a build, but takes no turns.
+    return await built(request, lambda: _real_page(request, store), turns=False)
+
+
+def _real_page(request: Request, store: StoreDep) -> Response:
     source = store.sources.resolve(query_param(request, "scenario"), query_param(request, "s"))
     presets = compare_variants(query_param(request, "variants"), PAGE_PRESETS)
     raw_policy = query_param(request, "policy")

@@ -206,9 +206,21 @@
     });
   }
 
+  // The server writes the share link without scheme and host unless it was told its public address
+  // (SPTELAB_PUBLIC_URL): it never trusts a request's Host header. Made whole here from the address bar.
+  function wholeShareLink() {
+    var input = document.getElementById("share-url");
+    if (input && input.value.charAt(0) === "/") {
+      input.value = new URL(input.value, window.location.href).href;
+    }
+  }
+
+  wholeShareLink();
+
   document.addEventListener("htmx:afterRequest", function () {
     busy = Math.max(0, busy - 1);
     syncForms();
+    wholeShareLink();
     var active = document.activeElement;
     if (refocus && (!active || active === document.body || !document.body.contains(active))) {
       var again = document.querySelector(refocus);

@@ -1,10 +1,11 @@
 """Fixtures for the browser tests: a live server, headless Chromium, and a page that fails on script errors.
 
-The server is the real app, started once per test run as `python -m uvicorn app.main:app` on a free loopback
-port, with its output in `test-artifacts/server.log`. The browser is the distribution's Chromium driven
-through the PyPI `playwright` package; Playwright's own browser download is never used, so the tests run on
-a machine that only reaches package registries. Without `/usr/bin/chromium` the tests skip, except under CI
-(the `CI` environment variable set), where a missing browser is a failure: CI installs it (`.ci/run`).
+The server is the real app as the project serves it, started once per test run as `python -m app` on a
+free loopback port, with its output in `test-artifacts/server.log`. The browser is the distribution's
+Chromium driven through the PyPI `playwright` package; Playwright's own browser download is never used, so
+the tests run on a machine that only reaches package registries. Without `/usr/bin/chromium` the tests
+skip, except under CI (the `CI` environment variable set), where a missing browser is a failure: CI
+installs it (`.ci/run`).
 
 Every test gets a fresh browser context. Console errors and uncaught page errors are collected while it runs
 and fail it: a page whose script breaks must not pass because the hooks it already rendered look right.
@@ -102,11 +103,14 @@ def live_server() -> Iterator[LiveServer]:
     ARTIFACTS.mkdir(exist_ok=True)
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [
-        sys.executable, "-m", "uvicorn", "app.main:app",
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "app"]
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "SPTELAB_HOST": "127.0.0.1",
+        "SPTELAB_PORT": str(port),
+        "SPTELAB_WORKERS": "1",
+    }
     with SERVER_LOG.open("wb") as log:
         process = subprocess.Popen(
             command, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env

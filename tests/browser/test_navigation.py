@@ -87,3 +87,14 @@ def test_step_links_work_without_javascript(browser: Browser, live_server: LiveS
         expect_position(page, STEPS, STEPS)
     finally:
         context.close()
+
+
+def test_the_share_box_is_made_whole_from_the_address_bar(page: Page, live_server: LiveServer) -> None:
+    """The server writes the share link as a path (it has no public URL and never trusts Host); the
+    page's script puts the browser's own origin in front, on load and after every step."""
+    page.goto(player_url(PRESET, 2))
+    share = page.locator("#share-url")
+    expect(share).to_have_value(f"{live_server.url}/play?scenario=worked-example&variant={PRESET}&step=2")
+    page.locator('a[data-nav="next"]').first.click()
+    expect_position(page, 3, STEPS)
+    expect(share).to_have_value(f"{live_server.url}/play?scenario=worked-example&variant={PRESET}&step=3")
