@@ -33,6 +33,7 @@ from __future__ import annotations
 import pickle
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -240,9 +241,17 @@ class Run:
     """One scenario under one policy; see the module docstring."""
 
     def __init__(
-        self, key: tuple[str, Policy], scenario: Scenario, policy: Policy, settings: Settings
+        self,
+        key: tuple[str, Policy],
+        scenario: Scenario,
+        policy: Policy,
+        settings: Settings,
+        grown: Callable[[], None] | None = None,
     ) -> None:
         self.key = key
+        # Called when the summary pass has taken a snapshot: the cache's budget evicts what the run's
+        # growth pushed over it then, rather than once the whole pass is done.
+        self._grown = grown
         self.scenario = scenario
         self.policy = policy
         self.total = len(scenario.steps)
@@ -298,6 +307,9 @@ class Run:
                 self._checkpoint_total += len(blob)
                 self._work = 0
                 self._thin_checkpoints()
+                self._frontier_weight = sim_weight(sim)
+                if self._grown is not None:
+                    self._grown()
 
     def _rewind(self) -> None:
         """Put the frontier back at its newest checkpoint, forgetting the records after it: its state
@@ -444,7 +456,7 @@ class RunCache:
                 self._runs.move_to_end(key)
                 self._stamps[key] = self._budget.tick()
                 return run
-        created = Run(key, scenario, policy, self._settings)
+        created = Run(key, scenario, policy, self._settings, self._budget.settle)
         with self._lock:
             run = self._runs.setdefault(key, created)
             self._runs.move_to_end(key)

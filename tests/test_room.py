@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from app.errors import AppError
 from app.room import Cancelled, Room, Ticket, Turns, checkpoint, waiting_for
+
+R = TypeVar("R")
 
 
 class Clock:
@@ -24,6 +27,13 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def run_async(coroutine: Coroutine[Any, Any, R]) -> R:
+    """Run a coroutine on a loop of its own, in a thread of its own: the browser tests' Playwright keeps
+    an event loop running in the main thread for the whole session."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def in_thread(target: Callable[[], None]) -> threading.Thread:
@@ -227,7 +237,7 @@ def test_a_clients_burst_waits_behind_its_own_work_not_in_front_of_others() -> N
         await asyncio.gather(*burst, other)
         return order
 
-    order = asyncio.run(scenario())
+    order = run_async(scenario())
     assert order.index("other") < order.index("heavy1 start")
 
 
@@ -251,7 +261,7 @@ def test_a_client_that_goes_while_queued_never_runs() -> None:
         await holder
         return ran, outcome[0]
 
-    ran, outcome = asyncio.run(scenario())
+    ran, outcome = run_async(scenario())
     assert ran == ["holder"] and isinstance(outcome, Cancelled)
 
 
@@ -274,7 +284,7 @@ def test_a_client_over_its_share_is_refused_until_its_use_decays() -> None:
         outcomes.append(await room.run(FakeRequest("10.0.0.66"), lambda: "built"))  # type: ignore[arg-type]
         return outcomes
 
-    refused, other, later = asyncio.run(scenario())
+    refused, other, later = run_async(scenario())
     assert isinstance(refused, tuple) and refused[0] == 429
     assert "30 s" in refused[1] and "10 s each visitor" in refused[1]
     assert other == "built" and later == "built"
