@@ -310,6 +310,9 @@ class Run:
                 self._frontier_weight = sim_weight(sim)
                 if self._grown is not None:
                     self._grown()
+            # The step's log is recorded (and snapshotted with it if due): the frontier need not keep
+            # it, and a step over a gigabyte logs 262 144 sptes, each keeping its table alive.
+            sim.kvm.new_step()
 
     def _rewind(self) -> None:
         """Put the frontier back at its newest checkpoint, forgetting the records after it: its state

@@ -128,6 +128,7 @@ class Report:
     cpu_attack: float
     warmup_s: float
     attack_s: float
+    budget: dict[str, int] = field(default_factory=dict)
 
     @property
     def latencies(self) -> list[float]:
@@ -223,6 +224,8 @@ async def room(server: Server, args: argparse.Namespace) -> Report:
         except TimeoutError:
             tally.errors.append("the run did not end within its bound: requests were still waiting")
         cpu_at_attack, cpu_end = cpu_marks.result() if cpu_marks.done() else (cpu_start, cpu_start)
+        async with client_from(server.url, PROBE_ADDRESS) as probe:
+            budget = (await probe.get("/healthz/memory")).json()
     finally:
         for client in clients:
             await client.aclose()
@@ -236,6 +239,7 @@ async def room(server: Server, args: argparse.Namespace) -> Report:
         cpu_attack=cpu_end - cpu_at_attack,
         warmup_s=args.warmup,
         attack_s=args.duration - args.warmup,
+        budget=budget,
     )
 
 
@@ -296,6 +300,12 @@ def print_report(report: Report) -> None:
             f"{t:.0f}s {m.rss_mb:.0f}" for t, m in report.memory[:: max(1, len(report.memory) // 12)]
         )
         print(f"server RSS (MiB): peak {peak:.0f}, at the end {last:.0f}; over time: {trace}")
+    if report.budget:
+        mib = {name: value / (1 << 20) for name, value in report.budget.items() if name != "evictions"}
+        print(
+            f"cache budget (MiB): {mib['total']:.0f} held at the end, {mib['peak']:.0f} at most,"
+            f" of {mib['limit']:.0f}; {report.budget['evictions']} evictions"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

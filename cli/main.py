@@ -287,21 +287,6 @@ def cmd_serve(args: argparse.Namespace, out: IO[str]) -> int:
     return EXIT_OK
 
 
-# The flags of `serve`, each over its setting (SPTELAB_<NAME>): None means "as the environment says".
-_SERVE_FLAGS = (
-    "host",
-    "port",
-    "workers",
-    "root_path",
-    "workshop",
-    "proxy_headers",
-    "forwarded_allow_ips",
-    "access_log",
-    "public_url",
-    "header_timeout",
-    "header_bytes",
-    "body_timeout",
-)
 
 
 def _web_module(name: str) -> Any:
@@ -321,7 +306,9 @@ def _serve_settings(args: argparse.Namespace) -> Any:
         settings_module.Settings()
     except validation_error as error:
         raise CliError(_setting_error(error, lambda name: f"SPTELAB_{name.upper()}")) from None
-    given = {name: getattr(args, name) for name in _SERVE_FLAGS if getattr(args, name) is not None}
+    # Each serving setting has its flag; None means "as the environment says".
+    flags = _web_module("app.serving").SERVING_SETTINGS
+    given = {name: getattr(args, name) for name in flags if getattr(args, name) is not None}
     try:
         return settings_module.Settings(**given)
     except validation_error as error:
