@@ -320,6 +320,7 @@ class Run:
         done = max(k for k in self._checkpoints if k <= len(self.records))
         self._frontier, _ = thaw(self._checkpoints[done], self.scenario)
         set_tracing(self._frontier, None)
+        self._frontier.kvm.new_step()  # the snapshot's step log: recorded already, as in _advance
         del self.records[done:]
         self._work = 0
 

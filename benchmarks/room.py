@@ -104,8 +104,8 @@ def heavy_scenario(nonce: int, budget: int = RUN_BUDGET) -> dict[str, Any]:
     return build(toggles)
 
 
-def heavy_link(nonce: int) -> str:
-    data = heavy_scenario(nonce)
+def heavy_link(nonce: int, budget: int = RUN_BUDGET) -> str:
+    data = heavy_scenario(nonce, budget)
     return "/play?" + urlencode({"s": encode_scenario(data), "variant": "modern", "step": len(data["steps"])})
 
 
@@ -149,7 +149,9 @@ async def _attacker(
         wave = []
         for _ in range(args.wave):
             nonce += 1
-            wave.append(_drop(url, heavy_link(nonce), args.drop_after, attack))
+            # Workshop mode holds each request to a quarter of the run budget (Settings.workshop_budget).
+            budget = RUN_BUDGET // 4 if getattr(args, "workshop", False) else RUN_BUDGET
+            wave.append(_drop(url, heavy_link(nonce, budget), args.drop_after, attack))
         await asyncio.gather(*wave)
         await asyncio.sleep(max(0.0, args.every - args.drop_after))
 
@@ -317,9 +319,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=float, default=EVERY_S, help="seconds between waves")
     parser.add_argument("--drop-after", type=float, default=DROP_AFTER_S)
     parser.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
+    parser.add_argument(
+        "--workshop", action="store_true", help="serve in workshop mode (SPTELAB_WORKSHOP=1), as a room would"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
-        server = Server(Path(scratch) / "server.log", workers=1, settings={})
+        settings = {"SPTELAB_WORKSHOP": "1"} if args.workshop else {}
+        server = Server(Path(scratch) / "server.log", workers=1, settings=settings)
         server.start()
         try:
             report = asyncio.run(room(server, args))

@@ -19,7 +19,8 @@ from app.viewmodel import play_view
 from engine.codec import encode_scenario
 from engine.policy import PRESETS, make_policy
 from engine.result import present_sptes
-from engine.scenario import Scenario, parse_scenario
+from engine.scenario import EnableDirtyLogStep, Scenario, parse_scenario
+from engine.sched import set_resched
 from engine.simulation import Simulation
 from engine.trace import event_json
 from scenarios import load_builtin_text
@@ -173,3 +174,58 @@ def test_explain_knows_every_event_the_example_emits(name: str) -> None:
             for event in result.events or []:
                 text = explain(event_json(event), ctx)
                 assert text and not text.endswith(" acted."), event.name
+
+
+def _toggled_gigabyte() -> Scenario:
+    steps: list[dict[str, Any]] = [{"op": "read", "gfn": "0x40000"}, {"op": "write", "gfn": "0x40000"}]
+    for _ in range(3):
+        steps += [{"op": "enable_dirty_log", "slot": 1}, {"op": "write", "gfn": "0x40200"}]
+        steps += [{"op": "disable_dirty_log", "slot": 1}]
+    return parse_scenario(
+        {
+            "format": "sptelab-scenario",
+            "version": 1,
+            "vm": {"max_page_level": "1G"},
+            "memslots": [
+                {"id": 1, "base_gfn": "0x40000", "npages": 262144, "host_page": "1G", "base_pfn": "0x40000"}
+            ],
+            "steps": steps,
+        }
+    )
+
+
+def test_a_step_stopped_half_way_rewinds_its_run_and_the_run_goes_on_as_if_never_stopped() -> None:
+    # The room stops a build at the engine's cond_resched points (app/room.py): here, inside the second
+    # split of a gigabyte. The run must go back to its newest snapshot, and a later pass must give what a
+    # pass never stopped gives, record for record and spte for spte.
+    scenario, policy = _toggled_gigabyte(), make_policy("modern", {})
+    settings = Settings(checkpoint_interval=2, checkpoint_copy_work=0)  # a snapshot every second step
+    stopped = Run(("toggled", policy), scenario, policy, settings)
+    calls = 0
+    stopped_in: list[int] = []
+
+    class StopError(Exception):
+        pass
+
+    def stop_in_the_second_split() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1300:  # the first split and recovery take about 2 x 513 points: inside the second split
+            stopped_in.append(len(stopped.records))
+            raise StopError
+
+    set_resched(stop_in_the_second_split)
+    try:
+        with pytest.raises(StopError):
+            stopped.ensure(stopped.total)
+    finally:
+        set_resched(None)
+    (step,) = stopped_in
+    assert isinstance(scenario.steps[step], EnableDirtyLogStep) and step > 2
+    # Back at the newest snapshot before the step stopped half way: the steps after it are forgotten.
+    assert len(stopped.records) == max(k for k in stopped._checkpoints if k <= step) > 0
+    assert not stopped.finished.kvm.log.touched  # no step's log is kept by the frontier
+    whole = Run(("toggled", policy), scenario, policy, settings)
+    whole.ensure(whole.total)
+    assert stopped.records == whole.records
+    assert present_sptes(stopped.finished.kvm) == present_sptes(whole.finished.kvm)
