@@ -392,6 +392,13 @@ def _kind(spte: int, level: int) -> str:
     return "large" if spte & PT_PAGE_SIZE_MASK else "ptr"
 
 
+def _removed_what(kind: str, level: int, count: int) -> str:
+    """What a run of entries removed this step had been, by the kind of their old value."""
+    if kind == "ptr":
+        return f"{'pointer' if count == 1 else 'pointers'} to L{level - 1} tables"
+    return f"{level_name(level)} {'leaf' if count == 1 else 'leaves'}"
+
+
 def _leaf_counts(kvm: Kvm, sp: KvmMmuPage) -> tuple[int, int, int, int]:
     """(tables, large leaves, 4K leaves, writable leaves) below and in `sp`."""
     level = sp.level
@@ -606,13 +613,24 @@ class TreeBuilder:
         changes = self.changes.get(sp.serial, {})
         must = self.must.get(sp.serial, set())
         runs: list[RunView] = []
-        for (_, changed), members in groupby(indices, key=lambda i: (spt[i] & FLAG_MASK, i in changes)):
+
+        # An entry removed this step is non-present now: it folds with the others removed, named by the
+        # kind it had (a leaf zapped is not a pointer, whatever its empty value's bits say).
+        def key(i: int) -> tuple[int, bool, str]:
+            gone = not spt[i] & PT_PRESENT_MASK
+            return (
+                spt[i] & FLAG_MASK,
+                i in changes,
+                _kind(changes[i], sp.level) if gone and i in changes else "",
+            )
+
+        for (_, changed, was), members in groupby(indices, key=key):
             group = list(members)
-            kind = _kind(spt[group[0]], sp.level)
-            runs.append(self._run(sp, group, kind, changed or any(i in must for i in group)))
+            kind = "gone" if was else _kind(spt[group[0]], sp.level)
+            runs.append(self._run(sp, group, kind, changed or any(i in must for i in group), was))
         return runs
 
-    def _run(self, sp: KvmMmuPage, group: list[int], kind: str, changed: bool) -> RunView:
+    def _run(self, sp: KvmMmuPage, group: list[int], kind: str, changed: bool, was: str = "") -> RunView:
         spt = sp.spt
         first, last = group[0], group[-1]
         span = pages_per_hpage(sp.level)
@@ -620,7 +638,13 @@ class TreeBuilder:
         flags = " ".join(spte_flags(spt[first], self.kvm.masks))
         count = len(group)
         if kind == "gone":
-            return RunView(first, last, count, f"{count} removed this step, {gfns}", True)
+            return RunView(
+                first,
+                last,
+                count,
+                f"{count} × {_removed_what(was, sp.level, count)} removed this step, {gfns}",
+                True,
+            )
         if kind == "ptr":
             tables = large = small = writable = 0
             for index in group:

@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 import engine.policy
 from app.main import create_app
 from app.pagectx import _switches, error_location
+from app.settings import Settings
 from engine.codec import encode_scenario
 from engine.policy import make_policy
 from engine.result import result_json
@@ -679,3 +680,34 @@ def test_a_step_that_frees_hundreds_of_tables_draws_a_few_and_counts_the_rest(cl
     hidden = re.search(r'data-freed-hidden="(\d+)"', page.text)
     assert hidden is not None and drawn + int(hidden.group(1)) == 1 + 512
     assert len(page.content) < 200 * 1024
+
+
+def test_a_fold_of_entries_removed_this_step_names_what_they_were() -> None:
+    # 40 writable 2M leaves in one level-2 table; enabling logging under `zap` (3.14) zaps them all. With
+    # a tree of 20 sptes at most, the removed leaves fold into lines, which must say they were 2M leaves
+    # removed this step: they are not pointers to tables, and nothing of theirs is present any more.
+    scenario = {
+        "format": "sptelab-scenario",
+        "version": 1,
+        "vm": {"max_page_level": "2M"},
+        "memslots": [{"id": 1, "base_gfn": 0, "npages": 40 * 512, "host_page": "2M", "base_pfn": "0x80000"}],
+        "steps": [
+            {"op": "write", "gfn": 0, "count": 40, "stride": 512},
+            {"op": "enable_dirty_log", "slot": 1},
+        ],
+    }
+    client = TestClient(create_app(Settings(tree_sptes=20)), follow_redirects=False)
+    page = client.get(f"/play?s={encode_scenario(parse_scenario(scenario))}&variant=zap&step=2")
+    assert page.status_code == 200
+    runs = [
+        re.sub(r"<[^>]+>", "", line) for line in re.findall(r'<li class="run[^"]*"[^>]*>.*?</li>', page.text)
+    ]
+    removed = [text for text in runs if "removed this step" in text]
+    assert removed, runs
+    line = re.compile(r"\[0x[0-9a-f]+–0x[0-9a-f]+\] (\d+) × 2M leaves? removed this step, .*")
+    counts = [line.fullmatch(text) for text in removed]
+    assert all(counts), removed
+    assert not [text for text in runs if "pointer" in text], runs
+    folded = sum(int(match.group(1)) for match in counts if match is not None)
+    shown_one_by_one = len(re.findall(r"data-spte-ghost", page.text))
+    assert shown_one_by_one + folded == 40
