@@ -185,8 +185,8 @@ def _disabling_text(policy: Policy) -> str:
 def narrate(op: Mapping[str, object], result: StepResult, sim: Simulation) -> str:
     """One line saying what the step did, in words."""
     name = op.get("op")
-    if name == "note":
-        return str(op.get("text", ""))
+    if name == "note":  # its text is shown beside, once
+        return "A note of the lesson: nothing runs, nothing changes."
     counts = result.fault_counts
     fast, slow = counts.get("fast", 0), counts.get("slow", 0)
     parts: list[str] = []

@@ -711,3 +711,12 @@ def test_a_fold_of_entries_removed_this_step_names_what_they_were() -> None:
     folded = sum(int(match.group(1)) for match in counts if match is not None)
     shown_one_by_one = len(re.findall(r"data-spte-ghost", page.text))
     assert shown_one_by_one + folded == 40
+
+
+def test_a_note_step_shows_its_text_once(client: TestClient) -> None:
+    steps = json.loads(load_builtin_text("clear-dirty-log"))["steps"]
+    index = next(i for i, step in enumerate(steps) if step["op"] == "note")
+    page = client.get(f"/play?scenario=clear-dirty-log&step={index + 1}")
+    assert page.status_code == 200
+    assert page.text.count(steps[index]["text"][:60]) == 1
+    assert 'class="note-text">' + steps[index]["text"][:60] in page.text
