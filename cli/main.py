@@ -21,6 +21,7 @@ from typing import IO, Any, NoReturn
 from urllib.parse import urlencode, urlsplit
 
 from cli.report import (
+    REPORT_ROWS,
     Style,
     describe_op,
     format_compare,
@@ -136,12 +137,13 @@ def cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
         )
         _write(out, header)
         out.write("\n")
+        limit = None if args.all else REPORT_ROWS
         for _ in range(count):
-            _write(out, format_step(sim.step(), style, sim.kvm.masks))
+            _write(out, format_step(sim.step(), style, sim.kvm.masks, limit))
         out.write("\n")
         finished = sim.migration.lost is not None
         footer = format_footer(
-            final_json(sim), ran=count, total=total, migration_finished=finished, style=style
+            final_json(sim), ran=count, total=total, migration_finished=finished, style=style, limit=limit
         )
         _write(out, footer)
     return EXIT_VIOLATED if args.strict and sim.violations else EXIT_OK
@@ -573,6 +575,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="stop after step N (steps count from 0; step N itself runs); the report and the JSON then"
         " describe the state at that point",
+    )
+    run.add_argument(
+        "--all",
+        action="store_true",
+        help=f"list every fault, spte write and gfn in the report; without it a longer listing shows its"
+        f" first and last {REPORT_ROWS} and how many are left out (--json always holds every one)",
     )
     run.add_argument("--strict", action="store_true", help="exit with status 1 if any invariant was violated")
 

@@ -805,3 +805,82 @@ def test_real_without_file_or_preset_is_refused_in_one_line(
     assert err.startswith("sptelab real: ") and err.count("\n") == 1
     for word in words:
         assert word in err
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A long listing in the readable report of `run`: its first and last rows, unless --all
+
+
+def _busy_scenario(tmp_path: Path) -> str:
+    """A 2M page split eagerly (513 spte writes under modern), then 100 writes in a row."""
+    data = {
+        **example(),
+        "title": "busy",
+        "steps": [
+            {"op": "read", "gfn": "0x200"},
+            {"op": "migrate_begin"},
+            {"op": "write", "gfn": "0x200", "count": 100},
+            {"op": "migrate_round"},
+            {"op": "migrate_end"},
+        ],
+    }
+    return _scenario_file(tmp_path, data)
+
+
+def test_run_report_caps_long_listings_unless_all(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = _busy_scenario(tmp_path)
+    result = run_json(capsys, "run", path, "--variant", "modern")
+    writes = len(result["steps"][1]["spte_changes"])
+    assert writes > 500
+    status, capped, _ = run_cli(capsys, "run", path, "--variant", "modern")
+    assert status == 0
+    status, whole, _ = run_cli(capsys, "run", path, "--variant", "modern", "--all")
+    assert status == 0
+    assert "more" not in whole and "--all" not in whole
+    assert len(whole.splitlines()) > 2 * writes
+
+    step1 = step_block(capped, 1).splitlines()
+    # The step's first and last 10 writes (two lines each), as --all prints them, around the count.
+    whole1 = step_block(whole, 1).splitlines()
+    assert step1[1:21] == whole1[1:21]
+    hidden = f"{writes - 20:,}".replace(",", " ")
+    assert step1[21] == f"  … {hidden} more spte writes (use --all to list every one)"
+    assert step1[22:] == whole1[-len(step1[22:]) :]
+    step2 = step_block(capped, 2)
+    assert "… 80 more faults and accesses (use --all to list every one)" in step2
+    assert step2.count("fault  vcpu 0") == 20
+    marked = " ".join(f"{0x200 + i:#x}" for i in range(10))
+    tail = " ".join(f"{0x200 + i:#x}" for i in range(90, 100))
+    assert f"marked dirty: {marked} … 80 more gfns … {tail}\n" in step2 + "\n"
+    # Each step: its head, at most 21 fault rows, 41 spte-write lines and a few of dirty logs and flushes.
+    for index in range(5):
+        assert len(step_block(capped, index).splitlines()) <= 1 + 21 + 41 + 5
+
+
+def test_run_report_caps_the_lost_pages_too(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = _busy_scenario(tmp_path)
+    lost = run_json(capsys, "run", path, "--variant", "lazy-buggy")["final"]["migration"]["lost"]
+    assert len(lost) > 21
+    out = run_cli(capsys, "run", path, "--variant", "lazy-buggy")[1]
+    verdict = next(line for line in out.splitlines() if "LOST" in line)
+    assert f"{len(lost)} pages LOST: {lost[0]:#x} " in verdict
+    assert f"… {len(lost) - 20} more gfns … " in verdict and verdict.endswith(f" {lost[-1]:#x}")
+    whole = run_cli(capsys, "run", path, "--variant", "lazy-buggy", "--all")[1]
+    assert " ".join(f"{gfn:#x}" for gfn in lost) in whole
+
+
+def test_run_all_changes_nothing_in_a_short_report(capsys: pytest.CaptureFixture[str]) -> None:
+    # The 3.x presets' worked example has no listing longer than 21 rows (modern splits a 2M page).
+    for variant in ("zap", "lazy-buggy", "lazy"):
+        assert run_cli(capsys, "run", EXAMPLE, "--variant", variant) == run_cli(
+            capsys, "run", EXAMPLE, "--variant", variant, "--all"
+        )
+
+
+def test_run_json_ignores_all(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = _busy_scenario(tmp_path)
+    assert run_cli(capsys, "run", path, "--variant", "modern", "--json") == run_cli(
+        capsys, "run", path, "--variant", "modern", "--json", "--all"
+    )
