@@ -693,6 +693,8 @@ def build_parser() -> argparse.ArgumentParser:
         " ioctl and are refused, as are gfns at or above 0xfe000 and more than 1 GiB of memslots."
     )
     # FILE may come after `--compare zap lazy`, which takes it too: real_file_and_presets sorts them out.
+    # argparse would show it as optional; it is not.
+    real.usage = "%(prog)s [-h] FILE [--json] [--compare P[,P...] ...] [--policy K=V[,K=V...] ...]"
     _add_file(real, nargs="?")
     real.add_argument(
         "--json",

@@ -499,6 +499,9 @@ def test_serve_refuses_a_bad_option_in_one_line(
 def test_real_is_listed_in_the_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     assert " real " in capsys.readouterr().out
+    assert main(["real", "--help"]) == 0
+    usage = capsys.readouterr().out.splitlines()[0]
+    assert usage.startswith("usage: sptelab real [-h] FILE [--json] [--compare P[,P...] ...]")
 
 
 # ---------------------------------------------------------------------------------------------------------
