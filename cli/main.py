@@ -21,6 +21,7 @@ from typing import IO, Any, NoReturn
 from urllib.parse import urlencode, urlsplit
 
 from cli.report import (
+    REPORT_ROWS,
     Style,
     describe_op,
     format_compare,
@@ -136,12 +137,13 @@ def cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
         )
         _write(out, header)
         out.write("\n")
+        limit = None if args.all else REPORT_ROWS
         for _ in range(count):
-            _write(out, format_step(sim.step(), style, sim.kvm.masks))
+            _write(out, format_step(sim.step(), style, sim.kvm.masks, limit))
         out.write("\n")
         finished = sim.migration.lost is not None
         footer = format_footer(
-            final_json(sim), ran=count, total=total, migration_finished=finished, style=style
+            final_json(sim), ran=count, total=total, migration_finished=finished, style=style, limit=limit
         )
         _write(out, footer)
     return EXIT_VIOLATED if args.strict and sim.violations else EXIT_OK
@@ -341,9 +343,41 @@ def _gfn_list(gfns: Sequence[int]) -> str:
     return "[" + ", ".join(parts) + "]"
 
 
+def _is_preset_list(word: str) -> bool:
+    names = [name.strip() for name in word.split(",")]
+    return all(name in PRESETS for name in names)
+
+
+def real_file_and_presets(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """FILE and the presets of `real`, wherever FILE was written.
+
+    Contract §3 writes `real FILE --compare P ...`: `--compare` takes the words that follow it, so
+    `real FILE --compare zap lazy` compares both. Written the other way round, `real --compare zap lazy
+    FILE`, argparse gives FILE to `--compare` too; the last word is FILE again when it is not a preset (or
+    a comma-separated list of them). With no such word, FILE is missing, and the line says so."""
+    groups: list[list[str]] = [list(group) for group in args.compare or []]  # one per --compare
+    file: str | None = args.file
+    for group in groups:
+        if file is None and not _is_preset_list(group[-1]):
+            file = group.pop()
+            if not group:
+                raise UsageError(
+                    f"{args.prog}: --compare: expected a preset before FILE (see {args.prog} --help)"
+                )
+    compare = [word for group in groups for word in group]
+    if file is None:
+        if compare:
+            raise UsageError(
+                f"{args.prog}: FILE is missing: every word after --compare ({' '.join(compare)}) is a preset;"
+                f" name the scenario too, e.g. {args.prog} FILE --compare {','.join(compare)}"
+            )
+        raise UsageError(f"{args.prog}: the following arguments are required: FILE (see {args.prog} --help)")
+    return file, _preset_list(compare, (REAL_DEFAULT_PRESET,), "--compare")
+
+
 def cmd_real(args: argparse.Namespace, out: IO[str]) -> int:
-    scenario = load_scenario(args.file)
-    presets = _preset_list(args.compare, (REAL_DEFAULT_PRESET,), "--compare")
+    file, presets = real_file_and_presets(args)
+    scenario = load_scenario(file)
     overrides = parse_policy_args(list(args.policy or []))
     mode = dirty_log_mode_of(overrides)
     for name in presets:
@@ -450,9 +484,10 @@ def _steps(count: int) -> str:
 # The parser
 
 
-def _add_file(parser: argparse.ArgumentParser) -> None:
+def _add_file(parser: argparse.ArgumentParser, nargs: str | None = None) -> None:
     parser.add_argument(
         "file",
+        nargs=nargs,
         metavar="FILE",
         help="a scenario file, '-' for stdin, or the name of a built-in scenario (see 'sptelab scenarios')",
     )
@@ -463,8 +498,42 @@ def _add_policy(parser: argparse.ArgumentParser) -> None:
         "--policy",
         action="append",
         metavar="K=V",
-        help="set one policy switch on top of the preset, e.g. wp_large=zap; repeat for more",
+        help="set policy switches on top of the preset, e.g. wp_large=zap; repeat, or separate with commas"
+        " as the web's policy= does (pml=true,dirty_log_mode=ring)",
     )
+
+
+def package_version() -> str:
+    """The installed package's version; in a source tree that was never installed, pyproject.toml's."""
+    from importlib import metadata  # noqa: PLC0415 - only --version needs it; keep startup short
+
+    try:
+        return metadata.version(PROG)
+    except metadata.PackageNotFoundError:
+        pass
+    import tomllib  # noqa: PLC0415
+
+    pyproject = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyproject.toml")
+    try:
+        with open(pyproject, "rb") as file:
+            version = tomllib.load(file)["project"]["version"]
+    except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError):
+        return "unknown"
+    return str(version)
+
+
+class _VersionAction(argparse.Action):
+    """`--version`: argparse's own action, but the version is looked up only when asked for."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        sys.stdout.write(f"{PROG} {package_version()}\n")
+        parser.exit(EXIT_OK)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -473,6 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="A kernel-exact model of the KVM x86 TDP MMU around 'KVM: MMU: lazily drop large spte'.",
         epilog="Exit status: 0 success (violations are data), 1 'run --strict' saw a violation, 2 bad input.",
         allow_abbrev=False,
+    )
+    parser.add_argument(
+        "--version", action=_VersionAction, nargs=0, help="print the version of sptelab and exit"
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -503,6 +575,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="stop after step N (steps count from 0; step N itself runs); the report and the JSON then"
         " describe the state at that point",
+    )
+    run.add_argument(
+        "--all",
+        action="store_true",
+        help=f"list every fault, spte write and gfn in the report; without it a longer listing shows its"
+        f" first and last {REPORT_ROWS} and how many are left out (--json always holds every one)",
     )
     run.add_argument("--strict", action="store_true", help="exit with status 1 if any invariant was violated")
 
@@ -614,7 +692,10 @@ def build_parser() -> argparse.ArgumentParser:
         " MMU, and the presets' lines are what each preset's MMU would log. flush_tlb and zap_all have no"
         " ioctl and are refused, as are gfns at or above 0xfe000 and more than 1 GiB of memslots."
     )
-    _add_file(real)
+    # FILE may come after `--compare zap lazy`, which takes it too: real_file_and_presets sorts them out.
+    # argparse would show it as optional; it is not.
+    real.usage = "%(prog)s [-h] FILE [--json] [--compare P[,P...] ...] [--policy K=V[,K=V...] ...]"
+    _add_file(real, nargs="?")
     real.add_argument(
         "--json",
         action="store_true",
@@ -623,18 +704,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     real.add_argument(
         "--compare",
-        action="extend",
+        action="append",
         nargs="+",
         metavar="P",
-        help="presets to set beside the kernel (several, repeated, or separated by commas;"
-        f" default {REAL_DEFAULT_PRESET})",
+        help="presets to set beside the kernel: --compare zap,lazy or --compare zap --compare lazy, or"
+        f" after FILE --compare zap lazy (default {REAL_DEFAULT_PRESET})",
     )
     real.add_argument(
         "--policy",
         action="append",
         metavar="K=V",
-        help="set one policy switch on every compared preset; dirty_log_mode=bitmap|manual_clear|"
-        "initially_set|ring also chooses the live VM's dirty-log mode",
+        help="set policy switches on every compared preset (repeat, or separate with commas);"
+        " dirty_log_mode=bitmap|manual_clear|initially_set|ring also chooses the live VM's dirty-log mode",
     )
     return parser
 

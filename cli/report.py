@@ -84,10 +84,47 @@ class Style:
 # Small pieces
 
 
-def gfn_list(gfns: Iterable[int]) -> str:
-    """Gfns in hex, space-separated; "none" for an empty list."""
-    text = " ".join(f"{gfn:#x}" for gfn in gfns)
-    return text or "none"
+def gfn_list(gfns: Iterable[int], limit: int | None = None, style: Style | None = None) -> str:
+    """Gfns in hex, space-separated; "none" for an empty list.
+
+    With `limit`, a longer list keeps its first and last `limit` gfns around a count of the rest: a
+    slot of 1 GiB dirties 262 144 pages, and a line of them all is read by nobody."""
+    items = [f"{gfn:#x}" for gfn in gfns]
+    if limit is not None and len(items) > 2 * limit + 1:
+        hidden = len(items) - 2 * limit
+        gap = f"{ellipsis(style)} {count_text(hidden)} more gfns {ellipsis(style)}"
+        items = [*items[:limit], gap, *items[-limit:]]
+    return " ".join(items) or "none"
+
+
+def count_text(count: int) -> str:
+    """`262 100`: a count with its thousands apart, so a big one reads at a glance."""
+    return f"{count:,}".replace(",", " ")
+
+
+def ellipsis(style: Style | None) -> str:
+    return "…" if style is None or style.arrow == "→" else "..."
+
+
+# How many rows (faults, spte writes) and gfns the readable report of `run` shows at each end of a long
+# listing, unless `--all` asks for every one. The JSON always holds all of them.
+REPORT_ROWS = 10
+
+
+def capped(
+    rows: Sequence[Sequence[str]], limit: int | None, noun: str, indent: str, style: Style
+) -> list[str]:
+    """The lines of `rows` (each one or more lines), or of the first and last `limit` rows around one line
+    that says how many are left out and how to see them."""
+    if limit is None or len(rows) <= 2 * limit + 1:
+        return [line for row in rows for line in row]
+    hidden = len(rows) - 2 * limit
+    gap = indent + style.dim(
+        f"{ellipsis(style)} {count_text(hidden)} more {noun} (use --all to list every one)"
+    )
+    head = [line for row in rows[:limit] for line in row]
+    tail = [line for row in rows[-limit:] for line in row]
+    return [*head, gap, *tail]
 
 
 def plural(count: int, word: str) -> str:
@@ -224,31 +261,41 @@ def _cow_text(host_cow: str) -> str:
     return "read-only until a write makes it writable in place (owned alone)"
 
 
-def format_step(step: StepResult, style: Style, masks: SpteMasks) -> list[str]:
+def format_step(step: StepResult, style: Style, masks: SpteMasks, limit: int | None = None) -> list[str]:
     """One step: its op, then everything it did. With detail "summary" the step holds counts only.
-    `masks` is the spte layout the run's kernel generation uses, to read the flags of its values."""
+    `masks` is the spte layout the run's kernel generation uses, to read the flags of its values.
+    `limit`: show the first and last `limit` faults, spte writes and gfns of a longer listing (None: all).
+    """
     lines = [style.bold(f"step {step.index}  {describe_op(step.op)}")]
     indent = "  "
     if step.faults is None:
         return [*lines, indent + summary_counts(step, style)]
     faults = list(step.faults)
+    accesses: list[list[str]] = []
     for event in step.events or []:
         if not isinstance(event, GuestAccess):
             continue
         # The faults an access took are recorded before the access completes: print them first.
         taken, faults = faults[: event.faults], faults[event.faults :]
-        lines.extend(indent + fault_text(fault, style) for fault in taken)
+        accesses.extend([indent + fault_text(fault, style)] for fault in taken)
         if event.via != "fault":
-            lines.append(indent + access_text(event, style))
-    lines.extend(indent + fault_text(fault, style) for fault in faults)
+            accesses.append([indent + access_text(event, style)])
+    accesses.extend([indent + fault_text(fault, style)] for fault in faults)
+    lines += capped(accesses, limit, "faults and accesses", indent, style)
+    writes: list[list[str]] = []
     for change in step.spte_changes or []:
-        lines.append(indent + "spte   " + spte_change_text(change, style))
         old, new = flags_text(change.old, masks), flags_text(change.new, masks)
-        lines.append(indent + "       " + style.dim(f"{old} {style.arrow} {new}"))
+        writes.append(
+            [
+                indent + "spte   " + spte_change_text(change, style),
+                indent + "       " + style.dim(f"{old} {style.arrow} {new}"),
+            ]
+        )
+    lines += capped(writes, limit, "spte writes", indent, style)
     if step.marked_dirty:
-        lines.append(indent + style.cyan(f"marked dirty: {gfn_list(step.marked_dirty)}"))
+        lines.append(indent + style.cyan(f"marked dirty: {gfn_list(step.marked_dirty, limit, style)}"))
     if step.dirty_log is not None:
-        lines.append(indent + style.cyan(f"dirty log returned: {gfn_list(step.dirty_log)}"))
+        lines.append(indent + style.cyan(f"dirty log returned: {gfn_list(step.dirty_log, limit, style)}"))
     if step.error is not None:
         lines.append(indent + style.red(f"ioctl failed: {step.error}"))
     for event in step.events or []:
@@ -279,7 +326,7 @@ def summary_counts(step: StepResult, style: Style) -> str:
     return "; ".join(parts)
 
 
-def verdict_text(migration: object, finished: bool, style: Style) -> str:
+def verdict_text(migration: object, finished: bool, style: Style, limit: int | None = None) -> str:
     """The migration verdict from the result's `final.migration` (None when nothing migrated).
 
     `finished`: whether migrate_end has compared the destination yet; before that there is no verdict.
@@ -292,16 +339,22 @@ def verdict_text(migration: object, finished: bool, style: Style) -> str:
         return head + ", no verdict yet (migrate_end compares the destination)"
     lost = [gfn for gfn in migration.get("lost", []) if isinstance(gfn, int)]
     if lost:
-        return head + ", " + style.red(f"{plural(len(lost), 'page')} LOST: {gfn_list(lost)}")
+        return head + ", " + style.red(f"{plural(len(lost), 'page')} LOST: {gfn_list(lost, limit, style)}")
     return head + ", " + style.green("no page lost")
 
 
 def format_footer(
-    final: Mapping[str, object], *, ran: int, total: int, migration_finished: bool, style: Style
+    final: Mapping[str, object],
+    *,
+    ran: int,
+    total: int,
+    migration_finished: bool,
+    style: Style,
+    limit: int | None = None,
 ) -> list[str]:
     """Final stats, the migration verdict and the violation total, from the result's `final` object.
 
-    `ran` of `total` steps ran (fewer with --until).
+    `ran` of `total` steps ran (fewer with --until); `limit` caps each gfn list as `format_step` does.
     """
     lines = [style.bold("final")]
     if ran < total:
@@ -318,12 +371,12 @@ def format_footer(
     bitmaps = final.get("dirty_bitmaps")
     if isinstance(bitmaps, Mapping):
         for slot, gfns in sorted(bitmaps.items(), key=lambda item: int(item[0])):
-            lines.append(f"  dirty bitmap of slot {slot}: {gfn_list(gfns)}")
+            lines.append(f"  dirty bitmap of slot {slot}: {gfn_list(gfns, limit, style)}")
     rings = final.get("dirty_rings")
     if isinstance(rings, Mapping):
         for vcpu, gfns in sorted(rings.items(), key=lambda item: int(item[0])):
-            lines.append(f"  dirty ring of vCPU {vcpu}: {gfn_list(gfns)}")
-    lines.append("  " + verdict_text(final.get("migration"), migration_finished, style))
+            lines.append(f"  dirty ring of vCPU {vcpu}: {gfn_list(gfns, limit, style)}")
+    lines.append("  " + verdict_text(final.get("migration"), migration_finished, style, limit))
     violations = final.get("violations")
     count = len(violations) if isinstance(violations, list) else 0
     if count:

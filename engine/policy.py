@@ -191,16 +191,29 @@ def make_policy(variant: str = DEFAULT_PRESET, overrides: Mapping[str, str | boo
 
 def parse_policy_args(args: list[str]) -> dict[str, str]:
     """`K=V` strings from the command line into overrides; a malformed one, or a switch given twice, is
-    refused by name."""
+    refused by name.
+
+    Each string may also hold several pairs separated by commas, `K=V,K=V`, as the web's `policy=`
+    parameter does, so a setting copied from a link works on the command line; `--policy a=1,b=2` means
+    `--policy a=1 --policy b=2`, and a switch named twice across both forms is still refused."""
     out: dict[str, str] = {}
     for arg in args:
-        name, sep, value = arg.partition("=")
-        if not sep or not name.strip() or not value.strip():
+        items = [item for item in arg.split(",") if item.strip()]
+        if not items:
             raise PolicyError(f"--policy {arg!r}: expected SWITCH=VALUE, e.g. wp_large=zap")
-        name = name.strip()
-        if name in out:
-            raise PolicyError(f"--policy {arg!r}: the switch {name!r} is given twice; give each switch once")
-        out[name] = value.strip()
+        for item in items:
+            name, sep, value = item.partition("=")
+            if not sep or not name.strip() or not value.strip():
+                raise PolicyError(
+                    f"--policy {arg!r}: expected SWITCH=VALUE, or several separated by commas,"
+                    " e.g. wp_large=zap"
+                )
+            name = name.strip()
+            if name in out:
+                raise PolicyError(
+                    f"--policy {arg!r}: the switch {name!r} is given twice; give each switch once"
+                )
+            out[name] = value.strip()
     return out
 
 

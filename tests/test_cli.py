@@ -23,6 +23,7 @@ from cli.report import Style
 from engine.codec import decode_code
 from engine.policy import PRESETS
 from engine.scenario import parse_scenario
+from live.report import RealRefusalError
 from scenarios import builtin_names, builtin_scenarios, load_builtin_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -498,6 +499,9 @@ def test_serve_refuses_a_bad_option_in_one_line(
 def test_real_is_listed_in_the_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     assert " real " in capsys.readouterr().out
+    assert main(["real", "--help"]) == 0
+    usage = capsys.readouterr().out.splitlines()[0]
+    assert usage.startswith("usage: sptelab real [-h] FILE [--json] [--compare P[,P...] ...]")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -668,3 +672,218 @@ def test_scenario_text_cannot_drive_the_terminal(capsys: pytest.CaptureFixture[s
         assert "\\x1b[2J\\x1b[31mred title" in out
     status, out, _ = run_cli(capsys, "run", path)
     assert "note: look \\x1b]0;owned\\x07 here \\u202e" in out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# --version, the comma form of --policy, and where `real` finds FILE
+
+
+def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib import metadata
+
+    try:
+        expected = metadata.version("sptelab")
+    except metadata.PackageNotFoundError:
+        expected = cli.main.package_version()
+    assert run_cli(capsys, "--version") == (0, f"sptelab {expected}\n", "")
+
+
+def test_version_falls_back_to_pyproject_when_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tomllib
+    from importlib import metadata
+
+    def missing(name: str) -> str:
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", missing)
+    with (ROOT / "pyproject.toml").open("rb") as file:
+        assert cli.main.package_version() == tomllib.load(file)["project"]["version"]
+
+
+def test_process_version() -> None:
+    done = process("--version", module="cli")
+    assert done.returncode == 0 and done.stderr == b""
+    assert done.stdout.decode().startswith("sptelab ") and done.stdout.count(b"\n") == 1
+
+
+@pytest.mark.parametrize(
+    "spelled",
+    [
+        ["--policy", "pml=true,dirty_log_mode=ring"],
+        ["--policy", "pml=true", "--policy", "dirty_log_mode=ring"],
+        ["--policy", "dirty_log_mode=ring,", "--policy", " pml=true"],
+    ],
+    ids=["commas", "repeated", "combined"],
+)
+def test_policy_takes_the_webs_comma_form(capsys: pytest.CaptureFixture[str], spelled: list[str]) -> None:
+    result = run_json(capsys, "run", EXAMPLE, "--variant", "lazy", *spelled)
+    assert result["variant"] == "custom"
+    assert (result["policy"]["pml"], result["policy"]["dirty_log_mode"]) == (True, "ring")
+    compared = run_json(capsys, "compare", EXAMPLE, "--variant", "zap,lazy", *spelled)
+    assert compared["policy"] == {"dirty_log_mode": "ring", "pml": "true"}
+
+
+@pytest.mark.parametrize("command", ["run", "compare", "real"])
+@pytest.mark.parametrize(
+    "spelled",
+    [
+        ["--policy", "pml=true,pml=false"],
+        ["--policy", "pml=true", "--policy", "dirty_log_mode=ring,pml=false"],
+        ["--policy", "pml=true,eager_split=true", "--policy", "pml=true"],
+    ],
+    ids=["in-one", "across-two", "same-value"],
+)
+def test_a_switch_given_twice_is_refused_by_name(
+    capsys: pytest.CaptureFixture[str], command: str, spelled: list[str]
+) -> None:
+    status, out, err = run_cli(capsys, command, EXAMPLE, *spelled)
+    assert (status, out) == (2, "")
+    assert err.startswith(f"sptelab {command}: --policy ") and err.count("\n") == 1
+    assert "the switch 'pml' is given twice" in err
+
+
+@pytest.mark.parametrize("spelled", ["", ",", "pml=true,,nope"])
+def test_a_malformed_comma_policy_is_refused(capsys: pytest.CaptureFixture[str], spelled: str) -> None:
+    status, out, err = run_cli(capsys, "run", EXAMPLE, "--policy", spelled)
+    assert (status, out) == (2, "")
+    assert err.startswith("sptelab run: ") and err.count("\n") == 1
+    assert "SWITCH=VALUE" in err or "unknown policy switch 'nope'" in err
+
+
+@pytest.fixture
+def real_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[str], str, dict[str, str]]]:
+    """`real` with the kernel left out: what it would have run, recorded; no device needed."""
+    calls: list[tuple[str, list[str], str, dict[str, str]]] = []
+
+    def recorded(scenario: Any, presets: list[str], mode: str, *, overrides: dict[str, str]) -> object:
+        calls.append((scenario.title, list(presets), mode, dict(overrides)))
+        raise RealRefusalError("recorded")
+
+    monkeypatch.setattr(cli.main, "availability", lambda *args: None)
+    monkeypatch.setattr(cli.main, "real_result", recorded)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [EXAMPLE, "--compare", "zap", "lazy"],
+        ["--compare", "zap", "lazy", EXAMPLE],
+        ["--compare", "zap,lazy", EXAMPLE],
+        ["--compare", "zap", "--compare", "lazy", EXAMPLE],
+        ["--compare", "zap", EXAMPLE, "--compare", "lazy"],
+        ["--compare", "zap,lazy", "--json", EXAMPLE],
+        [EXAMPLE, "--compare", "zap,lazy", "zap"],
+    ],
+)
+def test_real_finds_file_wherever_compare_is(
+    capsys: pytest.CaptureFixture[str],
+    real_calls: list[tuple[str, list[str], str, dict[str, str]]],
+    argv: list[str],
+) -> None:
+    status, _, err = run_cli(capsys, "real", *argv, "--policy", "dirty_log_mode=ring,pml=true")
+    assert (status, err) == (2, "sptelab real: recorded\n")
+    title = parse_scenario(load_builtin_text(EXAMPLE)).title
+    assert real_calls == [(title, ["zap", "lazy"], "ring", {"dirty_log_mode": "ring", "pml": "true"})]
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--compare", "zap", "lazy"], ["FILE is missing", "(zap lazy) is a preset", "--compare zap,lazy"]),
+        (["--compare", "zap,lazy"], ["FILE is missing"]),
+        ([], ["required: FILE"]),
+        (["--compare", EXAMPLE], ["--compare: expected a preset before FILE"]),
+        (["--compare", "zap", "nope", EXAMPLE], ["unknown variant 'nope'"]),
+    ],
+)
+def test_real_without_file_or_preset_is_refused_in_one_line(
+    capsys: pytest.CaptureFixture[str],
+    real_calls: list[tuple[str, list[str], str, dict[str, str]]],
+    argv: list[str],
+    words: list[str],
+) -> None:
+    status, out, err = run_cli(capsys, "real", *argv)
+    assert (status, out, real_calls) == (2, "", [])
+    assert err.startswith("sptelab real: ") and err.count("\n") == 1
+    for word in words:
+        assert word in err
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A long listing in the readable report of `run`: its first and last rows, unless --all
+
+
+def _busy_scenario(tmp_path: Path) -> str:
+    """A 2M page split eagerly (513 spte writes under modern), then 100 writes in a row."""
+    data = {
+        **example(),
+        "title": "busy",
+        "steps": [
+            {"op": "read", "gfn": "0x200"},
+            {"op": "migrate_begin"},
+            {"op": "write", "gfn": "0x200", "count": 100},
+            {"op": "migrate_round"},
+            {"op": "migrate_end"},
+        ],
+    }
+    return _scenario_file(tmp_path, data)
+
+
+def test_run_report_caps_long_listings_unless_all(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = _busy_scenario(tmp_path)
+    result = run_json(capsys, "run", path, "--variant", "modern")
+    writes = len(result["steps"][1]["spte_changes"])
+    assert writes > 500
+    status, capped, _ = run_cli(capsys, "run", path, "--variant", "modern")
+    assert status == 0
+    status, whole, _ = run_cli(capsys, "run", path, "--variant", "modern", "--all")
+    assert status == 0
+    assert "more" not in whole and "--all" not in whole
+    assert len(whole.splitlines()) > 2 * writes
+
+    step1 = step_block(capped, 1).splitlines()
+    # The step's first and last 10 writes (two lines each), as --all prints them, around the count.
+    whole1 = step_block(whole, 1).splitlines()
+    assert step1[1:21] == whole1[1:21]
+    hidden = f"{writes - 20:,}".replace(",", " ")
+    assert step1[21] == f"  … {hidden} more spte writes (use --all to list every one)"
+    assert step1[22:] == whole1[-len(step1[22:]) :]
+    step2 = step_block(capped, 2)
+    assert "… 80 more faults and accesses (use --all to list every one)" in step2
+    assert step2.count("fault  vcpu 0") == 20
+    marked = " ".join(f"{0x200 + i:#x}" for i in range(10))
+    tail = " ".join(f"{0x200 + i:#x}" for i in range(90, 100))
+    assert f"marked dirty: {marked} … 80 more gfns … {tail}\n" in step2 + "\n"
+    # Each step: its head, at most 21 fault rows, 41 spte-write lines and a few of dirty logs and flushes.
+    for index in range(5):
+        assert len(step_block(capped, index).splitlines()) <= 1 + 21 + 41 + 5
+
+
+def test_run_report_caps_the_lost_pages_too(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = _busy_scenario(tmp_path)
+    lost = run_json(capsys, "run", path, "--variant", "lazy-buggy")["final"]["migration"]["lost"]
+    assert len(lost) > 21
+    out = run_cli(capsys, "run", path, "--variant", "lazy-buggy")[1]
+    verdict = next(line for line in out.splitlines() if "LOST" in line)
+    assert f"{len(lost)} pages LOST: {lost[0]:#x} " in verdict
+    assert f"… {len(lost) - 20} more gfns … " in verdict and verdict.endswith(f" {lost[-1]:#x}")
+    whole = run_cli(capsys, "run", path, "--variant", "lazy-buggy", "--all")[1]
+    assert " ".join(f"{gfn:#x}" for gfn in lost) in whole
+
+
+def test_run_all_changes_nothing_in_a_short_report(capsys: pytest.CaptureFixture[str]) -> None:
+    # The 3.x presets' worked example has no listing longer than 21 rows (modern splits a 2M page).
+    for variant in ("zap", "lazy-buggy", "lazy"):
+        assert run_cli(capsys, "run", EXAMPLE, "--variant", variant) == run_cli(
+            capsys, "run", EXAMPLE, "--variant", variant, "--all"
+        )
+
+
+def test_run_json_ignores_all(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = _busy_scenario(tmp_path)
+    assert run_cli(capsys, "run", path, "--variant", "modern", "--json") == run_cli(
+        capsys, "run", path, "--variant", "modern", "--json", "--all"
+    )

@@ -3,9 +3,10 @@
 The server is the real app as the project serves it, started once per test run as `python -m app` on a
 free loopback port, with its output in `test-artifacts/server.log`. The browser is the distribution's
 Chromium driven through the PyPI `playwright` package; Playwright's own browser download is never used, so
-the tests run on a machine that only reaches package registries. Without `/usr/bin/chromium` the tests
-skip, except under CI (the `CI` environment variable set), where a missing browser is a failure: CI
-installs it (`.ci/run`).
+the tests run on a machine that only reaches package registries. The browser is `/usr/bin/chromium`, or
+the executable `SPTELAB_CHROMIUM` names (another Chromium build, a distribution that installs it elsewhere).
+Without it the tests skip, except under CI (the `CI` environment variable set), where a missing browser is a
+failure: CI installs it (`.ci/run`).
 
 Every test gets a fresh browser context. Console errors and uncaught page errors are collected while it runs
 and fail it: a page whose script breaks must not pass because the hooks it already rendered look right.
@@ -19,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,16 @@ ARTIFACTS = REPO / "test-artifacts"
 SCREENSHOTS = ARTIFACTS / "screenshots"
 SERVER_LOG = ARTIFACTS / "server.log"
 
-CHROMIUM = Path("/usr/bin/chromium")
+DEFAULT_CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ENV = "SPTELAB_CHROMIUM"
+
+
+def chromium_path(environ: Mapping[str, str]) -> Path:
+    """The Chromium the tests drive: `SPTELAB_CHROMIUM` when set and not empty, else Debian's."""
+    return Path(environ.get(CHROMIUM_ENV) or DEFAULT_CHROMIUM)
+
+
+CHROMIUM = chromium_path(os.environ)
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -141,7 +151,7 @@ def live_server() -> Iterator[LiveServer]:
 def browser() -> Iterator[Browser]:
     """Headless Debian Chromium; skips without it, except under CI, which must have installed it."""
     if not CHROMIUM.is_file():
-        reason = f"Debian chromium not installed ({CHROMIUM})"
+        reason = f"no Chromium at {CHROMIUM} (install Debian's chromium, or set {CHROMIUM_ENV} to one)"
         if os.environ.get("CI"):
             pytest.fail(f"{reason}; CI installs it through .ci/run's SYSTEM_PACKAGES", pytrace=False)
         print(f"\nbrowser tests skipped: {reason}", file=sys.stderr)
