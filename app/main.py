@@ -19,7 +19,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.deps import Store
@@ -31,6 +30,7 @@ from app.render import STATIC, page_globals, render_page, route_path
 from app.room import Cancelled, Room, checkpoint
 from app.routes import api, export, health, pages, real
 from app.settings import Settings, get_settings
+from app.wire import StaticAssets, compression
 from engine.codec import MAX_URL_BYTES
 from engine.scenario import MAX_SCENARIO_BYTES
 from engine.sched import set_resched
@@ -410,7 +410,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The engine's long walks pause at their cond_resched points for the room's other builds, and stop
     # there when their client has gone (checkpoint does nothing outside a build).
     set_resched(checkpoint)
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/static", StaticAssets(directory=STATIC), name="static")
     app.include_router(pages.router)
     app.include_router(api.router, tags=["api"])
     app.include_router(health.router, tags=["health"])
@@ -444,6 +444,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         status, message = _validation_message(exc)
         return error_response(request.url.path, status, message, scope=request.scope)
 
+    # Innermost: everything the app answers leaves it compressed for a client that takes gzip, the page
+    # cache having kept the plain bytes; the limits outside see HEAD's GET, so HEAD gets the compressed
+    # GET's headers (Content-Encoding, Content-Length) and no body. The limits' own refusals go plain.
+    app.add_middleware(compression)
     # Inside the limits: a refused head never reaches it. Under any server, the proxy headers are the
     # app's to judge (app/forwarded.py), with the trusted peers of the settings.
     app.add_middleware(
