@@ -26,7 +26,7 @@ from app.errors import URL_TOO_LONG_HINT, AppError, query_not_utf8
 from app.forwarded import ForwardedMiddleware
 from app.livekernel import live_results
 from app.malloc import limit_arenas, trim
-from app.render import STATIC, page_globals, render_page, route_path
+from app.render import STATIC, SWAGGER_CSS, SWAGGER_JS, page_globals, render_page, route_path, static_url
 from app.room import Cancelled, Room, checkpoint
 from app.routes import api, export, health, pages, real
 from app.settings import Settings, get_settings
@@ -71,12 +71,11 @@ _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self';"
     " form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
-# /docs alone is FastAPI's Swagger UI: its script and style sheet come from a CDN, it starts with one
-# inline script (allowed by its hash, not by 'unsafe-inline') and styles itself inline. It shows no
-# scenario text, only the API's own description.
+# /docs alone is FastAPI's Swagger UI, from the app's own files (SWAGGER_JS, SWAGGER_CSS): it starts
+# with one inline script (allowed by its hash, not by 'unsafe-inline') and styles itself inline. It shows
+# no scenario text, only the API's own description.
 _DOCS_CSP = (
-    "default-src 'none'; script-src https://cdn.jsdelivr.net {hashes};"
-    " style-src https://cdn.jsdelivr.net 'unsafe-inline'; img-src 'self' data: https://fastapi.tiangolo.com;"
+    "default-src 'none'; script-src 'self' {hashes}; style-src 'self' 'unsafe-inline'; img-src 'self' data:;"
     " connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
 _INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
@@ -308,12 +307,16 @@ class _BodyDeadline:
 
 
 def _swagger_ui(app: FastAPI, request: Request) -> Response:
-    """FastAPI's Swagger UI page, as FastAPI would serve it at /docs, with the CSP that lets exactly its
+    """FastAPI's Swagger UI page, as FastAPI would serve it at /docs but from the vendored files (it
+    works offline, and no CDN sees who reads the API), with the CSP that lets exactly its
     own inline script run: the hash of that script, which depends on the mount point (root_path)."""
     root = str(request.scope.get("root_path", "")).rstrip("/")
     page = get_swagger_ui_html(
         openapi_url=root + (app.openapi_url or "/openapi.json"),
         title=f"{app.title} - Swagger UI",
+        swagger_js_url=root + static_url(SWAGGER_JS),
+        swagger_css_url=root + static_url(SWAGGER_CSS),
+        swagger_favicon_url=root + static_url("favicon.svg"),
         swagger_ui_parameters=app.swagger_ui_parameters,
     )
     html = bytes(page.body).decode("utf-8")

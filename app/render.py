@@ -27,6 +27,9 @@ HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
 TEMPLATES = HERE / "templates"
 HTMX = "vendor/htmx-2.0.11.min.js"
+# Swagger UI for /docs: swagger-ui-dist 5.36.0 from npm, its two files unchanged (licences beside them).
+SWAGGER_JS = "vendor/swagger-ui-bundle-5.36.0.js"
+SWAGGER_CSS = "vendor/swagger-ui-5.36.0.css"
 
 
 def static_version(path: str) -> str | None:
