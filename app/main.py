@@ -19,7 +19,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.deps import Store
@@ -27,10 +26,11 @@ from app.errors import URL_TOO_LONG_HINT, AppError, query_not_utf8
 from app.forwarded import ForwardedMiddleware
 from app.livekernel import live_results
 from app.malloc import limit_arenas, trim
-from app.render import STATIC, page_globals, render_page, route_path
+from app.render import STATIC, SWAGGER_CSS, SWAGGER_JS, page_globals, render_page, route_path, static_url
 from app.room import Cancelled, Room, checkpoint
 from app.routes import api, export, health, pages, real
 from app.settings import Settings, get_settings
+from app.wire import StaticAssets, compression
 from engine.codec import MAX_URL_BYTES
 from engine.scenario import MAX_SCENARIO_BYTES
 from engine.sched import set_resched
@@ -71,12 +71,11 @@ _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self';"
     " form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
-# /docs alone is FastAPI's Swagger UI: its script and style sheet come from a CDN, it starts with one
-# inline script (allowed by its hash, not by 'unsafe-inline') and styles itself inline. It shows no
-# scenario text, only the API's own description.
+# /docs alone is FastAPI's Swagger UI, from the app's own files (SWAGGER_JS, SWAGGER_CSS): it starts
+# with one inline script (allowed by its hash, not by 'unsafe-inline') and styles itself inline. It shows
+# no scenario text, only the API's own description.
 _DOCS_CSP = (
-    "default-src 'none'; script-src https://cdn.jsdelivr.net {hashes};"
-    " style-src https://cdn.jsdelivr.net 'unsafe-inline'; img-src 'self' data: https://fastapi.tiangolo.com;"
+    "default-src 'none'; script-src 'self' {hashes}; style-src 'self' 'unsafe-inline'; img-src 'self' data:;"
     " connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
 _INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
@@ -308,12 +307,16 @@ class _BodyDeadline:
 
 
 def _swagger_ui(app: FastAPI, request: Request) -> Response:
-    """FastAPI's Swagger UI page, as FastAPI would serve it at /docs, with the CSP that lets exactly its
+    """FastAPI's Swagger UI page, as FastAPI would serve it at /docs but from the vendored files (it
+    works offline, and no CDN sees who reads the API), with the CSP that lets exactly its
     own inline script run: the hash of that script, which depends on the mount point (root_path)."""
     root = str(request.scope.get("root_path", "")).rstrip("/")
     page = get_swagger_ui_html(
         openapi_url=root + (app.openapi_url or "/openapi.json"),
         title=f"{app.title} - Swagger UI",
+        swagger_js_url=root + static_url(SWAGGER_JS),
+        swagger_css_url=root + static_url(SWAGGER_CSS),
+        swagger_favicon_url=root + static_url("favicon.svg"),
         swagger_ui_parameters=app.swagger_ui_parameters,
     )
     html = bytes(page.body).decode("utf-8")
@@ -410,7 +413,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The engine's long walks pause at their cond_resched points for the room's other builds, and stop
     # there when their client has gone (checkpoint does nothing outside a build).
     set_resched(checkpoint)
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/static", StaticAssets(directory=STATIC), name="static")
     app.include_router(pages.router)
     app.include_router(api.router, tags=["api"])
     app.include_router(health.router, tags=["health"])
@@ -444,6 +447,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         status, message = _validation_message(exc)
         return error_response(request.url.path, status, message, scope=request.scope)
 
+    # Innermost: everything the app answers leaves it compressed for a client that takes gzip, the page
+    # cache having kept the plain bytes; the limits outside see HEAD's GET, so HEAD gets the compressed
+    # GET's headers (Content-Encoding, Content-Length) and no body. The limits' own refusals go plain.
+    app.add_middleware(compression)
     # Inside the limits: a refused head never reaches it. Under any server, the proxy headers are the
     # app's to judge (app/forwarded.py), with the trusted peers of the settings.
     app.add_middleware(

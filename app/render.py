@@ -27,16 +27,35 @@ HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
 TEMPLATES = HERE / "templates"
 HTMX = "vendor/htmx-2.0.11.min.js"
+# Swagger UI for /docs: swagger-ui-dist 5.36.0 from npm, its two files unchanged (licences beside them).
+SWAGGER_JS = "vendor/swagger-ui-bundle-5.36.0.js"
+SWAGGER_CSS = "vendor/swagger-ui-5.36.0.css"
+
+
+def static_version(path: str) -> str | None:
+    """The version a static file's URL carries (`?v=`): the first 10 hex digits of its content's SHA-256,
+    None for a file that is not there. Read again only when the file's size or time changes, so that the
+    static files' handler can tell a current URL (cached for a year) from an old one on every request."""
+    try:
+        stat = (STATIC / path).stat()
+    except (OSError, ValueError):
+        return None
+    return _digest(path, stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=64)
+def _digest(path: str, mtime_ns: int, size: int) -> str | None:
+    try:
+        return hashlib.sha256((STATIC / path).read_bytes()).hexdigest()[:10]
+    except OSError:
+        return None
 
 
 @lru_cache(maxsize=64)
 def static_url(path: str) -> str:
     """A static file's path inside the app (without the root path, see `base_path`)."""
-    try:
-        digest = hashlib.sha256((STATIC / path).read_bytes()).hexdigest()[:10]
-    except OSError:
-        return f"/static/{path}"
-    return f"/static/{path}?v={digest}"
+    version = static_version(path)
+    return f"/static/{path}" if version is None else f"/static/{path}?v={version}"
 
 
 @pass_context

@@ -81,11 +81,21 @@ def test_head_answers_as_get_without_the_body(client: TestClient, url: str) -> N
     head = client.head(url)
     assert head.status_code == get.status_code, url
     assert head.content == b""
-    same = ("content-type", "content-length", "content-disposition", "content-security-policy", "etag")
+    same = (
+        "content-type",
+        "content-length",
+        "content-encoding",
+        "vary",
+        "cache-control",
+        "content-disposition",
+        "content-security-policy",
+        "etag",
+    )
     for name in same:
         assert head.headers.get(name) == get.headers.get(name), (url, name)
     if get.status_code == 200:
-        assert int(head.headers["content-length"]) == len(get.content)
+        # The length of what GET sent, compressed or not (the client asks for gzip).
+        assert int(head.headers["content-length"]) == get.num_bytes_downloaded
 
 
 def test_head_of_an_htmx_request_is_the_blocks_get_would_send(client: TestClient) -> None:
@@ -94,7 +104,24 @@ def test_head_of_an_htmx_request_is_the_blocks_get_would_send(client: TestClient
     get, head = client.get(url, headers=headers), client.head(url, headers=headers)
     assert head.status_code == 200 and head.content == b""
     assert head.headers["hx-push-url"] == get.headers["hx-push-url"]
-    assert int(head.headers["content-length"]) == len(get.content)
+    assert int(head.headers["content-length"]) == get.num_bytes_downloaded
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "identity"])
+def test_head_of_a_page_sends_the_encoding_get_would(client: TestClient, encoding: str) -> None:
+    """A compressed GET's Content-Encoding and compressed Content-Length go to HEAD too; a client that
+    takes no gzip gets the plain length from both."""
+    url = f"/play?scenario={EXAMPLE}&variant=lazy&step=3"
+    headers = {"Accept-Encoding": encoding}
+    get, head = client.get(url, headers=headers), client.head(url, headers=headers)
+    assert head.status_code == get.status_code == 200 and head.content == b""
+    assert head.headers.get("content-encoding") == get.headers.get("content-encoding")
+    assert (get.headers.get("content-encoding") == "gzip") == (encoding == "gzip")
+    assert int(head.headers["content-length"]) == get.num_bytes_downloaded
+    if encoding == "identity":
+        assert get.num_bytes_downloaded == len(get.content)
+    else:
+        assert get.num_bytes_downloaded < len(get.content) / 3
 
 
 def test_methods_other_than_get_and_head_are_still_refused(client: TestClient) -> None:

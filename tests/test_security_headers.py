@@ -4,8 +4,8 @@ A shared URL is written by someone else: whatever text of it reaches a page, the
 fetch nothing but the app's own files. The pages escape that text (tests/browser/test_hostile_links.py
 shows it in a real browser); these tests pin the second line of defence, the headers, on every kind of
 answer the app gives: whole pages and htmx partials, JSON, static files, the SVG and JSON attachments,
-redirects and every error status, a server bug's 500 included. Only /docs (Swagger UI, from a CDN) has
-a policy of its own, and only that exact path.
+redirects and every error status, a server bug's 500 included. Only /docs (Swagger UI, from the app's
+own vendored files) has a policy of its own, and only that exact path.
 """
 
 from __future__ import annotations
@@ -200,8 +200,9 @@ def test_a_server_bug_gets_the_error_page_with_the_headers() -> None:
 
 
 def test_the_docs_page_has_its_own_narrow_policy(client: TestClient) -> None:
-    """Swagger UI comes from a CDN and starts with one inline script: that script's hash is allowed,
-    never 'unsafe-inline' or 'unsafe-eval' for scripts; nobody may frame it; everything else is strict."""
+    """Swagger UI comes from the app's own files and starts with one inline script: that script's hash is
+    allowed, never 'unsafe-inline' or 'unsafe-eval' for scripts, no other site; nobody may frame it;
+    everything else is strict."""
     response = client.get("/docs")
     assert response.status_code == 200
     policy = csp(response)
@@ -212,7 +213,9 @@ def test_the_docs_page_has_its_own_narrow_policy(client: TestClient) -> None:
     hashes = [source for source in scripts if source.startswith("'sha256-")]
     inline = re.findall(r"<script>(.*?)</script>", response.text, re.DOTALL)
     assert len(hashes) == len(inline) == 1
-    assert set(scripts) - set(hashes) == {"https://cdn.jsdelivr.net"}
+    assert set(scripts) - set(hashes) == {"'self'"}
+    assert not any("http" in source for sources in policy.values() for source in sources)
+    assert "cdn." not in response.text and "https://" not in response.text
     assert policy["connect-src"] == ["'self'"]
     assert "validator.swagger.io" not in response.text
     assert all("'unsafe-eval'" not in sources for sources in policy.values())
