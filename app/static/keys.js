@@ -13,10 +13,11 @@
   // swap): a click then would load the whole page.
   var inFlight = [];
   var swapped = [];
-  // Keys pressed while a request was in flight, replayed one step at a time once it settled: a jump
-  // (Home or End) first, then a signed count of steps (→ +1, ← −1). Home and End drop the steps queued
-  // before them; the steps pressed after them count from where they land.
-  var queued = { jump: null, steps: 0 };
+  // Keys pressed while a request was in flight, replayed one at a time once it settled: predict mode's
+  // answer or presentation mode's panel (the latest such key) first, then a jump (Home or End), then a
+  // signed count of steps (→ +1, ← −1). Home and End drop the steps queued before them; the steps
+  // pressed after them count from where they land.
+  var queued = { shortcut: null, jump: null, steps: 0 };
   var refocus = null;
   // The step the player shows, or is on its way to: where queued steps count from.
   var heading = currentStep();
@@ -58,14 +59,33 @@
   }
 
   function forgetQueue() {
+    queued.shortcut = null;
     queued.jump = null;
     queued.steps = 0;
+  }
+
+  function shortcutFor(key) {
+    if (/^[1-9]$/.test(key)) {
+      return document.querySelector('a[data-focus-key="' + key + '"]');
+    }
+    if (/^[a-d]$/i.test(key)) {
+      return document.querySelector('button[data-choice-key="' + key.toLowerCase() + '"]');
+    }
+    return null;
   }
 
   // One queued move, if nothing is in flight. The next one waits for this one's swap to settle.
   function drain() {
     if (inFlight.length > 0) {
       return;
+    }
+    if (queued.shortcut) {
+      var shortcut = shortcutFor(queued.shortcut);
+      queued.shortcut = null;
+      if (shortcut) {
+        shortcut.click();
+        return;
+      }
     }
     var link = null;
     if (queued.jump) {
@@ -136,17 +156,11 @@
       return;
     }
     // Predict mode's choices and presentation mode's panel picker: plain keys, no modifier.
-    var shortcut = null;
-    if (/^[1-9]$/.test(event.key)) {
-      shortcut = document.querySelector('a[data-focus-key="' + event.key + '"]');
-    } else if (/^[a-d]$/i.test(event.key)) {
-      shortcut = document.querySelector('button[data-choice-key="' + event.key.toLowerCase() + '"]');
-    }
-    if (shortcut) {
+    if (shortcutFor(event.key)) {
       event.preventDefault();
-      if (inFlight.length === 0) {
-        shortcut.click();
-      }
+      // Pressed while a request loads: held (the latest one) and pressed once that has settled.
+      queued.shortcut = event.key;
+      drain();
       return;
     }
     var name = NAV_KEYS[event.key];
