@@ -1,8 +1,9 @@
 """What the page templates receive, and how a page or its blocks become a response.
 
 `page()` decides between the whole page and an htmx partial: a request with `HX-Request: true` (and not
-a history restore) gets only the named blocks, each swapped out of band, plus `HX-Push-Url` with the
-canonical URL of the state it shows; both kinds carry `Vary: HX-Request`.
+a history restore) gets only the named blocks, each swapped out of band, after the page's `<title>` (which
+htmx puts in the tab), plus `HX-Push-Url` with the canonical URL of the state it shows; both kinds carry
+`Vary: HX-Request`.
 """
 
 from __future__ import annotations
@@ -105,6 +106,9 @@ def page(
         oob = template != "index.html"
         wanted = [block for block in blocks if block not in set(skip)]
         body = render_blocks(template, wanted, {**context, "oob": oob})
+        if oob:
+            # A <title> at the top of the answer: htmx puts it in the tab, so the tab names the state shown.
+            body = "<title>" + render_blocks(template, ("title",), context).strip() + "</title>" + body
         if push:
             headers["HX-Push-Url"] = push
         return HTMLResponse(body, status_code=status, headers=headers)

@@ -329,6 +329,8 @@ def test_partial_responses_carry_vary_and_oob_blocks(client: TestClient) -> None
     oob = {e.get("id") for e in doc.find(hx_swap_oob="true")}
     assert oob >= {"position", "stepnav", "scrubber", "share", "panel-tree", "panel-bitmap", "panel-trace"}
     assert doc.find(data_step="5", data_steps="12")
+    # The tab's title first, at the top where htmx reads it, naming the step shown.
+    assert re.match(r"<title>[^<]* · step 5/12 · lazy · sptelab</title><", response.text)
     # The slider that asked is left alone, so dragging is not interrupted.
     headers = {"HX-Request": "true", "HX-Trigger": "step-slider"}
     slider = Page(client.get(f"{PLAY}&variant=lazy&step=6", headers=headers).text)

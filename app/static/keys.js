@@ -1,4 +1,6 @@
-// sptelab pages: keyboard stepping, the help dialog, "copy link", and keeping focus across htmx swaps.
+// sptelab pages: keyboard stepping (keys pressed while a step loads are counted and replayed after it
+// settles), the help dialog, "copy link", keeping focus, the slider's label and the forms' hidden fields
+// across htmx swaps, and saying on the page (#request-error, role="alert") when a request fails.
 // In predict mode A-D choose an answer; in presentation mode 1-8 pick the enlarged panel. Both click the
 // page's own buttons and links, so the keys do exactly what a click does (and nothing without them).
 // Loaded as a file (no inline script, no eval), so a strict Content-Security-Policy can forbid both.
@@ -6,25 +8,109 @@
   "use strict";
 
   var NAV_KEYS = { ArrowLeft: "prev", ArrowRight: "next", Home: "first", End: "last" };
-  var busy = 0;
-  var pending = null;
+  // htmx requests not finished yet: sent, and neither failed nor swapped and settled. Until they are, the
+  // page's links may not be htmx's yet (htmx takes over new content when it settles, a moment after the
+  // swap): a click then would load the whole page.
+  var inFlight = [];
+  var swapped = [];
+  // Keys pressed while a request was in flight, replayed one at a time once it settled: predict mode's
+  // answer or presentation mode's panel (the latest such key) first, then a jump (Home or End), then a
+  // signed count of steps (→ +1, ← −1). Home and End drop the steps queued before them; the steps
+  // pressed after them count from where they land.
+  var queued = { shortcut: null, jump: null, steps: 0 };
   var refocus = null;
+  // The step the player shows, or is on its way to: where queued steps count from.
+  var heading = currentStep();
+
+  function currentStep() {
+    var position = document.querySelector("[data-step][data-steps]");
+    return position ? parseInt(position.getAttribute("data-step"), 10) || 0 : 0;
+  }
 
   function navLink(name) {
     return document.querySelector('a[data-nav="' + name + '"]');
   }
 
+  function usable(link) {
+    return link && link.getAttribute("aria-disabled") !== "true";
+  }
+
+  function stepCount() {
+    var position = document.querySelector("[data-step][data-steps]");
+    return position ? parseInt(position.getAttribute("data-steps"), 10) || 0 : 0;
+  }
+
+  function linkStep(link) {
+    var step = new URL(link.href, window.location.href).searchParams.get("step");
+    return step === null ? 0 : parseInt(step, 10) || 0;
+  }
+
   function go(name) {
-    var link = navLink(name);
-    if (!link || link.getAttribute("aria-disabled") === "true") {
+    if (name === "first" || name === "last") {
+      queued.jump = name;
+      queued.steps = 0;
+    } else {
+      queued.steps += name === "next" ? 1 : -1;
+      // No queue runs past either end: a held key stops there, and the next key back counts at once.
+      var from = queued.jump === "first" ? 0 : queued.jump === "last" ? stepCount() : heading;
+      queued.steps = Math.max(-from, Math.min(stepCount() - from, queued.steps));
+    }
+    drain();
+  }
+
+  function forgetQueue() {
+    queued.shortcut = null;
+    queued.jump = null;
+    queued.steps = 0;
+  }
+
+  function shortcutFor(key) {
+    if (/^[1-9]$/.test(key)) {
+      return document.querySelector('a[data-focus-key="' + key + '"]');
+    }
+    if (/^[a-d]$/i.test(key)) {
+      return document.querySelector('button[data-choice-key="' + key.toLowerCase() + '"]');
+    }
+    return null;
+  }
+
+  // One queued move, if nothing is in flight. The next one waits for this one's swap to settle.
+  function drain() {
+    if (inFlight.length > 0) {
       return;
     }
-    if (busy > 0) {
-      // Hold only the latest key: stepping runs as fast as the server answers, never behind it.
-      pending = name;
-      return;
+    if (queued.shortcut) {
+      var shortcut = shortcutFor(queued.shortcut);
+      queued.shortcut = null;
+      if (shortcut) {
+        shortcut.click();
+        return;
+      }
     }
-    link.click();
+    var link = null;
+    if (queued.jump) {
+      link = navLink(queued.jump);
+      queued.jump = null;
+    }
+    if (!usable(link) && queued.steps !== 0) {
+      // No jump, or the player is already where it jumps to: on to the steps.
+      link = navLink(queued.steps > 0 ? "next" : "prev");
+      if (!usable(link)) {
+        // At the end, or a predict-mode question waits: the rest of the queue has nowhere to go.
+        forgetQueue();
+        return;
+      }
+      queued.steps += queued.steps > 0 ? -1 : 1;
+    }
+    if (usable(link)) {
+      heading = linkStep(link);
+      if (window.htmx) {
+        // Make sure htmx has taken the link over (it does so as new content settles, or as the page
+        // loads): a link it has not would load the whole page.
+        window.htmx.process(link);
+      }
+      link.click();
+    }
   }
 
   function toggleHelp() {
@@ -70,17 +156,11 @@
       return;
     }
     // Predict mode's choices and presentation mode's panel picker: plain keys, no modifier.
-    var shortcut = null;
-    if (/^[1-9]$/.test(event.key)) {
-      shortcut = document.querySelector('a[data-focus-key="' + event.key + '"]');
-    } else if (/^[a-d]$/i.test(event.key)) {
-      shortcut = document.querySelector('button[data-choice-key="' + event.key.toLowerCase() + '"]');
-    }
-    if (shortcut) {
+    if (shortcutFor(event.key)) {
       event.preventDefault();
-      if (busy === 0) {
-        shortcut.click();
-      }
+      // Pressed while a request loads: held (the latest one) and pressed once that has settled.
+      queued.shortcut = event.key;
+      drain();
       return;
     }
     var name = NAV_KEYS[event.key];
@@ -164,9 +244,36 @@
     return el.id ? "#" + el.id : null;
   }
 
-  document.addEventListener("htmx:beforeRequest", function () {
-    busy += 1;
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    inFlight.push(event.detail.xhr);
     refocus = focusKey(document.activeElement);
+  });
+
+  function settled(xhr) {
+    var at = inFlight.indexOf(xhr);
+    if (at === -1) {
+      return;
+    }
+    inFlight.splice(at, 1);
+    var was = swapped.indexOf(xhr);
+    if (was !== -1) {
+      swapped.splice(was, 1);
+    }
+    // After every htmx:afterSettle handler of this swap has run.
+    window.setTimeout(drain, 0);
+  }
+
+  document.addEventListener("htmx:afterSwap", function (event) {
+    var xhr = event.detail.xhr;
+    if (inFlight.indexOf(xhr) !== -1 && swapped.indexOf(xhr) === -1) {
+      swapped.push(xhr);
+    }
+  });
+
+  document.addEventListener("htmx:afterSettle", function (event) {
+    heading = currentStep();
+    syncSlider();
+    settled(event.detail.xhr);
   });
 
   // Forms that swaps leave in place carry the state in hidden fields: keep those in line with the
@@ -217,8 +324,113 @@
 
   wholeShareLink();
 
-  document.addEventListener("htmx:afterRequest", function () {
-    busy = Math.max(0, busy - 1);
+  // The slider names its step for a screen reader; a swap that leaves the slider in place (the slider
+  // asked) or moves the player by another control must not leave the old number there.
+  function syncSlider() {
+    var slider = document.getElementById("step-slider");
+    var position = document.querySelector("[data-step][data-steps]");
+    if (!slider || !position) {
+      return;
+    }
+    var step = position.getAttribute("data-step");
+    var total = position.getAttribute("data-steps");
+    if (document.activeElement !== slider) {
+      slider.value = step;
+    }
+    slider.setAttribute("aria-valuetext", "step " + slider.value + " of " + total);
+  }
+
+  document.addEventListener("input", function (event) {
+    var target = event.target;
+    if (target && target.id === "step-slider") {
+      var total = target.getAttribute("max");
+      target.setAttribute("aria-valuetext", "step " + target.value + " of " + total);
+    }
+  });
+
+  // A request htmx could not complete is said on the page, in the error region (role="alert"): the
+  // server's own message when it sent its error page (or the API's {"detail"}), else what went wrong.
+  function serverMessage(xhr) {
+    var status = xhr.status;
+    var type = (xhr.getResponseHeader("Content-Type") || "").toLowerCase();
+    var text = typeof xhr.responseText === "string" ? xhr.responseText : "";
+    var title = "";
+    var message = "";
+    try {
+      if (type.indexOf("application/json") !== -1) {
+        var body = JSON.parse(text);
+        message = body && typeof body.detail === "string" ? body.detail : "";
+      } else if (type.indexOf("text/html") !== -1) {
+        // DOMParser's document runs no script and loads nothing.
+        var doc = new DOMParser().parseFromString(text, "text/html");
+        var found = doc.querySelector("[data-error-message]");
+        message = found ? found.textContent.trim() : "";
+        var heading = doc.querySelector(".error-page h1");
+        title = heading ? heading.textContent.replace(/\s+/g, " ").trim() : "";
+      }
+    } catch (error) {
+      message = "";
+    }
+    var head = title || (status + (xhr.statusText ? " " + xhr.statusText : ""));
+    return head + ": " + (message || "the server refused this request") + ".";
+  }
+
+  function showError(text, status) {
+    var region = document.getElementById("request-error");
+    if (!region) {
+      return;
+    }
+    region.textContent = "";
+    var line = document.createElement("p");
+    line.className = "request-error-text";
+    line.setAttribute("data-request-error-message", "");
+    line.textContent = text + " The page still shows the state before it.";
+    region.appendChild(line);
+    var close = document.createElement("button");
+    close.type = "button";
+    close.className = "button small";
+    close.setAttribute("data-action", "dismiss-error");
+    close.textContent = "Dismiss";
+    region.appendChild(close);
+    region.setAttribute("data-request-error", status === null ? "" : String(status));
+    region.hidden = false;
+  }
+
+  function clearError() {
+    var region = document.getElementById("request-error");
+    if (region && !region.hidden) {
+      region.hidden = true;
+      region.textContent = "";
+      region.setAttribute("data-request-error", "");
+    }
+  }
+
+  document.addEventListener("click", function (event) {
+    var target = event.target instanceof Element ? event.target : null;
+    if (target && target.closest('[data-action="dismiss-error"]')) {
+      event.preventDefault();
+      clearError();
+    }
+  });
+
+  document.addEventListener("htmx:responseError", function (event) {
+    showError(serverMessage(event.detail.xhr), event.detail.xhr.status);
+  });
+  document.addEventListener("htmx:sendError", function () {
+    showError("The server could not be reached: check the connection, then try again.", null);
+  });
+  document.addEventListener("htmx:timeout", function () {
+    showError("The server took too long to answer.", null);
+  });
+  document.addEventListener("htmx:swapError", function () {
+    showError("The page could not show the server's answer; reload it.", null);
+  });
+  document.addEventListener("htmx:onLoadError", function () {
+    showError("The page could not show the server's answer; reload it.", null);
+  });
+
+  document.addEventListener("htmx:afterRequest", function (event) {
+    var detail = event.detail;
     syncForms();
     wholeShareLink();
     var active = document.activeElement;
@@ -229,10 +441,16 @@
       }
     }
     refocus = null;
-    if (busy === 0 && pending) {
-      var next = pending;
-      pending = null;
-      go(next);
+    if (!detail.successful) {
+      // The queue was counted from a page that did not move: drop it rather than guess.
+      forgetQueue();
+      heading = currentStep();
+      settled(detail.xhr);
+      return;
+    }
+    clearError();
+    if (swapped.indexOf(detail.xhr) === -1) {
+      settled(detail.xhr);  // nothing was swapped, so nothing will settle
     }
   });
 })();
