@@ -14,9 +14,12 @@ from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import pytest
+from fastapi.testclient import TestClient
 
 from app.errors import AppError
+from app.main import create_app
 from app.room import Cancelled, Room, Ticket, Turns, checkpoint, waiting_for
+from app.settings import Settings
 
 R = TypeVar("R")
 
@@ -288,3 +291,15 @@ def test_a_client_over_its_share_is_refused_until_its_use_decays() -> None:
     assert isinstance(refused, tuple) and refused[0] == 429
     assert "30 s" in refused[1] and "10 s each visitor" in refused[1]
     assert other == "built" and later == "built"
+
+
+def test_a_client_over_its_share_gets_a_clear_429_page_and_json() -> None:
+    client = TestClient(create_app(Settings(client_share=0.000001)), follow_redirects=False)
+    assert client.get("/play?scenario=worked-example&step=3").status_code == 200  # builds: uses its share
+    assert client.get("/play?scenario=worked-example&step=3").status_code == 200  # built: no share needed
+    page = client.get("/play?scenario=worked-example&step=5")
+    assert page.status_code == 429
+    assert "each visitor gets here" in page.text and "Wait about" in page.text
+    empty = {"format": "sptelab-scenario", "version": 1, "memslots": []}
+    api = client.post("/api/run", json={"scenario": empty})
+    assert api.status_code == 429 and "each visitor gets here" in api.json()["detail"]
