@@ -55,7 +55,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 # The latency benchmark's helpers: its directory is on sys.path when this file runs as a script.
-from web_latency import _free_port, memory_kb, ms, percentile, verdict  # noqa: E402
+from web_latency import _free_port, memory_kb, ms, percentile, stop_process, verdict  # noqa: E402
 
 from engine.codec import encode_scenario  # noqa: E402
 from scenarios import builtin_names, load_builtin_text  # noqa: E402
@@ -201,14 +201,7 @@ class Server:
         raise RuntimeError(f"server did not answer /healthz in {STARTUP_TIMEOUT_S:.0f} s:\n{self.log_tail()}")
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=15)
+        stop_process(self.process, timeout=15)
 
     def log_tail(self, lines: int = 20) -> str:
         try:

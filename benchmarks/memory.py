@@ -53,6 +53,10 @@ from engine.scenario import (  # noqa: E402
 )
 from scenarios import builtin_names  # noqa: E402
 
+# The latency benchmark's helpers: this directory is on sys.path when this file runs as a script.
+sys.path.insert(0, str(REPO / "benchmarks"))
+from web_latency import stop_process  # noqa: E402
+
 # The Docker image's settings (Dockerfile ENV), but on loopback.
 IMAGE_ENV = {
     "SPTELAB_WORKERS": "1",
@@ -155,14 +159,7 @@ class Server:
         raise RuntimeError(f"no answer in {STARTUP_TIMEOUT_S:.0f} s: {self.log_path.read_text()}")
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=15)
+        stop_process(self.process, timeout=15)
 
     def memory(self) -> dict[str, int]:
         answer: dict[str, int] = httpx.get(f"{self.url}/healthz/memory", timeout=10, trust_env=False).json()

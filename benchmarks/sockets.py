@@ -44,6 +44,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+from web_latency import stop_process  # noqa: E402
+
 PY = sys.executable
 APP = "app.main:app"
 
@@ -137,12 +140,7 @@ class Server:
         return tree_rss_kb(self.process.pid)
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        stop_process(self.process)
 
 
 def start(name: str, log: Path) -> Server:

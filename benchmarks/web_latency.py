@@ -173,6 +173,18 @@ def memory_kb(pid: int) -> dict[str, int]:
     return found
 
 
+def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+    """Stop a server the benchmark started: terminate, then kill if it lingers; nothing if it is gone."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
+
+
 @dataclass
 class Server:
     log_path: Path
@@ -206,14 +218,7 @@ class Server:
         raise RuntimeError(f"server did not answer /healthz in {STARTUP_TIMEOUT_S:.0f} s:\n{self.log_tail()}")
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        stop_process(self.process)
 
     def memory(self) -> str:
         if self.process is None:
