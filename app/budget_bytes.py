@@ -86,11 +86,12 @@ class ByteBudget:
     def total(self) -> int:
         return self.reserve + sum(member.bytes for member in self._members)
 
-    def settle(self) -> None:
-        """Evict, oldest entry first across every cache, until the total is within the limit."""
+    def settle(self, coming: int = 0) -> None:
+        """Evict, oldest entry first across every cache, until the total is within the limit, with room
+        left for `coming` bytes a request is about to build (a state thawed to be shown)."""
         with self._lock:
             total = self.total
-            while total > self.limit:
+            while total + coming > self.limit:
                 victim: Member | None = None
                 first = 0
                 for member in self._members:

@@ -246,11 +246,12 @@ class Run:
         scenario: Scenario,
         policy: Policy,
         settings: Settings,
-        grown: Callable[[], None] | None = None,
+        grown: Callable[[int], None] | None = None,
     ) -> None:
         self.key = key
-        # Called when the summary pass has taken a snapshot: the cache's budget evicts what the run's
-        # growth pushed over it then, rather than once the whole pass is done.
+        # The cache's budget, told when the run has grown (a snapshot taken: it evicts what that pushed
+        # over the limit then, rather than once the whole pass is done) and before a state is thawed to
+        # be shown (it makes room for one more state of the frontier's size).
         self._grown = grown
         self.scenario = scenario
         self.policy = policy
@@ -309,7 +310,7 @@ class Run:
                 self._thin_checkpoints()
                 self._frontier_weight = sim_weight(sim)
                 if self._grown is not None:
-                    self._grown()
+                    self._grown(0)
             # The step's log is recorded (and snapshotted with it if due): the frontier need not keep
             # it, and a step over a gigabyte logs 262 144 sptes, each keeping its table alive.
             sim.kvm.new_step()
@@ -351,6 +352,9 @@ class Run:
             cursor = self._take_cursor(n)
             if cursor is not None:
                 return cursor
+            if self._grown is not None:
+                # A state about the frontier's size is thawed next, and its view and page are built from it.
+                self._grown(2 * self._frontier_weight)
             if n == 0:
                 sim, _ = thaw(self._checkpoints[0], self.scenario)
                 return Shown(0, sim, None, {}, False)
