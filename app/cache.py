@@ -258,14 +258,14 @@ class Run:
         self.total = len(scenario.steps)
         self.lock = threading.RLock()
         self._settings = settings
-        self._frontier = Simulation(scenario, policy, detail="summary")
+        self._frontier: Simulation | None = Simulation(scenario, policy, detail="summary")
         self.records: list[StepRecord] = []
         self._records_weight = 0
         # Each snapshot holds the (untraced) result of the step that led to it and that step's log, so a
         # step too heavy to trace is shown from its snapshot without running it again.
-        self._checkpoints: dict[int, bytes] = {0: freeze(self._frontier)}
+        self._checkpoints: dict[int, bytes] = {0: freeze(self._frontier_at())}
         self._checkpoint_total = len(self._checkpoints[0])
-        self._frontier_weight = sim_weight(self._frontier)
+        self._frontier_weight = sim_weight(self._frontier_at())
         self._work = 0
         self._cursors: OrderedDict[int, Shown] = OrderedDict()
         self._cursor_weight = 0
@@ -281,13 +281,15 @@ class Run:
             try:
                 self._advance(target, settings)
             finally:
-                self._frontier_weight = sim_weight(self._frontier)
+                self._frontier_weight = sim_weight(self._frontier) if self._frontier is not None else 0
 
     def _advance(self, target: int, settings: Settings) -> None:
         """The summary pass from where the frontier is to `target` steps. A build may stop (its client
         gone) between two steps, its progress kept, or inside one, at the engine's cond_resched
         points: that step is half done, and the frontier goes back to its newest checkpoint."""
-        sim = self._frontier
+        if len(self.records) >= target:
+            return
+        sim = self._frontier_at()
         while len(self.records) < target:
             checkpoint()
             index = len(self.records)
@@ -317,19 +319,29 @@ class Run:
 
     def _rewind(self) -> None:
         """Put the frontier back at its newest checkpoint, forgetting the records after it: its state
-        is that of a step stopped half way, from which no step can go on."""
+        is that of a step stopped half way, from which no step can go on. The snapshot is thawed when
+        the frontier is next needed, not now: the half-done state is still alive while its exception
+        unwinds, and two of them at once is what a budget must not see."""
         done = max(k for k in self._checkpoints if k <= len(self.records))
-        self._frontier, _ = thaw(self._checkpoints[done], self.scenario)
-        set_tracing(self._frontier, None)
-        self._frontier.kvm.new_step()  # the snapshot's step log: recorded already, as in _advance
+        self._frontier = None
         del self.records[done:]
         self._work = 0
+
+    def _frontier_at(self) -> Simulation:
+        """The frontier, thawed from the newest checkpoint if a rewind dropped it."""
+        if self._frontier is None:
+            sim, _ = thaw(self._checkpoints[len(self.records)], self.scenario)
+            set_tracing(sim, None)
+            sim.kvm.new_step()  # the snapshot's step log: recorded already, as in _advance
+            self._frontier = sim
+        return self._frontier
 
     @property
     def finished(self) -> Simulation:
         """The frontier after the whole scenario (for summaries; never hand it out for changes)."""
         self.ensure(self.total)
-        return self._frontier
+        with waiting_for(self.lock):
+            return self._frontier_at()
 
     def _thin_checkpoints(self) -> None:
         """Keep a run's checkpoints within half the cache budget: drop every second one, keeping the
