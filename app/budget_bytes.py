@@ -39,7 +39,7 @@ V = TypeVar("V")
 MARKDOWN_ENTRIES = 16
 # - app.deps._source_query: a share code is at most one URL long, kept as the key and as its quoting;
 SOURCE_QUERY_ENTRIES = 16
-# - app.viewmodel._cells_html: a row of 32 cells of about 110 bytes each.
+# - app.views.bitmap._cells_html: a row of 32 cells of about 110 bytes each.
 CELL_ROWS = 1024
 FIXED_RESERVE = (
     MARKDOWN_ENTRIES * (MAX_DESCRIPTION_CHARS * 4 + MAX_DESCRIPTION_CHARS * 16)

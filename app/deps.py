@@ -25,18 +25,11 @@ from app.predict import PredictPanel, Question, judge, predict_panel, question_f
 from app.render import base_path, first_sentence
 from app.settings import Settings, get_settings
 from app.sources import Source, SourceCache
-from app.viewmodel import (
-    InspectorView,
-    Location,
-    PlayView,
-    ScenarioCard,
-    describe_op,
-    inspector_view,
-    location_param,
-    parse_location,
-    play_view,
-    scenario_card,
-)
+from app.views.inspector import InspectorView, inspector_view
+from app.views.library import ScenarioCard, scenario_card
+from app.views.narration import describe_op
+from app.views.play import PlayView, play_view
+from app.views.text import Location, location_param, parse_location
 from engine.policy import (
     DEFAULT_PRESET,
     PRESETS,

@@ -27,14 +27,11 @@ from app.render import base_path, markdown, page_globals, render_blocks, render_
 from app.room import Room
 from app.sources import Source
 from app.treehtml import InspectLink, render_tree
-from app.viewmodel import (
-    COMPARE_FIELDS,
-    InspectorView,
-    PlayView,
-    compare_columns,
-    location_param,
-    preset_description,
-)
+from app.views.compare import COMPARE_FIELDS, compare_columns
+from app.views.inspector import InspectorView
+from app.views.play import PlayView
+from app.views.presets import preset_description
+from app.views.text import location_param
 from engine.policy import NOT_IMPLEMENTED, PRESET_DESCRIPTIONS, PRESETS, SWITCH_VALUES, Policy
 from engine.scenario import ScenarioError, parse_scenario
 from live.backend import refusal as live_refusal

@@ -21,7 +21,8 @@ from markdown_it import MarkdownIt
 from markupsafe import Markup
 
 from app.budget_bytes import MARKDOWN_ENTRIES
-from app.viewmodel import hx, plural, preset_legend
+from app.views.presets import preset_legend
+from app.views.text import hx, plural
 
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"

@@ -35,7 +35,10 @@ import re
 import textwrap
 from dataclasses import dataclass
 
-from app.viewmodel import BitmapRow, BitmapView, PlayView, RunView, SpteView, TableView, hx
+from app.views.bitmap import BitmapRow, BitmapView
+from app.views.play import PlayView
+from app.views.text import hx
+from app.views.tree import RunView, SpteView, TableView
 
 WIDTH = 1280  # px: the projector width the pages are designed for (style.md)
 MARGIN = 20

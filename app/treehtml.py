@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from markupsafe import Markup, escape
 
-from app.viewmodel import RunView, SpteView, TableView
+from app.views.tree import RunView, SpteView, TableView
 
 # The URL that selects an spte (its `spte=` parameter), or None to use the shared inspect form instead.
 InspectLink = Callable[[str], str] | None

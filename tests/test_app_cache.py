@@ -15,7 +15,7 @@ from app.cache import Run, RunCache
 from app.explain import Context, explain
 from app.main import create_app
 from app.settings import Settings
-from app.viewmodel import play_view
+from app.views.play import play_view
 from engine.codec import encode_scenario
 from engine.policy import PRESETS, make_policy
 from engine.result import present_sptes

@@ -19,7 +19,7 @@ from app.errors import AppError, bad_request
 from app.pagectx import absolute, built, slug
 from app.sources import Source
 from app.svgexport import Caption, step_svg
-from app.viewmodel import preset_description
+from app.views.presets import preset_description
 from engine.canonical import dumps
 from engine.result import result_json
 from engine.simulation import Simulation

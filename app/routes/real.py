@@ -20,7 +20,8 @@ from app.deps import Links, StoreDep, compare_variants, parse_policy_param, quer
 from app.livekernel import PAGE_PRESETS, checked_overrides, live_result
 from app.pagectx import built, page
 from app.render import base_path
-from app.viewmodel import describe_op, preset_description
+from app.views.narration import describe_op
+from app.views.presets import preset_description
 from app.workshop import workshop_off
 from engine.scenario import Step, step_to_json
 

@@ -1,0 +1,180 @@
+"""The whole player view: every panel's data for one step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from app.cache import Shown
+from app.views.bitmap import BitmapView, bitmap_view
+from app.views.counters import KernelStatsView, kernel_stats_view
+from app.views.logs import (
+    MigrationView,
+    PmlView,
+    RingView,
+    ViolationView,
+    migration_view,
+    pml_views,
+    ring_views,
+    violation_views,
+)
+from app.views.narration import describe_op, narrate
+from app.views.rmap import RmapSlotView, TlbView, rmap_views, tlb_views
+from app.views.text import Location, hx
+from app.views.trace import TraceView, trace_view
+from app.views.tree import TreeBuilder, TreeView
+from engine.simulation import StepResult
+from engine.spte import (
+    level_name,
+)
+
+STEP_WINDOW = 4
+
+
+class StepLine(NamedTuple):
+    number: int
+    text: str
+    current: bool
+
+
+@dataclass(slots=True)
+class PlayView:
+    step: int
+    total: int
+    title: str
+    op: str  # the current step (n-1) in short, "" at step 0
+    narration: str
+    note: str  # the text of a note step
+    next_op: str
+    window: list[StepLine]
+    tree: TreeView
+    bitmaps: list[BitmapView]
+    rings: list[RingView] | None  # with the dirty ring only
+    rmaps: list[RmapSlotView]
+    tlbs: list[TlbView]
+    trace: TraceView
+    stats: dict[str, int]
+    step_counts: list[tuple[str, str, int]]  # (hook name, label, value)
+    kernel_stats: KernelStatsView
+    violations: list[ViolationView]
+    violation_total: int
+    step_violations: int
+    migration: MigrationView | None
+    # For the compare view.
+    faults: list[str]
+    spte_changes: list[str]
+    spte_change_count: int
+    dirty_log: list[int] | None
+    marked_dirty: list[int]
+    pml: list[PmlView] | None = None  # with PML only
+
+
+def _fault_lines(result: StepResult | None) -> list[str]:
+    if result is None or result.faults is None:
+        return []
+    lines = []
+    for fault in result.faults[:32]:
+        path = "fast" if fault.path == "fast" else "slow"
+        if fault.fast_result:
+            path += f" ({fault.fast_result})"
+        level = level_name(fault.level) if fault.level is not None else "unmapped"
+        lines.append(f"{'write' if fault.write else 'read'} {hx(fault.gfn)}: {path} → {level}")
+    if len(result.faults) > 32:
+        lines.append(f"… {len(result.faults) - 32} more")
+    return lines
+
+
+def _change_lines(tree: TreeBuilder) -> tuple[list[str], int]:
+    """The step's spte changes as short lines (the first 24, by level, table and index), and their count."""
+    pages = sorted(
+        (
+            (tree.freed_pages.get(serial) or tree.kvm.active_mmu_pages[serial], entries)
+            for serial, entries in tree.changes.items()
+        ),
+        key=lambda item: (-item[0].level, item[0].gfn, item[0].serial),
+    )
+    lines: list[str] = []
+    count = 0
+    for sp, entries in pages:
+        count += len(entries)
+        for index in sorted(entries)[: max(0, 24 - len(lines))]:
+            lines.append(
+                f"L{sp.level}[{hx(index)}] of table {hx(sp.gfn)}: {hx(entries[index])} → {hx(sp.spt[index])}"
+            )
+    if count > len(lines):
+        lines.append(f"… {count - len(lines)} more")
+    return lines, count
+
+
+def play_view(
+    shown: Shown,
+    variant: str | None,
+    selected: Location | None,
+    *,
+    tree_cap: int,
+    bitmap_cells: int,
+) -> PlayView:
+    sim = shown.sim
+    kvm = sim.kvm
+    scenario = sim.scenario
+    total = len(scenario.steps)
+    n = shown.n
+    result = shown.result
+    ops = scenario.steps
+    if result is not None:
+        op = result.op
+        narration = narrate(op, result, sim)
+        op_text = describe_op(op)
+        note = str(op.get("text", "")) if op.get("op") == "note" else ""
+    else:
+        narration = "Before the first step: no guest access has happened yet, and no spte is present."
+        op_text = ""
+        note = ""
+    next_op = describe_op(ops[n].model_dump(mode="python")) if n < total else ""
+    if n < total and ops[n].op == "note":
+        next_op = "note: " + " ".join(str(getattr(ops[n], "text", "")).split())[:80]
+    low = max(0, n - 1 - STEP_WINDOW)
+    window = [
+        StepLine(i, describe_op(ops[i].model_dump(mode="python")), i == n - 1)
+        for i in range(low, min(total, low + 2 * STEP_WINDOW + 1))
+    ]
+    lost = list(sim.migration.lost or []) if sim.migrated else []
+    counts = result.fault_counts if result is not None else {"fast": 0, "slow": 0}
+    tree = TreeBuilder(kvm, shown.touched, selected, tree_cap)
+    changes, change_count = _change_lines(tree)
+    step_counts = [
+        ("faults_fast", "fast faults", counts.get("fast", 0)),
+        ("faults_slow", "slow faults", counts.get("slow", 0)),
+        ("tlb_flushes", "TLB flushes", result.tlb_flushes if result else 0),
+        ("marked_dirty", "pages marked dirty", len(result.marked_dirty) if result else 0),
+        ("spte_writes", "sptes changed", change_count),
+    ]
+    return PlayView(
+        step=n,
+        total=total,
+        title=scenario.title,
+        op=op_text,
+        narration=narration,
+        note=note,
+        next_op=next_op,
+        window=window,
+        tree=tree.build(),
+        bitmaps=[bitmap_view(sim, slot, bitmap_cells, lost) for slot in kvm.memslots],
+        rings=ring_views(sim),
+        pml=pml_views(sim),
+        rmaps=rmap_views(kvm),
+        tlbs=tlb_views(kvm),
+        trace=trace_view(shown, variant),
+        stats=kvm.stats(),
+        step_counts=step_counts,
+        kernel_stats=kernel_stats_view(kvm),
+        violations=violation_views(sim.violations, n - 1 if n else None),
+        violation_total=len(sim.violations),
+        step_violations=len(result.violations) if result else 0,
+        migration=migration_view(sim),
+        faults=_fault_lines(result),
+        spte_changes=changes,
+        spte_change_count=change_count,
+        dirty_log=list(result.dirty_log) if result is not None and result.dirty_log is not None else None,
+        marked_dirty=list(result.marked_dirty) if result else [],
+    )

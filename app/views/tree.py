@@ -1,0 +1,434 @@
+"""The page-table tree: which sptes are drawn one by one within the drawing budget, and how the rest
+are summarised."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from itertools import compress, groupby
+
+from app.views.text import Location, bits_text, flags_text, hx, location_param, plural
+from engine.kvm import Kvm
+from engine.result import FLAG_MASK
+from engine.shadow_page import KvmMmuPage
+from engine.spte import (
+    PT64_BASE_ADDR_MASK,
+    PT_PAGE_SIZE_MASK,
+    PT_PAGE_TABLE_LEVEL,
+    PT_PRESENT_MASK,
+    PT_WRITABLE_MASK,
+    flag_word,
+    level_name,
+    pages_per_hpage,
+    spte_flags,
+    spte_to_pfn,
+)
+
+# A table with at most this many present entries is drawn entry by entry (budget permitting).
+SMALL_TABLE = 64
+
+
+@dataclass(slots=True)
+class SpteView:
+    level: int
+    sp_gfn: int
+    index: int
+    value: int
+    word: int  # the value's flags at fixed positions (engine.spte.flag_word), whatever the layout
+    kind: str  # "ptr" | "large" | "4k"
+    gfn: int
+    span: int
+    old: int | None = None  # the value before this step, when the step changed it
+    ghost: bool = False
+    selected: bool = False
+    child: TableView | None = None
+    child_note: str = ""
+    warning: str = ""
+
+    @property
+    def changed(self) -> bool:
+        return self.old is not None
+
+    @property
+    def old_kind(self) -> str:
+        """What the spte was before the step, when it was something else: "2M leaf", "table pointer"."""
+        if self.old is None or not self.old & PT_PRESENT_MASK:
+            return ""
+        was = spte_kind(self.old, self.level)
+        if was == self.kind and not self.ghost:
+            return ""
+        return {"large": f"{level_name(self.level)} leaf", "4k": "4K leaf"}.get(was, "table pointer")
+
+    @property
+    def flags(self) -> str:
+        return flags_text(self.word)
+
+    @property
+    def bits(self) -> str:
+        """The eight flags in their fixed order, an unset one as a dot: `R · X PS A D HW MW`."""
+        return bits_text(self.word)
+
+    @property
+    def pfn(self) -> int:
+        return spte_to_pfn(self.value)
+
+    @property
+    def param(self) -> str:
+        return location_param((self.level, self.sp_gfn, self.index))
+
+    @property
+    def size(self) -> str:
+        return level_name(self.level) if self.kind != "ptr" else f"L{self.level - 1} table"
+
+    @property
+    def target(self) -> str:
+        """What the entry maps: `gfn 0x250 → pfn 0x80050` or a range for a large leaf."""
+        if self.kind == "ptr":
+            return f"gfns {hx(self.gfn)}–{hx(self.gfn + self.span - 1)}"
+        if self.kind == "large":
+            return f"gfns {hx(self.gfn)}–{hx(self.gfn + self.span - 1)} → pfn {hx(self.pfn)}"
+        return f"gfn {hx(self.gfn)} → pfn {hx(self.pfn)}"
+
+
+@dataclass(slots=True)
+class RunView:
+    """Entries of one table folded into one line: alike, consecutive and not worth drawing one by one."""
+
+    first: int
+    last: int
+    count: int
+    text: str
+    changed: bool = False
+
+    @property
+    def kind(self) -> str:
+        return "run"
+
+
+@dataclass(slots=True)
+class TableView:
+    level: int
+    gfn: int
+    span: int  # pages the whole table covers
+    present: int
+    summary: str
+    items: list[SpteView | RunView] = field(default_factory=list)
+    root: bool = False
+    orphan: bool = False
+    freed: bool = False
+    changed: bool = False
+
+    @property
+    def last_gfn(self) -> int:
+        return self.gfn + self.span - 1
+
+
+# Freed tables drawn as ghosts, the rest counted: no page is bigger because the step freed more.
+FREED_TABLES_DRAWN = 8
+
+
+@dataclass(slots=True)
+class TreeView:
+    root: TableView
+    orphans: list[TableView]
+    freed: list[TableView]
+    drawn: int
+    tables: int
+    present: int
+    large: int
+    changed: int
+    # Tables the step freed beyond the ones drawn (a recovery or zap can free hundreds at once).
+    freed_hidden: int = 0
+
+
+def spte_kind(spte: int, level: int) -> str:
+    if level == 1:
+        return "4k"
+    return "large" if spte & PT_PAGE_SIZE_MASK else "ptr"
+
+
+def _removed_what(kind: str, level: int, count: int) -> str:
+    """What a run of entries removed this step had been, by the kind of their old value."""
+    if kind == "ptr":
+        return f"{'pointer' if count == 1 else 'pointers'} to L{level - 1} tables"
+    return f"{level_name(level)} {'leaf' if count == 1 else 'leaves'}"
+
+
+def _leaf_counts(kvm: Kvm, sp: KvmMmuPage) -> tuple[int, int, int, int]:
+    """(tables, large leaves, 4K leaves, writable leaves) below and in `sp`."""
+    level = sp.level
+    if level == PT_PAGE_TABLE_LEVEL:  # only 4K leaves; every non-present spte holds the same value
+        present = len(sp.spt) - sp.spt.count(kvm.masks.nonpresent)
+        return 1, 0, present, len([s for s in sp.spt if s & PT_WRITABLE_MASK])
+    tables, large, small, writable = 1, 0, 0, 0
+    for spte in sp.spt:
+        if not spte & PT_PRESENT_MASK:
+            continue
+        if level == 1 or spte & PT_PAGE_SIZE_MASK:
+            if level == 1:
+                small += 1
+            else:
+                large += 1
+            if spte & PT_WRITABLE_MASK:
+                writable += 1
+        else:
+            child = kvm.sp_by_pfn.get((spte & PT64_BASE_ADDR_MASK) >> 12)
+            if child is not None:
+                t, lg, sm, w = _leaf_counts(kvm, child)
+                tables, large, small, writable = tables + t, large + lg, small + sm, writable + w
+    return tables, large, small, writable
+
+
+def _leaves_text(large: int, small: int, writable: int, large_level: int = 2) -> str:
+    parts = []
+    if small:
+        parts.append(plural(small, "× 4K leaf", "× 4K leaves").replace("1 ×", "1 ×"))
+    if large:
+        parts.append(plural(large, "× large leaf", "× large leaves"))
+    total = small + large
+    if not total:
+        return "no leaves"
+    text = ", ".join(parts)
+    readonly = total - writable
+    text += f"; {readonly} read-only, {writable} writable"
+    return text
+
+
+class TreeBuilder:
+    """Walks the tables from the root and decides, entry by entry, what to draw."""
+
+    def __init__(
+        self,
+        kvm: Kvm,
+        touched: Mapping[tuple[KvmMmuPage, int], int],
+        selected: Location | None,
+        cap: int,
+    ) -> None:
+        self.kvm = kvm
+        self.cap = cap
+        self.drawn = 0
+        self.changed_count = 0
+        self.selected = selected
+        # Entries this step changed (old value), per live table.
+        self.changes: dict[int, dict[int, int]] = {}
+        self.freed_pages: dict[int, KvmMmuPage] = {}
+        for (sp, index), old in touched.items():
+            if sp.invalid or sp.serial not in kvm.active_mmu_pages:
+                if old & PT_PRESENT_MASK:
+                    self.freed_pages[sp.serial] = sp
+                    self.changes.setdefault(sp.serial, {})[index] = old
+                continue
+            if sp.spt[index] != old:
+                self.changes.setdefault(sp.serial, {})[index] = old
+        self.changed_count = sum(len(v) for s, v in self.changes.items() if s not in self.freed_pages)
+        # Entries that must be drawn: changed ones, and the pointers leading to them, while the budget
+        # lasts; the selected one and its path always.
+        self.must: dict[int, set[int]] = {}
+        self.always: dict[int, set[int]] = {}
+        for serial, entries in self.changes.items():
+            if serial in self.freed_pages:
+                continue
+            sp = kvm.active_mmu_pages[serial]
+            self._need(self.must, sp, set(entries))
+        if selected is not None:
+            table = self.find(selected[0], selected[1])
+            if table is not None:
+                self._need(self.always, table, {selected[2]})
+
+    def find(self, level: int, gfn: int) -> KvmMmuPage | None:
+        for sp in self.kvm.mmu_page_hash.get((gfn, level), ()):
+            if not sp.invalid:
+                return sp
+        return None
+
+    @staticmethod
+    def _need(into: dict[int, set[int]], sp: KvmMmuPage, indices: set[int]) -> None:
+        seen: set[int] = set()
+        stack = [(sp, indices)]
+        while stack:
+            page, wanted = stack.pop()
+            into.setdefault(page.serial, set()).update(wanted)
+            if page.serial in seen:
+                continue
+            seen.add(page.serial)
+            for parent, index in page.parent_ptes:
+                stack.append((parent, {index}))
+
+    def build(self) -> TreeView:
+        kvm = self.kvm
+        root = self.table(kvm.root)
+        root.root = True
+        orphans = [
+            self.table(sp, orphan=True)
+            for sp in kvm.active_mmu_pages.values()
+            if sp is not kvm.root and not sp.parent_ptes and not sp.invalid
+        ]
+        gone = list(self.freed_pages.values())
+        freed = [self.freed_table(sp) for sp in gone[:FREED_TABLES_DRAWN]]
+        # Every non-present spte holds the same value (no MMIO sptes), so counting is list.count's job;
+        # the present large leaves are counted at the spte choke point, which the invariants check.
+        nonpresent = kvm.masks.nonpresent
+        present = sum(len(sp.spt) - sp.spt.count(nonpresent) for sp in kvm.active_mmu_pages.values())
+        large = kvm.stat.large_leaves
+        return TreeView(
+            root,
+            orphans,
+            freed,
+            self.drawn,
+            len(kvm.active_mmu_pages),
+            present,
+            large,
+            self.changed_count,
+            len(gone) - len(freed),
+        )
+
+    def _entry(
+        self, sp: KvmMmuPage, index: int, value: int, old: int | None, ghost: bool = False
+    ) -> SpteView:
+        span = pages_per_hpage(sp.level)
+        view = SpteView(
+            level=sp.level,
+            sp_gfn=sp.gfn,
+            index=index,
+            value=value,
+            word=flag_word(value, self.kvm.masks),
+            kind=spte_kind(value, sp.level),
+            gfn=sp.gfn + index * span,
+            span=span,
+            old=old,
+            ghost=ghost,
+            selected=self.selected == (sp.level, sp.gfn, index),
+        )
+        if view.kind == "large" and value & PT_WRITABLE_MASK and not ghost:
+            slot = self.kvm.gfn_to_memslot(view.gfn)
+            if slot is not None and slot.dirty_bitmap is not None:
+                view.warning = (
+                    f"writable while slot {slot.id} is dirty-logged: stores anywhere in"
+                    f" {hx(view.gfn)}–{hx(view.gfn + view.span - 1)} set no dirty bit"
+                )
+        self.drawn += 1
+        return view
+
+    def table(self, sp: KvmMmuPage, orphan: bool = False) -> TableView:
+        kvm = self.kvm
+        spt = sp.spt
+        nonpresent = kvm.masks.nonpresent
+        present = list(compress(range(len(spt)), map(nonpresent.__ne__, spt)))
+        changes = self.changes.get(sp.serial, {})
+        must = self.must.get(sp.serial, set())
+        always = self.always.get(sp.serial, set())
+        span = pages_per_hpage(sp.level) * 512
+        view = TableView(sp.level, sp.gfn, span, len(present), "", orphan=orphan, changed=bool(must))
+        if sp.level == 1:
+            writable = sum(1 for i in present if spt[i] & PT_WRITABLE_MASK)
+            view.summary = _leaves_text(0, len(present), writable) if present else "empty"
+        else:
+            view.summary = f"{len(present)} of 512 entries present" if present else "empty"
+        indices = sorted(set(present) | {i for i, old in changes.items() if old & PT_PRESENT_MASK})
+        whole = len(present) <= SMALL_TABLE and self.drawn + len(present) <= self.cap
+        if not whole and not changes and not must and not always:
+            view.items.extend(self.fold(sp, indices))  # nothing in it to draw one by one
+            return view
+        pending: list[int] = []
+        for index in indices:
+            spte = spt[index]
+            old = changes.get(index)
+            ghost = not spte & PT_PRESENT_MASK
+            forced = index in always or (index in must and self.drawn < self.cap)
+            if forced or (whole and old is None) or (ghost and self.drawn < self.cap):
+                if pending:
+                    view.items.extend(self.fold(sp, pending))
+                    pending = []
+                entry = self._entry(sp, index, old if ghost and old is not None else spte, old, ghost)
+                if entry.kind == "ptr" and not ghost:
+                    child = kvm.sp_by_pfn.get((spte & PT64_BASE_ADDR_MASK) >> 12)
+                    if child is not None:
+                        if forced or self.drawn < self.cap:
+                            entry.child = self.table(child)
+                        else:
+                            entry.child_note = self._below(child)
+                view.items.append(entry)
+            else:
+                pending.append(index)
+        if pending:
+            view.items.extend(self.fold(sp, pending))
+        return view
+
+    def _selected(self, sp: KvmMmuPage, index: int) -> bool:
+        return self.selected == (sp.level, sp.gfn, index)
+
+    def _below(self, child: KvmMmuPage) -> str:
+        tables, large, small, writable = _leaf_counts(self.kvm, child)
+        return f"{plural(tables, 'table')} below: {_leaves_text(large, small, writable)}"
+
+    def fold(self, sp: KvmMmuPage, indices: list[int]) -> list[RunView]:
+        """Runs of consecutive entries with the same kind and flags, each one line. Within one table the
+        kind follows from the low twelve bits, so those and "changed this step" are the run's key."""
+        spt = sp.spt
+        changes = self.changes.get(sp.serial, {})
+        must = self.must.get(sp.serial, set())
+        runs: list[RunView] = []
+
+        # An entry removed this step is non-present now: it folds with the others removed, named by the
+        # kind it had (a leaf zapped is not a pointer, whatever its empty value's bits say).
+        def key(i: int) -> tuple[int, bool, str]:
+            gone = not spt[i] & PT_PRESENT_MASK
+            return (
+                spt[i] & FLAG_MASK,
+                i in changes,
+                spte_kind(changes[i], sp.level) if gone and i in changes else "",
+            )
+
+        for (_, changed, was), members in groupby(indices, key=key):
+            group = list(members)
+            kind = "gone" if was else spte_kind(spt[group[0]], sp.level)
+            runs.append(self._run(sp, group, kind, changed or any(i in must for i in group), was))
+        return runs
+
+    def _run(self, sp: KvmMmuPage, group: list[int], kind: str, changed: bool, was: str = "") -> RunView:
+        spt = sp.spt
+        first, last = group[0], group[-1]
+        span = pages_per_hpage(sp.level)
+        gfns = f"gfns {hx(sp.gfn + first * span)}–{hx(sp.gfn + (last + 1) * span - 1)}"
+        flags = " ".join(spte_flags(spt[first], self.kvm.masks))
+        count = len(group)
+        if kind == "gone":
+            return RunView(
+                first,
+                last,
+                count,
+                f"{count} × {_removed_what(was, sp.level, count)} removed this step, {gfns}",
+                True,
+            )
+        if kind == "ptr":
+            tables = large = small = writable = 0
+            for index in group:
+                child = self.kvm.sp_by_pfn.get((spt[index] & PT64_BASE_ADDR_MASK) >> 12)
+                if child is not None:
+                    t, lg, sm, w = _leaf_counts(self.kvm, child)
+                    tables, large, small, writable = tables + t, large + lg, small + sm, writable + w
+            text = (
+                f"{plural(count, 'pointer')} to L{sp.level - 1} tables, {gfns}; below:"
+                f" {plural(tables, 'table')}, {_leaves_text(large, small, writable)}"
+            )
+        else:
+            size = level_name(sp.level)
+            text = f"{count} × {size} {'leaf' if count == 1 else 'leaves'}, {gfns}, all {flags}"
+        if changed:
+            text += " (changed this step)" if kind != "ptr" else " (changes below this step)"
+        return RunView(first, last, count, text, changed)
+
+    def freed_table(self, sp: KvmMmuPage) -> TableView:
+        changes = self.changes.get(sp.serial, {})
+        span = pages_per_hpage(sp.level) * 512
+        view = TableView(sp.level, sp.gfn, span, 0, "freed this step", freed=True, changed=True)
+        for index in sorted(changes)[: max(0, self.cap - self.drawn)]:
+            old = changes[index]
+            view.items.append(self._entry(sp, index, old, old, ghost=True))
+        if len(changes) > len(view.items):
+            view.items.append(
+                RunView(
+                    0, 511, len(changes) - len(view.items), f"{len(changes) - len(view.items)} more removed"
+                )
+            )
+        return view
