@@ -19,6 +19,7 @@ from app.main import create_app
 from app.render import static_url, static_version
 from app.settings import Settings
 from app.wire import IMMUTABLE, REVALIDATE
+from engine.policy import PRESETS
 from scenarios import load_builtin_text
 
 EXAMPLE = "worked-example"
@@ -190,3 +191,23 @@ def test_an_unchanged_static_file_is_answered_304(client: TestClient, headers: d
 
 def test_a_missing_static_file_is_still_404(client: TestClient) -> None:
     assert client.get("/static/nope.js?v=0000000000", headers=GZIP).status_code == 404
+
+
+# A step swap is the bytes a presenter's arrow key costs on a room's shared Wi-Fi: each one the player's
+# heaviest lesson asks for, under every preset, stays under this many bytes as sent gzip-compressed.
+SWAP_LIMIT = 15 * 1024
+
+
+@pytest.mark.parametrize("variant", list(PRESETS))
+def test_every_write_storm_swap_is_light_compressed(client: TestClient, variant: str) -> None:
+    steps = len(json.loads(load_builtin_text("write-storm-2m"))["steps"])
+    sizes: dict[int, int] = {}
+    for step in range(1, steps + 1):
+        url = f"/play?scenario=write-storm-2m&variant={variant}&step={step}"
+        response, body = raw(client, url, {**GZIP, "HX-Request": "true"})
+        assert response.status_code == 200
+        assert response.headers["content-encoding"] == "gzip"
+        assert b"hx-swap-oob" in gzip.decompress(body), "a swap, not a whole page"
+        sizes[step] = len(body)
+    heavy = {step: size for step, size in sizes.items() if size > SWAP_LIMIT}
+    assert not heavy, f"swaps over {SWAP_LIMIT} B compressed under {variant}: {heavy}"
