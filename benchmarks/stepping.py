@@ -111,9 +111,8 @@ def run() -> None:
                             page.wait_for_function(_AT_STEP, arg=0, timeout=TIMEOUT_MS, polling=10)
                         burst = press_and_time(page, BURST, min(BURST, last))
                         page.close()
-                        print(
-                            f"    {lesson:<16}{variant:<12}{last:>6}{ms(passes[0])}{ms(passes[1])}{burst:>11.0f}"
-                        )
+                        cold, warm = ms(passes[0]), ms(passes[1])
+                        print(f"    {lesson:<16}{variant:<12}{last:>6}{cold}{warm}{burst:>11.0f}")
             finally:
                 browser.close()
     finally:
