@@ -1,0 +1,92 @@
+"""The screenshots in docs/: the landing page, the player, compare and presentation mode, as seen.
+
+Starts the app as `sptelab serve` runs it (benchmarks/web_latency.py's `Server`), opens each page in the
+distribution's headless Chromium (`/usr/bin/chromium`, or the browser `SPTELAB_CHROMIUM` names) and saves
+a PNG under docs/screenshots/. The player, compare and presentation shots are taken at the worked
+example's decisive step: the one the landing page's "Start here" link lands on.
+
+    python3 scripts/screenshots.py
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+from playwright.sync_api import Page, sync_playwright
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from web_latency import Server  # noqa: E402
+
+OUT = REPO / "docs" / "screenshots"
+CHROMIUM = Path(os.environ.get("SPTELAB_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+EXAMPLE = "worked-example"
+
+
+def settled(page: Page) -> None:
+    page.wait_for_load_state("networkidle")
+    page.wait_for_function("() => !document.querySelector('.htmx-request, .htmx-swapping, .htmx-settling')")
+
+
+def decisive_step(page: Page, base: str) -> int:
+    """The step "Start here" lands on (the first step where the presets part ways)."""
+    page.goto(base + "/")
+    link = page.locator("[data-start-here]")
+    if link.count():
+        href = link.first.get_attribute("href") or ""
+        step = parse_qs(urlsplit(href).query).get("step", ["0"])[0]
+        return int(step)
+    return 0
+
+
+def shoot(page: Page, url: str, name: str, *, full_page: bool = False) -> None:
+    page.goto(url)
+    settled(page)
+    path = OUT / f"{name}.png"
+    page.screenshot(path=str(path), full_page=full_page)
+    print(f"{path.relative_to(REPO)}  ← {url}")
+
+
+def run() -> None:
+    if not CHROMIUM.exists():
+        sys.exit(f"screenshots: no Chromium at {CHROMIUM} (set SPTELAB_CHROMIUM)")
+    OUT.mkdir(parents=True, exist_ok=True)
+    server = Server(REPO / "test-artifacts" / "screenshots-server.log")
+    (REPO / "test-artifacts").mkdir(exist_ok=True)
+    server.start()
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+            )
+            try:
+                page = browser.new_page(viewport={"width": 1366, "height": 768})
+                step = decisive_step(page, server.url)
+                shoot(page, server.url + "/", "landing")
+                player = {"scenario": EXAMPLE, "variant": "lazy-buggy", "step": step}
+                shoot(page, server.url + "/play?" + urlencode(player), "player")
+                compare = {"scenario": EXAMPLE, "step": step}
+                shoot(page, server.url + "/compare?" + urlencode(compare), "compare")
+                page.close()
+                page = browser.new_page(viewport={"width": 1920, "height": 1080})
+                shoot(page, server.url + "/play?" + urlencode({**player, "present": 1}), "presentation")
+                page.close()
+            finally:
+                browser.close()
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    run()
