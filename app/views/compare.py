@@ -75,16 +75,22 @@ def field_splits(views: Mapping[str, PlayView]) -> list[FieldSplit]:
     largest groups are as large as each other (2 against 2, every column its own), no column is."""
     out = []
     for name, label in COMPARE_FIELDS:
-        groups: dict[str, list[str]] = {}
-        for variant, view in views.items():
-            groups.setdefault(repr(_signature(view, name)), []).append(variant)
-        ordered = tuple(tuple(group) for group in groups.values())
-        sizes = sorted((len(group) for group in ordered), reverse=True)
-        majority = None
-        if len(ordered) > 1 and sizes[0] > sizes[1]:
-            majority = max(ordered, key=len)
-        out.append(FieldSplit(name, label, ordered, majority))
+        groups, majority = split({variant: repr(_signature(view, name)) for variant, view in views.items()})
+        out.append(FieldSplit(name, label, groups, majority))
     return out
+
+
+def split(values: Mapping[str, object]) -> tuple[tuple[tuple[str, ...], ...], tuple[str, ...] | None]:
+    """The columns grouped by equal value (groups and their members in column order), and the majority:
+    the one group larger than every other, or None when the largest groups tie or all agree."""
+    groups: dict[object, list[str]] = {}
+    for column, value in values.items():
+        groups.setdefault(value, []).append(column)
+    ordered = tuple(tuple(group) for group in groups.values())
+    sizes = sorted((len(group) for group in ordered), reverse=True)
+    if len(ordered) > 1 and sizes[0] > sizes[1]:
+        return ordered, max(ordered, key=len)
+    return ordered, None
 
 
 @dataclass(slots=True)
