@@ -20,7 +20,7 @@ from fastapi import Depends, Request
 
 from app.budget_bytes import SOURCE_QUERY_ENTRIES, ByteBudget, Lru, weigh_any
 from app.cache import RunCache, StepRecord, check_budget
-from app.errors import AppError, bad_request
+from app.errors import bad_request
 from app.predict import PredictPanel, Question, judge, predict_panel, question_for
 from app.render import base_path, first_sentence
 from app.settings import Settings, get_settings
@@ -47,6 +47,8 @@ from scenarios import builtin_names
 PAGE_OVERHEAD = 600
 # The sptes a compare column's tree draws one by one: four trees side by side, each a glance.
 COMPARE_TREE_SPTES = 20
+# The timeline's lanes may together cost this fraction of one request's run budget (Store.timeline_budget).
+TIMELINE_SHARE = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,25 +121,29 @@ class Store:
         self.runs.trim()
         return view
 
-    def affordable(self, source: Source, steps: int, runs: int) -> bool:
-        """Whether `runs` runs of the scenario's first `steps` steps fit one request's budget."""
-        try:
-            work = source.work_to(steps)
-            check_budget(self.settings, source.scenario, work, steps=steps, runs=runs, doing="")
-        except AppError:
-            return False
-        return True
+    def timeline_budget(self) -> int:
+        """The work the timeline may ask of the runs beyond what its page does anyway: a share of one
+        request's budget (the workshop's, in workshop mode), so a strip never makes a page much dearer."""
+        settings = self.settings
+        budget = settings.run_budget
+        if settings.workshop:
+            budget = settings.workshop_budget or settings.run_budget // 4
+        return budget // TIMELINE_SHARE
 
-    def timeline(self, source: Source, lanes: Sequence[LaneRun], step: int) -> TimelineView:
+    def timeline(
+        self, source: Source, lanes: Sequence[LaneRun], step: int, *, paid: bool = False
+    ) -> TimelineView:
         """The timeline strip at `step`, from each lane's step records. The records reach the end of the
-        scenario when every lane's whole run fits the budget (each summary pass then runs on to the end,
-        once: a step is never run again for the strip); else the step shown, when that fits; else only
-        the own lane's, which the page ran to the step shown anyway. So the strip is a function of the
-        URL, never of which runs happen to be further along."""
+        scenario when every lane's whole run fits `timeline_budget` (each summary pass then runs on to
+        the end, once: a step is never run again for the strip); else the step shown, when that fits or
+        the page has run every lane that far anyway (`paid`: compare); else only the own lane's, which
+        the page ran to the step shown. So the strip is a function of the URL, never of which runs
+        happen to be further along."""
         total = source.total
-        if self.affordable(source, total, len(lanes)):
+        budget = self.timeline_budget()
+        if source.work_to(total) * len(lanes) <= budget:
             extent = total
-        elif self.affordable(source, step, len(lanes)):
+        elif paid or source.work_to(step) * len(lanes) <= budget:
             extent = step
         else:
             extent = -1  # the own lane to the step shown, the others not run

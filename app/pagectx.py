@@ -452,7 +452,8 @@ def compare_context(
     store = get_store(request)
     # Long share codes: the timeline's markers become buttons of one shared form (as in the player).
     compact = len(links.compare(source.total, variants)) > COMPACT_LINKS_OVER
-    timeline = store.timeline(source, [LaneRun(name, PRESETS[name]) for name in variants], step)
+    # The page runs every preset to the step shown: the strip may read that far for free.
+    timeline = store.timeline(source, [LaneRun(name, PRESETS[name]) for name in variants], step, paid=True)
     trees = {
         name: _compare_tree(store.compare_tree(source, PRESETS[name], step), links, name, step, compact)
         for name in variants
