@@ -166,3 +166,28 @@ def test_a_long_share_code_makes_the_markers_buttons_of_one_form(client: TestCli
     assert len(re.findall(r'<button type="submit" form="timeline-form" name="step"', html)) == 4 * 12
     # The trees' sptes are buttons too, each of its column's own form (the column's preset).
     assert '<form id="inspect-form-lazy-buggy"' in html and 'form="inspect-form-lazy-buggy"' in html
+
+
+def test_the_strip_runs_other_presets_only_within_its_share_of_the_budget() -> None:
+    """A scenario whose four whole runs do not fit the strip's share: every lane is known to the step shown
+    while four runs that far fit; past that, only the player's own lane, which the page runs anyway."""
+    from app.settings import Settings
+    from app.sources import SourceCache
+
+    source = SourceCache(4).resolve(EXAMPLE, None)
+    per_lane = source.work_to(source.total)
+    # Room for one whole run of the example in the strip's share, not for four.
+    budget = per_lane * 4 * 6 - 1
+    client = TestClient(create_app(Settings(run_budget=budget)), follow_redirects=False)
+    assert source.work_to(3) * 4 <= budget // 6  # the first steps are cheap: known to the step shown
+    html = client.get(f"/play?scenario={EXAMPLE}&variant=lazy&step=3").text
+    for lane in ("zap", "lazy-buggy", "lazy", "modern"):
+        tags = re.findall(r"<a [^>]*data-mark=[^>]*>", _lane(html, lane))
+        assert len(tags) == source.total, lane
+        known = [int(re.findall(r'data-mark="(\d+)"', tag)[0]) for tag in tags if 'data-known="0"' not in tag]
+        assert known == [1, 2, 3], lane
+    html = client.get(f"/play?scenario={EXAMPLE}&variant=lazy&step={source.total}").text
+    for lane in ("zap", "lazy-buggy", "lazy", "modern"):
+        tags = re.findall(r"<a [^>]*data-mark=[^>]*>", _lane(html, lane))
+        unknown = [tag for tag in tags if 'data-known="0"' in tag]
+        assert len(unknown) == (0 if lane == "lazy" else source.total), lane
