@@ -191,3 +191,23 @@ def test_the_strip_runs_other_presets_only_within_its_share_of_the_budget() -> N
         tags = re.findall(r"<a [^>]*data-mark=[^>]*>", _lane(html, lane))
         unknown = [tag for tag in tags if 'data-known="0"' in tag]
         assert len(unknown) == (0 if lane == "lazy" else source.total), lane
+
+
+def test_a_long_scenario_draws_a_bounded_strip(client: TestClient) -> None:
+    scenario = client.get(f"/api/scenarios/{EXAMPLE}").json()
+    scenario["steps"] = [
+        {"op": "write", "gfn": "0x250"},
+        *({"op": "note", "text": "…"} for _ in range(2_999)),
+    ]
+    code = client.post("/api/encode", json={"scenario": scenario}).json()["code"]
+    html = client.get(f"/play?s={code}&variant=lazy&step=1500").text
+    for lane in ("zap", "lazy-buggy", "lazy", "modern"):
+        body = _lane(html, lane)
+        marks = [int(n) for n in re.findall(r'data-mark="(\d+)"', body)]
+        assert marks == list(range(1500 - WINDOW, 1500 + WINDOW + 1)), lane
+        spans = re.findall(r'data-span="(\d+)-(\d+)"', body)
+        assert 0 < len(spans) <= SPANS + 2
+        # The first span holds the one write: a slow fault, and the span jumps to it.
+        assert spans[0][0] == "1" and re.search(r'value="1" class="tl-span f-slow"', body)
+        assert 'value="1500" class="tl-mark is-current"' in body
+    assert len(html) < 400_000
