@@ -110,3 +110,25 @@ def test_compare_timeline_has_the_compared_presets_and_steps_in_place(
             "data-mark", str(DECISIVE)
         )
     screenshot(page, "timeline-compare-step-05")
+
+
+def test_a_marker_of_a_long_share_code_is_a_button_that_steps_in_place(page: Page) -> None:
+    """With a share code the markers are buttons of one shared form (the code once, not per marker)."""
+    scenario = page.request.get("/api/scenarios/worked-example").json()
+    code = page.request.post("/api/encode", data={"scenario": scenario}).json()["code"]
+    page.goto(f"/compare?s={code}&step=1")
+    expect_position(page, 1, STEPS)
+    page.evaluate("window.__inPlace = 'kept'")
+    marker = page.locator(f'#timeline [data-lane="lazy"] button[data-mark="{DECISIVE}"]')
+    expect(marker).to_have_count(1)
+    marker.click()
+    expect_position(page, DECISIVE, STEPS)
+    assert page.evaluate("window.__inPlace") == "kept"
+    expect(page.locator('#timeline [data-lane="lazy"] [aria-current="step"]')).to_have_attribute(
+        "data-mark", str(DECISIVE)
+    )
+    page.goto(f"/play?s={code}&variant=zap&step=1")
+    expect_position(page, 1, STEPS)
+    page.locator('#timeline [data-lane="modern"] button[data-mark="3"]').click()
+    expect_position(page, 3, STEPS)
+    expect(page).to_have_url(re.compile(r"/play\?s=[^&]+&variant=zap&step=3$"))
