@@ -131,14 +131,21 @@ class Store:
         return budget // TIMELINE_SHARE
 
     def timeline(
-        self, source: Source, lanes: Sequence[LaneRun], step: int, *, paid: bool = False
+        self,
+        source: Source,
+        lanes: Sequence[LaneRun],
+        step: int,
+        *,
+        paid: bool = False,
+        hide_ahead: bool = False,
     ) -> TimelineView:
         """The timeline strip at `step`, from each lane's step records. The records reach the end of the
         scenario when every lane's whole run fits `timeline_budget` (each summary pass then runs on to
         the end, once: a step is never run again for the strip); else the step shown, when that fits or
         the page has run every lane that far anyway (`paid`: compare); else only the own lane's, which
         the page ran to the step shown. So the strip is a function of the URL, never of which runs
-        happen to be further along."""
+        happen to be further along. `hide_ahead` (predict mode) leaves the steps after the one shown
+        unknown: their markers would give the answers away."""
         total = source.total
         budget = self.timeline_budget()
         if source.work_to(total) * len(lanes) <= budget:
@@ -147,6 +154,8 @@ class Store:
             extent = step
         else:
             extent = -1  # the own lane to the step shown, the others not run
+        if hide_ahead:
+            extent = min(extent, step)
         key = (source.code, tuple(lanes), step, extent)
         view = self.timelines.get(key)
         if view is not None:

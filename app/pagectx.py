@@ -349,7 +349,9 @@ def _player_timeline(request: Request, query: PlayerQuery) -> dict[str, Any]:
         else LaneRun(name, query.policy, own=True, note=own)
         for name, policy in PRESETS.items()
     ]
-    return {"timeline": get_store(request).timeline(query.source, lanes, query.step), "timeline_form": None}
+    # Predict mode asks about the next step: the strip shows no step after the one shown.
+    timeline = get_store(request).timeline(query.source, lanes, query.step, hide_ahead=query.predict)
+    return {"timeline": timeline, "timeline_form": None}
 
 
 def _freed_note(hidden: int) -> Markup:

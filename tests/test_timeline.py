@@ -211,3 +211,12 @@ def test_a_long_scenario_draws_a_bounded_strip(client: TestClient) -> None:
         assert spans[0][0] == "1" and re.search(r'value="1" class="tl-span f-slow"', body)
         assert 'value="1500" class="tl-mark is-current"' in body
     assert len(html) < 400_000
+
+
+def test_predict_mode_does_not_give_the_next_steps_away(client: TestClient) -> None:
+    html = client.get(f"/play?scenario={EXAMPLE}&variant=lazy&step=4&mode=predict&score=0-0").text
+    for lane in ("zap", "lazy-buggy", "lazy", "modern"):
+        tags = re.findall(r"<a [^>]*data-mark=[^>]*>", _lane(html, lane))
+        unknown = [int(re.findall(r'data-mark="(\d+)"', tag)[0]) for tag in tags if 'data-known="0"' in tag]
+        assert unknown == list(range(5, 13)), lane
+        assert "data-fault" not in "".join(tags[4:]), lane
