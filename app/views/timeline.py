@@ -7,7 +7,7 @@ record of each step: building the strip never runs a step.
 
 A long scenario would make the strip as long as the scenario, so it is bounded (docs/ui-hooks.md): up to
 `FULL_MARKS` steps every step has its marker; beyond that, the `WINDOW` steps either side of the one
-shown have theirs, and the rest of the scenario is folded into at most `SPANS` overview spans, each
+shown have theirs, and the rest of the scenario is folded into about `SPANS` overview spans, each
 summarising its steps and jumping to the most telling of them.
 """
 
