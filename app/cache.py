@@ -89,6 +89,8 @@ class StepRecord(NamedTuple):
     violations: tuple[str, ...]
     # Guest accesses, spte writes, faults and harvested pages: how heavy a full trace would be.
     cost: int
+    # For a migrate_end step: how many pages its verdict found lost (the timeline marks the step).
+    lost: int = 0
 
 
 @dataclass(slots=True)
@@ -220,7 +222,7 @@ def _accesses(scenario: Scenario, index: int) -> int:
     return step.count if isinstance(step, ReadStep | WriteStep) else 0
 
 
-def _record(result: StepResult, log: StepLog, accesses: int) -> StepRecord:
+def _record(result: StepResult, log: StepLog, accesses: int, lost: int = 0) -> StepRecord:
     dirty_log = result.dirty_log
     kept = tuple(dirty_log) if dirty_log is not None and len(dirty_log) <= _KEEP_DIRTY_LOG else None
     faults = result.fault_counts["fast"] + result.fault_counts["slow"]
@@ -234,6 +236,7 @@ def _record(result: StepResult, log: StepLog, accesses: int) -> StepRecord:
         dirty_log_digest=hash(tuple(dirty_log)) if dirty_log is not None else None,
         violations=tuple(v.invariant for v in result.violations),
         cost=accesses + len(log.touched) + 8 * faults + len(log.harvested) + len(result.marked_dirty),
+        lost=lost,
     )
 
 
@@ -298,7 +301,8 @@ class Run:
             except BaseException:
                 self._rewind()
                 raise
-            record = _record(result, sim.kvm.log, _accesses(self.scenario, index))
+            verdict = sim.migration.lost if result.op.get("op") == "migrate_end" else None
+            record = _record(result, sim.kvm.log, _accesses(self.scenario, index), len(verdict or ()))
             self.records.append(record)
             self._records_weight += record_weight(record)
             self._work += record.cost + STEP_COST

@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 from fastapi import Depends, Request
 
 from app.budget_bytes import SOURCE_QUERY_ENTRIES, ByteBudget, Lru, weigh_any
-from app.cache import RunCache, check_budget
+from app.cache import RunCache, StepRecord, check_budget
 from app.errors import bad_request
 from app.predict import PredictPanel, Question, judge, predict_panel, question_for
 from app.render import base_path, first_sentence
@@ -30,6 +30,8 @@ from app.views.library import ScenarioCard, scenario_card
 from app.views.narration import describe_op
 from app.views.play import PlayView, play_view
 from app.views.text import Location, location_param, parse_location
+from app.views.timeline import TimelineView, timeline_view
+from app.views.tree import TreeBuilder, TreeView
 from engine.policy import (
     DEFAULT_PRESET,
     PRESETS,
@@ -43,6 +45,21 @@ from scenarios import builtin_names
 
 # A cached page's bytes beyond its body and key: the tuple, the headers dict, the entry.
 PAGE_OVERHEAD = 600
+# The sptes a compare column's tree draws one by one: four trees side by side, each a glance.
+COMPARE_TREE_SPTES = 20
+# The timeline's lanes may together cost this fraction of one request's run budget (Store.timeline_budget).
+TIMELINE_SHARE = 6
+
+
+@dataclass(frozen=True, slots=True)
+class LaneRun:
+    """One lane of the timeline: a preset's name, the policy its run uses, and whether it is the page's
+    own (the player's preset, with its what-if switches), with the words that say so."""
+
+    variant: str
+    policy: Policy
+    own: bool = False
+    note: str = ""
 
 
 def page_weight(key: tuple[str, ...], value: tuple[bytes, dict[str, str]]) -> int:
@@ -66,6 +83,9 @@ class Store:
         self.inspections: Lru[tuple[object, ...], InspectorView] = Lru(
             settings.cache_views, budget, weigh_any
         )
+        # The timeline strips and compare's small trees, by what they are a function of.
+        self.timelines: Lru[tuple[object, ...], TimelineView] = Lru(settings.cache_views, budget, weigh_any)
+        self.compare_trees: Lru[tuple[object, ...], TreeView] = Lru(settings.cache_views, budget, weigh_any)
         # Predict mode's questions by (code, policy, step index); a 1-tuple, since a step may ask nothing.
         self.questions: Lru[tuple[object, ...], tuple[Question | None]] = Lru(
             settings.cache_views, budget, weigh_any
@@ -100,6 +120,82 @@ class Store:
         self.views.put(key, view)
         self.runs.trim()
         return view
+
+    def timeline_budget(self) -> int:
+        """The work the timeline may ask of the runs beyond what its page does anyway: a share of one
+        request's budget (the workshop's, in workshop mode), so a strip never makes a page much dearer."""
+        settings = self.settings
+        budget = settings.run_budget
+        if settings.workshop:
+            budget = settings.workshop_budget or settings.run_budget // 4
+        return budget // TIMELINE_SHARE
+
+    def timeline(
+        self,
+        source: Source,
+        lanes: Sequence[LaneRun],
+        step: int,
+        *,
+        paid: bool = False,
+        hide_ahead: bool = False,
+    ) -> TimelineView:
+        """The timeline strip at `step`, from each lane's step records. The records reach the end of the
+        scenario when every lane's whole run fits `timeline_budget` (each summary pass then runs on to
+        the end, once: a step is never run again for the strip); else the step shown, when that fits or
+        the page has run every lane that far anyway (`paid`: compare); else only the own lane's, which
+        the page ran to the step shown. So the strip is a function of the URL, never of which runs
+        happen to be further along. `hide_ahead` (predict mode) leaves the steps after the one shown
+        unknown: their markers would give the answers away."""
+        total = source.total
+        budget = self.timeline_budget()
+        if source.work_to(total) * len(lanes) <= budget:
+            extent = total
+        elif paid or source.work_to(step) * len(lanes) <= budget:
+            extent = step
+        else:
+            extent = -1  # the own lane to the step shown, the others not run
+        if hide_ahead:
+            extent = min(extent, step)
+        key = (source.code, tuple(lanes), step, extent)
+        view = self.timelines.get(key)
+        if view is not None:
+            return view
+        rows: list[tuple[str, bool, str, Sequence[StepRecord]]] = []
+        for lane in lanes:
+            reach = extent if extent >= 0 else (step if lane.own else 0)
+            records: Sequence[StepRecord] = ()
+            if reach > 0:
+                run = self.runs.get(source.code, source.scenario, lane.policy)
+                run.ensure(reach)
+                records = run.records[:reach]
+            rows.append((lane.variant, lane.own, lane.note, records))
+        steps = source.scenario.steps
+        ops = [s.op for s in steps]
+
+        def describe(n: int) -> str:
+            return describe_op(steps[n - 1].model_dump(mode="python"))
+
+        view = timeline_view(step, total, ops, rows, describe=describe)
+        self.timelines.put(key, view)
+        self.runs.trim()
+        return view
+
+    def compare_tree(self, source: Source, policy: Policy, step: int) -> TreeView:
+        """A compare column's page-table tree: the player's tree with a small drawing budget. Built
+        from the state the column's view just built and parked (a cursor), so nothing replays."""
+        key = (source.code, policy, step)
+        tree = self.compare_trees.get(key)
+        if tree is not None:
+            return tree
+        run = self.runs.get(source.code, source.scenario, policy)
+        shown = run.at(step)
+        try:
+            tree = TreeBuilder(shown.sim.kvm, shown.touched, None, COMPARE_TREE_SPTES).build()
+        finally:
+            run.park(shown)
+        self.compare_trees.put(key, tree)
+        self.runs.trim()
+        return tree
 
     def inspector(self, query: PlayerQuery) -> InspectorView | None:
         if query.selected is None:

@@ -19,7 +19,7 @@ from fastapi.responses import HTMLResponse
 from markupsafe import Markup
 
 from app.budget_bytes import Lru
-from app.deps import FOCUS_PANELS, Links, PlayerQuery
+from app.deps import FOCUS_PANELS, LaneRun, Links, PlayerQuery, get_store
 from app.forwarded import public_origin
 from app.livekernel import kernel_unavailable
 from app.predict import PredictPanel
@@ -27,11 +27,12 @@ from app.render import base_path, markdown, page_globals, render_blocks, render_
 from app.room import Room
 from app.sources import Source
 from app.treehtml import InspectLink, render_tree
-from app.views.compare import COMPARE_FIELDS, compare_columns
+from app.views.compare import COMPARE_FIELDS, compare_columns, field_splits
 from app.views.inspector import InspectorView
 from app.views.play import PlayView
 from app.views.presets import preset_description
 from app.views.text import location_param
+from app.views.tree import TreeView
 from engine.policy import NOT_IMPLEMENTED, PRESET_DESCRIPTIONS, PRESETS, SWITCH_VALUES, Policy
 from engine.scenario import ScenarioError, parse_scenario
 from live.backend import refusal as live_refusal
@@ -44,6 +45,7 @@ PLAY_BLOCKS = (
     "scrubber",
     "share",
     "modes",
+    "timeline",
     "narration",
     "tree",
     "inspector",
@@ -57,7 +59,7 @@ PLAY_BLOCKS = (
 # Not swapped when stepping: the preset picker, the what-if form and the shared forms of long links
 # differ from step to step only in their hidden `step` and `spte` fields, which keys.js keeps in line
 # with the address bar (forms marked data-sync).
-COMPARE_BLOCKS = ("position", "stepnav", "scrubber", "share", "compare_grid")
+COMPARE_BLOCKS = ("position", "stepnav", "scrubber", "share", "timeline", "compare_grid")
 
 # A player URL longer than this makes the panels link through shared forms instead of per-link URLs.
 COMPACT_LINKS_OVER = 256
@@ -333,7 +335,23 @@ def play_context(
             render_tree([tree.root, *tree.orphans, *tree.freed], inspect) + _freed_note(tree.freed_hidden)
         ),
         **_mode_context(query, links, predict),
+        **_player_timeline(request, query),
     }
+
+
+def _player_timeline(request: Request, query: PlayerQuery) -> dict[str, Any]:
+    """The player's timeline: a lane for every preset the compare view shows, the player's own preset
+    run with its what-if switches and marked as this player's."""
+    own = "this player" + (", + what-if" if query.overrides else "")
+    lanes = [
+        LaneRun(name, policy, own=False)
+        if name != query.variant
+        else LaneRun(name, query.policy, own=True, note=own)
+        for name, policy in PRESETS.items()
+    ]
+    # Predict mode asks about the next step: the strip shows no step after the one shown.
+    timeline = get_store(request).timeline(query.source, lanes, query.step, hide_ahead=query.predict)
+    return {"timeline": timeline, "timeline_form": None}
 
 
 def _freed_note(hidden: int) -> Markup:
@@ -433,6 +451,15 @@ def compare_context(
 
     any_view = next(iter(views.values()))
     scenario = source.scenario
+    store = get_store(request)
+    # Long share codes: the timeline's markers become buttons of one shared form (as in the player).
+    compact = len(links.compare(source.total, variants)) > COMPACT_LINKS_OVER
+    # The page runs every preset to the step shown: the strip may read that far for free.
+    timeline = store.timeline(source, [LaneRun(name, PRESETS[name]) for name in variants], step, paid=True)
+    trees = {
+        name: _compare_tree(store.compare_tree(source, PRESETS[name], step), links, name, step, compact)
+        for name in variants
+    }
     return {
         "page": "compare",
         "links": links,
@@ -444,10 +471,31 @@ def compare_context(
         "title": scenario.title or source.name or "Untitled scenario",
         "view": any_view,
         "columns": compare_columns(views),
+        "splits": field_splits(views),
         "fields": COMPARE_FIELDS,
+        "trees": trees,
+        "timeline": timeline,
+        "compact": compact,
+        "timeline_form": (
+            {"action": links.url("/compare"), "fields": [source.param, ("variants", ",".join(variants))]}
+            if compact
+            else None
+        ),
         "play_urls": {v: Links(source.param, v, {}, None, base=base).play(step) for v in variants},
         "share_url": absolute(request, links.compare(step, variants)),
         "downloads": Downloads(links.download()),
         "source_param": source.param,
         "variants_param": ",".join(variants),
     }
+
+
+def _compare_tree(tree: TreeView, links: Links, variant: str, step: int, compact: bool) -> Markup:
+    """A column's tree, its sptes opening the player of that preset at this step with the spte
+    selected; with a long share code, buttons of the column's own inspect form (compare.html)."""
+    player = links.with_variant(variant)
+    inspect: InspectLink = None if compact else (lambda param: player.play(step, spte=param))
+    html = render_tree([tree.root, *tree.orphans, *tree.freed], inspect) + _freed_note(tree.freed_hidden)
+    if compact:
+        # render_tree names the player's one shared form; each column has its own (its preset).
+        html = Markup(str(html).replace('form="inspect-form"', f'form="inspect-form-{variant}"'))
+    return html

@@ -1,4 +1,8 @@
-"""The dirty bitmaps: rows of cells (dirty, clean, written but not dirty, lost), alike rows folded."""
+"""The dirty bitmaps: rows of cells (dirty, clean, written but not dirty, lost), alike rows folded.
+
+After the migration's verdict the pages it lost are drawn on their slot's grid (`data-lost="1"`, ✕), also
+once logging has stopped and the slot has no bitmap any more: then the cells stand for pages, not bits, and
+carry `data-gfn` instead of the contract's `data-dirty-gfn`."""
 
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ class Cell(NamedTuple):
     gfn: int
     dirty: bool
     written: bool
+    lost: bool = False
 
 
 @dataclass(slots=True)
@@ -38,13 +43,20 @@ class BitmapRow:
     written_mask: int = 0
     dirty_pages: int = 0
     written_pages: int = 0
+    # Pages the migration's verdict found lost, bit k for gfn + k (drawn rows only).
+    lost_mask: int = 0
 
     @property
     def cells(self) -> list[Cell]:
         if not self.drawn:
             return []
         return [
-            Cell(self.gfn + k, bool(self.dirty_mask >> k & 1), bool(self.written_mask >> k & 1))
+            Cell(
+                self.gfn + k,
+                bool(self.dirty_mask >> k & 1),
+                bool(self.written_mask >> k & 1),
+                bool(self.lost_mask >> k & 1),
+            )
             for k in range(self.count)
         ]
 
@@ -92,13 +104,26 @@ class BitmapView:
 
 
 @lru_cache(maxsize=CELL_ROWS)
-def _cells_html(gfn: int, count: int, dirty_mask: int, written_mask: int) -> str:
+def _cells_html(
+    gfn: int, count: int, dirty_mask: int, written_mask: int, lost_mask: int = 0, logged: bool = True
+) -> str:
     """One drawn row's cells. A row's bits seldom change from one step to the next, so rows are kept
     by value: stepping redraws the bitmap from what it drew before."""
     cells = []
     for k in range(count):
         cell = gfn + k
-        if written_mask >> k & 1:
+        if not logged:
+            # No bitmap any more (logging stopped at the verdict): pages, with the lost ones marked.
+            if lost_mask >> k & 1:
+                cells.append(f'<i data-gfn="{cell:#x}" data-lost="1" title="gfn {cell:#x}: lost">✕</i>')
+            else:
+                cells.append(f'<i data-gfn="{cell:#x}"></i>')
+        elif lost_mask >> k & 1:
+            cells.append(
+                f'<i data-dirty-gfn="{cell:#x}" data-dirty="{dirty_mask >> k & 1}" data-lost="1"'
+                f' title="gfn {cell:#x}: lost to the migration">✕</i>'
+            )
+        elif written_mask >> k & 1:
             cells.append(
                 f'<i data-dirty-gfn="{cell:#x}" data-dirty="{dirty_mask >> k & 1}" data-written="1"'
                 f' title="gfn {cell:#x}: written, not dirty: lost">!</i>'
@@ -110,7 +135,7 @@ def _cells_html(gfn: int, count: int, dirty_mask: int, written_mask: int) -> str
     return "".join(cells)
 
 
-def rows_html(rows: list[BitmapRow]) -> Markup:
+def rows_html(rows: list[BitmapRow], logged: bool = True) -> Markup:
     """The bitmap's rows as HTML, written here rather than in a template: a bitmap is hundreds of cells,
     and every value in them is a number or a fixed word, so there is nothing to escape."""
     out: list[str] = []
@@ -123,7 +148,7 @@ def rows_html(rows: list[BitmapRow]) -> Markup:
                 f' data-state="{state}">{label} {row.run_text}</div>'
             )
             continue
-        cells = _cells_html(row.gfn, row.count, row.dirty_mask, row.written_mask)
+        cells = _cells_html(row.gfn, row.count, row.dirty_mask, row.written_mask, row.lost_mask, logged)
         out.append(f'<div class="bm-row">{label}{cells}</div>')
     return Markup("\n".join(out))  # only numbers and fixed words: nothing to escape
 
@@ -132,16 +157,22 @@ def bitmap_view(sim: Simulation, slot: KvmMemorySlot, max_cells: int, lost: Iter
     """The slot's dirty bitmap as rows of cells; in a slot larger than `max_cells` pages, rows whose
     pages are all alike fold into runs, and past `max_cells` drawn cells every row folds."""
     lost_here = [g for g in lost if slot.contains(g)]
-    bitmap = slot.dirty_bitmap
-    if bitmap is None:
-        return BitmapView(slot.id, slot.base_gfn, slot.npages, False, [], [], 0, [], 0, lost_here)
+    logged = slot.dirty_bitmap is not None
     base, npages = slot.base_gfn, slot.npages
-    pending = sim.checker.pending.get(slot.id, {})
+    if slot.dirty_bitmap is None and not lost_here:
+        return BitmapView(slot.id, base, npages, False, [], [], 0, [], 0, lost_here)
+    # Logging stopped with the verdict: draw the slot's pages all the same, to show the lost ones.
+    bitmap = slot.dirty_bitmap if slot.dirty_bitmap is not None else bytearray(-(-npages // 64) * 8)
+    pending = sim.checker.pending.get(slot.id, {}) if logged else {}
     written = sorted(g for g in pending if not slot.test_dirty(g))
     written_rows: dict[int, int] = {}  # row -> its written-not-dirty bits
     for g in written:
         row = (g - base) // ROW
         written_rows[row] = written_rows.get(row, 0) | 1 << ((g - base) % ROW)
+    lost_rows: dict[int, int] = {}  # row -> its lost pages
+    for g in lost_here:
+        row = (g - base) // ROW
+        lost_rows[row] = lost_rows.get(row, 0) | 1 << ((g - base) % ROW)
     dirty_count = int.from_bytes(bitmap, "little").bit_count()
     small = npages <= max_cells
     rows: list[BitmapRow] = []
@@ -157,7 +188,8 @@ def bitmap_view(sim: Simulation, slot: KvmMemorySlot, max_cells: int, lost: Iter
         row_full = full if width == ROW else (1 << width) - 1
         word = words[row] & row_full
         written_mask = written_rows.get(row, 0) if written_rows else 0
-        if not small and not written_mask and word in (0, row_full):
+        lost_mask = lost_rows.get(row, 0) if lost_rows else 0
+        if not small and not written_mask and not lost_mask and word in (0, row_full):
             dirty = width if word else 0
             last = rows[-1] if rows else None
             if last is not None and not last.drawn and last.state == ("dirty" if dirty else "clean"):
@@ -167,7 +199,7 @@ def bitmap_view(sim: Simulation, slot: KvmMemorySlot, max_cells: int, lost: Iter
                 rows.append(BitmapRow(gfn, width, dirty_pages=dirty))
             continue
         if small or drawn < max_cells:
-            rows.append(BitmapRow(gfn, width, True, word, written_mask))
+            rows.append(BitmapRow(gfn, width, True, word, written_mask, lost_mask=lost_mask))
             drawn += width
             continue
         dirty = word.bit_count()
@@ -184,12 +216,12 @@ def bitmap_view(sim: Simulation, slot: KvmMemorySlot, max_cells: int, lost: Iter
         slot.id,
         base,
         npages,
-        True,
+        logged,
         rows,
         dirty_list,
         dirty_count,
         written[:256],
         len(written),
         lost_here,
-        rows_html(rows),
+        rows_html(rows, logged),
     )
