@@ -22,7 +22,7 @@ from app.views.narration import describe_op, narrate
 from app.views.rmap import RmapSlotView, TlbView, rmap_views, tlb_views
 from app.views.text import Location, hx
 from app.views.trace import TraceView, trace_view
-from app.views.tree import TreeBuilder, TreeView
+from app.views.tree import TreeBuilder, TreeView, walk_gfn
 from engine.simulation import StepResult
 from engine.spte import (
     level_name,
@@ -140,7 +140,7 @@ def play_view(
     ]
     lost = list(sim.migration.lost or []) if sim.migrated else []
     counts = result.fault_counts if result is not None else {"fast": 0, "slow": 0}
-    tree = TreeBuilder(kvm, shown.touched, selected, tree_cap)
+    tree = TreeBuilder(kvm, shown.touched, selected, tree_cap, walk=walk_gfn(result))
     changes, change_count = _change_lines(tree)
     step_counts = [
         ("faults_fast", "fast faults", counts.get("fast", 0)),
