@@ -47,11 +47,13 @@ def render_tree(tables: list[TableView], link: InspectLink) -> Markup:
 
 
 @lru_cache(maxsize=1024)
-def bit_chips(word: int, old: int | None = None, danger: str = "", danger_bit: str = "") -> str:
+def bit_chips(
+    word: int, old: int | None = None, danger: str = "", danger_bit: str = "", changed_only: bool = False
+) -> str:
     """The eight flags as chips, in the contract's order: `<b>` set, `<s>` clear, each `[data-bit=NAME]`
     with `data-bit-set`, and for a flag that differs from `old` its change (`data-bit-change="0>1"`, text
     `W 0→1`). `danger_bit`'s chip carries `data-bit-danger` (the invariant's name) and a ⚠. The caller
-    names the whole (bits_label)."""
+    names the whole (bits_label). `changed_only`: the changed flags alone."""
     changed = 0 if old is None else old ^ word
     parts = []
     for name, bit in FLAG_BITS:
@@ -64,16 +66,16 @@ def bit_chips(word: int, old: int | None = None, danger: str = "", danger_bit: s
                 extra += f" data-bit-danger={escape(danger)}"
                 text = "⚠" + text
             parts.append(f"<{tag} data-bit={name} data-bit-set={on}{extra}>{text}</{tag}>")
-        else:
+        elif not changed_only:
             parts.append(f"<{tag} data-bit={name} data-bit-set={on}>{name}</{tag}>")
     return "".join(parts)
 
 
-def bits_html(word: int, old: int | None = None, danger: str = "", danger_bit: str = "") -> Markup:
-    """A standalone row of chips with its accessible name on it (the inspector's history; few rows)."""
-    label = escape(bits_label(word, old, danger))
-    chips = bit_chips(word, old, danger, danger_bit)
-    return Markup(f'<span class="bits" role="img" aria-label="{label}">{chips}</span>')
+def changed_bits_html(word: int, old: int) -> Markup:
+    """The flags that differ from `old` as chips, e.g. `W 1→0` `D 0→1` (the inspector's history): their
+    text says the change, so they need no other name. Empty when no flag changed."""
+    chips = bit_chips(word, old, changed_only=True)
+    return Markup(f'<span class="bits bit-changes">{chips}</span>') if chips else Markup("")
 
 
 def _table(t: TableView, link: InspectLink, out: list[str], labels: dict[LabelKey, str]) -> None:
@@ -155,7 +157,7 @@ def _entry(e: SpteView, link: InspectLink, out: list[str], labels: dict[LabelKey
         label = labels[key] = f"bl{len(labels)}"
     walk = '<span class="walk-tag">◆ walk</span> ' if e.walk else ""
     out.append(
-        f'<li class="{classes}" {hook}{attrs}>\n{opening}{walk}<span class="idx">[{e.index:#x}]</span> {tag}'
+        f'<li class="{classes}" {hook}{attrs}>\n{opening}<span class="idx">{walk}[{e.index:#x}]</span> {tag}'
         f' <span class="target">{escape(e.target)}</span> <span class="bits" role="img"'
         f' aria-labelledby={label}>{bit_chips(*key)}</span>'
         f' <code class="raw">{e.value:#x}</code>{closing}\n'
