@@ -223,6 +223,17 @@ def test_every_row_shows_its_flags_by_name_as_its_hook_says(client: TestClient) 
     assert labels and all(f'<span id="{label}">bits: ' in html for label in labels)
 
 
+@pytest.mark.parametrize("step", [3, 5, 9])
+def test_the_6x_layout_shows_the_same_names(client: TestClient, step: int) -> None:
+    """modern keeps HW and MW at bits 57 and 58 (6.x): the chips read them there, as data-flags does."""
+    drawn = rows(client.get(f"{PLAY}&variant=modern&step={step}").text)
+    assert drawn
+    assert any("HW" in flags.split() for flags, _ in drawn)
+    for flags, chips in drawn:
+        assert [c.attrs["data-bit"] for c in chips] == NAMES
+        assert [c.attrs["data-bit"] for c in chips if c.attrs["data-bit-set"] == "1"] == flags.split()
+
+
 def test_the_walk_is_in_the_tree_header_and_on_its_entries(client: TestClient) -> None:
     html = client.get(f"{PLAY}&variant=lazy&step=5").text
     line = re.search(r"<p class=\"walk-line\" data-walk-path data-walk-gfn=\"0x250\">(.*?)</p>", html, re.S)

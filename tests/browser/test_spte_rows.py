@@ -158,3 +158,22 @@ def test_the_narration_tag_is_the_step_number(page: Page) -> None:
     current = page.locator(".violation.is-current").first
     expect(current).to_contain_text("at #8 (this step)")
     expect(page.locator("#h-trace")).to_contain_text("of #8 migrate_round")
+
+
+def test_with_a_long_share_code_the_spte_buttons_open_and_close_the_drawer_too(page: Page) -> None:
+    """A player URL over 256 bytes makes every spte a button of one shared form (docs/ui-hooks.md): the
+    drawer takes the focus and gives it back to that button the same way."""
+    from engine.codec import encode_scenario
+    from engine.scenario import parse_scenario
+    from scenarios import load_builtin_text
+
+    code = encode_scenario(parse_scenario(load_builtin_text("worked-example")))
+    page.goto(f"/play?s={code}&variant=lazy&step=5")
+    button = page.locator(spte_selector(1, L1_SP, 0x50)).locator("> button[data-inspect]")
+    expect(button).to_have_count(1)  # the compact form of links, or this test tests nothing
+    button.click()
+    expect(page).to_have_url(re.compile(r"[?&]spte=1:200:50(&|$)"))
+    expect(page.locator("#h-inspector")).to_be_focused()
+    page.keyboard.press("Escape")
+    expect(page).not_to_have_url(re.compile(r"spte="))
+    expect(button).to_be_focused()
