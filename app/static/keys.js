@@ -229,11 +229,32 @@
     }
   }
 
+  // The drawer starts below the sticky header, whose height depends on the width: kept in a rule added to
+  // the app's own style sheet (no style attribute on the page, and nothing a Content-Security-Policy that
+  // forbids inline style would have to refuse).
+  var headerRule = null;
+
   function setHeaderHeight() {
     var header = document.querySelector("header.site");
-    if (header) {
-      document.documentElement.style.setProperty("--header-height", header.offsetHeight + "px");
+    if (!header) {
+      return;
     }
+    if (!headerRule) {
+      var sheets = document.styleSheets;
+      for (var i = 0; i < sheets.length && !headerRule; i++) {
+        if (sheets[i].href && /\/static\/app\.css(\?|$)/.test(new URL(sheets[i].href).pathname + "?")) {
+          try {
+            headerRule = sheets[i].cssRules[sheets[i].insertRule(":root {}", sheets[i].cssRules.length)];
+          } catch (error) {
+            return;
+          }
+        }
+      }
+      if (!headerRule) {
+        return;
+      }
+    }
+    headerRule.style.setProperty("--header-height", header.offsetHeight + "px");
   }
 
   setHeaderHeight();
