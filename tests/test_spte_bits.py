@@ -148,7 +148,12 @@ def test_a_large_spte_made_writable_while_logged_is_flagged() -> None:
         assert walk_gfn(result) == 0x250
         # The step's writes as the player takes them: (table, index) → the value before the step.
         views = entries(TreeBuilder(sim.kvm, sim.kvm.log.touched, None, 64).build().root)
-        assert any(e.bit_changes for e in views)  # the step changed something under either preset
+        (l2,) = [e for e in views if (e.level, e.index) == (2, 1)]
+        assert l2.changed
+        if variant == "lazy":  # the 2M leaf became a pointer: no bit of it means what it meant before
+            assert l2.kind == "ptr" and l2.bit_changes == ()
+        else:
+            assert l2.bit_changes == (("W", False, True),)
         flagged = [(e.level, e.index, e.danger, e.danger_bit) for e in views if e.danger]
         assert flagged == ([(2, 1, danger, "W")] if danger else [])
 
@@ -246,6 +251,20 @@ def test_the_walk_is_in_the_tree_header_and_on_its_entries(client: TestClient) -
         ("0x4", "0x0", "0x0"), ("0x3", "0x0", "0x0"), ("0x2", "0x0", "0x1"), ("0x1", "0x200", "0x50")
     ]  # fmt: skip
     assert "data-walk-path" not in client.get(f"{PLAY}&variant=lazy&step=3").text  # migrate_begin
+
+
+def test_the_compare_view_says_the_changed_bits(client: TestClient) -> None:
+    html = client.get("/compare?scenario=worked-example&variants=lazy-buggy,lazy&step=5").text
+    assert "L2[0x1] of table 0x0: 0x80000ff5 → 0x80000ff7 (W 0→1)" in html
+    # lazy replaces the leaf by a pointer: its values, no bit list
+    assert re.search(r"L2\[0x1\] of table 0x0: 0x80000ff5 → 0x[0-9a-f]+107<", html)
+
+
+def test_a_leaf_replaced_by_a_table_is_said_so_in_the_history(client: TestClient) -> None:
+    html = client.get(f"{PLAY}&variant=lazy&step=5&spte=2:0:1").text
+    history = dict(re.findall(r'<li data-history-step="(\d+)">(.*?)</li>', html, re.S))
+    assert "replaced by a table pointer" in history["5"] and "data-bit" not in history["5"]
+    assert [c.text for c in Chips(history["3"]).chips] == ["W 1→0"]  # logging on: write-protected
 
 
 def test_the_inspector_history_reads_bit_by_bit(client: TestClient) -> None:

@@ -16,6 +16,7 @@ from engine.spte import (
     PT_PRESENT_MASK,
     SpteMasks,
     flag_word,
+    level_name,
     pages_per_hpage,
     spte_to_pfn,
 )
@@ -61,13 +62,16 @@ class InspectorView:
         return f"L{level}[{hx(index)}] of the level-{level} table at gfn {hx(sp_gfn)}"
 
 
-def _history_row(step: int, old: int, new: int, masks: SpteMasks) -> HistoryRow:
-    """One change: its flags bit by bit when the spte stayed present, else that it was created or
-    removed."""
+def _history_row(step: int, level: int, old: int, new: int, masks: SpteMasks) -> HistoryRow:
+    """One change: its flags bit by bit when the spte stayed present and the same kind, else that it was
+    created, removed, or replaced by another kind of entry."""
     if not old & PT_PRESENT_MASK:
         return HistoryRow(step, old, new, "created", Markup(""))
     if not new & PT_PRESENT_MASK:
         return HistoryRow(step, old, new, "removed", Markup(""))
+    if spte_kind(old, level) != spte_kind(new, level):
+        now = "a table pointer" if spte_kind(new, level) == "ptr" else f"a {level_name(level)} leaf"
+        return HistoryRow(step, old, new, f"replaced by {now}", Markup(""))
     bits = changed_bits_html(flag_word(new, masks), flag_word(old, masks))
     moved = spte_to_pfn(old) != spte_to_pfn(new)
     text = "new target" if moved else "" if bits else "rewritten"
@@ -100,7 +104,7 @@ def inspector_view(sim: Simulation, location: Location, history: list[tuple[int,
             bits.append(BitRow(bits_text, name, what, hx(pfn), None))
         elif mask is not None:
             bits.append(BitRow(bits_text, name, meaning, "1" if value & mask else "0", bool(value & mask)))
-    rows = [_history_row(step, old, new, masks) for step, old, new in history[-MAX_HISTORY:]]
+    rows = [_history_row(step, level, old, new, masks) for step, old, new in history[-MAX_HISTORY:]]
     return InspectorView(
         location=location,
         param=location_param(location),

@@ -46,8 +46,9 @@ class SpteView:
     child: TableView | None = None
     child_note: str = ""
     warning: str = ""
-    # The flag word of the value before the step, when the step rewrote a present spte (not for one it
-    # created or removed): the per-bit changes are read from it.
+    # The flag word of the value before the step, when the step rewrote a present spte and left it the
+    # same kind (not one it created, removed, or turned from a leaf into a pointer or back, whose every
+    # bit means something else): the per-bit changes are read from it.
     old_word: int | None = None
     # The invariant the step's change breaks (engine/invariants.py's name), and the bit whose change did.
     danger: str = ""
@@ -396,7 +397,7 @@ class TreeBuilder:
             selected=self.selected == (sp.level, sp.gfn, index),
             walk=not ghost and (sp.level, sp.gfn, index) in self.walk_marks,
         )
-        if old is not None and old & PT_PRESENT_MASK and not ghost:
+        if old is not None and old & PT_PRESENT_MASK and not ghost and spte_kind(old, sp.level) == view.kind:
             view.old_word = flag_word(old, self.kvm.masks)
         if view.kind == "large" and value & PT_WRITABLE_MASK and not ghost:
             slot = self.kvm.gfn_to_memslot(view.gfn)
