@@ -805,7 +805,7 @@ def _failed(shown: Shown, result: StepResult, head: str) -> Question:
         prompt = f"{head} Will it report any page at all?"
         return Question(result.index, DIRTY_LOG, prompt, _ANY, "no", _join(failed, said))
     gfn = min(written)
-    prompt = f"{head} Will it report gfn {_hx(gfn)}, which the guest wrote at step #{written[gfn]}?"
+    prompt = f"{head} Will it report gfn {_hx(gfn)}, which the guest wrote at step #{written[gfn] + 1}?"
     return Question(result.index, DIRTY_LOG, prompt, _REPORT, "no", _join(failed, said))
 
 
@@ -854,14 +854,14 @@ def dirty_log_question(shown: Shown, result: StepResult) -> Question:
         )
         return Question(result.index, DIRTY_LOG, prompt, _ANY, "no", _join(nothing, said))
     when = written(target)
-    wrote = f", which the guest wrote at step #{when}" if when is not None else ""
+    wrote = f", which the guest wrote at step #{when + 1}" if when is not None else ""
     prompt = f"{head} Will it report gfn {_hx(target)}{wrote}?"
     if target in reported:
         explanation = _join(_reported_text(result.op, mode, target), said or returns)
         return Question(result.index, DIRTY_LOG, prompt, _REPORT, "yes", explanation)
     explanation = _join(
-        f"No: gfn {_hx(target)} was written{f' at step #{when}' if when is not None else ''} while the slot"
-        " was logged, but nothing set its dirty bit.",
+        f"No: gfn {_hx(target)} was written{f' at step #{when + 1}' if when is not None else ''} while"
+        " the slot was logged, but nothing set its dirty bit.",
         INVARIANT_TEXT["written_not_logged"],
         returns,
     )

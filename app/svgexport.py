@@ -460,7 +460,7 @@ def _heading(c: _Canvas, view: PlayView, caption: Caption) -> None:
     c.y += LINE
     # A note step's words are its note (the player shows them beside its narration line).
     said = view.note or view.narration
-    what = f"#{view.step - 1} {view.op}: {said}" if view.op else said
+    what = f"#{view.step} {view.op}: {said}" if view.op else said
     for line in _wrap(what, 150, MAX_TEXT_LINES):
         c.line(x, line)
     current = [v for v in view.violations if v.current]

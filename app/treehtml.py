@@ -3,30 +3,82 @@
 The tree is the biggest panel and is drawn on every step; a template macro per spte cost more than the
 rest of the page together. The markup is the contract's and docs/ui-hooks.md's: `data-spte` (or
 `data-spte-ghost` for a removed one) with the location, value and flags, `data-large`, `data-changed`,
-and an `a[data-inspect]` link (a button of the shared `#inspect-form` when links would be long). Every
-piece of text goes through `escape`.
+`data-walk` on the step's address walk, and an `a[data-inspect]` link (a button of the shared
+`#inspect-form` when links would be long). Each flag is a chip named by its name (`[data-bit]`): a set one
+filled (`<b>`), a clear one outlined and struck (`<s>`), a changed one with its change (`W 1→0`).
+Every piece of text goes through `escape`.
+
+Size matters here (hundreds of rows, on every step): the chips' attributes are unquoted where their
+values allow it, and a row's accessible name is not repeated in every row but written once per distinct
+flag combination in a hidden list at the end of the tree (`aria-labelledby`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 
 from markupsafe import Markup, escape
 
+from app.views.text import bits_label
 from app.views.tree import RunView, SpteView, TableView
+from engine.spte import FLAG_BITS
 
 # The URL that selects an spte (its `spte=` parameter), or None to use the shared inspect form instead.
 InspectLink = Callable[[str], str] | None
 
 
+# (flag word, old flag word or None, danger, danger bit): the rows' label keys, in first-use order.
+LabelKey = tuple[int, int | None, str, str]
+
+
 def render_tree(tables: list[TableView], link: InspectLink) -> Markup:
     out: list[str] = []
+    labels: dict[LabelKey, str] = {}
     for table in tables:
-        _table(table, link, out)
+        _table(table, link, out, labels)
+    if labels:
+        out.append('<div class="bit-labels" hidden>')
+        for key, ident in labels.items():
+            word, old, danger, _ = key
+            out.append(f'<span id="{ident}">{escape(bits_label(word, old, danger))}</span>')
+        out.append("</div>\n")
     return Markup("".join(out))  # every text and attribute below is escaped
 
 
-def _table(t: TableView, link: InspectLink, out: list[str]) -> None:
+@lru_cache(maxsize=1024)
+def bit_chips(
+    word: int, old: int | None = None, danger: str = "", danger_bit: str = "", changed_only: bool = False
+) -> str:
+    """The eight flags as chips, in the contract's order: `<b>` set, `<s>` clear, each `[data-bit=NAME]`
+    with `data-bit-set`, and for a flag that differs from `old` its change (`data-bit-change="0>1"`, text
+    `W 0→1`). `danger_bit`'s chip carries `data-bit-danger` (the invariant's name) and a ⚠. The caller
+    names the whole (bits_label). `changed_only`: the changed flags alone."""
+    changed = 0 if old is None else old ^ word
+    parts = []
+    for name, bit in FLAG_BITS:
+        on = 1 if word & bit else 0
+        tag = "b" if on else "s"
+        if changed & bit:
+            extra = f' data-bit-change="{1 - on}>{on}"'
+            text = f"{name} {1 - on}→{on}"
+            if name == danger_bit and danger:
+                extra += f" data-bit-danger={escape(danger)}"
+                text = "⚠" + text
+            parts.append(f"<{tag} data-bit={name} data-bit-set={on}{extra}>{text}</{tag}>")
+        elif not changed_only:
+            parts.append(f"<{tag} data-bit={name} data-bit-set={on}>{name}</{tag}>")
+    return "".join(parts)
+
+
+def changed_bits_html(word: int, old: int) -> Markup:
+    """The flags that differ from `old` as chips, e.g. `W 1→0` `D 0→1` (the inspector's history): their
+    text says the change, so they need no other name. Empty when no flag changed."""
+    chips = bit_chips(word, old, changed_only=True)
+    return Markup(f'<span class="bits bit-changes">{chips}</span>') if chips else Markup("")
+
+
+def _table(t: TableView, link: InspectLink, out: list[str], labels: dict[LabelKey, str]) -> None:
     classes = f"sp sp-l{t.level}"
     attrs = f' data-sp-level="{t.level}" data-sp-gfn="{t.gfn:#x}"'
     if t.orphan:
@@ -58,12 +110,12 @@ def _table(t: TableView, link: InspectLink, out: list[str]) -> None:
                     f"[{item.first:#x}–{item.last:#x}]</span> {escape(item.text)}</li>\n"
                 )
             else:
-                _entry(item, link, out)
+                _entry(item, link, out, labels)
         out.append("</ul>\n")
     out.append("</div>\n")
 
 
-def _entry(e: SpteView, link: InspectLink, out: list[str]) -> None:
+def _entry(e: SpteView, link: InspectLink, out: list[str], labels: dict[LabelKey, str]) -> None:
     classes = f"spte k-{e.kind}"
     if e.changed:
         classes += " is-changed"
@@ -80,6 +132,9 @@ def _entry(e: SpteView, link: InspectLink, out: list[str]) -> None:
         attrs += ' data-large="1"'
     if e.changed and not e.ghost:
         attrs += ' data-changed="1"'
+    if e.walk:
+        classes += " on-walk"
+        attrs += ' data-walk="1"'
     current = ' aria-current="true"' if e.selected else ""
     if link is None:
         opening = (
@@ -96,9 +151,15 @@ def _entry(e: SpteView, link: InspectLink, out: list[str]) -> None:
         tag = '<span class="kind-tag small-tag">4K</span>'
     else:
         tag = f'<span class="kind-tag ptr-tag">→ {e.size}</span>'
+    key = (e.word, e.old_word, e.danger, e.danger_bit)
+    label = labels.get(key)
+    if label is None:
+        label = labels[key] = f"bl{len(labels)}"
+    walk = '<span class="walk-tag">◆ walk</span> ' if e.walk else ""
     out.append(
-        f'<li class="{classes}" {hook}{attrs}>\n{opening}<span class="idx">[{e.index:#x}]</span> {tag}'
-        f' <span class="target">{escape(e.target)}</span> <span class="bits">{e.bits}</span>'
+        f'<li class="{classes}" {hook}{attrs}>\n{opening}<span class="idx">{walk}[{e.index:#x}]</span> {tag}'
+        f' <span class="target">{escape(e.target)}</span> <span class="bits" role="img"'
+        f' aria-labelledby={label}>{bit_chips(*key)}</span>'
         f' <code class="raw">{e.value:#x}</code>{closing}\n'
     )
     if e.ghost:
@@ -112,7 +173,7 @@ def _entry(e: SpteView, link: InspectLink, out: list[str]) -> None:
     if e.warning:
         out.append(f'<p class="spte-warning"><span aria-hidden="true">⚠</span> {escape(e.warning)}</p>\n')
     if e.child is not None:
-        _table(e.child, link, out)
+        _table(e.child, link, out, labels)
     elif e.child_note:
         out.append(f'<p class="below">{escape(e.child_note)}</p>\n')
     out.append("</li>\n")

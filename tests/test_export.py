@@ -206,7 +206,7 @@ def test_headers_title_and_share_link(client: TestClient) -> None:
     heading = " ".join(text_of(e) for e in root.iter(f"{SVG}text"))
     assert "One 2 MiB region, three behaviours" in heading
     assert "Step 5 of 12" in heading and "preset lazy-buggy" in heading
-    assert "#4 write gfn 0x250" in heading
+    assert "#5 write gfn 0x250" in heading  # the op that leads to step 5
 
 
 def test_what_if_switches_are_named(client: TestClient) -> None:

@@ -350,7 +350,9 @@ def test_enabling_logging_on_a_4k_spte_has_no_split_option() -> None:
 
 def test_the_get_rounds_ask_about_the_lost_pages() -> None:
     """§7.2 steps 7 and 9: lazy-buggy's rounds miss 0x250 (and the rest), the others report it."""
-    for index, written in ((7, 4), (10, 8)):
+    # The write of 0x250 is scenario index 4 (step 5) and index 8 (step 9): the op that leads to step N is
+    # "step #N" on every page.
+    for index, written in ((7, 5), (10, 9)):
         buggy, lazy = asked("lazy-buggy", index), asked("lazy", index)
         assert f"gfn 0x250, which the guest wrote at step #{written}?" in buggy.prompt
         assert buggy.correct == "no" and lazy.correct == "yes" and asked("zap", index).correct == "yes"
@@ -448,7 +450,7 @@ def test_a_refused_ioctl_is_asked_and_answered_by_its_failure() -> None:
     found = clear_questions("ring")
     get = found[6]
     assert get is not None and get.kind == DIRTY_LOG and get.correct == "no"
-    assert "Will it report gfn 0x250, which the guest wrote at step #3?" in get.prompt
+    assert "Will it report gfn 0x250, which the guest wrote at step #4?" in get.prompt
     assert "KVM_GET_DIRTY_LOG: ENXIO" in get.explanation
     clear = found[8]
     assert clear is not None and clear.correct == "no" and "KVM_CLEAR_DIRTY_LOG: ENXIO" in clear.explanation
@@ -564,7 +566,7 @@ def test_the_answer_and_the_state_after(client: TestClient, answer: str, right: 
     assert (feedback.get("data-feedback"), feedback.get("data-answer")) == (right, answer)
     assert feedback.get("data-correct") == "fast"
     assert "Right" in feedback.text if right == "right" else "Wrong" in feedback.text
-    assert "The answer to #4: Fast fault: fixed locklessly" in feedback.text
+    assert "The answer to #5: Fast fault: fixed locklessly" in feedback.text
     assert "gfn 0x200 marked dirty, not gfn 0x250" in feedback.text
     assert the(doc, data_score=None).get("data-score") == score
     # The state after the step, its change marked; then the next question, carrying the new score.

@@ -3,6 +3,8 @@
 // across htmx swaps, and saying on the page (#request-error, role="alert") when a request fails.
 // In predict mode A-D choose an answer; in presentation mode 1-8 pick the enlarged panel. Both click the
 // page's own buttons and links, so the keys do exactly what a click does (and nothing without them).
+// The spte inspector opens as a drawer beside the tree: choosing an spte moves the focus to its heading
+// once the swap settles; Escape (or its close link) closes it and gives the focus back to the spte.
 // Loaded as a file (no inline script, no eval), so a strict Content-Security-Policy can forbid both.
 (function () {
   "use strict";
@@ -19,6 +21,10 @@
   // pressed after them count from where they land.
   var queued = { shortcut: null, jump: null, steps: 0 };
   var refocus = null;
+  // The inspector drawer: whether an spte was just chosen (focus its heading after the swap), and the
+  // spte (`LEVEL:SPGFN:INDEX`) whose link gets the focus back once the drawer has closed.
+  var inspectChosen = false;
+  var returnTo = null;
   // The step the player shows, or is on its way to: where queued steps count from.
   var heading = currentStep();
 
@@ -155,6 +161,10 @@
     if (dialog && dialog.open) {
       return;
     }
+    if (event.key === "Escape" && closeInspector()) {
+      event.preventDefault();
+      return;
+    }
     // Predict mode's choices and presentation mode's panel picker: plain keys, no modifier.
     if (shortcutFor(event.key)) {
       event.preventDefault();
@@ -171,6 +181,84 @@
     event.preventDefault();
     go(name);
   });
+
+  function openDrawer() {
+    return document.querySelector("#panel-inspector.is-open[data-drawer]");
+  }
+
+  // Escape: the drawer's own close link, so closing is the same request a click makes.
+  function closeInspector() {
+    var drawer = openDrawer();
+    var close = drawer && drawer.querySelector('a[data-action="close-inspector"]');
+    if (!close) {
+      return false;
+    }
+    returnTo = drawer.getAttribute("data-drawer");
+    if (window.htmx) {
+      window.htmx.process(close);
+    }
+    close.click();
+    return true;
+  }
+
+  // `1:200:50` → the tree's link of that spte (`data-level="0x1"` …), or null when it is not drawn.
+  function spteLink(param) {
+    var parts = param.split(":");
+    if (parts.length !== 3) {
+      return null;
+    }
+    var hex = parts.map(function (part) { return "0x" + parseInt(part, 16).toString(16); });
+    return document.querySelector('[data-spte][data-level="' + hex[0] + '"][data-sp-gfn="' + hex[1] +
+      '"][data-index="' + hex[2] + '"] > [data-inspect]');
+  }
+
+  function afterInspector() {
+    if (inspectChosen) {
+      inspectChosen = false;
+      var heading = openDrawer() && document.getElementById("h-inspector");
+      if (heading) {
+        heading.focus({ preventScroll: true });
+      }
+    }
+    if (returnTo && !openDrawer()) {
+      var link = spteLink(returnTo);
+      returnTo = null;
+      if (link) {
+        link.focus();
+      }
+    }
+  }
+
+  // The drawer starts below the sticky header, whose height depends on the width: kept in a rule added to
+  // the app's own style sheet (no style attribute on the page, and nothing a Content-Security-Policy that
+  // forbids inline style would have to refuse).
+  var headerRule = null;
+
+  function setHeaderHeight() {
+    var header = document.querySelector("header.site");
+    if (!header) {
+      return;
+    }
+    if (!headerRule) {
+      var sheets = document.styleSheets;
+      for (var i = 0; i < sheets.length && !headerRule; i++) {
+        if (sheets[i].href && /\/static\/app\.css(\?|$)/.test(new URL(sheets[i].href).pathname + "?")) {
+          try {
+            headerRule = sheets[i].cssRules[sheets[i].insertRule(":root {}", sheets[i].cssRules.length)];
+          } catch (error) {
+            return;
+          }
+        }
+      }
+      if (!headerRule) {
+        return;
+      }
+    }
+    headerRule.style.setProperty("--header-height", header.offsetHeight + "px");
+  }
+
+  setHeaderHeight();
+  window.addEventListener("resize", setHeaderHeight);
 
   function copyLink() {
     var input = document.getElementById("share-url");
@@ -208,6 +296,11 @@
     } else if (target.closest('[data-action="help"]')) {
       event.preventDefault();
       toggleHelp();
+    } else if (target.closest("[data-inspect]")) {
+      inspectChosen = true;
+    } else if (target.closest('[data-action="close-inspector"]')) {
+      var drawer = openDrawer();
+      returnTo = drawer ? drawer.getAttribute("data-drawer") : null;
     }
   });
 
@@ -273,6 +366,8 @@
   document.addEventListener("htmx:afterSettle", function (event) {
     heading = currentStep();
     syncSlider();
+    setHeaderHeight();
+    afterInspector();
     settled(event.detail.xhr);
   });
 
@@ -444,6 +539,8 @@
     if (!detail.successful) {
       // The queue was counted from a page that did not move: drop it rather than guess.
       forgetQueue();
+      inspectChosen = false;
+      returnTo = null;
       heading = currentStep();
       settled(detail.xhr);
       return;

@@ -1,10 +1,13 @@
-"""The spte inspector: every bit of one spte and its history."""
+"""The spte inspector: every bit of one spte and its history, each change of it bit by bit."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from markupsafe import Markup
+
 from app.explain import bit_meanings
+from app.treehtml import changed_bits_html
 from app.views.text import Location, hx, location_param
 from app.views.tree import spte_kind
 from engine.simulation import Simulation
@@ -12,8 +15,9 @@ from engine.spte import (
     PT_PAGE_SIZE_MASK,
     PT_PRESENT_MASK,
     SpteMasks,
+    flag_word,
+    level_name,
     pages_per_hpage,
-    spte_flags,
     spte_to_pfn,
 )
 
@@ -34,7 +38,8 @@ class HistoryRow:
     step: int
     old: int
     new: int
-    text: str
+    text: str  # what else changed: "created", "removed", "new target", or "" when the bits say it all
+    bits: Markup  # each flag the change set or cleared, as the tree's chips (`W 1→0`)
 
 
 @dataclass(slots=True)
@@ -57,17 +62,20 @@ class InspectorView:
         return f"L{level}[{hx(index)}] of the level-{level} table at gfn {hx(sp_gfn)}"
 
 
-def _change_text(old: int, new: int, masks: SpteMasks) -> str:
+def _history_row(step: int, level: int, old: int, new: int, masks: SpteMasks) -> HistoryRow:
+    """One change: its flags bit by bit when the spte stayed present and the same kind, else that it was
+    created, removed, or replaced by another kind of entry."""
     if not old & PT_PRESENT_MASK:
-        return "created"
+        return HistoryRow(step, old, new, "created", Markup(""))
     if not new & PT_PRESENT_MASK:
-        return "removed"
-    gained = [f for f in spte_flags(new, masks) if f not in spte_flags(old, masks)]
-    lost = [f for f in spte_flags(old, masks) if f not in spte_flags(new, masks)]
-    parts = [f"+{f}" for f in gained] + [f"−{f}" for f in lost]
-    if spte_to_pfn(old) != spte_to_pfn(new):
-        parts.append("new target")
-    return " ".join(parts) or "rewritten"
+        return HistoryRow(step, old, new, "removed", Markup(""))
+    if spte_kind(old, level) != spte_kind(new, level):
+        now = "a table pointer" if spte_kind(new, level) == "ptr" else f"a {level_name(level)} leaf"
+        return HistoryRow(step, old, new, f"replaced by {now}", Markup(""))
+    bits = changed_bits_html(flag_word(new, masks), flag_word(old, masks))
+    moved = spte_to_pfn(old) != spte_to_pfn(new)
+    text = "new target" if moved else "" if bits else "rewritten"
+    return HistoryRow(step, old, new, text, bits)
 
 
 def inspector_view(sim: Simulation, location: Location, history: list[tuple[int, int, int]]) -> InspectorView:
@@ -96,9 +104,7 @@ def inspector_view(sim: Simulation, location: Location, history: list[tuple[int,
             bits.append(BitRow(bits_text, name, what, hx(pfn), None))
         elif mask is not None:
             bits.append(BitRow(bits_text, name, meaning, "1" if value & mask else "0", bool(value & mask)))
-    rows = [
-        HistoryRow(step, old, new, _change_text(old, new, masks)) for step, old, new in history[-MAX_HISTORY:]
-    ]
+    rows = [_history_row(step, level, old, new, masks) for step, old, new in history[-MAX_HISTORY:]]
     return InspectorView(
         location=location,
         param=location_param(location),

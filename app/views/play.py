@@ -20,11 +20,14 @@ from app.views.logs import (
 )
 from app.views.narration import describe_op, narrate
 from app.views.rmap import RmapSlotView, TlbView, rmap_views, tlb_views
-from app.views.text import Location, hx
+from app.views.text import Location, bit_changes, change_text, hx
 from app.views.trace import TraceView, trace_view
-from app.views.tree import TreeBuilder, TreeView
+from app.views.tree import TreeBuilder, TreeView, walk_gfn
 from engine.simulation import StepResult
 from engine.spte import (
+    PT_PAGE_SIZE_MASK,
+    PT_PRESENT_MASK,
+    flag_word,
     level_name,
 )
 
@@ -98,9 +101,15 @@ def _change_lines(tree: TreeBuilder) -> tuple[list[str], int]:
     for sp, entries in pages:
         count += len(entries)
         for index in sorted(entries)[: max(0, 24 - len(lines))]:
-            lines.append(
-                f"L{sp.level}[{hx(index)}] of table {hx(sp.gfn)}: {hx(entries[index])} → {hx(sp.spt[index])}"
-            )
+            old, new = entries[index], sp.spt[index]
+            line = f"L{sp.level}[{hx(index)}] of table {hx(sp.gfn)}: {hx(old)} → {hx(new)}"
+            # The bits it changed, as the tree says them, while it stayed the same kind of entry.
+            if old & PT_PRESENT_MASK and new & PT_PRESENT_MASK and not (old ^ new) & PT_PAGE_SIZE_MASK:
+                masks = tree.kvm.masks
+                changed = bit_changes(flag_word(old, masks), flag_word(new, masks))
+                if changed:
+                    line += " (" + ", ".join(change_text(*c) for c in changed) + ")"
+            lines.append(line)
     if count > len(lines):
         lines.append(f"… {count - len(lines)} more")
     return lines, count
@@ -140,7 +149,7 @@ def play_view(
     ]
     lost = list(sim.migration.lost or []) if sim.migrated else []
     counts = result.fault_counts if result is not None else {"fast": 0, "slow": 0}
-    tree = TreeBuilder(kvm, shown.touched, selected, tree_cap)
+    tree = TreeBuilder(kvm, shown.touched, selected, tree_cap, walk=walk_gfn(result))
     changes, change_count = _change_lines(tree)
     step_counts = [
         ("faults_fast", "fast faults", counts.get("fast", 0)),

@@ -1,4 +1,5 @@
-"""Formatting shared by every panel: hex, plurals, gfn lists, the flag texts and spte locations."""
+"""Formatting shared by every panel: hex, plurals, gfn lists, the flag texts, each flag by its name and how
+it changed, and spte locations."""
 
 from __future__ import annotations
 
@@ -46,6 +47,45 @@ def letters(word: int) -> list[tuple[str, bool]]:
     """Each contract flag of a flag word in order with whether it is set: the tree shows unset ones as a
     dot."""
     return [(name, bool(word & bit)) for name, bit in FLAG_BITS]
+
+
+# What each contract flag means when set and when clear, for the names a screen reader speaks: a letter such
+# as "W" alone says little, and set and clear must not differ only in how they look.
+BIT_WORDS: dict[str, tuple[str, str]] = {
+    "R": ("readable", "not readable"),
+    "W": ("writable", "not writable"),
+    "X": ("executable", "not executable"),
+    "PS": ("large page", "not a large page"),
+    "A": ("accessed", "not accessed"),
+    "D": ("dirty", "not dirty"),
+    "HW": ("host-writable", "not host-writable"),
+    "MW": ("MMU-writable", "not MMU-writable"),
+}
+
+
+@lru_cache(maxsize=1024)
+def bit_changes(old: int, new: int) -> tuple[tuple[str, bool, bool], ...]:
+    """The flags that differ between two flag words, in the contract's order: (name, was set, is set)."""
+    return tuple((name, bool(old & bit), bool(new & bit)) for name, bit in FLAG_BITS if (old ^ new) & bit)
+
+
+def change_text(name: str, was: bool, now: bool) -> str:
+    """One flag's change as people read it: `W 1→0`."""
+    return f"{name} {int(was)}→{int(now)}"
+
+
+@lru_cache(maxsize=1024)
+def bits_label(word: int, old: int | None = None, danger: str = "") -> str:
+    """The accessible name of a row of bit chips: every flag in words, then what changed, e.g.
+    `bits: readable, not writable, …; changed: W 1→0`. `danger` names what makes a change dangerous."""
+    text = "bits: " + ", ".join(BIT_WORDS[name][0 if on else 1] for name, on in letters(word))
+    if old is not None:
+        changed = [change_text(name, was, now) for name, was, now in bit_changes(old, word)]
+        if changed:
+            text += "; changed: " + ", ".join(changed)
+    if danger:
+        text += f"; dangerous: {danger}"
+    return text
 
 
 def parse_location(text: str) -> Location:

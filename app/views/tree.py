@@ -7,10 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import compress, groupby
 
-from app.views.text import Location, bits_text, flags_text, hx, location_param, plural
+from app.views.text import Location, bit_changes, bits_text, flags_text, hx, location_param, plural
 from engine.kvm import Kvm
 from engine.result import FLAG_MASK
 from engine.shadow_page import KvmMmuPage
+from engine.simulation import StepResult
 from engine.spte import (
     PT64_BASE_ADDR_MASK,
     PT_PAGE_SIZE_MASK,
@@ -21,6 +22,7 @@ from engine.spte import (
     level_name,
     pages_per_hpage,
     spte_flags,
+    spte_index,
     spte_to_pfn,
 )
 
@@ -44,10 +46,23 @@ class SpteView:
     child: TableView | None = None
     child_note: str = ""
     warning: str = ""
+    # The flag word of the value before the step, when the step rewrote a present spte and left it the
+    # same kind (not one it created, removed, or turned from a leaf into a pointer or back, whose every
+    # bit means something else): the per-bit changes are read from it.
+    old_word: int | None = None
+    # The invariant the step's change breaks (engine/invariants.py's name), and the bit whose change did.
+    danger: str = ""
+    danger_bit: str = ""
+    walk: bool = False  # on the path the step's access walked (TreeView.walk)
 
     @property
     def changed(self) -> bool:
         return self.old is not None
+
+    @property
+    def bit_changes(self) -> tuple[tuple[str, bool, bool], ...]:
+        """Each flag the step changed: (name, was set, is set), e.g. ("W", False, True)."""
+        return () if self.old_word is None else bit_changes(self.old_word, self.word)
 
     @property
     def old_kind(self) -> str:
@@ -106,6 +121,39 @@ class RunView:
 
 
 @dataclass(slots=True)
+class WalkHop:
+    """One level of an address walk: the index the gfn selects there, and what the walk found."""
+
+    level: int
+    index: int
+    # "table" (a pointer followed down), "leaf" (the walk ends at a present leaf), "absent" (the entry
+    # is not present: the walk ends, a fault), "beyond" (below where the walk ended: the index only).
+    state: str
+
+    @property
+    def name(self) -> str:
+        """`L2[1]`, `L1[0x50]`: an index below ten reads the same in hex and in decimal."""
+        return f"L{self.level}[{self.index if self.index < 10 else hx(self.index)}]"
+
+
+@dataclass(slots=True)
+class WalkView:
+    """The step's gfn split into its per-level indices, root first, and where the walk ended."""
+
+    gfn: int
+    hops: list[WalkHop]
+
+    @property
+    def end(self) -> str:
+        for hop in self.hops:
+            if hop.state == "leaf":
+                return f"{level_name(hop.level)} leaf {hop.name} maps it"
+            if hop.state == "absent":
+                return f"{hop.name} is not present: nothing maps it"
+        return "no table maps it"
+
+
+@dataclass(slots=True)
 class TableView:
     level: int
     gfn: int
@@ -139,6 +187,20 @@ class TreeView:
     changed: int
     # Tables the step freed beyond the ones drawn (a recovery or zap can free hundreds at once).
     freed_hidden: int = 0
+    walk: WalkView | None = None  # the step's address walk, for a guest access
+
+
+def walk_gfn(result: StepResult | None) -> int | None:
+    """The gfn whose walk a step shows: its first fault's, else a guest access's (its first page); None
+    for a step that accesses no guest memory."""
+    if result is None:
+        return None
+    if result.faults:
+        return result.faults[0].gfn
+    gfn = result.op.get("gfn")
+    if result.op.get("op") in ("read", "write") and isinstance(gfn, int):
+        return gfn
+    return None
 
 
 def spte_kind(spte: int, level: int) -> str:
@@ -203,6 +265,7 @@ class TreeBuilder:
         touched: Mapping[tuple[KvmMmuPage, int], int],
         selected: Location | None,
         cap: int,
+        walk: int | None = None,
     ) -> None:
         self.kvm = kvm
         self.cap = cap
@@ -234,6 +297,39 @@ class TreeBuilder:
             table = self.find(selected[0], selected[1])
             if table is not None:
                 self._need(self.always, table, {selected[2]})
+        # The walk's entries are always drawn, as the selected one is: at most one per level.
+        self.walk: WalkView | None = None
+        self.walk_marks: set[Location] = set()
+        if walk is not None:
+            self.walk = self._walk(walk)
+
+    def _walk(self, gfn: int) -> WalkView:
+        """The walk the MMU makes for `gfn` from the root (as __direct_map and fast_page_fault's
+        walk_shadow_page_lockless do): one index per level, down to the leaf or the entry not present."""
+        kvm = self.kvm
+        hops: list[WalkHop] = []
+        sp: KvmMmuPage | None = kvm.root
+        last: tuple[KvmMmuPage, int] | None = None
+        for level in range(kvm.root.level, 0, -1):
+            index = spte_index(gfn, level)
+            if sp is None:
+                hops.append(WalkHop(level, index, "beyond"))
+                continue
+            spte = sp.spt[index]
+            last = (sp, index)
+            self.walk_marks.add((sp.level, sp.gfn, index))
+            if not spte & PT_PRESENT_MASK:
+                hops.append(WalkHop(level, index, "absent"))
+                sp = None
+            elif level == PT_PAGE_TABLE_LEVEL or spte & PT_PAGE_SIZE_MASK:
+                hops.append(WalkHop(level, index, "leaf"))
+                sp = None
+            else:
+                hops.append(WalkHop(level, index, "table"))
+                sp = kvm.sp_by_pfn.get((spte & PT64_BASE_ADDR_MASK) >> 12)
+        if last is not None:
+            self._need(self.always, last[0], {last[1]})
+        return WalkView(gfn, hops)
 
     def find(self, level: int, gfn: int) -> KvmMmuPage | None:
         for sp in self.kvm.mmu_page_hash.get((gfn, level), ()):
@@ -280,6 +376,7 @@ class TreeBuilder:
             large,
             self.changed_count,
             len(gone) - len(freed),
+            self.walk,
         )
 
     def _entry(
@@ -298,7 +395,10 @@ class TreeBuilder:
             old=old,
             ghost=ghost,
             selected=self.selected == (sp.level, sp.gfn, index),
+            walk=not ghost and (sp.level, sp.gfn, index) in self.walk_marks,
         )
+        if old is not None and old & PT_PRESENT_MASK and not ghost and spte_kind(old, sp.level) == view.kind:
+            view.old_word = flag_word(old, self.kvm.masks)
         if view.kind == "large" and value & PT_WRITABLE_MASK and not ghost:
             slot = self.kvm.gfn_to_memslot(view.gfn)
             if slot is not None and slot.dirty_bitmap is not None:
@@ -306,8 +406,40 @@ class TreeBuilder:
                     f"writable while slot {slot.id} is dirty-logged: stores anywhere in"
                     f" {hx(view.gfn)}–{hx(view.gfn + view.span - 1)} set no dirty bit"
                 )
+        if view.old_word is not None:
+            self._judge_change(view)
         self.drawn += 1
         return view
+
+    def _judge_change(self, view: SpteView) -> None:
+        """Mark a change that leaves a leaf writable where the invariants forbid it (engine/invariants.py):
+        W without both HW and MW, or a store that could go unlogged on a dirty-logged slot (a writable
+        large spte, or a writable 4K spte whose page's dirty bit is clear). The bit blamed is W when the
+        step set it, else the first flag it changed."""
+        value = view.value
+        if view.kind == "ptr" or not value & PT_WRITABLE_MASK:
+            return
+        changes = view.bit_changes
+        if not changes:
+            return
+        kvm = self.kvm
+        danger = ""
+        lockless = kvm.masks.lockless_mask
+        slot = kvm.gfn_to_memslot(view.gfn)
+        if value & lockless != lockless:
+            danger = "w_implies_hw_mw"
+        elif slot is not None and slot.dirty_bitmap is not None:
+            if view.kind == "large":
+                if not slot.all_dirty(view.gfn, view.span):
+                    danger = "no_writable_large_while_logging"
+            elif not kvm.cpu_dirty_log_size:
+                offset = view.gfn - slot.base_gfn
+                if not slot.dirty_bitmap[offset >> 3] >> (offset & 7) & 1:
+                    danger = "writable_implies_dirty_bit"
+        if danger:
+            view.danger = danger
+            names = [name for name, _, _ in changes]
+            view.danger_bit = "W" if "W" in names else names[0]
 
     def table(self, sp: KvmMmuPage, orphan: bool = False) -> TableView:
         kvm = self.kvm
