@@ -41,7 +41,7 @@ def record(fast: int = 0, slow: int = 0, violations: tuple[str, ...] = (), lost:
 def test_a_marker_says_each_kind_of_event_by_glyph_and_in_words() -> None:
     slow = mark_of(3, "write", record(fast=1, slow=1), "write gfn 0x250")
     assert slow.fault == "slow" and slow.glyphs == GLYPH_SLOW
-    assert slow.text == "step #2: write gfn 0x250; 1 fast and 1 slow faults"
+    assert slow.text == "step #3: write gfn 0x250; 1 fast and 1 slow faults"
     fast = mark_of(1, "write", record(fast=1))
     assert fast.fault == "fast" and fast.glyphs == GLYPH_FAST and "1 fast fault" in fast.text
     harvest = mark_of(8, "migrate_round", record(violations=("written_not_logged",) * 3))

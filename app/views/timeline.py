@@ -82,7 +82,7 @@ class Mark(NamedTuple):
     @property
     def text(self) -> str:
         """The marker in words (its title and accessible name)."""
-        head = f"step #{self.n - 1}: {self.label or self.op}"
+        head = f"step #{self.n}: {self.label or self.op}"
         if not self.known:
             return f"{head}; not run yet under this preset"
         parts = []
@@ -133,7 +133,7 @@ class Span(NamedTuple):
 
     @property
     def text(self) -> str:
-        head = f"steps #{self.first - 1}–#{self.last - 1}"
+        head = f"steps #{self.first}–#{self.last}"
         parts = []
         if self.slow or self.fast:
             parts.append(f"{self.slow} slow and {self.fast} fast faults")
@@ -146,7 +146,7 @@ class Span(NamedTuple):
         if self.unknown:
             parts.append(f"{self.unknown} not run yet")
         body = "; ".join(parts) if parts else "nothing of note"
-        return f"{head}: {body}; jumps to step #{self.target - 1}"
+        return f"{head}: {body}; jumps to step #{self.target}"
 
 
 @dataclass(slots=True)

@@ -2,8 +2,8 @@
 step, each marker saying what its step did under that preset, a click jumping to the step.
 
 The worked example's markers follow from kvm-mmu.md §7.2 (see worked_example.py for the step numbers):
-scenario step #4 is the decisive write (lazy-buggy's fast path, lazy's slow path after bail_large), #7 and
-#10 are migrate_round and #11 migrate_end, a harvest each, and only lazy-buggy's verdict loses pages.
+step #5 is the decisive write (lazy-buggy's fast path, lazy's slow path after bail_large), #8 and
+#11 are migrate_round and #12 migrate_end, a harvest each, and only lazy-buggy's verdict loses pages.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from .worked_example import LOST_AT_END, PRESETS, STEPS
 # The presets the compare view shows by default, hence the player's lanes.
 ALL_PRESETS = ("zap", "lazy-buggy", "lazy", "modern")
 HARVESTS = (8, 11, 12)  # data-mark of migrate_round, migrate_round, migrate_end
-DECISIVE = 5  # data-mark of scenario step #4, write 0x250
+DECISIVE = 5  # data-mark of step #5, write 0x250
 
 
 def marks_of(page: Page, preset: str) -> list[str]:
@@ -52,7 +52,7 @@ def test_player_timeline_has_a_lane_per_preset_and_a_marker_per_step(
     expect(decisive_buggy).to_have_attribute("data-fault", "fast")
     # §7.2 step 5: the fast path made the 2M spte writable again while the slot is logged.
     expect(decisive_buggy).to_have_attribute(
-        "aria-label", "step #4: write gfn 0x250; 1 fast fault; 1 violation (no_writable_large_while_logging)"
+        "aria-label", "step #5: write gfn 0x250; 1 fast fault; 1 violation (no_writable_large_while_logging)"
     )
     expect(strip.locator(f'[data-lane="lazy"] [data-mark="{DECISIVE}"]')).to_have_attribute(
         "data-fault", "slow"
