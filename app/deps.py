@@ -238,14 +238,14 @@ class Store:
         if query.answer is not None:
             asked = self.question(query.source, query.policy, query.step - 1) if query.step > 0 else None
             if asked is None:
-                where = f"step #{query.step - 1}" if query.step > 0 else "step 0 (nothing has run)"
+                where = f"step #{query.step}" if query.step > 0 else "step 0 (nothing has run)"
                 raise bad_request(
                     f"answer={query.answer!r}: {where} asks no question, so there is nothing to answer;"
                     " leave answer= out"
                 )
             if not asked.has(query.answer):
                 raise bad_request(
-                    f"answer={query.answer!r} is not a choice of step #{asked.step}'s question"
+                    f"answer={query.answer!r} is not a choice of step #{asked.step + 1}'s question"
                     f" (choices: {', '.join(asked.keys)})"
                 )
             feedback = judge(asked, query.answer)

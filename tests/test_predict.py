@@ -667,7 +667,7 @@ def test_partial_responses_in_predict_mode(client: TestClient) -> None:
         ("&step=4&mode=foo", "mode='foo'"),
         ("&step=4&mode=predict&answer=%3Cscript%3E", "answer='<script>'"),
         ("&step=4&mode=predict&answer=" + "x" * 40, "an answer is one choice's key"),
-        ("&step=5&mode=predict&answer=maybe", "not a choice of step #4's question (choices: none, fast,"),
+        ("&step=5&mode=predict&answer=maybe", "not a choice of step #5's question (choices: none, fast,"),
         ("&step=0&mode=predict&answer=fast", "asks no question"),
         ("&step=5&answer=fast", "answer= belongs to predict mode"),
         ("&step=5&score=1-1", "score= belongs to predict mode"),
