@@ -793,6 +793,11 @@ def test_the_schema_lists_the_presets_a_note_may_name() -> None:
     (mapping,) = [branch for branch in definition["anyOf"] if branch.get("type") == "object"]
     assert mapping["propertyNames"] == {"enum": ["zap", "lazy-buggy", "lazy", "modern"]}
     assert mapping["additionalProperties"] == {"type": "string", "maxLength": 2048}
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = scenario_json_schema()
+    jsonschema.validate(minimal({"op": "note", "text": "x", "by_preset": PER_PRESET}), schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(minimal({"op": "note", "text": "x", "by_preset": {"buggy": "y"}}), schema)
 
 
 def test_share_codes_of_notes_are_the_contract_s_and_carry_by_preset() -> None:
