@@ -432,6 +432,10 @@ class NoteStep(_Frozen):
         # {} says nothing more than no by_preset at all: one meaning, one canonical form, one share code.
         return value or None
 
+    def __hash__(self) -> int:
+        # Frozen steps hash by value; the mapping by its items (a dict itself does not hash).
+        return hash((self.text, tuple(sorted(self.by_preset.items())) if self.by_preset else None))
+
     def text_for(self, preset: str | None) -> str:
         """The note as `preset` tells it: its own text if the note has one, else `text`."""
         if preset is not None and self.by_preset and preset in self.by_preset:

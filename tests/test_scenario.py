@@ -786,6 +786,9 @@ def test_equal_per_preset_notes_repeated_still_parse_as_equal_steps() -> None:
     first, second, third = scenario.steps
     assert first is second and first is not third
     assert isinstance(third, NoteStep) and third.text_for("modern") == "told otherwise"
+    # A step is a value: equal notes hash alike, as every other frozen step does.
+    assert hash(first) == hash(NoteStep(text="again", by_preset={"modern": "again, as 6.13 tells it"}))
+    assert len({first, second, third}) == 2
 
 
 def test_the_schema_lists_the_presets_a_note_may_name() -> None:
