@@ -29,6 +29,7 @@ from app.sources import Source
 from app.treehtml import InspectLink, render_tree
 from app.views.compare import COMPARE_FIELDS, compare_columns, field_splits
 from app.views.inspector import InspectorView
+from app.views.narration import lesson_text
 from app.views.play import PlayView
 from app.views.presets import preset_description
 from app.views.text import location_param
@@ -318,6 +319,8 @@ def play_context(
         "notice": query.notice,
         "title": scenario.title or query.source.name or "Untitled scenario",
         "description": markdown(scenario.description),
+        # Before the first step the narration panel shows what the lesson is (and what to watch).
+        "lesson": markdown(lesson_text(scenario.description, scenario.steps)) if query.step == 0 else None,
         "variant": query.variant,
         "variant_label": query.variant_label,
         "variant_description": preset_description(query.variant_label),

@@ -57,7 +57,11 @@ def source_weight(key: tuple[str, str], source: Source) -> int:
     """A cached source's bytes: its key (the raw share code), canonical code, parsed scenario, work array."""
     scenario = source.scenario
     distinct = {id(step): step for step in scenario.steps}
-    notes = sum(_text_bytes(step.text) for step in distinct.values() if isinstance(step, NoteStep))
+    notes = sum(
+        _text_bytes(step.text) + sum(map(_text_bytes, (step.by_preset or {}).values()))
+        for step in distinct.values()
+        if isinstance(step, NoteStep)
+    )
     return (
         SOURCE_BYTES
         + len(key[1])

@@ -32,6 +32,8 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
+from engine.policy import PRESETS
+
 # Limits of contract §1. They keep one run small enough to answer an HTTP request and to draw in a page.
 MAX_SCENARIO_BYTES = 1 << 20
 MAX_VCPUS = 8
@@ -236,6 +238,15 @@ Title = Annotated[Text, _MaxChars(MAX_TITLE_CHARS, "a title")]
 Description = Annotated[Text, _MaxChars(MAX_DESCRIPTION_CHARS, "a description")]
 NoteText = Annotated[Text, _MaxChars(MAX_NOTE_CHARS, "a note")]
 
+# The presets a note's `by_preset` may name.
+NOTE_PRESETS: tuple[str, ...] = tuple(PRESETS)
+_BY_PRESET_SCHEMA: dict[str, object] = {
+    "type": "object",
+    "description": "the note as each preset tells it; `text` for the presets not named",
+    "propertyNames": {"enum": list(NOTE_PRESETS)},
+    "additionalProperties": {"type": "string", "maxLength": MAX_NOTE_CHARS},
+}
+
 
 class _Frozen(BaseModel):
     # strict: no silent coercion of "true" to True or of 1.0 to 1; numbers go through _parse_number.
@@ -389,10 +400,47 @@ class ZapAllStep(_Frozen):
 
 
 class NoteStep(_Frozen):
-    """Narration for the player; changes nothing."""
+    """Narration for the player; changes nothing.
+
+    `by_preset` optionally says it per preset (`{"zap": "...", "lazy-buggy": "..."}`): where the presets
+    part, one paragraph about all of them reads worse than each preset's own sentence. `text` stays the
+    note for every preset not named, for a what-if policy, and for any reader that knows only `text`.
+    Absent, it is left out of the canonical form, so a note without it encodes as it always did.
+    """
 
     op: Literal["note"] = "note"
     text: NoteText
+    by_preset: Annotated[dict[str, NoteText], WithJsonSchema(_BY_PRESET_SCHEMA)] | None = None
+
+    @field_validator("by_preset", mode="before")
+    @classmethod
+    def _known_presets(cls, value: object) -> object:
+        # Before the values are checked: an unknown name is the likelier mistake, and names the key.
+        if isinstance(value, Mapping):
+            for name in value:
+                if name not in NOTE_PRESETS:
+                    raise _refuse(
+                        "note_preset",
+                        f"names {_short_repr(name, 40)}, which is not a preset (the presets:"
+                        f" {', '.join(NOTE_PRESETS)})",
+                    )
+        return value
+
+    @field_validator("by_preset", mode="after")
+    @classmethod
+    def _empty_is_absent(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        # {} says nothing more than no by_preset at all: one meaning, one canonical form, one share code.
+        return value or None
+
+    def __hash__(self) -> int:
+        # Frozen steps hash by value; the mapping by its items (a dict itself does not hash).
+        return hash((self.text, tuple(sorted(self.by_preset.items())) if self.by_preset else None))
+
+    def text_for(self, preset: str | None) -> str:
+        """The note as `preset` tells it: its own text if the note has one, else `text`."""
+        if preset is not None and self.by_preset and preset in self.by_preset:
+            return self.by_preset[preset]
+        return self.text
 
 
 class MigrateBeginStep(_Frozen):
@@ -435,8 +483,13 @@ STEP_OPS: tuple[str, ...] = tuple(str(cls.model_fields["op"].default) for cls in
 
 
 def step_to_json(step: Step) -> dict[str, object]:
-    """The step as the result's `op` object shows it: `op` first, then every field with defaults filled."""
-    fields = step.model_dump(mode="python", exclude={"op"})
+    """The step as the result's `op` object shows it: `op` first, then every field with defaults filled.
+
+    A note's `by_preset` only when it has one: an extension of the format, so a scenario that does not
+    use it keeps the canonical form (and share code, and result) it had before the field existed.
+    """
+    exclude = {"op", "by_preset"} if isinstance(step, NoteStep) and step.by_preset is None else {"op"}
+    fields = step.model_dump(mode="python", exclude=exclude)
     return {"op": step.op, **fields}
 
 
@@ -447,6 +500,13 @@ def step_to_json(step: Step) -> dict[str, object]:
 def _fail(where: str, what: str) -> PydanticCustomError:
     """A whole-scenario refusal, already worded with its location (see _message)."""
     return _refuse("sptelab", f"{where}: {what}")
+
+
+def _step_key(step: Step) -> tuple[object, ...]:
+    """A step's field values as a dict key; a note's `by_preset` (a dict) as its sorted items."""
+    if isinstance(step, NoteStep) and step.by_preset is not None:
+        return NoteStep, step.text, tuple(sorted(step.by_preset.items()))
+    return type(step), *step.__dict__.values()
 
 
 def _step_where(index: int, step: Step) -> str:
@@ -505,7 +565,7 @@ class Scenario(_Frozen):
         # parsed scenario costs a pointer per step (pydantic's model of a step is about 500 bytes).
         # Keyed by the field values (plain ints, strings and booleans), which hash faster than the models.
         distinct: dict[tuple[object, ...], Step] = {}
-        return [distinct.setdefault((type(step), *step.__dict__.values()), step) for step in steps]
+        return [distinct.setdefault(_step_key(step), step) for step in steps]
 
     @model_validator(mode="after")
     def _check(self) -> "Scenario":
@@ -783,6 +843,7 @@ __all__ = [
     "MAX_TITLE_CHARS",
     "MAX_TOTAL_PAGES",
     "MAX_VCPUS",
+    "NOTE_PRESETS",
     "PAGE_LEVELS",
     "STEP_OPS",
     "ClearDirtyLogStep",

@@ -3,6 +3,10 @@
 The same files feed the CLI (`sptelab run NAME`, `sptelab scenarios`), the web app's menu and the golden
 tests, so a scenario is written once and means the same everywhere. They are package data, read through
 `importlib.resources`, so an installed wheel finds them as a checkout does, without a path on disk.
+
+Every list of them (the landing page, `sptelab scenarios`, `GET /api/scenarios`) comes in the teaching
+order `LESSONS` declares, not alphabetically: a first-time visitor meets the worked example first, then
+the lessons that build on it, and today's kernel and the heaviest lesson last.
 """
 
 from importlib.resources import files
@@ -11,6 +15,24 @@ from importlib.resources.abc import Traversable
 from engine.scenario import Scenario, ScenarioError, parse_scenario
 
 _SUFFIX = ".json"
+
+# The teaching order, and what each lesson teaches in one line (the landing page's cards say it).
+# A file not listed here still plays; it is listed after these, by name (a test keeps the two in step).
+LESSONS: dict[str, str] = {
+    "worked-example": "The whole story on one 2 MiB region: zapped, lost, dropped lazily, split.",
+    "migration-verdict": "What a page lost to the migration is, and how the verdict finds it.",
+    "write-storm-2m": "The bug at scale: one fast fault, and 511 writes missing from the log.",
+    "read-mostly-logging": "What the patch is for: reads under dirty logging cost nothing.",
+    "presets-agree": "The conditions the bug needs, and a run where none of them holds.",
+    "two-vcpus-tlb-flush": "Why write protection must flush every vCPU's TLB.",
+    "migration-many-rounds": "Pre-copy rounds: the buggy kernel re-sends a page nobody wrote.",
+    "cow-large-spte": "A large spte the fast path may never fix: copy-on-write host pages.",
+    "disable-dirty-log": "Logging switched off: which kernels bring the huge page back, and when.",
+    "zap-all": "A memslot change drops everything, even the buggy writable 2M spte.",
+    "todays-kernel": "Linux 6.13 and later: split when logging starts, recovered in place when it stops.",
+    "clear-dirty-log": "KVM_CLEAR_DIRTY_LOG: re-arming the log one chunk at a time.",
+    "one-gig-page": "The same bug with 1 GiB pages: one dirty bit for a gigabyte.",
+}
 
 
 def _library() -> dict[str, Traversable]:
@@ -23,8 +45,14 @@ def _library() -> dict[str, Traversable]:
 
 
 def builtin_names() -> list[str]:
-    """The names of the built-in scenarios, sorted."""
-    return sorted(_library())
+    """The names of the built-in scenarios in teaching order: `LESSONS`' order, then any other by name."""
+    found = _library()
+    return [name for name in LESSONS if name in found] + sorted(set(found) - set(LESSONS))
+
+
+def lesson_teaches(name: str) -> str:
+    """What the built-in lesson `name` teaches, in one line ("" for one `LESSONS` does not list)."""
+    return LESSONS.get(name, "")
 
 
 def load_builtin_text(name: str) -> str:
@@ -41,7 +69,7 @@ def load_builtin_text(name: str) -> str:
 
 
 def builtin_scenarios() -> list[tuple[str, Scenario]]:
-    """Every built-in scenario, parsed, as (name, scenario) sorted by name.
+    """Every built-in scenario, parsed, as (name, scenario) in teaching order.
 
     Raise ScenarioError naming the file if one of them does not parse.
     """
@@ -54,4 +82,4 @@ def builtin_scenarios() -> list[tuple[str, Scenario]]:
     return out
 
 
-__all__ = ["builtin_names", "builtin_scenarios", "load_builtin_text"]
+__all__ = ["LESSONS", "builtin_names", "builtin_scenarios", "lesson_teaches", "load_builtin_text"]

@@ -24,7 +24,7 @@ from engine.codec import decode_code
 from engine.policy import PRESETS
 from engine.scenario import parse_scenario
 from live.report import RealRefusalError
-from scenarios import builtin_names, builtin_scenarios, load_builtin_text
+from scenarios import LESSONS, builtin_names, builtin_scenarios, load_builtin_text
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = "worked-example"
@@ -83,7 +83,7 @@ def process(
 
 def test_builtin_library_lists_and_parses_the_worked_example() -> None:
     assert EXAMPLE in builtin_names()
-    assert builtin_names() == sorted(builtin_names())
+    assert builtin_names() == list(LESSONS)  # the library's teaching order, worked example first
     parsed = dict(builtin_scenarios())
     assert parsed[EXAMPLE].title == "One 2 MiB region, three behaviours"
     assert parse_scenario(load_builtin_text(EXAMPLE)) == parsed[EXAMPLE]

@@ -1,9 +1,11 @@
 """The scenario format of contract §1: what is accepted, what is refused, and the words of each refusal."""
 
+import base64
 import contextlib
 import copy
 import json
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +14,7 @@ from conftest import spec_example
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine.codec import decode_code, encode_scenario
 from engine.scenario import (
     MAX_ACCESSES,
     MAX_COUNT,
@@ -41,6 +44,7 @@ from engine.scenario import (
     scenario_json_schema,
     step_to_json,
 )
+from scenarios import builtin_scenarios
 
 # The spec's worked example up to its first GET_DIRTY_LOG round.
 EXAMPLE: dict[str, Any] = spec_example(rounds=1)
@@ -723,3 +727,115 @@ def test_mutated_examples_give_a_scenario_or_a_scenario_error(path: list[int], n
 def test_arbitrary_text_gives_only_scenario_errors(data: str | bytes) -> None:
     with pytest.raises(ScenarioError):
         parse_scenario(data)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A note per preset (docs/contract-extensions.md, "Scenario ops")
+
+PER_PRESET = {"zap": "the zap preset's own sentence", "lazy-buggy": "the buggy preset's own sentence"}
+
+
+def test_a_note_may_say_it_per_preset_and_falls_back_to_text() -> None:
+    scenario = parse_scenario(minimal({"op": "note", "text": "shared", "by_preset": PER_PRESET}))
+    (note,) = scenario.steps
+    assert isinstance(note, NoteStep)
+    assert note.text_for("zap") == PER_PRESET["zap"]
+    assert note.text_for("lazy-buggy") == PER_PRESET["lazy-buggy"]
+    # Presets the note does not name, and a what-if policy (no preset), read the shared text.
+    assert note.text_for("lazy") == note.text_for("modern") == note.text_for(None) == "shared"
+    assert scenario.canonical()["steps"] == [{"op": "note", "text": "shared", "by_preset": PER_PRESET}]
+    assert parse_scenario(scenario.canonical()) == scenario
+
+
+def test_a_note_without_by_preset_keeps_the_canonical_form_it_always_had() -> None:
+    # Contract §1's note is {"op", "text"}: the share code of a scenario with notes must not change.
+    for absent in ({}, {"by_preset": None}, {"by_preset": {}}):
+        scenario = parse_scenario(minimal({"op": "note", "text": "Logging is on.", **absent}))
+        assert scenario.canonical()["steps"] == [{"op": "note", "text": "Logging is on."}]
+        assert step_to_json(scenario.steps[0]) == {"op": "note", "text": "Logging is on."}
+
+
+@pytest.mark.parametrize("name", ["buggy", "fixed", "Lazy", ""])
+def test_a_note_naming_an_unknown_preset_is_refused_by_name(name: str) -> None:
+    note = {"op": "note", "text": "x", "by_preset": {name: "y"}}
+    message = refused(minimal({"op": "write", "gfn": 0x200}, note))
+    assert message.startswith("step 1 (note): by_preset names ")
+    assert repr(name) in message
+    assert "zap, lazy-buggy, lazy, modern" in message
+
+
+def test_a_per_preset_note_is_held_to_the_note_cap() -> None:
+    long = "x" * (2048 + 1)
+    message = refused(minimal({"op": "note", "text": "x", "by_preset": {"lazy": long}}))
+    assert message == (
+        "step 0 (note): by_preset.lazy is 2,049 characters long, more than the 2,048 a note may hold"
+    )
+    assert refused(minimal({"op": "note", "text": "x", "by_preset": {"lazy": 3}})) == (
+        "step 0 (note): by_preset.lazy must be a string, not the number 3"
+    )
+    assert refused(minimal({"op": "note", "text": "x", "by_preset": ["lazy"]})) == (
+        "step 0 (note): by_preset must be an object, not a list"
+    )
+
+
+def test_equal_per_preset_notes_repeated_still_parse_as_equal_steps() -> None:
+    # Equal steps share one object (Scenario._share_equal_steps); a by_preset mapping must not break that.
+    note = {"op": "note", "text": "again", "by_preset": {"modern": "again, as 6.13 tells it"}}
+    other = {"op": "note", "text": "again", "by_preset": {"modern": "told otherwise"}}
+    scenario = parse_scenario(minimal(note, note, other))
+    first, second, third = scenario.steps
+    assert first is second and first is not third
+    assert isinstance(third, NoteStep) and third.text_for("modern") == "told otherwise"
+    # A step is a value: equal notes hash alike, as every other frozen step does.
+    assert hash(first) == hash(NoteStep(text="again", by_preset={"modern": "again, as 6.13 tells it"}))
+    assert len({first, second, third}) == 2
+
+
+def test_the_schema_lists_the_presets_a_note_may_name() -> None:
+    definition = scenario_json_schema()["$defs"]["NoteStep"]["properties"]["by_preset"]
+    (mapping,) = [branch for branch in definition["anyOf"] if branch.get("type") == "object"]
+    assert mapping["propertyNames"] == {"enum": ["zap", "lazy-buggy", "lazy", "modern"]}
+    assert mapping["additionalProperties"] == {"type": "string", "maxLength": 2048}
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = scenario_json_schema()
+    jsonschema.validate(minimal({"op": "note", "text": "x", "by_preset": PER_PRESET}), schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(minimal({"op": "note", "text": "x", "by_preset": {"buggy": "y"}}), schema)
+
+
+def test_share_codes_of_notes_are_the_contract_s_and_carry_by_preset() -> None:
+    def contract_code(canonical: dict[str, Any]) -> str:
+        # Contract §6, written out: sorted keys, no spaces, UTF-8, raw DEFLATE level 9, base64url unpadded.
+        text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        packer = zlib.compressobj(level=9, wbits=-15)
+        return "1." + base64.urlsafe_b64encode(packer.compress(text) + packer.flush()).rstrip(b"=").decode()
+
+    plain = minimal({"op": "note", "text": "Logging is on."})
+    canonical = {
+        "format": "sptelab-scenario", "version": 1, "title": "", "description": "",
+        "vm": {"vcpus": 1, "max_page_level": "2M", "ept_ad": True},
+        "memslots": [{"id": 1, "base_gfn": 0x200, "npages": 512, "host_page": "4K", "base_pfn": 0x80000,
+                      "host_writable": True, "host_cow": "copy"}],
+        "steps": [{"op": "note", "text": "Logging is on."}],
+    }  # fmt: skip
+    assert encode_scenario(plain) == contract_code(canonical)
+    told = minimal({"op": "note", "text": "Logging is on.", "by_preset": PER_PRESET})
+    code = encode_scenario(told)
+    assert code != encode_scenario(plain)
+    assert parse_scenario(decode_code(code)) == parse_scenario(told)
+
+
+def test_the_built_in_per_preset_notes_each_say_something() -> None:
+    told = [
+        (name, index, step)
+        for name, scenario in builtin_scenarios()
+        for index, step in enumerate(scenario.steps)
+        if isinstance(step, NoteStep) and step.by_preset
+    ]
+    assert {name for name, _, _ in told} >= {"migration-verdict", "write-storm-2m"}
+    for name, index, step in told:
+        assert step.by_preset is not None
+        for preset, text in step.by_preset.items():
+            # As a lesson's note must (tests/test_library.py): say what to look at, in a sentence or more.
+            assert len(text) >= 60, (name, index, preset)
+            assert text != step.text, (name, index, preset)

@@ -41,6 +41,7 @@ from app.pagectx import (
 )
 from app.render import base_path, render_page
 from app.sources import share_code
+from app.views.library import story
 from engine.codec import MAX_URL_BYTES
 from engine.policy import PRESETS
 from engine.scenario import MAX_SCENARIO_BYTES, ScenarioError, parse_scenario
@@ -73,10 +74,13 @@ async def index(request: Request, store: StoreDep) -> Response:
 
 
 def _index(request: Request, store: StoreDep) -> Response:
+    cards = builtin_cards(store)
+    # The page opens with the story of the worked example, its links computed from the example's runs.
+    told = next((story(card) for card in cards if card.name == EXAMPLE), None)
     if request.app.state.settings.workshop:
-        return page(request, "index.html", {"cards": builtin_cards(store)})
+        return page(request, "index.html", {"cards": cards, "story": told})
     text = load_builtin_text(EXAMPLE)
-    context = {"cards": builtin_cards(store), "editor_text": text, "status": editor_status(text)}
+    context = {"cards": cards, "story": told, "editor_text": text, "status": editor_status(text)}
     return page(request, "index.html", context)
 
 

@@ -1,11 +1,13 @@
-"""Describing steps: an op in a few words, and what a step did in a sentence."""
+"""Describing steps: an op in a few words, what a step did in a sentence, a note as the preset on screen
+tells it, and the lesson's own words before the first step."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from app.views.text import gfn_list, hx, plural
 from engine.policy import Policy
+from engine.scenario import NoteStep, Step
 from engine.simulation import Simulation, StepResult
 
 
@@ -32,6 +34,36 @@ def describe_op(op: Mapping[str, object]) -> str:
     if isinstance(first, int) and isinstance(num, int):
         parts.append(f"pages {first:#x}+{num}")
     return " ".join(parts)
+
+
+def note_text(op: Mapping[str, object], variant: str | None) -> str:
+    """The text of a note step as `variant` tells it: the preset's own (`by_preset`) if the note has one,
+    else `text`; "" for any other op. `variant` is None under a what-if policy, which no preset's text
+    describes, so it reads the note every preset shares."""
+    if op.get("op") != "note":
+        return ""
+    by_preset = op.get("by_preset")
+    if variant is not None and isinstance(by_preset, Mapping):
+        own = by_preset.get(variant)
+        if isinstance(own, str):
+            return own
+    return str(op.get("text", ""))
+
+
+# A paragraph of the description that says what to watch ("What to watch: …", "Watch step 4 …").
+_WATCH = ("what to watch", "watch ")
+
+
+def lesson_text(description: str, steps: Sequence[Step]) -> str:
+    """The lesson in its own words, for the narration panel before the first step (Markdown): the
+    description's first paragraph, and the paragraph saying what to watch; without a description, the
+    first note. Shown where the eye starts, so a visitor reads what the lesson is before stepping."""
+    paragraphs = [p.strip() for p in description.split("\n\n") if p.strip()]
+    if paragraphs:
+        watch = [p for p in paragraphs[1:] if p.lower().startswith(_WATCH)]
+        return "\n\n".join(paragraphs[:1] + watch[:1])
+    first = next((step for step in steps if isinstance(step, NoteStep)), None)
+    return first.text if first is not None else ""
 
 
 # Ops whose marked_dirty would repeat what their dirty_log already says.

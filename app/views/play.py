@@ -18,7 +18,7 @@ from app.views.logs import (
     ring_views,
     violation_views,
 )
-from app.views.narration import describe_op, narrate
+from app.views.narration import describe_op, narrate, note_text
 from app.views.rmap import RmapSlotView, TlbView, rmap_views, tlb_views
 from app.views.text import Location, bit_changes, change_text, hx
 from app.views.trace import TraceView, trace_view
@@ -47,7 +47,7 @@ class PlayView:
     title: str
     op: str  # the current step (n-1) in short, "" at step 0
     narration: str
-    note: str  # the text of a note step
+    note: str  # the text of a note step, as the preset shown tells it
     next_op: str
     window: list[StepLine]
     tree: TreeView
@@ -134,7 +134,7 @@ def play_view(
         op = result.op
         narration = narrate(op, result, sim)
         op_text = describe_op(op)
-        note = str(op.get("text", "")) if op.get("op") == "note" else ""
+        note = note_text(op, variant)
     else:
         narration = "Before the first step: no guest access has happened yet, and no spte is present."
         op_text = ""
