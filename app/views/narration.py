@@ -50,7 +50,7 @@ def note_text(op: Mapping[str, object], variant: str | None) -> str:
     return str(op.get("text", ""))
 
 
-# A paragraph of the description that says what to watch ("What to watch: …", "Watch step 4 …").
+# A paragraph of the description that says what to watch ("What to watch: …", "Watch step 5 …").
 _WATCH = ("what to watch", "watch ")
 
 
