@@ -119,7 +119,13 @@ def play_scenario(request: Request, store: StoreDep, scenario: Annotated[str, Fo
     try:
         parsed = parse_scenario(scenario)
     except ScenarioError as error:
-        context = {"cards": builtin_cards(store), "editor_text": scenario, "status": editor_status(scenario)}
+        context = {
+            "cards": builtin_cards(store),
+            "editor_text": scenario,
+            "status": editor_status(scenario),
+            # The error takes the focus, so the page opens on it and the scenario, not at the top.
+            "editor_refused": True,
+        }
         return page(request, "index.html", context, status=_scenario_status(error))
     return _redirect_to_code(request, share_code(parsed))
 

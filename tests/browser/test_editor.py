@@ -9,7 +9,9 @@ from typing import Any
 
 from playwright.sync_api import Locator, Page, expect
 
+from .conftest import PageProblems
 from .pagehooks import Screenshot, expect_position
+from .test_hostile_links import accept_document_status
 from .worked_example import STEPS
 
 WORKED_EXAMPLE_JSON = Path(__file__).resolve().parents[2] / "scenarios" / "worked-example.json"
@@ -54,3 +56,21 @@ def test_editor_shows_the_failing_step_and_then_accepts_the_fix(page: Page, scre
     expect_position(page, 0, STEPS)
     assert "/play?" in page.url
     assert "s=1." in page.url
+
+
+def test_a_refused_play_opens_on_the_editor_and_its_error(page: Page, page_problems: PageProblems) -> None:
+    """"Play this" on a scenario with an error answers the landing page again: it must open where the
+    scenario and its message are, not at the top with the story and the cards between."""
+    page.set_viewport_size({"width": 1024, "height": 768})
+    page.goto("/")
+    editor = page.locator('form#editor textarea[name="scenario"]')
+    # Pasted without leaving the field, so the live check has not run: the server's answer is all there is.
+    editor.fill(scenario_text("0x400"))
+    page.locator('button[data-action="play"]').click()
+    page.wait_for_load_state("load")
+    error = page.locator("#editor-status [data-error]")
+    expect(error).to_contain_text("outside every memslot")
+    expect(page.locator("#editor-status")).to_be_focused()
+    expect(error).to_be_in_viewport()
+    assert page.evaluate("() => window.scrollY") > 0
+    accept_document_status(page_problems, 422, page.url)
