@@ -43,6 +43,8 @@ VISITS: tuple[Visit, ...] = (
     # The write storm: lazy-buggy keeps the 2M spte, read-only, and the storm makes it writable again.
     Visit("storm-2m", _player(4, scenario=STORM), large=True),
     Visit("storm-4k", player_url("zap", 8, STORM)),
+    # A 1G page: a changed pointer's tag on the amber of "changed".
+    Visit("one-gig", player_url("modern", 3, "one-gig-page")),
     Visit("compare-4", compare_url(("zap", "lazy-buggy", "lazy", "modern"), 10)),
     Visit("real", "/real?scenario=worked-example"),
     Visit("error", "/play?scenario=no-such-scenario", 404),

@@ -14,7 +14,7 @@ from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Page, expect
 
 from .conftest import PageProblems
-from .layoutpages import VISITS, visit
+from .layoutpages import LARGE_STEP, VISITS, visit
 from .pagehooks import Screenshot, expect_position, player_url
 
 BLOCKING = ("critical", "serious")
@@ -88,3 +88,25 @@ def test_one_live_region_says_each_steps_outcome(page: Page) -> None:
     verdict = page.locator("[data-feedback]").get_attribute("data-feedback")
     expect(announcer).to_contain_text("Right." if verdict == "right" else "Wrong")
     expect(announcer).to_contain_text("Step 5 of 12")
+
+
+_RING = """(el) => {
+    const style = getComputedStyle(el);
+    return [style.outlineStyle, parseFloat(style.outlineWidth), style.outlineColor];
+}"""
+
+
+def test_focus_ring_shows_on_a_changed_spte(page: Page) -> None:
+    """A changed spte has an amber outline of its own; the focus ring must replace it, not lose to it."""
+    page.goto(player_url("lazy-buggy", LARGE_STEP))
+    expect_position(page, LARGE_STEP, 12)
+    changed = page.locator('[data-spte][data-changed="1"] > [data-inspect]')
+    assert changed.count() >= 1  # §7.2 step 5: the write changed L2[1]
+    link = changed.first
+    _, _, changed_colour = link.evaluate(_RING)
+    page.keyboard.press("Tab")  # keyboard use: the browser shows :focus-visible from now on
+    link.focus()
+    assert link.evaluate("(el) => el.matches(':focus-visible')")
+    style, width, colour = link.evaluate(_RING)
+    assert style == "solid" and width >= 3, (style, width)
+    assert colour != changed_colour, f"the focus ring has the colour of 'changed': {colour}"
