@@ -7,6 +7,7 @@ the same element across steps and says each step's outcome.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from playwright.sync_api import Page, expect
 
 from .conftest import PageProblems
 from .layoutpages import LARGE_STEP, VISITS, visit
-from .pagehooks import Screenshot, expect_position, player_url
+from .pagehooks import Screenshot, compare_url, expect_position, player_url
 
 BLOCKING = ("critical", "serious")
 
@@ -88,6 +89,15 @@ def test_one_live_region_says_each_steps_outcome(page: Page) -> None:
     verdict = page.locator("[data-feedback]").get_attribute("data-feedback")
     expect(announcer).to_contain_text("Right." if verdict == "right" else "Wrong")
     expect(announcer).to_contain_text("Step 5 of 12")
+
+    # In /compare the outcome is what differs: §7.2 step 5's write faults differently under each preset
+    # (zap and lazy: slow, lazy-buggy: fast).
+    page.goto(compare_url(("zap", "lazy-buggy", "lazy"), 4))
+    expect_position(page, 4, 12)
+    page.keyboard.press("ArrowRight")
+    expect_position(page, 5, 12)
+    expect(announcer).to_contain_text("Step 5 of 12")
+    expect(announcer).to_contain_text(re.compile(r"the presets differ in [^.]*\bfaults\b"))
 
 
 _RING = """(el) => {
