@@ -18,6 +18,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from markupsafe import Markup
 
+from app.announce import compare_announcement, play_announcement
 from app.budget_bytes import Lru
 from app.deps import FOCUS_PANELS, LaneRun, Links, PlayerQuery, get_store
 from app.forwarded import public_origin
@@ -334,6 +335,8 @@ def play_context(
         "source_param": query.source.param,
         # Long share codes: links inside the panels become buttons of two shared forms (see controls.html).
         "compact": compact,
+        # The step's outcome for the page's live region (app/announce.py).
+        "announce": play_announcement(query.step, query.total, view, predict),
         "tree_html": (
             render_tree([tree.root, *tree.orphans, *tree.freed], inspect) + _freed_note(tree.freed_hidden)
         ),
@@ -377,9 +380,23 @@ def _real_context(request: Request, query: PlayerQuery, links: Links) -> dict[st
     return {"real_url": links.real(), "real_refusal": live_refusal(query.source.scenario, mode)}
 
 
-def _focus_attr(present: bool, focus: str) -> Callable[[str], Markup]:
+# Shown in presentation mode whatever panel is picked: a writable 2M spte and the pages it loses are on
+# screen together.
+PRESENT_ALWAYS = frozenset({"tree", "bitmap"})
+
+
+def _focus_attr(present: bool, focus: str, selected: bool) -> Callable[[str], Markup]:
+    """A panel's presentation-mode attributes: `data-focused` on the picked one; `data-shown` on every
+    panel on screen (the picked one, the tree, the bitmap, and the inspector once an spte is selected,
+    so that clicking an spte shows it), with tabindex=0 because such a panel may scroll inside itself."""
+
     def attr(panel: str) -> Markup:
-        return Markup(' data-focused="1"') if present and panel == focus else Markup("")
+        if not present:
+            return Markup("")
+        out = ' data-focused="1"' if panel == focus else ""
+        if panel == focus or panel in PRESENT_ALWAYS or (panel == "inspector" and selected):
+            out += ' data-shown="1" tabindex="0"'
+        return Markup(out)
 
     return attr
 
@@ -397,7 +414,7 @@ def _mode_context(query: PlayerQuery, links: Links, predict: PredictPanel | None
         "predict": predict,
         "present": query.present,
         "focus": query.focus,
-        "focused": _focus_attr(query.present, query.focus),
+        "focused": _focus_attr(query.present, query.focus, query.selected is not None),
         "nav_stop": stop,
         "mode_fields": links.mode_fields(),
         "score_next": links.score_param if predict is not None else "",
@@ -453,6 +470,8 @@ def compare_context(
         return links.compare(n, variants)
 
     any_view = next(iter(views.values()))
+    columns = compare_columns(views)
+    splits = field_splits(views)
     scenario = source.scenario
     store = get_store(request)
     # Long share codes: the timeline's markers become buttons of one shared form (as in the player).
@@ -473,8 +492,9 @@ def compare_context(
         "notice": notice,
         "title": scenario.title or source.name or "Untitled scenario",
         "view": any_view,
-        "columns": compare_columns(views),
-        "splits": field_splits(views),
+        "columns": columns,
+        "splits": splits,
+        "announce": compare_announcement(step, source.total, any_view, splits),
         "fields": COMPARE_FIELDS,
         "trees": trees,
         "timeline": timeline,

@@ -371,6 +371,23 @@
     settled(event.detail.xhr);
   });
 
+  // The page's one live region (#announcer, never swapped) says each step's outcome: the server's line
+  // in the swapped position block ([data-announce]), copied once the swap has settled. Only a changed
+  // line is written, so selecting an spte at the same step says nothing twice.
+  function announce() {
+    var region = document.getElementById("announcer");
+    var line = document.querySelector("[data-announce]");
+    if (!region || !line) {
+      return;
+    }
+    var text = line.textContent.trim();
+    if (text && text !== region.textContent) {
+      region.textContent = text;
+    }
+  }
+
+  document.addEventListener("htmx:afterSettle", announce);
+
   // Forms that swaps leave in place carry the state in hidden fields: keep those in line with the
   // address bar, which htmx has just updated. data-sync names the fields a form keeps. The score is the
   // exception: the address bar's does not count the answer in it yet, the page's data-score-next does.

@@ -122,7 +122,9 @@ def test_presentation_mode_focus_and_arrow_keys(page: Page, screenshot: Screensh
     page.locator('a[data-action="present"]').click()
     expect(page.locator("body")).to_have_class(re.compile(r"\bis-present\b"))
     expect(focused(page)).to_have_attribute("data-panel", "tree")
-    expect(page.locator('[data-panel="bitmap"]')).to_be_hidden()
+    # The bitmap stays beside the tables whatever is picked; a panel not picked is hidden.
+    expect(page.locator('[data-panel="bitmap"]')).to_be_visible()
+    expect(page.locator('[data-panel="counters"]')).to_be_hidden()
     narration = page.locator('[data-panel="narration"]')
     expect(narration).to_be_visible()
     expect_no_page_scroll(page)
@@ -132,8 +134,9 @@ def test_presentation_mode_focus_and_arrow_keys(page: Page, screenshot: Screensh
     page.keyboard.press("2")
     expect(focused(page)).to_have_attribute("data-panel", "bitmap")
     expect(page.locator('[data-focus="bitmap"]')).to_have_attribute("aria-current", "true")
-    expect(page.locator('[data-panel="tree"]')).to_be_hidden()
+    expect(page.locator('[data-panel="tree"]')).to_be_visible()
     expect(page.locator('[data-panel="bitmap"]')).to_be_visible()
+    expect(page.locator('[data-panel="trace"]')).to_be_hidden()
     assert url_param(page, "focus") == "bitmap"
 
     page.keyboard.press("ArrowRight")
