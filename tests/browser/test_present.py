@@ -84,7 +84,7 @@ def test_clicking_an_spte_opens_the_inspector(page: Page, screenshot: Screenshot
     expect(inspector).to_be_visible()
     # L2[1] after §7.2 step 5 under lazy-buggy: writable again, D set (§1.3's constant).
     expect(inspector).to_contain_text(LARGE_RW_D)
-    expect(inspector.locator('[data-bit="W"]')).to_be_visible()
+    expect(inspector.locator('tr[data-bit="W"]')).to_be_visible()
     assert re.search(r"[?&]present=1", page.url)
     # The tables and the bitmap stay on screen beside it.
     expect(page.locator('[data-panel="tree"]')).to_be_visible()
