@@ -140,7 +140,7 @@ def test_each_chapter_links_where_its_kernel_parts(landing: Page, preset: str, s
 
 def test_the_lessons_come_in_the_declared_teaching_order(landing: Page) -> None:
     assert set(LESSONS) == set(builtin_names()), "every lesson file has its place in the order"
-    cards = [e.get("data-scenario") for e in landing.find(data_scenario=None) if e.tag == "article"]
+    cards = [str(e.get("data-scenario")) for e in landing.find(data_scenario=None) if e.tag == "article"]
     assert cards == list(LESSONS) == builtin_names()
     assert cards[0] == EXAMPLE
     # The 6.13 lesson and the 1 GiB one (the heaviest) come after every lesson of the 2014 story.

@@ -749,7 +749,8 @@ def test_a_note_may_say_it_per_preset_and_falls_back_to_text() -> None:
 
 def test_a_note_without_by_preset_keeps_the_canonical_form_it_always_had() -> None:
     # Contract §1's note is {"op", "text"}: the share code of a scenario with notes must not change.
-    for absent in ({}, {"by_preset": None}, {"by_preset": {}}):
+    absents: list[dict[str, object]] = [{}, {"by_preset": None}, {"by_preset": {}}]
+    for absent in absents:
         scenario = parse_scenario(minimal({"op": "note", "text": "Logging is on.", **absent}))
         assert scenario.canonical()["steps"] == [{"op": "note", "text": "Logging is on."}]
         assert step_to_json(scenario.steps[0]) == {"op": "note", "text": "Logging is on."}
@@ -792,7 +793,8 @@ def test_equal_per_preset_notes_repeated_still_parse_as_equal_steps() -> None:
 
 
 def test_the_schema_lists_the_presets_a_note_may_name() -> None:
-    definition = scenario_json_schema()["$defs"]["NoteStep"]["properties"]["by_preset"]
+    schema: Any = scenario_json_schema()
+    definition = schema["$defs"]["NoteStep"]["properties"]["by_preset"]
     (mapping,) = [branch for branch in definition["anyOf"] if branch.get("type") == "object"]
     assert mapping["propertyNames"] == {"enum": ["zap", "lazy-buggy", "lazy", "modern"]}
     assert mapping["additionalProperties"] == {"type": "string", "maxLength": 2048}

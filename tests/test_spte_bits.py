@@ -11,6 +11,7 @@ import re
 from html.parser import HTMLParser
 
 import pytest
+from browser.worked_example import LARGE_RO_D, LARGE_RW_D
 from fastapi.testclient import TestClient
 
 from app.main import create_app
@@ -22,7 +23,6 @@ from engine.scenario import parse_scenario
 from engine.simulation import Simulation
 from engine.spte import FLAG_BITS, PT_WRITABLE_MASK, SPTE_HOST_WRITEABLE, flag_word
 from scenarios import load_builtin_text
-from tests.browser.worked_example import LARGE_RO_D, LARGE_RW_D
 
 NAMES = ["R", "W", "X", "PS", "A", "D", "HW", "MW"]  # contract §7's order
 PLAY = "/play?scenario=worked-example"

@@ -95,7 +95,7 @@ def test_a_long_scenario_keeps_a_window_of_markers_and_folds_the_rest() -> None:
     # Bounded: the window and at most SPANS spans, plus the two cut by the window's edges.
     assert len(spans) <= SPANS + 2
     # Every step is covered exactly once, in order.
-    covered = []
+    covered: list[int] = []
     for item in lane.items:
         covered.extend([item.n] if isinstance(item, Mark) else range(item.first, item.last + 1))
     assert covered == list(range(1, total + 1))

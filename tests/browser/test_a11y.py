@@ -8,7 +8,7 @@ the same element across steps and says each step's outcome.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from axe_playwright_python.sync_playwright import Axe
@@ -36,7 +36,7 @@ def blocking_violations(page: Page) -> list[str]:
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 def test_axe_finds_no_critical_or_serious_violation(
-    page: Page, page_problems: PageProblems, screenshot: Screenshot, scheme: str
+    page: Page, page_problems: PageProblems, screenshot: Screenshot, scheme: Literal["light", "dark"]
 ) -> None:
     page.emulate_media(color_scheme=scheme)
     failures: list[str] = []

@@ -52,11 +52,12 @@ def test_projector_shows_tree_and_bitmap_together_in_large_type(page: Page, scre
         expect(page.locator(".panel[data-focused]")).to_have_attribute("data-panel", panel)
         # §7.2 step 5 under lazy-buggy: the 2M spte is writable while logged, and the write to 0x250
         # set no dirty bit: both on screen, whole, side by side.
-        large = page.locator('[data-spte][data-large="1"]').first
+        large_spte = page.locator('[data-spte][data-large="1"]').first
         lost = page.locator('[data-dirty-gfn="0x250"][data-written="1"]')
-        expect(large).to_be_visible()
+        expect(large_spte).to_be_visible()
         expect(lost).to_be_visible()
-        assert in_viewport(page, large.locator("[data-inspect]")), f"2M spte off screen with focus={panel}"
+        spte_link = large_spte.locator("[data-inspect]")
+        assert in_viewport(page, spte_link), f"2M spte off screen with focus={panel}"
         assert in_viewport(page, lost), f"the lost page's cell off screen with focus={panel}"
         expect(page.locator('[data-panel="narration"]')).to_be_visible()
         if panel not in ("tree", "bitmap"):
