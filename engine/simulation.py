@@ -43,7 +43,7 @@ from engine.scenario import (
     ZapAllStep,
     step_to_json,
 )
-from engine.trace import Event, Trace
+from engine.trace import Call, Event, Trace
 from engine.zap import kvm_mmu_invalidate_zap_all_pages, kvm_mmu_zap_all
 
 # How a read or write step reaches guest memory: "mmu", the CPU through the TLB, the sptes and the fault
@@ -80,6 +80,9 @@ class StepResult:
     # The ioctl the step made that the kernel refused under the policy's dirty-log mode, as
     # "KVM_GET_DIRTY_LOG: ENXIO"; None when nothing failed.
     error: str | None = None
+    # With the trace: the kernel functions entered while it was recorded (engine.trace.call_order puts
+    # the events in call order with them). Not part of the result JSON, whose events stay in emission order.
+    calls: list[Call] | None = None
 
 
 class Simulation:
@@ -162,6 +165,7 @@ class Simulation:
             else None,
             events=list(kvm.tp.events) if full else None,
             error=log.ioctl_error,
+            calls=list(kvm.tp.calls) if full else None,
         )
         self.index += 1
         return result
