@@ -1,4 +1,10 @@
-"""Reverse maps and TLBs, capped."""
+"""Reverse maps and TLBs, capped, with runs of alike rows collapsed into one.
+
+A slot written page by page has 512 rmap heads per table and as many TLB entries, each like the next; one
+row "512 × 4K, gfns 0x200–0x3ff, writable" says the same in one line. Rows are alike when their gfns follow
+on, they are of one size and they allow the same: for an rmap head, one spte each, at consecutive indexes of
+one table, equally writable; for a TLB entry, consecutive pfns, equally writable, equally dirty-cached.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +17,14 @@ from markupsafe import Markup
 
 from engine.kvm import Kvm
 from engine.rmap import pte_list
-from engine.spte import (
-    pages_per_hpage,
-)
+from engine.spte import PT_WRITABLE_MASK, pages_per_hpage
 
-# Caps of the list panels.
+# Caps of the list panels, in rows drawn (a collapsed row is one).
 MAX_RMAP_ROWS = 64
 MAX_TLB_ROWS = 64
+# Rmap heads looked at per level to fill the rows: a run of a few tables' worth, without sorting every
+# head of a big slot.
+MAX_RMAP_HEADS = 4096
 
 
 class RmapRow(NamedTuple):
@@ -25,6 +32,8 @@ class RmapRow(NamedTuple):
     gfn: int
     span: int
     entries: list[str]
+    n: int = 1  # heads in this row: more than one when alike heads were collapsed
+    writable: bool | None = None  # of the one spte of each head; None when a head has several or none
 
 
 @dataclass(slots=True)
@@ -33,6 +42,7 @@ class RmapSlotView:
     rows: list[RmapRow]
     total: int
     rows_html: Markup
+    shown: int = 0  # heads the rows stand for
 
 
 _SIZE_NAMES = {1: "4K", 2: "2M", 3: "1G"}
@@ -43,10 +53,21 @@ def rmap_rows_html(rows: Iterable[RmapRow]) -> Markup:
     every step, and its cells hold only numbers and fixed words, so there is nothing to escape."""
     out = []
     for r in rows:
+        last = r.gfn + r.n * r.span - 1
         gfns = f"<code>{r.gfn:#x}</code>"
-        if r.span > 1:
-            gfns += f"–<code>{r.gfn + r.span - 1:#x}</code>"
-        out.append(f"<tr><td>{_SIZE_NAMES[r.level]}</td><td>{gfns}</td><td>{', '.join(r.entries)}</td></tr>")
+        if last > r.gfn:
+            gfns += f"–<code>{last:#x}</code>"
+        sptes = ", ".join(r.entries)
+        if r.writable is not None:
+            sptes += ", writable" if r.writable else ", read-only"
+        size = _SIZE_NAMES[r.level]
+        if r.n > 1:
+            out.append(
+                f'<tr class="collapsed" data-collapsed="{r.n}"><td>{r.n} × {size}</td>'
+                f"<td>{gfns}</td><td>{sptes}</td></tr>"
+            )
+        else:
+            out.append(f"<tr><td>{size}</td><td>{gfns}</td><td>{sptes}</td></tr>")
     return Markup("".join(out))
 
 
@@ -55,16 +76,39 @@ def rmap_views(kvm: Kvm) -> list[RmapSlotView]:
     for slot in kvm.memslots:
         rows: list[RmapRow] = []
         total = 0
+        shown = 0
         for level, heads in enumerate(slot.rmap, start=1):
             total += len(heads)
             shift = 9 * (level - 1)
+            span = pages_per_hpage(level)
+            run: tuple[int, int, int, int] | None = None  # (table serial, first index, last index, count)
             # The lowest gfns first, without sorting every head of a big slot.
-            for key in heapq.nsmallest(max(0, MAX_RMAP_ROWS - len(rows)), heads):
+            for key in heapq.nsmallest(MAX_RMAP_HEADS, heads):
                 gfn = ((slot.base_gfn >> shift) + key) << shift
                 head = pte_list(heads[key])
+                writable = bool(head[0][0].spt[head[0][1]] & PT_WRITABLE_MASK) if len(head) == 1 else None
+                if len(head) == 1 and rows and run is not None:
+                    sp, index = head[0]
+                    prev = rows[-1]
+                    if (
+                        prev.level == level
+                        and prev.writable == writable
+                        and gfn == prev.gfn + prev.n * span
+                        and sp.serial == run[0]
+                        and index == run[2] + 1
+                    ):
+                        run = (run[0], run[1], index, run[3] + 1)
+                        entry = f"L{sp.level}[{run[1]:#x}–{index:#x}] in table {sp.gfn:#x}"
+                        rows[-1] = prev._replace(entries=[entry], n=run[3])
+                        shown += 1
+                        continue
+                if len(rows) >= MAX_RMAP_ROWS:
+                    break
                 entries = [f"L{sp.level}[{index:#x}] in table {sp.gfn:#x}" for sp, index in head]
-                rows.append(RmapRow(level, gfn, pages_per_hpage(level), entries))
-        out.append(RmapSlotView(slot.id, rows, total, rmap_rows_html(rows)))
+                rows.append(RmapRow(level, gfn, span, entries, 1, writable))
+                shown += 1
+                run = (head[0][0].serial, head[0][1], head[0][1], 1) if len(head) == 1 else None
+        out.append(RmapSlotView(slot.id, rows, total, rmap_rows_html(rows), shown))
     return out
 
 
@@ -75,6 +119,15 @@ class TlbRow(NamedTuple):
     pfn: int
     writable: bool
     dirty: bool
+    n: int = 1  # entries in this row: more than one when alike entries were collapsed
+
+    @property
+    def last_gfn(self) -> int:
+        return self.gfn + self.n * self.span - 1
+
+    @property
+    def last_pfn(self) -> int:
+        return self.pfn + self.n * self.span - 1
 
 
 @dataclass(slots=True)
@@ -82,15 +135,31 @@ class TlbView:
     vcpu: int
     rows: list[TlbRow]
     total: int
+    shown: int = 0  # entries the rows stand for
 
 
 def tlb_views(kvm: Kvm) -> list[TlbView]:
     out = []
     for vcpu in kvm.vcpus:
-        entries = vcpu.tlb.entries()
-        rows = [
-            TlbRow(e.level, e.gfn, pages_per_hpage(e.level), e.pfn, e.writable, e.dirty)
-            for e in entries[:MAX_TLB_ROWS]
-        ]
-        out.append(TlbView(vcpu.id, rows, len(entries)))
+        entries = vcpu.tlb.entries()  # by level, then gfn
+        rows: list[TlbRow] = []
+        shown = 0
+        for e in entries:
+            span = pages_per_hpage(e.level)
+            if rows:
+                prev = rows[-1]
+                if (
+                    prev.level == e.level
+                    and e.gfn == prev.gfn + prev.n * span
+                    and e.pfn == prev.pfn + prev.n * span
+                    and (prev.writable, prev.dirty) == (e.writable, e.dirty)
+                ):
+                    rows[-1] = prev._replace(n=prev.n + 1)
+                    shown += 1
+                    continue
+            if len(rows) >= MAX_TLB_ROWS:
+                break
+            rows.append(TlbRow(e.level, e.gfn, span, e.pfn, e.writable, e.dirty))
+            shown += 1
+        out.append(TlbView(vcpu.id, rows, len(entries), shown))
     return out
