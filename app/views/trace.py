@@ -125,7 +125,7 @@ def _summary(key: str, values: list[object]) -> str:
     return "various"
 
 
-def _flatten(nodes: list[_Node], depth: int, out: list[tuple[_Node, list[_Node], int]]) -> None:
+def _flatten(nodes: list[_Node], depth: int, out: list[tuple[_Node, list[_Node], int, bool]]) -> None:
     """Consecutive calls of one shape become one line carrying all of them; their callees are shown once,
     each summarised over the run in the same way."""
     i = 0
@@ -138,8 +138,8 @@ def _flatten(nodes: list[_Node], depth: int, out: list[tuple[_Node, list[_Node],
         i = j
 
 
-def _emit(run: list[_Node], depth: int, out: list[tuple[_Node, list[_Node], int]]) -> None:
-    out.append((run[0], run, depth))
+def _emit(run: list[_Node], depth: int, out: list[tuple[_Node, list[_Node], int, bool]]) -> None:
+    out.append((run[0], run, depth, True))  # the head of a run: what the step (or a caller) did N times
     if len(run) == 1:
         _flatten(run[0].children, depth + 1, out)
         return
@@ -149,9 +149,9 @@ def _emit(run: list[_Node], depth: int, out: list[tuple[_Node, list[_Node], int]
 
 
 def _emit_aligned(
-    first: _Node, members: list[_Node], depth: int, out: list[tuple[_Node, list[_Node], int]]
+    first: _Node, members: list[_Node], depth: int, out: list[tuple[_Node, list[_Node], int, bool]]
 ) -> None:
-    out.append((first, members, depth))
+    out.append((first, members, depth, False))
     for k, child in enumerate(first.children):
         _emit_aligned(child, [m.children[k] for m in members], depth + 1, out)
 
@@ -167,10 +167,10 @@ def trace_view(shown: Shown, variant: str | None) -> TraceView:
         name = str(item["name"])
         counts[name] = counts.get(name, 0) + 1
     pairs = call_order(result.events, result.calls or [])
-    lines: list[tuple[_Node, list[_Node], int]] = []
+    lines: list[tuple[_Node, list[_Node], int, bool]] = []
     _flatten(_tree(pairs, data), 0, lines)
     events = []
-    for first, members, depth in lines:
+    for first, members, depth, head in lines:
         item = first.data
         name = str(item["name"])
         source = kernel_source(name, variant, shown.sim.kvm.masks.era)
@@ -179,6 +179,7 @@ def trace_view(shown: Shown, variant: str | None) -> TraceView:
             args = [(k, _arg_text(k, v)) for k, v in item.items() if k != "name"]
         else:
             args = [(k, _summary(k, [m.data.get(k) for m in members])) for k in item if k != "name"]
-            text = f"{len(members)} alike calls; the first: {text}"
+            if head:  # the callees under it, shown once for all, say only ×N
+                text = f"{len(members)} alike calls; the first: {text}"
         events.append(EventView(name, args, text, source, _tone(item), depth, len(members)))
     return TraceView(True, events, shown.dropped_events, sorted(counts.items()))
