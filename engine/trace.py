@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from functools import wraps
-from typing import ClassVar, Concatenate, ParamSpec, Protocol, TypeVar
+from inspect import Parameter, signature
+from typing import ClassVar, Concatenate, ParamSpec, Protocol, TypeVar, cast
 
 _HEX_FIELDS = frozenset({"old", "new", "spte", "child"})
 
@@ -472,22 +473,39 @@ def traced(
     event: type[Event],
 ) -> Callable[[Callable[Concatenate[K, P], R]], Callable[Concatenate[K, P], R]]:
     """Mark a kernel function whose callees emit events: while tracing, its entry and exit are recorded
-    under the name of its own event. Untraced, it costs one call and one test of `on`."""
+    under the name of its own event.
+
+    The wrapper is written with the function's own parameters (as dataclasses writes its methods), so an
+    untraced call costs one plain call and one test of `on`, not a packing of `*args`: these functions run
+    for every fault."""
     name = event.name
 
     def wrap(fn: Callable[Concatenate[K, P], R]) -> Callable[Concatenate[K, P], R]:
-        @wraps(fn)
-        def call(kvm: K, /, *args: P.args, **kwargs: P.kwargs) -> R:
-            tp = kvm.tp
-            if not tp.on:
-                return fn(kvm, *args, **kwargs)
-            tp.enter(name)
-            try:
-                return fn(kvm, *args, **kwargs)
-            finally:
-                tp.exit()
-
-        return call
+        params = list(signature(fn).parameters.values())
+        if not params or any(p.kind is not Parameter.POSITIONAL_OR_KEYWORD for p in params):
+            raise TypeError(f"traced: {fn.__name__} must take plain parameters, the VM first")
+        scope: dict[str, object] = {"fn": fn, "name": name}
+        heads = []
+        for k, p in enumerate(params):
+            if p.default is Parameter.empty:
+                heads.append(p.name)
+            else:
+                scope[f"default_{k}"] = p.default
+                heads.append(f"{p.name}=default_{k}")
+        passed = ", ".join(p.name for p in params)
+        source = (
+            f"def call({', '.join(heads)}):\n"
+            f"    tp = {params[0].name}.tp\n"
+            f"    if not tp.on:\n"
+            f"        return fn({passed})\n"
+            f"    tp.enter(name)\n"
+            f"    try:\n"
+            f"        return fn({passed})\n"
+            f"    finally:\n"
+            f"        tp.exit()\n"
+        )
+        exec(source, scope)  # the source is built above from the signature alone
+        return cast(Callable[Concatenate[K, P], R], wraps(fn)(scope["call"]))  # type: ignore[arg-type]
 
     return wrap
 
