@@ -15,14 +15,14 @@ from fastapi.testclient import TestClient
 from app.cache import Shown
 from app.main import create_app
 from app.settings import Settings
-from app.views.text import bits_text
+from app.views.text import bits_text, flags_text
 from app.views.trace import trace_view
 from engine.codec import encode_scenario
 from engine.policy import make_policy
 from engine.result import result_json
 from engine.scenario import parse_scenario
 from engine.simulation import Simulation, StepResult
-from engine.spte import PT_PRESENT_MASK, PT_WRITABLE_MASK, flag_word
+from engine.spte import PT_PAGE_SIZE_MASK, PT_PRESENT_MASK, PT_WRITABLE_MASK, flag_word
 from engine.trace import call_order, event_json
 from scenarios import load_builtin_text
 
@@ -63,6 +63,10 @@ class Collapsed:
     last: int
     summary: str
     inner: str  # the markup of what opens
+
+    @property
+    def ghost_free(self) -> bool:
+        return "removed this step" not in self.summary
 
     @property
     def rows(self) -> int:
@@ -404,3 +408,95 @@ def test_alike_calls_fold_into_one_line_with_their_ranges() -> None:
     assert marked["gfn"] == "0x201–0x3ff" and marked["logged"] == "true"
     assert dict(below[4].args)["index"] == "0x1–0x1ff"
     assert len(view.events) == len(FAULT_CHAIN_316) + 9  # the first access's lines, then those of the 511
+
+
+# --- every summary line the tree prints, against the engine's state -------------------------------------
+
+RUN_LINE = re.compile(
+    r"\[0x(?P<a>[0-9a-f]+)–0x(?P<b>[0-9a-f]+)\] (?P<n>\d+) × (?P<size>4K|2M|1G) (?:leaf|leaves)"
+    r"(?:, gfns 0x[0-9a-f]+–0x[0-9a-f]+, all (?P<flags>[A-Z ]+?)(?P<changed> \(changed this step\))?"
+    r"| removed this step, gfns 0x[0-9a-f]+–0x[0-9a-f]+)"
+)
+HEAD = re.compile(r"(\d+) tables · (\d+) present sptes · (\d+) large · (\d+) changed this step")
+
+
+@pytest.mark.parametrize(
+    ("scenario", "variant", "step"),
+    [
+        (WRITE_STORM, "lazy", STORM_STEP),
+        (WRITE_STORM, "zap", 8),  # after the 64 rewrites: changed leaves between runs of unchanged ones
+        (WRITE_STORM, "modern", 2),  # enabling logging split the 2M leaf into 512 read-only 4K leaves
+        ("todays-kernel", "modern", 4),  # logging started: both 2M leaves split, eagerly
+    ],
+)
+def test_every_summary_line_of_the_tree_is_what_the_engine_holds(
+    client: TestClient, scenario: str, variant: str, step: int
+) -> None:
+    sim, results = run_to(scenario, variant, step)
+    kvm = sim.kvm
+    olds = first_olds(results)
+    html = panel(client.get(f"/play?scenario={scenario}&variant={variant}&step={step}").text, "tree")
+
+    head = HEAD.search(text_of(html))
+    assert head is not None
+    live = kvm.active_mmu_pages.values()
+    present = sum(1 for sp in live for spte in sp.spt if spte & PT_PRESENT_MASK)
+    large = sum(
+        1 for sp in live if sp.level > 1 for s in sp.spt if s & PT_PRESENT_MASK and s & PT_PAGE_SIZE_MASK
+    )
+    changed = sum(
+        1
+        for (level, sp_gfn, i), old in olds.items()
+        if (sp := kvm.find_mmu_page(sp_gfn, level)) is not None and sp.spt[i] != old
+    )
+    assert tuple(int(g) for g in head.groups()) == (len(kvm.active_mmu_pages), present, large, changed)
+
+    checked = 0
+    for start in [m.start() for m in re.finditer(r'<div class="sp ', html)]:
+        head_tag = html[start : html.index(">", start)]
+        level = int(re.search(r'data-sp-level="(\d+)"', head_tag).group(1))  # type: ignore[union-attr]
+        sp_gfn = int(re.search(r'data-sp-gfn="0x([0-9a-f]+)"', head_tag).group(1), 16)  # type: ignore[union-attr]
+        end = html.find('<div class="sp ', start + 1)
+        body = html[start : end if end > 0 else len(html)]
+        sp = kvm.find_mmu_page(sp_gfn, level)
+        if 'data-freed="1"' in head_tag or sp is None:
+            continue
+        summary = text_of(re.search(r'<span class="sp-summary">(.*?)</span>', body).group(1))  # type: ignore[union-attr]
+        live_entries = [s for s in sp.spt if s & PT_PRESENT_MASK]
+        if level == 1 and live_entries:
+            writable = sum(1 for s in live_entries if s & PT_WRITABLE_MASK)
+            readonly = len(live_entries) - writable
+            assert summary == f"{len(live_entries)} × 4K leaves; {readonly} read-only, {writable} writable"
+        elif level > 1 and live_entries:
+            assert summary == f"{len(live_entries)} of 512 entries present"
+        for run in re.findall(r'<li class="run[^"]*"[^>]*>(.*?)</li>', body):
+            match = RUN_LINE.fullmatch(text_of(run))
+            if match is None:
+                continue  # pointers: read by test_a_run_of_pointers_counts_the_tables_and_leaves_below_it
+            a, b, n = int(match["a"], 16), int(match["b"], 16), int(match["n"])
+            if match["flags"] is None:  # removed this step
+                gone = [
+                    i
+                    for i in range(a, b + 1)
+                    if (level, sp_gfn, i) in olds and not sp.spt[i] & PT_PRESENT_MASK
+                ]
+                assert len(gone) == n, run
+            else:
+                members = [i for i in range(a, b + 1) if sp.spt[i] & PT_PRESENT_MASK]
+                assert len(members) == n, run
+                words = {flags_text(flag_word(sp.spt[i], kvm.masks)) for i in members}
+                assert words == {match["flags"]}, run
+                were_changed = {
+                    (level, sp_gfn, i) in olds and olds[(level, sp_gfn, i)] != sp.spt[i] for i in members
+                }
+                assert were_changed == {match["changed"] is not None}, run
+            checked += 1
+        for row in collapsed_rows(body):
+            if row.ghost_free:
+                members = list(range(row.first, row.last + 1))
+                assert all(sp.spt[i] & PT_PRESENT_MASK for i in members)
+                assert row.count == len(members)
+                flag_words = {flag_word(sp.spt[i], kvm.masks) for i in members}
+                assert len(flag_words) == 1 and bits_text(flag_words.pop()) in row.summary
+                checked += 1
+    assert checked
