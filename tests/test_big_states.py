@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -24,7 +25,7 @@ from engine.scenario import parse_scenario
 from engine.simulation import Simulation, StepResult
 from engine.spte import PT_PAGE_SIZE_MASK, PT_PRESENT_MASK, PT_WRITABLE_MASK, flag_word
 from engine.trace import call_order, event_json
-from scenarios import load_builtin_text
+from scenarios import builtin_names, load_builtin_text
 
 WRITE_STORM = "write-storm-2m"
 STORM_STEP = 4  # the page after the step that writes 0x200-0x3ff, one store each
@@ -500,3 +501,31 @@ def test_every_summary_line_of_the_tree_is_what_the_engine_holds(
                 assert len(flag_words) == 1 and bits_text(flag_words.pop()) in row.summary
                 checked += 1
     assert checked
+
+
+@pytest.mark.parametrize("variant", ["zap", "lazy-buggy", "lazy", "modern"])
+def test_every_lesson_step_is_traced_as_one_call_tree(variant: str) -> None:
+    """On every built-in lesson (but the gigabyte one, whose full trace is a million events) and every
+    preset: each event is shown once, depths go down one call at a time, and every kernel function that
+    called others is shown before them, deeper than its caller."""
+    for name in builtin_names():
+        if name == "one-gig-page":
+            continue
+        sim = Simulation(parse_scenario(json.loads(load_builtin_text(name))), make_policy(variant))
+        for result in sim.run():
+            assert result.events is not None and result.calls is not None
+            order = call_order(result.events, result.calls)
+            assert sorted(i for i, _ in order) == list(range(len(result.events))), (name, result.index)
+            depths = [d for _, d in order]
+            assert not depths or depths[0] == 0
+            assert all(b <= a + 1 for a, b in pairwise(depths)), (name, result.index)
+            # A callee never shows above its caller: a fault's pieces all sit under its guest access.
+            names = [result.events[i].name for i, _ in order]
+            for callee, caller in (
+                ("tdp_page_fault", "handle_ept_violation"),
+                ("mmu_set_spte", "__direct_map"),
+            ):
+                for k, n in enumerate(names):
+                    if n == callee and caller in names:
+                        above = [names[j] for j in range(k) if depths[j] == depths[k] - 1]
+                        assert above and above[-1] in (caller, "direct_pte_prefetch"), (name, result.index)
