@@ -85,6 +85,13 @@ class StepResult:
     calls: list[Call] | None = None
 
 
+def _calls_kept(trace: Trace) -> list[Call]:
+    """The calls entered while events were still kept: a sink that keeps only the first events (a capped
+    trace) has nothing to show under the calls after them."""
+    kept = len(trace.events)
+    return [call for call in trace.calls if call.start < kept]
+
+
 class Simulation:
     """One scenario under one policy. Deterministic: the same inputs give the same steps, bit for bit."""
 
@@ -165,7 +172,7 @@ class Simulation:
             else None,
             events=list(kvm.tp.events) if full else None,
             error=log.ioctl_error,
-            calls=list(kvm.tp.calls) if full else None,
+            calls=_calls_kept(kvm.tp) if full else None,
         )
         self.index += 1
         return result
