@@ -80,7 +80,7 @@ def _collapsed(c: CollapsedView, link: InspectLink, out: list[str]) -> None:
     out.append(
         f'<li class="{classes}" data-collapsed="{c.count}" data-collapsed-range="{c.first:#x}-{c.last:#x}">'
         f'<details><summary><span class="idx">[{c.first:#x}–{c.last:#x}]</span>'
-        f" {escape(c.text)}, <span class=\"target\">gfns {c.gfn:#x}–{c.last_gfn:#x}</span></summary>\n"
+        f' {escape(c.text)}, <span class="target">gfns {c.gfn:#x}–{c.last_gfn:#x}</span></summary>\n'
         '<ul class="entries">\n'
     )
     for row in c.rows:

@@ -515,9 +515,7 @@ def _collapsed_text(e: SpteView, count: int) -> str:
     return f"{count} × {what}, {bits}"
 
 
-def collapse(
-    items: list[SpteView | RunView], keep: set[int]
-) -> list[SpteView | RunView | CollapsedView]:
+def collapse(items: list[SpteView | RunView], keep: set[int]) -> list[SpteView | RunView | CollapsedView]:
     """Runs of at least COLLAPSE_MIN consecutive alike entries (adjacent indexes, one kind, one change, one
     set of flags) become one collapsed line, with a summarised run of alike entries right after them."""
     out: list[SpteView | RunView | CollapsedView] = []
