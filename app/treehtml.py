@@ -77,14 +77,19 @@ def _collapsed(c: CollapsedView, link: InspectLink, out: list[str]) -> None:
         classes += " is-changed"
     if c.ghost:
         classes += " is-ghost"
+    repeats = f' data-collapsed-repeats="{c.repeats}"' if c.repeats else ""
     out.append(
-        f'<li class="{classes}" data-collapsed="{c.count}" data-collapsed-range="{c.first:#x}-{c.last:#x}">'
+        f'<li class="{classes}" data-collapsed="{c.count}" data-collapsed-range="{c.first:#x}-{c.last:#x}"'
+        f"{repeats}>"
         f'<details><summary><span class="idx">[{c.first:#x}–{c.last:#x}]</span>'
         f' {escape(c.text)}, <span class="target">gfns {c.gfn:#x}–{c.last_gfn:#x}</span></summary>\n'
         '<ul class="entries">\n'
     )
     for row in c.rows:
-        _entry(row, link, out)
+        if isinstance(row, RunView):
+            _run(row, out)
+        else:
+            _entry(row, link, out)
     if c.rest is not None:
         _run(c.rest, out)
     out.append("</ul></details></li>\n")

@@ -22,8 +22,9 @@ from engine.codec import encode_scenario
 from engine.policy import make_policy
 from engine.result import result_json
 from engine.scenario import parse_scenario
+from engine.shadow_page import KvmMmuPage
 from engine.simulation import Simulation, StepResult
-from engine.spte import PT_PAGE_SIZE_MASK, PT_PRESENT_MASK, PT_WRITABLE_MASK, flag_word
+from engine.spte import PT_PAGE_SIZE_MASK, PT_PRESENT_MASK, PT_WRITABLE_MASK, SpteMasks, flag_word
 from engine.trace import call_order, event_json
 from scenarios import builtin_names, load_builtin_text
 
@@ -64,6 +65,7 @@ class Collapsed:
     last: int
     summary: str
     inner: str  # the markup of what opens
+    repeats: int = 0  # for a repeating pattern, how many times it repeats
 
     @property
     def ghost_free(self) -> bool:
@@ -83,12 +85,12 @@ class Collapsed:
 def collapsed_rows(html: str) -> list[Collapsed]:
     pattern = (
         r'<li class="collapsed[^"]*" data-collapsed="(\d+)"'
-        r' data-collapsed-range="0x([0-9a-f]+)-0x([0-9a-f]+)">'
+        r' data-collapsed-range="0x([0-9a-f]+)-0x([0-9a-f]+)"(?: data-collapsed-repeats="(\d+)")?>'
         r"<details><summary>(.*?)</summary>(.*?)</ul></details></li>"
     )
     return [
-        Collapsed(int(n), int(a, 16), int(b, 16), text_of(s), inner)
-        for n, a, b, s, inner in re.findall(pattern, html, re.S)
+        Collapsed(int(n), int(a, 16), int(b, 16), text_of(s), inner, int(r or 0))
+        for n, a, b, r, s, inner in re.findall(pattern, html, re.S)
     ]
 
 
@@ -493,7 +495,10 @@ def test_every_summary_line_of_the_tree_is_what_the_engine_holds(
                 assert were_changed == {match["changed"] is not None}, run
             checked += 1
         for row in collapsed_rows(body):
-            if row.ghost_free:
+            if row.repeats:
+                check_pattern(row, sp, olds, kvm.masks)
+                checked += 1
+            elif row.ghost_free:
                 members = list(range(row.first, row.last + 1))
                 assert all(sp.spt[i] & PT_PRESENT_MASK for i in members)
                 assert row.count == len(members)
@@ -529,3 +534,48 @@ def test_every_lesson_step_is_traced_as_one_call_tree(variant: str) -> None:
                     if n == callee and caller in names:
                         above = [names[j] for j in range(k) if depths[j] == depths[k] - 1]
                         assert above and above[-1] in (caller, "direct_pte_prefetch"), (name, result.index)
+
+
+PIECE = re.compile(
+    r"(?P<n>\d+) × 4K (?:leaf|leaves)(?P<changed> changed this step, now|,) (?P<bits>[A-Z· ]+?)"
+)
+
+
+def check_pattern(
+    row: Collapsed, sp: KvmMmuPage, olds: dict[tuple[int, int, int], int], masks: SpteMasks
+) -> None:
+    """A line "R × (A + B)" over [first, last]: A's entries then B's, R times, each piece what it says."""
+    match = re.fullmatch(
+        r"\[0x[0-9a-f]+–0x[0-9a-f]+\] (\d+) × \((.*)\), gfns 0x[0-9a-f]+–0x[0-9a-f]+", row.summary
+    )
+    assert match is not None, row.summary
+    assert int(match.group(1)) == row.repeats
+    pieces = [PIECE.fullmatch(part) for part in match.group(2).split(" + ")]
+    assert all(pieces), match.group(2)
+    index = row.first
+    for _ in range(row.repeats):
+        for piece in pieces:
+            assert piece is not None
+            for _ in range(int(piece["n"])):
+                spte = sp.spt[index]
+                assert spte & PT_PRESENT_MASK
+                assert bits_text(flag_word(spte, masks)) == piece["bits"], (index, row.summary)
+                key = (sp.level, sp.gfn, index)
+                assert (key in olds and olds[key] != spte) == (piece["changed"] != ","), (index, row.summary)
+                index += 1
+    assert index - 1 == row.last and index - row.first == row.count
+
+
+def test_every_eighth_page_rewritten_reads_as_one_repeating_line(client: TestClient) -> None:
+    # 64 rewrites, every eighth page, after GET_DIRTY_LOG re-protected all 512: 64 times one writable leaf
+    # changed this step and seven read-only ones.
+    steps = json.loads(load_builtin_text(WRITE_STORM))["steps"]
+    step = [i for i, s in enumerate(steps) if s["op"] == "write"][2] + 1
+    sim, results = run_to(WRITE_STORM, "lazy", step)
+    table = sim.kvm.find_mmu_page(0x200, 1)
+    assert table is not None
+    html = panel(client.get(f"/play?scenario={WRITE_STORM}&variant=lazy&step={step}").text, "tree")
+    (row,) = collapsed_rows(table_markup(html, 1, 0x200))
+    assert (row.repeats, row.count, row.first, row.last) == (64, 512, 0, 0x1FF)
+    check_pattern(row, table, first_olds(results), sim.kvm.masks)
+    assert row.summary.startswith("[0x0–0x1ff] 64 × (1 × 4K leaf changed this step, now R W X")

@@ -119,10 +119,13 @@ class CollapsedView:
     gfn: int
     last_gfn: int
     text: str
-    rows: list[SpteView]
+    rows: list[SpteView | RunView]
     rest: RunView | None = None
     changed: bool = False
     ghost: bool = False
+    # A repeating pattern of entries and runs (every eighth page rewritten: 1 writable + 7 read-only):
+    # how many times it repeats; 0 for entries all alike.
+    repeats: int = 0
 
     @property
     def kind(self) -> str:
@@ -358,7 +361,7 @@ class TreeBuilder:
         whole = len(present) <= SMALL_TABLE and self.drawn + len(present) <= self.cap
         if not whole and not changes and not must and not always:
             view.items.extend(self.fold(sp, indices))  # nothing in it to draw one by one
-            view.shown = list(view.items)
+            view.shown = collapse(view.items, always, sp.level, sp.gfn)
             return view
         pending: list[int] = []
         for index in indices:
@@ -383,7 +386,7 @@ class TreeBuilder:
                 pending.append(index)
         if pending:
             view.items.extend(self.fold(sp, pending))
-        view.shown = collapse(view.items, always)
+        view.shown = collapse(view.items, always, sp.level, sp.gfn)
         return view
 
     def _selected(self, sp: KvmMmuPage, index: int) -> bool:
@@ -472,7 +475,7 @@ class TreeBuilder:
                     0, 511, len(changes) - len(view.items), f"{len(changes) - len(view.items)} more removed"
                 )
             )
-        view.shown = collapse(view.items, set())
+        view.shown = collapse(view.items, set(), sp.level, sp.gfn)
         return view
 
 
@@ -499,13 +502,17 @@ def _collapsible(e: SpteView | RunView | CollapsedView, keep: set[int]) -> bool:
 
 
 def _collapsed_text(e: SpteView, count: int) -> str:
-    kind, change, _ = _alike(e)
-    size = level_name(e.level)
+    kind, change, word = _alike(e)
+    return _part_text(kind, change, word, count, e.level)
+
+
+def _part_text(kind: str, change: str, word: int, count: int, level: int) -> str:
+    size = level_name(level)
     if kind == "ptr":
-        what = f"{'pointer' if count == 1 else 'pointers'} to L{e.level - 1} tables"
+        what = f"{'pointer' if count == 1 else 'pointers'} to L{level - 1} tables"
     else:
         what = f"{size} {'leaf' if count == 1 else 'leaves'}"
-    bits = bits_text(e.word)
+    bits = bits_text(word)
     if change == "gone":
         return f"{count} × {what} removed this step, were {bits}"
     if change == "new":
@@ -515,9 +522,80 @@ def _collapsed_text(e: SpteView, count: int) -> str:
     return f"{count} × {what}, {bits}"
 
 
-def collapse(items: list[SpteView | RunView], keep: set[int]) -> list[SpteView | RunView | CollapsedView]:
+def collapse(
+    items: list[SpteView | RunView], keep: set[int], level: int, gfn: int
+) -> list[SpteView | RunView | CollapsedView]:
     """Runs of at least COLLAPSE_MIN consecutive alike entries (adjacent indexes, one kind, one change, one
-    set of flags) become one collapsed line, with a summarised run of alike entries right after them."""
+    set of flags) become one collapsed line, with a summarised run of alike entries right after them; then
+    a pattern of two or three such pieces repeated at least COLLAPSE_MIN times becomes one line too."""
+    return _collapse_patterns(_collapse_runs(items, keep), keep, level, gfn)
+
+
+def _unit(item: SpteView | RunView | CollapsedView, keep: set[int]) -> tuple[object, ...] | None:
+    """What a piece of a repeating pattern is: an entry or a run, its kind, change, flags and length."""
+    if isinstance(item, SpteView):
+        return ("piece", *_alike(item), 1) if _collapsible(item, keep) else None
+    if isinstance(item, RunView) and item.alike is not None:
+        return ("piece", *item.alike, item.count)  # a run of one is an entry beyond the drawing budget
+    return None
+
+
+def _bounds(item: SpteView | RunView | CollapsedView) -> tuple[int, int]:
+    return (item.index, item.index) if isinstance(item, SpteView) else (item.first, item.last)
+
+
+def _collapse_patterns(
+    items: list[SpteView | RunView | CollapsedView], keep: set[int], level: int, gfn: int
+) -> list[SpteView | RunView | CollapsedView]:
+    out: list[SpteView | RunView | CollapsedView] = []
+    span = pages_per_hpage(level)
+    i = 0
+    while i < len(items):
+        found: tuple[int, int, list[tuple[object, ...]]] | None = None
+        for period in (2, 3):
+            keys = [_unit(item, keep) for item in items[i : i + period]]
+            if len(keys) < period or None in keys or len(set(keys)) < period:
+                continue
+            j = i + 1
+            while (
+                j < len(items)
+                and _unit(items[j], keep) == keys[(j - i) % period]
+                and _bounds(items[j])[0] == _bounds(items[j - 1])[1] + 1
+            ):
+                j += 1
+            if (j - i) // period >= COLLAPSE_MIN:
+                found = (period, (j - i) // period, [k for k in keys if k is not None])
+                break
+        if found is None:
+            out.append(items[i])
+            i += 1
+            continue
+        period, repeats, pieces = found
+        group = [item for item in items[i : i + period * repeats] if not isinstance(item, CollapsedView)]
+        first, last = _bounds(group[0])[0], _bounds(group[-1])[1]
+        parts = [_part_text(str(k[1]), str(k[2]), int(str(k[3])), int(str(k[4])), level) for k in pieces]
+        changes = {str(k[2]) for k in pieces}
+        out.append(
+            CollapsedView(
+                first=first,
+                last=last,
+                count=sum(1 if isinstance(item, SpteView) else item.count for item in group),
+                gfn=gfn + first * span,
+                last_gfn=gfn + (last + 1) * span - 1,
+                text=f"{repeats} × ({' + '.join(parts)})",
+                rows=group,
+                changed=changes != {""},
+                ghost=changes == {"gone"},
+                repeats=repeats,
+            )
+        )
+        i += period * repeats
+    return out
+
+
+def _collapse_runs(
+    items: list[SpteView | RunView], keep: set[int]
+) -> list[SpteView | RunView | CollapsedView]:
     out: list[SpteView | RunView | CollapsedView] = []
     i = 0
     while i < len(items):
@@ -560,7 +638,7 @@ def collapse(items: list[SpteView | RunView], keep: set[int]) -> list[SpteView |
                 gfn=rows[0].gfn,
                 last_gfn=rows[0].gfn + (last - rows[0].index + 1) * span - 1,
                 text=_collapsed_text(rows[0], count),
-                rows=rows,
+                rows=list(rows),
                 rest=rest,
                 changed=key[1] != "",
                 ghost=key[1] == "gone",
