@@ -579,3 +579,17 @@ def test_every_eighth_page_rewritten_reads_as_one_repeating_line(client: TestCli
     assert (row.repeats, row.count, row.first, row.last) == (64, 512, 0, 0x1FF)
     check_pattern(row, table, first_olds(results), sim.kvm.masks)
     assert row.summary.startswith("[0x0–0x1ff] 64 × (1 × 4K leaf changed this step, now R W X")
+
+
+def test_a_strided_run_of_calls_says_its_stride() -> None:
+    # The 64 rewrites, every eighth page, are 64 alike fast faults: a range alone would claim the pages
+    # between them too.
+    steps = json.loads(load_builtin_text(WRITE_STORM))["steps"]
+    step = [i for i, s in enumerate(steps) if s["op"] == "write"][2] + 1
+    sim, results = run_to(WRITE_STORM, "lazy", step)
+    view = trace_view(Shown(step, sim, results[-1], {}, traced=True), "lazy")
+    ((access, count),) = [(ev, ev.count) for ev in view.events if ev.depth == 0]
+    gfns = sorted({0x200 + 8 * k for k in range(64)})
+    assert count == 64 and dict(access.args)["gfn"] == f"{gfns[0]:#x}–{gfns[-1]:#x} every 0x8"
+    (fixed,) = [ev for ev in view.events if ev.name == "fast_pf_fix_direct_spte"]
+    assert dict(fixed.args)["index"] == "0x0–0x1f8 every 0x8" and fixed.count == 64

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import pairwise
 
 from app.cache import Shown
 from app.explain import Context, explain, kernel_source
@@ -120,8 +121,18 @@ def _summary(key: str, values: list[object]) -> str:
     known = [n for n in numbers if n is not None]
     if len(known) == len(values):
         hexed = key in _HEX_KEYS or isinstance(first, str)
-        low, high = min(known), max(known)
-        return f"{hx(low)}–{hx(high)}" if hexed else f"{low}–{high}"
+
+        def show(n: int) -> str:
+            return hx(n) if hexed else str(n)
+
+        distinct = sorted(set(known))
+        low, high = distinct[0], distinct[-1]
+        steps = {b - a for a, b in pairwise(distinct)}
+        if steps == {1}:
+            return f"{show(low)}–{show(high)}"
+        if len(steps) == 1:  # every eighth page, say: the range alone would claim the pages between
+            return f"{show(low)}–{show(high)} every {show(steps.pop())}"
+        return f"{show(low)}–{show(high)} ({len(distinct)} values)"
     return "various"
 
 
