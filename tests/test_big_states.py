@@ -593,3 +593,22 @@ def test_a_strided_run_of_calls_says_its_stride() -> None:
     assert count == 64 and dict(access.args)["gfn"] == f"{gfns[0]:#x}–{gfns[-1]:#x} every 0x8"
     (fixed,) = [ev for ev in view.events if ev.name == "fast_pf_fix_direct_spte"]
     assert dict(fixed.args)["index"] == "0x0–0x1f8 every 0x8" and fixed.count == 64
+
+
+def test_evenly_spaced_tlb_entries_are_one_row_that_says_the_distance(client: TestClient) -> None:
+    steps = json.loads(load_builtin_text(WRITE_STORM))["steps"]
+    step = [i for i, s in enumerate(steps) if s["op"] == "write"][2] + 1
+    sim, _ = run_to(WRITE_STORM, "lazy", step)
+    entries = sim.kvm.vcpus[0].tlb.entries()
+    # GET_DIRTY_LOG flushed the TLB; the 64 rewrites cached one writable, dirty 4K entry each.
+    assert [(e.level, e.gfn, e.pfn, e.writable, e.dirty) for e in entries] == [
+        (1, 0x200 + 8 * k, 0x80000 + 8 * k, True, True) for k in range(64)
+    ]
+    html = panel(client.get(f"/play?scenario={WRITE_STORM}&variant=lazy&step={step}").text, "tlb")
+    rows = re.findall(r"<tr( class=\"collapsed\" data-collapsed=\"\d+\")?>(.*?)</tr>", html)[1:]
+    assert [(attrs, cells(row)) for attrs, row in rows] == [
+        (
+            ' class="collapsed" data-collapsed="64"',
+            "0x200–0x3f8 every 8 pages 64 × 4K 0x80000–0x801f8 ✓ yes ✓ yes",
+        )
+    ]

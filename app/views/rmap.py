@@ -4,6 +4,7 @@ A slot written page by page has 512 rmap heads per table and as many TLB entries
 row "512 × 4K, gfns 0x200–0x3ff, writable" says the same in one line. Rows are alike when their gfns follow
 on, they are of one size and they allow the same: for an rmap head, one spte each, at consecutive indexes of
 one table, equally writable; for a TLB entry, consecutive pfns, equally writable, equally dirty-cached.
+TLB entries evenly spaced (every eighth page) are one row too, which says the distance.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from typing import NamedTuple
 
 from markupsafe import Markup
 
+from app.views.tree import COLLAPSE_MIN
 from engine.kvm import Kvm
 from engine.rmap import pte_list
 from engine.spte import PT_WRITABLE_MASK, pages_per_hpage
+from engine.tlb import TlbEntry
 
 # Caps of the list panels, in rows drawn (a collapsed row is one).
 MAX_RMAP_ROWS = 64
@@ -120,14 +123,19 @@ class TlbRow(NamedTuple):
     writable: bool
     dirty: bool
     n: int = 1  # entries in this row: more than one when alike entries were collapsed
+    stride: int = 0  # pages from one entry to the next when they are evenly spaced, not adjacent
+
+    @property
+    def step(self) -> int:
+        return self.stride or self.span
 
     @property
     def last_gfn(self) -> int:
-        return self.gfn + self.n * self.span - 1
+        return self.gfn + (self.n - 1) * self.step + self.span - 1
 
     @property
     def last_pfn(self) -> int:
-        return self.pfn + self.n * self.span - 1
+        return self.pfn + (self.n - 1) * self.step + self.span - 1
 
 
 @dataclass(slots=True)
@@ -138,28 +146,56 @@ class TlbView:
     shown: int = 0  # entries the rows stand for
 
 
+def _adjacent_runs(entries: list[TlbEntry]) -> list[TlbRow]:
+    rows: list[TlbRow] = []
+    for e in entries:
+        span = pages_per_hpage(e.level)
+        if rows:
+            prev = rows[-1]
+            if (
+                prev.level == e.level
+                and e.gfn == prev.gfn + prev.n * span
+                and e.pfn == prev.pfn + prev.n * span
+                and (prev.writable, prev.dirty) == (e.writable, e.dirty)
+            ):
+                rows[-1] = prev._replace(n=prev.n + 1)
+                continue
+        rows.append(TlbRow(e.level, e.gfn, span, e.pfn, e.writable, e.dirty))
+    return rows
+
+
+def _evenly_spaced(rows: list[TlbRow]) -> list[TlbRow]:
+    """Single entries at one distance from each other (every eighth page written), at least COLLAPSE_MIN
+    of them, become one row that says the distance."""
+    out: list[TlbRow] = []
+    i = 0
+    while i < len(rows):
+        first = rows[i]
+        j = i + 1
+        alike = (first.level, first.writable, first.dirty)
+        if first.n == 1 and j < len(rows):
+            stride = rows[j].gfn - first.gfn
+            while (
+                j < len(rows)
+                and rows[j].n == 1
+                and (rows[j].level, rows[j].writable, rows[j].dirty) == alike
+                and rows[j].gfn - rows[j - 1].gfn == stride
+                and rows[j].pfn - rows[j - 1].pfn == stride
+            ):
+                j += 1
+            if j - i >= COLLAPSE_MIN and stride > first.span:
+                out.append(first._replace(n=j - i, stride=stride))
+                i = j
+                continue
+        out.append(first)
+        i += 1
+    return out
+
+
 def tlb_views(kvm: Kvm) -> list[TlbView]:
     out = []
     for vcpu in kvm.vcpus:
         entries = vcpu.tlb.entries()  # by level, then gfn
-        rows: list[TlbRow] = []
-        shown = 0
-        for e in entries:
-            span = pages_per_hpage(e.level)
-            if rows:
-                prev = rows[-1]
-                if (
-                    prev.level == e.level
-                    and e.gfn == prev.gfn + prev.n * span
-                    and e.pfn == prev.pfn + prev.n * span
-                    and (prev.writable, prev.dirty) == (e.writable, e.dirty)
-                ):
-                    rows[-1] = prev._replace(n=prev.n + 1)
-                    shown += 1
-                    continue
-            if len(rows) >= MAX_TLB_ROWS:
-                break
-            rows.append(TlbRow(e.level, e.gfn, span, e.pfn, e.writable, e.dirty))
-            shown += 1
-        out.append(TlbView(vcpu.id, rows, len(entries), shown))
+        rows = _evenly_spaced(_adjacent_runs(entries))[:MAX_TLB_ROWS]
+        out.append(TlbView(vcpu.id, rows, len(entries), sum(r.n for r in rows)))
     return out
