@@ -37,6 +37,13 @@ class RmapRow(NamedTuple):
     entries: list[str]
     n: int = 1  # heads in this row: more than one when alike heads were collapsed
     writable: bool | None = None  # of the one spte of each head; None when a head has several or none
+    # Where the one spte of each head lives (the table's serial, its gfn, the first index), or table -1.
+    table: int = -1
+    sp_gfn: int = 0
+    first_index: int = 0
+    # A repeating pattern of runs ("1 writable + 7 read-only"), and how many times it repeats; 0 if none.
+    repeats: int = 0
+    pattern: str = ""
 
 
 @dataclass(slots=True)
@@ -61,12 +68,15 @@ def rmap_rows_html(rows: Iterable[RmapRow]) -> Markup:
         if last > r.gfn:
             gfns += f"–<code>{last:#x}</code>"
         sptes = ", ".join(r.entries)
-        if r.writable is not None:
+        if r.repeats:
+            sptes += f": {r.repeats} × ({r.pattern})"
+        elif r.writable is not None:
             sptes += ", writable" if r.writable else ", read-only"
         size = _SIZE_NAMES[r.level]
         if r.n > 1:
+            repeats = f' data-collapsed-repeats="{r.repeats}"' if r.repeats else ""
             out.append(
-                f'<tr class="collapsed" data-collapsed="{r.n}"><td>{r.n} × {size}</td>'
+                f'<tr class="collapsed" data-collapsed="{r.n}"{repeats}><td>{r.n} × {size}</td>'
                 f"<td>{gfns}</td><td>{sptes}</td></tr>"
             )
         else:
@@ -74,43 +84,89 @@ def rmap_rows_html(rows: Iterable[RmapRow]) -> Markup:
     return Markup("".join(out))
 
 
+def _place(level: int, sp_gfn: int, first: int, n: int) -> str:
+    indexes = f"{first:#x}" if n == 1 else f"{first:#x}–{first + n - 1:#x}"
+    return f"L{level}[{indexes}] in table {sp_gfn:#x}"
+
+
+def _follows(row: RmapRow, prev: RmapRow) -> bool:
+    """`row` takes over where `prev` ends: the next gfns, the next indexes of the same table."""
+    return (
+        row.table >= 0
+        and row.table == prev.table
+        and row.level == prev.level
+        and row.gfn == prev.gfn + prev.n * prev.span
+        and row.first_index == prev.first_index + prev.n
+    )
+
+
+def _repeating(rows: list[RmapRow]) -> list[RmapRow]:
+    """Runs repeating a pattern of two or three (every eighth page rewritten: 1 writable + 7 read-only),
+    at least COLLAPSE_MIN times over adjacent heads of one table, become one row."""
+    out: list[RmapRow] = []
+    i = 0
+    while i < len(rows):
+        found = 0
+        period = 0
+        for period in (2, 3):
+            keys = [(r.n, r.writable) for r in rows[i : i + period]]
+            if len(keys) < period or len(set(keys)) < period or rows[i].table < 0:
+                continue
+            j = i + 1
+            while (
+                j < len(rows)
+                and (rows[j].n, rows[j].writable) == keys[(j - i) % period]
+                and _follows(rows[j], rows[j - 1])
+            ):
+                j += 1
+            found = (j - i) // period
+            if found >= COLLAPSE_MIN:
+                break
+            found = 0
+        if not found:
+            out.append(rows[i])
+            i += 1
+            continue
+        group = rows[i : i + period * found]
+        first = group[0]
+        n = sum(r.n for r in group)
+        pattern = " + ".join(f"{r.n} {'writable' if r.writable else 'read-only'}" for r in group[:period])
+        entries = [_place(first.level, first.sp_gfn, first.first_index, n)]
+        out.append(first._replace(entries=entries, n=n, writable=None, repeats=found, pattern=pattern))
+        i += period * found
+    return out
+
+
 def rmap_views(kvm: Kvm) -> list[RmapSlotView]:
     out = []
     for slot in kvm.memslots:
         rows: list[RmapRow] = []
         total = 0
-        shown = 0
         for level, heads in enumerate(slot.rmap, start=1):
             total += len(heads)
             shift = 9 * (level - 1)
             span = pages_per_hpage(level)
-            run: tuple[int, int, int, int] | None = None  # (table serial, first index, last index, count)
             # The lowest gfns first, without sorting every head of a big slot.
             for key in heapq.nsmallest(MAX_RMAP_HEADS, heads):
                 gfn = ((slot.base_gfn >> shift) + key) << shift
                 head = pte_list(heads[key])
-                writable = bool(head[0][0].spt[head[0][1]] & PT_WRITABLE_MASK) if len(head) == 1 else None
-                if len(head) == 1 and rows and run is not None:
-                    sp, index = head[0]
+                if len(head) != 1:
+                    entries = [_place(sp.level, sp.gfn, index, 1) for sp, index in head]
+                    rows.append(RmapRow(level, gfn, span, entries))
+                    continue
+                ((sp, index),) = head
+                row = RmapRow(
+                    level, gfn, span, [], 1, bool(sp.spt[index] & PT_WRITABLE_MASK), sp.serial, sp.gfn, index
+                )
+                if rows and _follows(row, rows[-1]) and rows[-1].writable == row.writable:
                     prev = rows[-1]
-                    if (
-                        prev.level == level
-                        and prev.writable == writable
-                        and gfn == prev.gfn + prev.n * span
-                        and sp.serial == run[0]
-                        and index == run[2] + 1
-                    ):
-                        run = (run[0], run[1], index, run[3] + 1)
-                        entry = f"L{sp.level}[{run[1]:#x}–{index:#x}] in table {sp.gfn:#x}"
-                        rows[-1] = prev._replace(entries=[entry], n=run[3])
-                        shown += 1
-                        continue
-                if len(rows) >= MAX_RMAP_ROWS:
-                    break
-                entries = [f"L{sp.level}[{index:#x}] in table {sp.gfn:#x}" for sp, index in head]
-                rows.append(RmapRow(level, gfn, span, entries, 1, writable))
-                shown += 1
-                run = (head[0][0].serial, head[0][1], head[0][1], 1) if len(head) == 1 else None
+                    rows[-1] = prev._replace(
+                        n=prev.n + 1, entries=[_place(sp.level, sp.gfn, prev.first_index, prev.n + 1)]
+                    )
+                else:
+                    rows.append(row._replace(entries=[_place(sp.level, sp.gfn, index, 1)]))
+        rows = _repeating(rows)[:MAX_RMAP_ROWS]
+        shown = sum(r.n for r in rows)
         out.append(RmapSlotView(slot.id, rows, total, rmap_rows_html(rows), shown))
     return out
 
