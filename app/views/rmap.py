@@ -146,29 +146,43 @@ def rmap_views(kvm: Kvm) -> list[RmapSlotView]:
             total += len(heads)
             shift = 9 * (level - 1)
             span = pages_per_hpage(level)
+            # The run of alike heads being read: its first head's row, and how many heads follow it. Rows
+            # are made when a run ends, not per head: a slot of 512 heads per table reads thousands.
+            first: RmapRow | None = None
+            n = 0
             # The lowest gfns first, without sorting every head of a big slot.
             for key in heapq.nsmallest(MAX_RMAP_HEADS, heads):
                 gfn = ((slot.base_gfn >> shift) + key) << shift
                 head = pte_list(heads[key])
-                if len(head) != 1:
-                    entries = [_place(sp.level, sp.gfn, index, 1) for sp, index in head]
-                    rows.append(RmapRow(level, gfn, span, entries))
-                    continue
-                ((sp, index),) = head
-                row = RmapRow(
-                    level, gfn, span, [], 1, bool(sp.spt[index] & PT_WRITABLE_MASK), sp.serial, sp.gfn, index
-                )
-                if rows and _follows(row, rows[-1]) and rows[-1].writable == row.writable:
-                    prev = rows[-1]
-                    rows[-1] = prev._replace(
-                        n=prev.n + 1, entries=[_place(sp.level, sp.gfn, prev.first_index, prev.n + 1)]
-                    )
+                if len(head) == 1:
+                    ((sp, index),) = head
+                    writable = bool(sp.spt[index] & PT_WRITABLE_MASK)
+                    if (
+                        first is not None
+                        and sp.serial == first.table
+                        and gfn == first.gfn + n * span
+                        and index == first.first_index + n
+                        and writable == first.writable
+                    ):
+                        n += 1
+                        continue
+                if first is not None:
+                    rows.append(_run_row(first, n))
+                    first = None
+                if len(head) == 1:
+                    first, n = RmapRow(level, gfn, span, [], 1, writable, sp.serial, sp.gfn, index), 1
                 else:
-                    rows.append(row._replace(entries=[_place(sp.level, sp.gfn, index, 1)]))
+                    rows.append(RmapRow(level, gfn, span, [_place(sp.level, sp.gfn, i, 1) for sp, i in head]))
+            if first is not None:
+                rows.append(_run_row(first, n))
         rows = _repeating(rows)[:MAX_RMAP_ROWS]
         shown = sum(r.n for r in rows)
         out.append(RmapSlotView(slot.id, rows, total, rmap_rows_html(rows), shown))
     return out
+
+
+def _run_row(first: RmapRow, n: int) -> RmapRow:
+    return first._replace(n=n, entries=[_place(first.level, first.sp_gfn, first.first_index, n)])
 
 
 class TlbRow(NamedTuple):
