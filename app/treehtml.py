@@ -21,7 +21,7 @@ from functools import lru_cache
 from markupsafe import Markup, escape
 
 from app.views.text import bits_label
-from app.views.tree import RunView, SpteView, TableView
+from app.views.tree import CollapsedView, RunView, SpteView, TableView
 from engine.spte import FLAG_BITS
 
 # The URL that selects an spte (its `spte=` parameter), or None to use the shared inspect form instead.
@@ -100,19 +100,51 @@ def _table(t: TableView, link: InspectLink, out: list[str], labels: dict[LabelKe
     if t.freed:
         out.append(' <span class="tag tag-gone">✕ freed this step</span>')
     out.append("</div>\n")
-    if t.items:
+    if t.shown:
         out.append('<ul class="entries">\n')
-        for item in t.items:
+        for item in t.shown:
             if isinstance(item, RunView):
-                changed = " is-changed" if item.changed else ""
-                out.append(
-                    f'<li class="run{changed}" data-run="{item.first:#x}-{item.last:#x}"><span class="idx">'
-                    f"[{item.first:#x}–{item.last:#x}]</span> {escape(item.text)}</li>\n"
-                )
+                _run(item, out)
+            elif isinstance(item, CollapsedView):
+                _collapsed(item, link, out, labels)
             else:
                 _entry(item, link, out, labels)
         out.append("</ul>\n")
     out.append("</div>\n")
+
+
+def _run(item: RunView, out: list[str]) -> None:
+    changed = " is-changed" if item.changed else ""
+    out.append(
+        f'<li class="run{changed}" data-run="{item.first:#x}-{item.last:#x}"><span class="idx">'
+        f"[{item.first:#x}–{item.last:#x}]</span> {escape(item.text)}</li>\n"
+    )
+
+
+def _collapsed(c: CollapsedView, link: InspectLink, out: list[str], labels: dict[LabelKey, str]) -> None:
+    """Alike entries as one line that opens in place: the entries stay in the page (every hook counts
+    them), a closed `<details>` only keeps them from taking room."""
+    classes = "collapsed"
+    if c.changed:
+        classes += " is-changed"
+    if c.ghost:
+        classes += " is-ghost"
+    repeats = f' data-collapsed-repeats="{c.repeats}"' if c.repeats else ""
+    out.append(
+        f'<li class="{classes}" data-collapsed="{c.count}" data-collapsed-range="{c.first:#x}-{c.last:#x}"'
+        f"{repeats}>"
+        f'<details><summary><span class="idx">[{c.first:#x}–{c.last:#x}]</span>'
+        f' {escape(c.text)}, <span class="target">gfns {c.gfn:#x}–{c.last_gfn:#x}</span></summary>\n'
+        '<ul class="entries">\n'
+    )
+    for row in c.rows:
+        if isinstance(row, RunView):
+            _run(row, out)
+        else:
+            _entry(row, link, out, labels)
+    if c.rest is not None:
+        _run(c.rest, out)
+    out.append("</ul></details></li>\n")
 
 
 def _entry(e: SpteView, link: InspectLink, out: list[str], labels: dict[LabelKey, str]) -> None:

@@ -20,7 +20,7 @@ from engine.spte import (
     PT_WRITABLE_MASK,
 )
 from engine.tlb import TlbEntry
-from engine.trace import DirtyRingFull, EptAdUpdate, GuestAccess, HandleEptViolation
+from engine.trace import DirtyRingFull, EptAdUpdate, GuestAccess, HandleEptViolation, traced
 
 _new_tuple = tuple.__new__
 
@@ -125,6 +125,8 @@ def guest_accesses(kvm: Kvm, vcpu: Vcpu, gfn: int, count: int, stride: int, writ
     kvm.running_vcpu = vcpu
     try:
         for done in range(count):
+            if tracing:
+                kvm.tp.enter(GuestAccess.name)
             faults = 0
             walked = False
             livelock = False
@@ -165,6 +167,8 @@ def guest_accesses(kvm: Kvm, vcpu: Vcpu, gfn: int, count: int, stride: int, writ
             if ring_full:
                 # The fault is handled but the vCPU does not re-enter: the access has not happened yet.
                 _dirty_ring_full(kvm, vcpu, gfn, count - done)
+                if tracing:
+                    kvm.tp.exit()
                 return
             if livelock:
                 log.livelocks.append((vcpu.id, gfn, write))
@@ -180,6 +184,8 @@ def guest_accesses(kvm: Kvm, vcpu: Vcpu, gfn: int, count: int, stride: int, writ
                     if slot is not None:
                         store_landed(log, slot, gfn)
             gfn += stride
+            if tracing:
+                kvm.tp.exit()
     finally:
         kvm.running_vcpu = None
 
@@ -191,6 +197,7 @@ def _dirty_ring_full(kvm: Kvm, vcpu: Vcpu, gfn: int, skipped: int) -> None:
         kvm.tp.emit(DirtyRingFull(vcpu.id, gfn, len(vcpu.dirty_ring), skipped))
 
 
+@traced(HandleEptViolation)
 def handle_ept_violation(kvm: Kvm, vcpu: Vcpu, gfn: int, write: bool, error_code: int, stale: bool) -> None:
     kvm.stat.exits += 1
     vcpu.tlb.invalidate_gfn(gfn)

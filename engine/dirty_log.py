@@ -25,6 +25,7 @@ from engine.trace import (
     IoctlError,
     SetMemoryRegion,
     WriteProtectPtMasked,
+    traced,
 )
 from engine.write_protect import (
     kvm_mmu_clear_dirty_pt_masked,
@@ -37,6 +38,7 @@ from engine.write_protect import (
 HPAGE_2M_PAGES = pages_per_hpage(PT_DIRECTORY_LEVEL)
 
 
+@traced(SetMemoryRegion)
 def kvm_set_dirty_logging(kvm: Kvm, slot: KvmMemorySlot, enable: bool) -> None:
     """Set or clear KVM_MEM_LOG_DIRTY_PAGES on a slot (a KVM_MR_FLAGS_ONLY change).
 
@@ -90,6 +92,7 @@ def ioctl_error(kvm: Kvm, ioctl: str, errno: str, reason: str) -> None:
         kvm.tp.emit(IoctlError(ioctl, errno, reason))
 
 
+@traced(GetDirtyLog)
 def kvm_vm_ioctl_get_dirty_log(kvm: Kvm, slot: KvmMemorySlot) -> list[int] | None:
     """Return and clear the slot's dirty bits, re-protecting each reported page, one long at a time.
 
@@ -126,9 +129,13 @@ def kvm_vm_ioctl_get_dirty_log(kvm: Kvm, slot: KvmMemorySlot) -> list[int] | Non
         if kvm.cpu_dirty_log_size:
             kvm_mmu_clear_dirty_pt_masked(kvm, slot, first, mask)
             continue
-        if kvm.tp.on:
+        if kvm.tp.on:  # the caller names the call, and the rmap walks it makes go under it
+            kvm.tp.enter(WriteProtectPtMasked.name)
             kvm.tp.emit(WriteProtectPtMasked(slot.id, first, f"{mask:#x}"))
-        kvm_mmu_write_protect_pt_masked(kvm, slot, first, mask)
+            kvm_mmu_write_protect_pt_masked(kvm, slot, first, mask)
+            kvm.tp.exit()
+        else:
+            kvm_mmu_write_protect_pt_masked(kvm, slot, first, mask)
     kvm.log.harvested.extend(gfns)
     kvm.log.harvested_slots.append(slot.id)
     kvm.log.reprotected.extend(gfns)
@@ -141,6 +148,7 @@ def kvm_vm_ioctl_get_dirty_log(kvm: Kvm, slot: KvmMemorySlot) -> list[int] | Non
     return gfns
 
 
+@traced(ClearDirtyLog)
 def kvm_vm_ioctl_clear_dirty_log(
     kvm: Kvm, slot: KvmMemorySlot, first: int, num: int, user_mask: Mapping[int, int] | None = None
 ) -> bool:
@@ -169,6 +177,7 @@ def kvm_vm_ioctl_clear_dirty_log(
     return True
 
 
+@traced(ClearDirtyLogProtect)
 def kvm_clear_dirty_log_protect(
     kvm: Kvm, slot: KvmMemorySlot, first: int, num: int, user_mask: Mapping[int, int] | None
 ) -> None:
@@ -195,6 +204,7 @@ def kvm_clear_dirty_log_protect(
         kvm_flush_remote_tlbs(kvm, "kvm_clear_dirty_log_protect", under_mmu_lock=False)
 
 
+@traced(EnableLogDirtyPtMasked)
 def kvm_arch_mmu_enable_log_dirty_pt_masked(
     kvm: Kvm, slot: KvmMemorySlot, gfn_offset: int, mask: int
 ) -> None:

@@ -13,7 +13,7 @@ from engine.kvm import Kvm, Vcpu
 from engine.kvm_main import kvm_flush_remote_tlbs
 from engine.memslot import BITS_PER_LONG
 from engine.pml import kvm_arch_sync_dirty_log
-from engine.trace import DirtyRingHarvest, DirtyRingReset, ResetDirtyPages
+from engine.trace import DirtyRingHarvest, DirtyRingReset, ResetDirtyPages, traced
 
 
 def harvest_and_reset(kvm: Kvm) -> list[int] | None:
@@ -40,6 +40,7 @@ def harvest_and_reset(kvm: Kvm) -> list[int] | None:
     return harvested
 
 
+@traced(ResetDirtyPages)
 def kvm_vm_ioctl_reset_dirty_pages(kvm: Kvm) -> int:
     """Reset every vCPU's collected entries, then flush once if any entry was reset."""
     cleared = sum(kvm_dirty_ring_reset(kvm, vcpu) for vcpu in kvm.vcpus)
@@ -50,6 +51,7 @@ def kvm_vm_ioctl_reset_dirty_pages(kvm: Kvm) -> int:
     return cleared
 
 
+@traced(DirtyRingReset)
 def kvm_dirty_ring_reset(kvm: Kvm, vcpu: Vcpu) -> int:
     """Re-protect the pages of the vCPU's collected entries and recycle them; returns how many.
 

@@ -417,6 +417,6 @@ class Kvm:
 
     def new_step(self) -> StepLog:
         self.log = StepLog()
-        self.tp.events = []
+        self.tp.new_step()
         return self.log
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from engine.kvm import Kvm, Vcpu
 from engine.memslot import KvmMemorySlot
-from engine.trace import DirtyRingPush, FlushRemoteTlbs, GfnToPfn, MarkPageDirty
+from engine.trace import DirtyRingPush, FlushRemoteTlbs, GfnToPfn, MarkPageDirty, traced
 
 
+@traced(MarkPageDirty)
 def mark_page_dirty(kvm: Kvm, gfn: int, caller: str) -> None:
     """Set the gfn's bit if its slot is dirty-logged; a no-op otherwise, exactly as in the kernel.
 

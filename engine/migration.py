@@ -14,7 +14,7 @@ from engine.dirty_log import kvm_set_dirty_logging, kvm_vm_ioctl_clear_dirty_log
 from engine.dirty_ring import harvest_and_reset
 from engine.kvm import Kvm
 from engine.memslot import BITS_PER_LONG, KvmMemorySlot
-from engine.trace import MigrateCopy, MigrateVerdict
+from engine.trace import MigrateCopy, MigrateVerdict, traced
 
 
 @dataclass(slots=True)
@@ -30,6 +30,7 @@ class Migration:
         return {"rounds": self.rounds, "pages_sent": self.pages_sent, "lost": self.lost or []}
 
 
+@traced(MigrateCopy)
 def migrate_begin(kvm: Kvm, mig: Migration) -> None:
     """Start logging on every slot not yet logged, then send every page once (the bulk stage)."""
     mig.running = True
@@ -48,6 +49,7 @@ def migrate_begin(kvm: Kvm, mig: Migration) -> None:
         kvm.tp.emit(MigrateCopy("begin", sent))
 
 
+@traced(MigrateCopy)
 def migrate_round(kvm: Kvm, mig: Migration, phase: str = "round") -> list[int]:
     """One pre-copy pass: ask the dirty log what changed, re-send those pages.
 

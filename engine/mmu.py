@@ -52,6 +52,7 @@ from engine.trace import (
     MmuNotifierRetry,
     MmuSetSpte,
     TdpPageFault,
+    traced,
 )
 from engine.zap import handle_removed_pt
 
@@ -146,6 +147,7 @@ def set_spte(
     return "set"
 
 
+@traced(MmuSetSpte)
 def mmu_set_spte(
     kvm: Kvm,
     sp: KvmMmuPage,
@@ -200,6 +202,7 @@ def mmu_set_spte(
     return new != old
 
 
+@traced(DirectPtePrefetch)
 def direct_pte_prefetch(kvm: Kvm, sp: KvmMmuPage, index: int) -> None:
     """Map the still-empty neighbours of a 4K fault speculatively (no A bit), in its aligned group of 8.
 
@@ -293,6 +296,7 @@ def link_shadow_page(kvm: Kvm, sp: KvmMmuPage, index: int, child: KvmMmuPage) ->
         kvm.tp.emit(LinkShadowPage(sp.level, sp.gfn, index, child.level, child.gfn))
 
 
+@traced(DirectMap)
 def direct_map(kvm: Kvm, vcpu: Vcpu, write: bool, map_writable: bool, level: int, gfn: int, pfn: int) -> str:
     """`__direct_map`: walk down from the root, building tables, and install the leaf at `level`.
 
@@ -377,6 +381,7 @@ def page_fault_can_be_fast(error_code: int) -> bool:
     return error_code & mask == mask
 
 
+@traced(FastPageFault)
 def fast_page_fault(kvm: Kvm, vcpu: Vcpu, gfn: int, level: int, error_code: int) -> tuple[bool, str]:
     """The lockless path: walk without mmu_lock and, if only dirty logging took W away, put it back.
 
@@ -431,6 +436,7 @@ def _slot_logged(kvm: Kvm, gfn: int) -> bool:
     return slot is not None and slot.dirty_bitmap is not None
 
 
+@traced(FastPfFixDirectSpte)
 def fast_pf_fix_direct_spte(kvm: Kvm, sp: KvmMmuPage, index: int, spte: int, fault_gfn: int) -> bool:
     """Set W with a compare-and-swap and mark a gfn dirty: in 3.x the one the spte's *position* maps,
     which for a large spte is the first gfn of its range whichever page the guest wrote; in 6.x
@@ -448,6 +454,7 @@ def fast_pf_fix_direct_spte(kvm: Kvm, sp: KvmMmuPage, index: int, spte: int, fau
     return True
 
 
+@traced(TdpPageFault)
 def tdp_page_fault(kvm: Kvm, vcpu: Vcpu, gfn: int, error_code: int) -> FaultResult:
     """An EPT violation on `gfn`: choose the level, try the fast path, else map under mmu_lock.
 

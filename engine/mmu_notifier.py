@@ -17,7 +17,7 @@ from engine.memslot import KvmMemorySlot, gfn_to_index
 from engine.mmu_spte import drop_spte
 from engine.rmap import pte_list
 from engine.spte import KVM_NR_PAGE_SIZES, PT64_LEVEL_BITS, PT_PAGE_TABLE_LEVEL, is_large_pte
-from engine.trace import MmuNotifierInvalidateRangeStart
+from engine.trace import MmuNotifierInvalidateRangeStart, traced
 
 
 def host_page_gfns(slot: KvmMemorySlot, pfn: int) -> tuple[int, int]:
@@ -47,6 +47,7 @@ def kvm_unmap_rmapp(kvm: Kvm, slot: KvmMemorySlot, level: int, key: int) -> int:
     return dropped
 
 
+@traced(MmuNotifierInvalidateRangeStart)
 def kvm_mmu_notifier_invalidate_range_start(kvm: Kvm, slot: KvmMemorySlot, start: int, end: int) -> int:
     """The host is about to change its mapping of gfns [start, end) of `slot`: drop every spte that maps
     one of them, through the rmaps of every level, flush if any was dropped, and move the invalidation

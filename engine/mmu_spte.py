@@ -21,6 +21,7 @@ from engine.trace import (
     DropLargeSpte,
     DropParentPte,
     DropSpte,
+    traced,
 )
 
 
@@ -107,6 +108,7 @@ def __drop_large_spte(kvm: Kvm, sp: KvmMmuPage, index: int) -> bool:
     return True
 
 
+@traced(DropLargeSpte)
 def drop_large_spte(kvm: Kvm, sp: KvmMmuPage, index: int) -> None:
     """Zap a large spte met on the way down (404381c5): a table cannot be linked under a leaf."""
     if __drop_large_spte(kvm, sp, index):

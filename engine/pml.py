@@ -16,7 +16,7 @@ from __future__ import annotations
 from engine.kvm import Kvm, Vcpu
 from engine.kvm_main import mark_page_dirty
 from engine.memslot import KvmMemorySlot
-from engine.trace import FlushPmlBuffer, PmlLog, UpdateCpuDirtyLogging
+from engine.trace import FlushPmlBuffer, PmlLog, UpdateCpuDirtyLogging, traced
 
 
 def pml_log(kvm: Kvm, vcpu: Vcpu, gfn: int) -> None:
@@ -37,6 +37,7 @@ def handle_pml_full(kvm: Kvm, vcpu: Vcpu) -> None:
     vmx_flush_pml_buffer(kvm, vcpu, "pml_full")
 
 
+@traced(FlushPmlBuffer)
 def vmx_flush_pml_buffer(kvm: Kvm, vcpu: Vcpu, reason: str) -> None:
     """Hand every logged page to mark_page_dirty as that vCPU (its dirty ring receives them), oldest
     first, and reset the log. Pages of slots no longer logged are dropped by mark_page_dirty."""
@@ -63,6 +64,7 @@ def kvm_arch_sync_dirty_log(kvm: Kvm) -> None:
         vmx_flush_pml_buffer(kvm, vcpu, "kick")
 
 
+@traced(UpdateCpuDirtyLogging)
 def kvm_mmu_update_cpu_dirty_logging(kvm: Kvm, slot: KvmMemorySlot, enable: bool) -> None:
     """Logging was switched on or off for `slot`: count the logged slots, and have every vCPU enable PML
     while any slot is logged. The request kicks every vCPU, and the exit flushes its log; turning PML off

@@ -33,7 +33,7 @@ from engine.spte import (
     PT_PRESENT_MASK,
     pages_per_hpage,
 )
-from engine.trace import RecoverHugePages, TdpMmuMakeHugeSpte, ZapCollapsibleSpte, ZapCollapsibleSptes
+from engine.trace import RecoverHugePages, TdpMmuMakeHugeSpte, ZapCollapsibleSpte, ZapCollapsibleSptes, traced
 from engine.zap import handle_removed_pt
 
 
@@ -101,6 +101,7 @@ def _collapse_range(
 # --- 4.1 to 6.12: zap, and let the next fault map it huge ------------------------------------------------
 
 
+@traced(ZapCollapsibleSptes)
 def kvm_mmu_zap_collapsible_sptes(kvm: Kvm, slot: KvmMemorySlot) -> int:
     """Zap every table pointer of the slot whose whole range a huge leaf could now map, so the next fault
     there builds the huge leaf again. Returns how many pointers were zapped. Each zap flushes the TLBs, as
@@ -110,8 +111,12 @@ def kvm_mmu_zap_collapsible_sptes(kvm: Kvm, slot: KvmMemorySlot) -> int:
         if kvm.tp.on:
             gfn = sp.gfn + index * pages_per_hpage(sp.level)
             max_level = kvm_mmu_max_mapping_level(kvm, slot, gfn)
+            kvm.tp.enter(ZapCollapsibleSpte.name)
             kvm.tp.emit(ZapCollapsibleSpte(sp.level, sp.gfn, index, gfn, sp.spt[index], max_level))
-        tdp_mmu_zap_spte_atomic(kvm, sp, index)
+            tdp_mmu_zap_spte_atomic(kvm, sp, index)
+            kvm.tp.exit()
+        else:
+            tdp_mmu_zap_spte_atomic(kvm, sp, index)
         return True
 
     zapped = _collapse_range(kvm, kvm.root, slot, slot.base_gfn, slot.base_gfn + slot.npages, zap)
@@ -153,6 +158,7 @@ def _first_present_leaf(kvm: Kvm, table: KvmMmuPage) -> int | None:
     return None
 
 
+@traced(RecoverHugePages)
 def kvm_mmu_recover_huge_pages(kvm: Kvm, slot: KvmMemorySlot) -> int:
     """Replace every table of the slot a huge leaf could now replace by that huge leaf; returns how many.
     No flush per replacement (each maps what the table's leaves mapped, or more); one for the memslot at
@@ -173,6 +179,7 @@ def kvm_mmu_recover_huge_pages(kvm: Kvm, slot: KvmMemorySlot) -> int:
     return recovered
 
 
+@traced(TdpMmuMakeHugeSpte)
 def tdp_mmu_make_huge_spte(kvm: Kvm, sp: KvmMmuPage, index: int, huge: int, child_spte: int) -> None:
     """Store the huge leaf over the pointer at (sp, index) in one write (tdp_mmu_set_spte_atomic), then
     zap the table it replaced with everything under it (handle_removed_pt) and free it: the TDP MMU frees

@@ -43,7 +43,7 @@ from engine.scenario import (
     ZapAllStep,
     step_to_json,
 )
-from engine.trace import Event, Trace
+from engine.trace import Call, Event, Trace
 from engine.zap import kvm_mmu_invalidate_zap_all_pages, kvm_mmu_zap_all
 
 # How a read or write step reaches guest memory: "mmu", the CPU through the TLB, the sptes and the fault
@@ -80,6 +80,16 @@ class StepResult:
     # The ioctl the step made that the kernel refused under the policy's dirty-log mode, as
     # "KVM_GET_DIRTY_LOG: ENXIO"; None when nothing failed.
     error: str | None = None
+    # With the trace: the kernel functions entered while it was recorded (engine.trace.call_order puts
+    # the events in call order with them). Not part of the result JSON, whose events stay in emission order.
+    calls: list[Call] | None = None
+
+
+def _calls_kept(trace: Trace) -> list[Call]:
+    """The calls entered while events were still kept: a sink that keeps only the first events (a capped
+    trace) has nothing to show under the calls after them."""
+    kept = len(trace.events)
+    return [call for call in trace.calls if call.start < kept]
 
 
 class Simulation:
@@ -162,6 +172,7 @@ class Simulation:
             else None,
             events=list(kvm.tp.events) if full else None,
             error=log.ioctl_error,
+            calls=_calls_kept(kvm.tp) if full else None,
         )
         self.index += 1
         return result

@@ -32,7 +32,7 @@ from engine.spte import (
     pages_per_hpage,
     spte_to_pfn,
 )
-from engine.trace import SlotTrySplitHugePages, TdpMmuSplitHugePage
+from engine.trace import SlotTrySplitHugePages, TdpMmuSplitHugePage, traced
 
 # Who asked for a split, as the trace names it.
 SPLIT_ON_FAULT = "kvm_tdp_mmu_map"
@@ -134,6 +134,7 @@ def split_huge_pages_in_range(kvm: Kvm, slot: KvmMemorySlot, start_gfn: int, end
     return _split_under(kvm, kvm.root, start, end)
 
 
+@traced(SlotTrySplitHugePages)
 def kvm_mmu_slot_try_split_huge_pages(kvm: Kvm, slot: KvmMemorySlot) -> int:
     """Logging is being enabled with eager page splitting: split the whole slot to 4K before it is
     write-protected, so the first write to any page is a fast-path fault on a 4K spte."""

@@ -7,8 +7,11 @@ hex by `event_json`, everything else as plain JSON.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import ClassVar
+from functools import wraps
+from inspect import Parameter, signature
+from typing import ClassVar, Concatenate, ParamSpec, Protocol, TypeVar, cast
 
 _HEX_FIELDS = frozenset({"old", "new", "spte", "child"})
 
@@ -416,14 +419,144 @@ class MigrateVerdict(Event):
 
 
 @dataclass(slots=True)
+class Call:
+    """One kernel function entered while tracing: its name and the events emitted while it ran
+    (`events[start:end]`; `end` is -1 while it runs). Among them, the first of its own name is the
+    function's own event, the others are its callees'."""
+
+    name: str
+    start: int
+    end: int = -1
+
+
+@dataclass(slots=True)
 class Trace:
-    """The tracepoint sink. Hot paths check `on` first, as static keys do, so a summary run pays nothing."""
+    """The tracepoint sink. Hot paths check `on` first, as static keys do, so a summary run pays nothing.
+
+    `events` is in emission order, which the result JSON keeps: a function emits when it has something to
+    say, often after its callees did. The functions that call others that emit also record when they were
+    entered and left (`enter`/`exit`, or `traced`), so that `call_order` can show each caller before its
+    callees, indented by call depth, as a function-graph tracer would, without reordering `events`."""
 
     on: bool
     events: list[Event] = field(default_factory=list)
+    calls: list[Call] = field(default_factory=list)
+    running: list[Call] = field(default_factory=list)
 
     def emit(self, event: Event) -> None:
         self.events.append(event)
+
+    def enter(self, name: str) -> None:
+        call = Call(name, len(self.events))
+        self.calls.append(call)
+        self.running.append(call)
+
+    def exit(self) -> None:
+        self.running.pop().end = len(self.events)
+
+    def new_step(self) -> None:
+        self.events = []
+        self.calls = []
+        self.running = []
+
+
+class _Traced(Protocol):
+    tp: Trace
+
+
+K = TypeVar("K", bound=_Traced)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def traced(
+    event: type[Event],
+) -> Callable[[Callable[Concatenate[K, P], R]], Callable[Concatenate[K, P], R]]:
+    """Mark a kernel function whose callees emit events: while tracing, its entry and exit are recorded
+    under the name of its own event.
+
+    The wrapper is written with the function's own parameters (as dataclasses writes its methods), so an
+    untraced call costs one plain call and one test of `on`, not a packing of `*args`: these functions run
+    for every fault."""
+    name = event.name
+
+    def wrap(fn: Callable[Concatenate[K, P], R]) -> Callable[Concatenate[K, P], R]:
+        params = list(signature(fn).parameters.values())
+        if not params or any(p.kind is not Parameter.POSITIONAL_OR_KEYWORD for p in params):
+            raise TypeError(f"traced: {fn.__name__} must take plain parameters, the VM first")
+        scope: dict[str, object] = {"fn": fn, "name": name}
+        heads = []
+        for k, p in enumerate(params):
+            if p.default is Parameter.empty:
+                heads.append(p.name)
+            else:
+                scope[f"default_{k}"] = p.default
+                heads.append(f"{p.name}=default_{k}")
+        passed = ", ".join(p.name for p in params)
+        source = (
+            f"def call({', '.join(heads)}):\n"
+            f"    tp = {params[0].name}.tp\n"
+            f"    if not tp.on:\n"
+            f"        return fn({passed})\n"
+            f"    tp.enter(name)\n"
+            f"    try:\n"
+            f"        return fn({passed})\n"
+            f"    finally:\n"
+            f"        tp.exit()\n"
+        )
+        exec(source, scope)  # the source is built above from the signature alone
+        return cast(Callable[Concatenate[K, P], R], wraps(fn)(scope["call"]))  # type: ignore[arg-type]
+
+    return wrap
+
+
+def call_order(events: Sequence[Event], calls: Sequence[Call]) -> list[tuple[int, int]]:
+    """The events as (index in `events`, call depth), callers first: each function's own event where the
+    function was entered, its callees' events after it, one level deeper. A function that emitted nothing
+    of its own name (it returned early, or its event fell beyond a cap) is left out and its callees move
+    up a level. Events outside every recorded call stay where they were emitted."""
+    n = len(events)
+    top: list[tuple[bool, int]] = []  # (is a call, call or event index)
+    children: list[list[tuple[bool, int]]] = [[] for _ in calls]
+    head = [-1] * len(calls)
+    ends = [n if c.end < 0 else min(c.end, n) for c in calls]
+    running: list[int] = []
+    following = 0
+    for i in range(n + 1):
+        while running and ends[running[-1]] <= i:
+            running.pop()
+        while following < len(calls) and calls[following].start <= i:
+            c = following
+            following += 1
+            if ends[c] <= calls[c].start:
+                continue  # nothing emitted while it ran
+            while running and ends[running[-1]] <= i:
+                running.pop()
+            (children[running[-1]] if running else top).append((True, c))
+            running.append(c)
+        if i == n:
+            break
+        inner = running[-1] if running else -1
+        if inner >= 0 and head[inner] < 0 and events[i].name == calls[inner].name:
+            head[inner] = i
+        else:
+            (children[inner] if inner >= 0 else top).append((False, i))
+    out: list[tuple[int, int]] = []
+    stack: list[tuple[list[tuple[bool, int]], int, int]] = [(top, 0, 0)]
+    while stack:
+        items, at, depth = stack.pop()
+        if at >= len(items):
+            continue
+        stack.append((items, at + 1, depth))
+        is_call, k = items[at]
+        if not is_call:
+            out.append((k, depth))
+        elif head[k] >= 0:
+            out.append((head[k], depth))
+            stack.append((children[k], 0, depth + 1))
+        else:
+            stack.append((children[k], 0, depth))
+    return out
 
 
 # --- huge pages in later kernels (mmu/tdp_mmu.c, mmu/spte.c, mmu/mmu.c) ---------------------------------

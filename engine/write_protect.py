@@ -27,10 +27,12 @@ from engine.spte import (
 )
 from engine.trace import (
     ClearDirtyPtMasked,
+    DropLargeSpte,
     RmapWriteProtect,
     SlotLeafClearDirty,
     SlotRemoveWriteAccess,
     SpteWriteProtect,
+    traced,
 )
 
 
@@ -47,11 +49,20 @@ def spte_write_protect(kvm: Kvm, sp: KvmMmuPage, index: int, pt_protect: bool) -
             gfn = kvm_mmu_page_get_gfn(sp, index)
             kvm.tp.emit(SpteWriteProtect(sp.level, sp.gfn, index, gfn, old, old, "none", False))
         return False, False
-    if old & PT_PAGE_SIZE_MASK and kvm.policy.wp_large == "zap" and __drop_large_spte(kvm, sp, index):
-        if kvm.tp.on:
-            gfn = kvm_mmu_page_get_gfn(sp, index)
-            kvm.tp.emit(SpteWriteProtect(sp.level, sp.gfn, index, gfn, old, 0, "zap", True))
-        return True, True
+    if old & PT_PAGE_SIZE_MASK and kvm.policy.wp_large == "zap":
+        tracing = kvm.tp.on
+        if tracing:
+            kvm.tp.enter(SpteWriteProtect.name)
+            kvm.tp.enter(DropLargeSpte.name)
+        dropped = __drop_large_spte(kvm, sp, index)
+        if tracing:
+            kvm.tp.exit()
+            if dropped:
+                gfn = kvm_mmu_page_get_gfn(sp, index)
+                kvm.tp.emit(SpteWriteProtect(sp.level, sp.gfn, index, gfn, old, 0, "zap", True))
+            kvm.tp.exit()
+        if dropped:
+            return True, True
     new = old & ~PT_WRITABLE_MASK
     if pt_protect:
         new &= ~kvm.masks.mmu_writable_mask
@@ -62,6 +73,7 @@ def spte_write_protect(kvm: Kvm, sp: KvmMmuPage, index: int, pt_protect: bool) -
     return flush, False
 
 
+@traced(RmapWriteProtect)
 def __rmap_write_protect(kvm: Kvm, slot: KvmMemorySlot, level: int, key: int, pt_protect: bool) -> bool:
     """Write-protect every spte of one rmap head; returns whether a flush is needed."""
     heads = slot.rmap[level - 1]
@@ -90,6 +102,7 @@ def __rmap_write_protect(kvm: Kvm, slot: KvmMemorySlot, level: int, key: int, pt
     return flush
 
 
+@traced(SlotRemoveWriteAccess)
 def kvm_mmu_slot_remove_write_access(
     kvm: Kvm, slot: KvmMemorySlot, start_level: int = PT_PAGE_TABLE_LEVEL
 ) -> None:
@@ -159,6 +172,7 @@ def _rmap_write_protect_run(
     if kvm.tp.on:
         span = pages_per_hpage(level)
         for key, index, old in zip(keys, indexes, olds, strict=True):
+            kvm.tp.enter(RmapWriteProtect.name)
             gfn = kvm_mmu_page_get_gfn(sp, index)
             if old & PT_WRITABLE_MASK:
                 new = old & ~PT_WRITABLE_MASK
@@ -169,6 +183,7 @@ def _rmap_write_protect_run(
                 kvm.tp.emit(SpteWriteProtect(level, sp.gfn, index, gfn, old, old, "none", False))
             head_gfn = slot.base_gfn - (slot.base_gfn % span) + key * span
             kvm.tp.emit(RmapWriteProtect(slot.id, level, max(head_gfn, slot.base_gfn), 1, flush))
+            kvm.tp.exit()
 
 
 def kvm_mmu_write_protect_pt_masked(kvm: Kvm, slot: KvmMemorySlot, gfn_offset: int, mask: int) -> None:

@@ -30,11 +30,20 @@ from engine.trace import (
     MmuLoad,
     PrepareZapPage,
     ZapAll,
+    traced,
 )
 
 
 def kvm_mmu_zap_all(kvm: Kvm) -> None:
     """Zap every shadow page, newest first, as a memslot deletion or move does; then reload the root."""
+    _zap_all_pages(kvm)
+    kvm.root = kvm.alloc_root()
+    if kvm.tp.on:
+        kvm.tp.emit(MmuLoad(kvm.root.gfn, kvm.root.level))
+
+
+@traced(ZapAll)
+def _zap_all_pages(kvm: Kvm) -> None:
     pages = sorted(kvm.active_mmu_pages.values(), key=lambda sp: sp.serial, reverse=True)
     for sp in pages:
         cond_resched()
@@ -44,9 +53,6 @@ def kvm_mmu_zap_all(kvm: Kvm) -> None:
         kvm.free_mmu_page(sp)
     if kvm.tp.on:
         kvm.tp.emit(ZapAll(len(pages)))
-    kvm.root = kvm.alloc_root()
-    if kvm.tp.on:
-        kvm.tp.emit(MmuLoad(kvm.root.gfn, kvm.root.level))
 
 
 def kvm_mmu_invalidate_zap_all_pages(kvm: Kvm) -> None:
@@ -55,6 +61,33 @@ def kvm_mmu_invalidate_zap_all_pages(kvm: Kvm) -> None:
     loaded is only marked invalid; each vCPU drops it before its next entry (mmu_free_roots), the last
     one frees it, zapped once more and committed with another flush, and the first one to load a root
     again builds the new one (the others find it in the hash)."""
+    _zap_obsolete_pages(kvm)
+    old_root = kvm.root
+    new_root: KvmMmuPage | None = None
+    for vcpu in kvm.vcpus:  # KVM_REQ_MMU_RELOAD, handled before the vCPU's next entry
+        old_root.root_count -= 1
+        freed = not old_root.root_count
+        tracing = kvm.tp.on
+        if tracing:
+            kvm.tp.enter(MmuFreeRoots.name)
+            kvm.tp.emit(MmuFreeRoots(vcpu.id, old_root.root_count, freed))
+        if freed:
+            kvm_mmu_prepare_zap_page(kvm, old_root)
+            kvm_mmu_commit_zap_page(kvm, [old_root])
+        if tracing:
+            kvm.tp.exit()
+        if new_root is None:  # mmu_alloc_direct_roots: a hash miss for the first vCPU only
+            new_root = kvm.alloc_mmu_page(0, PT64_ROOT_LEVEL)
+            kvm.stat.mmu_cache_miss += 1
+            if tracing:
+                kvm.tp.emit(MmuLoad(new_root.gfn, new_root.level))
+        new_root.root_count += 1
+    if new_root is not None:
+        kvm.root = new_root
+
+
+@traced(InvalidateZapAllPages)
+def _zap_obsolete_pages(kvm: Kvm) -> None:
     kvm.mmu_valid_gen += 1
     pages = sorted(kvm.active_mmu_pages.values(), key=lambda sp: sp.serial)
     if kvm.tp.on:
@@ -68,24 +101,6 @@ def kvm_mmu_invalidate_zap_all_pages(kvm: Kvm) -> None:
         if not sp.root_count:
             invalid_list.append(sp)
     kvm_mmu_commit_zap_page(kvm, invalid_list)
-    old_root = kvm.root
-    new_root: KvmMmuPage | None = None
-    for vcpu in kvm.vcpus:  # KVM_REQ_MMU_RELOAD, handled before the vCPU's next entry
-        old_root.root_count -= 1
-        freed = not old_root.root_count
-        if kvm.tp.on:
-            kvm.tp.emit(MmuFreeRoots(vcpu.id, old_root.root_count, freed))
-        if freed:
-            kvm_mmu_prepare_zap_page(kvm, old_root)
-            kvm_mmu_commit_zap_page(kvm, [old_root])
-        if new_root is None:  # mmu_alloc_direct_roots: a hash miss for the first vCPU only
-            new_root = kvm.alloc_mmu_page(0, PT64_ROOT_LEVEL)
-            kvm.stat.mmu_cache_miss += 1
-            if kvm.tp.on:
-                kvm.tp.emit(MmuLoad(new_root.gfn, new_root.level))
-        new_root.root_count += 1
-    if new_root is not None:
-        kvm.root = new_root
 
 
 def kvm_mmu_commit_zap_page(kvm: Kvm, invalid_list: list[KvmMmuPage]) -> None:
@@ -97,6 +112,7 @@ def kvm_mmu_commit_zap_page(kvm: Kvm, invalid_list: list[KvmMmuPage]) -> None:
         kvm.free_mmu_page(sp)
 
 
+@traced(PrepareZapPage)
 def kvm_mmu_prepare_zap_page(kvm: Kvm, sp: KvmMmuPage) -> None:
     kvm.stat.mmu_shadow_zapped += 1
     if kvm.tp.on:

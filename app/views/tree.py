@@ -114,6 +114,8 @@ class RunView:
     count: int
     text: str
     changed: bool = False
+    # For a run of leaves: what an entry drawn one by one must share with it to be collapsed with it.
+    alike: tuple[str, str, int] | None = None
 
     @property
     def kind(self) -> str:
@@ -154,6 +156,35 @@ class WalkView:
 
 
 @dataclass(slots=True)
+class CollapsedView:
+    """Consecutive alike entries of one table drawn as one line that opens in place: the same kind, the
+    same change this step (new, changed, removed or none), the same flags. `rows` are the entries drawn
+    one by one inside it; `rest` the run of further alike entries the drawing budget summarised."""
+
+    first: int
+    last: int
+    count: int
+    gfn: int
+    last_gfn: int
+    text: str
+    rows: list[SpteView | RunView]
+    rest: RunView | None = None
+    changed: bool = False
+    ghost: bool = False
+    # A repeating pattern of entries and runs (every eighth page rewritten: 1 writable + 7 read-only):
+    # how many times it repeats; 0 for entries all alike.
+    repeats: int = 0
+
+    @property
+    def kind(self) -> str:
+        return "collapsed"
+
+
+# Fewer alike entries than this in a row are drawn one by one: a line that opens would hide too little.
+COLLAPSE_MIN = 4
+
+
+@dataclass(slots=True)
 class TableView:
     level: int
     gfn: int
@@ -165,6 +196,8 @@ class TableView:
     orphan: bool = False
     freed: bool = False
     changed: bool = False
+    # `items` as the page draws them: runs of alike entries collapsed (the SVG export draws `items`).
+    shown: list[SpteView | RunView | CollapsedView] = field(default_factory=list)
 
     @property
     def last_gfn(self) -> int:
@@ -460,6 +493,7 @@ class TreeBuilder:
         whole = len(present) <= SMALL_TABLE and self.drawn + len(present) <= self.cap
         if not whole and not changes and not must and not always:
             view.items.extend(self.fold(sp, indices))  # nothing in it to draw one by one
+            view.shown = collapse(view.items, always, sp.level, sp.gfn)
             return view
         pending: list[int] = []
         for index in indices:
@@ -484,6 +518,7 @@ class TreeBuilder:
                 pending.append(index)
         if pending:
             view.items.extend(self.fold(sp, pending))
+        view.shown = collapse(view.items, always, sp.level, sp.gfn)
         return view
 
     def _selected(self, sp: KvmMmuPage, index: int) -> bool:
@@ -503,18 +538,27 @@ class TreeBuilder:
 
         # An entry removed this step is non-present now: it folds with the others removed, named by the
         # kind it had (a leaf zapped is not a pointer, whatever its empty value's bits say).
-        def key(i: int) -> tuple[int, bool, str]:
+        def key(i: int) -> tuple[int, bool, str, bool]:
             gone = not spt[i] & PT_PRESENT_MASK
             return (
                 spt[i] & FLAG_MASK,
                 i in changes,
                 spte_kind(changes[i], sp.level) if gone and i in changes else "",
+                i in changes and not changes[i] & PT_PRESENT_MASK,
             )
 
-        for (_, changed, was), members in groupby(indices, key=key):
+        for (_, changed, was, new), members in groupby(indices, key=key):
             group = list(members)
             kind = "gone" if was else spte_kind(spt[group[0]], sp.level)
-            runs.append(self._run(sp, group, kind, changed or any(i in must for i in group), was))
+            run = self._run(sp, group, kind, changed or any(i in must for i in group), was)
+            if kind != "ptr" and group[-1] - group[0] + 1 == len(group):
+                change = "gone" if was else ("new" if new else "was") if changed else ""
+                words = {flag_word(changes[i] if was else spt[i], self.kvm.masks) for i in group[:2]}
+                if was:  # the removed values were not grouped by their flags
+                    words = {flag_word(changes[i], self.kvm.masks) for i in group}
+                if len(words) == 1:
+                    run.alike = (was or kind, change, words.pop())
+            runs.append(run)
         return runs
 
     def _run(self, sp: KvmMmuPage, group: list[int], kind: str, changed: bool, was: str = "") -> RunView:
@@ -563,4 +607,175 @@ class TreeBuilder:
                     0, 511, len(changes) - len(view.items), f"{len(changes) - len(view.items)} more removed"
                 )
             )
+        view.shown = collapse(view.items, set(), sp.level, sp.gfn)
         return view
+
+
+def _alike(e: SpteView) -> tuple[str, str, int]:
+    """What consecutive entries must share to be collapsed: kind, change this step, flags (of the value
+    removed, for a removed one)."""
+    if e.ghost:
+        return (spte_kind(e.value, e.level), "gone", e.word)
+    change = "" if e.old is None else "new" if not e.old & PT_PRESENT_MASK else "was"
+    return (e.kind, change, e.word)
+
+
+def _collapsible(e: SpteView | RunView | CollapsedView, keep: set[int]) -> bool:
+    """Never hidden: the selected entry, the entries on the paths the page must show (to it and to what
+    the step changed), the step's address walk, a table drawn below its pointer, and a warning."""
+    return (
+        isinstance(e, SpteView)
+        and not e.selected
+        and not e.walk
+        and e.index not in keep
+        and e.child is None
+        and not e.child_note
+        and not e.warning
+    )
+
+
+def _collapsed_text(e: SpteView, count: int) -> str:
+    kind, change, word = _alike(e)
+    return _part_text(kind, change, word, count, e.level)
+
+
+def _part_text(kind: str, change: str, word: int, count: int, level: int) -> str:
+    size = level_name(level)
+    if kind == "ptr":
+        what = f"{'pointer' if count == 1 else 'pointers'} to L{level - 1} tables"
+    else:
+        what = f"{size} {'leaf' if count == 1 else 'leaves'}"
+    bits = bits_text(word)
+    if change == "gone":
+        return f"{count} × {what} removed this step, were {bits}"
+    if change == "new":
+        return f"{count} × new {what}, {bits}"
+    if change == "was":
+        return f"{count} × {what} changed this step, now {bits}"
+    return f"{count} × {what}, {bits}"
+
+
+def collapse(
+    items: list[SpteView | RunView], keep: set[int], level: int, gfn: int
+) -> list[SpteView | RunView | CollapsedView]:
+    """Runs of at least COLLAPSE_MIN consecutive alike entries (adjacent indexes, one kind, one change, one
+    set of flags) become one collapsed line, with a summarised run of alike entries right after them; then
+    a pattern of two or three such pieces repeated at least COLLAPSE_MIN times becomes one line too."""
+    return _collapse_patterns(_collapse_runs(items, keep), keep, level, gfn)
+
+
+def _unit(item: SpteView | RunView | CollapsedView, keep: set[int]) -> tuple[object, ...] | None:
+    """What a piece of a repeating pattern is: an entry or a run, its kind, change, flags and length."""
+    if isinstance(item, SpteView):
+        return ("piece", *_alike(item), 1) if _collapsible(item, keep) else None
+    if isinstance(item, RunView) and item.alike is not None:
+        return ("piece", *item.alike, item.count)  # a run of one is an entry beyond the drawing budget
+    return None
+
+
+def _bounds(item: SpteView | RunView | CollapsedView) -> tuple[int, int]:
+    return (item.index, item.index) if isinstance(item, SpteView) else (item.first, item.last)
+
+
+def _collapse_patterns(
+    items: list[SpteView | RunView | CollapsedView], keep: set[int], level: int, gfn: int
+) -> list[SpteView | RunView | CollapsedView]:
+    out: list[SpteView | RunView | CollapsedView] = []
+    span = pages_per_hpage(level)
+    i = 0
+    while i < len(items):
+        found: tuple[int, int, list[tuple[object, ...]]] | None = None
+        for period in (2, 3):
+            keys = [_unit(item, keep) for item in items[i : i + period]]
+            if len(keys) < period or None in keys or len(set(keys)) < period:
+                continue
+            j = i + 1
+            while (
+                j < len(items)
+                and _unit(items[j], keep) == keys[(j - i) % period]
+                and _bounds(items[j])[0] == _bounds(items[j - 1])[1] + 1
+            ):
+                j += 1
+            if (j - i) // period >= COLLAPSE_MIN:
+                found = (period, (j - i) // period, [k for k in keys if k is not None])
+                break
+        if found is None:
+            out.append(items[i])
+            i += 1
+            continue
+        period, repeats, pieces = found
+        group = [item for item in items[i : i + period * repeats] if not isinstance(item, CollapsedView)]
+        first, last = _bounds(group[0])[0], _bounds(group[-1])[1]
+        parts = [_part_text(str(k[1]), str(k[2]), int(str(k[3])), int(str(k[4])), level) for k in pieces]
+        changes = {str(k[2]) for k in pieces}
+        out.append(
+            CollapsedView(
+                first=first,
+                last=last,
+                count=sum(1 if isinstance(item, SpteView) else item.count for item in group),
+                gfn=gfn + first * span,
+                last_gfn=gfn + (last + 1) * span - 1,
+                text=f"{repeats} × ({' + '.join(parts)})",
+                rows=group,
+                changed=changes != {""},
+                ghost=changes == {"gone"},
+                repeats=repeats,
+            )
+        )
+        i += period * repeats
+    return out
+
+
+def _collapse_runs(
+    items: list[SpteView | RunView], keep: set[int]
+) -> list[SpteView | RunView | CollapsedView]:
+    out: list[SpteView | RunView | CollapsedView] = []
+    i = 0
+    while i < len(items):
+        item = items[i]
+        if not isinstance(item, SpteView) or not _collapsible(item, keep):
+            out.append(item)
+            i += 1
+            continue
+        key = _alike(item)
+        j = i + 1
+        while j < len(items):
+            nxt, prev = items[j], items[j - 1]
+            if not (
+                isinstance(nxt, SpteView)
+                and isinstance(prev, SpteView)
+                and _collapsible(nxt, keep)
+                and nxt.index == prev.index + 1
+                and _alike(nxt) == key
+            ):
+                break
+            j += 1
+        rows = [e for e in items[i:j] if isinstance(e, SpteView)]
+        rest: RunView | None = None
+        if j < len(items):
+            after = items[j]
+            if isinstance(after, RunView) and after.alike == key and after.first == rows[-1].index + 1:
+                rest = after
+        count = len(rows) + (rest.count if rest is not None else 0)
+        if count < COLLAPSE_MIN:
+            out.extend(rows)
+            i = j
+            continue
+        last = rest.last if rest is not None else rows[-1].index
+        span = rows[0].span
+        out.append(
+            CollapsedView(
+                first=rows[0].index,
+                last=last,
+                count=count,
+                gfn=rows[0].gfn,
+                last_gfn=rows[0].gfn + (last - rows[0].index + 1) * span - 1,
+                text=_collapsed_text(rows[0], count),
+                rows=list(rows),
+                rest=rest,
+                changed=key[1] != "",
+                ghost=key[1] == "gone",
+            )
+        )
+        i = j + (1 if rest is not None else 0)
+    return out
