@@ -21,29 +21,21 @@ test: it always exits 0 (a missing browser is reported and skipped). Requests go
 
 from __future__ import annotations
 
-import os
 import statistics
 import sys
 from pathlib import Path
 
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from chromium import CHROMIUM, chromium  # noqa: E402
 from web_latency import PRESETS, Server, play_path  # noqa: E402
 from wire import steps_of  # noqa: E402
 
 LESSONS = ("worked-example", "write-storm-2m")
 BURST = 5
-CHROMIUM = Path(os.environ.get("SPTELAB_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 TIMEOUT_MS = 30_000
 
 # Installed in every page: the time of the latest keydown and of the latest settle, in ms.
@@ -92,29 +84,23 @@ def run() -> None:
         print("key → settled page, ms (median, max)")
         print(f"    {'lesson':<16}{'preset':<12}{'steps':>6}{'cold p50':>9}{'max':>7}"
               f"{'warm p50':>9}{'max':>7}{'burst of 5':>11}")  # fmt: skip
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-            )
-            try:
-                for lesson in LESSONS:
-                    last = steps_of(lesson)
-                    for variant in PRESETS:
-                        page = browser.new_page(viewport={"width": 1366, "height": 768})
-                        page.goto(server.url + play_path(None, variant, 0, scenario=lesson))
-                        page.evaluate(_PROBE)
-                        passes: list[list[float]] = []
-                        for _ in range(2):
-                            times = [press_and_time(page, 1, step) for step in range(1, last + 1)]
-                            passes.append(times)
-                            page.keyboard.press("Home")
-                            page.wait_for_function(_AT_STEP, arg=0, timeout=TIMEOUT_MS, polling=10)
-                        burst = press_and_time(page, BURST, min(BURST, last))
-                        page.close()
-                        cold, warm = ms(passes[0]), ms(passes[1])
-                        print(f"    {lesson:<16}{variant:<12}{last:>6}{cold}{warm}{burst:>11.0f}")
-            finally:
-                browser.close()
+        with chromium() as browser:
+            for lesson in LESSONS:
+                last = steps_of(lesson)
+                for variant in PRESETS:
+                    page = browser.new_page(viewport={"width": 1366, "height": 768})
+                    page.goto(server.url + play_path(None, variant, 0, scenario=lesson))
+                    page.evaluate(_PROBE)
+                    passes: list[list[float]] = []
+                    for _ in range(2):
+                        times = [press_and_time(page, 1, step) for step in range(1, last + 1)]
+                        passes.append(times)
+                        page.keyboard.press("Home")
+                        page.wait_for_function(_AT_STEP, arg=0, timeout=TIMEOUT_MS, polling=10)
+                    burst = press_and_time(page, BURST, min(BURST, last))
+                    page.close()
+                    cold, warm = ms(passes[0]), ms(passes[1])
+                    print(f"    {lesson:<16}{variant:<12}{last:>6}{cold}{warm}{burst:>11.0f}")
     finally:
         server.stop()
 

@@ -10,27 +10,19 @@ example's decisive step: the one the landing page's "Start here" link lands on.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from chromium import CHROMIUM, chromium  # noqa: E402
 from web_latency import Server  # noqa: E402
 
 OUT = REPO / "docs" / "screenshots"
-CHROMIUM = Path(os.environ.get("SPTELAB_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 EXAMPLE = "worked-example"
 
 
@@ -66,24 +58,18 @@ def run() -> None:
     (REPO / "test-artifacts").mkdir(exist_ok=True)
     server.start()
     try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-            )
-            try:
-                page = browser.new_page(viewport={"width": 1366, "height": 768})
-                step = decisive_step(page, server.url)
-                shoot(page, server.url + "/", "landing")
-                player = {"scenario": EXAMPLE, "variant": "lazy-buggy", "step": step}
-                shoot(page, server.url + "/play?" + urlencode(player), "player")
-                compare = {"scenario": EXAMPLE, "step": step}
-                shoot(page, server.url + "/compare?" + urlencode(compare), "compare")
-                page.close()
-                page = browser.new_page(viewport={"width": 1920, "height": 1080})
-                shoot(page, server.url + "/play?" + urlencode({**player, "present": 1}), "presentation")
-                page.close()
-            finally:
-                browser.close()
+        with chromium() as browser:
+            page = browser.new_page(viewport={"width": 1366, "height": 768})
+            step = decisive_step(page, server.url)
+            shoot(page, server.url + "/", "landing")
+            player = {"scenario": EXAMPLE, "variant": "lazy-buggy", "step": step}
+            shoot(page, server.url + "/play?" + urlencode(player), "player")
+            compare = {"scenario": EXAMPLE, "step": step}
+            shoot(page, server.url + "/compare?" + urlencode(compare), "compare")
+            page.close()
+            page = browser.new_page(viewport={"width": 1920, "height": 1080})
+            shoot(page, server.url + "/play?" + urlencode({**player, "present": 1}), "presentation")
+            page.close()
     finally:
         server.stop()
 

@@ -43,6 +43,18 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
+
+def _glyphs(slow: int, fast: int, harvest: object, violations: object, lost: int) -> str:
+    """A marker's or a span's glyphs: the costlier fault kind seen, then harvest, violation, lost pages."""
+    out = GLYPH_SLOW if slow else GLYPH_FAST if fast else ""
+    if harvest:
+        out += GLYPH_HARVEST
+    if violations:
+        out += GLYPH_VIOLATION
+    if lost:
+        out += GLYPH_LOST
+    return out or GLYPH_QUIET
+
 class Mark(NamedTuple):
     """One step of one lane. `n` is the step the marker jumps to (the state after scenario step n-1, the
     player's `step=n`); `known` is False for a step the lane's run has not reached."""
@@ -68,16 +80,7 @@ class Mark(NamedTuple):
     def glyphs(self) -> str:
         if not self.known:
             return GLYPH_UNKNOWN
-        out = ""
-        if self.fault:
-            out += GLYPH_SLOW if self.fault == "slow" else GLYPH_FAST
-        if self.harvest:
-            out += GLYPH_HARVEST
-        if self.violations:
-            out += GLYPH_VIOLATION
-        if self.lost:
-            out += GLYPH_LOST
-        return out or GLYPH_QUIET
+        return _glyphs(self.slow, self.fast, self.harvest, self.violations, self.lost)
 
     @property
     def text(self) -> str:
@@ -122,14 +125,7 @@ class Span(NamedTuple):
     def glyphs(self) -> str:
         if self.unknown == self.last - self.first + 1:
             return GLYPH_UNKNOWN
-        out = GLYPH_SLOW if self.slow else GLYPH_FAST if self.fast else ""
-        if self.harvests:
-            out += GLYPH_HARVEST
-        if self.violations:
-            out += GLYPH_VIOLATION
-        if self.lost:
-            out += GLYPH_LOST
-        return out or GLYPH_QUIET
+        return _glyphs(self.slow, self.fast, self.harvests, self.violations, self.lost)
 
     @property
     def text(self) -> str:
