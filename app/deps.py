@@ -180,22 +180,34 @@ class Store:
         self.runs.trim()
         return view
 
-    def compare_tree(self, source: Source, policy: Policy, step: int) -> TreeView:
-        """A compare column's page-table tree: the player's tree with a small drawing budget. Built
-        from the state the column's view just built and parked (a cursor), so nothing replays."""
+    def compare_column(self, source: Source, policy: Policy, step: int) -> tuple[PlayView, TreeView]:
+        """A compare column: the preset's view at the step and its page-table tree (the player's tree with
+        a small drawing budget), both built from one state. A 1 GiB state may not fit the budget parked
+        beside three others: taken once, it is never thawed or replayed a second time for the tree."""
+        view_key = (source.code, policy, step, None)
         key = (source.code, policy, step)
-        tree = self.compare_trees.get(key)
-        if tree is not None:
-            return tree
+        view, tree = self.views.get(view_key), self.compare_trees.get(key)
+        if view is not None and tree is not None:
+            return view, tree
         run = self.runs.get(source.code, source.scenario, policy)
         shown = run.at(step)
         try:
-            tree = TreeBuilder(shown.sim.kvm, shown.touched, None, COMPARE_TREE_SPTES).build()
+            if view is None:
+                view = play_view(
+                    shown,
+                    variant_of(policy),
+                    None,
+                    tree_cap=self.settings.tree_sptes,
+                    bitmap_cells=self.settings.bitmap_cells,
+                )
+            if tree is None:
+                tree = TreeBuilder(shown.sim.kvm, shown.touched, None, COMPARE_TREE_SPTES).build()
         finally:
             run.park(shown)
+        self.views.put(view_key, view)
         self.compare_trees.put(key, tree)
         self.runs.trim()
-        return tree
+        return view, tree
 
     def inspector(self, query: PlayerQuery) -> InspectorView | None:
         if query.selected is None:

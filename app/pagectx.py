@@ -462,6 +462,7 @@ def compare_context(
     step: int,
     notice: str,
     views: Mapping[str, PlayView],
+    column_trees: Mapping[str, TreeView],
 ) -> dict[str, Any]:
     base = base_path(request.scope)
     links = Links(source.param, variants[0], {}, None, base=base)
@@ -478,10 +479,7 @@ def compare_context(
     compact = len(links.compare(source.total, variants)) > COMPACT_LINKS_OVER
     # The page runs every preset to the step shown: the strip may read that far for free.
     timeline = store.timeline(source, [LaneRun(name, PRESETS[name]) for name in variants], step, paid=True)
-    trees = {
-        name: _compare_tree(store.compare_tree(source, PRESETS[name], step), links, name, step, compact)
-        for name in variants
-    }
+    trees = {name: _compare_tree(column_trees[name], links, name, step, compact) for name in variants}
     return {
         "page": "compare",
         "links": links,

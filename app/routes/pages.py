@@ -42,6 +42,8 @@ from app.pagectx import (
 from app.render import base_path, render_page
 from app.sources import share_code
 from app.views.library import story
+from app.views.play import PlayView
+from app.views.tree import TreeView
 from engine.codec import MAX_URL_BYTES
 from engine.policy import PRESETS
 from engine.scenario import MAX_SCENARIO_BYTES, ScenarioError, parse_scenario
@@ -153,8 +155,12 @@ def _compare(request: Request, store: StoreDep) -> HTMLResponse:
     check_budget(
         store.settings, source.scenario, work, steps=step, runs=len(variants), doing=doing, earlier=True
     )
-    views = {name: store.view_at(source, PRESETS[name], step, None) for name in variants}
-    context = compare_context(request, source, variants, step, notice, views)
+    # Each column's view and tree from one state, taken once.
+    views: dict[str, PlayView] = {}
+    trees: dict[str, TreeView] = {}
+    for name in variants:
+        views[name], trees[name] = store.compare_column(source, PRESETS[name], step)
+    context = compare_context(request, source, variants, step, notice, views, trees)
     push = context["links"].compare(step, variants)
     return page(request, "compare.html", context, blocks=COMPARE_BLOCKS, push=push)
 
