@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 from fastapi import Depends, Request
 
 from app.budget_bytes import SOURCE_QUERY_ENTRIES, ByteBudget, Lru, weigh_any
-from app.cache import RunCache, StepRecord, check_budget
+from app.cache import RunCache, Shown, StepRecord, check_budget
 from app.errors import bad_request
 from app.predict import PredictPanel, Question, judge, predict_panel, question_for
 from app.render import base_path, first_sentence
@@ -108,18 +108,22 @@ class Store:
         run = self.runs.get(source.code, source.scenario, policy)
         shown = run.at(step)
         try:
-            view = play_view(
-                shown,
-                variant_of(policy),
-                selected,
-                tree_cap=self.settings.tree_sptes,
-                bitmap_cells=self.settings.bitmap_cells,
-            )
+            view = self._play_view(shown, policy, selected)
         finally:
             run.park(shown)
         self.views.put(key, view)
         self.runs.trim()
         return view
+
+    def _play_view(self, shown: Shown, policy: Policy, selected: Location | None) -> PlayView:
+        """Every panel of the player at a state, drawn within the settings' caps."""
+        return play_view(
+            shown,
+            variant_of(policy),
+            selected,
+            tree_cap=self.settings.tree_sptes,
+            bitmap_cells=self.settings.bitmap_cells,
+        )
 
     def timeline_budget(self) -> int:
         """The work the timeline may ask of the runs beyond what its page does anyway: a share of one
@@ -193,13 +197,7 @@ class Store:
         shown = run.at(step)
         try:
             if view is None:
-                view = play_view(
-                    shown,
-                    variant_of(policy),
-                    None,
-                    tree_cap=self.settings.tree_sptes,
-                    bitmap_cells=self.settings.bitmap_cells,
-                )
+                view = self._play_view(shown, policy, None)
             if tree is None:
                 tree = TreeBuilder(shown.sim.kvm, shown.touched, None, COMPARE_TREE_SPTES).build()
         finally:
