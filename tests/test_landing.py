@@ -179,3 +179,22 @@ def test_workshop_mode_tells_the_story_too() -> None:
     assert [e.get("href") for e in doc.find(data_start_here=None)] == [
         f"/compare?scenario={EXAMPLE}&step={DECISIVE}"
     ]
+
+
+def test_a_card_marks_only_the_odd_one_out(landing: Page) -> None:
+    # The worked example (spec §7.2): only lazy-buggy loses pages (4 of them) and breaks an invariant; the
+    # three other presets agree on both, so lazy-buggy's two cells are marked, against the three of them,
+    # and nothing is marked in their rows for those fields.
+    card = [e for e in landing.find(data_differs="1") if e.within("data-scenario", EXAMPLE)]
+    rows = {
+        e: next(a.get("data-preset") for a in reversed(e.ancestors) if a.get("data-preset") is not None)
+        for e in card
+    }
+    buggy = [e for e, preset in rows.items() if preset == "lazy-buggy"]
+    lost = [e for e in buggy if "✕ 4" in e.text]
+    violated = [e for e in buggy if "⚠" in e.text]
+    assert len(lost) == 1 and len(violated) == 1
+    for cell in lost + violated:
+        assert cell.get("title") == "differs from zap, lazy, modern"
+    others = [e for e, preset in rows.items() if preset != "lazy-buggy"]
+    assert not [e for e in others if "✕" in e.text or "✓ 0" in e.text], "an agreeing majority is never marked"

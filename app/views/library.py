@@ -7,6 +7,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from app.cache import StepRecord
+from app.views.compare import split
 from app.views.text import gfn_list, plural
 from engine.policy import DEFAULT_PRESET
 from engine.simulation import Simulation
@@ -44,6 +45,9 @@ class ScenarioCard:
     # against in the story (`STORY_AGAINST`); None if it never does.
     parts: dict[str, int | None] = field(default_factory=dict)
     teaches: str = ""
+    # Per field, the odd ones out (as compare marks them: a strict majority of the presets agree and
+    # these do not), each with the presets of the majority.
+    odd: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 # Each chapter of the story, and the kernel it is told against: zap, caf6900f and the 6.13 one against
@@ -124,6 +128,11 @@ def scenario_card(
         "violations": [o.violations for o in outcomes],
     }
     differs = {key: len(set(values)) > 1 for key, values in fields.items()}
+    odd: dict[str, dict[str, str]] = {}
+    for key, values in fields.items():
+        _, majority = split({o.variant: value for o, value in zip(outcomes, values, strict=True)})
+        agree = ", ".join(majority or ())
+        odd[key] = {o.variant: agree for o in outcomes if majority is not None and o.variant not in majority}
     notes = []
     logs = [[(r.dirty_log_len, r.dirty_log_digest) for r in records] for records, _ in runs.values()]
     differing = [i for i in range(steps) if len({log[i] for log in logs}) > 1]
@@ -152,6 +161,7 @@ def scenario_card(
         key_step(by_preset),
         parts,
         lesson_teaches(name),
+        odd,
     )
 
 
