@@ -46,7 +46,7 @@ from app.views.play import PlayView
 from app.views.tree import TreeView
 from engine.codec import MAX_URL_BYTES
 from engine.policy import PRESETS
-from engine.scenario import MAX_SCENARIO_BYTES, ScenarioError, parse_scenario
+from engine.scenario import MAX_SCENARIO_BYTES, ScenarioError, ScenarioTooLargeError, parse_scenario
 from scenarios import load_builtin_text
 
 router = APIRouter()
@@ -193,7 +193,8 @@ def upload(request: Request, file: Annotated[UploadFile | None, File()] = None) 
 
 
 def _scenario_status(error: ScenarioError) -> int:
-    return 413 if "larger than" in str(error) and str(error).startswith("scenario:") else 422
+    """413 for a scenario refused for its size alone, 422 for anything else wrong with it."""
+    return 413 if isinstance(error, ScenarioTooLargeError) else 422
 
 
 def _redirect_to_code(request: Request, code: str) -> Response:
