@@ -197,41 +197,10 @@ def slug(title: str) -> str:
 # The editor
 
 
-_STEP_ERROR = re.compile(r"^step (\d+)(?: \((\w+)\))?(?:, ([\w.\[\]]+))?: (.*)$", re.DOTALL)
-_WHERE_ERROR = re.compile(r"^([A-Za-z_][\w.\[\]]*): (.*)$", re.DOTALL)
-_NAMED_FIELD = re.compile(r"^(?:missing|unknown) field '([^']+)'")
-_STEP_FIELDS = {"gfn", "count", "stride", "vcpu", "slot", "text", "op"}
-
-
-def error_location(message: str) -> tuple[str, str]:
-    """(step index or "", field or "") named by a ScenarioError message, for the editor's data attributes.
-
-    `step 4 (write): gfn 0x400 is outside every memslot` → ("4", "gfn");
-    `memslots[0].npages: must be at least 1` → ("", "memslots[0].npages").
-    """
-    match = _STEP_ERROR.match(message)
-    if match:
-        step, _op, field, rest = match.groups()
-        if field:
-            return step, field
-        named = _NAMED_FIELD.match(rest)
-        if named:
-            return step, named.group(1)
-        if rest.startswith("unknown op") or rest.startswith("op must"):
-            return step, "op"
-        first = rest.split(" ", 1)[0]
-        return step, first if first in _STEP_FIELDS else ""
-    match = _WHERE_ERROR.match(message)
-    if match and match.group(1) != "scenario":
-        where, rest = match.groups()
-        named = _NAMED_FIELD.match(rest)
-        return "", f"{where}.{named.group(1)}" if named else where
-    match = _WHERE_ERROR.match(message)
-    if match:
-        named = _NAMED_FIELD.match(match.group(2))
-        if named:
-            return "", named.group(1)
-    return "", ""
+def error_location(error: ScenarioError) -> tuple[str, str]:
+    """(step index or "", field or "") of a refused scenario, for the editor's data attributes: read from
+    the error's own data, never from its wording."""
+    return ("" if error.step is None else str(error.step)), error.field
 
 
 def editor_status(text: str) -> dict[str, Any]:
@@ -245,7 +214,7 @@ def editor_status(text: str) -> dict[str, Any]:
     try:
         scenario = parse_scenario(text)
     except ScenarioError as error:
-        step, field = error_location(str(error))
+        step, field = error_location(error)
         return {"valid": False, "message": str(error), "step": step, "field": field}
     steps = len(scenario.steps)
     slots = len(scenario.memslots)

@@ -77,11 +77,17 @@ def _refuse(kind: str, text: str) -> PydanticCustomError:
 
 
 class ScenarioError(ValueError):
-    """A scenario the engine refuses to run; str() is one line saying where and why."""
+    """A scenario the engine refuses to run; str() is one line saying where and why.
 
-    def __init__(self, message: str) -> None:
+    Where, also as data, so that a shell can point at it without reading the message: `step`, the index
+    of the step at fault (None when no step is), and `field`, the field at fault: a step's field (`gfn`,
+    `slot`, `op`, ...) or a path in the scenario (`memslots[0].npages`), "" when no one field is."""
+
+    def __init__(self, message: str, *, step: int | None = None, field: str = "") -> None:
         # Keep the message on one line: the CLI prints it as its only line on stderr.
         super().__init__(" ".join(message.splitlines()))
+        self.step = step
+        self.field = field
 
 
 class ScenarioTooLargeError(ScenarioError):
@@ -497,9 +503,11 @@ def step_to_json(step: Step) -> dict[str, object]:
 # The scenario
 
 
-def _fail(where: str, what: str) -> PydanticCustomError:
-    """A whole-scenario refusal, already worded with its location (see _message)."""
-    return _refuse("sptelab", f"{where}: {what}")
+def _fail(where: str, what: str, *, step: int | None = None, field: str = "") -> PydanticCustomError:
+    """A whole-scenario refusal, already worded with its location (see _message), which it also carries
+    as data: the step's index and the field at fault (for the scenario's own fields, `where`)."""
+    at = field if step is not None else where
+    return PydanticCustomError("sptelab", "{text}", {"text": f"{where}: {what}", "step": step, "field": at})
 
 
 def _step_key(step: Step) -> tuple[object, ...]:
@@ -604,36 +612,47 @@ class Scenario(_Frozen):
             where = _step_where(index, step)
             if isinstance(step, ReadStep | WriteStep):
                 if step.vcpu >= self.vm.vcpus:
-                    raise _fail(where, f"vcpu {step.vcpu} does not exist (vm.vcpus is {self.vm.vcpus})")
-                _check_accesses(where, step, slots, bases)
+                    raise _fail(
+                        where,
+                        f"vcpu {step.vcpu} does not exist (vm.vcpus is {self.vm.vcpus})",
+                        step=index,
+                        field="vcpu",
+                    )
+                _check_accesses(where, index, step, slots, bases)
                 accesses += step.count
                 if accesses > MAX_ACCESSES:
                     raise _fail(
                         where,
                         f"count {step.count} takes the scenario to {accesses} guest accesses,"
                         f" more than the limit of {MAX_ACCESSES}",
+                        step=index,
+                        field="count",
                     )
             elif isinstance(
                 step, EnableDirtyLogStep | DisableDirtyLogStep | GetDirtyLogStep | ClearDirtyLogStep
             ):
                 if step.slot not in slot_ids:
-                    raise _fail(where, f"slot {step.slot} is not a memslot of this scenario")
+                    raise _fail(
+                        where, f"slot {step.slot} is not a memslot of this scenario", step=index, field="slot"
+                    )
                 if isinstance(step, EnableDirtyLogStep):
                     logged.add(step.slot)
                 elif isinstance(step, DisableDirtyLogStep):
                     logged.discard(step.slot)
                 elif step.slot not in logged:
-                    raise _fail(where, f"slot {step.slot} is not dirty-logged at this point")
+                    raise _fail(
+                        where, f"slot {step.slot} is not dirty-logged at this point", step=index, field="slot"
+                    )
                 elif isinstance(step, ClearDirtyLogStep):
-                    _check_clear_range(where, step, self.memslots)
+                    _check_clear_range(where, index, step, self.memslots)
             elif isinstance(step, MigrateBeginStep):
                 if logged_by_migration is not None:
-                    raise _fail(where, "a migration is already running")
+                    raise _fail(where, "a migration is already running", step=index)
                 logged_by_migration = slot_ids - logged
                 logged |= logged_by_migration
             elif isinstance(step, MigrateRoundStep | MigrateEndStep):
                 if logged_by_migration is None:
-                    raise _fail(where, "no migration is running (migrate_begin starts one)")
+                    raise _fail(where, "no migration is running (migrate_begin starts one)", step=index)
                 if isinstance(step, MigrateEndStep):
                     logged -= logged_by_migration
                     logged_by_migration = None
@@ -651,29 +670,38 @@ class Scenario(_Frozen):
         }
 
 
-def _check_clear_range(where: str, step: ClearDirtyLogStep, memslots: list[Memslot]) -> None:
+def _check_clear_range(where: str, index: int, step: ClearDirtyLogStep, memslots: list[Memslot]) -> None:
     """KVM_CLEAR_DIRTY_LOG's -EINVAL cases: the cleared range works on whole 64-bit words of the bitmap,
     except for a last word cut short by the end of the slot."""
     npages = next(slot.npages for slot in memslots if slot.id == step.slot)
     if step.first % 64:
         raise _fail(
-            where, f"first {step.first:#x} is not a multiple of 64 (the bitmap is cleared a long at a time)"
+            where,
+            f"first {step.first:#x} is not a multiple of 64 (the bitmap is cleared a long at a time)",
+            step=index,
+            field="first",
         )
     if step.first > npages or step.num > npages - step.first:
         raise _fail(
             where,
             f"num {step.num} from first {step.first:#x} goes past the end of slot {step.slot}"
             f" ({npages} pages)",
+            step=index,
+            field="num",
         )
     if step.num % 64 and step.first + step.num != npages:
         raise _fail(
             where,
             f"num {step.num} is not a multiple of 64 and the range does not reach the end of slot"
             f" {step.slot} ({npages} pages)",
+            step=index,
+            field="num",
         )
 
 
-def _check_accesses(where: str, step: ReadStep | WriteStep, slots: list[Memslot], bases: list[int]) -> None:
+def _check_accesses(
+    where: str, index: int, step: ReadStep | WriteStep, slots: list[Memslot], bases: list[int]
+) -> None:
     """Every gfn + k × stride, k < count, must lie in a memslot.
 
     Jump over each slot's run of accesses instead of visiting every k: a million-page stride-1 access
@@ -685,7 +713,7 @@ def _check_accesses(where: str, step: ReadStep | WriteStep, slots: list[Memslot]
         position = bisect.bisect_right(bases, gfn) - 1
         if position < 0 or gfn >= slots[position].end_gfn:
             which = f" (access {k + 1} of {step.count})" if step.count > 1 else ""
-            raise _fail(where, f"gfn {gfn:#x}{which} is outside every memslot")
+            raise _fail(where, f"gfn {gfn:#x}{which} is outside every memslot", step=index, field="gfn")
         if step.stride == 0:
             return
         # The accesses left inside this slot: the smallest j with gfn + j × stride >= end.
@@ -760,6 +788,37 @@ def _where(loc: tuple[int | str, ...]) -> tuple[str, str]:
     return where or "scenario", ""
 
 
+def _step_of(loc: tuple[int | str, ...]) -> int | None:
+    """The index of the step a pydantic location is in, or None."""
+    return loc[1] if len(loc) >= 2 and loc[0] == "steps" and isinstance(loc[1], int) else None
+
+
+def _field_of(loc: tuple[int | str, ...]) -> str:
+    """The field a pydantic location names: a step's own field (`gfn`), else its path in the scenario
+    (`memslots[0].npages`), "" for the scenario or a step as a whole."""
+    where, field = _where(loc)
+    if _step_of(loc) is not None:
+        return field
+    return "" if where == "scenario" else where
+
+
+def _refusal(error: Mapping[str, Any]) -> ScenarioError:
+    """The ScenarioError for pydantic's first error: its one-line message, and where, as data."""
+    loc: tuple[int | str, ...] = tuple(error["loc"])
+    if error["type"] == "sptelab":
+        ctx = error.get("ctx") or {}
+        return ScenarioError(str(error["msg"]), step=ctx.get("step"), field=str(ctx.get("field") or ""))
+    field = _field_of(loc)
+    if error["type"] in ("missing", "extra_forbidden"):
+        *parent, name = loc
+        field = _field_of(tuple(parent))
+        if _step_of(loc) is None or not field:
+            field = f"{field}.{name}" if field else str(name)
+    elif error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        field = "op"
+    return ScenarioError(_message(error), step=_step_of(loc), field=field)
+
+
 def _message(error: Mapping[str, Any]) -> str:
     """One line for pydantic's first error, worded for someone editing the JSON."""
     kind: str = error["type"]
@@ -807,8 +866,7 @@ def parse_scenario(data: str | bytes | Mapping[str, object]) -> Scenario:
     try:
         return Scenario.model_validate(dict(raw))
     except ValidationError as error:
-        first = error.errors(include_url=False)[0]
-        raise ScenarioError(_message(first)) from None
+        raise _refusal(error.errors(include_url=False)[0]) from None
     except RecursionError:
         raise ScenarioError("scenario: nested too deeply") from None
 

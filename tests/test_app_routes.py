@@ -24,7 +24,7 @@ from app.settings import Settings
 from engine.codec import encode_scenario
 from engine.policy import make_policy
 from engine.result import result_json
-from engine.scenario import MAX_SCENARIO_BYTES, parse_scenario
+from engine.scenario import MAX_SCENARIO_BYTES, ScenarioError, parse_scenario
 from engine.simulation import Simulation
 from scenarios import load_builtin_text
 
@@ -509,23 +509,61 @@ def test_validate_reports_step_and_field(client: TestClient) -> None:
     assert (error.get("data-error-step"), error.get("data-error-field")) == ("", "")
 
 
+def _refused(**changes: Any) -> ScenarioError:
+    """The error of a one-slot scenario (gfns 0x200-0x3ff) with `changes` applied ("steps" replaces them;
+    `drop` names top-level fields to leave out)."""
+    data: dict[str, Any] = {
+        "format": "sptelab-scenario",
+        "version": 1,
+        "memslots": [{"id": 1, "base_gfn": "0x200", "npages": 512}],
+        "steps": [{"op": "read", "gfn": "0x200"}],
+    }
+    for name in changes.pop("drop", ()):
+        del data[name]
+    data.update(changes)
+    with pytest.raises(ScenarioError) as refused:
+        parse_scenario(json.dumps(data))
+    return refused.value
+
+
+READ = {"op": "read", "gfn": "0x200"}
+TWO_SLOTS = [{"id": 1, "base_gfn": "0x200", "npages": 512}, {"id": 2, "base_gfn": "0x300", "npages": 512}]
+
+
 @pytest.mark.parametrize(
-    ("message", "where"),
+    ("changes", "message", "where"),
     [
-        ("step 4 (write): gfn 0x400 is outside every memslot", ("4", "gfn")),
-        ("step 2 (read): missing field 'gfn'", ("2", "gfn")),
-        ("step 0 (write): unknown field 'gnf'", ("0", "gnf")),
-        ("step 7: unknown op 'jump' (known: read, write)", ("7", "op")),
-        ("step 5 (get_dirty_log): slot 1 is not dirty-logged at this point", ("5", "slot")),
-        ("step 1 (write): count must be between 1 and 1048576", ("1", "count")),
-        ("memslots[0].npages: must be between 1 and 1048576", ("", "memslots[0].npages")),
-        ("memslots[1]: overlaps memslot 1 (gfns 0x200-0x3ff)", ("", "memslots[1]")),
-        ("scenario: not valid JSON (line 1, column 2): Expecting value", ("", "")),
-        ("scenario: missing field 'memslots'", ("", "memslots")),
+        ({"steps": [READ] * 4 + [{"op": "write", "gfn": "0x400"}]},
+         "step 4 (write): gfn 0x400 is outside every memslot", ("4", "gfn")),
+        ({"steps": [READ, READ, {"op": "read"}]}, "step 2 (read): missing field 'gfn'", ("2", "gfn")),
+        ({"steps": [{"op": "write", "gfn": "0x200", "gnf": 1}]}, "step 0 (write): unknown field 'gnf'",
+         ("0", "gnf")),
+        ({"steps": [READ] * 7 + [{"op": "jump"}]}, "step 7: unknown op 'jump'", ("7", "op")),
+        ({"steps": [READ] * 5 + [{"op": "get_dirty_log", "slot": 1}]},
+         "step 5 (get_dirty_log): slot 1 is not dirty-logged at this point", ("5", "slot")),
+        ({"steps": [READ, {"op": "write", "gfn": "0x200", "count": 0}]}, "step 1 (write): count must be",
+         ("1", "count")),
+        ({"steps": [READ, {"op": "migrate_round"}]}, "step 1 (migrate_round): no migration is running",
+         ("1", "")),
+        ({"memslots": [{"id": 1, "base_gfn": "0x200", "npages": 0}]}, "memslots[0].npages: must be",
+         ("", "memslots[0].npages")),
+        ({"memslots": TWO_SLOTS}, "memslots[1]: overlaps memslot 1 (gfns 0x200-0x3ff)", ("", "memslots[1]")),
+        ({"drop": ["memslots"]}, "scenario: missing field 'memslots'", ("", "memslots")),
     ],
-)
-def test_error_location(message: str, where: tuple[str, str]) -> None:
-    assert error_location(message) == where
+)  # fmt: skip
+def test_a_refusal_says_where_as_data(changes: dict[str, Any], message: str, where: tuple[str, str]) -> None:
+    """The editor points at the step and field at fault (data-error-step, data-error-field) from the
+    error's own data: the message is for people, and saying the same place."""
+    error = _refused(**changes)
+    assert str(error).startswith(message)
+    assert error_location(error) == where
+
+
+def test_a_refusal_of_the_text_itself_names_no_step() -> None:
+    with pytest.raises(ScenarioError) as refused:
+        parse_scenario("{")
+    assert str(refused.value).startswith("scenario: not valid JSON (line 1, column 2)")
+    assert error_location(refused.value) == ("", "")
 
 
 def test_play_this_redirects_to_the_share_url(client: TestClient) -> None:
