@@ -440,8 +440,8 @@ def compare_context(
         return links.compare(n, variants)
 
     any_view = next(iter(views.values()))
-    columns = compare_columns(views)
     splits = field_splits(views)
+    columns = compare_columns(views, splits)
     scenario = source.scenario
     store = get_store(request)
     # Long share codes: the timeline's markers become buttons of one shared form (as in the player).

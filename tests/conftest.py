@@ -256,3 +256,17 @@ class AsgiClient:
             self.body += message.get("body", b"")
             if not message.get("more_body", False):
                 self._answered.set()
+
+
+# Forty writable 2M leaves in one level-2 table, then logging enabled: under zap (3.14) every one is
+# zapped in the second step. The big-state and fold-label tests read how the page sums them up.
+FORTY_2M: dict[str, Any] = {
+    "format": "sptelab-scenario",
+    "version": 1,
+    "vm": {"max_page_level": "2M"},
+    "memslots": [{"id": 1, "base_gfn": 0, "npages": 40 * 512, "host_page": "2M", "base_pfn": "0x80000"}],
+    "steps": [
+        {"op": "write", "gfn": 0, "count": 40, "stride": 512},
+        {"op": "enable_dirty_log", "slot": 1},
+    ],
+}

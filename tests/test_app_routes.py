@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from conftest import FORTY_2M
 from fastapi.testclient import TestClient
 
 import engine.policy
@@ -743,18 +744,8 @@ def test_a_fold_of_entries_removed_this_step_names_what_they_were() -> None:
     # 40 writable 2M leaves in one level-2 table; enabling logging under `zap` (3.14) zaps them all. With
     # a tree of 20 sptes at most, the removed leaves fold into lines, which must say they were 2M leaves
     # removed this step: they are not pointers to tables, and nothing of theirs is present any more.
-    scenario = {
-        "format": "sptelab-scenario",
-        "version": 1,
-        "vm": {"max_page_level": "2M"},
-        "memslots": [{"id": 1, "base_gfn": 0, "npages": 40 * 512, "host_page": "2M", "base_pfn": "0x80000"}],
-        "steps": [
-            {"op": "write", "gfn": 0, "count": 40, "stride": 512},
-            {"op": "enable_dirty_log", "slot": 1},
-        ],
-    }
     client = TestClient(create_app(Settings(tree_sptes=20)), follow_redirects=False)
-    page = client.get(f"/play?s={encode_scenario(parse_scenario(scenario))}&variant=zap&step=2")
+    page = client.get(f"/play?s={encode_scenario(parse_scenario(FORTY_2M))}&variant=zap&step=2")
     assert page.status_code == 200
     runs = [
         re.sub(r"<[^>]+>", "", line) for line in re.findall(r'<li class="run[^"]*"[^>]*>.*?</li>', page.text)

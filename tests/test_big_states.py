@@ -11,6 +11,7 @@ from itertools import pairwise
 from typing import Any
 
 import pytest
+from conftest import FORTY_2M
 from fastapi.testclient import TestClient
 
 from app.cache import Shown
@@ -182,18 +183,6 @@ def test_removed_leaves_of_a_freed_table_collapse_with_their_count(client: TestC
     # The rest of the table's removed leaves are counted after it: together, every leaf removed.
     more = re.search(r"(\d+) more removed", text_of(freed))
     assert more is not None and row.count + int(more.group(1)) == len(removed)
-
-
-FORTY_2M = {
-    "format": "sptelab-scenario",
-    "version": 1,
-    "vm": {"max_page_level": "2M"},
-    "memslots": [{"id": 1, "base_gfn": 0, "npages": 40 * 512, "host_page": "2M", "base_pfn": "0x80000"}],
-    "steps": [
-        {"op": "write", "gfn": 0, "count": 40, "stride": 512},
-        {"op": "enable_dirty_log", "slot": 1},
-    ],
-}
 
 
 def test_removed_large_leaves_are_counted_as_the_step_removed_them() -> None:

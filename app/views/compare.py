@@ -3,7 +3,7 @@ marked, and what it differs from."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from app.views.play import PlayView
@@ -103,9 +103,9 @@ class CompareColumn:
     against: dict[str, str]
 
 
-def compare_columns(views: Mapping[str, PlayView]) -> list[CompareColumn]:
-    """One column per preset; a field of a column differs when the column is an odd one out of it."""
-    splits = field_splits(views)
+def compare_columns(views: Mapping[str, PlayView], splits: Sequence[FieldSplit]) -> list[CompareColumn]:
+    """One column per preset; a field of a column differs when the column is an odd one out of it
+    (`splits`: `field_splits(views)`, which the page also states the ties from)."""
     columns = []
     for variant, view in views.items():
         differs = {split.name: split.odd(variant) for split in splits}
