@@ -12,7 +12,8 @@ from fastapi.testclient import TestClient
 
 from app.budget_bytes import ByteBudget
 from app.cache import Run, RunCache
-from app.explain import Context, explain
+from app.explain.context import Context
+from app.explain.events import explain
 from app.main import create_app
 from app.settings import Settings
 from app.views.play import play_view
