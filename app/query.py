@@ -34,6 +34,7 @@ from engine.policy import (
 if TYPE_CHECKING:
     from app.store import Store
 
+
 def _switch_text(value: str | bool) -> str:
     return str(value).lower()
 
@@ -222,4 +223,3 @@ def compare_variants(raw: str | None, default: Sequence[str] = tuple(PRESETS)) -
     if not names:
         raise bad_request("variants= names no preset")
     return names
-

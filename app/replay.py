@@ -94,8 +94,6 @@ def set_tracing(sim: Simulation, cap: int | None) -> None:
     sim.set_trace(None if cap is None else CappedTrace(cap))
 
 
-
-
 def replay_to(checkpoints: Mapping[int, bytes], scenario: Scenario, m: int) -> Simulation:
     """A private copy of the state after `m` steps, from the nearest checkpoint at or before it."""
     start = max(k for k in checkpoints if k <= m)

@@ -40,8 +40,6 @@ def cmd_serve(args: argparse.Namespace, out: IO[str]) -> int:
     return EXIT_OK
 
 
-
-
 def _web_module(name: str) -> Any:
     try:
         return importlib.import_module(name)
