@@ -37,7 +37,7 @@ V = TypeVar("V")
 # - app.render.markdown: a description of at most MAX_DESCRIPTION_CHARS characters; the HTML of hostile
 #   Markdown ("- a\n" lists, links with their rel attribute) is at most ~16 bytes per character;
 MARKDOWN_ENTRIES = 16
-# - app.deps._source_query: a share code is at most one URL long, kept as the key and as its quoting;
+# - app.links._source_query: a share code is at most one URL long, kept as the key and as its quoting;
 SOURCE_QUERY_ENTRIES = 16
 # - app.views.bitmap._cells_html: a row of 32 cells of about 110 bytes each.
 CELL_ROWS = 1024

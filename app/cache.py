@@ -3,241 +3,52 @@
 A run is one scenario under one policy, keyed by (canonical share code, policy). It holds:
 
 - the *frontier*, a Simulation run forward with tracing off (detail "summary"), and a compact
-  `StepRecord` for every step it has passed: fault counts, dirty-log digest, violation count and how
-  much work the step did;
-- *checkpoints*, snapshots of the frontier every `checkpoint_interval` steps (and sooner after heavy
-  steps), so showing step N replays at most one interval. A snapshot is the state pickled to bytes (with
-  the result of the step that led to it): ten times smaller than the live objects and, for a big VM,
-  faster to restore than a `copy.deepcopy` (only this process's own bytes are ever unpickled). Pickling
-  costs in proportion to the state, so a snapshot also waits until the steps since the last one did work
-  in proportion to it (`checkpoint_copy_work`): copying a big state costs at most a few times the run,
-  however many small steps follow it;
+  `StepRecord` (app.records) for every step it has passed: fault counts, dirty-log digest, violation
+  count and how much work the step did;
+- *checkpoints*, snapshots (app.replay) of the frontier every `checkpoint_interval` steps (and sooner
+  after heavy steps), so showing step N replays at most one interval; a snapshot also waits until the
+  steps since the last one did work in proportion to the state (`checkpoint_copy_work`): copying a big
+  state costs at most a few times the run, however many small steps follow it;
 - *cursors*, the last few states handed out and given back, so that stepping forward is one step.
 
 To show step N (the state after N steps, with step N-1 as "the current step"), `Run.at` takes a cursor
 at N, or at N-1 and runs one step, or thaws the nearest checkpoint before N and replays to N-1; the
 last step runs with tracing on (detail "full", its trace capped), unless the summary pass found it too
 heavy to trace (then its snapshot is shown as recorded). Memory stays bounded: the run count, each
-run's checkpoints and cursors, and the total bytes of all stored states have limits from the settings.
-Every run has its own lock; the states `at` hands out are private copies, so building a page from one
-needs no lock.
-
-What a request may ask the runs for is bounded before anything runs: `check_budget` refuses (413) a
-request whose price (engine.estimate.estimate_work) exceeds `Settings.run_budget`, and
-`too_heavy_to_write` whether a run's full-detail result (engine.estimate.estimate_result) is small enough
-to write out (`Settings.result_work`).
+run's checkpoints and cursors, and the total bytes of all stored states (app.state_bytes) have limits
+from the settings. Every run has its own lock; the states `at` hands out are private copies, so building
+a page from one needs no lock.
 """
 
 from __future__ import annotations
 
-import pickle
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from app.budget_bytes import ByteBudget
-from app.errors import AppError
+from app.records import StepRecord, step_accesses, step_record
+from app.replay import CappedTrace, Shown, copy_work, freeze, replay_to, set_tracing, thaw
 from app.room import checkpoint, waiting_for
 from app.settings import Settings
+from app.state_bytes import record_weight, shown_weight, sim_weight
 from engine.collector import gc_paused
-from engine.estimate import estimate_result, estimate_work
-from engine.kvm import StepLog
 from engine.policy import Policy
-from engine.scenario import ReadStep, Scenario, WriteStep
-from engine.shadow_page import KvmMmuPage
-from engine.simulation import Simulation, StepResult
-from engine.trace import Event, Trace
+from engine.scenario import Scenario
+from engine.simulation import Simulation
 
-# A dirty log longer than this is kept as its length and a digest only.
-_KEEP_DIRTY_LOG = 4096
 # Spte locations whose history the inspector has asked for, kept per run.
 _HISTORIES_PER_RUN = 32
-
-
-class CappedTrace(Trace):
-    """The tracepoint sink of a shown step: keeps the first `cap` events and counts the rest."""
-
-    __slots__ = ("cap", "dropped")
-
-    def __init__(self, cap: int) -> None:
-        super().__init__(on=True)
-        self.cap = cap
-        self.dropped = 0
-
-    def emit(self, event: Event) -> None:
-        if len(self.events) < self.cap:
-            self.events.append(event)
-        else:
-            self.dropped += 1
-
-
-class StepRecord(NamedTuple):
-    """What the summary pass learned about one step. A tuple of plain values, so that the cyclic
-    collector stops tracking it: a long scenario has one per step."""
-
-    fast: int
-    slow: int
-    tlb_flushes: int
-    marked_dirty: int
-    # For get_dirty_log and migration steps: the gfns returned (None when longer than _KEEP_DIRTY_LOG),
-    # their number and a digest that tells two logs apart.
-    dirty_log: tuple[int, ...] | None
-    dirty_log_len: int
-    dirty_log_digest: int | None
-    violations: tuple[str, ...]
-    # Guest accesses, spte writes, faults and harvested pages: how heavy a full trace would be.
-    cost: int
-    # For a migrate_end step: how many pages its verdict found lost (the timeline marks the step).
-    lost: int = 0
-
-
-@dataclass(slots=True)
-class Shown:
-    """The state after `n` steps, with the step that led there (`result`, None at step 0).
-
-    `touched` maps every spte location step n-1 wrote to its value before the step. `traced` says whether
-    `result` has the full detail (faults, spte writes, events); `dropped_events` counts trace events
-    beyond the cap.
-    """
-
-    n: int
-    sim: Simulation
-    result: StepResult | None
-    touched: dict[tuple[KvmMmuPage, int], int]
-    traced: bool
-    dropped_events: int = 0
+# A step's own cost in StepRecord.cost units (about 1 µs each) beyond what its record counts: a note,
+# which counts nothing, takes about 15 µs.
+STEP_COST = 15
 
 
 @dataclass(slots=True)
 class _History:
     upto: int = 0
     changes: list[tuple[int, int, int]] = field(default_factory=list)  # (step index, old, new)
-
-
-# Bytes a live VM state takes (see sim_weight), fitted to tracemalloc's count of a thawed state on the
-# built-in lessons and on slots of 256 Ki pages written, read and logged at 4K, 2M and 1G (and
-# tests/test_memory_bound.py checks the estimate is never below the measure):
-# - a shadow page: its list of 512 sptes and its bookkeeping; under 6.x every empty entry holds the
-#   non-present value (suppress-#VE), an int of its own, so a table costs five times more;
-# - a present leaf: the spte's int and its rmap entry; a vCPU's TLB entry (a tuple in a dict);
-# - a guest page: its content word and its share of the slot's arrays, and more while its slot is logged;
-# - the VM's fixed part (vCPUs, statistics, logs).
-# Counting only a full table per shadow page and each guest page, as before, was 2.1-2.6 times low on
-# states with many present 4K leaves mapped through the TLB.
-LIVE_BYTES_PER_TABLE = 4_608
-LIVE_BYTES_PER_TABLE_6X = 23_552
-LIVE_BYTES_PER_LEAF = 160
-LIVE_BYTES_PER_TLB_ENTRY = 384
-LIVE_BYTES_PER_PAGE = 18
-LIVE_BYTES_PER_LOGGED_PAGE = 20
-LIVE_BYTES_BASE = 300_000
-
-# A step's own cost in StepRecord.cost units (about 1 µs each) beyond what its record counts: a note,
-# which counts nothing, takes about 15 µs.
-STEP_COST = 15
-# A state's page contents cost as much to copy as one shadow page per this many guest pages.
-PAGES_PER_COPIED_TABLE = 1 << 17
-
-
-def copy_work(sim: Simulation, per_table: int) -> int:
-    """The work the steps since the last snapshot must have done before the next one is taken, in
-    StepRecord.cost units: `per_table` (Settings.checkpoint_copy_work) for each shadow page of the state
-    (its 512 sptes, their rmap entries), and as much again for the pages' contents per 128 Ki pages."""
-    kvm = sim.kvm
-    pages = sum(slot.npages for slot in kvm.memslots)
-    return per_table * (len(kvm.active_mmu_pages) + pages // PAGES_PER_COPIED_TABLE)
-
-
-def sim_weight(sim: Simulation) -> int:
-    """The size of a live VM state in bytes, estimated from its shadow pages, its present leaves (the
-    statistics the choke point keeps), its TLB entries and its guest pages (see LIVE_BYTES_PER_TABLE).
-    An estimate too high evicts runs that would have fit, and rebuilding them is what a busy server
-    cannot afford; too low lets the caches outgrow their budget, so each constant is rounded up."""
-    kvm = sim.kvm
-    per_table = LIVE_BYTES_PER_TABLE_6X if kvm.era6 else LIVE_BYTES_PER_TABLE
-    leaves = sum(kvm.stat.pages)
-    tlb = sum(len(entries) for vcpu in kvm.vcpus for entries in vcpu.tlb.by_level)
-    pages = logged = 0
-    for slot in kvm.memslots:
-        pages += slot.npages
-        if slot.dirty_bitmap is not None:
-            logged += slot.npages
-    return (
-        LIVE_BYTES_BASE
-        + len(kvm.active_mmu_pages) * per_table
-        + leaves * LIVE_BYTES_PER_LEAF
-        + tlb * LIVE_BYTES_PER_TLB_ENTRY
-        + pages * LIVE_BYTES_PER_PAGE
-        + logged * LIVE_BYTES_PER_LOGGED_PAGE
-    )
-
-
-# A StepRecord's own bytes (a tuple of nine fields, its ints), and each gfn of a dirty log it keeps.
-RECORD_BYTES = 200
-RECORD_BYTES_PER_GFN = 40
-# A cursor beside its live state: the traced step's result (its events capped) and, per spte the step
-# wrote, its `touched` entry.
-SHOWN_BYTES = 24_000
-SHOWN_BYTES_PER_TOUCHED = 130
-
-
-def record_weight(record: StepRecord) -> int:
-    return RECORD_BYTES + (RECORD_BYTES_PER_GFN * len(record.dirty_log) if record.dirty_log else 0)
-
-
-def shown_weight(shown: Shown) -> int:
-    """A cursor's bytes: its live state and the step result it carries."""
-    return sim_weight(shown.sim) + SHOWN_BYTES + SHOWN_BYTES_PER_TOUCHED * len(shown.touched)
-
-
-def freeze(sim: Simulation, result: StepResult | None = None) -> bytes:
-    """A snapshot of the state (and of the step that led to it). The scenario is a frozen value shared
-    by every snapshot of the run: leave it out (a long scenario would be most of the bytes)."""
-    scenario = sim.scenario
-    sim.scenario = None  # type: ignore[assignment]
-    try:
-        with gc_paused():
-            return pickle.dumps((sim, result), protocol=pickle.HIGHEST_PROTOCOL)
-    finally:
-        sim.scenario = scenario
-
-
-def thaw(blob: bytes, scenario: Scenario) -> tuple[Simulation, StepResult | None]:
-    with gc_paused():
-        # Only bytes this process pickled itself (freeze) are ever unpickled.
-        sim, result = pickle.loads(blob)
-    sim.scenario = scenario
-    return sim, result
-
-
-def set_tracing(sim: Simulation, cap: int | None) -> None:
-    """Trace the next steps with at most `cap` events each, or (None) run them untraced."""
-    sim.set_trace(None if cap is None else CappedTrace(cap))
-
-
-def _accesses(scenario: Scenario, index: int) -> int:
-    step = scenario.steps[index]
-    return step.count if isinstance(step, ReadStep | WriteStep) else 0
-
-
-def _record(result: StepResult, log: StepLog, accesses: int, lost: int = 0) -> StepRecord:
-    dirty_log = result.dirty_log
-    kept = tuple(dirty_log) if dirty_log is not None and len(dirty_log) <= _KEEP_DIRTY_LOG else None
-    faults = result.fault_counts["fast"] + result.fault_counts["slow"]
-    return StepRecord(
-        fast=result.fault_counts["fast"],
-        slow=result.fault_counts["slow"],
-        tlb_flushes=result.tlb_flushes,
-        marked_dirty=len(result.marked_dirty),
-        dirty_log=kept,
-        dirty_log_len=len(dirty_log) if dirty_log is not None else 0,
-        dirty_log_digest=hash(tuple(dirty_log)) if dirty_log is not None else None,
-        violations=tuple(v.invariant for v in result.violations),
-        cost=accesses + len(log.touched) + 8 * faults + len(log.harvested) + len(result.marked_dirty),
-        lost=lost,
-    )
 
 
 class Run:
@@ -302,7 +113,7 @@ class Run:
                 self._rewind()
                 raise
             verdict = sim.migration.lost if result.op.get("op") == "migrate_end" else None
-            record = _record(result, sim.kvm.log, _accesses(self.scenario, index), len(verdict or ()))
+            record = step_record(result, sim.kvm.log, step_accesses(self.scenario, index), len(verdict or ()))
             self.records.append(record)
             self._records_weight += record_weight(record)
             self._work += record.cost + STEP_COST
@@ -409,14 +220,7 @@ class Run:
 
     def _replay_to(self, m: int) -> Simulation:
         """A private copy of the state after `m` steps, from the nearest checkpoint at or before it."""
-        start = max(k for k in self._checkpoints if k <= m)
-        sim, _ = thaw(self._checkpoints[start], self.scenario)
-        set_tracing(sim, None)
-        with gc_paused():
-            for _ in range(m - start):
-                checkpoint()
-                sim.step()
-        return sim
+        return replay_to(self._checkpoints, self.scenario, m)
 
     # --- the inspector's history -----------------------------------------------------------------------
 
@@ -448,16 +252,6 @@ class Run:
     def weight(self) -> int:
         """The bytes every state the run holds takes (read without the lock: four ints)."""
         return self._checkpoint_total + self._cursor_weight + self._frontier_weight + self._records_weight
-
-
-def run_all(sim: Simulation) -> list[StepResult]:
-    """`Simulation.run()` with a checkpoint before each step: a request's whole run, stoppable and in
-    turns with the other builds (app/room.py)."""
-    results = []
-    while not sim.done:
-        checkpoint()
-        results.append(sim.step())
-    return results
 
 
 class RunCache:
@@ -519,74 +313,3 @@ class RunCache:
 
     def __len__(self) -> int:
         return len(self._runs)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# What one request may ask for
-
-
-_SHRINK = {
-    "accesses": "most of it guest accesses: lower the counts of its read and write steps",
-    "slot_pages": (
-        "most of it dirty-log, flush and migration steps, per memslot and per page: use fewer or smaller"
-        " memslots, or fewer enable_dirty_log, get_dirty_log, clear_dirty_log and migrate steps"
-    ),
-    "huge": (
-        "most of it huge pages split when logging starts and recovered when it stops: toggle logging"
-        " less often on slots mapped with 2M or 1G pages"
-    ),
-    "steps": "most of it the steps themselves: use fewer steps, and fewer zap_all",
-    "setup": "most of it creating the memslots: make them smaller",
-}
-
-
-def check_budget(
-    settings: Settings,
-    scenario: Scenario,
-    per_run: int,
-    *,
-    steps: int,
-    runs: int = 1,
-    doing: str,
-    earlier: bool = False,
-) -> None:
-    """Refuse (413), before anything runs, a request that would make the engine do more than
-    `Settings.run_budget`: `runs` runs of the scenario's first `steps` steps, each estimated at `per_run`
-    (engine.estimate.estimate_work; the caller usually has it precomputed). The message says what it
-    would cost, what makes it big and how to shrink it; `earlier` offers showing an earlier step."""
-    budget, setting = settings.run_budget, "SPTELAB_RUN_BUDGET"
-    if settings.workshop:  # a room shares the server (app/workshop.py)
-        budget, setting = settings.workshop_budget or settings.run_budget // 4, "SPTELAB_WORKSHOP_BUDGET"
-    need = per_run * runs
-    if need <= budget:
-        return
-    estimate = estimate_work(scenario, steps)
-    parts = {
-        "accesses": estimate.accesses,
-        "slot_pages": estimate.slot_pages,
-        "steps": estimate.steps,
-        "setup": estimate.setup,
-        "huge": estimate.huge,
-    }
-    biggest = max(parts, key=lambda name: parts[name])
-    times = f"{runs} runs of about {per_run:,} each, " if runs > 1 else ""
-    instead = "show an earlier step, or " if earlier else ""
-    raise AppError(
-        413,
-        f"too much work for this server: {doing} needs about {need:,} units of work ({times}one unit is"
-        f" about one guest access), and one request may ask for at most {budget:,} ({setting});"
-        f" {_SHRINK[biggest]}. Or {instead}run it on your own machine with the command line, which has"
-        " no such budget: sptelab run FILE.",
-        hint="Download the scenario and run it with the command line (sptelab run FILE), or ask whoever"
-        f" runs this server to raise {setting}.",
-    )
-
-
-def too_heavy_to_write(scenario: Scenario, policy: Policy, limit: int) -> str:
-    """Why the full-detail result of this scenario is too large to write out in a response ("" when it is
-    not), priced before anything runs (engine.estimate.estimate_result): the run in full detail, a row per
-    fault, spte write, trace event and harvested slot of every step, and the final state's rows."""
-    price = estimate_result(scenario, full=True, policy=policy)
-    if price <= limit:
-        return ""
-    return f"running it in full detail and writing its result costs about {price:,} units of work"

@@ -19,9 +19,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from app.budget_bytes import Lru, weigh_any
-from app.cache import check_budget
-from app.deps import resolve_policy
 from app.errors import AppError
+from app.query import resolve_policy
+from app.run_budget import check_budget
 from app.settings import Settings
 from engine.estimate import estimate_work
 from engine.policy import PRESETS

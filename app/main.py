@@ -21,7 +21,6 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.deps import Store
 from app.errors import URL_TOO_LONG_HINT, AppError, query_not_utf8
 from app.forwarded import ForwardedMiddleware
 from app.livekernel import live_results
@@ -30,6 +29,7 @@ from app.render import STATIC, SWAGGER_CSS, SWAGGER_JS, page_globals, render_pag
 from app.room import Cancelled, Room, checkpoint
 from app.routes import api, export, health, pages, real
 from app.settings import Settings, get_settings
+from app.store import Store
 from app.wire import StaticAssets, compression
 from engine.codec import MAX_URL_BYTES
 from engine.scenario import MAX_SCENARIO_BYTES

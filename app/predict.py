@@ -29,8 +29,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from app.cache import Shown
-from app.explain import INVARIANT_TEXT, Context, explain
+from app.explain.context import Context
+from app.explain.events import explain
+from app.explain.meanings import INVARIANT_TEXT
+from app.replay import Shown
 from engine.kvm import Kvm
 from engine.scenario import (
     ClearDirtyLogStep,

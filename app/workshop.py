@@ -5,7 +5,7 @@ the exports, /api/decode and the read-only API. What lets one visitor spend the 
 input is off, with a 403 that says so: the editor (app/routes/pages.py), POST /api/run, POST /api/encode,
 and running a scenario on this machine's kernel (/real, POST /api/real: a real VM per request, one at a
 time, for the whole room). Every request that does run the engine is held to `workshop_budget`, a
-quarter of `run_budget` by default (app.cache.check_budget).
+quarter of `run_budget` by default (app.run_budget.check_budget).
 """
 
 from __future__ import annotations

@@ -5,13 +5,14 @@ Each subcommand parses its arguments, calls the engine and hands the values to `
 code, the usage itself) ends the command with status 2 and one line on stderr, `sptelab run: <message>`;
 never a traceback, because the line is what a script or a person reads. Output depends only on the input:
 no clock, no environment beyond the colour choice, JSON with sorted keys.
+
+This module parses the command line and runs the engine's commands; `real` (the live kernel) is
+`cli.real`, `serve` (the web app) `cli.serve`, and what every command shares `cli.common`.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
-import importlib
 import io
 import json
 import os
@@ -20,26 +21,37 @@ from collections.abc import Callable, Sequence
 from typing import IO, Any, NoReturn
 from urllib.parse import urlencode, urlsplit
 
+from cli.common import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    EXIT_VIOLATED,
+    CliError,
+    UsageError,
+    load_scenario,
+    one_line,
+    preset_list,
+    write_lines,
+)
+from cli.real import REAL_DEFAULT_PRESET, cmd_real
 from cli.report import (
     REPORT_ROWS,
     Style,
-    describe_op,
     format_compare,
     format_footer,
     format_header,
     format_step,
-    terminal_text,
 )
+from cli.serve import cmd_serve
 from engine.canonical import dumps, iterdumps
 from engine.codec import MAX_URL_BYTES, CodecError, encode_scenario
 from engine.collector import gc_paused
 from engine.policy import DEFAULT_PRESET, PRESETS, PolicyError, make_policy, parse_policy_args, variant_of
 from engine.result import final_json, result_json, step_json
-from engine.scenario import MAX_SCENARIO_BYTES, Scenario, ScenarioError, parse_scenario, step_to_json
+from engine.scenario import Scenario, ScenarioError, step_to_json
 from engine.simulation import Simulation
-from live.backend import refusal
-from live.report import RealRefusalError, availability, dirty_log_mode_of, real_result
-from scenarios import builtin_names, builtin_scenarios, load_builtin_text
+from scenarios import builtin_scenarios
 
 PROG = "sptelab"
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
@@ -49,60 +61,12 @@ COMPARE_VERSION = 1
 # The per-step fields `compare` reports, in the order it reports them; values as `run --json` writes them.
 COMPARED_FIELDS = ("faults", "spte_changes", "marked_dirty", "dirty_log", "tlb_flushes", "violations")
 
-EXIT_OK = 0
-EXIT_VIOLATED = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process stopped by Ctrl-C
-EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports `cat` whose reader went away
-
-
-class CliError(Exception):
-    """A refusal worded for the user; main() prints it after the command's name, on one line."""
-
-
-class UsageError(CliError):
-    """argparse's refusal, already prefixed with the (sub)parser's name."""
-
-
-def _one_line(text: str) -> str:
-    return terminal_text(text)
-
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (raised, not printed), so main() owns every exit."""
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {_one_line(message)} (see {self.prog} --help)")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Reading a scenario
-
-
-def read_scenario_text(source: str) -> bytes | str:
-    """The scenario text behind FILE: `-` is stdin, an existing path is that file, else a built-in name."""
-    if source == "-":
-        stream = getattr(sys.stdin, "buffer", None)
-        if stream is not None:
-            data: bytes | str = stream.read(MAX_SCENARIO_BYTES + 1)
-        else:
-            data = sys.stdin.read(MAX_SCENARIO_BYTES + 1)
-        return data
-    if os.path.exists(source):
-        try:
-            with open(source, "rb") as file:
-                # One byte past the limit is enough for the parser to refuse the file as too large.
-                return file.read(MAX_SCENARIO_BYTES + 1)
-        except OSError as error:
-            raise CliError(f"{source}: {error.strerror or error}") from None
-    if source in builtin_names():
-        return load_builtin_text(source)
-    known = ", ".join(builtin_names()) or "none"
-    raise CliError(f"{source}: no such file, and no built-in scenario of that name (known: {known})")
-
-
-def load_scenario(source: str) -> Scenario:
-    return parse_scenario(read_scenario_text(source))
+        raise UsageError(f"{self.prog}: {one_line(message)} (see {self.prog} --help)")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -135,17 +99,17 @@ def cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
         header = format_header(
             scenario, variant=variant, base=args.variant, overrides=overrides, policy=policy, style=style
         )
-        _write(out, header)
+        write_lines(out, header)
         out.write("\n")
         limit = None if args.all else REPORT_ROWS
         for _ in range(count):
-            _write(out, format_step(sim.step(), style, sim.kvm.masks, limit))
+            write_lines(out, format_step(sim.step(), style, sim.kvm.masks, limit))
         out.write("\n")
         finished = sim.migration.lost is not None
         footer = format_footer(
             final_json(sim), ran=count, total=total, migration_finished=finished, style=style, limit=limit
         )
-        _write(out, footer)
+        write_lines(out, footer)
     return EXIT_VIOLATED if args.strict and sim.violations else EXIT_OK
 
 
@@ -190,31 +154,16 @@ def compare_json(scenario: Scenario, variants: Sequence[str], overrides: dict[st
     }
 
 
-def _preset_list(raw: Sequence[str] | None, default: Sequence[str], flag: str) -> list[str]:
-    """`FLAG a FLAG b,c` as [a, b, c], first spelling first, each once; `default` when none is named."""
-    names: list[str] = []
-    for item in raw or []:
-        for spelled in item.split(","):
-            name = spelled.strip()
-            if not name:
-                raise CliError(f"{flag} {item!r}: empty preset name")
-            if name not in PRESETS:
-                raise PolicyError(f"unknown variant {name!r} (known: {', '.join(PRESETS)})")
-            if name not in names:
-                names.append(name)
-    return names or list(default)
-
-
 def cmd_compare(args: argparse.Namespace, out: IO[str]) -> int:
     scenario = load_scenario(args.file)
-    variants = _preset_list(args.variant, list(PRESETS), "--variant")
+    variants = preset_list(args.variant, list(PRESETS), "--variant")
     overrides = parse_policy_args(list(args.policy or []))
     data = compare_json(scenario, variants, overrides)
     if args.json:
         out.write(dumps(data))
     else:
         ops = [step_to_json(step) for step in scenario.steps]
-        _write(out, format_compare(data, ops, Style.for_stream(out)))
+        write_lines(out, format_compare(data, ops, Style.for_stream(out)))
     return EXIT_OK
 
 
@@ -222,7 +171,7 @@ def cmd_check(args: argparse.Namespace, out: IO[str]) -> int:
     scenario = load_scenario(args.file)
     n = len(scenario.steps)
     title = scenario.title or args.file
-    out.write(f"ok: {_one_line(title)} ({n} step{'' if n == 1 else 's'})\n")
+    out.write(f"ok: {one_line(title)} ({n} step{'' if n == 1 else 's'})\n")
     return EXIT_OK
 
 
@@ -257,227 +206,8 @@ def cmd_scenarios(args: argparse.Namespace, out: IO[str]) -> int:
         return EXIT_OK
     width = max((len(row["name"]) for row in rows), default=0)
     for row in rows:
-        out.write(f"{row['name']:<{width}}  {_one_line(row['title'])}\n")
+        out.write(f"{row['name']:<{width}}  {one_line(row['title'])}\n")
     return EXIT_OK
-
-
-def cmd_serve(args: argparse.Namespace, out: IO[str]) -> int:
-    if args.port is not None and not 0 < args.port < 65536:
-        raise CliError(f"--port {args.port}: must be between 1 and 65535")
-    if args.workers is not None and args.workers < 1:
-        raise CliError(f"--workers {args.workers}: must be at least 1")
-    # Import lazily: every other command must work in a build without the web app or its server.
-    serving = _web_module("app.serving")
-    settings = _serve_settings(args)
-    # Each worker builds the app from the environment: the flags go there before the app is imported,
-    # in this process and in every worker it starts.
-    serving.export_settings(settings)
-    _web_module("app.main")
-    try:
-        importlib.import_module("granian")
-    except ModuleNotFoundError:
-        raise CliError("the web app needs granian, which is not installed") from None
-    # The server runs with the cyclic collector on (app.main tunes it while serving): the pause main()
-    # puts around a command is for simulations, and a long-lived server would never free a cycle.
-    collecting = gc.isenabled()
-    gc.enable()
-    try:
-        serving.serve(settings)
-    finally:
-        if not collecting:
-            gc.disable()
-    return EXIT_OK
-
-
-
-
-def _web_module(name: str) -> Any:
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as error:
-        if error.name is not None and (error.name == "app" or error.name.startswith("app.")):
-            raise CliError("the web app is not installed in this build") from None
-        raise CliError(f"the web app needs the module {error.name!r}, which is not installed") from None
-
-
-def _serve_settings(args: argparse.Namespace) -> Any:
-    """The app's settings from the environment (SPTELAB_*), with the flags given on top."""
-    settings_module = _web_module("app.settings")
-    validation_error = _web_module("pydantic").ValidationError
-    try:
-        settings_module.Settings()
-    except validation_error as error:
-        raise CliError(_setting_error(error, lambda name: f"SPTELAB_{name.upper()}")) from None
-    # Each serving setting has its flag; None means "as the environment says".
-    flags = _web_module("app.serving").SERVING_SETTINGS
-    given = {name: getattr(args, name) for name in flags if getattr(args, name) is not None}
-    try:
-        return settings_module.Settings(**given)
-    except validation_error as error:
-        message = _setting_error(error, lambda name: f"--{name.replace('_', '-')} {given.get(name)}")
-        raise CliError(message) from None
-
-
-def _setting_error(error: Any, where: Callable[[str], str]) -> str:
-    first = error.errors()[0]
-    name = str(first["loc"][0]) if first.get("loc") else "settings"
-    return f"{where(name)}: {str(first['msg']).removeprefix('Value error, ')}"
-
-
-REAL_DEFAULT_PRESET = "modern"
-
-
-def _gfn_list(gfns: Sequence[int]) -> str:
-    """`[0x250, 0x300-0x3ff]`: ascending gfns with runs of three or more written as a range."""
-    parts: list[str] = []
-    start = 0
-    while start < len(gfns):
-        end = start
-        while end + 1 < len(gfns) and gfns[end + 1] == gfns[end] + 1:
-            end += 1
-        if end - start >= 2:
-            parts.append(f"{gfns[start]:#x}-{gfns[end]:#x}")
-        else:
-            parts.extend(f"{gfn:#x}" for gfn in gfns[start : end + 1])
-        start = end + 1
-    return "[" + ", ".join(parts) + "]"
-
-
-def _is_preset_list(word: str) -> bool:
-    names = [name.strip() for name in word.split(",")]
-    return all(name in PRESETS for name in names)
-
-
-def real_file_and_presets(args: argparse.Namespace) -> tuple[str, list[str]]:
-    """FILE and the presets of `real`, wherever FILE was written.
-
-    Contract §3 writes `real FILE --compare P ...`: `--compare` takes the words that follow it, so
-    `real FILE --compare zap lazy` compares both. Written the other way round, `real --compare zap lazy
-    FILE`, argparse gives FILE to `--compare` too; the last word is FILE again when it is not a preset (or
-    a comma-separated list of them). With no such word, FILE is missing, and the line says so."""
-    groups: list[list[str]] = [list(group) for group in args.compare or []]  # one per --compare
-    file: str | None = args.file
-    for group in groups:
-        if file is None and not _is_preset_list(group[-1]):
-            file = group.pop()
-            if not group:
-                raise UsageError(
-                    f"{args.prog}: --compare: expected a preset before FILE (see {args.prog} --help)"
-                )
-    compare = [word for group in groups for word in group]
-    if file is None:
-        if compare:
-            raise UsageError(
-                f"{args.prog}: FILE is missing: every word after --compare ({' '.join(compare)}) is a preset;"
-                f" name the scenario too, e.g. {args.prog} FILE --compare {','.join(compare)}"
-            )
-        raise UsageError(f"{args.prog}: the following arguments are required: FILE (see {args.prog} --help)")
-    return file, _preset_list(compare, (REAL_DEFAULT_PRESET,), "--compare")
-
-
-def cmd_real(args: argparse.Namespace, out: IO[str]) -> int:
-    file, presets = real_file_and_presets(args)
-    scenario = load_scenario(file)
-    overrides = parse_policy_args(list(args.policy or []))
-    mode = dirty_log_mode_of(overrides)
-    for name in presets:
-        make_policy(name, overrides)  # refuse a bad preset or switch before touching the device
-    reason = refusal(scenario, mode) or availability()
-    if reason is not None:
-        raise CliError(reason)
-    try:
-        result = real_result(scenario, presets, mode, overrides=overrides)
-    except RealRefusalError as error:
-        raise CliError(str(error)) from None
-    if args.json:
-        out.write(dumps(result))
-        return EXIT_OK
-    _write(out, _real_text(scenario, result, presets, mode))
-    return EXIT_OK
-
-
-# The counters `sptelab real` prints over the whole run, where the kernel has them: the vCPUs' (summed) and
-# the VM's. The JSON has every counter.
-_REAL_VCPU_STATS = ("pf_taken", "pf_fixed", "pf_fast", "insn_emulation", "exits")
-_REAL_VM_STATS = ("pages_4k", "pages_2m", "pages_1g", "mmu_shadow_zapped", "remote_tlb_flush")
-
-
-def _real_stats_line(live: dict[str, Any]) -> str:
-    totals = live["stats"]
-    vcpus = totals["vcpus"].values()
-    parts = [
-        f"{name} {sum(c[name] for c in vcpus)}" for name in _REAL_VCPU_STATS if any(name in c for c in vcpus)
-    ]
-    parts += [f"{name} {totals['vm'][name]:+d}" for name in _REAL_VM_STATS if name in totals["vm"]]
-    return "stats over the run: " + ", ".join(parts) if parts else f"no stats: {live['stats_missing']}"
-
-
-def _real_text(scenario: Scenario, result: dict[str, Any], presets: Sequence[str], mode: str) -> list[str]:
-    """What the kernel ran and checked, then per harvesting step the kernel's log beside the emulated
-    guest's and each preset's.
-
-    Only a run whose MMU ran the guest (live.mmu_exercised) says a preset agrees with the kernel; else a
-    preset's line is what its MMU would log, set beside the kernel's as data."""
-    live = result["live"]
-    native = bool(live["mmu_exercised"])
-    lines = [
-        f"{_one_line(scenario.title or 'untitled scenario')}",
-        f"kernel {_one_line(result['kernel'])}, dirty-log mode {mode}, compared with {', '.join(presets)}",
-        live["headline"],
-        f"  why: {live['reason']}",
-        f"  {_real_stats_line(live)}",
-        "",
-    ]
-    oracle = {entry["step"]: entry for entry in live["oracle"]["differences"]}
-    differences = {
-        name: {entry["step"]: entry for entry in result["compare"][name]["differences"]} for name in presets
-    }
-    labels = {name: name if native else f"{name}'s MMU" for name in presets}
-    width = max(len(label) for label in [*labels.values(), "emulated guest"])
-
-    def line(label: str, diff: dict[str, Any] | None, same: str, differs: str) -> str:
-        if diff is None:
-            return f"          {label:<{width}}  {same}"
-        return (
-            f"          {label:<{width}}  {differs}kernel only {_gfn_list(diff['kernel_only'])},"
-            f" engine only {_gfn_list(diff['engine_only'])}"
-        )
-
-    for entry in result["steps"]:
-        index = entry["index"]
-        log = entry["dirty_log"]
-        if log is None and index not in oracle and not any(index in differences[n] for n in presets):
-            continue
-        op = describe_op(step_to_json(scenario.steps[index]))
-        shown = _gfn_list(log) if log is not None else "no log"
-        lines.append(f"step {index:>3}  {op}: kernel {shown}")
-        lines.append(line("emulated guest", oracle.get(index), "agrees", "differs: "))
-        for name in presets:
-            diff = differences[name].get(index)
-            if native:
-                lines.append(line(labels[name], diff, "agrees", "differs: "))
-            else:
-                lines.append(line(labels[name], diff, "would log the same", "would log other pages: "))
-    lines.append("")
-    count = len(oracle)
-    lines.append(
-        "emulated guest: "
-        + ("agrees with the kernel at every step" if count == 0 else f"differs at {_steps(count)}")
-    )
-    if not native:
-        lines.append("what each preset's MMU would log, not checked against the kernel's MMU:")
-    for name in presets:
-        count = len(differences[name])
-        if native:
-            verdict = "agrees at every step" if count == 0 else f"differs at {_steps(count)}"
-        else:
-            verdict = "the same pages at every step" if count == 0 else f"other pages at {_steps(count)}"
-        lines.append(f"{name}: {verdict}")
-    return lines
-
-
-def _steps(count: int) -> str:
-    return f"{count} step{'s' * (count != 1)}"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -724,10 +454,6 @@ def build_parser() -> argparse.ArgumentParser:
 # Entry point
 
 
-def _write(out: IO[str], lines: Sequence[str]) -> None:
-    out.write("".join(line + "\n" for line in lines))
-
-
 def _silence_stdout() -> None:
     """Point stdout at /dev/null, so the interpreter's last flush does not fail on the closed pipe."""
     try:
@@ -756,11 +482,11 @@ def main(argv: list[str] | None = None) -> int:
         out.flush()
         return status
     except UsageError as error:
-        print(_one_line(str(error)), file=sys.stderr)
+        print(one_line(str(error)), file=sys.stderr)
         return EXIT_USAGE
     # Only the user's mistakes: an engine bug must keep its traceback.
     except (CliError, ScenarioError, PolicyError, CodecError) as error:
-        print(f"{prog}: {_one_line(str(error))}", file=sys.stderr)
+        print(f"{prog}: {one_line(str(error))}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:
         _silence_stdout()

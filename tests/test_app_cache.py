@@ -12,8 +12,10 @@ from fastapi.testclient import TestClient
 
 from app.budget_bytes import ByteBudget
 from app.cache import Run, RunCache
-from app.explain import Context, explain
+from app.explain.context import Context
+from app.explain.events import explain
 from app.main import create_app
+from app.replay import freeze, replay_to
 from app.settings import Settings
 from app.views.play import play_view
 from engine.codec import encode_scenario
@@ -68,6 +70,25 @@ def test_any_step_in_any_order_matches_a_fresh_run(variant: str) -> None:
             assert kept == names[: len(kept)] and len(kept) + shown.dropped_events == len(names)
         run.park(shown)
     assert len(run.records) == 12
+
+
+@pytest.mark.parametrize("variant", ["zap", "modern"])
+def test_replay_from_the_nearest_snapshot_matches_a_fresh_run(variant: str) -> None:
+    """replay_to thaws the newest snapshot at or before the step asked for and runs on from it; the
+    state it hands out is a private copy, so stepping it leaves the snapshot as it was."""
+    scenario = example()
+    sim = Simulation(scenario, make_policy(variant), detail="summary")
+    snapshots = {0: freeze(sim)}
+    for _ in range(5):
+        sim.step()
+    snapshots[5] = freeze(sim)
+    for m in range(len(scenario.steps) + 1):
+        replayed = replay_to(snapshots, scenario, m)
+        assert state(replayed) == state(fresh(scenario, variant, m)[0]), m
+        assert replayed.scenario is scenario
+    copy = replay_to(snapshots, scenario, 5)
+    copy.step()
+    assert state(replay_to(snapshots, scenario, 5)) == state(fresh(scenario, variant, 5)[0])
 
 
 def test_history_of_one_spte() -> None:

@@ -19,8 +19,9 @@ from conftest import FORTY_2M
 from fastapi.testclient import TestClient
 
 import engine.policy
+from app.contexts import _switches
+from app.editor import error_location
 from app.main import create_app
-from app.pagectx import _switches, error_location
 from app.settings import Settings
 from engine.codec import encode_scenario
 from engine.policy import make_policy

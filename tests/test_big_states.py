@@ -14,8 +14,8 @@ import pytest
 from conftest import FORTY_2M
 from fastapi.testclient import TestClient
 
-from app.cache import Shown
 from app.main import create_app
+from app.replay import Shown
 from app.settings import Settings
 from app.views.text import bits_text, flags_text
 from app.views.trace import trace_view

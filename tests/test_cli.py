@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 import cli.main
+import cli.real
 import engine.policy
 from cli.main import main
 from cli.report import Style
@@ -759,8 +760,8 @@ def real_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[str], st
         calls.append((scenario.title, list(presets), mode, dict(overrides)))
         raise RealRefusalError("recorded")
 
-    monkeypatch.setattr(cli.main, "availability", lambda *args: None)
-    monkeypatch.setattr(cli.main, "real_result", recorded)
+    monkeypatch.setattr(cli.real, "availability", lambda *args: None)
+    monkeypatch.setattr(cli.real, "real_result", recorded)
     return calls
 
 

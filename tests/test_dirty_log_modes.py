@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from conftest import make_scenario, run_scenario, spec_example, spte_at
 
-from app.explain import EXPLAINERS, KERNEL_SOURCES
+from app.explain.events import EXPLAINERS
+from app.explain.kernel_files import KERNEL_SOURCES
 from engine import trace
 from engine.estimate import estimate_work
 from engine.invariants import check_all

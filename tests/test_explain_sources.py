@@ -1,4 +1,4 @@
-"""The trace panel's source column (app/explain.py `kernel_source`): the file each event's function lives in,
+"""The trace panel's source column (app.explain.kernel_files): the file each event's function lives in,
 and the tree it is quoted from, named as the preset's kernel is named (engine/policy.py PRESET_DESCRIPTIONS):
 3.14, caf6900f's 3.9-era tree, 3.16, and upstream 6.13 and later for `modern` (kvm-mmu.md §5.7).
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from conftest import PRESET_NAMES
 
-from app.explain import KERNEL_VERSIONS, kernel_source
+from app.explain.kernel_files import KERNEL_VERSIONS, kernel_source
 
 TREES = {"zap": "3.14", "lazy-buggy": "caf6900f, 3.9-era", "lazy": "3.16", "modern": "6.13+"}
 

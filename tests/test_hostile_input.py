@@ -36,6 +36,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import app.cache
+import app.replay
 from app.main import MAX_BODY_BYTES, create_app
 from app.settings import Settings
 from cli.main import main as cli_main
@@ -718,7 +719,7 @@ def test_checkpoints_of_a_big_state_wait_for_work_in_proportion() -> None:
     run.ensure(len(steps))
     tables = len(run.finished.kvm.active_mmu_pages)
     assert tables > 128
-    assert app.cache.copy_work(run.finished, Settings().checkpoint_copy_work) > 256 * app.cache.STEP_COST
+    assert app.replay.copy_work(run.finished, Settings().checkpoint_copy_work) > 256 * app.cache.STEP_COST
     assert len(run._checkpoints) <= 2  # step 0, and at most one after 2000+ steps' worth of work
     # Every state is still reachable, replayed from the nearest checkpoint.
     assert run.at(1400).sim.index == 1400

@@ -326,7 +326,7 @@ def test_cli_real_claims_agreement_with_an_mmu_only_when_the_mmu_ran(
     parsed = parse_scenario(load_builtin_text("worked-example"))
     run = _made_up_run(parsed, native=native)
     monkeypatch.setattr("live.report.run_with_stats", lambda *args, **kwargs: run)
-    monkeypatch.setattr("cli.main.availability", lambda *args: None)
+    monkeypatch.setattr("cli.real.availability", lambda *args: None)
     assert main(["real", "worked-example", "--compare", "lazy-buggy,lazy"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[3].startswith("  why: pf_taken ")

@@ -15,10 +15,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.budget_bytes import ByteBudget, Lru
-from app.cache import Run, freeze, sim_weight, thaw
+from app.cache import Run
 from app.main import create_app
+from app.replay import freeze, thaw
 from app.settings import Settings
 from app.sources import _load, source_weight
+from app.state_bytes import sim_weight
 from engine.policy import PRESETS
 from engine.scenario import Scenario, parse_scenario
 from scenarios import load_builtin_text

@@ -34,7 +34,9 @@ from conftest import (
     spte_at,
 )
 
-from app.explain import EXPLAINERS, KERNEL_SOURCES, Context, explain, kernel_source
+from app.explain.context import Context
+from app.explain.events import EXPLAINERS, explain
+from app.explain.kernel_files import KERNEL_SOURCES, kernel_source
 from engine.cpu import walk_spte
 from engine.invariants import check_all
 from engine.policy import make_policy

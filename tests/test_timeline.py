@@ -11,8 +11,8 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from app.cache import StepRecord
 from app.main import create_app
+from app.records import StepRecord
 from app.views.timeline import (
     FULL_MARKS,
     GLYPH_FAST,

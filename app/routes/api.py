@@ -21,12 +21,14 @@ from fastapi.responses import Response, StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.cache import check_budget, run_all, too_heavy_to_write
-from app.deps import Store, StoreDep, compare_variants, query_param
+from app.build import built
 from app.errors import AppError, bad_request, invalid_scenario, not_found
 from app.livekernel import API_PRESETS, checked_overrides, live_result, require_kernel
-from app.pagectx import built
+from app.query import compare_variants, query_param
+from app.replay import run_all
+from app.run_budget import check_budget, too_heavy_to_write
 from app.sources import scenario_from_code, share_code
+from app.store import Store, StoreDep
 from app.workshop import workshop_off
 from engine.canonical import iterdumps
 from engine.codec import CodecError, encode_scenario

@@ -13,11 +13,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from app.cache import check_budget, run_all, too_heavy_to_write
-from app.deps import PlayerQuery, Store, StoreDep, player_query
+from app.build import built
+from app.contexts import absolute, slug
 from app.errors import AppError, bad_request
-from app.pagectx import absolute, built, slug
+from app.query import PlayerQuery, player_query
+from app.replay import run_all
+from app.run_budget import check_budget, too_heavy_to_write
 from app.sources import Source
+from app.store import Store, StoreDep
 from app.svgexport import Caption, step_svg
 from app.views.presets import preset_description
 from engine.canonical import dumps

@@ -15,11 +15,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from app.cache import check_budget
-from app.deps import (
-    Links,
-    StoreDep,
-    builtin_cards,
+from app.build import built, cached
+from app.contexts import COMPARE_BLOCKS, PLAY_BLOCKS, compare_context, play_context, slug
+from app.editor import editor_status
+from app.errors import URL_TOO_LONG_HINT, AppError, bad_request, invalid_scenario
+from app.htmx import page
+from app.links import Links
+from app.query import (
     compare_variants,
     parse_step,
     player_query,
@@ -27,20 +29,10 @@ from app.deps import (
     resolve_policy,
     whatif_overrides,
 )
-from app.errors import URL_TOO_LONG_HINT, AppError, bad_request, invalid_scenario
-from app.pagectx import (
-    COMPARE_BLOCKS,
-    PLAY_BLOCKS,
-    built,
-    cached,
-    compare_context,
-    editor_status,
-    page,
-    play_context,
-    slug,
-)
 from app.render import base_path, render_page
+from app.run_budget import check_budget
 from app.sources import share_code
+from app.store import StoreDep, builtin_cards
 from app.views.library import story
 from app.views.play import PlayView
 from app.views.tree import TreeView

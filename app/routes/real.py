@@ -16,10 +16,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
-from app.deps import Links, StoreDep, compare_variants, parse_policy_param, query_param
+from app.build import built
+from app.htmx import page
+from app.links import Links
 from app.livekernel import PAGE_PRESETS, checked_overrides, live_result
-from app.pagectx import built, page
+from app.query import compare_variants, parse_policy_param, query_param
 from app.render import base_path
+from app.store import StoreDep
 from app.views.narration import describe_op
 from app.views.presets import preset_description
 from app.workshop import workshop_off

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from markupsafe import Markup
 
-from app.explain import bit_meanings
+from app.explain.meanings import bit_meanings
 from app.treehtml import changed_bits_html
 from app.views.text import Location, hx, location_param
 from app.views.tree import spte_kind

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from app.cache import StepRecord
+from app.records import StepRecord
 from app.views.compare import split
 from app.views.text import gfn_list, plural
 from engine.policy import DEFAULT_PRESET

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import NamedTuple
 
-from app.explain import INVARIANT_TEXT
+from app.explain.meanings import INVARIANT_TEXT
 from engine.invariants import Violation
 from engine.simulation import Simulation
 

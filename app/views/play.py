@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from app.cache import Shown
+from app.replay import Shown
 from app.views.bitmap import BitmapView, bitmap_view
 from app.views.counters import KernelStatsView, kernel_stats_view
 from app.views.logs import (

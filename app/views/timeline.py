@@ -2,7 +2,7 @@
 
 Each marker says what its step did under that preset (a fast or slow fault, a harvest of the dirty log,
 an invariant violated, pages the migration's verdict found lost) by a glyph and in words, so where the
-presets part is visible at a glance. Everything comes from `app.cache.StepRecord`, the summary pass's
+presets part is visible at a glance. Everything comes from `app.records.StepRecord`, the summary pass's
 record of each step: building the strip never runs a step.
 
 A long scenario would make the strip as long as the scenario, so it is bounded (docs/ui-hooks.md): up to
@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from app.cache import StepRecord
+from app.records import StepRecord
 
 # Every step has its marker up to this many steps.
 FULL_MARKS = 120

@@ -6,8 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import pairwise
 
-from app.cache import Shown
-from app.explain import Context, explain, kernel_source
+from app.explain.context import Context
+from app.explain.events import explain
+from app.explain.kernel_files import kernel_source
+from app.replay import Shown
 from app.views.text import hx
 from engine.trace import call_order, event_json
 

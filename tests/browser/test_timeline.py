@@ -100,7 +100,7 @@ def test_compare_timeline_has_the_compared_presets_and_steps_in_place(
     expect(strip.locator("[data-own]")).to_have_count(0)
     strip.locator(f'[data-lane="zap"] [data-mark="{DECISIVE}"]').click()
     expect_position(page, DECISIVE, STEPS)
-    # The compare view's own step links' URL (app/deps.py Links.compare), the presets kept.
+    # The compare view's own step links' URL (app/links.py Links.compare), the presets kept.
     variants = ",".join(PRESETS)
     expect(page).to_have_url(
         re.compile(rf"/compare\?scenario=worked-example&variants={variants}&step={DECISIVE}$")

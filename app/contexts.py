@@ -1,32 +1,27 @@
-"""What the page templates receive, and how a page or its blocks become a response.
-
-`page()` decides between the whole page and an htmx partial: a request with `HX-Request: true` (and not
-a history restore) gets only the named blocks, each swapped out of band, after the page's `<title>` (which
-htmx puts in the tab), plus `HX-Push-Url` with the canonical URL of the state it shows; both kinds carry
-`Vary: HX-Request`.
-"""
+"""What the page templates receive: the player's and the compare view's contexts, built from a checked
+query (app.query) and the views the store built (app.store), with every link from app.links."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import Request
-from fastapi.responses import HTMLResponse
 from markupsafe import Markup
 
 from app.announce import compare_announcement, play_announcement
-from app.budget_bytes import Lru
-from app.deps import FOCUS_PANELS, LaneRun, Links, PlayerQuery, get_store
 from app.forwarded import public_origin
+from app.links import Links
 from app.livekernel import kernel_unavailable
+from app.modes import FOCUS_PANELS
 from app.predict import PredictPanel
-from app.render import base_path, markdown, page_globals, render_blocks, render_page
-from app.room import Room
+from app.query import PlayerQuery
+from app.render import base_path, markdown
 from app.sources import Source
+from app.store import LaneRun, get_store
 from app.treehtml import InspectLink, render_tree
 from app.views.compare import COMPARE_FIELDS, compare_columns, field_splits
 from app.views.inspector import InspectorView
@@ -36,10 +31,7 @@ from app.views.presets import preset_description
 from app.views.text import location_param
 from app.views.tree import TreeView
 from engine.policy import NOT_IMPLEMENTED, PRESET_DESCRIPTIONS, PRESETS, SWITCH_VALUES, Policy
-from engine.scenario import ScenarioError, parse_scenario
 from live.backend import refusal as live_refusal
-
-R = TypeVar("R")
 
 PLAY_BLOCKS = (
     "position",
@@ -82,95 +74,6 @@ SWITCH_HELP: dict[str, str] = {
 }
 
 
-def is_partial(request: Request) -> bool:
-    headers = request.headers
-    return headers.get("HX-Request") == "true" and headers.get("HX-History-Restore-Request") != "true"
-
-
-def page(
-    request: Request,
-    template: str,
-    context: Mapping[str, Any],
-    *,
-    blocks: Iterable[str] = (),
-    skip: Iterable[str] = (),
-    push: str | None = None,
-    status: int = 200,
-    partial: bool | None = None,
-) -> HTMLResponse:
-    blocks = tuple(blocks)
-    if partial is None:
-        partial = bool(blocks) and is_partial(request)
-    headers = {"Vary": "HX-Request"}
-    context = {**page_globals(request.scope), **context}
-    if partial:
-        oob = template != "index.html"
-        wanted = [block for block in blocks if block not in set(skip)]
-        body = render_blocks(template, wanted, {**context, "oob": oob})
-        if oob:
-            # A <title> at the top of the answer: htmx puts it in the tab, so the tab names the state shown.
-            body = "<title>" + render_blocks(template, ("title",), context).strip() + "</title>" + body
-        if push:
-            headers["HX-Push-Url"] = push
-        return HTMLResponse(body, status_code=status, headers=headers)
-    return HTMLResponse(render_page(template, {**context, "oob": False}), status_code=status, headers=headers)
-
-
-async def built(request: Request, build: Callable[[], R], *, turns: bool = True) -> R:
-    """Run `build` as the room's scheduler admits it (app/room.py): per client and in all, in turns with
-    the other builds, stopped if the client goes away. Every request that may run the engine, or wait
-    for the live kernel (`turns=False`: it waits on the kernel, not on the interpreter), goes through
-    here."""
-    room: Room = request.app.state.room
-    return await room.run(request, build, turns=turns)
-
-
-# The htmx triggers whose request gets a different answer: the step slider keeps its own position.
-# Any other HX-Trigger (an id a client made up) is dropped from the page's key.
-OWN_TRIGGERS = frozenset({"step-slider"})
-
-
-def page_key(request: Request) -> tuple[str, ...]:
-    """The key of a page in the page cache: what the page is a function of, from the app's own
-    parameters. The origin its share links name (the configured or trusted one, never a raw Host), the
-    path under the root path, the query's parameters in sorted order, whether htmx asked for the
-    blocks, and the trigger if the app reads it. Never a raw header: a client could make every key
-    unique or huge. Computed on the event loop, so it parses nothing: the query is bounded by the URL's
-    limit, and a share code written two ways is two pages, each counted in the byte budget."""
-    params = sorted(request.query_params.multi_items())
-    partial = is_partial(request)
-    trigger = request.headers.get("HX-Trigger") or ""
-    return (
-        public_origin(request.scope),
-        base_path(request.scope),
-        request.url.path,
-        "&".join(f"{name}={value}" for name, value in params),
-        str(partial),
-        trigger if partial and trigger in OWN_TRIGGERS else "",
-    )
-
-
-async def cached(
-    request: Request,
-    pages: Lru[tuple[str, ...], tuple[bytes, dict[str, str]]],
-    build: Callable[[], HTMLResponse],
-) -> HTMLResponse:
-    """A page is a function of its URL (and whether htmx asked for the blocks): keep the last ones built,
-    so that many viewers stepping through the same scenario share the rendering. A page the cache holds
-    is answered at once, without waiting for any build."""
-    key = page_key(request)
-    hit = pages.get(key)
-    if hit is not None:
-        body, stored = hit
-        return HTMLResponse(body, headers=stored)
-    response = await built(request, build)
-    if response.status_code == 200:
-        wanted = ("vary", "hx-push-url")
-        kept = {name: value for name, value in response.headers.items() if name in wanted}
-        pages.put(key, (bytes(response.body), kept))
-    return response
-
-
 @dataclass(frozen=True, slots=True)
 class Downloads:
     """The share block's download links (its `downloads` argument): the scenario file always; in the
@@ -191,38 +94,6 @@ def absolute(request: Request, path: str) -> str:
 def slug(title: str) -> str:
     text = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
     return text[:60] or "scenario"
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The editor
-
-
-def error_location(error: ScenarioError) -> tuple[str, str]:
-    """(step index or "", field or "") of a refused scenario, for the editor's data attributes: read from
-    the error's own data, never from its wording."""
-    return ("" if error.step is None else str(error.step)), error.field
-
-
-def editor_status(text: str) -> dict[str, Any]:
-    if not text.strip():
-        return {
-            "valid": False,
-            "message": "The editor is empty: write or paste a scenario.",
-            "step": "",
-            "field": "",
-        }
-    try:
-        scenario = parse_scenario(text)
-    except ScenarioError as error:
-        step, field = error_location(error)
-        return {"valid": False, "message": str(error), "step": step, "field": field}
-    steps = len(scenario.steps)
-    slots = len(scenario.memslots)
-    summary = (
-        f"Valid: {scenario.title or 'untitled'}, {steps} step{'s' if steps != 1 else ''},"
-        f" {slots} memslot{'s' if slots != 1 else ''}."
-    )
-    return {"valid": True, "message": summary, "step": "", "field": ""}
 
 
 # ---------------------------------------------------------------------------------------------------------
