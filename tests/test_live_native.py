@@ -30,9 +30,11 @@ from live.paging import (
 )
 from live.report import availability
 from live.stats import StatsFile
+from live.tracefs import SpteSet, TablePage, TraceSession, parse, unavailable
 from live.vm import GuestTimeoutError, KvmVm
 
 UNAVAILABLE = availability()
+NO_TRACE = unavailable()
 needs_kvm = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"no usable KVM device: {UNAVAILABLE}")
 
 
@@ -178,3 +180,56 @@ def test_a_guest_that_never_ends_is_stopped_by_the_watchdog_and_leaves_nothing_b
         store(vm, SLOT_GFN)()  # the vCPU runs again after the kick
     assert set(os.listdir("/proc/self/fd")) == fds
     assert threading.active_count() == threads
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The kernel's tracepoints
+
+# Lines as this kernel's `trace` file prints them (format: events/kvmmmu/*/format's print fmt).
+TRACE_TEXT = """\
+# tracer: nop
+#
+# entries-in-buffer/entries-written: 4/4   #P:2
+py-1 [000] ...1. 9.850723: kvm_mmu_spte_requested: gfn 250 pfn 1db650 level 1
+py-1 [000] ...1. 9.850726: kvm_mmu_get_page: sp gen 0 gfn 200 l1 8-byte q0 direct wux nxe ad root 0 sync new
+py-1 [000] ...1. 9.850730: kvm_mmu_set_spte: gfn 250 spte 1db650e67 (rwxu) level 1 at 17396a280
+py-1 [000] ...1. 9.850731: kvm_mmu_prepare_zap_page: sp gen 0 gfn 0 l2 8-byte q0 wux nxe ad root 0 sync
+"""
+
+
+def test_a_trace_is_read_into_sptes_with_their_table_and_index_and_tables_created_and_zapped() -> None:
+    step = parse(TRACE_TEXT.splitlines())
+    assert step.sptes_set == (SpteSet(gfn=0x250, level=1, spte=0x1DB650E67, table=0x17396A000, index=0x50),)
+    assert step.tables_created == (TablePage(0x200, 1, True),)
+    assert step.tables_zapped == (TablePage(0, 2, False),)
+    assert step.counts["kvm_mmu_spte_requested"] == 1 and not step.overrun
+    lost = parse(["# entries-in-buffer/entries-written: 10/12   #P:2"])
+    assert lost.overrun
+
+
+def tracefs_mounts() -> int:
+    return Path("/proc/mounts").read_text().count(" tracefs ")
+
+
+@needs_kvm
+@needs_thp
+@pytest.mark.skipif(NO_TRACE is not None, reason=f"no kvmmmu tracepoints: {NO_TRACE}")
+def test_the_kernel_s_own_sptes_show_the_2m_spte_kept_at_enable_and_one_4k_spte_at_the_first_write() -> None:
+    mounts = tracefs_mounts()
+    with TraceSession() as trace, native_vm() as vm:
+        trace.take()
+        store(vm, SLOT_GFN)()
+        first = trace.take()
+        vm.set_logging(1, True)
+        enable = trace.take()
+        store(vm, SLOT_GFN + 0x50)()
+        write = trace.take()
+        instance = trace.instance
+    huge = [(s.gfn, s.level, bool(s.spte & 0x2)) for s in first.sptes_set if s.gfn == SLOT_GFN]
+    assert huge == [(SLOT_GFN, 2, True)]
+    assert enable.sptes_set == () and enable.tables_zapped == ()  # neither split nor zapped
+    assert [(s.gfn, s.level, bool(s.spte & 0x2)) for s in write.sptes_set] == [(SLOT_GFN + 0x50, 1, True)]
+    assert write.sptes_set[0].index == 0x50
+    assert write.tables_created == (TablePage(SLOT_GFN, 1, True),)  # the direct table under the 2M spte
+    assert instance is not None and not instance.exists()
+    assert tracefs_mounts() == mounts
