@@ -59,6 +59,13 @@ class GuestPageTables:
     pages: tuple[bytes, ...]
     large: int
     small: int
+    spans: dict[int, tuple[int, int, int]]  # table gfn -> (level, first gfn, end gfn) it maps
+
+    def span(self, gfn: int, level: int) -> tuple[int, int] | None:
+        """What the guest table at `gfn` maps, if it is one of these tables and at `level`: the span of a
+        shadow page that shadows it (`live.kernel_tables`)."""
+        found = self.spans.get(gfn)
+        return (found[1], found[2]) if found is not None and found[0] == level else None
 
     @property
     def cr3(self) -> int:
@@ -112,7 +119,11 @@ class _Builder:
                 frame = number[target] if isinstance(target, tuple) else target
                 struct.pack_into("<Q", page, index * 8, frame << PAGE_SHIFT | bits)
             pages.append(bytes(page))
-        return GuestPageTables(base_gfn, tuple(pages), self.large, self.small)
+        spans = {
+            number[key]: (key[0], key[1] << (LEVEL_BITS * key[0]), (key[1] + 1) << (LEVEL_BITS * key[0]))
+            for key in self.order
+        }
+        return GuestPageTables(base_gfn, tuple(pages), self.large, self.small, spans)
 
 
 def table_pages(ranges: Iterable[MappedRange]) -> int:

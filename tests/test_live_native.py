@@ -91,6 +91,10 @@ def test_the_identity_map_uses_2m_pages_exactly_where_a_slot_holds_an_aligned_bl
     assert walk(tables, 0x60F) == (1, 0x60F)
     assert tables.cr3 == 0x9000 << 12
     assert table_pages([MappedRange(0x1F0, 0x420, True)]) == len(tables.pages) == 5  # PML4 PDPT PD 2×PT
+    # The page directory (third table) maps the first GiB; the first page table gfns 0x000-0x1ff.
+    assert tables.span(0x9002, 2) == (0, 0x40000)
+    assert tables.span(0x9003, 1) == (0, 0x200)
+    assert tables.span(0x9003, 2) is None and tables.span(0x8FFF, 1) is None
 
 
 def test_a_slot_on_4k_host_pages_is_mapped_with_4k_guest_pages_only() -> None:
