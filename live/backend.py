@@ -58,13 +58,13 @@ from engine.scenario import (
 )
 from live.guest_code import access_program
 from live.stats import Snapshot, VmStats
+from live.syscalls import KvmError
 from live.vm import (
     DIRTY_LOG_MODES,
     RESERVED_END_GFN,
     RESERVED_FIRST_GFN,
     RING_ENTRIES,
     X86_USER_MEM_SLOTS,
-    KvmError,
     KvmVm,
 )
 

@@ -1,4 +1,4 @@
-"""The guest program a scenario's access step becomes: x86 machine code for 32-bit protected mode.
+"""The guest program a scenario's access step becomes: x86 machine code, for either of the live VM's guests.
 
 The guest runs with paging off and flat 4 GiB segments (the VM sets them through KVM_SET_SREGS), so an
 address the code uses is a guest-physical address and gfn `g` is at `g << 12`. A step
@@ -15,7 +15,14 @@ address the code uses is a guest-physical address and gfn `g` is at `g << 12`. A
     hlt                     F4
 
 so the accesses happen in the scenario's order, one per page, and the vCPU exits to userspace with
-KVM_EXIT_HLT when they are done. The encodings are written out by hand by the small assembler below
+KVM_EXIT_HLT when they are done.
+
+The native guest (`live.paging`) runs the same loop in 64-bit mode, under page tables that map every gfn
+to itself. Two instructions change: `dec ecx` is `FF C9` (48+r is a REX prefix in 64-bit mode), and the
+program ends with `out 0xe9, al` (`E6 E9`), which stops the vCPU with KVM_EXIT_IO: a natively running
+guest's hlt is emulated and the guest carries on, so it cannot end a run. The 32-bit moves and adds
+zero-extend into the 64-bit registers, and every address is below 4 GiB, so the rest is byte for byte
+the same. The encodings are written out by hand by the small assembler below
 (`Assembler`), which knows exactly the instructions above: register-immediate moves and adds, a load and
 a store through a base register, dec, a conditional jump back to a label, and hlt.
 """
@@ -53,9 +60,11 @@ def _modrm(mod: int, reg: int, rm: int) -> int:
 
 
 class Assembler:
-    """Emits 32-bit code (operand and address size 32, as a code segment with D=1 runs it)."""
+    """Emits 32-bit code (operand and address size 32, as a code segment with D=1 runs it), or with
+    `long_mode` the same instructions for a 64-bit code segment (L=1)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, long_mode: bool = False) -> None:
+        self.long_mode = long_mode
         self.code = bytearray()
         self.labels: dict[str, int] = {}
 
@@ -87,8 +96,12 @@ class Assembler:
         self._indirect(0x8B, dst, base)
 
     def dec(self, reg: Reg) -> None:
-        """dec r32: 48+r (the one-byte form, which 32-bit mode has)."""
-        self.code += bytes([0x48 + reg])
+        """dec r32: 48+r (the one-byte form, which 32-bit mode has), or FF /1 in 64-bit mode, where 48+r
+        is a REX prefix."""
+        if self.long_mode:
+            self.code += bytes([0xFF, _modrm(0b11, 1, reg)])
+        else:
+            self.code += bytes([0x48 + reg])
 
     def jnz(self, label: str) -> None:
         """jnz to an already defined label: 75 rel8 when the distance fits, else 0F 85 rel32."""
@@ -103,12 +116,23 @@ class Assembler:
         """hlt: F4."""
         self.code.append(0xF4)
 
+    def out_al(self, port: int) -> None:
+        """out imm8, al: E6 ib. A port no device claims: KVM_EXIT_IO to userspace."""
+        if not 0 <= port <= 0xFF:
+            raise ValueError(f"port {port:#x} does not fit in a byte")
+        self.code += bytes([0xE6, port])
+
     def bytes(self) -> bytes:
         return bytes(self.code)
 
 
-def access_program(gfn: int, count: int, stride: int, write: bool) -> bytes:
-    """The code for `count` reads or writes at gfn, gfn + stride, ..., one 32-bit access per page, then hlt.
+# The port the native guest's program ends on.
+DONE_PORT = 0xE9
+
+
+def access_program(gfn: int, count: int, stride: int, write: bool, *, native: bool = False) -> bytes:
+    """The code for `count` reads or writes at gfn, gfn + stride, ..., one 32-bit access per page, then hlt
+    (or, `native`, the 64-bit program that ends with `out DONE_PORT, al`).
 
     Every address must be below 4 GiB (the guest's addresses are 32 bits); a one-access step ignores the
     stride.
@@ -119,7 +143,7 @@ def access_program(gfn: int, count: int, stride: int, write: bool) -> bytes:
     last = gfn + (count - 1) * step
     if gfn < 0 or step < 0 or last >= 1 << (32 - PAGE_SHIFT):
         raise ValueError(f"gfns {gfn:#x}..{last:#x} are not all below 4 GiB")
-    asm = Assembler()
+    asm = Assembler(long_mode=native)
     asm.mov_imm(Reg.ESI, gfn << PAGE_SHIFT)
     asm.mov_imm(Reg.ECX, count)
     asm.mov_imm(Reg.EAX, STORE_VALUE)
@@ -131,5 +155,8 @@ def access_program(gfn: int, count: int, stride: int, write: bool) -> bytes:
     asm.add_imm(Reg.ESI, step << PAGE_SHIFT)
     asm.dec(Reg.ECX)
     asm.jnz("again")
-    asm.hlt()
+    if native:
+        asm.out_al(DONE_PORT)
+    else:
+        asm.hlt()
     return asm.bytes()

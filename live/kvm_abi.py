@@ -189,6 +189,59 @@ class KvmEnableCap(ctypes.Structure):
     )
 
 
+class KvmCpuidEntry2(ctypes.Structure):
+    """struct kvm_cpuid_entry2: one CPUID leaf (function, index) and the registers it returns."""
+
+    _fields_ = (
+        ("function", ctypes.c_uint32),
+        ("index", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("eax", ctypes.c_uint32),
+        ("ebx", ctypes.c_uint32),
+        ("ecx", ctypes.c_uint32),
+        ("edx", ctypes.c_uint32),
+        ("padding", ctypes.c_uint32 * 3),
+    )
+
+
+class KvmCpuid2Header(ctypes.Structure):
+    """struct kvm_cpuid2 without its flexible array of entries: what the ioctl number is sized by."""
+
+    _fields_ = (("nent", ctypes.c_uint32), ("padding", ctypes.c_uint32))
+
+
+# How many CPUID leaves a buffer holds: the supported list of a 6.x kernel is about 75 leaves.
+CPUID_ENTRIES = 256
+
+
+class KvmCpuid2(ctypes.Structure):
+    """struct kvm_cpuid2 with room for CPUID_ENTRIES leaves (KVM_GET_SUPPORTED_CPUID, KVM_SET_CPUID2)."""
+
+    _fields_ = (
+        ("nent", ctypes.c_uint32),
+        ("padding", ctypes.c_uint32),
+        ("entries", KvmCpuidEntry2 * CPUID_ENTRIES),
+    )
+
+
+class KvmMsrEntry(ctypes.Structure):
+    """struct kvm_msr_entry."""
+
+    _fields_ = (("index", ctypes.c_uint32), ("reserved", ctypes.c_uint32), ("data", ctypes.c_uint64))
+
+
+class KvmMsrsHeader(ctypes.Structure):
+    """struct kvm_msrs without its entries: what the ioctl number is sized by."""
+
+    _fields_ = (("nmsrs", ctypes.c_uint32), ("pad", ctypes.c_uint32))
+
+
+class KvmMsrs1(ctypes.Structure):
+    """struct kvm_msrs holding one MSR (KVM_SET_MSRS returns how many of them it set)."""
+
+    _fields_ = (("nmsrs", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("entries", KvmMsrEntry * 1))
+
+
 class KvmRunHeader(ctypes.Structure):
     """The start of struct kvm_run (the vCPU's shared page), up to the exit-reason union at offset 32."""
 
@@ -342,11 +395,15 @@ KVM_CLEAR_DIRTY_LOG = _iowr(KVMIO, 0xC0, KvmClearDirtyLog)
 KVM_RESET_DIRTY_RINGS = _io(KVMIO, 0xC7)
 KVM_GET_STATS_FD = _io(KVMIO, 0xCE)  # on a VM or a vCPU fd: returns a read-only fd of its statistics
 
+KVM_GET_SUPPORTED_CPUID = _iowr(KVMIO, 0x05, KvmCpuid2Header)
+
 KVM_RUN = _io(KVMIO, 0x80)
 KVM_GET_REGS = _ior(KVMIO, 0x81, KvmRegs)
 KVM_SET_REGS = _iow(KVMIO, 0x82, KvmRegs)
 KVM_GET_SREGS = _ior(KVMIO, 0x83, KvmSregs)
 KVM_SET_SREGS = _iow(KVMIO, 0x84, KvmSregs)
+KVM_SET_MSRS = _iow(KVMIO, 0x89, KvmMsrsHeader)
+KVM_SET_CPUID2 = _iow(KVMIO, 0x90, KvmCpuid2Header)
 
 # ---------------------------------------------------------------------------------------------------------
 # Memslot flags, capabilities, exit reasons
@@ -418,6 +475,10 @@ _SIZES: dict[type[ctypes.Structure], int] = {
     KvmDirtyLog: 16,
     KvmClearDirtyLog: 24,
     KvmEnableCap: 104,
+    KvmCpuidEntry2: 40,
+    KvmCpuid2Header: 8,
+    KvmMsrEntry: 16,
+    KvmMsrsHeader: 8,
     KvmRunHeader: 32,
     KvmDirtyGfn: 16,
     KvmStatsHeader: 24,

@@ -25,7 +25,8 @@ from engine.scenario import Scenario
 from engine.simulation import GuestExecution, Simulation
 from live.backend import KernelRun, UnsupportedScenarioError, refusal, run_with_stats
 from live.execution import Verdict, judge
-from live.vm import RING_ENTRIES, GuestExitError, KvmError, probe
+from live.syscalls import KvmError
+from live.vm import RING_ENTRIES, GuestExitError, probe
 
 REAL_FORMAT = "sptelab-real"
 REAL_VERSION = 1

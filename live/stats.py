@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from live import kvm_abi as abi
-from live.vm import KvmError, KvmVm, stats_fd
+from live.syscalls import KvmError
+from live.vm import KvmVm, stats_fd
 
 # Bounds on what a stats header may claim, so that a malformed one cannot make us allocate gigabytes.
 MAX_DESCRIPTORS = 1 << 12

@@ -25,13 +25,30 @@ The dirty-log modes:
 from __future__ import annotations
 
 import ctypes
-import errno
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 
 from live import kvm_abi as abi
+from live.guest_code import DONE_PORT
+from live.longmode import enter_long_mode, register_pvm_page, supported_cpuid
+from live.paging import MappedRange, identity_map, table_pages
+from live.syscalls import (
+    MAP_ANONYMOUS,
+    MAP_NORESERVE,
+    MAP_PRIVATE,
+    MAP_SHARED,
+    PROT_READ,
+    PROT_WRITE,
+    KvmError,
+    ioctl,
+    kvm_run,
+    madvise_hugepage,
+    mmap,
+    munmap,
+)
+from live.watchdog import Watchdog
 
 DEFAULT_DEVICE = "/dev/kvm"
 DEVICE_ENV = "SPTELAB_KVM_DEVICE"
@@ -56,14 +73,6 @@ DIRTY_LOG_MODES = ("bitmap", "manual_clear", "initially_set", "ring")
 # Dirty-ring size in entries (16 bytes each): a power of two, the largest the kernel's ABI allows.
 RING_ENTRIES = 65536
 
-PROT_READ = 0x1
-PROT_WRITE = 0x2
-MAP_SHARED = 0x01
-MAP_PRIVATE = 0x02
-MAP_ANONYMOUS = 0x20
-MAP_NORESERVE = 0x4000
-MAP_FAILED = ctypes.c_void_p(-1).value
-
 # Control-register bits the vCPU setup touches.
 CR0_PE = 1 << 0
 CR0_NW = 1 << 29
@@ -71,82 +80,31 @@ CR0_CD = 1 << 30
 RFLAGS_RESERVED = 1 << 1
 
 
-class KvmError(OSError):
-    """A /dev/kvm operation that failed; str() is one line naming the operation and the errno text."""
-
-    def __str__(self) -> str:
-        return str(self.strerror)
-
-
 class GuestExitError(RuntimeError):
-    """The guest stopped for a reason other than hlt."""
+    """The guest stopped for a reason other than the end of its program."""
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.ioctl.restype = ctypes.c_int
-_libc.ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)
-_libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = (
-    ctypes.c_void_p,
-    ctypes.c_size_t,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_long,
-)
-_libc.munmap.restype = ctypes.c_int
-_libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+class GuestTimeoutError(GuestExitError):
+    """The guest was still running when its KVM_RUN's budget ran out, and the watchdog stopped it."""
 
 
-def _ioctl(fd: int, request: int, arg: int | ctypes.Structure | ctypes.Array[ctypes.c_char] = 0) -> int:
-    """ioctl(2): an int argument is passed as a pointer-sized value, a structure by address. Retries on
-    EINTR; raises KvmError (with the request's name when known) on failure."""
-    pointer = ctypes.addressof(arg) if not isinstance(arg, int) else arg
-    while True:
-        result = int(_libc.ioctl(fd, request, ctypes.c_void_p(pointer)))
-        if result >= 0:
-            return result
-        code = ctypes.get_errno()
-        if code != errno.EINTR:
-            raise KvmError(code, f"{_REQUEST_NAMES.get(request, hex(request))}: {os.strerror(code)}")
+# How long one KVM_RUN may take: the longest access step the backend accepts (a million accesses,
+# emulated at a few µs each, or each the first touch of a host page) takes a few seconds.
+RUN_TIMEOUT_S = 20.0
 
+# Host memory for a slot whose host pages are 2M or larger is aligned to 2 MiB, as its guest addresses
+# are, so that transparent huge pages can back it and a large spte can map it.
+HUGE_ALIGN = 2 << 20
 
-_REQUEST_NAMES: dict[int, str] = {
-    getattr(abi, name): name
-    for name in (
-        "KVM_GET_API_VERSION",
-        "KVM_CREATE_VM",
-        "KVM_CHECK_EXTENSION",
-        "KVM_GET_VCPU_MMAP_SIZE",
-        "KVM_CREATE_VCPU",
-        "KVM_GET_DIRTY_LOG",
-        "KVM_SET_USER_MEMORY_REGION",
-        "KVM_SET_TSS_ADDR",
-        "KVM_SET_IDENTITY_MAP_ADDR",
-        "KVM_ENABLE_CAP",
-        "KVM_CLEAR_DIRTY_LOG",
-        "KVM_RESET_DIRTY_RINGS",
-        "KVM_GET_STATS_FD",
-        "KVM_RUN",
-        "KVM_GET_REGS",
-        "KVM_SET_REGS",
-        "KVM_GET_SREGS",
-        "KVM_SET_SREGS",
-    )
-}
-
-
-def _mmap(size: int, prot: int, flags: int, fd: int = -1, offset: int = 0) -> int:
-    address = _libc.mmap(None, size, prot, flags, fd, offset)
-    if address is None or address == MAP_FAILED:
-        code = ctypes.get_errno()
-        raise KvmError(code, f"mmap of {size} bytes: {os.strerror(code)}")
-    return int(address)
+# The system slot of the native guest: its code page, the page registered with the PVM MSR, and the
+# guest's page tables; room for the tables that map the system slot itself is kept on top.
+SYSTEM_FIXED_PAGES = 2
+SYSTEM_SLACK_PAGES = 3
 
 
 def stats_fd(fd: int) -> int:
     """KVM_GET_STATS_FD on a VM or vCPU fd: a new read-only fd of its binary statistics (see live.stats)."""
-    return _ioctl(fd, abi.KVM_GET_STATS_FD)
+    return ioctl(fd, abi.KVM_GET_STATS_FD)
 
 
 def device_path(device: str | None = None) -> str:
@@ -162,10 +120,10 @@ def probe(device: str | None = None) -> str | None:
     except OSError as error:
         return f"cannot open {path}: {error.strerror or error}"
     try:
-        version = _ioctl(fd, abi.KVM_GET_API_VERSION)
+        version = ioctl(fd, abi.KVM_GET_API_VERSION)
         if version != abi.KVM_API_VERSION:
             return f"{path} speaks KVM API version {version}, not {abi.KVM_API_VERSION}"
-        os.close(_ioctl(fd, abi.KVM_CREATE_VM, 0))
+        os.close(ioctl(fd, abi.KVM_CREATE_VM, 0))
     except KvmError as error:
         return f"{path}: {error.strerror}"
     finally:
@@ -182,6 +140,8 @@ class GuestSlot:
     npages: int
     address: int  # userspace address of the backing memory
     flags: int = 0
+    huge: bool = False  # backed by transparent huge pages where the host has them
+    mapping: tuple[int, int] = (0, 0)  # (address, size) of the whole mmap, alignment included
 
     @property
     def size(self) -> int:
@@ -218,7 +178,15 @@ def _set_bits(bitmap: bytes, base_gfn: int) -> Iterator[int]:
 class KvmVm:
     """One VM with `vcpus` vCPUs in the given dirty-log mode. Use as a context manager."""
 
-    def __init__(self, vcpus: int, *, dirty_log_mode: str = "bitmap", device: str | None = None) -> None:
+    def __init__(
+        self,
+        vcpus: int,
+        *,
+        dirty_log_mode: str = "bitmap",
+        device: str | None = None,
+        native: bool = False,
+        run_timeout: float = RUN_TIMEOUT_S,
+    ) -> None:
         if dirty_log_mode not in DIRTY_LOG_MODES:
             raise ValueError(
                 f"unknown dirty-log mode {dirty_log_mode!r} (known: {', '.join(DIRTY_LOG_MODES)})"
@@ -230,7 +198,13 @@ class KvmVm:
         self.slots: dict[int, GuestSlot] = {}
         self.vcpus: list[Vcpu] = []
         self.code_slot: GuestSlot | None = None
+        # native: 64-bit mode with paging (live.paging, live.longmode), set up by boot_native; else
+        # 32-bit protected mode with paging off, from the vCPUs' creation on.
+        self.native = native
+        self.pvm_registered = False
+        self.run_timeout = run_timeout
         self._closed = False
+        self._watchdog: Watchdog | None = None
         try:
             self._open(vcpus)
         except BaseException:
@@ -246,12 +220,12 @@ class KvmVm:
             raise KvmError(
                 error.errno or 0, f"cannot open {self.device}: {error.strerror or error}"
             ) from None
-        version = _ioctl(self.kvm_fd, abi.KVM_GET_API_VERSION)
+        version = ioctl(self.kvm_fd, abi.KVM_GET_API_VERSION)
         if version != abi.KVM_API_VERSION:
             raise KvmError(0, f"{self.device} speaks KVM API version {version}, not {abi.KVM_API_VERSION}")
-        self.vm_fd = _ioctl(self.kvm_fd, abi.KVM_CREATE_VM, 0)
+        self.vm_fd = ioctl(self.kvm_fd, abi.KVM_CREATE_VM, 0)
         if self.check_extension(abi.KVM_CAP_SET_TSS_ADDR):
-            _ioctl(self.vm_fd, abi.KVM_SET_TSS_ADDR, TSS_ADDR)
+            ioctl(self.vm_fd, abi.KVM_SET_TSS_ADDR, TSS_ADDR)
         if self.mode in ("manual_clear", "initially_set"):
             options = abi.KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE
             if self.mode == "initially_set":
@@ -265,19 +239,19 @@ class KvmVm:
         limit = self.check_extension(abi.KVM_CAP_MAX_VCPUS) or self.check_extension(abi.KVM_CAP_NR_VCPUS)
         if vcpus > max(limit, 1):
             raise KvmError(0, f"this kernel allows {limit} vCPUs per VM, not {vcpus}")
-        mmap_size = _ioctl(self.kvm_fd, abi.KVM_GET_VCPU_MMAP_SIZE)
+        mmap_size = ioctl(self.kvm_fd, abi.KVM_GET_VCPU_MMAP_SIZE)
         for index in range(vcpus):
             self._create_vcpu(index, mmap_size)
 
     def check_extension(self, cap: int) -> int:
         """KVM_CHECK_EXTENSION asked of this VM: 0 when absent, else a positive value (often a limit)."""
-        return _ioctl(self.vm_fd, abi.KVM_CHECK_EXTENSION, cap)
+        return ioctl(self.vm_fd, abi.KVM_CHECK_EXTENSION, cap)
 
     def _enable_cap(self, cap: int, *args: int) -> None:
         request = abi.KvmEnableCap(cap=cap)
         for index, value in enumerate(args):
             request.args[index] = value
-        _ioctl(self.vm_fd, abi.KVM_ENABLE_CAP, request)
+        ioctl(self.vm_fd, abi.KVM_ENABLE_CAP, request)
 
     def _enable_ring(self) -> None:
         # The acquire/release form is the one every architecture has; x86 has both. Either must be on before
@@ -290,25 +264,26 @@ class KvmVm:
         raise KvmError(0, f"this kernel offers no dirty ring of {RING_ENTRIES} entries")
 
     def _create_vcpu(self, index: int, mmap_size: int) -> None:
-        fd = _ioctl(self.vm_fd, abi.KVM_CREATE_VCPU, index)
+        fd = ioctl(self.vm_fd, abi.KVM_CREATE_VCPU, index)
         vcpu = Vcpu(fd=fd, run_address=0, run_size=mmap_size)
         self.vcpus.append(vcpu)  # owned from here on, so that close() releases it if the rest fails
-        vcpu.run_address = _mmap(mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd)
+        vcpu.run_address = mmap(mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd)
         if self.mode == "ring":
-            vcpu.ring_address = _mmap(
+            vcpu.ring_address = mmap(
                 RING_ENTRIES * ctypes.sizeof(abi.KvmDirtyGfn),
                 PROT_READ | PROT_WRITE,
                 MAP_SHARED,
                 fd,
                 abi.KVM_DIRTY_LOG_PAGE_OFFSET * PAGE_SIZE,
             )
-        self._protected_mode(vcpu)
+        if not self.native:
+            self._protected_mode(vcpu)
 
     def _protected_mode(self, vcpu: Vcpu) -> None:
         """32-bit protected mode, paging off, flat code and data segments (no GDT needed: the hidden parts
         of the segment registers are what the CPU uses)."""
         sregs = abi.KvmSregs()
-        _ioctl(vcpu.fd, abi.KVM_GET_SREGS, sregs)
+        ioctl(vcpu.fd, abi.KVM_GET_SREGS, sregs)
         code = abi.KvmSegment(
             base=0, limit=0xFFFFFFFF, selector=0x08, type=0xB, present=1, dpl=0, db=1, s=1, l=0, g=1
         )
@@ -320,15 +295,29 @@ class KvmVm:
         sregs.cr0 = (sregs.cr0 | CR0_PE) & ~(CR0_CD | CR0_NW)
         sregs.cr4 = 0
         sregs.efer = 0
-        _ioctl(vcpu.fd, abi.KVM_SET_SREGS, sregs)
+        ioctl(vcpu.fd, abi.KVM_SET_SREGS, sregs)
 
-    def add_slot(self, slot_id: int, base_gfn: int, npages: int) -> GuestSlot:
-        """Register a memslot of anonymous memory, not logged."""
+    def add_slot(self, slot_id: int, base_gfn: int, npages: int, *, huge: bool = False) -> GuestSlot:
+        """Register a memslot of anonymous memory, not logged. `huge`: aligned as its guest addresses are
+        to 2 MiB and offered to transparent huge pages, so that the kernel can map it with large sptes."""
         if slot_id in self.slots:
             raise ValueError(f"slot {slot_id} exists already")
         size = npages << PAGE_SHIFT
-        address = _mmap(size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE)
-        slot = GuestSlot(slot_id=slot_id, base_gfn=base_gfn, npages=npages, address=address)
+        extra = HUGE_ALIGN if huge else 0
+        start = mmap(size + extra, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE)
+        address = start
+        if huge:
+            # The first address past `start` congruent to the slot's guest address modulo 2 MiB.
+            address = start + ((base_gfn << PAGE_SHIFT) - start) % HUGE_ALIGN
+            huge = madvise_hugepage(start, size + extra)
+        slot = GuestSlot(
+            slot_id=slot_id,
+            base_gfn=base_gfn,
+            npages=npages,
+            address=address,
+            huge=huge,
+            mapping=(start, size + extra),
+        )
         self.slots[slot_id] = slot
         self._set_region(slot)
         return slot
@@ -341,11 +330,38 @@ class KvmVm:
             memory_size=slot.size,
             userspace_addr=slot.address,
         )
-        _ioctl(self.vm_fd, abi.KVM_SET_USER_MEMORY_REGION, region)
+        ioctl(self.vm_fd, abi.KVM_SET_USER_MEMORY_REGION, region)
 
     def add_code_slot(self, slot_id: int, gfn: int) -> None:
         """The one page the guest code runs from (never logged)."""
         self.code_slot = self.add_slot(slot_id, gfn, 1)
+
+    def system_pages(self) -> int:
+        """How many pages `boot_native`'s system slot needs for the slots added so far."""
+        ranges = [MappedRange(s.base_gfn, s.npages, s.huge) for s in self.slots.values()]
+        return SYSTEM_FIXED_PAGES + table_pages(ranges) + SYSTEM_SLACK_PAGES
+
+    def boot_native(self, slot_id: int, base_gfn: int) -> None:
+        """Add the system slot at `base_gfn` (`system_pages()` pages that no slot holds): the code page,
+        the PVM page and page tables mapping every slot, itself included, to itself; then put every vCPU
+        in 64-bit mode on those tables and register the PVM page where the kernel has the MSR."""
+        if not self.native:
+            raise ValueError("boot_native is for a VM created with native=True")
+        npages = self.system_pages()
+        ranges = [MappedRange(s.base_gfn, s.npages, s.huge) for s in self.slots.values()]
+        ranges.append(MappedRange(base_gfn, npages, False))
+        tables = identity_map(ranges, base_gfn + SYSTEM_FIXED_PAGES)
+        if SYSTEM_FIXED_PAGES + len(tables.pages) > npages:
+            raise AssertionError("the system slot is too small for the tables that map it")
+        self.code_slot = system = self.add_slot(slot_id, base_gfn, npages)
+        for position, page in enumerate(tables.pages):
+            ctypes.memmove(system.address + (SYSTEM_FIXED_PAGES + position) * PAGE_SIZE, page, PAGE_SIZE)
+        cpuid = supported_cpuid(self.kvm_fd)
+        pvm_page = (base_gfn + 1) << PAGE_SHIFT
+        self.pvm_registered = True
+        for vcpu in self.vcpus:
+            enter_long_mode(vcpu.fd, cpuid, tables.cr3)
+            self.pvm_registered &= register_pvm_page(vcpu.fd, pvm_page)
 
     # -- dirty logging -----------------------------------------------------------------------------------
 
@@ -363,7 +379,7 @@ class KvmVm:
         slot = self.slots[slot_id]
         bitmap = ctypes.create_string_buffer(_bitmap_bytes(slot.npages))
         request = abi.KvmDirtyLog(slot=slot_id, dirty_bitmap=ctypes.addressof(bitmap))
-        _ioctl(self.vm_fd, abi.KVM_GET_DIRTY_LOG, request)
+        ioctl(self.vm_fd, abi.KVM_GET_DIRTY_LOG, request)
         return list(_set_bits(bitmap.raw, slot.base_gfn))
 
     def clear_dirty_log(self, slot_id: int, first: int, num: int, gfns: Iterable[int] | None = None) -> None:
@@ -383,7 +399,7 @@ class KvmVm:
         request = abi.KvmClearDirtyLog(
             slot=slot_id, num_pages=num, first_page=first, dirty_bitmap=ctypes.addressof(bitmap)
         )
-        _ioctl(self.vm_fd, abi.KVM_CLEAR_DIRTY_LOG, request)
+        ioctl(self.vm_fd, abi.KVM_CLEAR_DIRTY_LOG, request)
 
     def harvest_rings(self) -> list[tuple[int, int]]:
         """Collect every vCPU's published ring entries in order, marking each collected: (slot, gfn).
@@ -409,15 +425,17 @@ class KvmVm:
 
     def reset_rings(self) -> int:
         """KVM_RESET_DIRTY_RINGS: re-protect the collected pages; returns how many entries were reset."""
-        return _ioctl(self.vm_fd, abi.KVM_RESET_DIRTY_RINGS)
+        return ioctl(self.vm_fd, abi.KVM_RESET_DIRTY_RINGS)
 
     # -- running the guest -------------------------------------------------------------------------------
 
     def run_code(self, vcpu_index: int, code: bytes) -> None:
-        """Load `code` into the code page and run it on the vCPU from its first byte until it halts.
+        """Load `code` into the code page and run it on the vCPU from its first byte until it halts (the
+        native guest: until its `out` to DONE_PORT).
 
-        Any exit but hlt raises GuestExitError, KVM_EXIT_DIRTY_RING_FULL included: a caller keeps the
-        writes between two harvests well below the ring's size instead (see `live.backend`).
+        Any other exit raises GuestExitError, KVM_EXIT_DIRTY_RING_FULL included: a caller keeps the
+        writes between two harvests well below the ring's size instead (see `live.backend`). A run still
+        going after `run_timeout` seconds is stopped by the watchdog: GuestTimeoutError.
         """
         if self.code_slot is None:
             raise ValueError("the VM has no code page (add_code_slot)")
@@ -426,23 +444,49 @@ class KvmVm:
         ctypes.memmove(self.code_slot.address, code, len(code))
         vcpu = self.vcpus[vcpu_index]
         regs = abi.KvmRegs()
-        _ioctl(vcpu.fd, abi.KVM_GET_REGS, regs)
+        ioctl(vcpu.fd, abi.KVM_GET_REGS, regs)
         regs.rip = self.code_slot.base_gfn << PAGE_SHIFT
         regs.rflags = RFLAGS_RESERVED
-        _ioctl(vcpu.fd, abi.KVM_SET_REGS, regs)
+        ioctl(vcpu.fd, abi.KVM_SET_REGS, regs)
         run = abi.KvmRunHeader.from_address(vcpu.run_address)
-        while True:
-            _ioctl(vcpu.fd, abi.KVM_RUN)
-            reason = run.exit_reason
-            if reason == abi.KVM_EXIT_HLT:
-                return
-            if reason != abi.KVM_EXIT_INTR:
-                raise GuestExitError(self._exit_text(vcpu_index, vcpu, reason))
+        if self._watchdog is None:
+            self._watchdog = Watchdog()
+        watchdog = self._watchdog
+        immediate_exit = vcpu.run_address + abi.KvmRunHeader.immediate_exit.offset
+        run.immediate_exit = 0
+        watchdog.arm(immediate_exit, self.run_timeout)
+        try:
+            while True:
+                interrupted = kvm_run(vcpu.fd)
+                if watchdog.fired:
+                    raise GuestTimeoutError(
+                        f"vCPU {vcpu_index} was still running after {self.run_timeout:g} s; stopped"
+                    )
+                if interrupted:
+                    continue  # another signal: the guest carries on
+                reason = run.exit_reason
+                if self._finished(vcpu, reason):
+                    return
+                if reason != abi.KVM_EXIT_INTR:
+                    raise GuestExitError(self._exit_text(vcpu_index, vcpu, reason))
+        finally:
+            watchdog.disarm()
+            run.immediate_exit = 0
+
+    def _finished(self, vcpu: Vcpu, reason: int) -> bool:
+        """Whether the exit is the end of the guest's program: hlt, or the native guest's `out`."""
+        if not self.native:
+            return reason == abi.KVM_EXIT_HLT
+        if reason != abi.KVM_EXIT_IO:
+            return False
+        io = abi.KvmRunIo.from_address(vcpu.run_address + abi.KVM_RUN_EXIT_UNION_OFFSET)
+        return bool(io.port == DONE_PORT)
 
     def _exit_text(self, index: int, vcpu: Vcpu, reason: int) -> str:
         """What stopped the guest, in one line."""
         union = vcpu.run_address + abi.KVM_RUN_EXIT_UNION_OFFSET
-        text = f"vCPU {index} stopped with {abi.exit_reason_name(reason)} instead of hlt"
+        end = f"out {DONE_PORT:#x}" if self.native else "hlt"
+        text = f"vCPU {index} stopped with {abi.exit_reason_name(reason)} instead of {end}"
         if reason == abi.KVM_EXIT_MMIO:
             mmio = abi.KvmRunMmio.from_address(union)
             kind = "write" if mmio.is_write else "read"
@@ -460,7 +504,7 @@ class KvmVm:
             text += f": its dirty ring ({RING_ENTRIES} entries) is full"
         regs = abi.KvmRegs()
         try:
-            _ioctl(vcpu.fd, abi.KVM_GET_REGS, regs)
+            ioctl(vcpu.fd, abi.KVM_GET_REGS, regs)
             text += f" (rip {regs.rip:#x})"
         except KvmError:
             pass
@@ -473,11 +517,14 @@ class KvmVm:
         if self._closed:
             return
         self._closed = True
+        if self._watchdog is not None:
+            self._watchdog.close()
+            self._watchdog = None
         for vcpu in self.vcpus:
             if vcpu.ring_address:
-                _libc.munmap(vcpu.ring_address, RING_ENTRIES * ctypes.sizeof(abi.KvmDirtyGfn))
+                munmap(vcpu.ring_address, RING_ENTRIES * ctypes.sizeof(abi.KvmDirtyGfn))
             if vcpu.run_address:
-                _libc.munmap(vcpu.run_address, vcpu.run_size)
+                munmap(vcpu.run_address, vcpu.run_size)
             os.close(vcpu.fd)
         self.vcpus = []
         # The VM holds references to the slots' memory until its fd is closed; unmap after that.
@@ -485,7 +532,7 @@ class KvmVm:
             os.close(self.vm_fd)
             self.vm_fd = -1
         for slot in self.slots.values():
-            _libc.munmap(slot.address, slot.size)
+            munmap(*slot.mapping)
         self.slots = {}
         self.code_slot = None
         if self.kvm_fd >= 0:

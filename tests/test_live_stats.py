@@ -23,7 +23,8 @@ from live.execution import HEADLINES, judge
 from live.guest_code import access_program
 from live.report import availability, engine_dirty_logs, oracle_dirty_logs
 from live.stats import Snapshot, StatsFile, VmStats, parse_descriptors
-from live.vm import KvmError, KvmVm
+from live.syscalls import KvmError
+from live.vm import KvmVm
 from scenarios import load_builtin_text
 
 UNAVAILABLE = availability()

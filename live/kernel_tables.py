@@ -1,0 +1,86 @@
+"""The kernel's own page tables, rebuilt from its tracepoints step by step.
+
+Every `kvm_mmu_set_spte` names the spte's address; its page is the table the spte sits in. Grouping the
+leaves the kernel set by that page gives the kernel's tables as they are in its memory, each with the
+level of its leaves and the gfns they map, which the page draws beside the model's tree.
+
+A table the kernel zaps (`kvm_mmu_prepare_zap_page`) is named by its shadow page's gfn and level, not
+by its address; a direct table at level L for gfn G holds the leaves of gfns G .. G + 512^L - 1 at
+level L, and an indirect one (shadow paging) holds those of the guest table at G, which only whoever
+built the guest's tables knows (`guest_span`). A table whose leaves all fall in a zapped page's span is
+removed with it.
+
+What no tracepoint reports cannot be shown: an spte write-protected (logging, GET_DIRTY_LOG) or dropped
+without its table (the collapsible-spte zap when logging stops) keeps here the value it was set with.
+The statistics (`pages_4k`, `pages_2m`) are exact where this is not, and `live.report` says which it used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from live.tracefs import SpteSet, TablePage, TraceStep
+
+LEVEL_BITS = 9
+
+# (first gfn, end gfn) of what an indirect shadow page maps: the guest table's span, or None if unknown.
+GuestSpan = Callable[[TablePage], tuple[int, int] | None]
+
+
+def direct_span(page: TablePage) -> tuple[int, int]:
+    """What a direct table at `page.level` for `page.gfn` maps."""
+    return page.gfn, page.gfn + (1 << (LEVEL_BITS * page.level))
+
+
+@dataclass(slots=True)
+class KernelTables:
+    """The leaves the kernel set, by table address and index, as of the last step applied."""
+
+    guest_span: GuestSpan = lambda page: None
+    tables: dict[int, dict[int, SpteSet]] = field(default_factory=dict)
+
+    def apply(self, step: TraceStep) -> None:
+        """The step's zaps first (a table zapped in a step and filled again is drawn filled), then its
+        sptes in the order the kernel set them."""
+        for page in step.tables_zapped:
+            span = direct_span(page) if page.direct else self.guest_span(page)
+            if span is None:
+                continue
+            first, end = span
+            for table, leaves in list(self.tables.items()):
+                if leaves and all(
+                    leaf.level == page.level and first <= leaf.gfn < end for leaf in leaves.values()
+                ):
+                    del self.tables[table]
+        for spte in step.sptes_set:
+            self.tables.setdefault(spte.table, {})[spte.index] = spte
+
+    def leaves_per_level(self) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for leaves in self.tables.values():
+            for leaf in leaves.values():
+                counts[leaf.level] = counts.get(leaf.level, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def leaf_for(self, gfn: int) -> SpteSet | None:
+        """The leaf that maps `gfn` (a large one covers the gfns after its own), the lowest level first."""
+        best: SpteSet | None = None
+        for leaves in self.tables.values():
+            for leaf in leaves.values():
+                size = 1 << (LEVEL_BITS * (leaf.level - 1))
+                if leaf.gfn <= gfn < leaf.gfn + size and (best is None or leaf.level < best.level):
+                    best = leaf
+        return best
+
+    def to_json(self) -> list[dict[str, object]]:
+        """The tables in address order, each with its leaves in index order."""
+        return [
+            {
+                "table": f"{table:#x}",
+                "level": min(leaf.level for leaf in leaves.values()),
+                "leaves": [leaves[index].to_json() for index in sorted(leaves)],
+            }
+            for table, leaves in sorted(self.tables.items())
+            if leaves
+        ]
