@@ -44,8 +44,9 @@ from app.settings import Settings
 from engine.collector import gc_paused
 from engine.estimate import estimate_result, estimate_work
 from engine.kvm import StepLog
+from engine.ops.registry import access_count, op_spec
 from engine.policy import Policy
-from engine.scenario import ReadStep, Scenario, WriteStep
+from engine.scenario import Scenario
 from engine.shadow_page import KvmMmuPage
 from engine.simulation import Simulation, StepResult
 from engine.trace import Event, Trace
@@ -219,7 +220,7 @@ def set_tracing(sim: Simulation, cap: int | None) -> None:
 
 def _accesses(scenario: Scenario, index: int) -> int:
     step = scenario.steps[index]
-    return step.count if isinstance(step, ReadStep | WriteStep) else 0
+    return access_count(step)
 
 
 def _record(result: StepResult, log: StepLog, accesses: int, lost: int = 0) -> StepRecord:
@@ -301,7 +302,7 @@ class Run:
             except BaseException:
                 self._rewind()
                 raise
-            verdict = sim.migration.lost if result.op.get("op") == "migrate_end" else None
+            verdict = sim.migration.lost if op_spec(result.op).ends_migration else None
             record = _record(result, sim.kvm.log, _accesses(self.scenario, index), len(verdict or ()))
             self.records.append(record)
             self._records_weight += record_weight(record)

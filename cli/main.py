@@ -35,7 +35,7 @@ from engine.codec import MAX_URL_BYTES, CodecError, encode_scenario
 from engine.collector import gc_paused
 from engine.policy import DEFAULT_PRESET, PRESETS, PolicyError, make_policy, parse_policy_args, variant_of
 from engine.result import final_json, result_json, step_json
-from engine.scenario import MAX_SCENARIO_BYTES, Scenario, ScenarioError, parse_scenario, step_to_json
+from engine.scenario import MAX_SCENARIO_BYTES, Scenario, ScenarioError, parse_scenario
 from engine.simulation import Simulation
 from live.backend import refusal
 from live.report import RealRefusalError, availability, dirty_log_mode_of, real_result
@@ -213,8 +213,7 @@ def cmd_compare(args: argparse.Namespace, out: IO[str]) -> int:
     if args.json:
         out.write(dumps(data))
     else:
-        ops = [step_to_json(step) for step in scenario.steps]
-        _write(out, format_compare(data, ops, Style.for_stream(out)))
+        _write(out, format_compare(data, scenario.steps, Style.for_stream(out)))
     return EXIT_OK
 
 
@@ -287,8 +286,6 @@ def cmd_serve(args: argparse.Namespace, out: IO[str]) -> int:
         if not collecting:
             gc.disable()
     return EXIT_OK
-
-
 
 
 def _web_module(name: str) -> Any:
@@ -448,7 +445,7 @@ def _real_text(scenario: Scenario, result: dict[str, Any], presets: Sequence[str
         log = entry["dirty_log"]
         if log is None and index not in oracle and not any(index in differences[n] for n in presets):
             continue
-        op = describe_op(step_to_json(scenario.steps[index]))
+        op = describe_op(scenario.steps[index])
         shown = _gfn_list(log) if log is not None else "no log"
         lines.append(f"step {index:>3}  {op}: kernel {shown}")
         lines.append(line("emulated guest", oracle.get(index), "agrees", "differs: "))
