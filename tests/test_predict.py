@@ -1,4 +1,4 @@
-"""Predict mode: the questions app/predict.py derives from the engine's results, and the player's
+"""Predict mode: the questions app/predict derives from the engine's results, and the player's
 `mode=predict` and `present=1` pages (docs/ui-hooks.md, "Predict mode" and "Presentation mode").
 
 The expected answers come from the spec's worked example (kvm-mmu.md §7.2), never from a run. The built-in
@@ -143,7 +143,7 @@ def asked(preset: str, index: int) -> Question:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# app/predict.py on the worked example
+# app/predict on the worked example
 
 
 @pytest.mark.parametrize("preset", list(EXPECTED))

@@ -1,5 +1,6 @@
-"""Describing steps: an op in a few words, what a step did in a sentence, a note as the preset on screen
-tells it, and the lesson's own words before the first step."""
+"""Describing steps: what a step did in a sentence (the sentence its op's `tell` facet names; the op in a
+few words is the op table's `describe`), a note as the preset on screen tells it, and the lesson's own
+words before the first step."""
 
 from __future__ import annotations
 
