@@ -34,6 +34,7 @@ from app.room import checkpoint, waiting_for
 from app.settings import Settings
 from app.state_bytes import record_weight, shown_weight, sim_weight
 from engine.collector import gc_paused
+from engine.ops.registry import op_spec
 from engine.policy import Policy
 from engine.scenario import Scenario
 from engine.simulation import Simulation
@@ -112,7 +113,7 @@ class Run:
             except BaseException:
                 self._rewind()
                 raise
-            verdict = sim.migration.lost if result.op.get("op") == "migrate_end" else None
+            verdict = sim.migration.lost if op_spec(result.op).ends_migration else None
             record = step_record(result, sim.kvm.log, step_accesses(self.scenario, index), len(verdict or ()))
             self.records.append(record)
             self._records_weight += record_weight(record)

@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from engine.kvm import StepLog
-from engine.scenario import ReadStep, Scenario, WriteStep
+from engine.ops.registry import access_count
+from engine.scenario import Scenario
 from engine.simulation import StepResult
 
 # A dirty log longer than this is kept as its length and a digest only.
@@ -36,7 +37,7 @@ class StepRecord(NamedTuple):
 
 def step_accesses(scenario: Scenario, index: int) -> int:
     step = scenario.steps[index]
-    return step.count if isinstance(step, ReadStep | WriteStep) else 0
+    return access_count(step)
 
 
 def step_record(result: StepResult, log: StepLog, accesses: int, lost: int = 0) -> StepRecord:

@@ -16,7 +16,8 @@ from app.budget_bytes import ByteBudget, Lru
 from app.errors import URL_TOO_LONG_HINT, AppError, bad_request, invalid_scenario, not_found
 from engine.codec import CodecError, decode_code, encode_scenario
 from engine.estimate import cumulative_work
-from engine.scenario import NoteStep, Scenario, ScenarioError, parse_scenario
+from engine.ops.registry import op_spec
+from engine.scenario import Scenario, ScenarioError, parse_scenario
 from scenarios import builtin_names, load_builtin_text
 
 
@@ -57,10 +58,9 @@ def source_weight(key: tuple[str, str], source: Source) -> int:
     """A cached source's bytes: its key (the raw share code), canonical code, parsed scenario, work array."""
     scenario = source.scenario
     distinct = {id(step): step for step in scenario.steps}
+    told = [note for step in distinct.values() if (note := op_spec(step).note(step)) is not None]
     notes = sum(
-        _text_bytes(step.text) + sum(map(_text_bytes, (step.by_preset or {}).values()))
-        for step in distinct.values()
-        if isinstance(step, NoteStep)
+        _text_bytes(note.text) + sum(map(_text_bytes, (note.by_preset or {}).values())) for note in told
     )
     return (
         SOURCE_BYTES

@@ -25,11 +25,11 @@ from app.settings import Settings, get_settings
 from app.sources import Source, SourceCache
 from app.views.inspector import InspectorView, inspector_view
 from app.views.library import ScenarioCard, scenario_card
-from app.views.narration import describe_op
 from app.views.play import PlayView, play_view
 from app.views.text import Location
 from app.views.timeline import TimelineView, timeline_view
 from app.views.tree import TreeBuilder, TreeView
+from engine.ops.registry import describe, op_spec
 from engine.policy import PRESETS, Policy, variant_of
 from scenarios import builtin_names
 
@@ -167,7 +167,7 @@ class Store:
         ops = [s.op for s in steps]
 
         def describe(n: int) -> str:
-            return describe_op(steps[n - 1].model_dump(mode="python"))
+            return op_spec(steps[n - 1]).describe(steps[n - 1])
 
         view = timeline_view(step, total, ops, rows, describe=describe)
         self.timelines.put(key, view)
@@ -254,8 +254,8 @@ class Store:
         if query.step < query.total:
             question = self.question(query.source, query.policy, query.step)
             step = query.source.scenario.steps[query.step]
-            upcoming = describe_op(step.model_dump(mode="python"))
-            note = str(getattr(step, "text", "")) if step.op == "note" else ""
+            upcoming = describe(step)
+            note = told.text if (told := op_spec(step).note(step)) is not None else ""
         return predict_panel(query.step, query.total, query.score, feedback, question, upcoming, note)
 
 

@@ -91,7 +91,7 @@ def check_results(steps: list[StepResult], npages: int, violations: int) -> list
     """What is wrong with the run's answers, if anything: both GETs return the whole slot, no violations."""
     problems: list[str] = []
     expected = list(range(BASE_GFN, BASE_GFN + npages))
-    gets = [step for step in steps if step.op["op"] == "get_dirty_log"]
+    gets = [step for step in steps if step.op.op == "get_dirty_log"]
     if len(gets) != 2:
         problems.append(f"expected 2 get_dirty_log steps, saw {len(gets)}")
     for step in gets:
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                 steps.append(step)
                 logged = "-" if step.dirty_log is None else str(len(step.dirty_log))
                 print(
-                    f"{step.index:>4}  {step.op['op']!s:<17} {elapsed:>8.3f}"
+                    f"{step.index:>4}  {step.op.op!s:<17} {elapsed:>8.3f}"
                     f"  {step.fault_counts['fast']:>7} {step.fault_counts['slow']:>7}"
                     f"  {len(step.marked_dirty):>7} {logged:>7}"
                 )

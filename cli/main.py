@@ -49,7 +49,7 @@ from engine.codec import MAX_URL_BYTES, CodecError, encode_scenario
 from engine.collector import gc_paused
 from engine.policy import DEFAULT_PRESET, PRESETS, PolicyError, make_policy, parse_policy_args, variant_of
 from engine.result import final_json, result_json, step_json
-from engine.scenario import Scenario, ScenarioError, step_to_json
+from engine.scenario import Scenario, ScenarioError
 from engine.simulation import Simulation
 from scenarios import builtin_scenarios
 
@@ -162,8 +162,7 @@ def cmd_compare(args: argparse.Namespace, out: IO[str]) -> int:
     if args.json:
         out.write(dumps(data))
     else:
-        ops = [step_to_json(step) for step in scenario.steps]
-        write_lines(out, format_compare(data, ops, Style.for_stream(out)))
+        write_lines(out, format_compare(data, scenario.steps, Style.for_stream(out)))
     return EXIT_OK
 
 

@@ -11,7 +11,7 @@ from cli.common import EXIT_OK, CliError, UsageError, load_scenario, one_line, p
 from cli.report import describe_op
 from engine.canonical import dumps
 from engine.policy import PRESETS, make_policy, parse_policy_args
-from engine.scenario import Scenario, step_to_json
+from engine.scenario import Scenario
 from live.backend import refusal
 from live.report import RealRefusalError, availability, dirty_log_mode_of, real_result
 
@@ -139,7 +139,7 @@ def _real_text(scenario: Scenario, result: dict[str, Any], presets: Sequence[str
         log = entry["dirty_log"]
         if log is None and index not in oracle and not any(index in differences[n] for n in presets):
             continue
-        op = describe_op(step_to_json(scenario.steps[index]))
+        op = describe_op(scenario.steps[index])
         shown = _gfn_list(log) if log is not None else "no log"
         lines.append(f"step {index:>3}  {op}: kernel {shown}")
         lines.append(line("emulated guest", oracle.get(index), "agrees", "differs: "))

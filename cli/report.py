@@ -15,6 +15,7 @@ from typing import IO, Any, ClassVar
 from engine.invariants import Violation
 from engine.kvm import FaultRecord
 from engine.mmu import PFERR_PRESENT_MASK, PFERR_WRITE_MASK
+from engine.ops.registry import Step, describe, op_spec
 from engine.policy import PRESET_DESCRIPTIONS, Policy
 from engine.scenario import Scenario
 from engine.simulation import SpteChange, StepResult
@@ -153,27 +154,13 @@ def error_code_text(error_code: int) -> str:
     return "|".join(names) or "0"
 
 
-def describe_op(op: Mapping[str, object]) -> str:
-    """A step's op as one short line: `write gfn 0x250`, `get_dirty_log slot 1`, `note: ...`."""
-    name = str(op.get("op"))
-    if name == "note":
-        return f"note: {terminal_text(op.get('text', ''))}"
-    parts = [name]
-    gfn = op.get("gfn")
-    if isinstance(gfn, int):
-        parts.append(f"gfn {gfn:#x}")
-        # Show the access fields only where they differ from their defaults.
-        for field, default in (("count", 1), ("stride", 1), ("vcpu", 0)):
-            value = op.get(field)
-            if value != default:
-                parts.append(f"{field} {value}")
-    slot = op.get("slot")
-    if isinstance(slot, int):
-        parts.append(f"slot {slot}")
-    first, num = op.get("first"), op.get("num")
-    if isinstance(first, int) and isinstance(num, int):
-        parts.append(f"first {first:#x} num {num}")
-    return " ".join(parts)
+def describe_op(step: Step) -> str:
+    """A step's op as one short line, in the web's words (`write gfn 0x250`, `get_dirty_log slot 1`,
+    `clear_dirty_log slot 1 pages 0x0+64`), and a note's text after its name (`note: ...`)."""
+    note = op_spec(step).note(step)
+    if note is not None:
+        return f"{describe(step)}: {terminal_text(note.text)}"
+    return describe(step)
 
 
 def spte_change_text(change: SpteChange, style: Style) -> str:
@@ -465,10 +452,10 @@ def _values_lines(
     return [f"    {name:<{width}}  {_value_text(field, values.get(name), style)}" for name in variants]
 
 
-def format_compare(data: Mapping[str, Any], ops: Sequence[Mapping[str, object]], style: Style) -> list[str]:
+def format_compare(data: Mapping[str, Any], ops: Sequence[Step], style: Style) -> list[str]:
     """Where the variants differ, step by step, then their verdicts and differing stats side by side.
 
-    `data` is the compare JSON; `ops` are the scenario's steps as the result writes them.
+    `data` is the compare JSON; `ops` are the scenario's steps.
     """
     variants: list[str] = list(data["variants"])
     title = data["scenario"]["title"] or "(untitled scenario)"

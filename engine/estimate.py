@@ -59,23 +59,9 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from engine.ops.registry import Step, op_spec
 from engine.policy import Policy
-from engine.scenario import (
-    ClearDirtyLogStep,
-    DisableDirtyLogStep,
-    EnableDirtyLogStep,
-    FlushTlbStep,
-    GetDirtyLogStep,
-    MigrateBeginStep,
-    MigrateEndStep,
-    MigrateRoundStep,
-    ReadStep,
-    ResetDirtyRingStep,
-    Scenario,
-    Step,
-    WriteStep,
-    ZapAllStep,
-)
+from engine.scenario import Scenario
 
 # The run's weights, in units per thing counted (see the module's docstring); calibrated by
 # benchmarks/budget.py.
@@ -135,8 +121,10 @@ class StepPrice:
         return self.steps + self.accesses + self.slot_pages + self.huge
 
 
-class _Pricer:
-    """Walks a scenario's steps in order, tracking what bounds the later ops' cost (see the docstring)."""
+class Pricer:
+    """Walks a scenario's steps in order, tracking what bounds the later ops' cost (see the docstring).
+
+    Each op's `price` facet (engine/ops) names the method below that prices it."""
 
     def __init__(self, scenario: Scenario, policy: Policy | None = None) -> None:
         # Without a policy, the price bounds every one: huge pages split and recovered.
@@ -193,52 +181,79 @@ class _Pricer:
     def _get(self, slot_id: int) -> tuple[float, float]:
         return SLOT + self.slot_pages[slot_id] * BITMAP, SLOT_ROWS
 
-    def step(self, step: Step) -> StepPrice:
-        if isinstance(step, ReadStep | WriteStep):
-            fresh = 1 if step.stride == 0 else step.count
-            repeats = step.count - fresh
-            self.accessed += step.count
-            self.faultable += fresh
-            self.since_zap += fresh
-            work = fresh * FAULT + repeats * TLB_HIT
-            return StepPrice(STEP, work, 0.0, 0.0, RECORD + fresh * FAULT_ROWS + repeats * HIT_ROWS)
-        if isinstance(step, ZapAllStep):
-            tables = 1 + min(TABLES_PER_ACCESS * self.since_zap, self.max_tables)
-            zapped = min(self.all_pages, MAPPED_PER_ACCESS * self.since_zap) + tables
-            self.since_zap = 0
-            return StepPrice(STEP + tables * TABLE_ZAPPED, 0.0, 0.0, 0.0, RECORD + zapped * SPTE_ROWS)
-        slot = huge = rows = 0.0
-        if isinstance(step, EnableDirtyLogStep):
-            slot, huge, rows = self._enable(step.slot)
-        elif isinstance(step, DisableDirtyLogStep):
-            slot, huge, rows = self._disable(step.slot)
-        elif isinstance(step, GetDirtyLogStep):
-            slot, rows = self._get(step.slot)
-        elif isinstance(step, ClearDirtyLogStep):
-            # Splitting can build up to 3 × 512 sptes per long of the range (two 2M pages and a 1G one).
-            split = 3 * 512 * math.ceil(step.num / 64)
-            protected = min(self.clearable(step.slot), step.num + split)
-            self.clear_credit[step.slot] = (self.clearable(step.slot) - protected, self.faultable)
-            slot = SLOT + step.num * BITMAP + protected * PROTECT
-            rows = SLOT_ROWS + protected * SPTE_ROWS
-        elif isinstance(step, ResetDirtyRingStep | FlushTlbStep):
-            slot, rows = self.vcpus * SLOT, self.vcpus * SLOT_ROWS
-        elif isinstance(step, MigrateBeginStep):
-            for slot_id in self.slot_pages:
-                s, h, r = self._enable(slot_id)
-                slot, huge, rows = slot + s, huge + h, rows + r
-            slot += self.all_pages * BITMAP
-        elif isinstance(step, MigrateRoundStep):
-            for slot_id in self.slot_pages:
-                s, r = self._get(slot_id)
-                slot, rows = slot + s, rows + r
-        elif isinstance(step, MigrateEndStep):
-            for slot_id in self.slot_pages:
-                s, r = self._get(slot_id)
-                s2, h, r2 = self._disable(slot_id)
-                slot, huge, rows = slot + s + s2, huge + h, rows + r + r2
-            slot += self.all_pages * COMPARE
+    @staticmethod
+    def _ioctl(slot: float = 0.0, huge: float = 0.0, rows: float = 0.0) -> StepPrice:
         return StepPrice(STEP, 0.0, slot, huge, RECORD + rows)
+
+    def step(self, step: Step) -> StepPrice:
+        """The step's price, by its op's `price` facet."""
+        return op_spec(step).price(self, step)
+
+    def access(self, count: int, stride: int) -> StepPrice:
+        """read, write: a fault per page the accesses can fault in, a TLB hit per repeat."""
+        fresh = 1 if stride == 0 else count
+        repeats = count - fresh
+        self.accessed += count
+        self.faultable += fresh
+        self.since_zap += fresh
+        work = fresh * FAULT + repeats * TLB_HIT
+        return StepPrice(STEP, work, 0.0, 0.0, RECORD + fresh * FAULT_ROWS + repeats * HIT_ROWS)
+
+    def zap_all(self) -> StepPrice:
+        tables = 1 + min(TABLES_PER_ACCESS * self.since_zap, self.max_tables)
+        zapped = min(self.all_pages, MAPPED_PER_ACCESS * self.since_zap) + tables
+        self.since_zap = 0
+        return StepPrice(STEP + tables * TABLE_ZAPPED, 0.0, 0.0, 0.0, RECORD + zapped * SPTE_ROWS)
+
+    def enable_dirty_log(self, slot_id: int) -> StepPrice:
+        return self._ioctl(*self._enable(slot_id))
+
+    def disable_dirty_log(self, slot_id: int) -> StepPrice:
+        return self._ioctl(*self._disable(slot_id))
+
+    def get_dirty_log(self, slot_id: int) -> StepPrice:
+        slot, rows = self._get(slot_id)
+        return self._ioctl(slot, rows=rows)
+
+    def clear_dirty_log(self, slot_id: int, num: int) -> StepPrice:
+        # Splitting can build up to 3 × 512 sptes per long of the range (two 2M pages and a 1G one).
+        split = 3 * 512 * math.ceil(num / 64)
+        protected = min(self.clearable(slot_id), num + split)
+        self.clear_credit[slot_id] = (self.clearable(slot_id) - protected, self.faultable)
+        slot = SLOT + num * BITMAP + protected * PROTECT
+        return self._ioctl(slot, rows=SLOT_ROWS + protected * SPTE_ROWS)
+
+    def per_vcpu(self) -> StepPrice:
+        """reset_dirty_ring, flush_tlb: each vCPU's ring or TLB read once."""
+        return self._ioctl(self.vcpus * SLOT, rows=self.vcpus * SLOT_ROWS)
+
+    def nothing(self) -> StepPrice:
+        """A note: the step's own bookkeeping."""
+        return self._ioctl()
+
+    def migrate_begin(self) -> StepPrice:
+        slot = huge = rows = 0.0
+        for slot_id in self.slot_pages:
+            s, h, r = self._enable(slot_id)
+            slot, huge, rows = slot + s, huge + h, rows + r
+        slot += self.all_pages * BITMAP
+        return self._ioctl(slot, huge, rows)
+
+    def migrate_round(self) -> StepPrice:
+        slot = rows = 0.0
+        for slot_id in self.slot_pages:
+            s, r = self._get(slot_id)
+            slot, rows = slot + s, rows + r
+        return self._ioctl(slot, rows=rows)
+
+    def migrate_end(self) -> StepPrice:
+        slot = huge = rows = 0.0
+        for slot_id in self.slot_pages:
+            s, r = self._get(slot_id)
+            s2, h, r2 = self._disable(slot_id)
+            slot, huge, rows = slot + s + s2, huge + h, rows + r + r2
+        slot += self.all_pages * COMPARE
+        return self._ioctl(slot, huge, rows)
 
     def final_rows(self) -> float:
         """The rows of the final state: every result (summary or full) holds them."""
@@ -249,7 +264,7 @@ class _Pricer:
 
 def step_prices(scenario: Scenario) -> Iterator[StepPrice]:
     """Each step's price, in order."""
-    pricer = _Pricer(scenario)
+    pricer = Pricer(scenario)
     for step in scenario.steps:
         yield pricer.step(step)
 
@@ -257,7 +272,7 @@ def step_prices(scenario: Scenario) -> Iterator[StepPrice]:
 def estimate_work(scenario: Scenario, steps: int | None = None, policy: Policy | None = None) -> WorkEstimate:
     """The price of creating the VM and running the first `steps` steps (default: all) on the summary
     pass, by source: under `policy`, or the most any policy can cost."""
-    pricer = _Pricer(scenario, policy)
+    pricer = Pricer(scenario, policy)
     b = a = s = h = 0.0
     for step in scenario.steps[:steps]:
         price = pricer.step(step)
@@ -267,7 +282,7 @@ def estimate_work(scenario: Scenario, steps: int | None = None, policy: Policy |
 
 def cumulative_work(scenario: Scenario) -> list[int]:
     """`[w0, w1, ..., wN]`: wn is `estimate_work(scenario, n).total`, for a shell that asks it often."""
-    pricer = _Pricer(scenario)
+    pricer = Pricer(scenario)
     setup = math.ceil(pricer.setup)
     b = a = s = h = 0.0
     out = [setup]
@@ -280,7 +295,7 @@ def cumulative_work(scenario: Scenario) -> list[int]:
 
 def estimate_result_rows(scenario: Scenario) -> int:
     """The rows of the final state of the scenario's result, in units: what every result writes."""
-    pricer = _Pricer(scenario)
+    pricer = Pricer(scenario)
     for step in scenario.steps:
         pricer.step(step)
     return math.ceil(pricer.final_rows())
@@ -291,7 +306,7 @@ def estimate_result(scenario: Scenario, *, full: bool, policy: Policy | None = N
     and in full detail every step's record (its faults, spte changes and trace events) with the run done
     in full detail. This is what /result.json (full) and POST /api/run (either detail) cost: under
     `policy`, or the most any policy can cost."""
-    pricer = _Pricer(scenario, policy)
+    pricer = Pricer(scenario, policy)
     total = pricer.setup
     for step in scenario.steps:
         price = pricer.step(step)
@@ -300,6 +315,7 @@ def estimate_result(scenario: Scenario, *, full: bool, policy: Policy | None = N
 
 
 __all__ = [
+    "Pricer",
     "StepPrice",
     "WorkEstimate",
     "cumulative_work",

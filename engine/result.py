@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from engine.canonical import RawArray
 from engine.collector import gc_paused
 from engine.kvm import FaultRecord, Kvm
+from engine.ops.registry import step_to_json
 from engine.policy import variant_of
 from engine.shadow_page import KvmMmuPage
 from engine.simulation import Simulation, StepResult
@@ -50,7 +51,7 @@ def fault_json(fault: FaultRecord) -> dict[str, object]:
 def step_json(step: StepResult) -> dict[str, object]:
     out: dict[str, object] = {
         "index": step.index,
-        "op": step.op,
+        "op": step_to_json(step.op),
         "fault_counts": step.fault_counts,
         "marked_dirty": step.marked_dirty,
         "dirty_log": step.dirty_log,

@@ -11,40 +11,14 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from engine.collector import gc_paused
-from engine.cpu import guest_accesses
-from engine.dirty_log import (
-    kvm_set_dirty_logging,
-    kvm_vm_ioctl_clear_dirty_log,
-    kvm_vm_ioctl_get_dirty_log,
-)
-from engine.dirty_ring import harvest_and_reset
-from engine.emulate import emulated_accesses
 from engine.invariants import StepChecker, Violation
 from engine.kvm import FaultRecord, Kvm
-from engine.kvm_main import kvm_flush_remote_tlbs
 from engine.memslot import KvmMemorySlot
-from engine.migration import Migration, migrate_begin, migrate_end, migrate_round
+from engine.migration import Migration
+from engine.ops.registry import Step, op_spec
 from engine.policy import Policy
-from engine.scenario import (
-    ClearDirtyLogStep,
-    DisableDirtyLogStep,
-    EnableDirtyLogStep,
-    FlushTlbStep,
-    GetDirtyLogStep,
-    MigrateBeginStep,
-    MigrateEndStep,
-    MigrateRoundStep,
-    NoteStep,
-    ReadStep,
-    ResetDirtyRingStep,
-    Scenario,
-    Step,
-    WriteStep,
-    ZapAllStep,
-    step_to_json,
-)
+from engine.scenario import Scenario
 from engine.trace import Call, Event, Trace
-from engine.zap import kvm_mmu_invalidate_zap_all_pages, kvm_mmu_zap_all
 
 # How a read or write step reaches guest memory: "mmu", the CPU through the TLB, the sptes and the fault
 # path (engine.cpu); "emulated", KVM's instruction emulator, which reads and writes guest memory without
@@ -67,7 +41,7 @@ class SpteChange:
 @dataclass(frozen=True, slots=True)
 class StepResult:
     index: int
-    op: dict[str, object]
+    op: Step  # the result JSON writes it as engine.ops.registry.step_to_json does
     fault_counts: dict[str, int]
     marked_dirty: list[int]
     dirty_log: list[int] | None
@@ -160,7 +134,7 @@ class Simulation:
         full = self.detail == "full"
         result = StepResult(
             index=self.index,
-            op=step_to_json(step),
+            op=step,
             fault_counts={"fast": log.fast_faults, "slow": log.slow_faults},
             marked_dirty=list(log.marked_dirty),
             dirty_log=log.dirty_log,
@@ -180,36 +154,6 @@ class Simulation:
     def run(self) -> list[StepResult]:
         return [self.step() for _ in range(len(self.scenario.steps) - self.index)]
 
-    def _slot(self, slot_id: int) -> KvmMemorySlot:
-        return self.kvm.memslots.by_id[slot_id]
-
     def _execute(self, step: Step) -> None:
-        kvm = self.kvm
-        if isinstance(step, ReadStep | WriteStep):
-            access = emulated_accesses if self.guest_execution == "emulated" else guest_accesses
-            access(kvm, kvm.vcpus[step.vcpu], step.gfn, step.count, step.stride, step.is_write)
-        elif isinstance(step, EnableDirtyLogStep | DisableDirtyLogStep):
-            kvm_set_dirty_logging(kvm, self._slot(step.slot), isinstance(step, EnableDirtyLogStep))
-        elif isinstance(step, GetDirtyLogStep):
-            kvm.log.dirty_log = kvm_vm_ioctl_get_dirty_log(kvm, self._slot(step.slot))
-        elif isinstance(step, ClearDirtyLogStep):
-            kvm_vm_ioctl_clear_dirty_log(kvm, self._slot(step.slot), step.first, step.num)
-        elif isinstance(step, ResetDirtyRingStep):
-            kvm.log.dirty_log = harvest_and_reset(kvm)
-        elif isinstance(step, FlushTlbStep):
-            kvm_flush_remote_tlbs(kvm, "userspace", under_mmu_lock=False)
-        elif isinstance(step, ZapAllStep):
-            # A memslot deletion or move: 3.14/3.16 invalidate the generation; the model of 6.x zaps all.
-            if kvm.era6:
-                kvm_mmu_zap_all(kvm)
-            else:
-                kvm_mmu_invalidate_zap_all_pages(kvm)
-        elif isinstance(step, MigrateBeginStep):
-            self.migrated = True
-            migrate_begin(kvm, self.migration)
-        elif isinstance(step, MigrateRoundStep):
-            kvm.log.dirty_log = migrate_round(kvm, self.migration)
-        elif isinstance(step, MigrateEndStep):
-            kvm.log.dirty_log = migrate_end(kvm, self.migration)
-        elif not isinstance(step, NoteStep):
-            raise AssertionError(f"the validator let an unknown op through: {step.op!r}")
+        """The step, by its op's `run` facet (engine/ops)."""
+        op_spec(step).run(self, step)

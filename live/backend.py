@@ -43,19 +43,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from engine.scenario import (
-    DisableDirtyLogStep,
-    EnableDirtyLogStep,
-    GetDirtyLogStep,
-    MigrateBeginStep,
-    MigrateEndStep,
-    MigrateRoundStep,
-    NoteStep,
-    ReadStep,
-    Scenario,
-    Step,
-    WriteStep,
-)
+from engine.ops.base import Harvest
+from engine.ops.registry import Step, op_spec
+from engine.scenario import Scenario
 from live.guest_code import access_program
 from live.stats import Snapshot, VmStats
 from live.syscalls import KvmError
@@ -76,13 +66,6 @@ RING_WRITE_BUDGET = RING_ENTRIES // 2
 MAX_LIVE_PAGES = 1 << 18  # 1 GiB
 
 GUEST_ADDRESS_END_GFN = 1 << 20  # 4 GiB: the guest code addresses memory with 32 bits
-
-# Ops with no userspace counterpart, and why.
-_NO_IOCTL: dict[str, str] = {
-    "flush_tlb": "userspace has no ioctl that flushes a VM's TLBs (the kernel flushes when it needs to)",
-    "zap_all": "userspace has no ioctl that zaps every spte (the kernel does it on its own, e.g. when a"
-    " memslot is deleted)",
-}
 
 # The failures the engine models as "the kernel refuses this ioctl in this mode" (its dirty_log None).
 _MODE_REFUSALS: frozenset[tuple[str, int]] = frozenset(
@@ -127,7 +110,7 @@ def refusal(scenario: Scenario, dirty_log_mode: str = "bitmap") -> str | None:
             " (1 GiB of guest memory)"
         )
     for index, step in enumerate(scenario.steps):
-        reason = _step_refusal(step)
+        reason = op_spec(step).refusal
         if reason is not None:
             return f"step {index} ({step.op}): {reason}"
     if dirty_log_mode == "ring":
@@ -145,43 +128,19 @@ def _ring_refusal(scenario: Scenario) -> str | None:
     """
     written = [0] * scenario.vm.vcpus
     for index, step in enumerate(scenario.steps):
-        if isinstance(step, WriteStep):
-            written[step.vcpu] += step.count
-            if written[step.vcpu] > RING_WRITE_BUDGET:
+        spec = op_spec(step)
+        access = spec.access(step)
+        if access is not None and access.write:
+            written[access.vcpu] += access.count
+            if written[access.vcpu] > RING_WRITE_BUDGET:
                 return (
-                    f"step {index} (write): vCPU {step.vcpu} writes {written[step.vcpu]} times since the"
-                    f" last harvest; in ring mode the live backend allows at most {RING_WRITE_BUDGET}, half"
-                    f" its {RING_ENTRIES}-entry ring (each write can take an entry)"
+                    f"step {index} ({step.op}): vCPU {access.vcpu} writes {written[access.vcpu]} times since"
+                    f" the last harvest; in ring mode the live backend allows at most {RING_WRITE_BUDGET},"
+                    f" half its {RING_ENTRIES}-entry ring (each write can take an entry)"
                 )
-        elif step.op in ("reset_dirty_ring", "migrate_round", "migrate_end"):
+        elif spec.harvest in (Harvest.RING, Harvest.ROUND):  # a ring harvest, in ring mode
             written = [0] * scenario.vm.vcpus
     return None
-
-
-def _step_refusal(step: Step) -> str | None:
-    op = step.op
-    if op in _NO_IOCTL:
-        return _NO_IOCTL[op]
-    if op not in _HANDLED_OPS:
-        return "the live backend has no counterpart for this op"
-    return None
-
-
-_HANDLED_OPS = frozenset(
-    {
-        "read",
-        "write",
-        "enable_dirty_log",
-        "disable_dirty_log",
-        "get_dirty_log",
-        "clear_dirty_log",
-        "reset_dirty_ring",
-        "note",
-        "migrate_begin",
-        "migrate_round",
-        "migrate_end",
-    }
-)
 
 
 def code_gfn(slots: Iterable[tuple[int, int]]) -> int:
@@ -214,16 +173,9 @@ def _unless_refused(ioctl: str, call: Callable[[], _T]) -> _T | None:
         raise
 
 
-def _field(step: Step, name: str) -> int:
-    """An integer field of an op this module names by its spelling (newer ops than its imports)."""
-    value = getattr(step, name)
-    if not isinstance(value, int):
-        raise TypeError(f"{step.op}.{name} is not an integer")
-    return value
-
-
 class _Run:
-    """One scenario on one VM: executes steps in order, keeping the migration's bookkeeping."""
+    """One scenario on one VM: executes steps in order, keeping the migration's bookkeeping. It is the
+    `LiveTarget` (engine.ops.base) through which each op's `live` facet expresses itself."""
 
     def __init__(self, vm: KvmVm, scenario: Scenario) -> None:
         self.vm = vm
@@ -232,49 +184,54 @@ class _Run:
         self.enabled_by_migration: list[int] = []
 
     def step(self, step: Step) -> list[int] | None:
-        vm = self.vm
-        if isinstance(step, ReadStep | WriteStep):
-            self._run_access(step)
-        elif isinstance(step, EnableDirtyLogStep | DisableDirtyLogStep):
-            self._set_logging(step.slot, isinstance(step, EnableDirtyLogStep))
-        elif isinstance(step, GetDirtyLogStep):
-            return _unless_refused("KVM_GET_DIRTY_LOG", lambda: vm.get_dirty_log(step.slot))
-        elif step.op == "clear_dirty_log":
-            slot, first, num = _field(step, "slot"), _field(step, "first"), _field(step, "num")
-            _unless_refused("KVM_CLEAR_DIRTY_LOG", lambda: vm.clear_dirty_log(slot, first, num))
-        elif step.op == "reset_dirty_ring":
-            return _unless_refused("KVM_RESET_DIRTY_RINGS", self._harvest_and_reset)
-        elif isinstance(step, MigrateBeginStep):
-            self.enabled_by_migration = []
-            for memslot in sorted(self.scenario.memslots, key=lambda m: m.id):
-                if memslot.id not in self.logged:
-                    self._set_logging(memslot.id, True)
-                    self.enabled_by_migration.append(memslot.id)
-        elif isinstance(step, MigrateRoundStep):
-            return self._migrate_round()
-        elif isinstance(step, MigrateEndStep):
-            returned = self._migrate_round()
-            for slot_id in self.enabled_by_migration:
-                self._set_logging(slot_id, False)
-            self.enabled_by_migration = []
-            return returned
-        elif not isinstance(step, NoteStep):
+        """The step, by its op's `live` facet: the dirty log it returned, or None."""
+        spec = op_spec(step)
+        if spec.live is None:
             raise UnsupportedScenarioError(f"the live backend has no counterpart for op {step.op!r}")
-        return None
+        result: list[int] | None = spec.live(self, step)
+        return result
+
+    # engine.ops.base.LiveTarget
+
+    def access(self, vcpu: int, gfn: int, count: int, stride: int, write: bool) -> None:
+        self.vm.run_code(vcpu, access_program(gfn, count, stride, write))
+
+    def get_dirty_log(self, slot: int) -> list[int] | None:
+        return _unless_refused("KVM_GET_DIRTY_LOG", lambda: self.vm.get_dirty_log(slot))
+
+    def clear_dirty_log(self, slot: int, first: int, num: int) -> None:
+        _unless_refused("KVM_CLEAR_DIRTY_LOG", lambda: self.vm.clear_dirty_log(slot, first, num))
+
+    def reset_dirty_ring(self) -> list[int] | None:
+        return _unless_refused("KVM_RESET_DIRTY_RINGS", self._harvest_and_reset)
+
+    def migrate_begin(self) -> None:
+        self.enabled_by_migration = []
+        for memslot in sorted(self.scenario.memslots, key=lambda m: m.id):
+            if memslot.id not in self.logged:
+                self.set_logging(memslot.id, True)
+                self.enabled_by_migration.append(memslot.id)
+
+    def migrate_end(self) -> list[int]:
+        returned = self.migrate_round()
+        for slot_id in self.enabled_by_migration:
+            self.set_logging(slot_id, False)
+        self.enabled_by_migration = []
+        return returned
 
     def _harvest_and_reset(self) -> list[int]:
         gfns = {gfn for _, gfn in self.vm.harvest_rings()}
         self.vm.reset_rings()
         return sorted(gfns)
 
-    def _set_logging(self, slot_id: int, enable: bool) -> None:
-        self.vm.set_logging(slot_id, enable)
-        if enable:
-            self.logged.add(slot_id)
+    def set_logging(self, slot: int, on: bool) -> None:
+        self.vm.set_logging(slot, on)
+        if on:
+            self.logged.add(slot)
         else:
-            self.logged.discard(slot_id)
+            self.logged.discard(slot)
 
-    def _migrate_round(self) -> list[int]:
+    def migrate_round(self) -> list[int]:
         """As the engine's migration round: per mode, what a migrating userspace asks the kernel."""
         if self.vm.mode == "ring":
             return self._harvest_and_reset()
@@ -285,9 +242,6 @@ class _Run:
                 self.vm.clear_dirty_log(slot_id, 0, self.vm.slots[slot_id].npages, gfns)
             returned.extend(gfns)
         return sorted(returned)
-
-    def _run_access(self, step: ReadStep | WriteStep) -> None:
-        self.vm.run_code(step.vcpu, access_program(step.gfn, step.count, step.stride, step.is_write))
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,10 +269,12 @@ def _accesses(scenario: Scenario) -> tuple[int, int]:
     count = 0
     pages: set[int] = set()
     for step in scenario.steps:
-        if isinstance(step, ReadStep | WriteStep):
-            count += step.count
-            stride = step.stride if step.count > 1 else 0
-            pages.update(range(step.gfn, step.gfn + step.count * stride, stride) if stride else (step.gfn,))
+        access = op_spec(step).access(step)
+        if access is not None:
+            count += access.count
+            stride = access.stride if access.count > 1 else 0
+            gfn = access.gfn
+            pages.update(range(gfn, gfn + access.count * stride, stride) if stride else (gfn,))
     return count, len(pages)
 
 

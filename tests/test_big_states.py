@@ -23,7 +23,7 @@ from engine.codec import encode_scenario
 from engine.policy import make_policy
 from engine.result import result_json
 from engine.rmap import pte_list
-from engine.scenario import parse_scenario
+from engine.scenario import WriteStep, parse_scenario
 from engine.shadow_page import KvmMmuPage
 from engine.simulation import Simulation, StepResult
 from engine.spte import PT_PAGE_SIZE_MASK, PT_PRESENT_MASK, PT_WRITABLE_MASK, SpteMasks, flag_word
@@ -340,7 +340,7 @@ FAULT_CHAIN_316 = [
 def test_a_fault_step_is_traced_callers_first_as_the_kernel_calls() -> None:
     sim, results = run_to("worked-example", "lazy", 5)  # #4: write 0x250 under the read-only 2M spte
     result = results[-1]
-    assert result.op["op"] == "write" and result.op["gfn"] == 0x250
+    assert isinstance(result.op, WriteStep) and result.op.gfn == 0x250
     assert result.events is not None and result.calls is not None
     order = call_order(result.events, result.calls)
     assert [(result.events[i].name, depth) for i, depth in order] == FAULT_CHAIN_316

@@ -29,7 +29,7 @@ from conftest import LAYOUT_6X, PRESET_NAMES, load_scenario, per_preset, run_sce
 from engine.invariants import INVARIANTS, check_all
 from engine.policy import make_policy
 from engine.result import result_json, step_json
-from engine.scenario import NoteStep, parse_scenario
+from engine.scenario import NoteStep, WriteStep, parse_scenario
 from engine.simulation import Simulation
 from engine.tlb import TlbEntry
 from scenarios import builtin_names, builtin_scenarios, load_builtin_text
@@ -440,15 +440,15 @@ def test_one_gig_page_modern_splits_the_gigabyte_and_recovers_it_in_place() -> N
     while not sim.done:
         step = sim.step()
         op = step.op
-        if op["op"] == "migrate_begin":
+        if op.op == "migrate_begin":
             tables = [sp for sp in sim.kvm.active_mmu_pages.values() if sp.level == 1]
             assert sim.kvm.stats()["pages_4k"] == 512 * 512 and len(tables) == 512
             assert not any(spte & W_BIT for sp in tables for spte in sp.spt)
-        if op["op"] == "write":
-            assert step.fault_counts == {"fast": op["count"], "slow": 0}
+        if isinstance(op, WriteStep):
+            assert step.fault_counts == {"fast": op.count, "slow": 0}
         if step.dirty_log is not None:
             got.append(step.dirty_log)
-        if op["op"] == "migrate_end":
+        if op.op == "migrate_end":
             # One flush for the last GET (it returned 0x7fffe) and one for the slot's recovery (§5.7).
             assert step.tlb_flushes == 2
     assert got == [GIG_ROUND, GIG_END]

@@ -18,7 +18,7 @@ from conftest import LAYOUT_6X, SLOT_2M, load_scenario, make_scenario, spec_exam
 from engine.invariants import check_all
 from engine.policy import PRESET_DESCRIPTIONS, make_policy
 from engine.result import result_json, step_json
-from engine.scenario import Scenario, parse_scenario
+from engine.scenario import Scenario, WriteStep, parse_scenario
 from engine.simulation import Simulation
 from scenarios import builtin_names
 
@@ -338,13 +338,13 @@ def test_one_gig_page_is_split_whole_and_recovered_whole() -> None:
     while not sim.done:
         step = sim.step()
         assert step.violations == []
-        if step.op["op"] == "migrate_begin":
+        if step.op.op == "migrate_begin":
             tables = [sp for sp in sim.kvm.active_mmu_pages.values() if sp.level == 1]
             stats = sim.kvm.stats()
             assert (stats["lpages"], stats["pages_1g"], stats["pages_2m"]) == (0, 0, 0)
             assert stats["pages_4k"] == len(tables) * 512 == 0x40000
             assert all(spte & 1 and not spte & W for sp in tables for spte in sp.spt)
-        if step.op["op"] == "write" and step.op["gfn"] == 0x40123:
+        if isinstance(step.op, WriteStep) and step.op.gfn == 0x40123:
             assert step.fault_counts == {"fast": 1, "slow": 0}
     assert check_all(sim.kvm, step.index) == []
     assert sim.kvm.stat.mmu_shadow_zapped == 1 + 512

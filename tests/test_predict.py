@@ -1,4 +1,4 @@
-"""Predict mode: the questions app/predict.py derives from the engine's results, and the player's
+"""Predict mode: the questions app/predict derives from the engine's results, and the player's
 `mode=predict` and `present=1` pages (docs/ui-hooks.md, "Predict mode" and "Presentation mode").
 
 The expected answers come from the spec's worked example (kvm-mmu.md §7.2), never from a run. The built-in
@@ -43,7 +43,7 @@ from app.predict import (
 from app.settings import Settings
 from engine.codec import encode_scenario
 from engine.policy import make_policy
-from engine.scenario import parse_scenario
+from engine.scenario import WriteStep, parse_scenario
 from engine.simulation import StepResult
 from scenarios import load_builtin_text
 
@@ -143,7 +143,7 @@ def asked(preset: str, index: int) -> Question:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# app/predict.py on the worked example
+# app/predict on the worked example
 
 
 @pytest.mark.parametrize("preset", list(EXPECTED))
@@ -477,7 +477,9 @@ def test_judging_and_the_score() -> None:
 
 def test_outcomes_from_counts_when_untraced() -> None:
     def result(fast: int, slow: int) -> StepResult:
-        return StepResult(0, {"op": "write"}, {"fast": fast, "slow": slow}, [], None, 0, [], None, None, None)
+        return StepResult(
+            0, WriteStep(gfn=0), {"fast": fast, "slow": slow}, [], None, 0, [], None, None, None
+        )
 
     assert [single_outcome(result(f, s)) for f, s in ((0, 0), (1, 0), (0, 1))] == ["none", "fast", "slow"]
     assert [many_outcome({"fast": f, "slow": s}) for f, s in ((0, 0), (2, 0), (0, 2), (1, 1))] == [

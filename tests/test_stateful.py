@@ -216,7 +216,7 @@ def problems_after_last_step(
     else:
         found += [f"step {last.index} reported {v}" for v in last.violations]
         found += [f"check_all after step {last.index} found {v}" for v in full]
-        if last.op["op"] == "migrate_end" and sim.migration.lost:
+        if last.op.op == "migrate_end" and sim.migration.lost:
             found.append(f"the migration lost pages {[hex(g) for g in sim.migration.lost]}")
     return found
 

@@ -23,10 +23,9 @@ from app.livekernel import PAGE_PRESETS, checked_overrides, live_result
 from app.query import compare_variants, parse_policy_param, query_param
 from app.render import base_path
 from app.store import StoreDep
-from app.views.narration import describe_op
 from app.views.presets import preset_description
 from app.workshop import workshop_off
-from engine.scenario import Step, step_to_json
+from engine.ops.registry import Step, describe
 
 router = APIRouter()
 
@@ -56,7 +55,7 @@ def _step_counters(result: dict[str, Any], steps: Sequence[Step]) -> tuple[list[
             rows.append(
                 {
                     "index": entry["index"],
-                    "op": describe_op(step_to_json(steps[entry["index"]])),
+                    "op": describe(steps[entry["index"]]),
                     "changed": changed,
                 }
             )
@@ -87,7 +86,7 @@ def _real_page(request: Request, store: StoreDep) -> Response:
     rows = [
         {
             "index": entry["index"],
-            "op": describe_op(step_to_json(steps[entry["index"]])),
+            "op": describe(steps[entry["index"]]),
             "kernel": entry["dirty_log"],
             "oracle": oracle.get(entry["index"]),
             "cells": [{"variant": name, "diff": differences[name].get(entry["index"])} for name in presets],

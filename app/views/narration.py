@@ -1,53 +1,24 @@
-"""Describing steps: an op in a few words, what a step did in a sentence, a note as the preset on screen
-tells it, and the lesson's own words before the first step."""
+"""Describing steps: what a step did in a sentence (the sentence its op's `tell` facet names; the op in a
+few words is the op table's `describe`), a note as the preset on screen tells it, and the lesson's own
+words before the first step."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 from app.views.text import gfn_list, hx, plural
+from engine.ops.base import Tell
+from engine.ops.registry import Step, describe, op_spec
 from engine.policy import Policy
-from engine.scenario import NoteStep, Step
 from engine.simulation import Simulation, StepResult
 
 
-def describe_op(op: Mapping[str, object]) -> str:
-    """A step's op as one short line: `write gfn 0x250`, `read gfn 0x200 ×512`, `get_dirty_log slot 1`."""
-    name = str(op.get("op"))
-    if name == "note":
-        return "note"
-    parts = [name]
-    gfn = op.get("gfn")
-    if isinstance(gfn, int):
-        parts.append(f"gfn {gfn:#x}")
-        count, stride, vcpu = op.get("count", 1), op.get("stride", 1), op.get("vcpu", 0)
-        if count != 1:
-            parts.append(f"×{count}")
-            if stride != 1:
-                parts.append(f"stride {stride}")
-        if vcpu != 0:
-            parts.append(f"vCPU {vcpu}")
-    slot = op.get("slot")
-    if isinstance(slot, int):
-        parts.append(f"slot {slot}")
-    first, num = op.get("first"), op.get("num")
-    if isinstance(first, int) and isinstance(num, int):
-        parts.append(f"pages {first:#x}+{num}")
-    return " ".join(parts)
-
-
-def note_text(op: Mapping[str, object], variant: str | None) -> str:
+def note_text(step: Step, variant: str | None) -> str:
     """The text of a note step as `variant` tells it: the preset's own (`by_preset`) if the note has one,
     else `text`; "" for any other op. `variant` is None under a what-if policy, which no preset's text
     describes, so it reads the note every preset shares."""
-    if op.get("op") != "note":
-        return ""
-    by_preset = op.get("by_preset")
-    if variant is not None and isinstance(by_preset, Mapping):
-        own = by_preset.get(variant)
-        if isinstance(own, str):
-            return own
-    return str(op.get("text", ""))
+    note = op_spec(step).note(step)
+    return note.text_for(variant) if note is not None else ""
 
 
 # A paragraph of the description that says what to watch ("What to watch: …", "Watch step 5 …").
@@ -62,17 +33,8 @@ def lesson_text(description: str, steps: Sequence[Step]) -> str:
     if paragraphs:
         watch = [p for p in paragraphs[1:] if p.lower().startswith(_WATCH)]
         return "\n\n".join(paragraphs[:1] + watch[:1])
-    first = next((step for step in steps if isinstance(step, NoteStep)), None)
+    first = next((note for step in steps if (note := op_spec(step).note(step)) is not None), None)
     return first.text if first is not None else ""
-
-
-# Ops whose marked_dirty would repeat what their dirty_log already says.
-_HARVESTING_OPS = ("get_dirty_log", "reset_dirty_ring", "migrate_round", "migrate_end")
-
-
-def _int_field(op: Mapping[str, object], name: str) -> int:
-    value = op.get(name)
-    return value if isinstance(value, int) else 0
 
 
 def _enabling_text(sim: Simulation) -> str:
@@ -105,84 +67,126 @@ def _disabling_text(policy: Policy) -> str:
     return "; the sptes stay as they are"
 
 
-def narrate(op: Mapping[str, object], result: StepResult, sim: Simulation) -> str:
-    """One line saying what the step did, in words."""
-    name = op.get("op")
-    if name == "note":  # its text is shown beside, once
-        return "A note of the lesson: nothing runs, nothing changes."
+def _access(step: Step, result: StepResult, sim: Simulation) -> str:
+    access = op_spec(step).access(step)
+    assert access is not None, "told as an access, it makes some"
     counts = result.fault_counts
     fast, slow = counts.get("fast", 0), counts.get("slow", 0)
-    parts: list[str] = []
-    if name in ("read", "write"):
-        verb = "writes" if name == "write" else "reads"
-        count = op.get("count", 1)
-        target = (
-            f"gfn {hx(int(str(op.get('gfn'))))}"
-            if count == 1
-            else f"{count} pages from gfn {hx(int(str(op.get('gfn'))))}"
-        )
-        head = f"vCPU {op.get('vcpu', 0)} {verb} {target}"
-        if fast or slow:
-            faults = []
-            if slow:
-                faults.append(plural(slow, "slow fault"))
-            if fast:
-                faults.append(plural(fast, "fast fault"))
-            parts.append(f"{head}: {' and '.join(faults)}")
-        else:
-            parts.append(f"{head}: no exit, the mapping already allows it")
-    elif name == "enable_dirty_log":
-        parts.append(f"Dirty logging is switched on for slot {op.get('slot')}{_enabling_text(sim)}")
-    elif name == "disable_dirty_log":
-        parts.append(f"Dirty logging is switched off for slot {op.get('slot')}{_disabling_text(sim.policy)}")
-    elif result.error is not None:
-        parts.append(f"{describe_op(op)} fails: {result.error}")
-    elif name == "get_dirty_log" and sim.policy.dirty_log_mode != "bitmap":
-        parts.append(
-            f"KVM_GET_DIRTY_LOG on slot {op.get('slot')} copies {gfn_list(result.dirty_log or [])}:"
+    verb = "writes" if access.write else "reads"
+    target = (
+        f"gfn {hx(access.gfn)}" if access.count == 1 else f"{access.count} pages from gfn {hx(access.gfn)}"
+    )
+    head = f"vCPU {access.vcpu} {verb} {target}"
+    if not (fast or slow):
+        return f"{head}: no exit, the mapping already allows it"
+    faults = []
+    if slow:
+        faults.append(plural(slow, "slow fault"))
+    if fast:
+        faults.append(plural(fast, "fast fault"))
+    return f"{head}: {' and '.join(faults)}"
+
+
+def _logging_on(step: Step, result: StepResult, sim: Simulation) -> str:
+    return f"Dirty logging is switched on for slot {op_spec(step).slot(step)}{_enabling_text(sim)}"
+
+
+def _logging_off(step: Step, result: StepResult, sim: Simulation) -> str:
+    return f"Dirty logging is switched off for slot {op_spec(step).slot(step)}{_disabling_text(sim.policy)}"
+
+
+def _get(step: Step, result: StepResult, sim: Simulation) -> str:
+    slot = op_spec(step).slot(step)
+    if sim.policy.dirty_log_mode != "bitmap":
+        return (
+            f"KVM_GET_DIRTY_LOG on slot {slot} copies {gfn_list(result.dirty_log or [])}:"
             " with manual protection nothing is cleared or re-protected until KVM_CLEAR_DIRTY_LOG"
         )
-    elif name == "get_dirty_log":
-        parts.append(
-            f"KVM_GET_DIRTY_LOG on slot {op.get('slot')} returns {gfn_list(result.dirty_log or [])},"
-            " clearing those bits and re-protecting their pages"
+    return (
+        f"KVM_GET_DIRTY_LOG on slot {slot} returns {gfn_list(result.dirty_log or [])},"
+        " clearing those bits and re-protecting their pages"
+    )
+
+
+def _clear(step: Step, result: StepResult, sim: Simulation) -> str:
+    spec = op_spec(step)
+    first, num = spec.pages(step) or (0, 0)
+    return (
+        f"KVM_CLEAR_DIRTY_LOG on slot {spec.slot(step)}, pages {hx(first)}+{num}: the bits that were set"
+        " are cleared and their pages re-protected"
+        + (
+            ", after the huge pages holding the range are split and write-protected"
+            if sim.policy.dirty_log_mode == "initially_set"
+            else ""
         )
-    elif name == "clear_dirty_log":
-        parts.append(
-            f"KVM_CLEAR_DIRTY_LOG on slot {op.get('slot')}, pages {hx(_int_field(op, 'first'))}"
-            f"+{op.get('num')}: the bits that were set are cleared and their pages re-protected"
-            + (
-                ", after the huge pages holding the range are split and write-protected"
-                if sim.policy.dirty_log_mode == "initially_set"
-                else ""
-            )
-        )
-    elif name == "reset_dirty_ring":
-        parts.append(
-            f"The dirty rings are harvested ({gfn_list(result.dirty_log or [])}) and reset:"
-            " those pages are re-protected"
-        )
-    elif name == "flush_tlb":
-        parts.append("Every vCPU's TLB is flushed")
-    elif name == "zap_all":
-        parts.append("Every spte is zapped, as on a memslot change")
-    elif name == "migrate_begin":
-        parts.append(
-            f"Migration starts: dirty logging on for every slot{_enabling_text(sim)}; every page copied once"
-        )
-    elif name == "migrate_round":
-        parts.append(
-            f"Pre-copy round: the dirty log returns {gfn_list(result.dirty_log or [])}, copied again"
-        )
-    elif name == "migrate_end":
-        lost = sim.migration.lost or []
-        verdict = f"{plural(len(lost), 'page')} LOST: {gfn_list(lost)}" if lost else "no page lost"
-        parts.append(f"Stop-and-copy: the last round returns {gfn_list(result.dirty_log or [])}; {verdict}")
-        if sim.policy.recover_on_disable:
-            parts.append(f"dirty logging is switched off{_disabling_text(sim.policy)}")
+    )
+
+
+def _ring(step: Step, result: StepResult, sim: Simulation) -> str:
+    return (
+        f"The dirty rings are harvested ({gfn_list(result.dirty_log or [])}) and reset:"
+        " those pages are re-protected"
+    )
+
+
+def _flush(step: Step, result: StepResult, sim: Simulation) -> str:
+    return "Every vCPU's TLB is flushed"
+
+
+def _zap(step: Step, result: StepResult, sim: Simulation) -> str:
+    return "Every spte is zapped, as on a memslot change"
+
+
+def _migration_start(step: Step, result: StepResult, sim: Simulation) -> str:
+    return f"Migration starts: dirty logging on for every slot{_enabling_text(sim)}; every page copied once"
+
+
+def _migration_round(step: Step, result: StepResult, sim: Simulation) -> str:
+    return f"Pre-copy round: the dirty log returns {gfn_list(result.dirty_log or [])}, copied again"
+
+
+def _migration_end(step: Step, result: StepResult, sim: Simulation) -> str:
+    lost = sim.migration.lost or []
+    verdict = f"{plural(len(lost), 'page')} LOST: {gfn_list(lost)}" if lost else "no page lost"
+    text = f"Stop-and-copy: the last round returns {gfn_list(result.dirty_log or [])}; {verdict}"
+    if sim.policy.recover_on_disable:
+        text += f"; dirty logging is switched off{_disabling_text(sim.policy)}"
+    return text
+
+
+def _note(step: Step, result: StepResult, sim: Simulation) -> str:
+    return "A note of the lesson: nothing runs, nothing changes"
+
+
+# The sentence of each op's `tell` facet (engine/ops); tests/test_op_table.py checks every kind has one.
+TELLERS: dict[Tell, Callable[[Step, StepResult, Simulation], str]] = {
+    Tell.ACCESS: _access,
+    Tell.LOGGING_ON: _logging_on,
+    Tell.LOGGING_OFF: _logging_off,
+    Tell.GET: _get,
+    Tell.CLEAR: _clear,
+    Tell.RING: _ring,
+    Tell.FLUSH: _flush,
+    Tell.ZAP: _zap,
+    Tell.MIGRATION_START: _migration_start,
+    Tell.MIGRATION_ROUND: _migration_round,
+    Tell.MIGRATION_END: _migration_end,
+    Tell.NOTE: _note,
+}
+
+
+def narrate(step: Step, result: StepResult, sim: Simulation) -> str:
+    """One line saying what the step did, in words: the op's own sentence (its `tell` facet), then what
+    every step may add (pages marked dirty, TLB flushes, violations). A note's text is shown beside, once.
+    A dirty-log ioctl the mode refuses says so instead of what it would have done."""
+    spec = op_spec(step)
+    if spec.note(step) is not None:
+        return _note(step, result, sim) + "."
+    if result.error is not None and spec.tell not in (Tell.LOGGING_ON, Tell.LOGGING_OFF, Tell.ACCESS):
+        parts = [f"{describe(step)} fails: {result.error}"]
     else:
-        parts.append(describe_op(op))
-    if result.marked_dirty and name not in _HARVESTING_OPS:
+        parts = [TELLERS[spec.tell](step, result, sim)]
+    if result.marked_dirty and spec.harvest is None:
         parts.append(f"marked dirty: {gfn_list(result.marked_dirty)}")
     if result.tlb_flushes:
         parts.append(plural(result.tlb_flushes, "TLB flush", "TLB flushes"))

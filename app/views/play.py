@@ -18,11 +18,12 @@ from app.views.logs import (
     ring_views,
     violation_views,
 )
-from app.views.narration import describe_op, narrate, note_text
+from app.views.narration import narrate, note_text
 from app.views.rmap import RmapSlotView, TlbView, rmap_views, tlb_views
 from app.views.text import Location, bit_changes, change_text, hx
 from app.views.trace import TraceView, trace_view
 from app.views.tree import TreeBuilder, TreeView, walk_gfn
+from engine.ops.registry import describe, op_spec
 from engine.simulation import StepResult
 from engine.spte import (
     PT_PAGE_SIZE_MASK,
@@ -131,21 +132,20 @@ def play_view(
     result = shown.result
     ops = scenario.steps
     if result is not None:
-        op = result.op
-        narration = narrate(op, result, sim)
-        op_text = describe_op(op)
-        note = note_text(op, variant)
+        narration = narrate(result.op, result, sim)
+        op_text = describe(result.op)
+        note = note_text(result.op, variant)
     else:
         narration = "Before the first step: no guest access has happened yet, and no spte is present."
         op_text = ""
         note = ""
-    next_op = describe_op(ops[n].model_dump(mode="python")) if n < total else ""
-    if n < total and ops[n].op == "note":
-        next_op = "note: " + " ".join(str(getattr(ops[n], "text", "")).split())[:80]
+    next_op = describe(ops[n]) if n < total else ""
+    upcoming_note = op_spec(ops[n]).note(ops[n]) if n < total else None
+    if upcoming_note is not None:
+        next_op = "note: " + " ".join(upcoming_note.text.split())[:80]
     low = max(0, n - 1 - STEP_WINDOW)
     window = [
-        StepLine(i, describe_op(ops[i].model_dump(mode="python")), i == n - 1)
-        for i in range(low, min(total, low + 2 * STEP_WINDOW + 1))
+        StepLine(i, describe(ops[i]), i == n - 1) for i in range(low, min(total, low + 2 * STEP_WINDOW + 1))
     ]
     lost = list(sim.migration.lost or []) if sim.migrated else []
     counts = result.fault_counts if result is not None else {"fast": 0, "slow": 0}

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from app.records import StepRecord
+from engine.ops.registry import OPS
 
 # Every step has its marker up to this many steps.
 FULL_MARKS = 120
@@ -26,8 +27,8 @@ WINDOW = 30
 # Beyond FULL_MARKS: at most this many overview spans for the rest of the scenario.
 SPANS = 48
 
-# The ops that hand the dirty log to userspace (a harvest).
-HARVEST_OPS = frozenset({"get_dirty_log", "reset_dirty_ring", "migrate_round", "migrate_end"})
+# The ops that hand the dirty log to userspace (a harvest): their `harvest` facet (engine/ops).
+HARVEST_OPS = frozenset(name for name, spec in OPS.items() if spec.harvest is not None)
 
 # The glyphs, one per kind of event: a shape that says it without colour.
 GLYPH_FAST = "△"
@@ -43,7 +44,6 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
-
 def _glyphs(slow: int, fast: int, harvest: object, violations: object, lost: int) -> str:
     """A marker's or a span's glyphs: the costlier fault kind seen, then harvest, violation, lost pages."""
     out = GLYPH_SLOW if slow else GLYPH_FAST if fast else ""
@@ -54,6 +54,7 @@ def _glyphs(slow: int, fast: int, harvest: object, violations: object, lost: int
     if lost:
         out += GLYPH_LOST
     return out or GLYPH_QUIET
+
 
 class Mark(NamedTuple):
     """One step of one lane. `n` is the step the marker jumps to (the state after scenario step n-1, the

@@ -9,6 +9,7 @@ from itertools import compress, groupby
 
 from app.views.text import Location, bit_changes, bits_text, flags_text, hx, location_param, plural
 from engine.kvm import Kvm
+from engine.ops.registry import op_spec
 from engine.result import FLAG_MASK
 from engine.shadow_page import KvmMmuPage
 from engine.simulation import StepResult
@@ -230,9 +231,9 @@ def walk_gfn(result: StepResult | None) -> int | None:
         return None
     if result.faults:
         return result.faults[0].gfn
-    gfn = result.op.get("gfn")
-    if result.op.get("op") in ("read", "write") and isinstance(gfn, int):
-        return gfn
+    access = op_spec(result.op).access(result.op)
+    if access is not None:
+        return access.gfn
     return None
 
 
