@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from itertools import groupby, islice
 from operator import itemgetter
 
-from engine.cpu import walk_spte
 from engine.kvm import Kvm
 from engine.memslot import KvmMemorySlot, gfn_to_index
 from engine.pml import pml_holds
@@ -26,7 +25,6 @@ from engine.spte import (
     LARGE_LEAF_BY_LOW_BYTE,
     PT64_BASE_ADDR_MASK,
     PT64_LEVEL_BITS,
-    PT64_ROOT_LEVEL,
     PT_PAGE_SIZE_MASK,
     PT_PAGE_TABLE_LEVEL,
     PT_PRESENT_MASK,
@@ -40,9 +38,9 @@ from engine.spte import (
     level_name,
     low_bytes,
     pages_per_hpage,
-    spte_index,
     spte_to_pfn,
 )
+from engine.tdp_iter import for_each_shadow_entry, spte_to_child_sp, walk_spte
 from engine.tlb import TlbEntry
 
 INVARIANTS = (
@@ -210,11 +208,11 @@ def _harvest_name(kvm: Kvm) -> str:
 def _finer_leaves_differ(kvm: Kvm, entry: TlbEntry) -> str | None:
     """What a leaf under the range of a TLB entry larger than it allows less of (nothing mapped, another
     pfn, no W under a writable entry), or None when every leaf allows all that the entry does."""
-    sp, level = kvm.root, PT64_ROOT_LEVEL
-    while level > entry.level:  # the caller found a smaller leaf, so every entry on the way is a pointer
-        sp = kvm.child_sp(sp.spt[spte_index(entry.gfn, level)])
-        level -= 1
-    return _leaves_differ(kvm, kvm.child_sp(sp.spt[spte_index(entry.gfn, level)]), entry)
+    # The caller found a smaller leaf, so every entry on the way down to the entry's level is a pointer.
+    for it in for_each_shadow_entry(kvm, entry.gfn):
+        if it.level == entry.level:
+            break
+    return _leaves_differ(kvm, spte_to_child_sp(kvm, it.old_spte), entry)
 
 
 def _leaves_differ(kvm: Kvm, table: KvmMmuPage, entry: TlbEntry) -> str | None:
@@ -224,7 +222,7 @@ def _leaves_differ(kvm: Kvm, table: KvmMmuPage, entry: TlbEntry) -> str | None:
         if not is_shadow_present_pte(spte):
             return f"gfn {gfn:#x} is not mapped"
         if not is_last_spte(spte, table.level):
-            differs = _leaves_differ(kvm, kvm.child_sp(spte), entry)
+            differs = _leaves_differ(kvm, spte_to_child_sp(kvm, spte), entry)
             if differs:
                 return differs
         elif spte_to_pfn(spte) != entry.pfn + (gfn - entry.gfn):

@@ -399,18 +399,6 @@ class Kvm:
         root.root_count = len(self.vcpus)
         return root
 
-    def find_mmu_page(self, gfn: int, level: int) -> KvmMmuPage | None:
-        for sp in self.mmu_page_hash.get((gfn, level), ()):
-            if not sp.invalid:
-                return sp
-        return None
-
-    # --- lookups used everywhere ------------------------------------------------------------------
-
-    def child_sp(self, spte: int) -> KvmMmuPage:
-        """page_header(spte & PT64_BASE_ADDR_MASK): the table a non-leaf spte points at."""
-        return self.sp_by_pfn[spte >> 12 & ((1 << 40) - 1)]
-
     def stats(self) -> dict[str, int]:
         """The statistics under the names of the policy's kernel generation (KvmStat.as_json)."""
         return self.stat.as_json(self.policy.era)

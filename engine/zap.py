@@ -24,6 +24,7 @@ from engine.spte import (
     is_shadow_present_pte,
     low_bytes,
 )
+from engine.tdp_iter import spte_to_child_sp
 from engine.trace import (
     InvalidateZapAllPages,
     MmuFreeRoots,
@@ -141,7 +142,7 @@ def _unlink_children(kvm: Kvm, sp: KvmMmuPage) -> None:
                 kvm.stat.lpages -= 1
             drop_spte(kvm, sp, index)
         else:
-            drop_parent_pte(kvm, kvm.child_sp(spte), sp, index)
+            drop_parent_pte(kvm, spte_to_child_sp(kvm, spte), sp, index)
 
 
 def handle_removed_pt(kvm: Kvm, table: KvmMmuPage, removed: list[KvmMmuPage]) -> None:
@@ -151,7 +152,7 @@ def handle_removed_pt(kvm: Kvm, table: KvmMmuPage, removed: list[KvmMmuPage]) ->
     children: list[KvmMmuPage] = []
     if table.level > PT_PAGE_TABLE_LEVEL:
         children = [
-            kvm.child_sp(spte)
+            spte_to_child_sp(kvm, spte)
             for spte in table.spt
             if spte & PT_PRESENT_MASK and not spte & PT_PAGE_SIZE_MASK
         ]

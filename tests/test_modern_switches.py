@@ -35,14 +35,14 @@ from conftest import (
 )
 
 from app.explain import EXPLAINERS, KERNEL_SOURCES, Context, explain, kernel_source
-from engine.cpu import walk_spte
 from engine.invariants import check_all
 from engine.policy import make_policy
 from engine.result import result_json, step_json
 from engine.scenario import Scenario
 from engine.simulation import Simulation
-from engine.split import split_huge_pages_in_range
 from engine.spte import SpteMasks
+from engine.tdp_iter import walk_spte
+from engine.tdp_mmu import split_huge_pages_in_range
 from engine.trace import (
     MakeSpteReadOnly,
     MmuNotifierInvalidateRangeStart,
