@@ -38,7 +38,8 @@ from dataclasses import dataclass
 from app.views.bitmap import BitmapRow, BitmapView
 from app.views.play import PlayView
 from app.views.text import hx
-from app.views.tree import RunView, SpteView, TableView
+from app.views.tree import TableView
+from app.views.tree_fold import RunView, SpteView
 
 WIDTH = 1280  # px: the projector width the pages are designed for (style.md)
 MARGIN = 20

@@ -21,7 +21,8 @@ from functools import lru_cache
 from markupsafe import Markup, escape
 
 from app.views.text import bits_label
-from app.views.tree import CollapsedView, RunView, SpteView, TableView
+from app.views.tree import TableView
+from app.views.tree_fold import CollapsedView, RunView, SpteView
 from engine.spte import FLAG_BITS
 
 # The URL that selects an spte (its `spte=` parameter), or None to use the shared inspect form instead.
