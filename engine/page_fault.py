@@ -30,7 +30,8 @@ from engine.mmu import (
 from engine.mmu_notifier import host_page_gfns, kvm_mmu_notifier_invalidate_range_start
 from engine.spte import PT_PAGE_TABLE_LEVEL, pages_per_hpage
 from engine.tdp_mmu import kvm_tdp_mmu_map
-from engine.trace import MmuNotifierRetry, TdpPageFault, traced
+from engine.trace import TdpPageFault, traced
+from engine.trace_tables import MmuNotifierRetry
 
 # Named tuples built on the fault path skip their constructor's Python frame (see engine.cpu).
 _new_tuple = tuple.__new__

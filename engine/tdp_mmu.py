@@ -60,15 +60,14 @@ from engine.spte import (
     spte_to_pfn,
 )
 from engine.tdp_iter import for_each_shadow_entry, for_each_tdp_pte, spte_to_child_sp
-from engine.trace import (
-    DirectMap,
+from engine.trace import DirectMap, traced
+from engine.trace_tables import (
     RecoverHugePages,
     SlotTrySplitHugePages,
     TdpMmuMakeHugeSpte,
     TdpMmuSplitHugePage,
     ZapCollapsibleSpte,
     ZapCollapsibleSptes,
-    traced,
 )
 from engine.zap import handle_removed_pt
 

@@ -25,14 +25,8 @@ from engine.spte import (
     low_bytes,
 )
 from engine.tdp_iter import spte_to_child_sp
-from engine.trace import (
-    InvalidateZapAllPages,
-    MmuFreeRoots,
-    MmuLoad,
-    PrepareZapPage,
-    ZapAll,
-    traced,
-)
+from engine.trace import MmuLoad, PrepareZapPage, ZapAll, traced
+from engine.trace_tables import InvalidateZapAllPages, MmuFreeRoots
 
 
 def kvm_mmu_zap_all(kvm: Kvm) -> None:

@@ -43,8 +43,8 @@ from engine.simulation import Simulation
 from engine.spte import SpteMasks
 from engine.tdp_iter import walk_spte
 from engine.tdp_mmu import split_huge_pages_in_range
-from engine.trace import (
-    MakeSpteReadOnly,
+from engine.trace import MakeSpteReadOnly, event_json
+from engine.trace_tables import (
     MmuNotifierInvalidateRangeStart,
     MmuNotifierRetry,
     RecoverHugePages,
@@ -53,7 +53,6 @@ from engine.trace import (
     TdpMmuSplitHugePage,
     ZapCollapsibleSpte,
     ZapCollapsibleSptes,
-    event_json,
 )
 
 # One 1 GiB hugetlbfs page, aligned, guest and host alike: the only way to a 1G leaf (§1.2, §3.8).
