@@ -40,6 +40,10 @@ def ept_walk(kvm: Kvm, vcpu: Vcpu, gfn: int, write: bool) -> int | None:
     On failure return the page-fault error code: PRESENT when the translation was readable. With PML
     enabled, a store that sets D also logs the page in the vCPU's PML buffer; if the buffer is full the
     store does not happen and EXIT_REASON_PML_FULL is returned.
+
+    The hardware's walk, made for every TLB miss of a million accesses: written out level by level with
+    raw bit tests (with the level-1 table the root is known to route `gfn` to as a shortcut), not through
+    engine.tdp_iter, whose for_each_shadow_entry walks the same path for the MMU.
     """
     accessed = kvm.masks.accessed_mask
     l1 = kvm.l1_tables.get(gfn >> PT64_LEVEL_BITS)

@@ -111,6 +111,7 @@ def _check_spte(kvm: Kvm, sp: KvmMmuPage, index: int, found: _Collector) -> None
     shift = PT64_LEVEL_BITS * (level - 1)
     gfn = sp.gfn + (index << shift)
     slot = kvm.gfn_to_memslot(gfn)
+    # Called for every spte of the state: the bits are read raw, as in the other inner loops.
     leaf = spte & PT_PRESENT_MASK and (level == PT_PAGE_TABLE_LEVEL or spte & PT_PAGE_SIZE_MASK)
     if level > KVM_NR_PAGE_SIZES:
         return  # a root entry is never a leaf and no rmap is kept at that level
@@ -367,6 +368,7 @@ class StepChecker:
             # A step that wrote whole tables (split, zapped, write-protected): judge those runs first.
             runs = _Runs()
             entries = _judge_runs(kvm, touched, tlbs_live, runs)
+        # The inner loop over every spte the step wrote (a million for a 1 GiB slot): raw bit tests.
         for key, old in entries:
             sp, index = key
             new = sp.spt[index]

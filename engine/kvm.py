@@ -299,6 +299,7 @@ class Kvm:
         if self.tp.on:
             log.spte_changes.append((sp, index, old, new))
         level = sp.level
+        # The choke point runs for every spte written: its bit tests are raw, as in the inner loops.
         if (old ^ new) & (PT_PRESENT_MASK | PT_PAGE_SIZE_MASK) and level <= 3:
             # A leaf appeared or went away (kvm_update_page_stats): count present leaves by level.
             pages = self.stat.pages

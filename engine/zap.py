@@ -148,7 +148,7 @@ def handle_removed_pt(kvm: Kvm, table: KvmMmuPage, removed: list[KvmMmuPage]) ->
         children = [
             spte_to_child_sp(kvm, spte)
             for spte in table.spt
-            if spte & PT_PRESENT_MASK and not spte & PT_PAGE_SIZE_MASK
+            if spte & PT_PRESENT_MASK and not spte & PT_PAGE_SIZE_MASK  # the inner loop: raw R and PS
         ]
     kvm_mmu_prepare_zap_page(kvm, table)  # drops the leaves, unlinks the children and the parent pointer
     removed.append(table)

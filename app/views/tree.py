@@ -131,7 +131,7 @@ def _table_leaf_counts(kvm: Kvm, sp: KvmMmuPage) -> tuple[int, int]:
     """(present, writable) of a level-1 table, counted in bulk: every non-present spte holds the same
     value, and the 512 entries are the inner loop, read as raw W bits."""
     present = len(sp.spt) - sp.spt.count(kvm.masks.nonpresent)
-    return present, len([s for s in sp.spt if s & PT_WRITABLE_MASK])
+    return present, len([s for s in sp.spt if s & PT_WRITABLE_MASK])  # the inner loop: raw W
 
 
 def _leaf_counts(kvm: Kvm, sp: KvmMmuPage) -> tuple[int, int, int, int]:
