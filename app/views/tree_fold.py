@@ -66,6 +66,19 @@ class SpteView:
         return {"large": f"{level_name(self.level)} leaf", "4k": "4K leaf"}.get(was, "table pointer")
 
     @property
+    def data_attrs(self) -> str:
+        """The data-* attributes the page's tree and the SVG export both give an entry."""
+        attrs = (
+            f' data-level="{self.level:#x}" data-sp-gfn="{self.sp_gfn:#x}" data-index="{self.index:#x}"'
+            f' data-value="{self.value:#x}" data-flags="{self.flags}"'
+        )
+        if self.kind == "large":
+            attrs += ' data-large="1"'
+        if self.changed and not self.ghost:
+            attrs += ' data-changed="1"'
+        return attrs
+
+    @property
     def flags(self) -> str:
         return flags_text(self.word)
 
