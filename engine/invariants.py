@@ -210,10 +210,10 @@ def _finer_leaves_differ(kvm: Kvm, entry: TlbEntry) -> str | None:
     """What a leaf under the range of a TLB entry larger than it allows less of (nothing mapped, another
     pfn, no W under a writable entry), or None when every leaf allows all that the entry does."""
     # The caller found a smaller leaf, so every entry on the way down to the entry's level is a pointer.
-    for it in for_each_shadow_entry(kvm, entry.gfn):
-        if it.level == entry.level:
+    for walked in for_each_shadow_entry(kvm, entry.gfn):
+        if walked[0] == entry.level:
             break
-    return _leaves_differ(kvm, spte_to_child_sp(kvm, it.old_spte), entry)
+    return _leaves_differ(kvm, spte_to_child_sp(kvm, walked[3]), entry)
 
 
 def _leaves_differ(kvm: Kvm, table: KvmMmuPage, entry: TlbEntry) -> str | None:

@@ -37,7 +37,7 @@ from engine.spte import (
     spte_is_locklessly_modifiable,
     spte_to_pfn,
 )
-from engine.tdp_iter import TdpIter, find_shadow_page, for_each_shadow_entry, spte_to_child_sp
+from engine.tdp_iter import find_shadow_page, for_each_shadow_entry, spte_to_child_sp
 from engine.trace import (
     DirectMap,
     DirectPtePrefetch,
@@ -317,22 +317,22 @@ def link_shadow_page(kvm: Kvm, sp: KvmMmuPage, index: int, child: KvmMmuPage) ->
         kvm.tp.emit(LinkShadowPage(sp.level, sp.gfn, index, child.level, child.gfn))
 
 
-def direct_map_link(kvm: Kvm, it: TdpIter, gfn: int) -> None:
+def direct_map_link(kvm: Kvm, sp: KvmMmuPage, index: int, level: int, gfn: int) -> None:
     """The walk met an empty entry above the target level: get (or reuse) the table for its range and
     link it, so the walk goes on down through it."""
-    base_gfn = gfn & ~(pages_per_hpage(it.level) - 1)
-    child = kvm_mmu_get_page(kvm, base_gfn, it.level - 1, (it.sp, it.index))
-    link_shadow_page(kvm, it.sp, it.index, child)
+    base_gfn = gfn & ~(pages_per_hpage(level) - 1)
+    child = kvm_mmu_get_page(kvm, base_gfn, level - 1, (sp, index))
+    link_shadow_page(kvm, sp, index, child)
 
 
 def direct_map_target_level(
-    kvm: Kvm, it: TdpIter, write: bool, map_writable: bool, gfn: int, pfn: int
+    kvm: Kvm, sp: KvmMmuPage, index: int, level: int, write: bool, map_writable: bool, gfn: int, pfn: int
 ) -> RetPf:
     """The walk reached the target level: install the leaf (and prefetch around it where the policy
     says), count it as the generation does, and say how the fault ended."""
-    changed = mmu_set_spte(kvm, it.sp, it.index, write, it.level, gfn, pfn, False, map_writable)
+    changed = mmu_set_spte(kvm, sp, index, write, level, gfn, pfn, False, map_writable)
     if kvm.policy.pte_prefetch:
-        direct_pte_prefetch(kvm, it.sp, it.index)
+        direct_pte_prefetch(kvm, sp, index)
     if not kvm.era6:
         kvm.stat.pf_fixed += 1  # 3.x counts every leaf __direct_map installs
     return RET_PF_FIXED if changed or not kvm.era6 else RET_PF_SPURIOUS
@@ -357,14 +357,14 @@ def direct_map(
     """
     ret = RET_PF_RETRY
     drops_large = kvm.policy.direct_map_drops_large
-    for it in for_each_shadow_entry(kvm, gfn, direct_map_start(kvm, gfn, level)):
-        if it.level == level:
-            ret = direct_map_target_level(kvm, it, write, map_writable, gfn, pfn)
+    for cur, sp, index, spte in for_each_shadow_entry(kvm, gfn, direct_map_start(kvm, gfn, level)):
+        if cur == level:
+            ret = direct_map_target_level(kvm, sp, index, level, write, map_writable, gfn, pfn)
             break
-        if drops_large and is_large_pte(it.old_spte):
-            drop_large_spte(kvm, it.sp, it.index)
-        if not is_shadow_present_pte(it.sp.spt[it.index]):
-            direct_map_link(kvm, it, gfn)
+        if drops_large and is_large_pte(spte):
+            drop_large_spte(kvm, sp, index)
+        if not is_shadow_present_pte(sp.spt[index]):
+            direct_map_link(kvm, sp, index, cur, gfn)
         # A large leaf left in place ends the walk (is_last_spte above level 1): nothing is mapped.
     if kvm.tp.on:
         kvm.tp.emit(DirectMap(gfn, level, pfn, write, map_writable, ret != RET_PF_RETRY))
@@ -408,10 +408,10 @@ def fast_page_fault(kvm: Kvm, vcpu: Vcpu, gfn: int, level: int, error_code: int)
     Returns (handled, result). The result names why it stopped, as the tracepoint prints it.
     """
     # for_each_shadow_entry_lockless: the walk stops by itself on a leaf or at level 1.
-    for it in for_each_shadow_entry(kvm, gfn, kvm.l1_table(gfn)):
-        if not is_shadow_present_pte(it.old_spte) or it.level < level:
+    for entry in for_each_shadow_entry(kvm, gfn, kvm.l1_table(gfn)):
+        if not is_shadow_present_pte(entry[3]) or entry[0] < level:
             break
-    sp, index, spte = it.sp, it.index, it.old_spte
+    _, sp, index, spte = entry
     handled, result = _fast_page_fault_decide(kvm, sp, index, spte, gfn, level)
     if kvm.tp.on:
         new = sp.spt[index]

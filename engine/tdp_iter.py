@@ -2,11 +2,11 @@
 (mmu.c `for_each_shadow_entry`), written once for every pass that goes down the tree.
 
 A walk is either along one address, root to leaf (`for_each_shadow_entry`: the fault path, the lockless
-fast path, the hardware's walk), or pre-order over a gfn range (`for_each_tdp_pte`: eager splitting, huge
-page recovery, what a view draws). Both hand out the same `TdpIter`, which the caller may act on: after the
-caller's body the iterator reads the entry again before stepping down, as `try_step_down` does in the
-kernel, so a table the body has just linked, or a huge leaf it has just split, is walked into, and a
-pointer it has just zapped is not.
+fast path, the checks and the views), or pre-order over a gfn range (`for_each_tdp_pte`: eager splitting,
+huge page recovery, what a view counts), handing out a `TdpIter` that can step down, sideways and up. The
+caller may act on the entry it is given: the walk reads the entry again before stepping down, as
+`try_step_down` and `__shadow_walk_next` do in the kernel, so a table the body has just linked, or a huge
+leaf it has just split, is walked into, and a pointer it has just zapped is not.
 
 The passes over all 512 entries of one table (write protection of a run, a table zapped, the checks of a
 written run) stay loops over `sp.spt`: an iterator per entry would cost more than the work.
@@ -19,8 +19,13 @@ from collections.abc import Iterator
 from engine.kvm import Kvm
 from engine.shadow_page import KvmMmuPage
 from engine.spte import (
+    PAGE_SHIFT,
+    PT64_BASE_ADDR_MASK,
     PT64_ENT_PER_PAGE,
+    PT64_LEVEL_BITS,
+    PT_PAGE_SIZE_MASK,
     PT_PAGE_TABLE_LEVEL,
+    PT_PRESENT_MASK,
     is_last_spte,
     is_shadow_present_pte,
     pages_per_hpage,
@@ -135,15 +140,33 @@ def for_each_tdp_pte(
         it.tdp_iter_next()
 
 
-def for_each_shadow_entry(kvm: Kvm, gfn: int, root: KvmMmuPage | None = None) -> Iterator[TdpIter]:
+# Where a walk along one address stands (3.x `struct kvm_shadow_walk_iterator`): (level, the table, the
+# index of the entry in it (together the kernel's `sptep`), the entry's value when the walk got there).
+ShadowEntry = tuple[int, KvmMmuPage, int, int]
+
+
+def for_each_shadow_entry(kvm: Kvm, gfn: int, root: KvmMmuPage | None = None) -> Iterator[ShadowEntry]:
     """`for_each_shadow_entry`: the entries that translate `gfn`, from `root` (the VM's root unless told;
     a level-1 table the root is known to route `gfn` to, as `Kvm.l1_table` gives, is a shortcut) down
     to the leaf, the first non-present entry, or level 1. The caller may link a table where the entry
-    was empty, or split the huge leaf it found: the walk goes on down through it."""
-    it = TdpIter(kvm, kvm.root if root is None else root, gfn)
-    yield it
-    while it.try_step_down():
-        yield it
+    was empty, or split the huge leaf it found: the entry is read again before the walk steps down
+    (`__shadow_walk_next`), so it goes on down through it.
+
+    It runs for every fault, so it is written out with local variables and raw bit tests rather than
+    through `TdpIter`, and hands out plain tuples."""
+    sp = kvm.root if root is None else root
+    level = sp.level
+    sp_by_pfn = kvm.sp_by_pfn
+    while True:
+        index = (gfn >> (PT64_LEVEL_BITS * (level - 1))) & (PT64_ENT_PER_PAGE - 1)
+        yield level, sp, index, sp.spt[index]
+        if level == PT_PAGE_TABLE_LEVEL:
+            return
+        spte = sp.spt[index]
+        if not spte & PT_PRESENT_MASK or spte & PT_PAGE_SIZE_MASK:
+            return
+        sp = sp_by_pfn[(spte & PT64_BASE_ADDR_MASK) >> PAGE_SHIFT]
+        level -= 1
 
 
 def find_shadow_page(kvm: Kvm, gfn: int, level: int) -> KvmMmuPage | None:
@@ -158,8 +181,7 @@ def find_shadow_page(kvm: Kvm, gfn: int, level: int) -> KvmMmuPage | None:
 def walk_spte(kvm: Kvm, gfn: int) -> tuple[KvmMmuPage, int, int] | None:
     """The present leaf (sp, index, spte) the walk from the root for `gfn` ends on, or None: what the
     hardware would use."""
-    *_, it = for_each_shadow_entry(kvm, gfn)
-    spte = it.old_spte
-    if not is_shadow_present_pte(spte) or not is_last_spte(spte, it.level):
+    *_, (level, sp, index, spte) = for_each_shadow_entry(kvm, gfn)
+    if not is_shadow_present_pte(spte) or not is_last_spte(spte, level):
         return None
-    return it.sp, it.index, spte
+    return sp, index, spte

@@ -83,14 +83,14 @@ def kvm_tdp_mmu_map(
     the leaf it built is the one already there. Traced under `__direct_map`'s name, the walk the result
     has always shown for either MMU."""
     ret = RET_PF_RETRY
-    for it in for_each_shadow_entry(kvm, gfn, direct_map_start(kvm, gfn, level)):
-        if it.level == level:
-            ret = direct_map_target_level(kvm, it, write, map_writable, gfn, pfn)
+    for cur, sp, index, spte in for_each_shadow_entry(kvm, gfn, direct_map_start(kvm, gfn, level)):
+        if cur == level:
+            ret = direct_map_target_level(kvm, sp, index, level, write, map_writable, gfn, pfn)
             break
-        if is_large_pte(it.old_spte):
-            tdp_mmu_split_huge_page(kvm, it.sp, it.index, SPLIT_ON_FAULT)
-        elif not is_shadow_present_pte(it.old_spte):
-            direct_map_link(kvm, it, gfn)
+        if is_large_pte(spte):
+            tdp_mmu_split_huge_page(kvm, sp, index, SPLIT_ON_FAULT)
+        elif not is_shadow_present_pte(spte):
+            direct_map_link(kvm, sp, index, cur, gfn)
     if kvm.tp.on:
         kvm.tp.emit(DirectMap(gfn, level, pfn, write, map_writable, ret != RET_PF_RETRY))
     return ret

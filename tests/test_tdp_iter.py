@@ -72,7 +72,7 @@ def test_for_each_tdp_pte_is_the_pre_order_walk_of_the_range(variant: str, min_l
 def test_the_shadow_walk_goes_root_to_leaf_along_one_address() -> None:
     kvm = run("write-storm-2m", "lazy").kvm
     for gfn in (0x200, 0x2ff, 0x3ff, 0x400000):
-        path = [(it.level, it.index) for it in for_each_shadow_entry(kvm, gfn)]
+        path = [(level, index) for level, _, index, _ in for_each_shadow_entry(kvm, gfn)]
         assert [level for level, _ in path] == list(range(4, 4 - len(path), -1))
         assert [index for _, index in path] == [(gfn >> (9 * (level - 1))) & 511 for level, _ in path]
         found = walk_spte(kvm, gfn)

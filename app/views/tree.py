@@ -221,18 +221,17 @@ class TreeBuilder:
         """The walk the MMU makes for `gfn` from the root (as __direct_map and fast_page_fault's
         walk_shadow_page_lockless do): one index per level, down to the leaf or the entry not present."""
         hops: list[WalkHop] = []
-        for it in for_each_shadow_entry(self.kvm, gfn):
-            spte = it.old_spte
-            self.walk_marks.add((it.sp.level, it.sp.gfn, it.index))
+        for level, sp, index, spte in for_each_shadow_entry(self.kvm, gfn):
+            self.walk_marks.add((sp.level, sp.gfn, index))
             if not is_shadow_present_pte(spte):
-                hops.append(WalkHop(it.level, it.index, "absent"))
-            elif is_last_spte(spte, it.level):
-                hops.append(WalkHop(it.level, it.index, "leaf"))
+                hops.append(WalkHop(level, index, "absent"))
+            elif is_last_spte(spte, level):
+                hops.append(WalkHop(level, index, "leaf"))
             else:
-                hops.append(WalkHop(it.level, it.index, "table"))
-        for level in range(it.level - 1, 0, -1):
-            hops.append(WalkHop(level, spte_index(gfn, level), "beyond"))
-        self._need(self.always, it.sp, {it.index})
+                hops.append(WalkHop(level, index, "table"))
+        for beyond in range(level - 1, 0, -1):
+            hops.append(WalkHop(beyond, spte_index(gfn, beyond), "beyond"))
+        self._need(self.always, sp, {index})
         return WalkView(gfn, hops)
 
     def find(self, level: int, gfn: int) -> KvmMmuPage | None:
