@@ -38,7 +38,8 @@ from dataclasses import dataclass
 from app.views.bitmap import BitmapRow, BitmapView
 from app.views.play import PlayView
 from app.views.text import hx
-from app.views.tree import RunView, SpteView, TableView
+from app.views.tree import TableView
+from app.views.tree_fold import RunView, SpteView
 
 WIDTH = 1280  # px: the projector width the pages are designed for (style.md)
 MARGIN = 20
@@ -245,15 +246,7 @@ def _entry_box(e: SpteView) -> _Box:
 def _entry(c: _Canvas, e: SpteView, depth: int) -> None:
     x = _x(depth)
     hook = "data-spte-ghost" if e.ghost else "data-spte"
-    attrs = (
-        f' {hook}="" data-level="{e.level:#x}" data-sp-gfn="{e.sp_gfn:#x}" data-index="{e.index:#x}"'
-        f' data-value="{e.value:#x}" data-flags="{e.flags}"'
-    )
-    if e.kind == "large":
-        attrs += ' data-large="1"'
-    if e.changed and not e.ghost:
-        attrs += ' data-changed="1"'
-    c.add(f"<g{attrs}>")
+    c.add(f'<g {hook}=""{e.data_attrs}>')
     box = _entry_box(e)
     c.box(x, box, fill=_CHANGED_FILL if e.changed and not e.ghost else None)
     if e.ghost:

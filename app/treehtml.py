@@ -21,7 +21,8 @@ from functools import lru_cache
 from markupsafe import Markup, escape
 
 from app.views.text import bits_label
-from app.views.tree import CollapsedView, RunView, SpteView, TableView
+from app.views.tree import TableView
+from app.views.tree_fold import CollapsedView, RunView, SpteView
 from engine.spte import FLAG_BITS
 
 # The URL that selects an spte (its `spte=` parameter), or None to use the shared inspect form instead.
@@ -156,14 +157,7 @@ def _entry(e: SpteView, link: InspectLink, out: list[str], labels: dict[LabelKey
     if e.selected:
         classes += " is-selected"
     hook = "data-spte-ghost" if e.ghost else "data-spte"
-    attrs = (
-        f' data-level="{e.level:#x}" data-sp-gfn="{e.sp_gfn:#x}" data-index="{e.index:#x}"'
-        f' data-value="{e.value:#x}" data-flags="{e.flags}"'
-    )
-    if e.kind == "large":
-        attrs += ' data-large="1"'
-    if e.changed and not e.ghost:
-        attrs += ' data-changed="1"'
+    attrs = e.data_attrs
     if e.walk:
         classes += " on-walk"
         attrs += ' data-walk="1"'

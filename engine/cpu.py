@@ -8,7 +8,8 @@ retried after each fault, as the guest would; one that never completes is report
 from __future__ import annotations
 
 from engine.kvm import FaultRecord, Kvm, Vcpu, store_landed
-from engine.mmu import PFERR_PRESENT_MASK, PFERR_WRITE_MASK, RET_PF_FIXED, RET_PF_SPURIOUS, tdp_page_fault
+from engine.mmu import PFERR_PRESENT_MASK, PFERR_WRITE_MASK, RET_PF_FIXED, RET_PF_SPURIOUS
+from engine.page_fault import tdp_page_fault
 from engine.pml import handle_pml_full, pml_log, vmx_flush_pml_buffer
 from engine.shadow_page import KvmMmuPage
 from engine.spte import (
@@ -19,6 +20,7 @@ from engine.spte import (
     PT_PRESENT_MASK,
     PT_WRITABLE_MASK,
 )
+from engine.tdp_iter import walk_spte
 from engine.tlb import TlbEntry
 from engine.trace import DirtyRingFull, EptAdUpdate, GuestAccess, HandleEptViolation, traced
 
@@ -38,6 +40,10 @@ def ept_walk(kvm: Kvm, vcpu: Vcpu, gfn: int, write: bool) -> int | None:
     On failure return the page-fault error code: PRESENT when the translation was readable. With PML
     enabled, a store that sets D also logs the page in the vCPU's PML buffer; if the buffer is full the
     store does not happen and EXIT_REASON_PML_FULL is returned.
+
+    The hardware's walk, made for every TLB miss of a million accesses: written out level by level with
+    raw bit tests (with the level-1 table the root is known to route `gfn` to as a shortcut), not through
+    engine.tdp_iter, whose for_each_shadow_entry walks the same path for the MMU.
     """
     accessed = kvm.masks.accessed_mask
     l1 = kvm.l1_tables.get(gfn >> PT64_LEVEL_BITS)
@@ -240,18 +246,3 @@ def leaf_level(kvm: Kvm, gfn: int) -> int | None:
     """The level of the leaf spte that maps `gfn` from the root, or None."""
     leaf = walk_spte(kvm, gfn)
     return leaf[0].level if leaf else None
-
-
-def walk_spte(kvm: Kvm, gfn: int) -> tuple[KvmMmuPage, int, int] | None:
-    """The leaf (sp, index, spte) mapping `gfn` from the root, or None: what the hardware would use."""
-    sp = kvm.root
-    level = PT64_ROOT_LEVEL
-    while True:
-        index = (gfn >> (PT64_LEVEL_BITS * (level - 1))) & 511
-        spte = sp.spt[index]
-        if not spte & PT_PRESENT_MASK:
-            return None
-        if level == 1 or spte & PT_PAGE_SIZE_MASK:
-            return sp, index, spte
-        sp = kvm.child_sp(spte)
-        level -= 1

@@ -14,9 +14,12 @@ from engine.kvm import Kvm
 from engine.kvm_main import kvm_flush_remote_tlbs
 from engine.memslot import BITS_PER_LONG, KvmMemorySlot
 from engine.pml import kvm_arch_sync_dirty_log, kvm_mmu_update_cpu_dirty_logging
-from engine.recover import recover_huge_pages_on_disable
-from engine.split import kvm_mmu_slot_try_split_huge_pages, split_huge_pages_in_range
 from engine.spte import PT_DIRECTORY_LEVEL, PT_PAGE_TABLE_LEVEL, pages_per_hpage
+from engine.tdp_mmu import (
+    kvm_mmu_slot_try_split_huge_pages,
+    recover_huge_pages_on_disable,
+    split_huge_pages_in_range,
+)
 from engine.trace import (
     ClearDirtyLog,
     ClearDirtyLogProtect,

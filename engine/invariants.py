@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from itertools import groupby, islice
 from operator import itemgetter
 
-from engine.cpu import walk_spte
 from engine.kvm import Kvm
 from engine.memslot import KvmMemorySlot, gfn_to_index
 from engine.pml import pml_holds
@@ -26,7 +25,6 @@ from engine.spte import (
     LARGE_LEAF_BY_LOW_BYTE,
     PT64_BASE_ADDR_MASK,
     PT64_LEVEL_BITS,
-    PT64_ROOT_LEVEL,
     PT_PAGE_SIZE_MASK,
     PT_PAGE_TABLE_LEVEL,
     PT_PRESENT_MASK,
@@ -40,9 +38,9 @@ from engine.spte import (
     level_name,
     low_bytes,
     pages_per_hpage,
-    spte_index,
     spte_to_pfn,
 )
+from engine.tdp_iter import for_each_shadow_entry, spte_to_child_sp, walk_spte
 from engine.tlb import TlbEntry
 
 INVARIANTS = (
@@ -113,6 +111,7 @@ def _check_spte(kvm: Kvm, sp: KvmMmuPage, index: int, found: _Collector) -> None
     shift = PT64_LEVEL_BITS * (level - 1)
     gfn = sp.gfn + (index << shift)
     slot = kvm.gfn_to_memslot(gfn)
+    # Called for every spte of the state: the bits are read raw, as in the other inner loops.
     leaf = spte & PT_PRESENT_MASK and (level == PT_PAGE_TABLE_LEVEL or spte & PT_PAGE_SIZE_MASK)
     if level > KVM_NR_PAGE_SIZES:
         return  # a root entry is never a leaf and no rmap is kept at that level
@@ -210,11 +209,11 @@ def _harvest_name(kvm: Kvm) -> str:
 def _finer_leaves_differ(kvm: Kvm, entry: TlbEntry) -> str | None:
     """What a leaf under the range of a TLB entry larger than it allows less of (nothing mapped, another
     pfn, no W under a writable entry), or None when every leaf allows all that the entry does."""
-    sp, level = kvm.root, PT64_ROOT_LEVEL
-    while level > entry.level:  # the caller found a smaller leaf, so every entry on the way is a pointer
-        sp = kvm.child_sp(sp.spt[spte_index(entry.gfn, level)])
-        level -= 1
-    return _leaves_differ(kvm, kvm.child_sp(sp.spt[spte_index(entry.gfn, level)]), entry)
+    # The caller found a smaller leaf, so every entry on the way down to the entry's level is a pointer.
+    for walked in for_each_shadow_entry(kvm, entry.gfn):
+        if walked[0] == entry.level:
+            break
+    return _leaves_differ(kvm, spte_to_child_sp(kvm, walked[3]), entry)
 
 
 def _leaves_differ(kvm: Kvm, table: KvmMmuPage, entry: TlbEntry) -> str | None:
@@ -224,7 +223,7 @@ def _leaves_differ(kvm: Kvm, table: KvmMmuPage, entry: TlbEntry) -> str | None:
         if not is_shadow_present_pte(spte):
             return f"gfn {gfn:#x} is not mapped"
         if not is_last_spte(spte, table.level):
-            differs = _leaves_differ(kvm, kvm.child_sp(spte), entry)
+            differs = _leaves_differ(kvm, spte_to_child_sp(kvm, spte), entry)
             if differs:
                 return differs
         elif spte_to_pfn(spte) != entry.pfn + (gfn - entry.gfn):
@@ -369,6 +368,7 @@ class StepChecker:
             # A step that wrote whole tables (split, zapped, write-protected): judge those runs first.
             runs = _Runs()
             entries = _judge_runs(kvm, touched, tlbs_live, runs)
+        # The inner loop over every spte the step wrote (a million for a 1 GiB slot): raw bit tests.
         for key, old in entries:
             sp, index = key
             new = sp.spt[index]

@@ -299,6 +299,7 @@ class Kvm:
         if self.tp.on:
             log.spte_changes.append((sp, index, old, new))
         level = sp.level
+        # The choke point runs for every spte written: its bit tests are raw, as in the inner loops.
         if (old ^ new) & (PT_PRESENT_MASK | PT_PAGE_SIZE_MASK) and level <= 3:
             # A leaf appeared or went away (kvm_update_page_stats): count present leaves by level.
             pages = self.stat.pages
@@ -398,18 +399,6 @@ class Kvm:
         root = self.alloc_mmu_page(0, PT64_ROOT_LEVEL)
         root.root_count = len(self.vcpus)
         return root
-
-    def find_mmu_page(self, gfn: int, level: int) -> KvmMmuPage | None:
-        for sp in self.mmu_page_hash.get((gfn, level), ()):
-            if not sp.invalid:
-                return sp
-        return None
-
-    # --- lookups used everywhere ------------------------------------------------------------------
-
-    def child_sp(self, spte: int) -> KvmMmuPage:
-        """page_header(spte & PT64_BASE_ADDR_MASK): the table a non-leaf spte points at."""
-        return self.sp_by_pfn[spte >> 12 & ((1 << 40) - 1)]
 
     def stats(self) -> dict[str, int]:
         """The statistics under the names of the policy's kernel generation (KvmStat.as_json)."""

@@ -1,17 +1,19 @@
-"""The 3.14/3.16 TDP MMU fault path of arch/x86/kvm/mmu.c: from an EPT violation to a mapped spte.
+"""The 3.14/3.16 TDP fault path of arch/x86/kvm/mmu.c: the lockless fast path, `__direct_map` and the
+leaf it installs.
 
 Function names are the kernel's, in snake_case (`__direct_map` is `direct_map`). Where 3.14, caf6900f
 and 3.16 differ, the code reads a `Policy` switch at exactly that spot; nothing else varies by preset.
+The 6.x TDP MMU's own fault path (`kvm_tdp_mmu_map`) is in engine/tdp_mmu.py, and the fault entry that
+chooses between them in engine/page_fault.py.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from enum import StrEnum
 
 from engine.kvm import Kvm, Vcpu
-from engine.kvm_main import gfn_to_pfn, kvm_flush_remote_tlbs, mark_page_dirty
+from engine.kvm_main import kvm_flush_remote_tlbs, mark_page_dirty
 from engine.memslot import KvmMemorySlot
-from engine.mmu_notifier import host_page_gfns, kvm_mmu_notifier_invalidate_range_start
 from engine.mmu_spte import (
     drop_large_spte,
     drop_parent_pte,
@@ -22,17 +24,12 @@ from engine.mmu_spte import (
 )
 from engine.rmap import rmap_add
 from engine.shadow_page import KvmMmuPage, kvm_mmu_page_get_gfn
-from engine.split import SPLIT_ON_FAULT, tdp_mmu_split_huge_page
 from engine.spte import (
-    PAGE_SHIFT,
-    PT64_BASE_ADDR_MASK,
-    PT64_ENT_PER_PAGE,
-    PT64_LEVEL_BITS,
-    PT64_ROOT_LEVEL,
     PT_PAGE_SIZE_MASK,
     PT_PAGE_TABLE_LEVEL,
     PT_PRESENT_MASK,
     PT_WRITABLE_MASK,
+    is_large_pte,
     is_last_spte,
     is_shadow_present_pte,
     is_writable_pte,
@@ -40,6 +37,7 @@ from engine.spte import (
     spte_is_locklessly_modifiable,
     spte_to_pfn,
 )
+from engine.tdp_iter import find_shadow_page, for_each_shadow_entry, spte_to_child_sp
 from engine.trace import (
     DirectMap,
     DirectPtePrefetch,
@@ -49,9 +47,7 @@ from engine.trace import (
     LinkShadowPage,
     MakeSpteReadOnly,
     MappingLevel,
-    MmuNotifierRetry,
     MmuSetSpte,
-    TdpPageFault,
     traced,
 )
 from engine.zap import handle_removed_pt
@@ -60,25 +56,50 @@ PFERR_PRESENT_MASK = 1 << 0
 PFERR_WRITE_MASK = 1 << 1
 PTE_PREFETCH_NUM = 8
 
-# Named tuples built on the fault path skip their constructor's Python frame (see engine.cpu).
-_new_tuple = tuple.__new__
+
+class RetPf(StrEnum):
+    """How a fault ended, as the kernel's RET_PF_* values (mmu_internal.h) name it: a leaf installed or
+    made writable, nothing to do (the spte already allowed the access), or nothing done so that the
+    guest faults again. The values are the words the result JSON has always carried."""
+
+    RET_PF_FIXED = "fixed"
+    RET_PF_SPURIOUS = "spurious"
+    RET_PF_RETRY = "retry"
 
 
-# How a fault ended, as the kernel's RET_PF_* values name it: a leaf installed or made writable, nothing to
-# do (the spte already allowed the access), or nothing done so that the guest faults again.
-RET_PF_FIXED = "fixed"
-RET_PF_SPURIOUS = "spurious"
-RET_PF_RETRY = "retry"
+RET_PF_FIXED = RetPf.RET_PF_FIXED
+RET_PF_SPURIOUS = RetPf.RET_PF_SPURIOUS
+RET_PF_RETRY = RetPf.RET_PF_RETRY
 
 
-class FaultResult(NamedTuple):
-    """How tdp_page_fault ended: handled by the fast path or not, what the fast path saw, and the fault's
-    RET_PF_* outcome."""
+class FastPfResult(StrEnum):
+    """Why fast_page_fault stopped, as its tracepoint prints it (and the result's `fast_result`)."""
 
-    fast_tried: bool
-    fast_handled: bool
-    fast_result: str | None
-    ret: str
+    FIXED = "fixed"  # W put back by the compare-and-swap
+    SPURIOUS = "spurious"  # the spte is already writable
+    RETRY = "retry"  # 3.x: nothing present, let the guest fault again
+    NOT_PRESENT = "not_present"  # 6.x: nothing present, take the slow path
+    NOT_LAST_SPTE = "not_last_spte"
+    NOT_LOCKLESSLY_MODIFIABLE = "not_locklessly_modifiable"
+    BAIL_LARGE = "bail_large"  # the large-page guard
+    CAS_LOST = "cas_lost"  # the spte changed under the lockless walk
+
+
+class SetSpteResult(StrEnum):
+    """What set_spte did: stored the leaf, or refused a large one over a write-tracked page
+    (mmu_need_write_protect's "wrprotected page", the guest refaults)."""
+
+    SET = "set"
+    WRPROTECTED_PAGE = "wrprotected_page"
+
+
+class MmuSetSpteResult(StrEnum):
+    """What mmu_set_spte found at the entry, as its trace event tells it."""
+
+    CREATED = "created"
+    REPLACED_TABLE = "replaced_table"
+    UPDATED = "updated"
+    WRPROTECTED_PAGE = "wrprotected_page"
 
 
 # --- building sptes (slow path) --------------------------------------------------------------------------
@@ -94,7 +115,7 @@ def set_spte(
     speculative: bool,
     host_writable: bool,
     write_fault: bool,
-) -> str:
+) -> SetSpteResult:
     """Build a leaf for `pfn` and store it. Under TDP the access is always ACC_ALL, so a read fault gets a
     writable spte too, and marks the page dirty, whenever the host page is writable.
 
@@ -119,7 +140,7 @@ def set_spte(
         if level > PT_PAGE_TABLE_LEVEL:
             slot = kvm.gfn_to_memslot(gfn)
             if slot is None or slot.has_wrprotected_page(gfn, level):
-                return "wrprotected_page"
+                return SetSpteResult.WRPROTECTED_PAGE
         logged: KvmMemorySlot | None = None
         if not write_fault and not kvm.policy.read_fault_marks_dirty:
             logged = kvm.gfn_to_memslot(gfn)
@@ -132,7 +153,7 @@ def set_spte(
         else:
             spte |= PT_WRITABLE_MASK | masks.mmu_writable_mask
             old = sp.spt[index]
-            if kvm.era6 and not (is_last_spte(old, level) and old & PT_WRITABLE_MASK):
+            if kvm.era6 and not (is_last_spte(old, level) and is_writable_pte(old)):
                 # 6.x make_spte builds a writable spte dirty, unless it overwrites a writable leaf (whose D
                 # already told the host page is dirty).
                 spte |= masks.dirty_mask
@@ -144,7 +165,7 @@ def set_spte(
             mark_page_dirty(kvm, gfn, "set_spte")
     if mmu_spte_update(kvm, sp, index, spte):
         kvm_flush_remote_tlbs(kvm, "set_spte", under_mmu_lock=True)
-    return "set"
+    return SetSpteResult.SET
 
 
 @traced(MmuSetSpte)
@@ -163,32 +184,32 @@ def mmu_set_spte(
     new spte equals the old one spurious)."""
     was_rmapped = False
     old = sp.spt[index]
-    result = "created"
+    result = MmuSetSpteResult.CREATED
     replaced: KvmMmuPage | None = None
-    if old & PT_PRESENT_MASK:
-        if level > PT_PAGE_TABLE_LEVEL and not old & PT_PAGE_SIZE_MASK:
-            result = "replaced_table"
+    if is_shadow_present_pte(old):
+        if not is_last_spte(old, level):
+            result = MmuSetSpteResult.REPLACED_TABLE
             if kvm.era6:
                 # The TDP MMU stores the leaf over the pointer and zaps the table it replaced, with
                 # everything under it (handle_removed_pt), then flushes.
-                replaced = kvm.child_sp(old)
+                replaced = spte_to_child_sp(kvm, old)
                 replaced.parent_ptes.remove((sp, index))
             else:
                 # A large mapping replaces a table: unlink the now unreachable child (it lingers, orphaned).
-                drop_parent_pte(kvm, kvm.child_sp(old), sp, index)
+                drop_parent_pte(kvm, spte_to_child_sp(kvm, old), sp, index)
                 kvm_flush_remote_tlbs(kvm, "mmu_set_spte", under_mmu_lock=True)
         elif pfn != spte_to_pfn(old):
             drop_spte(kvm, sp, index)
             kvm_flush_remote_tlbs(kvm, "mmu_set_spte", under_mmu_lock=True)
         else:
             was_rmapped = True
-            result = "updated"
+            result = MmuSetSpteResult.UPDATED
     built = set_spte(kvm, sp, index, level, gfn, pfn, speculative, host_writable, write_fault)
-    if built == "wrprotected_page":
-        result = "wrprotected_page"
+    if built is SetSpteResult.WRPROTECTED_PAGE:
+        result = MmuSetSpteResult.WRPROTECTED_PAGE
     new = sp.spt[index]
-    if not was_rmapped and new & PT_PRESENT_MASK:
-        if new & PT_PAGE_SIZE_MASK:
+    if not was_rmapped and is_shadow_present_pte(new):
+        if is_large_pte(new):
             kvm.stat.lpages += 1
         rmap_add(kvm, sp, index, gfn)
     if replaced is not None:
@@ -228,7 +249,7 @@ def direct_pte_prefetch(kvm: Kvm, sp: KvmMmuPage, index: int) -> None:
         start: int | None = None
         spt = sp.spt
         for i in range(first, first + PTE_PREFETCH_NUM):
-            if spt[i] & PT_PRESENT_MASK or i == index:
+            if is_shadow_present_pte(spt[i]) or i == index:
                 if start is None:
                     continue
                 got, reason = direct_pte_prefetch_many(kvm, sp, start, i)
@@ -279,7 +300,7 @@ def direct_pte_prefetch_many(kvm: Kvm, sp: KvmMmuPage, start: int, end: int) -> 
 
 def kvm_mmu_get_page(kvm: Kvm, gfn: int, level: int, parent: tuple[KvmMmuPage, int]) -> KvmMmuPage:
     """Reuse the sp with this gfn and role if the hash has one (even an orphaned one), else create it."""
-    sp = kvm.find_mmu_page(gfn, level)
+    sp = find_shadow_page(kvm, gfn, level)
     created = sp is None
     if sp is None:
         sp = kvm.alloc_mmu_page(gfn, level)
@@ -296,56 +317,55 @@ def link_shadow_page(kvm: Kvm, sp: KvmMmuPage, index: int, child: KvmMmuPage) ->
         kvm.tp.emit(LinkShadowPage(sp.level, sp.gfn, index, child.level, child.gfn))
 
 
+def direct_map_link(kvm: Kvm, sp: KvmMmuPage, index: int, level: int, gfn: int) -> None:
+    """The walk met an empty entry above the target level: get (or reuse) the table for its range and
+    link it, so the walk goes on down through it."""
+    base_gfn = gfn & ~(pages_per_hpage(level) - 1)
+    child = kvm_mmu_get_page(kvm, base_gfn, level - 1, (sp, index))
+    link_shadow_page(kvm, sp, index, child)
+
+
+def direct_map_target_level(
+    kvm: Kvm, sp: KvmMmuPage, index: int, level: int, write: bool, map_writable: bool, gfn: int, pfn: int
+) -> RetPf:
+    """The walk reached the target level: install the leaf (and prefetch around it where the policy
+    says), count it as the generation does, and say how the fault ended."""
+    changed = mmu_set_spte(kvm, sp, index, write, level, gfn, pfn, False, map_writable)
+    if kvm.policy.pte_prefetch:
+        direct_pte_prefetch(kvm, sp, index)
+    if not kvm.era6:
+        kvm.stat.pf_fixed += 1  # 3.x counts every leaf __direct_map installs
+    return RET_PF_FIXED if changed or not kvm.era6 else RET_PF_SPURIOUS
+
+
+def direct_map_start(kvm: Kvm, gfn: int, level: int) -> KvmMmuPage | None:
+    """Where a walk for a 4K mapping may begin: the level-1 table the root already routes `gfn` to, as
+    the walk would only follow present pointers down to it; None (the root) otherwise."""
+    return kvm.l1_table(gfn) if level == PT_PAGE_TABLE_LEVEL else None
+
+
 @traced(DirectMap)
-def direct_map(kvm: Kvm, vcpu: Vcpu, write: bool, map_writable: bool, level: int, gfn: int, pfn: int) -> str:
+def direct_map(
+    kvm: Kvm, vcpu: Vcpu, write: bool, map_writable: bool, level: int, gfn: int, pfn: int
+) -> RetPf:
     """`__direct_map`: walk down from the root, building tables, and install the leaf at `level`.
 
     Returns RET_PF_FIXED, RET_PF_SPURIOUS when the leaf it built is the one already there, or RET_PF_RETRY
     when the walk ended on a leaf above `level` without mapping anything: what a tree without 404381c5
-    does with a read-only large spte, so the guest refaults forever.
-
-    A large leaf above `level` is dropped (404381c5, `split_on_fault = drop`), or, as the modern TDP MMU
-    does, split in place into a full table of smaller leaves with its permissions (`split_in_place`); the
-    walk then goes on down through the new table. With splitting, `direct_map_drops_large` has no say.
+    does with a read-only large spte, so the guest refaults forever. A large leaf above `level` is
+    dropped (404381c5, `direct_map_drops_large`) and the walk goes on down through a new table.
     """
-    sp = kvm.root
-    top = PT64_ROOT_LEVEL
-    if level == PT_PAGE_TABLE_LEVEL:
-        l1 = kvm.l1_table(gfn)
-        if l1 is not None:  # the walk would only follow present pointers down to it
-            sp, top = l1, PT_PAGE_TABLE_LEVEL
     ret = RET_PF_RETRY
-    policy = kvm.policy
-    drops_large = policy.direct_map_drops_large
-    split_in_place = policy.split_on_fault == "split_in_place"
-    sp_by_pfn = kvm.sp_by_pfn
-    for cur in range(top, level - 1, -1):
-        index = (gfn >> (PT64_LEVEL_BITS * (cur - 1))) & (PT64_ENT_PER_PAGE - 1)
+    drops_large = kvm.policy.direct_map_drops_large
+    for cur, sp, index, spte in for_each_shadow_entry(kvm, gfn, direct_map_start(kvm, gfn, level)):
         if cur == level:
-            changed = mmu_set_spte(kvm, sp, index, write, level, gfn, pfn, False, map_writable)
-            if policy.pte_prefetch:
-                direct_pte_prefetch(kvm, sp, index)
-            if not kvm.era6:
-                kvm.stat.pf_fixed += 1  # 3.x counts every leaf __direct_map installs
-            ret = RET_PF_FIXED if changed or not kvm.era6 else RET_PF_SPURIOUS
+            ret = direct_map_target_level(kvm, sp, index, level, write, map_writable, gfn, pfn)
             break
-        spte = sp.spt[index]
-        if spte & PT_PAGE_SIZE_MASK:
-            if split_in_place:
-                sp = tdp_mmu_split_huge_page(kvm, sp, index, SPLIT_ON_FAULT)
-                continue
-            if drops_large:
-                drop_large_spte(kvm, sp, index)
-                spte = sp.spt[index]
-        if not spte & PT_PRESENT_MASK:
-            base_gfn = gfn & ~(pages_per_hpage(cur) - 1)
-            child = kvm_mmu_get_page(kvm, base_gfn, cur - 1, (sp, index))
-            link_shadow_page(kvm, sp, index, child)
-            sp = child
-        elif spte & PT_PAGE_SIZE_MASK:
-            break  # the shadow walk stops at a leaf (is_last_spte above level 1)
-        else:
-            sp = sp_by_pfn[(spte & PT64_BASE_ADDR_MASK) >> PAGE_SHIFT]
+        if drops_large and is_large_pte(spte):
+            drop_large_spte(kvm, sp, index)
+        if not is_shadow_present_pte(sp.spt[index]):
+            direct_map_link(kvm, sp, index, cur, gfn)
+        # A large leaf left in place ends the walk (is_last_spte above level 1): nothing is mapped.
     if kvm.tp.on:
         kvm.tp.emit(DirectMap(gfn, level, pfn, write, map_writable, ret != RET_PF_RETRY))
     return ret
@@ -382,22 +402,16 @@ def page_fault_can_be_fast(error_code: int) -> bool:
 
 
 @traced(FastPageFault)
-def fast_page_fault(kvm: Kvm, vcpu: Vcpu, gfn: int, level: int, error_code: int) -> tuple[bool, str]:
+def fast_page_fault(kvm: Kvm, vcpu: Vcpu, gfn: int, level: int, error_code: int) -> tuple[bool, FastPfResult]:
     """The lockless path: walk without mmu_lock and, if only dirty logging took W away, put it back.
 
     Returns (handled, result). The result names why it stopped, as the tracepoint prints it.
     """
-    l1 = kvm.l1_table(gfn)
-    sp, cur = (l1, PT_PAGE_TABLE_LEVEL) if l1 is not None else (kvm.root, PT64_ROOT_LEVEL)
-    sp_by_pfn = kvm.sp_by_pfn
-    while True:
-        index = (gfn >> (PT64_LEVEL_BITS * (cur - 1))) & (PT64_ENT_PER_PAGE - 1)
-        spte = sp.spt[index]
-        # Stop on a non-present entry, below the requested level, or (is_last_spte) on a leaf.
-        if not spte & PT_PRESENT_MASK or cur < level or cur == 1 or spte & PT_PAGE_SIZE_MASK:
+    # for_each_shadow_entry_lockless: the walk stops by itself on a leaf or at level 1.
+    for entry in for_each_shadow_entry(kvm, gfn, kvm.l1_table(gfn)):
+        if not is_shadow_present_pte(entry[3]) or entry[0] < level:
             break
-        sp = sp_by_pfn[(spte & PT64_BASE_ADDR_MASK) >> PAGE_SHIFT]
-        cur -= 1
+    _, sp, index, spte = entry
     handled, result = _fast_page_fault_decide(kvm, sp, index, spte, gfn, level)
     if kvm.tp.on:
         new = sp.spt[index]
@@ -407,28 +421,28 @@ def fast_page_fault(kvm: Kvm, vcpu: Vcpu, gfn: int, level: int, error_code: int)
 
 def _fast_page_fault_decide(
     kvm: Kvm, sp: KvmMmuPage, index: int, spte: int, gfn: int, level: int
-) -> tuple[bool, str]:
+) -> tuple[bool, FastPfResult]:
     policy = kvm.policy
     if not is_shadow_present_pte(spte):
         # The mapping changed under us. 3.x lets the vCPU fault again; 6.x takes the slow path at once.
-        return (False, "not_present") if kvm.era6 else (True, "retry")
+        return (False, FastPfResult.NOT_PRESENT) if kvm.era6 else (True, FastPfResult.RETRY)
     # 3.14 asks about the requested level, which is 1 whenever the slot is logged, so a large spte
     # passes; 3.16 asks about the level of the sp the spte really lives in.
     check_level = level if policy.last_spte_check == "requested_level" else sp.level
     if not is_last_spte(spte, check_level):
-        return False, "not_last_spte"
+        return False, FastPfResult.NOT_LAST_SPTE
     if is_writable_pte(spte):
-        return True, "spurious"
+        return True, FastPfResult.SPURIOUS
     if not spte_is_locklessly_modifiable(spte, kvm.masks):
-        return False, "not_locklessly_modifiable"
+        return False, FastPfResult.NOT_LOCKLESSLY_MODIFIABLE
     # The seed's guard: fast_pf_fix_direct_spte would log only the first 4K page of a large spte.
     guard = policy.fast_pf_level_guard
     if sp.level > PT_PAGE_TABLE_LEVEL and (
         guard == "any_large" or (guard == "large_if_dirty_logged" and _slot_logged(kvm, gfn))
     ):
-        return False, "bail_large"
+        return False, FastPfResult.BAIL_LARGE
     fixed = fast_pf_fix_direct_spte(kvm, sp, index, spte, gfn)
-    return True, "fixed" if fixed else "cas_lost"
+    return True, FastPfResult.FIXED if fixed else FastPfResult.CAS_LOST
 
 
 def _slot_logged(kvm: Kvm, gfn: int) -> bool:
@@ -452,51 +466,3 @@ def fast_pf_fix_direct_spte(kvm: Kvm, sp: KvmMmuPage, index: int, spte: int, fau
         kvm.tp.emit(FastPfFixDirectSpte(sp.level, sp.gfn, index, gfn, spte, new))
     mark_page_dirty(kvm, gfn, "fast_pf_fix_direct_spte")
     return True
-
-
-@traced(TdpPageFault)
-def tdp_page_fault(kvm: Kvm, vcpu: Vcpu, gfn: int, error_code: int) -> FaultResult:
-    """An EPT violation on `gfn`: choose the level, try the fast path, else map under mmu_lock.
-
-    The host page is looked up before mmu_lock is taken. If that lookup broke a shared copy-on-write page,
-    the host's copy fired the mmu notifier, which dropped what mapped the old page; the fault sees the
-    invalidation sequence moved (mmu_notifier_retry) and maps nothing: the guest faults again and the
-    retried fault maps the new, writable page.
-    """
-    write = bool(error_code & PFERR_WRITE_MASK)
-    slot = kvm.gfn_to_memslot(gfn)
-    if slot is None:  # the scenario validator keeps every access inside a slot
-        raise AssertionError(f"fault on gfn {gfn:#x} outside every memslot")
-    mmu_seq = kvm.mmu_notifier_seq
-    # A logged slot forces 4K mappings: no new large spte is ever created under dirty logging.
-    force_pt_level = slot.dirty_bitmap is not None
-    if force_pt_level:
-        level = PT_PAGE_TABLE_LEVEL
-        map_gfn = gfn
-    else:
-        level = mapping_level(kvm, slot, gfn)
-        map_gfn = gfn & ~(pages_per_hpage(level) - 1)
-    can_be_fast = page_fault_can_be_fast(error_code)
-    if kvm.tp.on:
-        kvm.tp.emit(TdpPageFault(vcpu.id, gfn, error_code, force_pt_level, level, can_be_fast))
-    fast_result = None
-    if can_be_fast:
-        handled, fast_result = fast_page_fault(kvm, vcpu, gfn, level, error_code)
-        if handled:
-            ret = RET_PF_SPURIOUS if fast_result == "spurious" else RET_PF_FIXED
-            if fast_result == "retry":
-                ret = RET_PF_RETRY
-            return _new_tuple(FaultResult, (True, True, fast_result, ret))
-    pfn, map_writable, copied = gfn_to_pfn(kvm, slot, map_gfn, write)
-    if copied:
-        # The host copied the shared page while KVM looked it up: its page-table change fired the mmu
-        # notifier, before this fault takes mmu_lock.
-        start, end = host_page_gfns(slot, pfn)
-        kvm_mmu_notifier_invalidate_range_start(kvm, slot, start, end)
-    # mmu_lock is taken here; no THP is modelled, so transparent_hugepage_adjust never changes the level.
-    if kvm.mmu_notifier_seq != mmu_seq:
-        if kvm.tp.on:
-            kvm.tp.emit(MmuNotifierRetry(vcpu.id, gfn))
-        return _new_tuple(FaultResult, (can_be_fast, False, fast_result, RET_PF_RETRY))
-    ret = direct_map(kvm, vcpu, write, map_writable, level, map_gfn, pfn)
-    return _new_tuple(FaultResult, (can_be_fast, False, fast_result, ret))

@@ -17,7 +17,8 @@ from engine.memslot import KvmMemorySlot, gfn_to_index
 from engine.mmu_spte import drop_spte
 from engine.rmap import pte_list
 from engine.spte import KVM_NR_PAGE_SIZES, PT64_LEVEL_BITS, PT_PAGE_TABLE_LEVEL, is_large_pte
-from engine.trace import MmuNotifierInvalidateRangeStart, traced
+from engine.trace import traced
+from engine.trace_tables import MmuNotifierInvalidateRangeStart
 
 
 def host_page_gfns(slot: KvmMemorySlot, pfn: int) -> tuple[int, int]:

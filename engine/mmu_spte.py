@@ -16,6 +16,7 @@ from engine.spte import (
     PT_WRITABLE_MASK,
     is_large_pte,
     is_shadow_present_pte,
+    is_writable_pte,
 )
 from engine.trace import (
     DropLargeSpte,
@@ -58,10 +59,10 @@ def mmu_spte_update(kvm: Kvm, sp: KvmMmuPage, index: int, new: int) -> bool:
 
 def spte_update_needs_flush(kvm: Kvm, old: int, new: int) -> bool:
     """mmu_spte_update's answer for `old` replaced by `new`: whether TLBs may now hold more than it allows."""
-    if not old & PT_PRESENT_MASK or new & PT_WRITABLE_MASK:
+    if not is_shadow_present_pte(old) or is_writable_pte(new):
         return False
     if kvm.policy.flush_rule == "old_w":
-        return bool(old & PT_WRITABLE_MASK)
+        return is_writable_pte(old)
     lockless = kvm.masks.lockless_mask
     return old & lockless == lockless
 

@@ -9,6 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
+from typing import Literal, get_args
+
+# The values of each switch that is not a plain yes/no, as types: a comparison with a value a switch
+# cannot take (a misspelling) is refused by the type checker (strict_equality), not silently false.
+WpLarge = Literal["zap", "readonly"]
+FastPfLevelGuard = Literal["none", "any_large", "large_if_dirty_logged"]
+LastSpteCheck = Literal["requested_level", "sp_level"]
+FlushRule = Literal["old_w", "old_hw_mw"]
+SplitOnFault = Literal["drop", "split_in_place"]
+HugePageRecovery = Literal["zap_collapsible", "in_place"]
+FastPfDirtyGfn = Literal["sp_gfn", "fault_gfn"]
+DirtyLogMode = Literal["bitmap", "manual_clear", "initially_set", "ring"]
+Era = Literal["3.x", "6.x"]
 
 
 class PolicyError(ValueError):
@@ -18,20 +31,20 @@ class PolicyError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Policy:
     # How spte_write_protect treats a writable large spte: 3.14 zaps it, caf6900f and 3.16 clear W.
-    wp_large: str = "readonly"
+    wp_large: WpLarge = "readonly"
     # Which sptes fast_page_fault refuses to make writable: the seed's `sp->role.level > 1` guard.
-    fast_pf_level_guard: str = "any_large"
+    fast_pf_level_guard: FastPfLevelGuard = "any_large"
     # Which level fast_page_fault's is_last_spte() is asked about: the requested one (3.14) or the sp's.
-    last_spte_check: str = "sp_level"
+    last_spte_check: LastSpteCheck = "sp_level"
     # mmu_spte_update's flush rule: "W was set" (3.14) or "HW and MW were set" (3.16).
-    flush_rule: str = "old_hw_mw"
+    flush_rule: FlushRule = "old_hw_mw"
     # Whether the write-protect flushes run after mmu_lock is dropped (198c74f4, in 3.16).
     flush_after_unlock: bool = True
     # Whether __direct_map drops a large spte met above the target level (404381c5).
     direct_map_drops_large: bool = True
     # What __direct_map does with a large leaf above the target level: drop it (404381c5) or, as the
     # modern TDP MMU does, split it in place into a full table with the same permissions.
-    split_on_fault: str = "drop"
+    split_on_fault: SplitOnFault = "drop"
     # Whether enabling logging first splits every huge page of the slot (kvm.eager_page_split).
     eager_split: bool = False
     # Whether disabling logging brings huge pages back at once (3.14/3.16 leave the 4K tables alone).
@@ -39,7 +52,7 @@ class Policy:
     # How it does so: zap every table a huge page could replace so that the next fault maps it huge
     # (kvm_mmu_zap_collapsible_sptes, 4.1 to 6.12), or replace each such table by a huge leaf in place
     # (kvm_mmu_recover_huge_pages, 6.13 and later).
-    huge_page_recovery: str = "zap_collapsible"
+    huge_page_recovery: HugePageRecovery = "zap_collapsible"
     # Whether a read fault on a logged slot maps writable and marks the page dirty, as every TDP kernel does
     # when the host page is writable (set_spte / make_spte give ACC_ALL); false maps it read-only and marks
     # nothing, which no TDP kernel does (the shadow MMU does it for a read through a clean guest PTE).
@@ -49,8 +62,8 @@ class Policy:
     pte_prefetch: bool = True
     # Which gfn fast_pf_fix_direct_spte marks: the one the spte's position maps, the first of a huge
     # page's range (3.x), or the faulting one (fault->gfn, 6.x).
-    fast_pf_dirty_gfn: str = "sp_gfn"
-    dirty_log_mode: str = "bitmap"
+    fast_pf_dirty_gfn: FastPfDirtyGfn = "sp_gfn"
+    dirty_log_mode: DirtyLogMode = "bitmap"
     # Intel PML: logging clears D on 4K leaves and the CPU logs stores, instead of write-protection faults.
     # Inert without EPT A/D bits (vm.ept_ad false), as the kernel then runs without PML.
     pml: bool = False
@@ -61,7 +74,7 @@ class Policy:
     # `pf_fixed` of every fixed fault), what the fast path does with a non-present spte (3.x: let the
     # guest retry; 6.x: take the slow path), the levels PML's enable pass clears D on (3.x rmaps: 4K; 6.x
     # TDP MMU: every leaf), and the memslot zap (3.x: kvm_mmu_invalidate_zap_all_pages).
-    era: str = "3.x"
+    era: Era = "3.x"
 
     def as_json(self) -> dict[str, str | bool]:
         return dict(asdict(self))
@@ -69,22 +82,22 @@ class Policy:
 
 # Every value each switch may take, in the spec's spelling.
 SWITCH_VALUES: dict[str, tuple[str | bool, ...]] = {
-    "wp_large": ("zap", "readonly"),
-    "fast_pf_level_guard": ("none", "any_large", "large_if_dirty_logged"),
-    "last_spte_check": ("requested_level", "sp_level"),
-    "flush_rule": ("old_w", "old_hw_mw"),
+    "wp_large": get_args(WpLarge),
+    "fast_pf_level_guard": get_args(FastPfLevelGuard),
+    "last_spte_check": get_args(LastSpteCheck),
+    "flush_rule": get_args(FlushRule),
     "flush_after_unlock": (False, True),
     "direct_map_drops_large": (False, True),
-    "split_on_fault": ("drop", "split_in_place"),
+    "split_on_fault": get_args(SplitOnFault),
     "eager_split": (False, True),
     "recover_on_disable": (False, True),
-    "huge_page_recovery": ("zap_collapsible", "in_place"),
+    "huge_page_recovery": get_args(HugePageRecovery),
     "read_fault_marks_dirty": (False, True),
     "pte_prefetch": (False, True),
-    "fast_pf_dirty_gfn": ("sp_gfn", "fault_gfn"),
-    "dirty_log_mode": ("bitmap", "manual_clear", "initially_set", "ring"),
+    "fast_pf_dirty_gfn": get_args(FastPfDirtyGfn),
+    "dirty_log_mode": get_args(DirtyLogMode),
     "pml": (False, True),
-    "era": ("3.x", "6.x"),
+    "era": get_args(Era),
 }
 
 # Values the spec defines for later kernels that this engine does not model yet. Refusing them loudly is

@@ -13,6 +13,9 @@ import sys
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Final
+
+from engine.policy import Era
 
 PAGE_SHIFT = 12
 PT64_LEVEL_BITS = 9
@@ -49,8 +52,8 @@ VMX_EPT_SUPPRESS_VE_BIT = 1 << 63
 SHADOW_NONPRESENT_VALUE = VMX_EPT_SUPPRESS_VE_BIT
 
 # The kernel generations whose spte layout and statistics the model speaks (Policy.era).
-ERA_3X = "3.x"
-ERA_6X = "6.x"
+ERA_3X: Final = "3.x"
+ERA_6X: Final = "6.x"
 
 # Memory type of guest RAM without non-coherent DMA: write-back, ignore PAT (vmx_get_mt_mask).
 EPT_RAM_MT_MASK = (MTRR_TYPE_WRBACK << VMX_EPT_MT_EPTE_SHIFT) | VMX_EPT_IPAT_BIT
@@ -73,10 +76,10 @@ class SpteMasks:
     mmu_writable_mask: int = SPTE_MMU_WRITEABLE
     present_mask: int = 0
     nonpresent: int = 0
-    era: str = ERA_3X
+    era: Era = ERA_3X
 
     @classmethod
-    def for_ept(cls, ept_ad: bool, era: str = ERA_3X) -> SpteMasks:
+    def for_ept(cls, ept_ad: bool, era: Era = ERA_3X) -> SpteMasks:
         """With `eptad=0` the CPU keeps no A/D bits, and KVM's masks for them are zero."""
         accessed, dirty = (VMX_EPT_ACCESS_BIT, VMX_EPT_DIRTY_BIT) if ept_ad else (0, 0)
         if era == ERA_6X:
@@ -137,6 +140,31 @@ def is_writable_pte(spte: int) -> bool:
     return bool(spte & PT_WRITABLE_MASK)
 
 
+def is_mmu_writable_spte(spte: int, masks: SpteMasks) -> bool:
+    """MW: KVM itself has no reason to keep the page read-only (no write tracking)."""
+    return bool(spte & masks.mmu_writable_mask)
+
+
+def is_host_writable_spte(spte: int, masks: SpteMasks) -> bool:
+    """HW: the host page behind the spte was writable when it was mapped."""
+    return bool(spte & masks.host_writable_mask)
+
+
+def is_accessed_spte(spte: int, masks: SpteMasks) -> bool:
+    """A: set by the CPU's walk (always false with EPT A/D bits off, whose mask is 0)."""
+    return bool(spte & masks.accessed_mask)
+
+
+def is_dirty_spte(spte: int, masks: SpteMasks) -> bool:
+    """D: set by a store through the spte (always false with EPT A/D bits off)."""
+    return bool(spte & masks.dirty_mask)
+
+
+def is_large_leaf(spte: int) -> bool:
+    """A present huge leaf (is_shadow_present_pte and is_large_pte)."""
+    return bool(spte & PT_PRESENT_MASK and spte & PT_PAGE_SIZE_MASK)
+
+
 def is_last_spte(spte: int, level: int) -> bool:
     """A leaf at `level`. The answer depends on the level the caller believes it is at: see
     fast_page_fault's last-spte check."""
@@ -151,6 +179,10 @@ def spte_is_locklessly_modifiable(spte: int, masks: SpteMasks) -> bool:
 
 def spte_to_pfn(spte: int) -> int:
     return (spte & PT64_BASE_ADDR_MASK) >> PAGE_SHIFT
+
+
+# A non-leaf spte holds the address of its child table where a leaf holds the page's: the same field.
+spte_to_child_pfn = spte_to_pfn
 
 
 # The decoded flags shown to people, in the order the contract fixes, at their 3.x positions: the positions

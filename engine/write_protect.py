@@ -15,7 +15,6 @@ from engine.rmap import pte_list
 from engine.sched import cond_resched
 from engine.shadow_page import KvmMmuPage, as_range, entries_at, kvm_mmu_page_get_gfn
 from engine.spte import (
-    PT_PAGE_SIZE_MASK,
     PT_PAGE_TABLE_LEVEL,
     PT_WRITABLE_MASK,
     WRITABLE_BY_LOW_BYTE,
@@ -44,12 +43,12 @@ def spte_write_protect(kvm: Kvm, sp: KvmMmuPage, index: int, pt_protect: bool) -
     and MW: dirty logging only takes W away, so the fast path could give it back.
     """
     old = sp.spt[index]
-    if not old & PT_WRITABLE_MASK and not (pt_protect and spte_is_locklessly_modifiable(old, kvm.masks)):
+    if not is_writable_pte(old) and not (pt_protect and spte_is_locklessly_modifiable(old, kvm.masks)):
         if kvm.tp.on:
             gfn = kvm_mmu_page_get_gfn(sp, index)
             kvm.tp.emit(SpteWriteProtect(sp.level, sp.gfn, index, gfn, old, old, "none", False))
         return False, False
-    if old & PT_PAGE_SIZE_MASK and kvm.policy.wp_large == "zap":
+    if is_large_pte(old) and kvm.policy.wp_large == "zap":
         tracing = kvm.tp.on
         if tracing:
             kvm.tp.enter(SpteWriteProtect.name)
@@ -174,7 +173,7 @@ def _rmap_write_protect_run(
         for key, index, old in zip(keys, indexes, olds, strict=True):
             kvm.tp.enter(RmapWriteProtect.name)
             gfn = kvm_mmu_page_get_gfn(sp, index)
-            if old & PT_WRITABLE_MASK:
+            if is_writable_pte(old):
                 new = old & ~PT_WRITABLE_MASK
                 flush = spte_update_needs_flush(kvm, old, new)
                 kvm.tp.emit(SpteWriteProtect(level, sp.gfn, index, gfn, old, new, "wrprotect", flush))

@@ -24,14 +24,9 @@ from engine.spte import (
     is_shadow_present_pte,
     low_bytes,
 )
-from engine.trace import (
-    InvalidateZapAllPages,
-    MmuFreeRoots,
-    MmuLoad,
-    PrepareZapPage,
-    ZapAll,
-    traced,
-)
+from engine.tdp_iter import spte_to_child_sp
+from engine.trace import MmuLoad, PrepareZapPage, ZapAll, traced
+from engine.trace_tables import InvalidateZapAllPages, MmuFreeRoots
 
 
 def kvm_mmu_zap_all(kvm: Kvm) -> None:
@@ -141,7 +136,7 @@ def _unlink_children(kvm: Kvm, sp: KvmMmuPage) -> None:
                 kvm.stat.lpages -= 1
             drop_spte(kvm, sp, index)
         else:
-            drop_parent_pte(kvm, kvm.child_sp(spte), sp, index)
+            drop_parent_pte(kvm, spte_to_child_sp(kvm, spte), sp, index)
 
 
 def handle_removed_pt(kvm: Kvm, table: KvmMmuPage, removed: list[KvmMmuPage]) -> None:
@@ -151,9 +146,9 @@ def handle_removed_pt(kvm: Kvm, table: KvmMmuPage, removed: list[KvmMmuPage]) ->
     children: list[KvmMmuPage] = []
     if table.level > PT_PAGE_TABLE_LEVEL:
         children = [
-            kvm.child_sp(spte)
+            spte_to_child_sp(kvm, spte)
             for spte in table.spt
-            if spte & PT_PRESENT_MASK and not spte & PT_PAGE_SIZE_MASK
+            if spte & PT_PRESENT_MASK and not spte & PT_PAGE_SIZE_MASK  # the inner loop: raw R and PS
         ]
     kvm_mmu_prepare_zap_page(kvm, table)  # drops the leaves, unlinks the children and the parent pointer
     removed.append(table)

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from app.budget_bytes import Lru
 from app.main import create_app
 from app.settings import Settings
-from engine import trace
+from engine import trace, trace_tables
 from engine.codec import encode_scenario
 from engine.scenario import parse_scenario
 from live.backend import KernelRun
@@ -218,7 +218,8 @@ def test_the_event_names_the_contract_extensions_list_are_the_engine_s() -> None
     one must be a name the engine really emits, and each of the engine's later-kernel events is listed."""
     names = {
         cls.name
-        for cls in vars(trace).values()
+        for module in (trace, trace_tables)
+        for cls in vars(module).values()
         if isinstance(cls, type) and issubclass(cls, trace.Event) and cls is not trace.Event
     }
     text = (Path(__file__).resolve().parent.parent / "docs" / "contract-extensions.md").read_text()

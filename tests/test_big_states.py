@@ -27,6 +27,7 @@ from engine.scenario import WriteStep, parse_scenario
 from engine.shadow_page import KvmMmuPage
 from engine.simulation import Simulation, StepResult
 from engine.spte import PT_PAGE_SIZE_MASK, PT_PRESENT_MASK, PT_WRITABLE_MASK, SpteMasks, flag_word
+from engine.tdp_iter import find_shadow_page, spte_to_child_sp
 from engine.trace import call_order, event_json
 from scenarios import builtin_names, load_builtin_text
 
@@ -122,7 +123,7 @@ def test_a_write_storm_step_collapses_its_new_leaves_into_one_row(client: TestCl
     sim, results = run_to(WRITE_STORM, "lazy", STORM_STEP)
     # What the step did, from the engine: every level-1 spte under the table of 0x200 it made present.
     olds = first_olds(results)
-    table = sim.kvm.find_mmu_page(0x200, 1)
+    table = find_shadow_page(sim.kvm, 0x200, 1)
     assert table is not None
     new = sorted(
         i
@@ -192,7 +193,7 @@ def test_removed_large_leaves_are_counted_as_the_step_removed_them() -> None:
     removed = sorted(
         i for (level, sp_gfn, i), old in first_olds(results).items() if level == 2 and old & PT_PRESENT_MASK
     )
-    root_l2 = sim.kvm.find_mmu_page(0, 2)
+    root_l2 = find_shadow_page(sim.kvm, 0, 2)
     assert root_l2 is not None and not any(root_l2.spt[i] & PT_PRESENT_MASK for i in removed)
     assert removed == list(range(40))
     client = TestClient(create_app(Settings(tree_sptes=20)), follow_redirects=False)
@@ -214,7 +215,7 @@ def test_a_run_of_pointers_counts_the_tables_and_leaves_below_it() -> None:
     # leaves. With a budget of 20 sptes, the pointers beyond it are one line, whose counts must be the
     # tables and leaves really below them.
     sim, _ = run_to(FORTY_2M, "modern", 2)
-    l2 = sim.kvm.find_mmu_page(0, 2)
+    l2 = find_shadow_page(sim.kvm, 0, 2)
     assert l2 is not None
     client = TestClient(create_app(Settings(tree_sptes=20)), follow_redirects=False)
     html = panel(
@@ -232,7 +233,7 @@ def test_a_run_of_pointers_counts_the_tables_and_leaves_below_it() -> None:
     first, last, count, gfn, last_gfn, tables, leaves, readonly, writable = (
         int(g, 16) if k < 2 or k in (3, 4) else int(g) for k, g in enumerate(match.groups())
     )
-    children = [sim.kvm.child_sp(l2.spt[i]) for i in range(first, last + 1)]
+    children = [spte_to_child_sp(sim.kvm, l2.spt[i]) for i in range(first, last + 1)]
     assert count == last - first + 1 == tables == len(children)
     assert (gfn, last_gfn) == (first * 512, (last + 1) * 512 - 1)
     below = [spte for child in children for spte in child.spt if spte & PT_PRESENT_MASK]
@@ -260,7 +261,7 @@ def test_rmap_heads_and_tlb_entries_collapse_into_alike_runs(client: TestClient)
     (slot,) = sim.kvm.memslots
     heads = slot.rmap[0]
     assert len(heads) == 512
-    table = sim.kvm.find_mmu_page(0x200, 1)
+    table = find_shadow_page(sim.kvm, 0x200, 1)
     assert table is not None and all(table.spt[i] & PT_WRITABLE_MASK for i in range(512))
     entries = sim.kvm.vcpus[0].tlb.entries()
     assert [(e.level, e.gfn, e.pfn, e.writable, e.dirty) for e in entries] == [
@@ -285,7 +286,7 @@ def test_rmap_heads_of_every_eighth_page_rewritten_are_one_repeating_row(client:
     steps = json.loads(load_builtin_text(WRITE_STORM))["steps"]
     step = [i for i, s in enumerate(steps) if s["op"] == "write"][2] + 1
     sim, _ = run_to(WRITE_STORM, "lazy", step)
-    table = sim.kvm.find_mmu_page(0x200, 1)
+    table = find_shadow_page(sim.kvm, 0x200, 1)
     assert table is not None
     (slot,) = sim.kvm.memslots
     assert all(len(pte_list(head)) == 1 for head in slot.rmap[0].values())
@@ -448,7 +449,7 @@ def test_every_summary_line_of_the_tree_is_what_the_engine_holds(
     changed = sum(
         1
         for (level, sp_gfn, i), old in olds.items()
-        if (sp := kvm.find_mmu_page(sp_gfn, level)) is not None and sp.spt[i] != old
+        if (sp := find_shadow_page(kvm, sp_gfn, level)) is not None and sp.spt[i] != old
     )
     assert tuple(int(g) for g in head.groups()) == (len(kvm.active_mmu_pages), present, large, changed)
 
@@ -459,7 +460,7 @@ def test_every_summary_line_of_the_tree_is_what_the_engine_holds(
         sp_gfn = int(re.search(r'data-sp-gfn="0x([0-9a-f]+)"', head_tag).group(1), 16)  # type: ignore[union-attr]
         end = html.find('<div class="sp ', start + 1)
         body = html[start : end if end > 0 else len(html)]
-        sp = kvm.find_mmu_page(sp_gfn, level)
+        sp = find_shadow_page(kvm, sp_gfn, level)
         if 'data-freed="1"' in head_tag or sp is None:
             continue
         summary = text_of(re.search(r'<span class="sp-summary">(.*?)</span>', body).group(1))  # type: ignore[union-attr]
@@ -570,7 +571,7 @@ def test_every_eighth_page_rewritten_reads_as_one_repeating_line(client: TestCli
     steps = json.loads(load_builtin_text(WRITE_STORM))["steps"]
     step = [i for i, s in enumerate(steps) if s["op"] == "write"][2] + 1
     sim, results = run_to(WRITE_STORM, "lazy", step)
-    table = sim.kvm.find_mmu_page(0x200, 1)
+    table = find_shadow_page(sim.kvm, 0x200, 1)
     assert table is not None
     html = panel(client.get(f"/play?scenario={WRITE_STORM}&variant=lazy&step={step}").text, "tree")
     # The step's first fault, at 0x200, is the walk shown: its leaf L1[0] is drawn on its own (the walk

@@ -20,6 +20,7 @@ from engine.policy import PRESET_DESCRIPTIONS, make_policy
 from engine.result import result_json, step_json
 from engine.scenario import Scenario, WriteStep, parse_scenario
 from engine.simulation import Simulation
+from engine.tdp_iter import spte_to_child_sp
 from scenarios import builtin_names
 
 L6 = LAYOUT_6X
@@ -352,7 +353,7 @@ def test_one_gig_page_is_split_whole_and_recovered_whole() -> None:
     stats = sim.kvm.stats()
     assert (stats["lpages"], stats["pages_1g"], stats["pages_2m"], stats["pages_4k"]) == (1, 1, 0, 0)
     # The first present leaf is gfn 0x40000's, which no write touched after the split: read-only.
-    root_l3 = sim.kvm.child_sp(sim.kvm.root.spt[0])
+    root_l3 = spte_to_child_sp(sim.kvm, sim.kvm.root.spt[0])
     assert root_l3.spt[1] == L6.leaf(0x1000000, PS | A | D | HW | MW)
     assert sim.migration.lost == []
 

@@ -37,16 +37,16 @@ from conftest import (
 from app.explain.context import Context
 from app.explain.events import EXPLAINERS, explain
 from app.explain.kernel_files import KERNEL_SOURCES, kernel_source
-from engine.cpu import walk_spte
 from engine.invariants import check_all
 from engine.policy import make_policy
 from engine.result import result_json, step_json
 from engine.scenario import Scenario
 from engine.simulation import Simulation
-from engine.split import split_huge_pages_in_range
 from engine.spte import SpteMasks
-from engine.trace import (
-    MakeSpteReadOnly,
+from engine.tdp_iter import walk_spte
+from engine.tdp_mmu import split_huge_pages_in_range
+from engine.trace import MakeSpteReadOnly, event_json
+from engine.trace_tables import (
     MmuNotifierInvalidateRangeStart,
     MmuNotifierRetry,
     RecoverHugePages,
@@ -55,7 +55,6 @@ from engine.trace import (
     TdpMmuSplitHugePage,
     ZapCollapsibleSpte,
     ZapCollapsibleSptes,
-    event_json,
 )
 
 # One 1 GiB hugetlbfs page, aligned, guest and host alike: the only way to a 1G leaf (§1.2, §3.8).

@@ -19,7 +19,6 @@ from conftest import make_scenario, run_scenario, spec_example
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from engine.cpu import walk_spte
 from engine.invariants import check_all
 from engine.kvm import PML_ENTITY_NUM
 from engine.policy import make_policy
@@ -34,6 +33,7 @@ from engine.spte import (
     VMX_EPT_ACCESS_BIT,
     VMX_EPT_DIRTY_BIT,
 )
+from engine.tdp_iter import walk_spte
 from engine.trace import DirtyRingPush, PmlLog
 from scenarios import builtin_names
 

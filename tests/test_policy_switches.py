@@ -298,8 +298,8 @@ def test_flush_rule(
     # shadow paging passes (§3.3, §3.4), and set_spte only downgrades when the host page stops being
     # writable, which the model's copy-on-write never undoes. So the rule is asserted on a direct call to
     # mmu_spte_update, at the location of a real spte.
-    from engine.cpu import walk_spte
     from engine.mmu_spte import mmu_spte_update
+    from engine.tdp_iter import walk_spte
 
     lay = layout(preset)
     sim, _, _ = run_scenario(

@@ -17,7 +17,8 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.treehtml import bit_chips, changed_bits_html
 from app.views.text import BIT_WORDS, bit_changes, bits_label
-from app.views.tree import SpteView, TableView, TreeBuilder, walk_gfn
+from app.views.tree import TableView, TreeBuilder, walk_gfn
+from app.views.tree_fold import SpteView
 from engine.policy import make_policy
 from engine.scenario import parse_scenario
 from engine.simulation import Simulation

@@ -25,7 +25,7 @@ from engine.kvm import Kvm
 from engine.ops.base import Access
 from engine.ops.registry import op_spec
 from engine.simulation import StepResult
-from engine.spte import FLAG_BITS, PT64_BASE_ADDR_MASK, PT_WRITABLE_MASK, SpteMasks, flag_word
+from engine.spte import FLAG_BITS, SpteMasks, flag_word, is_dirty_spte, is_writable_pte, spte_to_pfn
 
 _WRITE_FAULT = (
     Choice("none", "No exit: the store goes through"),
@@ -160,7 +160,7 @@ def _bits_change(old: int, new: int, level: int, masks: SpteMasks) -> str:
     the flags it gained and lost, "set-ad", "clear-w", "set-d-clear-w"."""
     if old == new:
         return "none"
-    if not _is_leaf(new, level) or (old ^ new) & PT64_BASE_ADDR_MASK:
+    if not _is_leaf(new, level) or spte_to_pfn(old) != spte_to_pfn(new):
         return "gone"
     old, new = flag_word(old, masks), flag_word(new, masks)
     gained = "".join(name.lower() for name, bit in FLAG_BITS if new & bit and not old & bit)
@@ -196,7 +196,7 @@ def asks_bits(kvm: Kvm, leaf: Leaf | None, write: bool) -> bool:
         return False
     masks = kvm.masks
     if write:
-        return bool(masks.dirty_mask and leaf.old & PT_WRITABLE_MASK and not leaf.old & masks.dirty_mask)
+        return bool(masks.dirty_mask) and is_writable_pte(leaf.old) and not is_dirty_spte(leaf.old, masks)
     return bool(masks.accessed_mask and not leaf.old & masks.accessed_mask)
 
 

@@ -14,15 +14,15 @@ from engine.shadow_page import KvmMmuPage
 from engine.simulation import StepResult
 from engine.spte import (
     FLAG_BITS,
-    PT64_BASE_ADDR_MASK,
-    PT_PAGE_SIZE_MASK,
-    PT_PRESENT_MASK,
     SpteMasks,
     flag_word,
+    is_last_spte,
+    is_shadow_present_pte,
     level_name,
     pages_per_hpage,
     spte_index,
 )
+from engine.tdp_iter import spte_to_child_sp
 from engine.trace import event_json
 
 # The kinds of question, as the page's `data-question` hook names them.
@@ -107,7 +107,7 @@ def _bits(value: int, masks: SpteMasks) -> str:
 
 
 def _is_leaf(value: int, level: int) -> bool:
-    return bool(value & PT_PRESENT_MASK) and (level == 1 or bool(value & PT_PAGE_SIZE_MASK))
+    return is_shadow_present_pte(value) and is_last_spte(value, level)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,11 +157,11 @@ def leaf_before(kvm: Kvm, touched: Mapping[tuple[KvmMmuPage, int], int], gfn: in
     while sp is not None:
         index = spte_index(gfn, sp.level)
         old = touched.get((sp, index), sp.spt[index])
-        if not old & PT_PRESENT_MASK:
+        if not is_shadow_present_pte(old):
             return None
         if _is_leaf(old, sp.level):
             return Leaf(sp, index, old, kvm.masks)
-        sp = kvm.sp_by_pfn.get((old & PT64_BASE_ADDR_MASK) >> 12)
+        sp = spte_to_child_sp(kvm, old)
     return None
 
 

@@ -26,7 +26,7 @@ from engine.kvm import Kvm
 from engine.ops.base import Harvest
 from engine.ops.registry import Step, op_spec
 from engine.simulation import StepResult
-from engine.spte import PT_WRITABLE_MASK
+from engine.spte import is_writable_pte
 
 _REPORT = (Choice("yes", "Yes, it is reported"), Choice("no", "No, it is not reported"))
 _ANY = (Choice("yes", "Yes, some page"), Choice("no", "No, nothing"))
@@ -202,7 +202,7 @@ _PROTECT_ANY = (Choice("yes", "Yes, some page"), Choice("no", "No, none"))
 
 def _writable_after(kvm: Kvm, gfn: int) -> bool:
     leaf = leaf_before(kvm, {}, gfn)
-    return leaf is not None and bool(leaf.old & PT_WRITABLE_MASK)
+    return leaf is not None and is_writable_pte(leaf.old)
 
 
 def clear_question(shown: Shown, result: StepResult) -> Question:
@@ -223,7 +223,7 @@ def clear_question(shown: Shown, result: StepResult) -> Question:
     target: tuple[int, Leaf] | None = None
     for gfn in range(low, low + min(num, _SCAN_REPORTED)):
         leaf = leaf_before(kvm, shown.touched, gfn)
-        if leaf is not None and leaf.old & PT_WRITABLE_MASK:
+        if leaf is not None and is_writable_pte(leaf.old):
             target = (gfn, leaf)
             break
     said = _pick(
@@ -247,7 +247,7 @@ def clear_question(shown: Shown, result: StepResult) -> Question:
         )
     if target is None:
         protected = any(
-            old & PT_WRITABLE_MASK and not sp.spt[index] & PT_WRITABLE_MASK
+            is_writable_pte(old) and not is_writable_pte(sp.spt[index])
             for (sp, index), old in shown.touched.items()
         )
         prompt = f"{head} Will it write-protect any page?"

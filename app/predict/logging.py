@@ -20,18 +20,19 @@ from app.predict.base import (
     _sentences,
 )
 from app.replay import Shown
+from app.views.tree import leaf_counts
 from engine.kvm import Kvm
 from engine.ops.registry import op_spec
 from engine.shadow_page import KvmMmuPage
 from engine.simulation import StepResult
 from engine.spte import (
-    PT64_BASE_ADDR_MASK,
-    PT_PAGE_SIZE_MASK,
-    PT_PRESENT_MASK,
-    PT_WRITABLE_MASK,
+    is_large_leaf,
+    is_shadow_present_pte,
+    is_writable_pte,
     level_name,
     pages_per_hpage,
 )
+from engine.tdp_iter import spte_to_child_sp
 
 _LOGGING = (
     Choice("zap", "Zapped: it is removed, and the next touch of its range faults"),
@@ -60,13 +61,13 @@ def _leaves_in(kvm: Kvm, touched: Mapping[tuple[KvmMmuPage, int], int], slots: S
             continue
         for index, value in enumerate(sp.spt):
             old = touched.get((sp, index), value)
-            if old & PT_PRESENT_MASK and old & PT_PAGE_SIZE_MASK:
+            if is_large_leaf(old):
                 leaf = Leaf(sp, index, old, kvm.masks)
                 if inside(leaf.gfn):
                     large[(leaf.gfn, -leaf.level)] = leaf
     small = {}
     for (sp, index), old in touched.items():
-        if sp.level == 1 and old & PT_PRESENT_MASK and not sp.invalid:
+        if sp.level == 1 and is_shadow_present_pte(old) and not sp.invalid:
             leaf = Leaf(sp, index, old, kvm.masks)
             if inside(leaf.gfn):
                 small[leaf.gfn] = leaf
@@ -77,31 +78,20 @@ def _logging_outcome(leaf: Leaf) -> str:
     """The answer key: "zap" (gone), "split" (a large leaf became a pointer to a table), "wp" (it lost
     W) or "same"."""
     old, new = leaf.old, leaf.new
-    if not new & PT_PRESENT_MASK:
+    if not is_shadow_present_pte(new):
         return "zap"
     if leaf.level > 1 and not _is_leaf(new, leaf.level):
         return "split"
-    if old & PT_WRITABLE_MASK and not new & PT_WRITABLE_MASK:
+    if is_writable_pte(old) and not is_writable_pte(new):
         return "wp"
     return "same"
 
 
-def small_leaves_under(kvm: Kvm, table: int, level: int) -> tuple[int, int]:
-    """(present, writable) 4K leaves under the non-leaf spte `table` of a level-`level` table: what a
-    split left in its place (a 1G leaf split to 4K is 512 tables of 512)."""
-    sp = kvm.sp_by_pfn.get((table & PT64_BASE_ADDR_MASK) >> 12)
-    if sp is None:
-        return 0, 0
-    if sp.level == 1:
-        leaves = [value for value in sp.spt if value & PT_PRESENT_MASK]
-        return len(leaves), sum(1 for value in leaves if value & PT_WRITABLE_MASK)
-    present = writable = 0
-    for value in sp.spt:
-        if value & PT_PRESENT_MASK and not _is_leaf(value, sp.level):
-            below = small_leaves_under(kvm, value, sp.level)
-            present += below[0]
-            writable += below[1]
-    return present, writable
+def small_leaves_under(kvm: Kvm, table: int) -> tuple[int, int]:
+    """(present, writable) 4K leaves under the non-leaf spte `table`: what a split left in its place (a
+    1G leaf split to 4K is 512 tables of 512)."""
+    counts = leaf_counts(kvm, spte_to_child_sp(kvm, table))
+    return counts.small, counts.writable_small
 
 
 def _split_story(kvm: Kvm, leaf: Leaf, said: list[_Said]) -> str:
@@ -112,7 +102,7 @@ def _split_story(kvm: Kvm, leaf: Leaf, said: list[_Said]) -> str:
             f"{leaf.where} is split as logging starts (eager page splitting): a table of smaller sptes"
             " with the same permissions replaces it, so every page stays mapped."
         )
-    present, writable = small_leaves_under(kvm, leaf.new, leaf.level)
+    present, writable = small_leaves_under(kvm, leaf.new)
     if not present:
         return story
     read_only = "all of them read-only" if not writable else f"{present - writable} of them read-only"
@@ -189,7 +179,7 @@ def _table_before(kvm: Kvm, touched: Mapping[tuple[KvmMmuPage, int], int], slot:
             old = touched.get((sp, index), value)
             gfn = sp.gfn + index * span
             inside = any(low <= gfn and gfn + span <= high for low, high in ranges)
-            if inside and old & PT_PRESENT_MASK and not _is_leaf(old, sp.level):
+            if inside and is_shadow_present_pte(old) and not _is_leaf(old, sp.level):
                 found.append((-sp.level, gfn, Leaf(sp, index, old, kvm.masks)))
     return min(found, key=lambda item: item[:2])[2] if found else None
 
@@ -211,7 +201,7 @@ def recovery_question(shown: Shown, result: StepResult, slot: int) -> Question |
     new = table.new
     if _is_leaf(new, table.level):
         correct = "huge"
-    elif not new & PT_PRESENT_MASK:
+    elif not is_shadow_present_pte(new):
         correct = "zap"
     elif new == table.old:
         correct = "same"

@@ -9,17 +9,18 @@ from markupsafe import Markup
 from app.explain.meanings import bit_meanings
 from app.treehtml import changed_bits_html
 from app.views.text import Location, hx, location_param
-from app.views.tree import spte_kind
+from app.views.tree_fold import spte_kind
 from engine.simulation import Simulation
 from engine.spte import (
-    PT_PAGE_SIZE_MASK,
-    PT_PRESENT_MASK,
     SpteMasks,
     flag_word,
+    is_last_spte,
+    is_shadow_present_pte,
     level_name,
     pages_per_hpage,
     spte_to_pfn,
 )
+from engine.tdp_iter import find_shadow_page, spte_to_child_sp
 
 MAX_HISTORY = 100
 
@@ -65,9 +66,9 @@ class InspectorView:
 def _history_row(step: int, level: int, old: int, new: int, masks: SpteMasks) -> HistoryRow:
     """One change: its flags bit by bit when the spte stayed present and the same kind, else that it was
     created, removed, or replaced by another kind of entry."""
-    if not old & PT_PRESENT_MASK:
+    if not is_shadow_present_pte(old):
         return HistoryRow(step, old, new, "created", Markup(""))
-    if not new & PT_PRESENT_MASK:
+    if not is_shadow_present_pte(new):
         return HistoryRow(step, old, new, "removed", Markup(""))
     if spte_kind(old, level) != spte_kind(new, level):
         now = "a table pointer" if spte_kind(new, level) == "ptr" else f"a {level_name(level)} leaf"
@@ -80,26 +81,22 @@ def _history_row(step: int, level: int, old: int, new: int, masks: SpteMasks) ->
 
 def inspector_view(sim: Simulation, location: Location, history: list[tuple[int, int, int]]) -> InspectorView:
     level, sp_gfn, index = location
-    sp = None
-    for candidate in sim.kvm.mmu_page_hash.get((sp_gfn, level), ()):
-        if not candidate.invalid:
-            sp = candidate
-            break
+    sp = find_shadow_page(sim.kvm, sp_gfn, level)
     masks = sim.kvm.masks
     value = sp.spt[index] if sp is not None else masks.nonpresent
     span = pages_per_hpage(level)
-    leaf = level == 1 or bool(value & PT_PAGE_SIZE_MASK)
+    present = is_shadow_present_pte(value)
     bits: list[BitRow] = []
     for bits_text, name, meaning, mask in bit_meanings(masks):
         if name == "MT":
             bits.append(BitRow(bits_text, name, meaning, str(value >> 3 & 7), None))
         elif name == "pfn":
             pfn = spte_to_pfn(value)
-            what = meaning if value & PT_PRESENT_MASK else "—"
-            if value & PT_PRESENT_MASK and not leaf:
-                child = sim.kvm.sp_by_pfn.get(pfn)
-                what = f"child table: level {child.level}, gfn {hx(child.gfn)}" if child else "child table"
-            elif value & PT_PRESENT_MASK:
+            what = meaning if present else "—"
+            if present and not is_last_spte(value, level):
+                child = spte_to_child_sp(sim.kvm, value)
+                what = f"child table: level {child.level}, gfn {hx(child.gfn)}"
+            elif present:
                 what = f"host page of gfn {hx(sp_gfn + index * span)}"
             bits.append(BitRow(bits_text, name, what, hx(pfn), None))
         elif mask is not None:
@@ -110,7 +107,7 @@ def inspector_view(sim: Simulation, location: Location, history: list[tuple[int,
         param=location_param(location),
         exists=sp is not None,
         value=value,
-        kind=spte_kind(value, level) if value & PT_PRESENT_MASK else "none",
+        kind=spte_kind(value, level) if present else "none",
         gfn=sp_gfn + index * span,
         span=span,
         bits=bits,

@@ -16,10 +16,10 @@ from typing import NamedTuple
 
 from markupsafe import Markup
 
-from app.views.tree import COLLAPSE_MIN
+from app.views.tree_fold import COLLAPSE_MIN
 from engine.kvm import Kvm
 from engine.rmap import pte_list
-from engine.spte import PT_WRITABLE_MASK, pages_per_hpage
+from engine.spte import is_writable_pte, pages_per_hpage
 from engine.tlb import TlbEntry
 
 # Caps of the list panels, in rows drawn (a collapsed row is one).
@@ -156,7 +156,7 @@ def rmap_views(kvm: Kvm) -> list[RmapSlotView]:
                 head = pte_list(heads[key])
                 if len(head) == 1:
                     ((sp, index),) = head
-                    writable = bool(sp.spt[index] & PT_WRITABLE_MASK)
+                    writable = is_writable_pte(sp.spt[index])
                     if (
                         first is not None
                         and sp.serial == first.table
