@@ -22,9 +22,9 @@ import ctypes
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 
 from live import kvm_abi as abi
+from live.owned import Owned
 from live.syscalls import KvmError
 from live.vm import KvmVm, stats_fd
 
@@ -200,7 +200,7 @@ class Snapshot:
         return {"vm": dict(self.vm), "vcpus": {str(i): dict(c) for i, c in enumerate(self.vcpus)}}
 
 
-class VmStats:
+class VmStats(Owned):
     """The stats fds of a VM and of each of its vCPUs, opened together and closed together.
 
     Open it after the vCPUs exist. Where the kernel has no binary stats (no KVM_CAP_BINARY_STATS_FD, or
@@ -238,14 +238,3 @@ class VmStats:
         self.vm_file = None
         for file in files:
             file.close()
-
-    def __enter__(self) -> VmStats:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -28,7 +28,8 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
+
+from live.owned import Owned
 
 # The events read, all in the `kvmmmu` group.
 EVENTS = (
@@ -206,7 +207,7 @@ def unavailable() -> str | None:
     return None
 
 
-class TraceSession:
+class TraceSession(Owned):
     """A private tracefs instance with the kvmmmu events on, for the calling process's threads.
 
     `take()` returns what happened since the last take and empties the buffer. Use as a context
@@ -263,14 +264,3 @@ class TraceSession:
             _umount(mount)
             with contextlib.suppress(OSError):
                 mount.rmdir()
-
-    def __enter__(self) -> TraceSession:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -28,11 +28,11 @@ import ctypes
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from types import TracebackType
 
 from live import kvm_abi as abi
 from live.guest_code import DONE_PORT
 from live.longmode import enter_long_mode, register_pvm_page, supported_cpuid
+from live.owned import Owned
 from live.paging import MappedRange, identity_map, table_pages
 from live.syscalls import (
     MAP_ANONYMOUS,
@@ -175,7 +175,7 @@ def _set_bits(bitmap: bytes, base_gfn: int) -> Iterator[int]:
             bits ^= low
 
 
-class KvmVm:
+class KvmVm(Owned):
     """One VM with `vcpus` vCPUs in the given dirty-log mode. Use as a context manager."""
 
     def __init__(
@@ -538,14 +538,3 @@ class KvmVm:
         if self.kvm_fd >= 0:
             os.close(self.kvm_fd)
             self.kvm_fd = -1
-
-    def __enter__(self) -> KvmVm:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
