@@ -21,16 +21,17 @@ def editor_status(text: str) -> dict[str, Any]:
             "message": "The editor is empty: write or paste a scenario.",
             "step": "",
             "field": "",
+            "kind": "",
         }
     try:
         scenario = parse_scenario(text)
     except ScenarioError as error:
         step, field = error_location(error)
-        return {"valid": False, "message": str(error), "step": step, "field": field}
+        return {"valid": False, "message": str(error), "step": step, "field": field, "kind": error.kind.value}
     steps = len(scenario.steps)
     slots = len(scenario.memslots)
     summary = (
         f"Valid: {scenario.title or 'untitled'}, {steps} step{'s' if steps != 1 else ''},"
         f" {slots} memslot{'s' if slots != 1 else ''}."
     )
-    return {"valid": True, "message": summary, "step": "", "field": ""}
+    return {"valid": True, "message": summary, "step": "", "field": "", "kind": ""}

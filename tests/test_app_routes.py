@@ -506,9 +506,11 @@ def test_validate_reports_step_and_field(client: TestClient) -> None:
     assert "step 3 (write): gfn 0x400 is outside every memslot" in error.text
     valid = Page(client.post("/validate", data={"scenario": load_builtin_text(EXAMPLE)}).text)
     assert valid.find(id="editor-status", data_valid="1") and not valid.find(data_error=None)
+    assert error.get("data-error-kind") == "consistency"
     broken = Page(client.post("/validate", data={"scenario": "{"}).text)
     (error,) = broken.find(data_error=None)
     assert (error.get("data-error-step"), error.get("data-error-field")) == ("", "")
+    assert error.get("data-error-kind") == "syntax"
 
 
 def _refused(**changes: Any) -> ScenarioError:
@@ -533,32 +535,37 @@ TWO_SLOTS = [{"id": 1, "base_gfn": "0x200", "npages": 512}, {"id": 2, "base_gfn"
 
 
 @pytest.mark.parametrize(
-    ("changes", "message", "where"),
+    ("changes", "message", "where", "kind"),
     [
         ({"steps": [READ] * 4 + [{"op": "write", "gfn": "0x400"}]},
-         "step 4 (write): gfn 0x400 is outside every memslot", ("4", "gfn")),
-        ({"steps": [READ, READ, {"op": "read"}]}, "step 2 (read): missing field 'gfn'", ("2", "gfn")),
+         "step 4 (write): gfn 0x400 is outside every memslot", ("4", "gfn"), "consistency"),
+        ({"steps": [READ, READ, {"op": "read"}]}, "step 2 (read): missing field 'gfn'", ("2", "gfn"),
+         "shape"),
         ({"steps": [{"op": "write", "gfn": "0x200", "gnf": 1}]}, "step 0 (write): unknown field 'gnf'",
-         ("0", "gnf")),
-        ({"steps": [READ] * 7 + [{"op": "jump"}]}, "step 7: unknown op 'jump'", ("7", "op")),
+         ("0", "gnf"), "shape"),
+        ({"steps": [READ] * 7 + [{"op": "jump"}]}, "step 7: unknown op 'jump'", ("7", "op"), "shape"),
         ({"steps": [READ] * 5 + [{"op": "get_dirty_log", "slot": 1}]},
-         "step 5 (get_dirty_log): slot 1 is not dirty-logged at this point", ("5", "slot")),
+         "step 5 (get_dirty_log): slot 1 is not dirty-logged at this point", ("5", "slot"), "consistency"),
         ({"steps": [READ, {"op": "write", "gfn": "0x200", "count": 0}]}, "step 1 (write): count must be",
-         ("1", "count")),
+         ("1", "count"), "value"),
         ({"steps": [READ, {"op": "migrate_round"}]}, "step 1 (migrate_round): no migration is running",
-         ("1", "")),
+         ("1", ""), "consistency"),
         ({"memslots": [{"id": 1, "base_gfn": "0x200", "npages": 0}]}, "memslots[0].npages: must be",
-         ("", "memslots[0].npages")),
-        ({"memslots": TWO_SLOTS}, "memslots[1]: overlaps memslot 1 (gfns 0x200-0x3ff)", ("", "memslots[1]")),
-        ({"drop": ["memslots"]}, "scenario: missing field 'memslots'", ("", "memslots")),
+         ("", "memslots[0].npages"), "value"),
+        ({"memslots": TWO_SLOTS}, "memslots[1]: overlaps memslot 1 (gfns 0x200-0x3ff)", ("", "memslots[1]"),
+         "consistency"),
+        ({"drop": ["memslots"]}, "scenario: missing field 'memslots'", ("", "memslots"), "shape"),
     ],
 )  # fmt: skip
-def test_a_refusal_says_where_as_data(changes: dict[str, Any], message: str, where: tuple[str, str]) -> None:
-    """The editor points at the step and field at fault (data-error-step, data-error-field) from the
-    error's own data: the message is for people, and saying the same place."""
+def test_a_refusal_says_where_and_what_as_data(
+    changes: dict[str, Any], message: str, where: tuple[str, str], kind: str
+) -> None:
+    """The editor points at the step and field at fault (data-error-step, data-error-field) and says the
+    kind of fault from the error's own data: the message is for people, and says the same."""
     error = _refused(**changes)
     assert str(error).startswith(message)
     assert error_location(error) == where
+    assert error.kind == kind
 
 
 def test_a_refusal_of_the_text_itself_names_no_step() -> None:
@@ -566,6 +573,11 @@ def test_a_refusal_of_the_text_itself_names_no_step() -> None:
         parse_scenario("{")
     assert str(refused.value).startswith("scenario: not valid JSON (line 1, column 2)")
     assert error_location(refused.value) == ("", "")
+    assert refused.value.kind == "syntax"
+    for text, kind in ((b"\xff", "encoding"), ("[]", "shape"), ("x" * (MAX_SCENARIO_BYTES + 1), "size")):
+        with pytest.raises(ScenarioError) as refused:
+            parse_scenario(text)
+        assert refused.value.kind == kind, text[:8]
 
 
 def test_play_this_redirects_to_the_share_url(client: TestClient) -> None:

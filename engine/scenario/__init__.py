@@ -42,7 +42,7 @@ from engine.scenario.cost import (
 from engine.scenario.fields import PAGE_LEVELS
 from engine.scenario.models import Memslot, Scenario, Vm
 from engine.scenario.parse import loads_json, parse_scenario, scenario_json_schema
-from engine.scenario.wording import ScenarioError
+from engine.scenario.wording import ErrorKind, ScenarioError
 
 __all__ = [
     "MAX_ACCESSES",
@@ -61,6 +61,7 @@ __all__ = [
     "ClearDirtyLogStep",
     "DisableDirtyLogStep",
     "EnableDirtyLogStep",
+    "ErrorKind",
     "FlushTlbStep",
     "GetDirtyLogStep",
     "Memslot",

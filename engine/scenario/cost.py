@@ -4,7 +4,7 @@ The limits keep one run small enough to answer an HTTP request and to draw in a 
 limits (a 4-level EPT walk, a 40-bit pfn) bound the numbers a slot may hold.
 """
 
-from engine.scenario.wording import ScenarioError
+from engine.scenario.wording import ErrorKind, ScenarioError
 
 # Limits of contract §1.
 MAX_SCENARIO_BYTES = 1 << 20
@@ -36,3 +36,5 @@ DEFAULT_BASE_PFN_STRIDE = 0x100000
 class ScenarioTooLargeError(ScenarioError):
     """A scenario text over MAX_SCENARIO_BYTES: refused for its size alone, so that a shell can answer
     "too large" (HTTP 413) rather than "invalid" without reading the message."""
+
+    default_kind = ErrorKind.SIZE

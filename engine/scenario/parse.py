@@ -19,7 +19,7 @@ from engine.scenario.cost import (
     ScenarioTooLargeError,
 )
 from engine.scenario.models import VERSION, Scenario
-from engine.scenario.wording import ScenarioError, json_kind, refusal, short_repr
+from engine.scenario.wording import ErrorKind, ScenarioError, json_kind, refusal, short_repr
 
 
 class _JsonRefusedError(ValueError):
@@ -50,7 +50,9 @@ def loads_json(data: str | bytes) -> object:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as error:
-            raise ScenarioError(f"scenario: not valid UTF-8 (byte {error.start})") from None
+            raise ScenarioError(
+                f"scenario: not valid UTF-8 (byte {error.start})", kind=ErrorKind.ENCODING
+            ) from None
     else:
         text = data
         if len(text.encode("utf-8", "surrogatepass")) > MAX_SCENARIO_BYTES:
@@ -61,15 +63,18 @@ def loads_json(data: str | bytes) -> object:
         return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
     except json.JSONDecodeError as error:
         raise ScenarioError(
-            f"scenario: not valid JSON (line {error.lineno}, column {error.colno}): {error.msg}"
+            f"scenario: not valid JSON (line {error.lineno}, column {error.colno}): {error.msg}",
+            kind=ErrorKind.SYNTAX,
         ) from None
     except _JsonRefusedError as error:
-        raise ScenarioError(str(error)) from None
+        raise ScenarioError(str(error), kind=ErrorKind.SYNTAX) from None
     except RecursionError:
-        raise ScenarioError("scenario: not valid JSON: nested too deeply") from None
+        raise ScenarioError("scenario: not valid JSON: nested too deeply", kind=ErrorKind.SYNTAX) from None
     except ValueError:
         # Python refuses to convert integers of thousands of digits; no field could hold one anyway.
-        raise ScenarioError("scenario: not valid JSON: a number has too many digits") from None
+        raise ScenarioError(
+            "scenario: not valid JSON: a number has too many digits", kind=ErrorKind.SYNTAX
+        ) from None
 
 
 def parse_scenario(data: str | bytes | Mapping[str, object]) -> Scenario:
@@ -79,13 +84,13 @@ def parse_scenario(data: str | bytes | Mapping[str, object]) -> Scenario:
     """
     raw = loads_json(data) if isinstance(data, str | bytes) else data
     if not isinstance(raw, Mapping):
-        raise ScenarioError(f"scenario: must be a JSON object, not {json_kind(raw)}")
+        raise ScenarioError(f"scenario: must be a JSON object, not {json_kind(raw)}", kind=ErrorKind.SHAPE)
     try:
         return Scenario.model_validate(dict(raw))
     except ValidationError as error:
         raise refusal(error.errors(include_url=False)[0], STEP_OPS) from None
     except RecursionError:
-        raise ScenarioError("scenario: nested too deeply") from None
+        raise ScenarioError("scenario: nested too deeply", kind=ErrorKind.SHAPE) from None
 
 
 def scenario_json_schema() -> dict[str, object]:

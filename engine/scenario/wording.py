@@ -6,6 +6,7 @@ line whatever check refused the scenario.
 """
 
 from collections.abc import Iterable, Mapping
+from enum import StrEnum
 from typing import Any
 
 from pydantic_core import PydanticCustomError
@@ -16,18 +17,35 @@ def refuse(kind: str, text: str) -> PydanticCustomError:
     return PydanticCustomError(kind, "{text}", {"text": text})
 
 
+class ErrorKind(StrEnum):
+    """What is wrong with a refused scenario, from the outside in."""
+
+    SIZE = "size"  # larger than the format allows, refused unread
+    ENCODING = "encoding"  # not UTF-8
+    SYNTAX = "syntax"  # not JSON, or JSON the format refuses (NaN, a repeated key, too deep)
+    SHAPE = "shape"  # not the format's shape: a field missing, unknown or of the wrong type, an unknown op
+    VALUE = "value"  # a field's value out of its range or form
+    CONSISTENCY = "consistency"  # each value fine, but not together: a gfn outside every slot, ...
+
+
 class ScenarioError(ValueError):
     """A scenario the engine refuses to run; str() is one line saying where and why.
 
-    Where, also as data, so that a shell can point at it without reading the message: `step`, the index
-    of the step at fault (None when no step is), and `field`, the field at fault: a step's field (`gfn`,
-    `slot`, `op`, ...) or a path in the scenario (`memslots[0].npages`), "" when no one field is."""
+    Where and what, also as data, so that a shell can point at it without reading the message: `step`,
+    the index of the step at fault (None when no step is), `field`, the field at fault: a step's field
+    (`gfn`, `slot`, `op`, ...) or a path in the scenario (`memslots[0].npages`), "" when no one field is,
+    and `kind` (`ErrorKind`)."""
 
-    def __init__(self, message: str, *, step: int | None = None, field: str = "") -> None:
+    default_kind = ErrorKind.VALUE
+
+    def __init__(
+        self, message: str, *, step: int | None = None, field: str = "", kind: ErrorKind | None = None
+    ) -> None:
         # Keep the message on one line: the CLI prints it as its only line on stderr.
         super().__init__(" ".join(message.splitlines()))
         self.step = step
         self.field = field
+        self.kind = self.default_kind if kind is None else kind
 
 
 def short_repr(value: object, limit: int = 24) -> str:
@@ -97,7 +115,12 @@ def refusal(error: Mapping[str, Any], known_ops: Iterable[str]) -> ScenarioError
     loc: tuple[int | str, ...] = tuple(error["loc"])
     if error["type"] == "sptelab":
         ctx = error.get("ctx") or {}
-        return ScenarioError(str(error["msg"]), step=ctx.get("step"), field=str(ctx.get("field") or ""))
+        return ScenarioError(
+            str(error["msg"]),
+            step=ctx.get("step"),
+            field=str(ctx.get("field") or ""),
+            kind=ErrorKind.CONSISTENCY,
+        )
     field = _field_of(loc)
     if error["type"] in ("missing", "extra_forbidden"):
         *parent, name = loc
@@ -106,7 +129,21 @@ def refusal(error: Mapping[str, Any], known_ops: Iterable[str]) -> ScenarioError
             field = f"{field}.{name}" if field else str(name)
     elif error["type"] in ("union_tag_invalid", "union_tag_not_found"):
         field = "op"
-    return ScenarioError(_message(error, tuple(known_ops)), step=_step_of(loc), field=field)
+    return ScenarioError(
+        _message(error, tuple(known_ops)), step=_step_of(loc), field=field, kind=_kind_of(error["type"])
+    )
+
+
+# Pydantic's error types that say the scenario's shape is wrong rather than a value.
+_SHAPE_TYPES = frozenset(
+    {"missing", "extra_forbidden", "union_tag_invalid", "union_tag_not_found", "model_type", "dict_type"}
+)
+
+
+def _kind_of(error_type: str) -> ErrorKind:
+    if error_type in _SHAPE_TYPES or error_type.endswith("_type"):
+        return ErrorKind.SHAPE
+    return ErrorKind.VALUE
 
 
 def _message(error: Mapping[str, Any], known_ops: tuple[str, ...]) -> str:
