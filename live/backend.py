@@ -38,17 +38,21 @@ Ignored, because the real machine cannot reproduce them and they do not change w
 
 from __future__ import annotations
 
+import contextlib
 import errno
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from engine.ops.base import Harvest
 from engine.ops.registry import Step, op_spec
 from engine.scenario import Scenario
 from live.guest_code import access_program
+from live.kernel_tables import KernelTables
+from live.paging import GuestPageTables
 from live.stats import Snapshot, VmStats
 from live.syscalls import KvmError
+from live.tracefs import TablePage, TraceSession, TraceStep, unavailable
 from live.vm import (
     DIRTY_LOG_MODES,
     RESERVED_END_GFN,
@@ -78,6 +82,9 @@ _MODE_REFUSALS: frozenset[tuple[str, int]] = frozenset(
 
 
 _T = TypeVar("_T")
+
+# The two guests the live VM can run (live.vm): 64-bit with page tables, or 32-bit with paging off.
+Guest = Literal["native", "emulated"]
 
 
 class UnsupportedScenarioError(ValueError):
@@ -143,18 +150,17 @@ def _ring_refusal(scenario: Scenario) -> str | None:
     return None
 
 
-def code_gfn(slots: Iterable[tuple[int, int]]) -> int:
-    """The highest gfn below the reserved window that no slot (base, npages) holds: the code page."""
-    ranges = sorted(slots)
-    gfn = RESERVED_FIRST_GFN - 1
-    for base, npages in reversed(ranges):
-        if base + npages <= gfn:
-            break
-        if base <= gfn:
-            gfn = base - 1
-    if gfn < 0:
+def code_gfn(slots: Iterable[tuple[int, int]], npages: int = 1) -> int:
+    """The first gfn of the highest run of `npages` gfns below the reserved window that no slot (base,
+    npages) holds: the code page, or the native guest's system slot."""
+    end = RESERVED_FIRST_GFN
+    for base, count in sorted(slots, reverse=True):
+        if base + count <= end - npages:
+            break  # this slot and every one below it end before the run
+        end = min(end, base)
+    if end - npages < 0:
         raise UnsupportedScenarioError("no guest-physical page is free below 4 GiB for the guest code")
-    return gfn
+    return end - npages
 
 
 def code_slot_id(slot_ids: Iterable[int]) -> int:
@@ -194,7 +200,7 @@ class _Run:
     # engine.ops.base.LiveTarget
 
     def access(self, vcpu: int, gfn: int, count: int, stride: int, write: bool) -> None:
-        self.vm.run_code(vcpu, access_program(gfn, count, stride, write))
+        self.vm.run_code(vcpu, access_program(gfn, count, stride, write, native=self.vm.native))
 
     def get_dirty_log(self, slot: int) -> list[int] | None:
         return _unless_refused("KVM_GET_DIRTY_LOG", lambda: self.vm.get_dirty_log(slot))
@@ -262,6 +268,23 @@ class KernelRun:
     stats_missing: str | None
     guest_accesses: int
     pages_touched: int
+    guest: Guest = "emulated"
+    traces: list[TraceStep] | None = None
+    trace_missing: str | None = "not asked for"
+    guest_tables: GuestPageTables | None = None
+
+    def kernel_tables(self, upto: int) -> KernelTables | None:
+        """The kernel's tables as its tracepoints showed them after step `upto` (0-based), or None when
+        the run was not traced."""
+        if self.traces is None:
+            return None
+        tables = KernelTables(guest_span=self._guest_span)
+        for step in self.traces[: upto + 1]:
+            tables.apply(step)
+        return tables
+
+    def _guest_span(self, page: TablePage) -> tuple[int, int] | None:
+        return None if self.guest_tables is None else self.guest_tables.span(page.gfn, page.level)
 
 
 def _accesses(scenario: Scenario) -> tuple[int, int]:
@@ -279,9 +302,18 @@ def _accesses(scenario: Scenario) -> tuple[int, int]:
 
 
 def run_with_stats(
-    scenario: Scenario, dirty_log_mode: str = "bitmap", *, device: str | None = None
+    scenario: Scenario,
+    dirty_log_mode: str = "bitmap",
+    *,
+    device: str | None = None,
+    guest: Guest = "emulated",
+    trace: bool = False,
 ) -> KernelRun:
     """Run the scenario on a fresh VM of the live kernel, reading its statistics around every step.
+
+    `guest`: "native" runs the 64-bit guest with page tables (through the kernel's MMU where the kernel
+    runs it natively), "emulated" the 32-bit guest with paging off. `trace`: read the kernel's kvmmmu
+    tracepoints per step where this process can (`live.tracefs`); `trace_missing` says why not.
 
     Raises UnsupportedScenarioError (with `refusal`'s reason) before opening anything when the scenario
     cannot be expressed, and `live.vm.KvmError` when the device or an ioctl fails.
@@ -290,31 +322,49 @@ def run_with_stats(
     if reason is not None:
         raise UnsupportedScenarioError(reason)
     accesses, pages = _accesses(scenario)
-    with KvmVm(scenario.vm.vcpus, dirty_log_mode=dirty_log_mode, device=device) as vm:
-        for slot in scenario.memslots:
-            vm.add_slot(slot.id, slot.base_gfn, slot.npages)
-        vm.add_code_slot(
-            code_slot_id(slot.id for slot in scenario.memslots),
-            code_gfn((slot.base_gfn, slot.npages) for slot in scenario.memslots),
+    native = guest == "native"
+    trace_missing = (unavailable() if trace else "not asked for") if native else "the guest was emulated"
+    with contextlib.ExitStack() as owned:
+        vm = owned.enter_context(
+            KvmVm(scenario.vm.vcpus, dirty_log_mode=dirty_log_mode, device=device, native=native)
         )
-        with VmStats(vm) as stats:
-            run = _Run(vm, scenario)
-            logs: list[list[int] | None] = []
-            step_stats: list[Snapshot] = []
-            first = before = stats.snapshot()
-            for step in scenario.steps:
-                logs.append(run.step(step))
-                after = stats.snapshot()
-                step_stats.append(after.minus(before))
-                before = after
-            return KernelRun(
-                logs=logs,
-                step_stats=step_stats,
-                totals=before.minus(first, keep_zero=True),
-                stats_missing=stats.missing,
-                guest_accesses=accesses,
-                pages_touched=pages,
-            )
+        for slot in scenario.memslots:
+            vm.add_slot(slot.id, slot.base_gfn, slot.npages, huge=native and slot.host_page != "4K")
+        system_id = code_slot_id(slot.id for slot in scenario.memslots)
+        used = [(slot.base_gfn, slot.npages) for slot in scenario.memslots]
+        if native:
+            vm.boot_native(system_id, code_gfn(used, vm.system_pages()))
+        else:
+            vm.add_code_slot(system_id, code_gfn(used))
+        session = owned.enter_context(TraceSession()) if trace_missing is None else None
+        stats = owned.enter_context(VmStats(vm))
+        run = _Run(vm, scenario)
+        logs: list[list[int] | None] = []
+        step_stats: list[Snapshot] = []
+        traces: list[TraceStep] = []
+        first = before = stats.snapshot()
+        if session is not None:
+            session.take()  # the boot's own faults are not a step's
+        for step in scenario.steps:
+            logs.append(run.step(step))
+            after = stats.snapshot()
+            step_stats.append(after.minus(before))
+            before = after
+            if session is not None:
+                traces.append(session.take())
+        return KernelRun(
+            logs=logs,
+            step_stats=step_stats,
+            totals=before.minus(first, keep_zero=True),
+            stats_missing=stats.missing,
+            guest_accesses=accesses,
+            pages_touched=pages,
+            guest=guest,
+            traces=traces if session is not None else None,
+            trace_missing=trace_missing,
+            guest_tables=vm.guest_tables,
+        )
+    raise AssertionError("unreachable")  # pragma: no cover  (ExitStack does not swallow)
 
 
 def run_on_kernel(

@@ -10,8 +10,9 @@ level L, and an indirect one (shadow paging) holds those of the guest table at G
 built the guest's tables knows (`guest_span`). A table whose leaves all fall in a zapped page's span is
 removed with it.
 
-What no tracepoint reports cannot be shown: an spte write-protected (logging, GET_DIRTY_LOG) or dropped
-without its table (the collapsible-spte zap when logging stops) keeps here the value it was set with.
+A large leaf replaced by a new table below it is known by that table's creation. What no tracepoint
+reports cannot be shown: an spte write-protected (logging, GET_DIRTY_LOG) or dropped without its table
+(the collapsible-spte zap when logging stops) keeps here the value it was set with.
 The statistics (`pages_4k`, `pages_2m`) are exact where this is not, and `live.report` says which it used.
 """
 
@@ -41,10 +42,13 @@ class KernelTables:
     tables: dict[int, dict[int, SpteSet]] = field(default_factory=dict)
 
     def apply(self, step: TraceStep) -> None:
-        """The step's zaps first (a table zapped in a step and filled again is drawn filled), then its
-        sptes in the order the kernel set them."""
+        """The step's zaps first (a table zapped in a step and filled again is drawn filled), then the
+        large leaves its new tables replaced, then its sptes in the order the kernel set them.
+
+        A table created at level L for gfn G is linked where the entry one level up for G was: a large
+        leaf there is gone (`drop_large_spte`, which fires no event of its own)."""
         for page in step.tables_zapped:
-            span = direct_span(page) if page.direct else self.guest_span(page)
+            span = self._span(page)
             if span is None:
                 continue
             first, end = span
@@ -53,8 +57,19 @@ class KernelTables:
                     leaf.level == page.level and first <= leaf.gfn < end for leaf in leaves.values()
                 ):
                     del self.tables[table]
+        for page in step.tables_created:
+            span = self._span(page)
+            if span is None:
+                continue
+            for leaves in self.tables.values():
+                for index, leaf in list(leaves.items()):
+                    if leaf.level == page.level + 1 and leaf.gfn == span[0]:
+                        del leaves[index]
         for spte in step.sptes_set:
             self.tables.setdefault(spte.table, {})[spte.index] = spte
+
+    def _span(self, page: TablePage) -> tuple[int, int] | None:
+        return direct_span(page) if page.direct else self.guest_span(page)
 
     def leaves_per_level(self) -> dict[int, int]:
         counts: dict[int, int] = {}

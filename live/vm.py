@@ -33,7 +33,7 @@ from live import kvm_abi as abi
 from live.guest_code import DONE_PORT
 from live.longmode import enter_long_mode, register_pvm_page, supported_cpuid
 from live.owned import Owned
-from live.paging import MappedRange, identity_map, table_pages
+from live.paging import GuestPageTables, MappedRange, identity_map, table_pages
 from live.syscalls import (
     MAP_ANONYMOUS,
     MAP_NORESERVE,
@@ -201,6 +201,7 @@ class KvmVm(Owned):
         # native: 64-bit mode with paging (live.paging, live.longmode), set up by boot_native; else
         # 32-bit protected mode with paging off, from the vCPUs' creation on.
         self.native = native
+        self.guest_tables: GuestPageTables | None = None  # the native guest's, once booted
         self.pvm_registered = False
         self.run_timeout = run_timeout
         self._closed = False
@@ -353,6 +354,7 @@ class KvmVm(Owned):
         tables = identity_map(ranges, base_gfn + SYSTEM_FIXED_PAGES)
         if SYSTEM_FIXED_PAGES + len(tables.pages) > npages:
             raise AssertionError("the system slot is too small for the tables that map it")
+        self.guest_tables = tables
         self.code_slot = system = self.add_slot(slot_id, base_gfn, npages)
         for position, page in enumerate(tables.pages):
             ctypes.memmove(system.address + (SYSTEM_FIXED_PAGES + position) * PAGE_SIZE, page, PAGE_SIZE)

@@ -243,18 +243,21 @@ def test_the_kernel_s_own_sptes_show_the_2m_spte_kept_at_enable_and_one_4k_spte_
 def test_the_kernel_s_tables_group_leaves_by_table_page_and_drop_a_zapped_direct_table() -> None:
     huge = SpteSet(gfn=0x200, level=2, spte=0x1E6200EE7, table=0x1000, index=1)
     small = SpteSet(gfn=0x250, level=1, spte=0x1E6250E67, table=0x2000, index=0x50)
+    other = SpteSet(gfn=0x400, level=2, spte=0x1E6400EE7, table=0x1000, index=2)
     tables = KernelTables()
-    tables.apply(TraceStep((huge,), (), (), {}, False))
+    tables.apply(TraceStep((huge, other), (), (), {}, False))
+    assert tables.leaf_for(0x251) == huge
+    # A direct level-1 table created for gfn 0x200 replaces the 2M leaf of 0x200, not the one of 0x400.
     tables.apply(TraceStep((small,), (TablePage(0x200, 1, True),), (), {}, False))
     assert tables.leaves_per_level() == {1: 1, 2: 1}
-    assert tables.leaf_for(0x250) == small and tables.leaf_for(0x251) == huge
+    assert tables.leaf_for(0x250) == small and tables.leaf_for(0x251) is None
     assert [t["table"] for t in tables.to_json()] == ["0x1000", "0x2000"]
     # Zapping the direct level-1 page of gfn 0x200 removes the table holding 0x250, not the 2M leaf.
     tables.apply(TraceStep((), (), (TablePage(0x200, 1, True),), {}, False))
-    assert tables.leaves_per_level() == {2: 1}
+    assert tables.leaves_per_level() == {2: 1} and tables.leaf_for(0x400) == other
     # An indirect page is matched through the guest's own tables only.
     tables.apply(TraceStep((), (), (TablePage(0xFD004, 2, False),), {}, False))
     assert tables.leaves_per_level() == {2: 1}
-    tables.guest_span = lambda page: (0x200, 0x40200) if page.gfn == 0xFD004 else None
+    tables.guest_span = lambda page: (0x400, 0x40400) if page.gfn == 0xFD004 else None
     tables.apply(TraceStep((), (), (TablePage(0xFD004, 2, False),), {}, False))
     assert tables.leaves_per_level() == {}
