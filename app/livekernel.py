@@ -26,6 +26,7 @@ from app.settings import Settings
 from engine.estimate import estimate_work
 from engine.policy import PRESETS
 from engine.scenario import Scenario
+from live.backend import Guest
 from live.report import RealRefusalError, availability, real_result
 
 # The page sets every preset beside the kernel, newest first: the live kernel is today's, and the 3.x
@@ -40,7 +41,7 @@ REFUSAL_HINT = (
 
 _lock = threading.Lock()
 # Results by run; their bytes count in the app's byte budget (the Store attaches it).
-live_results: Lru[tuple[str, str, tuple[str, ...], tuple[tuple[str, str], ...]], dict[str, Any]] = Lru(
+live_results: Lru[tuple[str, str, tuple[str, ...], tuple[tuple[str, str], ...], str], dict[str, Any]] = Lru(
     32, weigh=weigh_any
 )
 _availability: dict[str, str | None] = {}
@@ -76,11 +77,18 @@ def checked_overrides(overrides: Mapping[str, str | bool], presets: list[str]) -
 
 
 def live_result(
-    settings: Settings, key: str, scenario: Scenario, presets: list[str], overrides: dict[str, str]
+    settings: Settings,
+    key: str,
+    scenario: Scenario,
+    presets: list[str],
+    overrides: dict[str, str],
+    guest: Guest = "native",
 ) -> dict[str, Any]:
-    """Contract §3's result, from the cache or from a live run now (refused first if over the budget)."""
+    """Contract §3's result, from the cache or from a live run now (refused first if over the budget).
+    `guest` chooses the live VM's guest (live.backend.Guest); a native run reads the kernel's tracepoints
+    where this process can."""
     require_kernel(settings)
-    cache_key = (settings.kvm_device, key, tuple(presets), tuple(sorted(overrides.items())))
+    cache_key = (settings.kvm_device, key, tuple(presets), tuple(sorted(overrides.items())), guest)
     hit = live_results.get(cache_key)
     if hit is not None:
         return hit
@@ -89,7 +97,9 @@ def live_result(
     check_budget(settings, scenario, work, steps=steps, runs=len(presets) + 2, doing="a live-kernel run")
     with _lock:
         try:
-            result = real_result(scenario, presets, overrides=overrides, device=settings.kvm_device)
+            result = real_result(
+                scenario, presets, overrides=overrides, device=settings.kvm_device, guest=guest, trace=True
+            )
         except RealRefusalError as refusal:  # what the live backend cannot express, or the device refused
             raise AppError(422, str(refusal), hint=REFUSAL_HINT) from None
     live_results.put(cache_key, result)

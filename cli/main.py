@@ -418,12 +418,18 @@ def build_parser() -> argparse.ArgumentParser:
     real.epilog = (
         "The device is /dev/kvm, or $SPTELAB_KVM_DEVICE when set. Where the kernel emulates the guest (no"
         " EPT/NPT: pf_taken stays 0, insn_emulation grows), the run checks its dirty-log ioctls, not its"
-        " MMU, and the presets' lines are what each preset's MMU would log. flush_tlb and zap_all have no"
-        " ioctl and are refused, as are gfns at or above 0xfe000 and more than 1 GiB of memslots."
+        " MMU, and the presets' lines are what each preset's MMU would log. The native guest (the"
+        " default) runs in 64-bit mode under its own page tables, so its accesses go through the kernel's"
+        " MMU; as root, the kernel's kvmmmu tracepoints add the sptes it set to --json. flush_tlb and"
+        " zap_all have no ioctl and are refused, as are gfns at or above 0xfe000 and more than 1 GiB of"
+        " memslots."
     )
     # FILE may come after `--compare zap lazy`, which takes it too: real_file_and_presets sorts them out.
     # argparse would show it as optional; it is not.
-    real.usage = "%(prog)s [-h] FILE [--json] [--compare P[,P...] ...] [--policy K=V[,K=V...] ...]"
+    real.usage = (
+        "%(prog)s [-h] FILE [--json] [--compare P[,P...] ...] [--policy K=V[,K=V...] ...]"
+        " [--guest native|emulated] [--no-trace]"
+    )
     _add_file(real, nargs="?")
     real.add_argument(
         "--json",
@@ -445,6 +451,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K=V",
         help="set policy switches on every compared preset (repeat, or separate with commas);"
         " dirty_log_mode=bitmap|manual_clear|initially_set|ring also chooses the live VM's dirty-log mode",
+    )
+    real.add_argument(
+        "--guest",
+        choices=("native", "emulated"),
+        default="native",
+        help="native: 64-bit with page tables, run through the kernel's MMU where the kernel runs it"
+        " natively (default); emulated: 32-bit with paging off, which a shadow-MMU host emulates",
+    )
+    real.add_argument(
+        "--no-trace",
+        action="store_true",
+        help="do not read the kernel's kvmmmu tracepoints (they need root and tracefs)",
     )
     return parser
 

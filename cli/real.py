@@ -77,7 +77,9 @@ def cmd_real(args: argparse.Namespace, out: IO[str]) -> int:
     if reason is not None:
         raise CliError(reason)
     try:
-        result = real_result(scenario, presets, mode, overrides=overrides)
+        result = real_result(
+            scenario, presets, mode, overrides=overrides, guest=args.guest, trace=not args.no_trace
+        )
     except RealRefusalError as error:
         raise CliError(str(error)) from None
     if args.json:
@@ -107,16 +109,18 @@ def _real_text(scenario: Scenario, result: dict[str, Any], presets: Sequence[str
     """What the kernel ran and checked, then per harvesting step the kernel's log beside the emulated
     guest's and each preset's.
 
-    Only a run whose MMU ran the guest (live.mmu_exercised) says a preset agrees with the kernel; else a
+    Only a run whose MMU ran the guest and is modelled by a preset (live.checked "mmu") says a preset
+    agrees with the kernel; else a
     preset's line is what its MMU would log, set beside the kernel's as data."""
     live = result["live"]
-    native = bool(live["mmu_exercised"])
+    native = live["checked"] == "mmu"
     lines = [
         f"{one_line(scenario.title or 'untitled scenario')}",
         f"kernel {one_line(result['kernel'])}, dirty-log mode {mode}, compared with {', '.join(presets)}",
         live["headline"],
         f"  why: {live['reason']}",
         f"  {_real_stats_line(live)}",
+        f"  {_guest_line(live)}",
         "",
     ]
     oracle = {entry["step"]: entry for entry in live["oracle"]["differences"]}
@@ -164,6 +168,48 @@ def _real_text(scenario: Scenario, result: dict[str, Any], presets: Sequence[str
         else:
             verdict = "the same pages at every step" if count == 0 else f"other pages at {_steps(count)}"
         lines.append(f"{name}: {verdict}")
+    if live["traced"]:
+        lines += ["", "what the kernel's MMU did, by its tracepoints:"]
+        lines += _trace_lines(scenario, result["steps"])
+    return lines
+
+
+def _guest_line(live: dict[str, Any]) -> str:
+    native = live["guest"] == "native"
+    guest = "native (64-bit, its own page tables)" if native else "emulated (32-bit, paging off)"
+    traced = "read" if live["traced"] else f"not read: {live['trace_missing']}"
+    return f"guest: {guest}; host MMU: {live['host_mmu']}; kernel tracepoints {traced}"
+
+
+# The sptes a step's line lists one by one; the rest are counted.
+_TRACE_SHOWN = 4
+
+
+def _trace_lines(scenario: Scenario, steps: Sequence[dict[str, Any]]) -> list[str]:
+    """Per step that set an spte or made or zapped a table: what, in the kernel's own values."""
+    lines: list[str] = []
+    for entry in steps:
+        live = entry["live"]
+        sptes, created, zapped = live["sptes_set"], live["tables_created"], live["tables_zapped"]
+        if not (sptes or created or zapped):
+            continue
+        lines.append(f"step {entry['index']:>3}  {describe_op(scenario.steps[entry['index']])}")
+        for spte in sptes[:_TRACE_SHOWN]:
+            writable = "W" if int(spte["spte"], 16) & 0x2 else "read-only"
+            mine = any(slot.base_gfn <= spte["gfn"] < slot.end_gfn for slot in scenario.memslots)
+            own = "" if mine else ", the live VM's own page"
+            lines.append(
+                f"          set L{spte['level']}[{spte['index']:#x}] gfn {spte['gfn']:#x}: {spte['spte']}"
+                f" ({writable}{own}) in table {spte['table']}"
+            )
+        if len(sptes) > _TRACE_SHOWN:
+            lines.append(f"          and {len(sptes) - _TRACE_SHOWN} more sptes set")
+        for word, tables in (("new", created), ("zapped", zapped)):
+            for table in tables:
+                kind = "direct" if table["direct"] else "shadowing the guest table at"
+                lines.append(f"          {word} L{table['level']} table, {kind} gfn {table['gfn']:#x}")
+        if live["overrun"]:
+            lines.append("          (the trace buffer overflowed: events of this step were lost)")
     return lines
 
 

@@ -31,7 +31,7 @@ from typing import Literal
 from live.stats import Snapshot
 
 Execution = Literal["emulated", "mmu", "none", "unknown"]
-Checked = Literal["dirty_log_ioctls", "mmu", "nothing"]
+Checked = Literal["dirty_log_ioctls", "mmu", "mmu_unmodelled", "nothing"]
 
 # The vCPU statistics the decision reads (kernel names).
 PAGE_FAULTS_STAT = "pf_taken"
@@ -45,6 +45,13 @@ HEADLINES: dict[Execution, str] = {
     "unknown": "it cannot be told whether the kernel's MMU ran these accesses: nothing was checked"
     " against its MMU",
 }
+
+# A run through an MMU no preset models (a shadow MMU, until one does): the kernel's own logs, counters
+# and sptes are shown, and the presets' logs set beside them as data, not as a check.
+UNMODELLED_HEADLINE = (
+    "the kernel's {mmu} MMU ran these accesses, and no preset models it yet: the presets' dirty logs are"
+    " set beside the kernel's as data, not checked against it"
+)
 
 CHECKED: dict[Execution, Checked] = {
     "emulated": "dirty_log_ioctls",
@@ -76,6 +83,13 @@ class Verdict:
     @property
     def headline(self) -> str:
         return HEADLINES[self.execution]
+
+    def for_host(self, host_mmu: str, preset: str | None) -> tuple[Checked, str]:
+        """(what the run checked, its headline) on a host whose MMU is `host_mmu`, modelled by `preset`
+        (None when no preset models it): a run through an unmodelled MMU checks no preset."""
+        if self.mmu_exercised and preset is None:
+            return "mmu_unmodelled", UNMODELLED_HEADLINE.format(mmu=host_mmu)
+        return self.checked, self.headline
 
 
 def _pages(count: int) -> str:

@@ -23,8 +23,9 @@ from engine.kvm import KvmDirtyRing
 from engine.policy import Policy, make_policy
 from engine.scenario import Scenario
 from engine.simulation import GuestExecution, Simulation
-from live.backend import KernelRun, UnsupportedScenarioError, refusal, run_with_stats
+from live.backend import Guest, KernelRun, UnsupportedScenarioError, refusal, run_with_stats
 from live.execution import Verdict, judge
+from live.host import NO_PRESET, PRESET_FOR, host_mmu
 from live.syscalls import KvmError
 from live.vm import RING_ENTRIES, GuestExitError, probe
 
@@ -52,10 +53,17 @@ def dirty_log_mode_of(overrides: Mapping[str, str | bool] | None, default: str =
     return str(value).strip().lower()
 
 
-def kernel_run(scenario: Scenario, dirty_log_mode: str = "bitmap", *, device: str | None = None) -> KernelRun:
+def kernel_run(
+    scenario: Scenario,
+    dirty_log_mode: str = "bitmap",
+    *,
+    device: str | None = None,
+    guest: Guest = "emulated",
+    trace: bool = False,
+) -> KernelRun:
     """run_with_stats, with every way it can fail turned into a RealRefusalError."""
     try:
-        return run_with_stats(scenario, dirty_log_mode, device=device)
+        return run_with_stats(scenario, dirty_log_mode, device=device, guest=guest, trace=trace)
     except UnsupportedScenarioError as error:
         raise RealRefusalError(str(error)) from None
     except (KvmError, GuestExitError) as error:
@@ -129,21 +137,39 @@ def compare_logs(kernel: Sequence[list[int] | None], engine: Sequence[list[int] 
 
 
 def live_json(verdict: Verdict, oracle: dict[str, object], run: KernelRun) -> dict[str, object]:
-    """The result's `live` object: how the kernel ran the guest, what was checked, and the run's stats."""
+    """The result's `live` object: which guest ran, how the kernel ran it, which MMU the host has and the
+    preset that models it, what was checked, the run's stats, and whether its tracepoints were read."""
+    mmu = host_mmu()
+    preset = PRESET_FOR[mmu]
+    checked, headline = verdict.for_host(mmu, preset)
     return {
+        "guest": run.guest,
         "execution": verdict.execution,
         "mmu_exercised": verdict.mmu_exercised,
+        "host_mmu": mmu,
+        "host_preset": preset,
+        "host_preset_missing": NO_PRESET[mmu],
         "emulated_instructions": verdict.emulated_instructions,
         "page_faults": verdict.page_faults,
         "guest_accesses": verdict.guest_accesses,
         "pages_touched": verdict.pages_touched,
         "reason": verdict.reason,
-        "checked": verdict.checked,
-        "headline": verdict.headline,
+        "checked": checked,
+        "headline": headline,
         "oracle": oracle,
         "stats": run.totals.to_json(),
         "stats_missing": run.stats_missing,
+        "traced": run.traces is not None,
+        "trace_missing": run.trace_missing,
     }
+
+
+def step_live_json(run: KernelRun, index: int) -> dict[str, object]:
+    """A step's `live`: the counters that changed, and when traced what the kernel's MMU reported."""
+    entry: dict[str, object] = {"stats": run.step_stats[index].to_json()}
+    if run.traces is not None:
+        entry.update(run.traces[index].to_json())
+    return entry
 
 
 def real_result(
@@ -153,10 +179,13 @@ def real_result(
     *,
     overrides: Mapping[str, str | bool] | None = None,
     device: str | None = None,
+    guest: Guest = "native",
+    trace: bool = True,
 ) -> dict[str, object]:
     """Contract §3's JSON: the kernel's dirty log per step, and per preset where the engine's differs;
-    extended by `live` (how the kernel ran the guest, and the emulated-guest oracle's verdict) and each
-    step's `live.stats` (the counters that changed during it).
+    extended by `live` (which guest ran, how the kernel ran it, the host's MMU and the preset that models
+    it, and the emulated-guest oracle's verdict) and each step's `live` (the counters that changed during
+    it and, when traced, the sptes the kernel set and the tables it created and zapped).
 
     The mode is `dirty_log_mode` if given, else the overrides' `dirty_log_mode`, else bitmap. The presets
     are checked (PolicyError) and the scenario refused (RealRefusalError) before the VM is created.
@@ -166,7 +195,7 @@ def real_result(
     reason = refusal(scenario, mode)
     if reason is not None:
         raise RealRefusalError(reason)
-    run = kernel_run(scenario, mode, device=device)
+    run = kernel_run(scenario, mode, device=device, guest=guest, trace=trace)
     kernel = run.logs
     verdict = judge(run.totals, run.guest_accesses, run.pages_touched, run.stats_missing)
     oracle = compare_logs(kernel, oracle_dirty_logs(scenario, mode))
@@ -178,8 +207,8 @@ def real_result(
         "version": REAL_VERSION,
         "kernel": kernel_release(),
         "steps": [
-            {"index": index, "dirty_log": log, "live": {"stats": stats.to_json()}}
-            for index, (log, stats) in enumerate(zip(kernel, run.step_stats, strict=True))
+            {"index": index, "dirty_log": log, "live": step_live_json(run, index)}
+            for index, log in enumerate(kernel)
         ],
         "compare": compare,
         "live": live_json(verdict, oracle, run),

@@ -7,6 +7,7 @@ reason, only where /dev/kvm cannot be opened.
 
 from __future__ import annotations
 
+import html
 import re
 from pathlib import Path
 
@@ -58,6 +59,10 @@ def test_without_the_device_there_is_no_button_and_the_routes_say_why(
 
 
 EMULATED = "the kernel emulated these accesses: its dirty-log ioctls were checked, its MMU was not"
+UNMODELLED_HEADLINE = (
+    "the kernel's {mmu} MMU ran these accesses, and no preset models it yet: the presets' dirty logs are"
+    " set beside the kernel's as data, not checked against it"
+)
 
 
 def _execution(html: str) -> tuple[str, str]:
@@ -79,12 +84,21 @@ def test_the_worked_example_on_the_kernel_checks_what_the_kernel_ran() -> None:
     # modern's log is data here, not a fact of the kernel's; the 3.x presets' are the spec's.
     assert (verdicts["zap"], verdicts["lazy-buggy"], verdicts["lazy"]) == ("1", "0", "1")
     execution, native = _execution(page.text)
-    if native == "1":
+    headline = re.search(r'<p class="real-headline"><strong>(.*?)</strong>', page.text)
+    assert headline is not None
+    if native == "1" and 'data-host-mmu="tdp"' in page.text:
         assert "agrees with the kernel's MMU at every step" in page.text
+    elif native == "1":
+        # This machine: the native guest ran through a shadow MMU, which no preset models yet.
+        assert 'data-guest="native"' in page.text
+        assert html.unescape(headline.group(1)) == "T" + UNMODELLED_HEADLINE.format(mmu="shadow")[1:] + "."
+        assert "not checked: no preset models a shadow MMU yet" in page.text
+        assert "agrees with the kernel's MMU" not in page.text
+        assert 'class="real-verdict data"' in page.text
+        assert 'class="real-verdict good" data-variant' not in page.text
     else:
         assert execution == "emulated"
-        headline = re.search(r'<p class="real-headline"><strong>(.*?)</strong>', page.text)
-        assert headline is not None and headline.group(1) == "T" + EMULATED[1:] + "."
+        assert headline.group(1) == "T" + EMULATED[1:] + "."
         assert "What each preset's MMU would log" in page.text
         assert "agrees with the kernel" not in page.text
         assert 'class="real-verdict data"' in page.text
@@ -120,10 +134,11 @@ def _made_up_run(native: bool) -> KernelRun:
     )
 
 
-@pytest.mark.parametrize("native", [False, True])
-def test_the_page_says_agreement_with_an_mmu_only_when_the_mmu_ran(
-    native: bool, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("native", "host"), [(False, "shadow"), (True, "tdp"), (True, "shadow")])
+def test_the_page_says_agreement_with_an_mmu_only_when_a_preset_models_the_mmu_that_ran(
+    native: bool, host: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr("live.report.host_mmu", lambda: host)
     monkeypatch.setattr("app.livekernel.kernel_unavailable", lambda settings: None)
     monkeypatch.setattr("app.livekernel.live_results", Lru(4))  # made-up results stay in this test
     monkeypatch.setattr("live.report.run_with_stats", lambda *args, **kwargs: _made_up_run(native))
@@ -133,10 +148,15 @@ def test_the_page_says_agreement_with_an_mmu_only_when_the_mmu_ran(
     assert _execution(page.text) == (("mmu", "1") if native else ("emulated", "0"))
     assert _verdicts(page.text) == {"lazy": "1", "lazy-buggy": "0"}
     assert re.search(r'data-oracle data-agrees="1"', page.text)
-    if native:
+    if native and host == "tdp":
         assert "agrees with the kernel's MMU at every step" in page.text
         assert "would log" not in page.text
         assert 'class="real-verdict good" data-variant="lazy"' in page.text
+    elif native:
+        assert "no preset models it yet" in html.unescape(page.text)
+        assert "agrees with the kernel" not in page.text
+        assert "not checked: no preset models a shadow MMU yet" in page.text
+        assert 'class="real-verdict data" data-variant="lazy"' in page.text
     else:
         assert "T" + EMULATED[1:] + "." in page.text
         assert "agrees with the kernel" not in page.text
@@ -161,7 +181,8 @@ def test_the_player_offers_the_kernel_and_refuses_what_it_cannot_express() -> No
 @needs_kvm
 def test_api_real_returns_the_contract_object() -> None:
     scenario = scenario_dict("read-mostly-logging")
-    response = _client().post("/api/real", json={"scenario": scenario, "compare": ["modern", "lazy"]})
+    body = {"scenario": scenario, "compare": ["modern", "lazy"], "guest": "emulated"}
+    response = _client().post("/api/real", json=body)
     assert response.status_code == 200
     result = response.json()
     assert set(result) == {"format", "version", "kernel", "steps", "compare", "live"}
@@ -178,6 +199,38 @@ def test_api_real_returns_the_contract_object() -> None:
     if not live["mmu_exercised"]:
         assert (live["execution"], live["headline"], live["page_faults"]) == ("emulated", EMULATED, 0)
         assert live["emulated_instructions"] >= live["guest_accesses"] > 0
+
+
+@needs_kvm
+def test_the_native_guest_runs_through_the_kernel_s_mmu_and_the_page_shows_what_it_built() -> None:
+    """live-kernel.md §3 on this kind of host: the native guest takes page faults where the emulated one
+    emulates; with tracefs, the kernel's own sptes are in each step's `live`, and the first write under
+    logging drops the 2M spte to one writable 4K spte in a new direct table."""
+    client = _client()
+    result = client.post("/api/real", json={"scenario": spec_example()}).json()
+    live = result["live"]
+    assert (live["guest"], live["execution"], live["mmu_exercised"]) == ("native", "mmu", True)
+    # Faults taken, and no instruction emulated but the `out` that ends each access step.
+    access_steps = sum(1 for step in spec_example()["steps"] if step["op"] in ("read", "write"))
+    assert live["page_faults"] > 0 and live["emulated_instructions"] <= access_steps
+    page = client.get("/real?scenario=worked-example")
+    assert 'data-guest="native"' in page.text and "data-other-guest" in page.text
+    if not live["traced"]:
+        assert live["trace_missing"] and 'data-traced="0"' in page.text
+        return
+    write = result["steps"][4]["live"]  # the first write after migrate_begin enabled logging
+    assert [(s["gfn"], s["level"]) for s in write["sptes_set"]] == [(0x250, 1)]
+    assert int(write["sptes_set"][0]["spte"], 16) & 0x2  # writable
+    assert write["tables_created"] == [{"gfn": 0x200, "level": 1, "direct": True}]
+    begin = result["steps"][2]["live"]  # migrate_begin: logging on, neither a split nor a zap
+    assert begin["sptes_set"] == [] and begin["tables_zapped"] == []
+    assert 'data-traced="1"' in page.text
+
+
+@needs_kvm
+def test_the_real_page_refuses_an_unknown_guest() -> None:
+    page = _client().get("/real?scenario=worked-example&guest=bochs")
+    assert page.status_code == 400 and "native or emulated" in page.text
 
 
 @needs_kvm

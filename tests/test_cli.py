@@ -756,7 +756,10 @@ def real_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[str], st
     """`real` with the kernel left out: what it would have run, recorded; no device needed."""
     calls: list[tuple[str, list[str], str, dict[str, str]]] = []
 
-    def recorded(scenario: Any, presets: list[str], mode: str, *, overrides: dict[str, str]) -> object:
+    def recorded(
+        scenario: Any, presets: list[str], mode: str, *, overrides: dict[str, str], guest: str, trace: bool
+    ) -> object:
+        assert (guest, trace) == ("native", True)  # the defaults of `real`
         calls.append((scenario.title, list(presets), mode, dict(overrides)))
         raise RealRefusalError("recorded")
 

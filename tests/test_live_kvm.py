@@ -327,6 +327,7 @@ def test_cli_real_claims_agreement_with_an_mmu_only_when_the_mmu_ran(
     run = _made_up_run(parsed, native=native)
     monkeypatch.setattr("live.report.run_with_stats", lambda *args, **kwargs: run)
     monkeypatch.setattr("cli.real.availability", lambda *args: None)
+    monkeypatch.setattr("live.report.host_mmu", lambda: "tdp")  # a host whose MMU `modern` models
     assert main(["real", "worked-example", "--compare", "lazy-buggy,lazy"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[3].startswith("  why: pf_taken ")
@@ -395,31 +396,35 @@ def test_cli_real_refuses_an_oversized_scenario_in_one_line(
 
 
 @needs_kvm
-def test_cli_real_json_and_text(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["real", "worked-example", "--json"]) == 0
+def test_cli_real_json_and_text_of_the_emulated_guest(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["real", "worked-example", "--json", "--guest", "emulated"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert list(result["compare"]) == ["modern"]
     assert set(result["compare"]["modern"]) == {"agrees", "differences"}
     assert result["live"]["oracle"] == {"agrees": True, "differences": []}
-    assert main(["real", "worked-example", "--compare", "modern", "--compare", "zap"]) == 0
+    assert result["live"]["guest"] == "emulated" and not result["live"]["traced"]
+    emulated = ["--guest", "emulated"]
+    assert main(["real", "worked-example", "--compare", "modern", "--compare", "zap", *emulated]) == 0
     text = capsys.readouterr().out
     assert "step   7  migrate_round: kernel [0x250, 0x260, 0x2c0]" in text
     assert "          emulated guest  agrees" in text
     assert "emulated guest: agrees with the kernel at every step" in text
-    if result["live"]["mmu_exercised"]:
+    if result["live"]["mmu_exercised"]:  # a host with EPT/NPT runs even this guest natively
         assert text.splitlines()[2].startswith("the kernel's MMU ran these accesses")
         return
     lines = text.splitlines()
     assert lines[2] == EMULATED
     assert lines[3].startswith("  why: pf_taken stayed 0 although the guest touched 6 pages")
     assert lines[4].startswith("  stats over the run: pf_taken 0, ")
+    assert lines[5].startswith("  guest: emulated (32-bit, paging off); host MMU: ")
+    assert lines[5].endswith("; kernel tracepoints not read: the guest was emulated")
     assert "          zap's MMU       would log the same" in text
     assert "what each preset's MMU would log, not checked against the kernel's MMU:" in text
     assert "zap: the same pages at every step" in text
     verdicts = text.replace("emulated guest: agrees with the kernel at every step", "")
     assert "agrees at every step" not in verdicts and "  agrees" not in verdicts.replace("guest  agrees", "")
     # The 3.x presets' MMUs log a read of a logged page; the emulated guest and the kernel do not.
-    assert main(["real", "read-mostly-logging", "--compare", "modern,lazy"]) == 0
+    assert main(["real", "read-mostly-logging", "--compare", "modern,lazy", "--guest", "emulated"]) == 0
     text = capsys.readouterr().out
     assert "emulated guest: agrees with the kernel at every step" in text
     assert "lazy: other pages at 1 step" in text

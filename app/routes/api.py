@@ -235,6 +235,11 @@ class RealRequest(BaseModel):
     scenario: dict[str, Any] = Field(description="a scenario object (contract section 1)")
     compare: list[str] = Field(default_factory=lambda: list(API_PRESETS), description="presets to compare")
     policy: dict[str, str | bool] = Field(default_factory=dict, description="switches over every preset")
+    guest: Literal["native", "emulated"] = Field(
+        default="native",
+        description="the live VM's guest: native (64-bit with page tables, run through the kernel's MMU"
+        " where the kernel runs it natively) or emulated (32-bit, paging off)",
+    )
 
 
 @router.post(
@@ -256,7 +261,7 @@ def _real(body: RealRequest, store: Store) -> Response:
     scenario = _parse(body.scenario)
     presets = compare_variants(",".join(body.compare), API_PRESETS)
     overrides = checked_overrides(body.policy, presets)
-    return _json(live_result(store.settings, _run_key(scenario), scenario, presets, overrides))
+    return _json(live_result(store.settings, _run_key(scenario), scenario, presets, overrides, body.guest))
 
 
 @router.get("/schema")

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 from app.build import built
+from app.errors import bad_request
 from app.htmx import page
 from app.links import Links
 from app.livekernel import PAGE_PRESETS, checked_overrides, live_result
@@ -26,6 +28,7 @@ from app.store import StoreDep
 from app.views.presets import preset_description
 from app.workshop import workshop_off
 from engine.ops.registry import Step, describe
+from live.backend import Guest
 
 router = APIRouter()
 
@@ -77,7 +80,8 @@ def _real_page(request: Request, store: StoreDep) -> Response:
     presets = compare_variants(query_param(request, "variants"), PAGE_PRESETS)
     raw_policy = query_param(request, "policy")
     overrides = checked_overrides(parse_policy_param(raw_policy) if raw_policy else {}, presets)
-    result = live_result(store.settings, source.code, source.scenario, presets, overrides)
+    guest = _guest(request)
+    result = live_result(store.settings, source.code, source.scenario, presets, overrides, guest)
     links = Links(source.param, presets[0], overrides, None, base=base_path(request.scope))
     steps = source.scenario.steps
     live = result["live"]
@@ -111,7 +115,9 @@ def _real_page(request: Request, store: StoreDep) -> Response:
         "title": source.scenario.title or source.name or "Untitled scenario",
         "kernel": result["kernel"],
         "live": live,
-        "native": bool(live["mmu_exercised"]),
+        # Compared: the presets were checked against the kernel's MMU (a preset models the host's MMU).
+        "native": live["checked"] == "mmu",
+        "mmu_exercised": bool(live["mmu_exercised"]),
         "oracle_differing": len(oracle),
         "totals": _counters(live["stats"]),
         "counter_names": [*VCPU_COUNTERS, *VM_COUNTERS],
@@ -122,5 +128,24 @@ def _real_page(request: Request, store: StoreDep) -> Response:
         "overrides": overrides,
         "play_url": links.play(0),
         "compare_url": links.compare(0),
+        "other_guest": _other_guest_url(request, guest),
     }
     return page(request, "real.html", context)
+
+
+def _guest(request: Request) -> Guest:
+    """The `guest` parameter: native (the default) or emulated."""
+    value = query_param(request, "guest") or "native"
+    if value == "native":
+        return "native"
+    if value == "emulated":
+        return "emulated"
+    raise bad_request(f"guest={value[:40]!r}: the live VM's guest is native or emulated")
+
+
+def _other_guest_url(request: Request, guest: Guest) -> str:
+    """This page with the other guest: the same scenario and presets, run the other way."""
+    params = [(key, value) for key, value in request.query_params.multi_items() if key != "guest"]
+    if guest == "native":
+        params.append(("guest", "emulated"))
+    return f"{base_path(request.scope)}/real?{urlencode(params)}"
