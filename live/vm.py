@@ -185,7 +185,7 @@ class KvmVm(Owned):
         dirty_log_mode: str = "bitmap",
         device: str | None = None,
         native: bool = False,
-        run_timeout: float = RUN_TIMEOUT_S,
+        run_timeout: float | None = None,
     ) -> None:
         if dirty_log_mode not in DIRTY_LOG_MODES:
             raise ValueError(
@@ -203,7 +203,7 @@ class KvmVm(Owned):
         self.native = native
         self.guest_tables: GuestPageTables | None = None  # the native guest's, once booted
         self.pvm_registered = False
-        self.run_timeout = run_timeout
+        self.run_timeout = RUN_TIMEOUT_S if run_timeout is None else run_timeout
         self._closed = False
         self._watchdog: Watchdog | None = None
         try:
