@@ -20,10 +20,33 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from live.tracefs import SpteSet, TablePage, TraceStep
 
 LEVEL_BITS = 9
+
+# The bits a kernel spte's chips name, by the host MMU that built it (positions of 6.x's spte.h): a shadow
+# spte is an x86 page-table entry with KVM's software bits (host-writable 9, MMU-writable 10, MMU-present
+# 11: live-kernel.md §3 reads 0xee7 that way); an EPT spte has R W X, PS, A and D at 8 and 9, and the
+# software bits at 57 and 58.
+SPTE_BITS: dict[str, tuple[tuple[str, int], ...]] = {
+    "shadow": (
+        ("P", 1 << 0), ("W", 1 << 1), ("U", 1 << 2), ("PS", 1 << 7), ("A", 1 << 5), ("D", 1 << 6),
+        ("HW", 1 << 9), ("MW", 1 << 10),
+    ),
+    "tdp": (
+        ("R", 1 << 0), ("W", 1 << 1), ("X", 1 << 2), ("PS", 1 << 7), ("A", 1 << 8), ("D", 1 << 9),
+        ("HW", 1 << 57), ("MW", 1 << 58),
+    ),
+}  # fmt: skip
+WRITABLE = 1 << 1  # W is bit 1 in both
+DIRTY: dict[str, int] = {"shadow": 1 << 6, "tdp": 1 << 9}
+
+
+def spte_bits(spte: int, host_mmu: Literal["tdp", "shadow"]) -> list[tuple[str, bool]]:
+    """Each named bit of a kernel spte, set or not, in the order the chips show them."""
+    return [(name, bool(spte & mask)) for name, mask in SPTE_BITS[host_mmu]]
 
 # (first gfn, end gfn) of what an indirect shadow page maps: the guest table's span, or None if unknown.
 GuestSpan = Callable[[TablePage], tuple[int, int] | None]

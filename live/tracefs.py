@@ -25,9 +25,10 @@ import os
 import re
 import tempfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from live.owned import Owned
 
@@ -98,6 +99,20 @@ class TraceStep:
     tables_zapped: tuple[TablePage, ...]
     counts: dict[str, int]  # events by name, every event read (those not kept above included)
     overrun: bool  # the buffer filled: events of this step were lost
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TraceStep:
+        """The step back from its `to_json` (a result's `steps[].live`)."""
+        return cls(
+            tuple(
+                SpteSet(s["gfn"], s["level"], int(s["spte"], 16), int(s["table"], 16), s["index"])
+                for s in data["sptes_set"]
+            ),
+            tuple(TablePage(t["gfn"], t["level"], t["direct"]) for t in data["tables_created"]),
+            tuple(TablePage(t["gfn"], t["level"], t["direct"]) for t in data["tables_zapped"]),
+            dict(data.get("events", {})),
+            bool(data.get("overrun", False)),
+        )
 
     def to_json(self) -> dict[str, object]:
         return {

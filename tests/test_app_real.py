@@ -24,6 +24,7 @@ from engine.scenario import parse_scenario
 from live.backend import KernelRun
 from live.report import availability
 from live.stats import Snapshot
+from live.tracefs import SpteSet, TablePage, TraceStep, unavailable
 
 UNAVAILABLE = availability()
 needs_kvm = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"no usable KVM device: {UNAVAILABLE}")
@@ -298,3 +299,75 @@ def test_the_players_dirty_log_mode_goes_to_the_live_vm() -> None:
     assert page.status_code == 200
     assert re.search(r'data-oracle data-agrees="1"', page.text)
     assert "dirty_log_mode=ring" in page.text
+
+
+def _traced_run(
+    parsed_steps: int, sets: dict[int, list[SpteSet]], created: dict[int, list[TablePage]]
+) -> KernelRun:
+    """A made-up native, traced run of the worked example: `sets` and `created` by step index."""
+    counters = {"pf_taken": 6, "pf_fixed": 6, "insn_emulation": 8}
+    logs: list[list[int] | None] = [None] * parsed_steps
+    logs[7], logs[10] = [0x250, 0x260, 0x2C0], [0x250, 0x300]
+    return KernelRun(
+        logs=logs,
+        step_stats=[Snapshot(vm={}, vcpus=({"pf_fixed": 1},)) for _ in range(parsed_steps)],
+        totals=Snapshot(vm={"pages_4k": 6}, vcpus=({**counters, "exits": 8},)),
+        stats_missing=None,
+        guest_accesses=8,
+        pages_touched=6,
+        guest="native",
+        traces=[
+            TraceStep(tuple(sets.get(i, ())), tuple(created.get(i, ())), (), {}, False)
+            for i in range(parsed_steps)
+        ],
+        trace_missing=None,
+    )
+
+
+def test_the_kernel_s_tables_are_drawn_and_each_difference_from_the_preset_is_marked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a TDP host `modern` models the kernel's MMU: a kernel leaf whose W differs from modern's leaf
+    for the same gfn is a disagreement, marked on the leaf and counted. The 2M leaf that a new level-1
+    table replaced is gone from the kernel's tables."""
+    steps = len(parse_scenario(spec_example()).steps)
+    huge = SpteSet(gfn=0x200, level=2, spte=0x2C0000EE7, table=0x17000, index=1)
+    own = SpteSet(gfn=0xFDFF8, level=1, spte=0x2A1A53A25, table=0x10000, index=0x1F8)
+    first = SpteSet(gfn=0x250, level=1, spte=0x2C0050E67, table=0x18000, index=0x50)
+    read_only = SpteSet(gfn=0x260, level=1, spte=0x2C0060E65, table=0x18000, index=0x60)  # W clear
+    run = _traced_run(
+        steps, {0: [own], 1: [huge], 4: [first], 5: [read_only]}, {4: [TablePage(0x200, 1, True)]}
+    )
+    monkeypatch.setattr("live.report.host_mmu", lambda: "tdp")
+    monkeypatch.setattr("app.livekernel.kernel_unavailable", lambda settings: None)
+    monkeypatch.setattr("app.livekernel.live_results", Lru(4))
+    monkeypatch.setattr("live.report.run_with_stats", lambda *args, **kwargs: run)
+    client = _client()
+    code = encode_scenario(spec_example())
+    before = client.get("/real", params={"s": code, "tables": "2"}).text
+    assert re.search(r'data-kleaf="0x200" data-level="2" data-writable="1" data-new', before)
+    after = client.get("/real", params={"s": code, "tables": "6"}).text
+    assert 'data-kernel-step="6"' in after and 'data-kleaf="0x200"' not in after
+    assert re.search(r'data-kleaf="0x250" data-level="1" data-writable="1">', after)
+    assert re.search(r'data-kleaf="0x260" data-level="1" data-writable="0" data-new data-differs>', after)
+    assert "≠ W: the kernel&#39;s 0, the model&#39;s 1" in after and 'data-kernel-differing="1"' in after
+    assert re.search(r'data-kleaf="0xfdff8"[^>]*data-own>', after)  # the VM's code page: not compared
+    assert "a difference is a disagreement with the kernel" in after
+    links = re.findall(r'data-kernel-step-link="(\d+)"', after)
+    assert links == ["1", "2", "5", "6"]
+
+
+@needs_kvm
+@pytest.mark.skipif(unavailable() is not None, reason=f"no kvmmmu tracepoints: {unavailable()}")
+def test_the_real_page_draws_the_2m_spte_and_its_drop_to_one_4k_spte_from_the_kernel_s_trace() -> None:
+    """live-kernel.md §3 in the kernel's own tables: after #2 (the first write) a writable 2M leaf for
+    gfn 0x200; after #5 (the first write under logging) it is gone, and a new writable 4K leaf for 0x250
+    sits at index 0x50 of a level-1 table."""
+    client = _client()
+    before = client.get("/real?scenario=worked-example&tables=2").text
+    assert re.search(r'data-kleaf="0x200" data-level="2" data-writable="1" data-new', before)
+    after = client.get("/real?scenario=worked-example&tables=5").text
+    assert 'data-kleaf="0x200"' not in after
+    pattern = r'<li data-kleaf="0x250" data-level="1" data-writable="1" data-new[^>]*>(.*?)</li>'
+    leaf = re.search(pattern, after, re.S)
+    assert leaf is not None and "[0x50]" in leaf.group(1)

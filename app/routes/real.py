@@ -25,9 +25,11 @@ from app.livekernel import PAGE_PRESETS, checked_overrides, live_result
 from app.query import compare_variants, parse_policy_param, query_param
 from app.render import base_path
 from app.store import StoreDep
+from app.views.kernel_tree import kernel_tree_view
 from app.views.presets import preset_description
 from app.workshop import workshop_off
 from engine.ops.registry import Step, describe
+from engine.policy import make_policy
 from live.backend import Guest
 
 router = APIRouter()
@@ -110,6 +112,9 @@ def _real_page(request: Request, store: StoreDep) -> Response:
         for name in presets
     ]
     step_rows, step_rows_total = _step_counters(result, steps)
+    shown = _tables_step(request, len(steps))
+    model = live["host_preset"] or CONTRAST_PRESET
+    tree = kernel_tree_view(result, source.scenario, shown, (model, make_policy(model, overrides)))
     context = {
         "page": "real",
         "title": source.scenario.title or source.name or "Untitled scenario",
@@ -129,8 +134,47 @@ def _real_page(request: Request, store: StoreDep) -> Response:
         "play_url": links.play(0),
         "compare_url": links.compare(0),
         "other_guest": _other_guest_url(request, guest),
+        "tree": tree,
+        "tree_steps": _tree_steps(request, result, steps, shown),
     }
     return page(request, "real.html", context)
+
+
+# The preset set beside the kernel's tables where none models the host's MMU: today's TDP MMU, as contrast.
+CONTRAST_PRESET = "modern"
+
+
+def _tables_step(request: Request, total: int) -> int:
+    """`tables=N`: the kernel's tables after op #N (1..total), by default after the last."""
+    raw = query_param(request, "tables")
+    if not raw:
+        return total
+    if not raw.isdigit() or not 1 <= int(raw) <= total:
+        raise bad_request(f"tables={raw[:20]!r}: a step from 1 to {total}")
+    return int(raw)
+
+
+def _tree_steps(
+    request: Request, result: dict[str, Any], steps: Sequence[Step], shown: int
+) -> list[dict[str, Any]]:
+    """A link per step whose trace changed the kernel's tables, the one shown marked."""
+    params = [(key, value) for key, value in request.query_params.multi_items() if key != "tables"]
+    links = []
+    for entry in result["steps"]:
+        live = entry["live"]
+        if not (live.get("sptes_set") or live.get("tables_created") or live.get("tables_zapped")):
+            continue
+        number = entry["index"] + 1
+        query = urlencode([*params, ("tables", str(number))])
+        links.append(
+            {
+                "number": number,
+                "op": describe(steps[entry["index"]]),
+                "url": f"{base_path(request.scope)}/real?{query}#kernel-tables",
+                "current": number == shown,
+            }
+        )
+    return links
 
 
 def _guest(request: Request) -> Guest:

@@ -1,0 +1,172 @@
+"""The kernel's own page tables on `/real`, after a chosen step, beside the model's leaves for the same gfns.
+
+Built from a live result's traced steps (`steps[].live.sptes_set`, `tables_created`, `tables_zapped`),
+replayed through `live.kernel_tables.KernelTables` up to the step: each table the kernel set leaves in,
+by its host physical address, with the leaves it holds (gfn, level, value, the named bits), the ones set
+in the step marked. Beside each leaf, the leaf a preset's engine run holds for the same gfn after the same
+step, and what differs: nothing mapped, another level, W or D. That comparison is a check only when the
+preset models the host's MMU (`live.host_preset`); otherwise it is shown as the contrast of two MMUs.
+
+Bounded like every panel: at most MAX_TABLES tables and MAX_LEAVES leaves each are drawn, the rest
+counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from engine.policy import Policy
+from engine.scenario import Scenario
+from engine.simulation import Simulation
+from engine.spte import is_dirty_spte, is_writable_pte, level_name
+from engine.tdp_iter import walk_spte
+from live.kernel_tables import DIRTY, WRITABLE, KernelTables, spte_bits
+from live.tracefs import TraceStep
+
+MAX_TABLES = 24
+MAX_LEAVES = 48
+
+
+@dataclass(frozen=True, slots=True)
+class ModelLeaf:
+    level: int
+    writable: bool
+    dirty: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LeafRow:
+    """One leaf of the kernel's, and how the model's leaf for its gfn compares."""
+
+    gfn: int
+    index: int
+    level: int
+    value: int
+    bits: list[tuple[str, bool]]
+    writable: bool
+    new: bool  # set during the step shown
+    own: bool  # a page of the live VM's own (code, tables), in no scenario slot
+    differs: str  # what the model's leaf has otherwise, "" when the same or not compared
+
+    @property
+    def size(self) -> str:
+        return level_name(self.level)
+
+
+@dataclass(frozen=True, slots=True)
+class TableBox:
+    address: int
+    level: int
+    leaves: list[LeafRow]
+    more: int  # leaves not drawn
+
+
+@dataclass(frozen=True, slots=True)
+class KernelTreeView:
+    step: int  # 1-based: the tables after the op #step
+    total: int
+    tables: list[TableBox]
+    more_tables: int
+    per_level: dict[int, int]
+    model: str | None  # the preset compared with, if any
+    checked: bool  # the preset models the host's MMU: a difference is a disagreement
+    differing: int
+    faults: tuple[int, int | None]  # the step's faults: the kernel's (pf_fixed), the model's
+
+
+def _model_run(scenario: Scenario, policy: Policy, upto: int) -> Simulation:
+    """The engine's state after `upto` steps under `policy` (no trace kept)."""
+    sim = Simulation(scenario, policy, detail="summary")
+    for _ in range(max(upto, 0)):
+        sim.step()
+    return sim
+
+
+def _model_leaf(sim: Simulation, gfn: int) -> ModelLeaf | None:
+    found = walk_spte(sim.kvm, gfn)
+    if found is None:
+        return None
+    sp, _, spte = found
+    return ModelLeaf(sp.level, is_writable_pte(spte), is_dirty_spte(spte, sim.kvm.masks))
+
+
+def _difference(leaf_level: int, value: int, host: str, model: ModelLeaf | None) -> str:
+    if model is None:
+        return "the model maps nothing here"
+    if model.level != leaf_level:
+        return f"the model maps it with a {level_name(model.level)} leaf"
+    if bool(value & WRITABLE) != model.writable:
+        return f"W: the kernel's {int(bool(value & WRITABLE))}, the model's {int(model.writable)}"
+    if bool(value & DIRTY[host]) != model.dirty and host == "tdp":
+        return f"D: the kernel's {int(bool(value & DIRTY[host]))}, the model's {int(model.dirty)}"
+    return ""
+
+
+def kernel_tree_view(
+    result: Mapping[str, Any],
+    scenario: Scenario,
+    step: int,
+    model: tuple[str, Policy] | None,
+) -> KernelTreeView | None:
+    """The kernel's tables after op #`step` (1-based), or None when the run was not traced. `model`: the
+    preset and policy whose engine run is set beside them."""
+    live = result["live"]
+    if not live.get("traced"):
+        return None
+    steps: Sequence[Mapping[str, Any]] = result["steps"]
+    host: Literal["tdp", "shadow"] = "tdp" if live["host_mmu"] == "tdp" else "shadow"
+    tables = KernelTables()
+    for entry in steps[:step]:
+        tables.apply(TraceStep.from_json(entry["live"]))
+    fresh = {(s["table"], s["index"]) for s in steps[step - 1]["live"]["sptes_set"]} if step else set()
+    sim: Simulation | None = None
+    model_faults: int | None = None
+    if model is not None:
+        sim = _model_run(scenario, model[1], step - 1)
+        if step:
+            counts = sim.step().fault_counts
+            model_faults = counts["fast"] + counts["slow"]
+    slots = [(slot.base_gfn, slot.end_gfn) for slot in scenario.memslots]
+    boxes: list[TableBox] = []
+    differing = 0
+    ordered = [(address, leaves) for address, leaves in sorted(tables.tables.items()) if leaves]
+    for address, leaves in ordered[:MAX_TABLES]:
+        rows: list[LeafRow] = []
+        for index in sorted(leaves)[:MAX_LEAVES]:
+            leaf = leaves[index]
+            own = not any(first <= leaf.gfn < end for first, end in slots)
+            differs = ""
+            if sim is not None and not own:
+                differs = _difference(leaf.level, leaf.spte, host, _model_leaf(sim, leaf.gfn))
+                differing += bool(differs)
+            rows.append(
+                LeafRow(
+                    gfn=leaf.gfn,
+                    index=index,
+                    level=leaf.level,
+                    value=leaf.spte,
+                    bits=spte_bits(leaf.spte, host),
+                    writable=bool(leaf.spte & WRITABLE),
+                    new=(f"{address:#x}", index) in fresh,
+                    own=own,
+                    differs=differs,
+                )
+            )
+        level = min(leaf.level for leaf in leaves.values())
+        boxes.append(TableBox(address, level, rows, max(0, len(leaves) - MAX_LEAVES)))
+    kernel_faults = (
+        sum(c.get("pf_fixed", 0) for c in steps[step - 1]["live"]["stats"]["vcpus"].values()) if step else 0
+    )
+    return KernelTreeView(
+        step=step,
+        total=len(steps),
+        tables=boxes,
+        more_tables=max(0, len(ordered) - MAX_TABLES),
+        per_level=tables.leaves_per_level(),
+        model=model[0] if model is not None else None,
+        checked=model is not None and live.get("host_preset") == model[0],
+        differing=differing,
+        faults=(kernel_faults, model_faults),
+    )
