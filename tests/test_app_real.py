@@ -353,6 +353,11 @@ def test_the_kernel_s_tables_are_drawn_and_each_difference_from_the_preset_is_ma
     assert "≠ W: the kernel&#39;s 0, the model&#39;s 1" in after and 'data-kernel-differing="1"' in after
     assert re.search(r'data-kleaf="0xfdff8"[^>]*data-own>', after)  # the VM's code page: not compared
     assert "a difference is a disagreement with the kernel" in after
+    # modern's own tables beside: its leaves for 0x250 and 0x260 drawn, the rest folded and counted.
+    model = after[after.index('data-ktree="model"') :]
+    assert re.search(r'data-kleaf="0x250" data-level="1" data-writable="1">', model)
+    folded = re.findall(r'data-absent="(\d+)"', model)
+    assert folded and int(re.findall(r'data-model-only="(\d+)"', model)[0]) == sum(map(int, folded))
     links = re.findall(r'data-kernel-step-link="(\d+)"', after)
     assert links == ["1", "2", "5", "6"]
 

@@ -19,9 +19,10 @@ from typing import Any, Literal
 
 from engine.policy import Policy
 from engine.scenario import Scenario
+from engine.scenario.cost import MAX_GFN_END
 from engine.simulation import Simulation
-from engine.spte import is_dirty_spte, is_writable_pte, level_name
-from engine.tdp_iter import walk_spte
+from engine.spte import FLAG_BITS, flag_word, is_dirty_spte, is_last_spte, is_writable_pte, level_name
+from engine.tdp_iter import for_each_tdp_pte, walk_spte
 from live.kernel_tables import DIRTY, WRITABLE, KernelTables, spte_bits
 from live.tracefs import TraceStep
 
@@ -61,6 +62,8 @@ class TableBox:
     level: int
     leaves: list[LeafRow]
     more: int  # leaves not drawn
+    absent: int = 0  # the preset's leaves the kernel has no leaf for, folded into one line
+    absent_span: tuple[int, int] = (0, 0)  # their first and last gfn
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +77,68 @@ class KernelTreeView:
     checked: bool  # the preset models the host's MMU: a difference is a disagreement
     differing: int
     faults: tuple[int, int | None]  # the step's faults: the kernel's (pf_fixed), the model's
+    model_tables: list[TableBox]  # the preset's own tables after the same step, drawn alike
+    model_truncated: bool  # the preset has more tables than are drawn
+    model_only: int  # the preset's leaves the kernel has no leaf for (at that gfn and level)
+
+    @property
+    def faults_differ(self) -> bool:
+        return self.faults[1] is not None and self.faults[0] != self.faults[1]
+
+
+def _model_tables(sim: Simulation, kernel: set[tuple[int, int]]) -> tuple[list[TableBox], bool, int]:
+    """The preset's leaves after the step, by table: those the kernel also has (the same gfn and level)
+    drawn one by one, the others folded into one line per table, as alike runs are in the player. Returns
+    (boxes, whether tables were left undrawn, leaves the kernel lacks in the tables drawn); the walk stops
+    at the first table past the drawing's cap."""
+    kvm = sim.kvm
+    shown: dict[int, list[LeafRow]] = {}
+    hidden: dict[int, int] = {}
+    absent: dict[int, list[int]] = {}
+    levels: dict[int, int] = {}
+    truncated = False
+    for it in for_each_tdp_pte(kvm, kvm.root, 0, MAX_GFN_END):
+        spte = it.old_spte
+        if not is_last_spte(spte, it.level):
+            continue
+        address = it.sp.pfn << 12
+        if address not in shown:
+            if len(shown) == MAX_TABLES:
+                truncated = True
+                break
+            shown[address], hidden[address], absent[address] = [], 0, []
+            levels[address] = it.level
+        if (it.gfn, it.level) not in kernel:
+            absent[address].append(it.gfn)
+        elif len(shown[address]) < MAX_LEAVES:
+            word = flag_word(spte, kvm.masks)
+            shown[address].append(
+                LeafRow(
+                    gfn=it.gfn,
+                    index=it.index,
+                    level=it.level,
+                    value=spte,
+                    bits=[(name, bool(word & bit)) for name, bit in FLAG_BITS],
+                    writable=is_writable_pte(spte),
+                    new=False,
+                    own=False,
+                    differs="",
+                )
+            )
+        else:
+            hidden[address] += 1
+    boxes = [
+        TableBox(
+            address,
+            levels[address],
+            rows,
+            hidden[address],
+            len(absent[address]),
+            (min(absent[address]), max(absent[address])) if absent[address] else (0, 0),
+        )
+        for address, rows in shown.items()
+    ]
+    return boxes, truncated, sum(len(gfns) for gfns in absent.values())
 
 
 def _model_run(scenario: Scenario, policy: Policy, upto: int) -> Simulation:
@@ -159,7 +224,12 @@ def kernel_tree_view(
     kernel_faults = (
         sum(c.get("pf_fixed", 0) for c in steps[step - 1]["live"]["stats"]["vcpus"].values()) if step else 0
     )
+    kernel_leaves = {(leaf.gfn, leaf.level) for leaves in tables.tables.values() for leaf in leaves.values()}
+    model_boxes, truncated, model_only = _model_tables(sim, kernel_leaves) if sim else ([], False, 0)
     return KernelTreeView(
+        model_tables=model_boxes,
+        model_truncated=truncated,
+        model_only=model_only,
         step=step,
         total=len(steps),
         tables=boxes,
