@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
@@ -64,6 +65,10 @@ from live.vm import (
 
 # Writes one vCPU may make between two harvests of the dirty ring (see _ring_refusal).
 RING_WRITE_BUDGET = RING_ENTRIES // 2
+
+# How long the guest of one run may run in all, every step together: a hostile scenario's steps cannot
+# add up past it (each KVM_RUN is also bounded on its own: live.vm.RUN_TIMEOUT_S).
+RUN_BUDGET_S = 60.0
 
 # Guest memory this backend registers at most: the slots are sparse anonymous memory, but a whole-slot
 # bitmap and a guest that touches every page of 4 GiB take seconds and gigabytes.
@@ -308,12 +313,14 @@ def run_with_stats(
     device: str | None = None,
     guest: Guest = "emulated",
     trace: bool = False,
+    budget_s: float = RUN_BUDGET_S,
 ) -> KernelRun:
     """Run the scenario on a fresh VM of the live kernel, reading its statistics around every step.
 
     `guest`: "native" runs the 64-bit guest with page tables (through the kernel's MMU where the kernel
     runs it natively), "emulated" the 32-bit guest with paging off. `trace`: read the kernel's kvmmmu
     tracepoints per step where this process can (`live.tracefs`); `trace_missing` says why not.
+    `budget_s`: the guest runs at most this long in all; past it the run fails with GuestTimeoutError.
 
     Raises UnsupportedScenarioError (with `refusal`'s reason) before opening anything when the scenario
     cannot be expressed, and `live.vm.KvmError` when the device or an ioctl fails.
@@ -328,6 +335,7 @@ def run_with_stats(
         vm = owned.enter_context(
             KvmVm(scenario.vm.vcpus, dirty_log_mode=dirty_log_mode, device=device, native=native)
         )
+        vm.deadline = time.monotonic() + budget_s
         for slot in scenario.memslots:
             vm.add_slot(slot.id, slot.base_gfn, slot.npages, huge=native and slot.host_page != "4K")
         system_id = code_slot_id(slot.id for slot in scenario.memslots)

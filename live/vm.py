@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -204,6 +205,8 @@ class KvmVm(Owned):
         self.guest_tables: GuestPageTables | None = None  # the native guest's, once booted
         self.pvm_registered = False
         self.run_timeout = RUN_TIMEOUT_S if run_timeout is None else run_timeout
+        # A whole run's end (time.monotonic()), past which no vCPU runs again; None for none.
+        self.deadline: float | None = None
         self._closed = False
         self._watchdog: Watchdog | None = None
         try:
@@ -456,13 +459,18 @@ class KvmVm(Owned):
         watchdog = self._watchdog
         immediate_exit = vcpu.run_address + abi.KvmRunHeader.immediate_exit.offset
         run.immediate_exit = 0
-        watchdog.arm(immediate_exit, self.run_timeout)
+        timeout = self.run_timeout
+        if self.deadline is not None:
+            timeout = min(timeout, self.deadline - time.monotonic())
+            if timeout <= 0:
+                raise GuestTimeoutError("the run's time budget is spent; the guest was not started again")
+        watchdog.arm(immediate_exit, timeout)
         try:
             while True:
                 interrupted = kvm_run(vcpu.fd)
                 if watchdog.fired:
                     raise GuestTimeoutError(
-                        f"vCPU {vcpu_index} was still running after {self.run_timeout:g} s; stopped"
+                        f"vCPU {vcpu_index} was still running after {timeout:.3g} s; stopped"
                     )
                 if interrupted:
                     continue  # another signal: the guest carries on

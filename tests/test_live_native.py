@@ -261,3 +261,23 @@ def test_the_kernel_s_tables_group_leaves_by_table_page_and_drop_a_zapped_direct
     tables.guest_span = lambda page: (0x400, 0x40400) if page.gfn == 0xFD004 else None
     tables.apply(TraceStep((), (), (TablePage(0xFD004, 2, False),), {}, False))
     assert tables.leaves_per_level() == {}
+
+
+@needs_kvm
+def test_a_run_stops_once_its_whole_budget_is_spent() -> None:
+    """Steps that each end in time cannot add up past the run's budget: the run fails, saying so."""
+    from engine.scenario import parse_scenario
+    from live.backend import run_with_stats
+
+    steps = [{"op": "write", "gfn": hex(SLOT_GFN + k), "count": 1} for k in range(64)]
+    scenario = parse_scenario(
+        {
+            "format": "sptelab-scenario",
+            "version": 1,
+            "memslots": [{"id": 1, "base_gfn": hex(SLOT_GFN), "npages": 0x400}],
+            "steps": steps,
+        }
+    )
+    with pytest.raises(GuestTimeoutError, match=r"budget is spent"):
+        run_with_stats(scenario, guest="native", budget_s=0.0)
+    assert len(run_with_stats(scenario, guest="native").logs) == 64
