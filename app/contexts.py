@@ -14,6 +14,7 @@ from markupsafe import Markup
 
 from app.announce import compare_announcement, play_announcement
 from app.forwarded import public_origin
+from app.kernel_panel import kernel_panel
 from app.links import Links
 from app.livekernel import kernel_unavailable
 from app.modes import FOCUS_PANELS
@@ -42,6 +43,7 @@ PLAY_BLOCKS = (
     "timeline",
     "narration",
     "tree",
+    "kernel",
     "inspector",
     "bitmap",
     "counters",
@@ -172,6 +174,8 @@ def play_context(
         "downloads": Downloads(links.download(), links.export_svg(query.step), links.result()),
         "compare_url": links.compare(query.step),
         **_real_context(request, query, links),
+        "kernel_panel": kernel_panel(request, query, links),
+        "live_on": query.live,
         "source_param": query.source.param,
         # Long share codes: links inside the panels become buttons of two shared forms (see controls.html).
         "compact": compact,

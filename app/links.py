@@ -36,6 +36,7 @@ class Links:
     score: tuple[int, int] = (0, 0)
     present: bool = False
     focus: str = DEFAULT_FOCUS
+    live: bool = False  # the kernel's own tables beside the model's
     base: str = ""
 
     def url(self, path: str) -> str:
@@ -60,7 +61,7 @@ class Links:
 
     def mode_fields(self, answer: str | None = None) -> list[tuple[str, str]]:
         """The modes' parameters, in their fixed order after the state's: mode, answer, score, present,
-        focus (each only when it applies; the default panel is left out)."""
+        focus, live (each only when it applies; the default panel is left out)."""
         params: list[tuple[str, str]] = []
         if self.predict:
             params.append(("mode", PREDICT_MODE))
@@ -71,6 +72,8 @@ class Links:
             params.append(("present", "1"))
             if self.focus != DEFAULT_FOCUS:
                 params.append(("focus", self.focus))
+        if self.live:
+            params.append(("live", "1"))
         return params
 
     def with_score(self, score: tuple[int, int]) -> Links:
@@ -82,6 +85,9 @@ class Links:
 
     def presenting(self, on: bool) -> Links:
         return replace(self, present=on)
+
+    def living(self, on: bool) -> Links:
+        return replace(self, live=on)
 
     def focused(self, panel: str) -> Links:
         return replace(self, focus=panel)

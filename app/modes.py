@@ -40,10 +40,16 @@ class Modes:
     score: tuple[int, int] = (0, 0)
     present: bool = False
     focus: str = DEFAULT_FOCUS
+    live: bool = False  # the kernel's own tables beside the model's (live=1)
 
 
 def parse_modes(
-    mode: str | None, answer: str | None, score: str | None, present: str | None, focus: str | None
+    mode: str | None,
+    answer: str | None,
+    score: str | None,
+    present: str | None,
+    focus: str | None,
+    live: str | None = None,
 ) -> Modes:
     predict = False
     if mode is not None and mode.strip():
@@ -88,4 +94,6 @@ def parse_modes(
         if focus not in names:
             raise bad_request(f"focus={focus[:20]!r}: not a panel (panels: {', '.join(names)})")
         panel = focus
-    return Modes(predict, chosen, (right, asked), shown, panel)
+    if live is not None and live not in ("0", "1", ""):
+        raise bad_request(f"live={live[:20]!r}: 1 to show the kernel's own tables, 0 (or nothing) not to")
+    return Modes(predict, chosen, (right, asked), shown, panel, live == "1")

@@ -123,6 +123,7 @@ class PlayerQuery:
                 score=modes.score,
                 present=modes.present,
                 focus=modes.focus,
+                live=modes.live,
                 base=self.base,
             ),
         )
@@ -148,6 +149,10 @@ class PlayerQuery:
         return self.modes.focus
 
     @property
+    def live(self) -> bool:
+        return self.modes.live
+
+    @property
     def total(self) -> int:
         return self.source.total
 
@@ -166,9 +171,9 @@ def query_param(request: Request, name: str) -> str | None:
 
 def player_query(request: Request, store: Store) -> PlayerQuery:
     """The query of /play: scenario=NAME|s=CODE, variant, step, policy, spte, and the modes: mode,
-    answer, score, present, focus."""
+    answer, score, present, focus, live."""
     modes = parse_modes(
-        *(query_param(request, name) for name in ("mode", "answer", "score", "present", "focus"))
+        *(query_param(request, name) for name in ("mode", "answer", "score", "present", "focus", "live"))
     )
     source = store.sources.resolve(query_param(request, "scenario"), query_param(request, "s"))
     variant = query_param(request, "variant") or DEFAULT_PRESET

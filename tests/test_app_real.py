@@ -376,3 +376,45 @@ def test_the_real_page_draws_the_2m_spte_and_its_drop_to_one_4k_spte_from_the_ke
     pattern = r'<li data-kleaf="0x250" data-level="1" data-writable="1" data-new[^>]*>(.*?)</li>'
     leaf = re.search(pattern, after, re.S)
     assert leaf is not None and "[0x50]" in leaf.group(1)
+
+
+def test_the_player_s_live_mode_draws_the_kernel_s_tables_at_every_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """live=1 adds a panel with the kernel's tables after the step shown beside the preset's, swapped
+    with the other panels at each step and kept by every player link; without it the player offers it."""
+    steps = len(parse_scenario(spec_example()).steps)
+    huge = SpteSet(gfn=0x200, level=2, spte=0x2C0000EE7, table=0x17000, index=1)
+    first = SpteSet(gfn=0x250, level=1, spte=0x2C0050E67, table=0x18000, index=0x50)
+    run = _traced_run(steps, {1: [huge], 4: [first]}, {4: [TablePage(0x200, 1, True)]})
+    monkeypatch.setattr("app.livekernel.kernel_unavailable", lambda settings: None)
+    monkeypatch.setattr("app.kernel_panel.kernel_unavailable", lambda settings: None)
+    monkeypatch.setattr("app.contexts.kernel_unavailable", lambda settings: None)
+    monkeypatch.setattr("app.livekernel.live_results", Lru(4))
+    monkeypatch.setattr("live.report.run_with_stats", lambda *args, **kwargs: run)
+    client = _client()
+    code = encode_scenario(spec_example())
+    plain = client.get("/play", params={"s": code, "step": "5"}).text
+    assert 'id="panel-kernel"' not in plain and 'data-action="live"' in plain
+    page = client.get("/play", params={"s": code, "step": "2", "live": "1"}).text
+    panel = page[page.index('id="panel-kernel"') :]
+    assert re.search(r'data-kleaf="0x200" data-level="2" data-writable="1" data-new', panel)
+    assert 'data-action="live"' not in page  # already on
+    assert "&amp;live=1" in re.search(r'data-nav="next"[^>]*', page).group(0)  # type: ignore[union-attr]
+    swap = client.get("/play", params={"s": code, "step": "5", "live": "1"}, headers={"HX-Request": "true"})
+    assert swap.status_code == 200
+    panel = swap.text[swap.text.index('id="panel-kernel"') :]
+    assert 'hx-swap-oob="true"' in swap.text[swap.text.index('id="panel-kernel"') - 200 :][:400]
+    assert 'data-kleaf="0x200"' not in panel.split("data-ktree=\"model\"")[0]
+    assert re.search(r'data-kleaf="0x250" data-level="1" data-writable="1" data-new', panel)
+    before = client.get("/play", params={"s": code, "step": "0", "live": "1"}).text
+    assert "the kernel has built nothing for the scenario yet" in before
+    assert client.get("/play", params={"s": code, "live": "2"}).status_code == 400
+
+
+def test_the_player_s_live_mode_says_why_the_kernel_is_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("app.kernel_panel.kernel_unavailable", lambda settings: "cannot open /dev/kvm")
+    page = _client().get("/play?scenario=worked-example&step=3&live=1")
+    assert page.status_code == 200
+    error = re.search(r"<p class=\"notice\" data-kernel-error>(.*?)</p>", page.text)
+    assert error is not None and "cannot open /dev/kvm" in error.group(1)

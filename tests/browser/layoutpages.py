@@ -47,6 +47,9 @@ VISITS: tuple[Visit, ...] = (
     Visit("one-gig", player_url("modern", 3, "one-gig-page")),
     Visit("compare-4", compare_url(("zap", "lazy-buggy", "lazy", "modern"), 10)),
     Visit("real", "/real?scenario=worked-example"),
+    Visit("real-tables", "/real?scenario=worked-example&tables=5#kernel-tables"),
+    # Live mode: the kernel's tables beside the preset's (or, without a device, why not).
+    Visit("player-live", _player(5, "&live=1"), large=True),
     Visit("error", "/play?scenario=no-such-scenario", 404),
 )
 
