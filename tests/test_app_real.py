@@ -155,6 +155,8 @@ def test_the_page_says_agreement_with_an_mmu_only_when_a_preset_models_the_mmu_t
         assert 'class="real-verdict good" data-variant="lazy"' in page.text
     elif native:
         assert "no preset models it yet" in html.unescape(page.text)
+        # An untraced run (no root, no tracefs): the kernel's tables are not drawn, and the page says why.
+        assert "data-no-kernel-tables>Not drawn: the kernel's tracepoints were not read" in page.text
         assert "agrees with the kernel" not in page.text
         assert "not checked: no preset models a shadow MMU yet" in page.text
         assert 'class="real-verdict data" data-variant="lazy"' in page.text

@@ -281,3 +281,9 @@ def test_a_run_stops_once_its_whole_budget_is_spent() -> None:
     with pytest.raises(GuestTimeoutError, match=r"budget is spent"):
         run_with_stats(scenario, guest="native", budget_s=0.0)
     assert len(run_with_stats(scenario, guest="native").logs) == 64
+
+
+def test_without_root_the_tracepoints_are_refused_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("live.tracefs.os.geteuid", lambda: 1000)
+    reason = unavailable()
+    assert reason is not None and reason.startswith("not root") and "\n" not in reason
