@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
+from livecases import probe
 
 from engine.scenario import parse_scenario
 from live.backend import refusal, run_with_stats
@@ -33,22 +34,7 @@ if UNAVAILABLE is not None:
     pytest.skip(f"no usable KVM device: {UNAVAILABLE}", allow_module_level=True)
 
 
-def _probe() -> str | None:
-    """Why the emulated guest is not this kernel's behaviour (its MMU ran a write), or None."""
-    probe = parse_scenario(
-        {
-            "format": "sptelab-scenario",
-            "version": 1,
-            "memslots": [{"id": 1, "base_gfn": "0x200", "npages": 16}],
-            "steps": [{"op": "write", "gfn": "0x200", "count": 16}],
-        }
-    )
-    run = run_with_stats(probe)
-    verdict = judge(run.totals, run.guest_accesses, run.pages_touched, run.stats_missing)
-    return None if verdict.execution == "emulated" else verdict.reason
-
-
-NOT_EMULATED = _probe()
+NOT_EMULATED = probe("emulated", "emulated")
 if NOT_EMULATED is not None:
     pytest.skip(f"this kernel does not emulate the live guest: {NOT_EMULATED}", allow_module_level=True)
 

@@ -26,11 +26,10 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, note, settings
-from hypothesis import strategies as st
+from livecases import BASE, PAGES, REGION, native_scenarios, probe
 
 from engine.scenario import parse_scenario
 from live.backend import KernelRun, run_with_stats
-from live.execution import judge
 from live.host import host_mmu
 from live.report import availability
 from live.tracefs import unavailable
@@ -41,66 +40,10 @@ if UNAVAILABLE is not None:
 if host_mmu() != "shadow":
     pytest.skip("this host runs guests on the TDP MMU, not a shadow MMU", allow_module_level=True)
 
-BASE = 0x200  # the slot: gfns 0x200-0x5ff, two 2M regions on 2M host pages
-PAGES = 1024
-REGION = 512
 NO_TRACE = unavailable()
-
-
-def _probe() -> str | None:
-    """Why the native guest did not run through this kernel's MMU, or None."""
-    probe = parse_scenario(
-        {
-            "format": "sptelab-scenario",
-            "version": 1,
-            "memslots": [{"id": 1, "base_gfn": "0x200", "npages": 16}],
-            "steps": [{"op": "write", "gfn": "0x200", "count": 16}],
-        }
-    )
-    run = run_with_stats(probe, guest="native")
-    verdict = judge(run.totals, run.guest_accesses, run.pages_touched, run.stats_missing)
-    return None if verdict.mmu_exercised else verdict.reason
-
-
-NOT_NATIVE = _probe()
+NOT_NATIVE = probe("native", "mmu")
 if NOT_NATIVE is not None:
     pytest.skip(f"the native guest did not run through the MMU: {NOT_NATIVE}", allow_module_level=True)
-
-
-@st.composite
-def scenarios(draw: st.DrawFn) -> dict[str, Any]:
-    vcpus = draw(st.integers(1, 2))
-    steps: list[dict[str, Any]] = []
-    logged = False
-    if draw(st.booleans()):  # most often, huge pages first, then logging: where the spec's facts bite
-        for region in range(PAGES // REGION):
-            gfn = BASE + region * REGION + draw(st.integers(0, REGION - 1))
-            steps.append({"op": "write", "gfn": hex(gfn), "count": 1, "stride": 1})
-        steps.append({"op": "enable_dirty_log", "slot": 1})
-        logged = True
-    for _ in range(draw(st.integers(3, 14))):
-        kind = draw(st.sampled_from(["write", "read", "write", "read", "log", "get"]))
-        if kind in ("write", "read"):
-            count = draw(st.integers(1, 4))
-            stride = draw(st.sampled_from([1, 7, 64, 200]))
-            first = draw(st.integers(0, PAGES - 1 - (count - 1) * stride))
-            step: dict[str, Any] = {"op": kind, "gfn": hex(BASE + first), "count": count, "stride": stride}
-            step["vcpu"] = draw(st.integers(0, vcpus - 1))
-            steps.append(step)
-        elif kind == "log":
-            steps.append({"op": "disable_dirty_log" if logged else "enable_dirty_log", "slot": 1})
-            logged = not logged
-        elif logged:
-            steps.append({"op": "get_dirty_log", "slot": 1})
-    if logged:
-        steps.append({"op": "get_dirty_log", "slot": 1})
-    return {
-        "format": "sptelab-scenario",
-        "version": 1,
-        "vm": {"vcpus": vcpus},
-        "memslots": [{"id": 1, "base_gfn": hex(BASE), "npages": PAGES, "host_page": "2M"}],
-        "steps": steps,
-    }
 
 
 def _pages(step: dict[str, Any]) -> list[int]:
@@ -117,7 +60,7 @@ def _vcpus(run: KernelRun, index: int, name: str) -> int:
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(scenarios())
+@given(native_scenarios(huge_first=True))
 def test_the_shadow_mmu_does_what_the_spec_measured(data: dict[str, Any]) -> None:
     scenario = parse_scenario(data)
     run = run_with_stats(scenario, guest="native", trace=NO_TRACE is None)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, note, settings
-from hypothesis import strategies as st
+from livecases import BASE, PAGES, native_scenarios
 
 from engine.policy import make_policy
 from engine.scenario import parse_scenario
@@ -39,43 +39,11 @@ if host_mmu() != "tdp":
         allow_module_level=True,
     )
 
-BASE = 0x200
-PAGES = 1024
 NO_TRACE = unavailable()
 
 
-@st.composite
-def scenarios(draw: st.DrawFn) -> dict[str, Any]:
-    vcpus = draw(st.integers(1, 2))
-    steps: list[dict[str, Any]] = []
-    logged = False
-    for _ in range(draw(st.integers(3, 14))):
-        kind = draw(st.sampled_from(["write", "read", "write", "log", "get"]))
-        if kind in ("write", "read"):
-            count = draw(st.integers(1, 4))
-            stride = draw(st.sampled_from([1, 7, 64, 200]))
-            first = draw(st.integers(0, PAGES - 1 - (count - 1) * stride))
-            vcpu = draw(st.integers(0, vcpus - 1))
-            step = {"op": kind, "gfn": hex(BASE + first), "count": count, "stride": stride, "vcpu": vcpu}
-            steps.append(step)
-        elif kind == "log":
-            steps.append({"op": "disable_dirty_log" if logged else "enable_dirty_log", "slot": 1})
-            logged = not logged
-        elif logged:
-            steps.append({"op": "get_dirty_log", "slot": 1})
-    if logged:
-        steps.append({"op": "get_dirty_log", "slot": 1})
-    return {
-        "format": "sptelab-scenario",
-        "version": 1,
-        "vm": {"vcpus": vcpus},
-        "memslots": [{"id": 1, "base_gfn": hex(BASE), "npages": PAGES, "host_page": "2M"}],
-        "steps": steps,
-    }
-
-
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(scenarios())
+@given(native_scenarios())
 def test_modern_agrees_with_the_kernel_s_tdp_mmu_at_every_step(data: dict[str, Any]) -> None:
     scenario = parse_scenario(data)
     run = run_with_stats(scenario, guest="native", trace=NO_TRACE is None)
