@@ -731,7 +731,7 @@ def test_presentation_and_predict_together(client: TestClient) -> None:
     # The forms that stay on the page keep the modes (keys.js keeps them in line after each swap).
     assert inputs(doc, "variant-form")[-4:] == modes
     assert inputs(doc, "whatif")[-4:] == modes
-    assert the(doc, id="variant-form").get("data-sync") == "step spte mode score present focus"
+    assert the(doc, id="variant-form").get("data-sync") == "step spte mode score present focus live"
 
 
 def test_the_what_if_redirect_keeps_the_modes(client: TestClient) -> None:
