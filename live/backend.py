@@ -5,7 +5,8 @@ engine's `StepResult.dirty_log`: the sorted gfns for a harvesting step, None for
 `run_with_stats` gives the same with the kernel's statistics (`live.stats`) read around every step, from
 which `live.execution` tells whether the kernel's MMU or its instruction emulator ran the guest.
 
-- read, write: the program of `live.guest_code` runs on the step's vCPU until it halts;
+- read, write: the program of `live.guest_code` runs on the step's vCPU until it ends (hlt, or the
+  native guest's `out`);
 - enable_dirty_log, disable_dirty_log: KVM_SET_USER_MEMORY_REGION with KVM_MEM_LOG_DIRTY_PAGES set or
   cleared (a flags-only change);
 - get_dirty_log: KVM_GET_DIRTY_LOG;
@@ -30,8 +31,9 @@ that collide with the guest-physical pages the VM keeps for itself, more guest m
 below, slot ids the kernel keeps for itself, and, in ring mode, more writes by one vCPU between two
 harvests than half the ring holds.
 
-Ignored, because the real machine cannot reproduce them and they do not change what a dirty log returns:
-`memslots[].host_page` (slots are ordinary anonymous memory, without host huge pages), `base_pfn`, and
+`memslots[].host_page` of 2M or 1G backs the slot with transparent huge pages for the native guest (2M
+at most: the host's THP), and its guest pages are 2M where alignment allows. Ignored, because the real
+machine cannot reproduce them and they do not change what a dirty log returns: `base_pfn` and
 `host_writable` (the host decides its own pfns and copy-on-write), `vm.max_page_level` and `vm.ept_ad`
 (the host kernel's MMU configuration decides both).
 """

@@ -6,9 +6,14 @@ libc's `ioctl` (ctypes), so that a pointer-sized argument passes unchanged, and 
 interpreter lock.
 
 Guest memory is anonymous `MAP_NORESERVE` memory: a slot costs host memory only for the pages the guest
-touches. Each vCPU starts in 32-bit protected mode with paging off and flat segments, and runs the code
-of `live.guest_code` from a one-page memslot of its own (`code_gfn`), placed where the scenario has no
-slot; a run must end in KVM_EXIT_HLT, and any other exit is an error that names it.
+touches (with `huge`, aligned as the guest's addresses and offered to transparent huge pages). The guest
+is one of two. By default each vCPU starts in 32-bit protected mode with paging off and flat segments,
+runs the code of `live.guest_code` from a one-page memslot of its own (`code_gfn`), placed where the
+scenario has no slot, and must end in KVM_EXIT_HLT; a shadow-MMU host emulates such a guest. With
+`native`, `boot_native` adds a system slot (the code page, the PVM page, the guest's identity page
+tables: `live.paging`) and puts every vCPU in 64-bit mode on those tables (`live.longmode`), so that its
+accesses go through the kernel's MMU; its programs end on an `out` (KVM_EXIT_IO). Any other exit is an
+error that names it, and every KVM_RUN is stopped by the watchdog (`live.watchdog`) past its time.
 
 The dirty-log modes:
 
