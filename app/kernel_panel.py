@@ -18,11 +18,8 @@ from app.errors import AppError
 from app.links import Links
 from app.livekernel import kernel_unavailable, live_result
 from app.query import PlayerQuery
-from app.views.kernel_tree import kernel_tree_view
+from app.views.kernel_tree import CONTRAST_PRESET, kernel_tree_view
 from live.backend import refusal as live_refusal
-
-# The preset the live run is compared with when no preset models the host's MMU.
-CONTRAST_PRESET = "modern"
 
 
 def kernel_panel(request: Request, query: PlayerQuery, links: Links) -> dict[str, Any] | None:

@@ -25,7 +25,7 @@ from app.livekernel import PAGE_PRESETS, checked_overrides, live_result
 from app.query import compare_variants, parse_policy_param, query_param
 from app.render import base_path
 from app.store import StoreDep
-from app.views.kernel_tree import kernel_tree_view
+from app.views.kernel_tree import CONTRAST_PRESET, kernel_tree_view
 from app.views.presets import preset_description
 from app.workshop import workshop_off
 from engine.ops.registry import Step, describe
@@ -138,10 +138,6 @@ def _real_page(request: Request, store: StoreDep) -> Response:
         "tree_steps": _tree_steps(request, result, steps, shown),
     }
     return page(request, "real.html", context)
-
-
-# The preset set beside the kernel's tables where none models the host's MMU: today's TDP MMU, as contrast.
-CONTRAST_PRESET = "modern"
 
 
 def _tables_step(request: Request, total: int) -> int:

@@ -26,6 +26,9 @@ from engine.tdp_iter import for_each_tdp_pte, walk_spte
 from live.kernel_tables import DIRTY, WRITABLE, KernelTables, spte_bits
 from live.tracefs import TraceStep
 
+# The preset set beside the kernel's tables where none models the host's MMU: today's TDP MMU, as contrast.
+CONTRAST_PRESET = "modern"
+
 MAX_TABLES = 24
 MAX_LEAVES = 48
 
