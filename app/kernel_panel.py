@@ -18,6 +18,7 @@ from app.errors import AppError
 from app.links import Links
 from app.livekernel import kernel_unavailable, live_result
 from app.query import PlayerQuery
+from app.store import get_store
 from app.views.kernel_tree import CONTRAST_PRESET, kernel_tree_view
 from live.backend import refusal as live_refusal
 
@@ -50,7 +51,13 @@ def kernel_panel(request: Request, query: PlayerQuery, links: Links) -> dict[str
     if step == 0:
         panel["note"] = "Before the first step: the kernel has built nothing for the scenario yet."
         return panel
-    tree = kernel_tree_view(result, scenario, step, (query.variant_label, query.policy))
+    label = query.variant_label
+    tree = get_store(request).read_state(
+        query.source,
+        query.policy,
+        step,
+        lambda state: kernel_tree_view(result, scenario, step, (label, state.sim, state.result)),
+    )
     if tree is None:
         panel["note"] = f"The kernel's tracepoints were not read: {result['live']['trace_missing']}."
     panel["tree"] = tree

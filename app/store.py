@@ -7,9 +7,9 @@ strips, predict mode's questions and the rendered pages, all under one byte budg
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 
@@ -32,6 +32,8 @@ from app.views.tree import TreeBuilder, TreeView
 from engine.ops.registry import describe, op_spec
 from engine.policy import PRESETS, Policy, variant_of
 from scenarios import builtin_names
+
+_T = TypeVar("_T")
 
 # A cached page's bytes beyond its body and key: the tuple, the headers dict, the entry.
 PAGE_OVERHEAD = 600
@@ -104,6 +106,17 @@ class Store:
         self.views.put(key, view)
         self.runs.trim()
         return view
+
+    def read_state(self, source: Source, policy: Policy, step: int, read: Callable[[Shown], _T]) -> _T:
+        """`read` applied to the run's state after `step` steps (its cursor, parked again after): what
+        the kernel's tables are set beside, without running the engine again from the start."""
+        run = self.runs.get(source.code, source.scenario, policy)
+        shown = run.at(step)
+        try:
+            return read(shown)
+        finally:
+            run.park(shown)
+            self.runs.trim()
 
     def _play_view(self, shown: Shown, policy: Policy, selected: Location | None) -> PlayView:
         """Every panel of the player at a state, drawn within the settings' caps."""

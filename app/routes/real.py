@@ -25,7 +25,7 @@ from app.livekernel import PAGE_PRESETS, checked_overrides, live_result
 from app.query import compare_variants, parse_policy_param, query_param
 from app.render import base_path
 from app.store import StoreDep
-from app.views.kernel_tree import CONTRAST_PRESET, kernel_tree_view
+from app.views.kernel_tree import CONTRAST_PRESET, kernel_tree_view, preset_state
 from app.views.presets import preset_description
 from app.workshop import workshop_off
 from engine.ops.registry import Step, describe
@@ -114,7 +114,10 @@ def _real_page(request: Request, store: StoreDep) -> Response:
     step_rows, step_rows_total = _step_counters(result, steps)
     shown = _tables_step(request, len(steps))
     model = live["host_preset"] or CONTRAST_PRESET
-    tree = kernel_tree_view(result, source.scenario, shown, (model, make_policy(model, overrides)))
+    # A run of its own: this page waits on the kernel outside the room's turns, so it leaves the
+    # player's shared run cache alone.
+    sim, last = preset_state(source.scenario, make_policy(model, overrides), shown)
+    tree = kernel_tree_view(result, source.scenario, shown, (model, sim, last))
     context = {
         "page": "real",
         "title": source.scenario.title or source.name or "Untitled scenario",

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from engine.policy import Policy
 from engine.scenario import Scenario
 from engine.scenario.cost import MAX_GFN_END
-from engine.simulation import Simulation
+from engine.simulation import Simulation, StepResult
 from engine.spte import FLAG_BITS, flag_word, is_dirty_spte, is_last_spte, is_writable_pte, level_name
 from engine.tdp_iter import for_each_tdp_pte, walk_spte
 from live.kernel_tables import DIRTY, WRITABLE, KernelTables, spte_bits
@@ -144,12 +144,14 @@ def _model_tables(sim: Simulation, kernel: set[tuple[int, int]]) -> tuple[list[T
     return boxes, truncated, sum(len(gfns) for gfns in absent.values())
 
 
-def _model_run(scenario: Scenario, policy: Policy, upto: int) -> Simulation:
-    """The engine's state after `upto` steps under `policy` (no trace kept)."""
+def preset_state(scenario: Scenario, policy: Policy, step: int) -> tuple[Simulation, StepResult | None]:
+    """A preset's state after `step` steps and the last step's result, from a run of its own (no trace
+    kept): for a page that runs outside the room's turns and so leaves the shared run cache alone."""
     sim = Simulation(scenario, policy, detail="summary")
-    for _ in range(max(upto, 0)):
-        sim.step()
-    return sim
+    last = None
+    for _ in range(step):
+        last = sim.step()
+    return sim, last
 
 
 def _model_leaf(sim: Simulation, gfn: int) -> ModelLeaf | None:
@@ -176,10 +178,11 @@ def kernel_tree_view(
     result: Mapping[str, Any],
     scenario: Scenario,
     step: int,
-    model: tuple[str, Policy] | None,
+    model: tuple[str, Simulation, StepResult | None] | None,
 ) -> KernelTreeView | None:
     """The kernel's tables after op #`step` (1-based), or None when the run was not traced. `model`: the
-    preset and policy whose engine run is set beside them."""
+    preset's name, its state after the same step and that step's result (a run cache's cursor in the
+    player, `Store.read_state`; a run of its own on /real, `preset_state`), set beside them."""
     live = result["live"]
     if not live.get("traced"):
         return None
@@ -192,10 +195,9 @@ def kernel_tree_view(
     sim: Simulation | None = None
     model_faults: int | None = None
     if model is not None:
-        sim = _model_run(scenario, model[1], step - 1)
-        if step:
-            counts = sim.step().fault_counts
-            model_faults = counts["fast"] + counts["slow"]
+        _, sim, last = model
+        if last is not None:
+            model_faults = last.fault_counts["fast"] + last.fault_counts["slow"]
     slots = [(slot.base_gfn, slot.end_gfn) for slot in scenario.memslots]
     boxes: list[TableBox] = []
     differing = 0
