@@ -10,19 +10,21 @@ level L, and an indirect one (shadow paging) holds those of the guest table at G
 built the guest's tables knows (`guest_span`). A table whose leaves all fall in a zapped page's span is
 removed with it.
 
-A large leaf replaced by a new table below it is known by that table's creation. What no tracepoint
-reports cannot be shown: an spte write-protected (logging, GET_DIRTY_LOG) or dropped without its table
-(the collapsible-spte zap when logging stops) keeps here the value it was set with.
-The statistics (`pages_4k`, `pages_2m`) are exact where this is not, and `live.report` says which it used.
+A large leaf replaced by a new table below it is known by that table's creation. On a TDP host every
+change of a TDP spte is reported too (`kvm_tdp_mmu_spte_changed`, by gfn and level), so write protection
+and zaps are followed there. What no tracepoint reports cannot be shown (on a shadow host): an spte
+write-protected (logging, GET_DIRTY_LOG) or dropped without its table (the collapsible-spte zap when
+logging stops) keeps here the value it was set with. The statistics (`pages_4k`, `pages_2m`) are exact
+where this is not.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from live.tracefs import SpteSet, TablePage, TraceStep
+from live.tracefs import SpteChanged, SpteSet, TablePage, TraceStep
 
 LEVEL_BITS = 9
 
@@ -41,6 +43,7 @@ SPTE_BITS: dict[str, tuple[tuple[str, int], ...]] = {
     ),
 }  # fmt: skip
 WRITABLE = 1 << 1  # W is bit 1 in both
+MMU_PRESENT = 1 << 11  # 6.x's SPTE_MMU_PRESENT_MASK: every present spte of either kind has it
 DIRTY: dict[str, int] = {"shadow": 1 << 6, "tdp": 1 << 9}
 
 
@@ -90,6 +93,20 @@ class KernelTables:
                         del leaves[index]
         for spte in step.sptes_set:
             self.tables.setdefault(spte.table, {})[spte.index] = spte
+        for change in step.sptes_changed:
+            self._change(change)
+
+    def _change(self, change: SpteChanged) -> None:
+        """A TDP spte's new value, for the leaf set for its gfn at its level: write protection, the dirty
+        bit, a zap (the new value not present: bit 11, MMU-present) are seen here on a TDP host."""
+        for leaves in self.tables.values():
+            for index, leaf in list(leaves.items()):
+                if leaf.gfn == change.gfn and leaf.level == change.level:
+                    if change.new & MMU_PRESENT:
+                        leaves[index] = replace(leaf, spte=change.new)
+                    else:
+                        del leaves[index]
+                    return
 
     def _span(self, page: TablePage) -> tuple[int, int] | None:
         return direct_span(page) if page.direct else self.guest_span(page)

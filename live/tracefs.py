@@ -54,6 +54,10 @@ _SET_SPTE = re.compile(
     r"gfn (?P<gfn>[0-9a-f]+) spte (?P<spte>[0-9a-f]+) \((?P<flags>[-rwxu]*)\) level (?P<level>\d+) at "
     r"(?P<sptep>[0-9a-f]+)"
 )
+_CHANGED = re.compile(
+    r"as id \d+ gfn (?P<gfn>[0-9a-f]+) level (?P<level>\d+) old_spte (?P<old>[0-9a-f]+)"
+    r" new_spte (?P<new>[0-9a-f]+)"
+)
 _PAGE = re.compile(r"sp gen \d+ gfn (?P<gfn>[0-9a-f]+) l(?P<level>\d)\b(?P<rest>.*)")
 _FIELDS = re.compile(r"(\w+) ([0-9a-fx]+)")
 
@@ -91,6 +95,20 @@ class TablePage:
 
 
 @dataclass(frozen=True, slots=True)
+class SpteChanged:
+    """kvm_tdp_mmu_spte_changed (the TDP MMU only): the spte for `gfn` at `level` went from `old` to
+    `new`, write protection and zapping included; it names no spte address."""
+
+    gfn: int
+    level: int
+    old: int
+    new: int
+
+    def to_json(self) -> dict[str, object]:
+        return {"gfn": self.gfn, "level": self.level, "old": f"{self.old:#x}", "new": f"{self.new:#x}"}
+
+
+@dataclass(frozen=True, slots=True)
 class TraceStep:
     """What the kernel's MMU reported while one step ran, in the order it happened."""
 
@@ -99,6 +117,7 @@ class TraceStep:
     tables_zapped: tuple[TablePage, ...]
     counts: dict[str, int]  # events by name, every event read (those not kept above included)
     overrun: bool  # the buffer filled: events of this step were lost
+    sptes_changed: tuple[SpteChanged, ...] = ()
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TraceStep:
@@ -112,6 +131,10 @@ class TraceStep:
             tuple(TablePage(t["gfn"], t["level"], t["direct"]) for t in data["tables_zapped"]),
             dict(data.get("events", {})),
             bool(data.get("overrun", False)),
+            tuple(
+                SpteChanged(c["gfn"], c["level"], int(c["old"], 16), int(c["new"], 16))
+                for c in data.get("sptes_changed", ())
+            ),
         )
 
     def to_json(self) -> dict[str, object]:
@@ -121,6 +144,7 @@ class TraceStep:
             "tables_zapped": [t.to_json() for t in self.tables_zapped],
             "events": dict(sorted(self.counts.items())),
             "overrun": self.overrun,
+            "sptes_changed": [c.to_json() for c in self.sptes_changed],
         }
 
 
@@ -129,6 +153,7 @@ def parse(lines: Iterable[str]) -> TraceStep:
     sptes: list[SpteSet] = []
     created: list[TablePage] = []
     zapped: list[TablePage] = []
+    changed: list[SpteChanged] = []
     counts: dict[str, int] = {}
     overrun = False
     for line in lines:
@@ -154,6 +179,11 @@ def parse(lines: Iterable[str]) -> TraceStep:
                         index=(sptep & 0xFFF) // 8,
                     )
                 )
+        elif event == "kvm_tdp_mmu_spte_changed":
+            found = _CHANGED.match(text)
+            if found is not None:
+                gfn, level = int(found["gfn"], 16), int(found["level"])
+                changed.append(SpteChanged(gfn, level, int(found["old"], 16), int(found["new"], 16)))
         elif event in ("kvm_mmu_get_page", "kvm_mmu_prepare_zap_page"):
             page = _PAGE.match(text)
             if page is None:
@@ -163,7 +193,7 @@ def parse(lines: Iterable[str]) -> TraceStep:
                 zapped.append(table)
             elif text.rstrip().endswith(" new"):
                 created.append(table)
-    return TraceStep(tuple(sptes), tuple(created), tuple(zapped), counts, overrun)
+    return TraceStep(tuple(sptes), tuple(created), tuple(zapped), counts, overrun, tuple(changed))
 
 
 def _lost(header: str) -> bool:

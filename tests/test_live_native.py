@@ -287,3 +287,25 @@ def test_without_root_the_tracepoints_are_refused_in_one_line(monkeypatch: pytes
     monkeypatch.setattr("live.tracefs.os.geteuid", lambda: 1000)
     reason = unavailable()
     assert reason is not None and reason.startswith("not root") and "\n" not in reason
+
+
+def test_a_tdp_spte_change_is_followed_by_gfn_and_level() -> None:
+    """On a TDP host, kvm_tdp_mmu_spte_changed reports write protection and zaps: the leaf set for that
+    gfn and level takes the new value, or goes when the new value is not present (no MMU-present bit)."""
+    text = [
+        "py-1 [000] ...1. 9.1: kvm_tdp_mmu_spte_changed: as id 0 gfn 200 level 2 old_spte 6000000ee7"
+        " new_spte 6000000ee5",
+        "py-1 [000] ...1. 9.2: kvm_tdp_mmu_spte_changed: as id 0 gfn 250 level 1 old_spte 6000250e67"
+        " new_spte 5a0",
+    ]
+    step = parse(text)
+    changes = [(c.gfn, c.level, c.new) for c in step.sptes_changed]
+    assert changes == [(0x200, 2, 0x6000000EE5), (0x250, 1, 0x5A0)]
+    huge = SpteSet(gfn=0x200, level=2, spte=0x6000000EE7, table=0x1000, index=1)
+    small = SpteSet(gfn=0x250, level=1, spte=0x6000250E67, table=0x2000, index=0x50)
+    tables = KernelTables()
+    tables.apply(TraceStep((huge, small), (), (), {}, False))
+    tables.apply(step)
+    assert tables.leaf_for(0x201) == SpteSet(0x200, 2, 0x6000000EE5, 0x1000, 1)  # W gone
+    assert tables.leaves_per_level() == {2: 1}  # the 4K leaf zapped
+    assert TraceStep.from_json(step.to_json()) == step
