@@ -10,7 +10,8 @@ level L, and an indirect one (shadow paging) holds those of the guest table at G
 built the guest's tables knows (`guest_span`). A table whose leaves all fall in a zapped page's span is
 removed with it.
 
-A large leaf replaced by a new table below it is known by that table's creation. On a TDP host every
+A large leaf replaced by a table linked below it is known by that link (`kvm_mmu_get_page`), and small
+leaves replaced by a large one by the large one's setting. On a TDP host every
 change of a TDP spte is reported too (`kvm_tdp_mmu_spte_changed`, by gfn and level), so write protection
 and zaps are followed there. What no tracepoint reports cannot be shown (on a shadow host): an spte
 write-protected (logging, GET_DIRTY_LOG) or dropped without its table (the collapsible-spte zap when
@@ -69,10 +70,11 @@ class KernelTables:
 
     def apply(self, step: TraceStep) -> None:
         """The step's zaps first (a table zapped in a step and filled again is drawn filled), then the
-        large leaves its new tables replaced, then its sptes in the order the kernel set them.
+        large leaves its linked tables replaced, then its sptes in the order the kernel set them.
 
-        A table created at level L for gfn G is linked where the entry one level up for G was: a large
-        leaf there is gone (`drop_large_spte`, which fires no event of its own)."""
+        A table a fault links at level L for gfn G (new, or one the kernel still had) goes where the
+        entry one level up for G was: a large leaf there is gone (`drop_large_spte`, which fires no
+        event of its own)."""
         for page in step.tables_zapped:
             span = self._span(page)
             if span is None:
@@ -83,7 +85,7 @@ class KernelTables:
                     leaf.level == page.level and first <= leaf.gfn < end for leaf in leaves.values()
                 ):
                     del self.tables[table]
-        for page in step.tables_created:
+        for page in step.tables_linked or step.tables_created:
             span = self._span(page)
             if span is None:
                 continue
@@ -92,9 +94,21 @@ class KernelTables:
                     if leaf.level == page.level + 1 and leaf.gfn == span[0]:
                         del leaves[index]
         for spte in step.sptes_set:
+            if spte.level > 1:
+                self._covered(spte)
             self.tables.setdefault(spte.table, {})[spte.index] = spte
         for change in step.sptes_changed:
             self._change(change)
+
+    def _covered(self, large: SpteSet) -> None:
+        """A large leaf set for a region: the smaller leaves of that region are no longer reachable (the
+        entry that pointed at their table is a leaf now), whatever dropped them without an event."""
+        first = large.gfn
+        end = first + (1 << (LEVEL_BITS * (large.level - 1)))
+        for leaves in self.tables.values():
+            for index, leaf in list(leaves.items()):
+                if leaf.level < large.level and first <= leaf.gfn < end:
+                    del leaves[index]
 
     def _change(self, change: SpteChanged) -> None:
         """A TDP spte's new value, for the leaf set for its gfn at its level: write protection, the dirty

@@ -118,6 +118,9 @@ class TraceStep:
     counts: dict[str, int]  # events by name, every event read (those not kept above included)
     overrun: bool  # the buffer filled: events of this step were lost
     sptes_changed: tuple[SpteChanged, ...] = ()
+    # Every table a fault linked under an entry that was not present: new ones and ones the kernel still
+    # had (kvm_mmu_get_page with "existing"), e.g. the direct table of a region logged once before.
+    tables_linked: tuple[TablePage, ...] = ()
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TraceStep:
@@ -135,6 +138,7 @@ class TraceStep:
                 SpteChanged(c["gfn"], c["level"], int(c["old"], 16), int(c["new"], 16))
                 for c in data.get("sptes_changed", ())
             ),
+            tuple(TablePage(t["gfn"], t["level"], t["direct"]) for t in data.get("tables_linked", ())),
         )
 
     def to_json(self) -> dict[str, object]:
@@ -145,6 +149,7 @@ class TraceStep:
             "events": dict(sorted(self.counts.items())),
             "overrun": self.overrun,
             "sptes_changed": [c.to_json() for c in self.sptes_changed],
+            "tables_linked": [t.to_json() for t in self.tables_linked],
         }
 
 
@@ -154,6 +159,7 @@ def parse(lines: Iterable[str]) -> TraceStep:
     created: list[TablePage] = []
     zapped: list[TablePage] = []
     changed: list[SpteChanged] = []
+    linked: list[TablePage] = []
     counts: dict[str, int] = {}
     overrun = False
     for line in lines:
@@ -191,9 +197,13 @@ def parse(lines: Iterable[str]) -> TraceStep:
             table = TablePage(int(page["gfn"], 16), int(page["level"]), " direct" in page["rest"])
             if event == "kvm_mmu_prepare_zap_page":
                 zapped.append(table)
-            elif text.rstrip().endswith(" new"):
-                created.append(table)
-    return TraceStep(tuple(sptes), tuple(created), tuple(zapped), counts, overrun, tuple(changed))
+            else:
+                linked.append(table)
+                if text.rstrip().endswith(" new"):
+                    created.append(table)
+    return TraceStep(
+        tuple(sptes), tuple(created), tuple(zapped), counts, overrun, tuple(changed), tuple(linked)
+    )
 
 
 def _lost(header: str) -> bool:

@@ -309,3 +309,26 @@ def test_a_tdp_spte_change_is_followed_by_gfn_and_level() -> None:
     assert tables.leaf_for(0x201) == SpteSet(0x200, 2, 0x6000000EE5, 0x1000, 1)  # W gone
     assert tables.leaves_per_level() == {2: 1}  # the 4K leaf zapped
     assert TraceStep.from_json(step.to_json()) == step
+
+
+def test_a_large_leaf_set_again_hides_the_small_leaves_of_its_region() -> None:
+    """Logging off drops a region's 4K sptes without an event; when the region is mapped 2M again, its
+    4K leaves are gone from the kernel's tables, and a later write under logging that links the direct
+    table the kernel kept (get_page "existing") drops the 2M leaf again."""
+    small = SpteSet(gfn=0x250, level=1, spte=0x37DE50E67, table=0x2000, index=0x50)
+    again = SpteSet(gfn=0x200, level=2, spte=0x37DE00EE7, table=0x1000, index=1)
+    other = SpteSet(gfn=0x400, level=1, spte=0x37E000E67, table=0x3000, index=0)
+    tables = KernelTables()
+    tables.apply(TraceStep((small, other), (), (), {}, False))
+    tables.apply(TraceStep((again,), (), (), {}, False))
+    assert tables.leaf_for(0x250) == again and tables.leaf_for(0x400) == other
+    reuse = parse(
+        [
+            "py-1 [000] ...1. 9.1: kvm_mmu_get_page: sp gen 0 gfn 200 l1 8-byte q0 direct wux nxe ad root 0"
+            " sync existing",
+            "py-1 [000] ...1. 9.2: kvm_mmu_set_spte: gfn 200 spte 37de00e67 (rwxu) level 1 at 2000",
+        ]
+    )
+    assert reuse.tables_created == () and reuse.tables_linked == (TablePage(0x200, 1, True),)
+    tables.apply(reuse)
+    assert tables.leaf_for(0x201) is None and tables.leaf_for(0x200) == reuse.sptes_set[0]
