@@ -24,30 +24,32 @@ from dataclasses import dataclass, field
 
 from engine.kvm import Kvm, store_landed
 from engine.kvm_main import mark_page_dirty
+from engine.spte import (
+    PAGE_SHIFT,
+    PT64_BASE_ADDR_MASK,
+    PT64_ENT_PER_PAGE,
+    PT64_LEVEL_BITS,
+    PT64_ROOT_LEVEL,
+    PT_DIRECTORY_LEVEL,
+    PT_PAGE_SIZE_MASK,
+    PT_PAGE_TABLE_LEVEL,
+    PT_PDPE_LEVEL,
+    PT_PRESENT_MASK,
+    PT_WRITABLE_MASK,
+)
 
-# --- Guest PTE bits of x86 4-level paging (Intel SDM vol. 3, "4-level paging"). ---
-PT_PRESENT_MASK = 1 << 0
-PT_WRITABLE_MASK = 1 << 1
+# --- Guest PTE bits of x86 4-level paging (Intel SDM vol. 3, "4-level paging"). An spte of the shadow
+# MMU is the same format, so the kernel's mmu.h names serve both: the shared ones come from engine.spte.
 PT_USER_MASK = 1 << 2
 # Page-level write-through and cache-disable: caching attributes only, ignored by the walk.
 PT_PWT_MASK = 1 << 3
 PT_PCD_MASK = 1 << 4
 PT_ACCESSED_MASK = 1 << 5
 PT_DIRTY_MASK = 1 << 6
-# PS: in a PDE a 2 MiB leaf, in a PDPTE a 1 GiB leaf (bit 7 is PAT in a 4K PTE, and reserved in a PML4E).
-PT_PAGE_SIZE_MASK = 1 << 7
+# PS (engine.spte's PT_PAGE_SIZE_MASK): in a PDE a 2 MiB leaf, in a PDPTE a 1 GiB leaf (bit 7 is PAT in a
+# 4K PTE, and reserved in a PML4E).
 PT64_NX_SHIFT = 63
 PT64_NX_MASK = 1 << PT64_NX_SHIFT
-
-PAGE_SHIFT = 12
-PT64_LEVEL_BITS = 9
-PT64_ENT_PER_PAGE = 1 << PT64_LEVEL_BITS
-# Physical-address bits 12..51 of a PTE: the next table's (or the page's) address.
-PT64_BASE_ADDR_MASK = ((1 << 52) - 1) & ~((1 << PAGE_SHIFT) - 1)
-PT64_ROOT_LEVEL = 4
-PT_PAGE_TABLE_LEVEL = 1
-PT_DIRECTORY_LEVEL = 2
-PT_PDPE_LEVEL = 3
 
 # --- The access rights the walk accumulates (mmu.h's ACC_*): W and U sit where the PTE has them. ---
 ACC_EXEC_MASK = 1
