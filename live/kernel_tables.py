@@ -89,10 +89,7 @@ class KernelTables:
             span = self._span(page)
             if span is None:
                 continue
-            for leaves in self.tables.values():
-                for index, leaf in list(leaves.items()):
-                    if leaf.level == page.level + 1 and leaf.gfn == span[0]:
-                        del leaves[index]
+            self._linked_under(page.level + 1, span[0])
         for spte in step.sptes_set:
             if spte.level > 1:
                 self._covered(spte)
@@ -100,14 +97,22 @@ class KernelTables:
         for change in step.sptes_changed:
             self._change(change)
 
+    def _linked_under(self, level: int, gfn: int) -> None:
+        """A table linked from the entry at `level` for `gfn`: the large leaf that entry held is gone."""
+        self._drop(lambda leaf: leaf.level == level and leaf.gfn == gfn)
+
     def _covered(self, large: SpteSet) -> None:
         """A large leaf set for a region: the smaller leaves of that region are no longer reachable (the
         entry that pointed at their table is a leaf now), whatever dropped them without an event."""
         first = large.gfn
         end = first + (1 << (LEVEL_BITS * (large.level - 1)))
+        self._drop(lambda leaf: leaf.level < large.level and first <= leaf.gfn < end)
+
+    def _drop(self, gone: Callable[[SpteSet], bool]) -> None:
+        """Remove every leaf `gone` says is no longer in the kernel's tables."""
         for leaves in self.tables.values():
             for index, leaf in list(leaves.items()):
-                if leaf.level < large.level and first <= leaf.gfn < end:
+                if gone(leaf):
                     del leaves[index]
 
     def _change(self, change: SpteChanged) -> None:
