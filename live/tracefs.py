@@ -122,6 +122,17 @@ class TraceStep:
     # had (kvm_mmu_get_page with "existing"), e.g. the direct table of a region logged once before.
     tables_linked: tuple[TablePage, ...] = ()
 
+    @property
+    def changes_tables(self) -> bool:
+        """Whether the step set, changed, linked, created or zapped anything of the kernel's tables."""
+        return bool(
+            self.sptes_set
+            or self.sptes_changed
+            or self.tables_linked
+            or self.tables_created
+            or self.tables_zapped
+        )
+
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TraceStep:
         """The step back from its `to_json` (a result's `steps[].live`)."""

@@ -31,6 +31,7 @@ from app.workshop import workshop_off
 from engine.ops.registry import Step, describe
 from engine.policy import make_policy
 from live.backend import Guest
+from live.tracefs import TraceStep
 
 router = APIRouter()
 
@@ -157,23 +158,28 @@ def _tree_steps(
     request: Request, result: dict[str, Any], steps: Sequence[Step], shown: int
 ) -> list[dict[str, Any]]:
     """A link per step whose trace changed the kernel's tables, the one shown marked."""
-    params = [(key, value) for key, value in request.query_params.multi_items() if key != "tables"]
     links = []
     for entry in result["steps"]:
-        live = entry["live"]
-        if not (live.get("sptes_set") or live.get("tables_created") or live.get("tables_zapped")):
+        if "sptes_set" not in entry["live"] or not TraceStep.from_json(entry["live"]).changes_tables:
             continue
         number = entry["index"] + 1
-        query = urlencode([*params, ("tables", str(number))])
         links.append(
             {
                 "number": number,
                 "op": describe(steps[entry["index"]]),
-                "url": f"{base_path(request.scope)}/real?{query}#kernel-tables",
+                "url": _this_page(request, "tables", str(number)) + "#kernel-tables",
                 "current": number == shown,
             }
         )
     return links
+
+
+def _this_page(request: Request, name: str, value: str | None) -> str:
+    """This page with the parameter `name` set to `value` (or left out: None), every other one kept."""
+    params = [(key, kept) for key, kept in request.query_params.multi_items() if key != name]
+    if value is not None:
+        params.append((name, value))
+    return f"{base_path(request.scope)}/real?{urlencode(params)}"
 
 
 def _guest(request: Request) -> Guest:
@@ -188,7 +194,4 @@ def _guest(request: Request) -> Guest:
 
 def _other_guest_url(request: Request, guest: Guest) -> str:
     """This page with the other guest: the same scenario and presets, run the other way."""
-    params = [(key, value) for key, value in request.query_params.multi_items() if key != "guest"]
-    if guest == "native":
-        params.append(("guest", "emulated"))
-    return f"{base_path(request.scope)}/real?{urlencode(params)}"
+    return _this_page(request, "guest", "emulated" if guest == "native" else None)
