@@ -119,6 +119,13 @@ def test_the_worked_example_on_the_kernel_checks_what_the_kernel_ran() -> None:
     assert counted >= {0, 1, 3, 4, 5, 6, 8, 9}
 
 
+def _serve_run(monkeypatch: pytest.MonkeyPatch, run: KernelRun) -> None:
+    """The app with a usable device whose every live run is `run`; made-up results stay in the test."""
+    monkeypatch.setattr("app.livekernel.kernel_unavailable", lambda settings: None)
+    monkeypatch.setattr("app.livekernel.live_results", Lru(4))
+    monkeypatch.setattr("live.report.run_with_stats", lambda *args, **kwargs: run)
+
+
 def _made_up_run(native: bool) -> KernelRun:
     """The worked example's kernel logs with the counters of an emulated run, or of one through the MMU."""
     parsed = parse_scenario(spec_example())
@@ -140,9 +147,7 @@ def test_the_page_says_agreement_with_an_mmu_only_when_a_preset_models_the_mmu_t
     native: bool, host: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("live.report.host_mmu", lambda: host)
-    monkeypatch.setattr("app.livekernel.kernel_unavailable", lambda settings: None)
-    monkeypatch.setattr("app.livekernel.live_results", Lru(4))  # made-up results stay in this test
-    monkeypatch.setattr("live.report.run_with_stats", lambda *args, **kwargs: _made_up_run(native))
+    _serve_run(monkeypatch, _made_up_run(native))
     client = _client()
     page = client.get("/real", params={"s": encode_scenario(spec_example()), "variants": "lazy,lazy-buggy"})
     assert page.status_code == 200
@@ -341,9 +346,7 @@ def test_the_kernel_s_tables_are_drawn_and_each_difference_from_the_preset_is_ma
         steps, {0: [own], 1: [huge], 4: [first], 5: [read_only]}, {4: [TablePage(0x200, 1, True)]}
     )
     monkeypatch.setattr("live.report.host_mmu", lambda: "tdp")
-    monkeypatch.setattr("app.livekernel.kernel_unavailable", lambda settings: None)
-    monkeypatch.setattr("app.livekernel.live_results", Lru(4))
-    monkeypatch.setattr("live.report.run_with_stats", lambda *args, **kwargs: run)
+    _serve_run(monkeypatch, run)
     client = _client()
     code = encode_scenario(spec_example())
     before = client.get("/real", params={"s": code, "tables": "2"}).text
@@ -389,11 +392,9 @@ def test_the_player_s_live_mode_draws_the_kernel_s_tables_at_every_step(
     huge = SpteSet(gfn=0x200, level=2, spte=0x2C0000EE7, table=0x17000, index=1)
     first = SpteSet(gfn=0x250, level=1, spte=0x2C0050E67, table=0x18000, index=0x50)
     run = _traced_run(steps, {1: [huge], 4: [first]}, {4: [TablePage(0x200, 1, True)]})
-    monkeypatch.setattr("app.livekernel.kernel_unavailable", lambda settings: None)
     monkeypatch.setattr("app.kernel_panel.kernel_unavailable", lambda settings: None)
     monkeypatch.setattr("app.contexts.kernel_unavailable", lambda settings: None)
-    monkeypatch.setattr("app.livekernel.live_results", Lru(4))
-    monkeypatch.setattr("live.report.run_with_stats", lambda *args, **kwargs: run)
+    _serve_run(monkeypatch, run)
     client = _client()
     code = encode_scenario(spec_example())
     plain = client.get("/play", params={"s": code, "step": "5"}).text
