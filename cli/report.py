@@ -227,10 +227,21 @@ def format_header(
         lines.append(f"variant: {variant} ({PRESET_DESCRIPTIONS.get(variant, 'custom')})")
     lines.extend(policy_text(policy))
     vm = scenario.vm
-    lines.append(
-        f"vm: {plural(vm.vcpus, 'vCPU')}, largest mapping {vm.max_page_level},"
-        f" EPT A/D bits {'on' if vm.ept_ad else 'off'}"
-    )
+    if vm.mmu == "shadow":
+        guest = scenario.guest
+        paging = (
+            f"guest page tables from gfn {guest.tables_at:#x}"
+            if guest is not None and guest.paging and guest.tables_at is not None
+            else "guest paging off (nonpaging_map)"
+        )
+        lines.append(
+            f"vm: {plural(vm.vcpus, 'vCPU')}, largest mapping {vm.max_page_level}, shadow paging, {paging}"
+        )
+    else:
+        lines.append(
+            f"vm: {plural(vm.vcpus, 'vCPU')}, largest mapping {vm.max_page_level},"
+            f" EPT A/D bits {'on' if vm.ept_ad else 'off'}"
+        )
     for slot in scenario.memslots:
         lines.append(
             f"memslot {slot.id}: gfns {slot.base_gfn:#x}-{slot.end_gfn - 1:#x}"

@@ -14,6 +14,7 @@ from engine.kvm import Kvm
 from engine.kvm_main import kvm_flush_remote_tlbs
 from engine.memslot import BITS_PER_LONG, KvmMemorySlot
 from engine.pml import kvm_arch_sync_dirty_log, kvm_mmu_update_cpu_dirty_logging
+from engine.shadow_mmu import kvm_rmap_zap_collapsible_sptes
 from engine.spte import PT_DIRECTORY_LEVEL, PT_PAGE_TABLE_LEVEL, pages_per_hpage
 from engine.tdp_mmu import (
     kvm_mmu_slot_try_split_huge_pages,
@@ -68,7 +69,10 @@ def kvm_set_dirty_logging(kvm: Kvm, slot: KvmMemorySlot, enable: bool) -> None:
         slot.dirty_bitmap = None
         kvm_mmu_update_cpu_dirty_logging(kvm, slot, False)
         if kvm.policy.recover_on_disable:
-            recover_huge_pages_on_disable(kvm, slot)
+            if kvm.shadow:  # the rmap-based MMU zaps, in every generation that recovers
+                kvm_rmap_zap_collapsible_sptes(kvm, slot)
+            else:
+                recover_huge_pages_on_disable(kvm, slot)
         return
     slot.create_dirty_bitmap()
     kvm.log.logging_enabled.append(slot.id)
@@ -78,7 +82,7 @@ def kvm_set_dirty_logging(kvm: Kvm, slot: KvmMemorySlot, enable: bool) -> None:
         # is touched; each KVM_CLEAR_DIRTY_LOG protects the range it clears.
         slot.set_all_dirty()
         return
-    if kvm.policy.eager_split:
+    if kvm.policy.eager_split and not kvm.shadow:  # the TDP MMU's: the shadow MMU never splits eagerly
         kvm_mmu_slot_try_split_huge_pages(kvm, slot)
     if kvm.cpu_dirty_log_size:
         kvm_mmu_slot_leaf_clear_dirty(kvm, slot)
@@ -96,7 +100,7 @@ def ioctl_error(kvm: Kvm, ioctl: str, errno: str, reason: str) -> None:
 
 
 @traced(GetDirtyLog)
-def kvm_vm_ioctl_get_dirty_log(kvm: Kvm, slot: KvmMemorySlot) -> list[int] | None:
+def kvm_vm_ioctl_get_dirty_log(kvm: Kvm, slot: KvmMemorySlot, split: bool = False) -> list[int] | None:
     """Return and clear the slot's dirty bits, re-protecting each reported page, one long at a time.
 
     The flush is conditioned on "some bit was set", not on whether any spte changed. 3.14 issues it under
@@ -144,11 +148,28 @@ def kvm_vm_ioctl_get_dirty_log(kvm: Kvm, slot: KvmMemorySlot) -> list[int] | Non
     kvm.log.reprotected.extend(gfns)
     if kvm.tp.on:
         kvm.tp.emit(GetDirtyLog(slot.id, tuple(gfns), bool(gfns)))
-    if gfns:
+    deferred = bool(gfns) and split and kvm.policy.flush_after_unlock
+    if split:
+        kvm.split_gets[slot.id] = (gfns, deferred)  # the rest is get_dirty_log_end's
+    if gfns and not deferred:
         kvm_flush_remote_tlbs(
             kvm, "kvm_vm_ioctl_get_dirty_log", under_mmu_lock=not kvm.policy.flush_after_unlock
         )
     return gfns
+
+
+def kvm_get_dirty_log_end(kvm: Kvm, slot: KvmMemorySlot) -> None:
+    """The second half of a split GET_DIRTY_LOG: mmu_lock is dropped, then the flush 198c74f4 moved
+    there (if the first half wrote anything and did not flush under the lock), then the ioctl returns.
+
+    Stores that reached the reported pages meanwhile (through a TLB entry the flush had yet to drop)
+    are not lost: userspace copies those pages only after the ioctl returns. The step hands them over
+    as reported, which is what the copy makes them."""
+    gfns, deferred = kvm.split_gets.pop(slot.id, ([], False))
+    if deferred:
+        kvm_flush_remote_tlbs(kvm, "kvm_vm_ioctl_get_dirty_log", under_mmu_lock=False)
+    kvm.log.harvested.extend(gfns)
+    kvm.log.harvested_slots.append(slot.id)
 
 
 @traced(ClearDirtyLog)
@@ -225,7 +246,7 @@ def kvm_arch_mmu_enable_log_dirty_pt_masked(
     if huge_first:
         start = slot.base_gfn + gfn_offset + (mask & -mask).bit_length() - 1
         end = slot.base_gfn + gfn_offset + mask.bit_length() - 1
-        if kvm.policy.eager_split:
+        if kvm.policy.eager_split and not kvm.shadow:
             split_huge_pages_in_range(kvm, slot, start, end + 1)
         kvm_mmu_slot_gfn_write_protect(kvm, slot, start, PT_DIRECTORY_LEVEL)
         # The kernel compares both ends rounded up to 2M: a range ending inside the next 2M page (or

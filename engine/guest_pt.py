@@ -15,7 +15,7 @@ reserved and is read as "not a leaf"), SMEP/SMAP, protection keys, PAT/PWT/PCD (
 the global bit, nested paging (translate_gpa is the identity) and read-only memslots (A/D stores to a
 table in a read-only slot, which the kernel skips, cannot arise: the model has no KVM_MEM_READONLY).
 
-Nothing in the engine imports this module yet; it is the guest's side of the shadow MMU to come.
+The shadow MMU (engine.paging_tmpl) walks with it on every fault of a VM whose `mmu` is `shadow`.
 """
 
 from __future__ import annotations
@@ -24,38 +24,38 @@ from dataclasses import dataclass, field
 
 from engine.kvm import Kvm, store_landed
 from engine.kvm_main import mark_page_dirty
+from engine.shadow_page import ACC_ALL, ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK
+
+__all__ = ["ACC_ALL", "ACC_EXEC_MASK", "ACC_USER_MASK", "ACC_WRITE_MASK"]  # the walk's rights, re-exported
 from engine.spte import (
     PAGE_SHIFT,
     PT64_BASE_ADDR_MASK,
     PT64_ENT_PER_PAGE,
     PT64_LEVEL_BITS,
+    PT64_NX_MASK,
     PT64_ROOT_LEVEL,
+    PT_ACCESSED_MASK,
     PT_DIRECTORY_LEVEL,
+    PT_DIRTY_MASK,
     PT_PAGE_SIZE_MASK,
     PT_PAGE_TABLE_LEVEL,
     PT_PDPE_LEVEL,
     PT_PRESENT_MASK,
+    PT_USER_MASK,
     PT_WRITABLE_MASK,
 )
 
 # --- Guest PTE bits of x86 4-level paging (Intel SDM vol. 3, "4-level paging"). An spte of the shadow
 # MMU is the same format, so the kernel's mmu.h names serve both: the shared ones come from engine.spte.
-PT_USER_MASK = 1 << 2
 # Page-level write-through and cache-disable: caching attributes only, ignored by the walk.
 PT_PWT_MASK = 1 << 3
 PT_PCD_MASK = 1 << 4
-PT_ACCESSED_MASK = 1 << 5
-PT_DIRTY_MASK = 1 << 6
 # PS (engine.spte's PT_PAGE_SIZE_MASK): in a PDE a 2 MiB leaf, in a PDPTE a 1 GiB leaf (bit 7 is PAT in a
 # 4K PTE, and reserved in a PML4E).
 PT64_NX_SHIFT = 63
-PT64_NX_MASK = 1 << PT64_NX_SHIFT
 
-# --- The access rights the walk accumulates (mmu.h's ACC_*): W and U sit where the PTE has them. ---
-ACC_EXEC_MASK = 1
-ACC_WRITE_MASK = PT_WRITABLE_MASK
-ACC_USER_MASK = PT_USER_MASK
-ACC_ALL = ACC_EXEC_MASK | ACC_WRITE_MASK | ACC_USER_MASK
+# The access rights the walk accumulates are mmu.h's ACC_* (engine.shadow_page): W and U sit where the
+# PTE has them.
 
 # --- The #PF error code (PFERR_*): what the guest is told when its own walk fails. ---
 PFERR_PRESENT_MASK = 1 << 0

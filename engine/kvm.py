@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
+from typing import TYPE_CHECKING, Literal
 
 from engine.memslot import KvmMemorySlot, Memslots
 from engine.policy import Policy
@@ -26,6 +27,13 @@ from engine.spte import (
 )
 from engine.tlb import Tlb
 from engine.trace import Trace
+
+if TYPE_CHECKING:
+    from engine.guest_pt import GuestPageTables, GuestPaging
+
+# How the VM's memory is virtualised: TDP (EPT/NPT: the CPU walks the guest's tables, KVM maps gfns), or
+# shadow paging (KVM walks the guest's tables itself and maps guest-virtual addresses to host pages).
+MmuMode = Literal["tdp", "shadow"]
 
 # Non-leaf sptes point at tables the engine allocates from here: deterministic, well away from guest RAM.
 TABLE_PFN_BASE = 0x1000
@@ -56,15 +64,37 @@ class KvmStat:
     mmu_cache_miss: int = 0
     exits: int = 0
     pages: list[int] = field(default_factory=lambda: [0, 0, 0])
+    # Shadow paging only: unsync pages now, emulated page faults, emulated writes to shadowed guest
+    # tables (and those that zapped a flooded page), INVLPGs handled, #PFs injected into the guest.
+    mmu_unsync: int = 0
+    pf_emulate: int = 0
+    mmu_pte_write: int = 0
+    mmu_flooded: int = 0
+    invlpg: int = 0
+    pf_guest: int = 0
 
     @property
     def large_leaves(self) -> int:
         """Present large leaf sptes: what contract §4 calls `lpages`, whatever the kernel's own count."""
         return self.pages[1] + self.pages[2]
 
-    def as_json(self, era: str) -> dict[str, int]:
+    def as_json(self, era: str, shadow: bool = False) -> dict[str, int]:
         """The counters `kvm_stat` shows for this generation (debugfs in 3.x, the binary stats in 6.x),
-        plus contract §4's `lpages`: the present large leaves."""
+        plus contract §4's `lpages`: the present large leaves; under shadow paging the shadow MMU's own."""
+        counts = self._as_json(era)
+        if shadow:
+            counts.update(
+                invlpg=self.invlpg,
+                mmu_flooded=self.mmu_flooded,
+                mmu_pte_write=self.mmu_pte_write,
+                mmu_unsync=self.mmu_unsync,
+                pf_emulate=self.pf_emulate,
+                pf_guest=self.pf_guest,
+            )
+            counts = dict(sorted(counts.items()))
+        return counts
+
+    def _as_json(self, era: str) -> dict[str, int]:
         if era == ERA_6X:
             return {
                 "exits": self.exits,
@@ -222,13 +252,18 @@ class PmlBuffer:
 
 
 class Vcpu:
-    __slots__ = ("dirty_ring", "id", "pml", "tlb")
+    __slots__ = ("dirty_ring", "id", "paging", "pml", "root", "space", "tlb")
 
     def __init__(self, vcpu_id: int, cpu_dirty_log_size: int = 0) -> None:
         self.id = vcpu_id
         self.tlb = Tlb()
         self.dirty_ring = KvmDirtyRing(cpu_dirty_log_size=cpu_dirty_log_size)
         self.pml = PmlBuffer()
+        # Shadow paging only: the guest's CR3 and paging bits, which of the scenario's address spaces
+        # CR3 points at, and the shadow root built for it (vcpu->arch.mmu->root_hpa).
+        self.paging: GuestPaging | None = None
+        self.space = 0
+        self.root: KvmMmuPage | None = None
 
 
 def _consecutive(indexes: range | list[int]) -> range | list[int]:
@@ -255,14 +290,28 @@ class Kvm:
         max_level: int,
         ept_ad: bool,
         trace: bool,
+        mmu: MmuMode = "tdp",
+        guest_paging: bool = True,
     ) -> None:
         self.policy = policy
-        self.masks = SpteMasks.for_ept(ept_ad, policy.era)
+        self.mmu: MmuMode = mmu
+        # Shadow paging of a guest with paging on: the shadow MMU proper (engine.paging_tmpl). A guest
+        # with paging off on a shadow host has nothing to shadow: KVM maps gfns directly
+        # (nonpaging_map), with the direct MMU's paths, the fast one included, in the shadow spte format,
+        # at most 2M (its tables are PAE-shaped: the model keeps its 4-level root, which changes nothing
+        # it shows).
+        self.shadow = mmu == "shadow" and guest_paging
+        on_shadow_host = mmu == "shadow"
+        if on_shadow_host and not guest_paging:
+            max_level = min(max_level, PT_PAGE_TABLE_LEVEL + 1)
+        self.masks = (
+            SpteMasks.for_shadow(policy.era) if on_shadow_host else SpteMasks.for_ept(ept_ad, policy.era)
+        )
         self.era6 = policy.era == ERA_6X
         # kvm->arch.cpu_dirty_log_size: PML_ENTITY_NUM when dirty logging clears D and lets the CPU log
         # stores (PML), 0 when it write-protects. The kernel turns PML off without EPT A/D bits, so
-        # `pml` is inert then.
-        self.cpu_dirty_log_size = PML_ENTITY_NUM if policy.pml and ept_ad else 0
+        # `pml` is inert then, and under shadow paging, which has no EPT.
+        self.cpu_dirty_log_size = PML_ENTITY_NUM if policy.pml and ept_ad and not on_shadow_host else 0
         # kvm->arch.cpu_dirty_logging_count: dirty-logged slots. While it is non-zero every vCPU runs
         # with PML enabled in its VMCS (vmx_update_cpu_dirty_logging).
         self.cpu_dirty_logging_count = 0
@@ -285,7 +334,20 @@ class Kvm:
         self.sp_by_pfn: dict[int, KvmMmuPage] = {}
         self.l1_tables: dict[int, KvmMmuPage] = {}  # gfn >> 9 -> level-1 sp, see l1_table()
         self._next_serial = 0
-        self.root: KvmMmuPage = self.alloc_root()
+        # Shadow paging: the guest's page tables in its memory, and kvm->arch.indirect_shadow_pages.
+        self.guest: GuestPageTables | None = None
+        self.indirect_shadow_pages = 0
+        # vCPUs with KVM_REQ_MMU_SYNC pending: they sync their root before they next enter the guest.
+        self.mmu_sync_requests: set[int] = set()
+        # Slots whose split GET_DIRTY_LOG has not returned: the pages it reported, and whether it owes
+        # the flush it makes after dropping mmu_lock.
+        self.split_gets: dict[int, tuple[list[int], bool]] = {}
+        # struct kvm_mmu's guest-paging hooks (engine.shadow_mmu.PagingOps), set up with the guest's tables.
+        self.paging_ops: object | None = None
+        # The VM's root. Under shadow paging each vCPU has its own, one per CR3 (Vcpu.root): this is then
+        # vCPU 0's, kept in step by the shadow MMU (engine.shadow_mmu), and built with the guest's tables.
+        # Until then it is a placeholder no walk reaches.
+        self.root: KvmMmuPage = KvmMmuPage(0, PT64_ROOT_LEVEL, 0, -1) if self.shadow else self.alloc_root()
 
     # --- the choke point --------------------------------------------------------------------------
 
@@ -402,7 +464,7 @@ class Kvm:
 
     def stats(self) -> dict[str, int]:
         """The statistics under the names of the policy's kernel generation (KvmStat.as_json)."""
-        return self.stat.as_json(self.policy.era)
+        return self.stat.as_json(self.policy.era, self.mmu == "shadow")
 
     def new_step(self) -> StepLog:
         self.log = StepLog()

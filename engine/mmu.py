@@ -23,7 +23,14 @@ from engine.mmu_spte import (
     mmu_spte_update,
 )
 from engine.rmap import rmap_add
-from engine.shadow_page import KvmMmuPage, kvm_mmu_page_get_gfn
+from engine.shadow_page import (
+    ACC_ALL,
+    ACC_EXEC_MASK,
+    ACC_USER_MASK,
+    ACC_WRITE_MASK,
+    KvmMmuPage,
+    kvm_mmu_page_get_gfn,
+)
 from engine.spte import (
     PT_PAGE_SIZE_MASK,
     PT_PAGE_TABLE_LEVEL,
@@ -50,6 +57,7 @@ from engine.trace import (
     MmuSetSpte,
     traced,
 )
+from engine.unsync import mmu_need_write_protect
 from engine.zap import handle_removed_pt
 
 PFERR_PRESENT_MASK = 1 << 0
@@ -65,11 +73,13 @@ class RetPf(StrEnum):
     RET_PF_FIXED = "fixed"
     RET_PF_SPURIOUS = "spurious"
     RET_PF_RETRY = "retry"
+    RET_PF_EMULATE = "emulate"  # shadow paging: the store goes through the instruction emulator
 
 
 RET_PF_FIXED = RetPf.RET_PF_FIXED
 RET_PF_SPURIOUS = RetPf.RET_PF_SPURIOUS
 RET_PF_RETRY = RetPf.RET_PF_RETRY
+RET_PF_EMULATE = RetPf.RET_PF_EMULATE
 
 
 class FastPfResult(StrEnum):
@@ -91,6 +101,7 @@ class SetSpteResult(StrEnum):
 
     SET = "set"
     WRPROTECTED_PAGE = "wrprotected_page"
+    WRPROTECTED = "wrprotected"  # shadow paging: built read-only over a shadowed guest table
 
 
 class MmuSetSpteResult(StrEnum):
@@ -115,26 +126,38 @@ def set_spte(
     speculative: bool,
     host_writable: bool,
     write_fault: bool,
+    pte_access: int = ACC_ALL,
+    can_unsync: bool = True,
 ) -> SetSpteResult:
-    """Build a leaf for `pfn` and store it. Under TDP the access is always ACC_ALL, so a read fault gets a
-    writable spte too, and marks the page dirty, whenever the host page is writable.
+    """Build a leaf for `pfn` with the rights `pte_access` and store it. Under TDP the access is always
+    ACC_ALL, so a read fault gets a writable spte too, and marks the page dirty, whenever the host page
+    is writable.
 
     Later kernels (`read_fault_marks_dirty = false`) make an exception for a read of a dirty-logged page:
     the spte is built read-only but keeps HW and MW, and nothing is marked, so only a real write reports
     the page, through the fast path, which may set W on such a 4K spte.
+
+    Under shadow paging the rights are the guest's (its PTEs' W, U and NX, W taken away on a read
+    through a clean PTE), and a writable spte for a gfn holding a shadowed guest table is built
+    read-only unless its level-1 shadow pages can be unsynced (mmu_need_write_protect): then
+    WRPROTECTED tells a write fault to emulate the store.
     """
     masks = kvm.masks
-    spte = PT_PRESENT_MASK | masks.present_mask | masks.x_mask | masks.mt_mask
+    spte = PT_PRESENT_MASK | masks.present_mask | masks.mt_mask
+    spte |= masks.x_mask if pte_access & ACC_EXEC_MASK else masks.nx_mask
+    if pte_access & ACC_USER_MASK:
+        spte |= masks.user_mask
     if not speculative:
         spte |= masks.accessed_mask
     if level > PT_PAGE_TABLE_LEVEL:
         spte |= PT_PAGE_SIZE_MASK
-    write_access = True
+    write_access = bool(pte_access & ACC_WRITE_MASK)
     if host_writable:
         spte |= masks.host_writable_mask
     else:
         write_access = False
     spte |= pfn << 12
+    result = SetSpteResult.SET
     if write_access:
         # Another vCPU may have made the range ineligible since mapping_level(): let the guest refault.
         if level > PT_PAGE_TABLE_LEVEL:
@@ -142,17 +165,25 @@ def set_spte(
             if slot is None or slot.has_wrprotected_page(gfn, level):
                 return SetSpteResult.WRPROTECTED_PAGE
         logged: KvmMemorySlot | None = None
-        if not write_fault and not kvm.policy.read_fault_marks_dirty:
+        if not write_fault and not kvm.policy.read_fault_marks_dirty and not kvm.shadow:
             logged = kvm.gfn_to_memslot(gfn)
             if logged is not None and logged.dirty_bitmap is None:
                 logged = None
+        old = sp.spt[index]
         if logged is not None:
             spte |= masks.mmu_writable_mask  # read-only, yet the fast path may make it writable
             if kvm.tp.on:
                 kvm.tp.emit(MakeSpteReadOnly(sp.level, sp.gfn, index, gfn, logged.id, spte))
+        elif not can_unsync and is_writable_pte(old) and is_last_spte(old, level):
+            # A sync keeps a writable spte writable: write protection is kvm_mmu_get_page's business, and
+            # the page was marked when the spte became writable (6.x marks it again).
+            spte |= PT_WRITABLE_MASK | masks.mmu_writable_mask | (masks.dirty_mask if kvm.era6 else 0)
+            if kvm.era6:
+                mark_page_dirty(kvm, gfn, "set_spte")
+        elif kvm.indirect_shadow_pages and mmu_need_write_protect(kvm, gfn, can_unsync, speculative):
+            result = SetSpteResult.WRPROTECTED
         else:
             spte |= PT_WRITABLE_MASK | masks.mmu_writable_mask
-            old = sp.spt[index]
             if kvm.era6 and not (is_last_spte(old, level) and is_writable_pte(old)):
                 # 6.x make_spte builds a writable spte dirty, unless it overwrites a writable leaf (whose D
                 # already told the host page is dirty).
@@ -161,11 +192,10 @@ def set_spte(
                 # With PML, as later kernels' make_spte: a writable spte is built dirty, and the page
                 # is marked here, so the store that faulted is not logged a second time by the CPU.
                 spte |= masks.dirty_mask
-            # mmu_need_write_protect() never fires under TDP: no guest page table is shadowed.
             mark_page_dirty(kvm, gfn, "set_spte")
     if mmu_spte_update(kvm, sp, index, spte):
         kvm_flush_remote_tlbs(kvm, "set_spte", under_mmu_lock=True)
-    return SetSpteResult.SET
+    return result
 
 
 @traced(MmuSetSpte)
@@ -179,9 +209,11 @@ def mmu_set_spte(
     pfn: int,
     speculative: bool,
     host_writable: bool,
-) -> bool:
-    """Install the leaf for `pfn` at (sp, index); returns whether the spte changed (6.x calls a fault whose
-    new spte equals the old one spurious)."""
+    pte_access: int = ACC_ALL,
+) -> tuple[bool, bool]:
+    """Install the leaf for `pfn` at (sp, index) with the rights `pte_access`; returns whether the spte
+    changed (6.x calls a fault whose new spte equals the old one spurious) and whether the write that
+    faulted must be emulated (shadow paging: the gfn holds a write-protected guest table)."""
     was_rmapped = False
     old = sp.spt[index]
     result = MmuSetSpteResult.CREATED
@@ -189,7 +221,7 @@ def mmu_set_spte(
     if is_shadow_present_pte(old):
         if not is_last_spte(old, level):
             result = MmuSetSpteResult.REPLACED_TABLE
-            if kvm.era6:
+            if kvm.era6 and not kvm.shadow:
                 # The TDP MMU stores the leaf over the pointer and zaps the table it replaced, with
                 # everything under it (handle_removed_pt), then flushes.
                 replaced = spte_to_child_sp(kvm, old)
@@ -198,15 +230,25 @@ def mmu_set_spte(
                 # A large mapping replaces a table: unlink the now unreachable child (it lingers, orphaned).
                 drop_parent_pte(kvm, spte_to_child_sp(kvm, old), sp, index)
                 kvm_flush_remote_tlbs(kvm, "mmu_set_spte", under_mmu_lock=True)
-        elif pfn != spte_to_pfn(old):
+        elif pfn != spte_to_pfn(old) or (sp.gfns is not None and sp.gfns[index] != gfn):
+            # (An indirect entry whose guest PTE now names another gfn is another mapping too: two slots
+            # may share host pages in a scenario.)
             drop_spte(kvm, sp, index)
             kvm_flush_remote_tlbs(kvm, "mmu_set_spte", under_mmu_lock=True)
         else:
             was_rmapped = True
             result = MmuSetSpteResult.UPDATED
-    built = set_spte(kvm, sp, index, level, gfn, pfn, speculative, host_writable, write_fault)
+    if sp.gfns is not None:
+        sp.gfns[index] = gfn  # kvm_mmu_page_set_gfn
+    built = set_spte(kvm, sp, index, level, gfn, pfn, speculative, host_writable, write_fault, pte_access)
+    emulate = False
     if built is SetSpteResult.WRPROTECTED_PAGE:
         result = MmuSetSpteResult.WRPROTECTED_PAGE
+    elif built is SetSpteResult.WRPROTECTED:
+        emulate = write_fault
+        vcpu = kvm.running_vcpu
+        if vcpu is not None:  # kvm_mmu_flush_tlb: this vCPU's own TLB
+            vcpu.tlb.flush()
     new = sp.spt[index]
     if not was_rmapped and is_shadow_present_pte(new):
         if is_large_pte(new):
@@ -220,7 +262,7 @@ def mmu_set_spte(
             kvm.free_mmu_page(table)
     if kvm.tp.on:
         kvm.tp.emit(MmuSetSpte(sp.level, sp.gfn, index, gfn, pfn, write_fault, speculative, old, new, result))
-    return new != old
+    return new != old, emulate
 
 
 @traced(DirectPtePrefetch)
@@ -237,7 +279,9 @@ def direct_pte_prefetch(kvm: Kvm, sp: KvmMmuPage, index: int) -> None:
     elif sp.level > PT_PAGE_TABLE_LEVEL:
         skipped = f"sp level {sp.level}"
     else:
-        logged = _group_in_logged_slot(kvm, sp, index)
+        # Under shadow paging a direct page may carry read-only rights (a guest huge page read through a
+        # clean PDE): its neighbours may be prefetched read-only on a logged slot.
+        logged = _group_in_logged_slot(kvm, sp, index) if sp.access & ACC_WRITE_MASK else None
         if logged is not None:  # every 4K fault under logging: answered before any walk of the group
             if kvm.tp.on:
                 kvm.tp.emit(DirectPtePrefetch(sp.gfn, (), f"slot {logged.id} is dirty-logged"))
@@ -282,7 +326,7 @@ def direct_pte_prefetch_many(kvm: Kvm, sp: KvmMmuPage, start: int, end: int) -> 
     slot = kvm.gfn_to_memslot(gfn)
     if slot is None:
         return [], "no memslot"
-    if slot.dirty_bitmap is not None:
+    if slot.dirty_bitmap is not None and sp.access & ACC_WRITE_MASK:
         return [], f"slot {slot.id} is dirty-logged"
     if gfn + (end - start) - 1 > slot.last_gfn:  # gfn_to_page_many_atomic refuses to cross the slot end
         return [], "range crosses the slot end"
@@ -292,7 +336,7 @@ def direct_pte_prefetch_many(kvm: Kvm, sp: KvmMmuPage, start: int, end: int) -> 
         # __get_user_pages_fast(write=1) stops at the first host page that is not writable.
         if not slot.host_page_writable(pfn):
             break
-        mmu_set_spte(kvm, sp, i, False, sp.level, gfn, pfn, speculative=True, host_writable=True)
+        mmu_set_spte(kvm, sp, i, False, sp.level, gfn, pfn, True, True, sp.access)
         done.append(gfn)
         gfn += 1
     return done, "" if done else "host page not writable"
@@ -330,7 +374,7 @@ def direct_map_target_level(
 ) -> RetPf:
     """The walk reached the target level: install the leaf (and prefetch around it where the policy
     says), count it as the generation does, and say how the fault ended."""
-    changed = mmu_set_spte(kvm, sp, index, write, level, gfn, pfn, False, map_writable)
+    changed, _ = mmu_set_spte(kvm, sp, index, write, level, gfn, pfn, False, map_writable)
     if kvm.policy.pte_prefetch:
         direct_pte_prefetch(kvm, sp, index)
     if not kvm.era6:

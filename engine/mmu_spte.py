@@ -37,6 +37,7 @@ def make_nonleaf_spte(kvm: Kvm, child: KvmMmuPage) -> int:
         | PT_WRITABLE_MASK
         | masks.present_mask
         | masks.x_mask
+        | masks.user_mask
         | masks.accessed_mask
     )
 

@@ -164,6 +164,62 @@ PRESET_DESCRIPTIONS: dict[str, str] = {
 
 DEFAULT_PRESET = "lazy"
 
+# Under shadow paging (vm.mmu "shadow") KVM runs the rmap-based MMU whatever the generation: the 6.x TDP
+# MMU needs EPT/NPT. Its switches take the legacy MMU's values there, whatever the policy says, and the
+# page says so, with the reason.
+SHADOW_HOST_VALUES: dict[str, tuple[str | bool, str]] = {
+    "split_on_fault": (
+        "drop",
+        "the shadow MMU drops a huge spte in the way of a smaller mapping (FNAME(fetch), __direct_map);"
+        " splitting in place is the TDP MMU's",
+    ),
+    "eager_split": (
+        False,
+        "eager page splitting is the TDP MMU's (the rmap-based MMU splits only a nested guest's pages):"
+        " huge sptes are write-protected, and dropped at the first write",
+    ),
+    "huge_page_recovery": (
+        "zap_collapsible",
+        "the rmap-based MMU brings huge pages back by zapping the 4K sptes of direct pages; in-place"
+        " recovery is the TDP MMU's",
+    ),
+    "pte_prefetch": (
+        True,
+        "the shadow MMU always maps a fault's neighbours ahead (FNAME(pte_prefetch)); only the TDP MMU never"
+        " does",
+    ),
+    "pml": (False, "PML logs the guest-physical addresses of an EPT walk: shadow paging has no EPT"),
+}
+
+# And for a guest with paging on, these switches act on code its faults never reach.
+SHADOW_PAGING_INERT: dict[str, str] = {
+    "fast_pf_level_guard": "the lockless fast path runs only for direct MMUs, never for a paging guest",
+    "last_spte_check": "the lockless fast path runs only for direct MMUs, never for a paging guest",
+    "fast_pf_dirty_gfn": "the lockless fast path runs only for direct MMUs, never for a paging guest",
+    "direct_map_drops_large": "FNAME(fetch) has dropped huge sptes in both its loops since 3.8; 404381c5"
+    " changed only __direct_map",
+    "read_fault_marks_dirty": "a read is logged iff the guest PTE is dirty and the host page writable"
+    " (FNAME(protect_clean_gpte))",
+}
+
+
+def for_shadow_host(policy: Policy) -> Policy:
+    """The policy as the rmap-based MMU of a shadow-paging host runs it (SHADOW_HOST_VALUES)."""
+    return replace(policy, **{name: value for name, (value, _) in SHADOW_HOST_VALUES.items()})  # type: ignore[arg-type]
+
+
+def inert_under_shadow(policy: Policy, guest_paging: bool) -> dict[str, str]:
+    """The switches that do nothing under shadow paging, each with why: those the policy sets otherwise
+    than the shadow MMU runs (SHADOW_HOST_VALUES), and for a paging guest SHADOW_PAGING_INERT."""
+    out = {
+        name: reason
+        for name, (value, reason) in SHADOW_HOST_VALUES.items()
+        if getattr(policy, name) != value
+    }
+    if guest_paging:
+        out.update(SHADOW_PAGING_INERT)
+    return out
+
 
 def _parse_value(name: str, raw: str | bool) -> str | bool:
     allowed = SWITCH_VALUES[name]

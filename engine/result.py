@@ -7,6 +7,7 @@ bytes.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Iterable, Iterator
 
 from engine.canonical import RawArray
@@ -14,21 +15,21 @@ from engine.collector import gc_paused
 from engine.kvm import FaultRecord, Kvm
 from engine.ops.registry import step_to_json
 from engine.policy import variant_of
-from engine.shadow_page import KvmMmuPage
+from engine.shadow_page import KvmMmuPage, kvm_mmu_page_get_gfn
 from engine.simulation import Simulation, StepResult
 from engine.spte import (
     PT64_BASE_ADDR_MASK,
+    PT64_LEVEL_BITS,
     PT_PAGE_SIZE_MASK,
     PT_PAGE_TABLE_LEVEL,
     PT_PRESENT_MASK,
     PT_WRITABLE_MASK,
-    VMX_EPT_ACCESS_BIT,
-    VMX_EPT_DIRTY_BIT,
     SpteMasks,
     is_last_spte,
     pages_per_hpage,
     spte_to_pfn,
 )
+from engine.tdp_iter import spte_to_child_sp
 from engine.trace import event_json
 
 RESULT_FORMAT = "sptelab-result"
@@ -93,8 +94,8 @@ def _decoded_bits(flag_bits: int, leaf: bool, masks: SpteMasks) -> dict[str, boo
         "writable": bool(flag_bits & PT_WRITABLE_MASK),
         "host_writable": bool(flag_bits & masks.host_writable_mask),
         "mmu_writable": bool(flag_bits & masks.mmu_writable_mask),
-        "accessed": bool(flag_bits & VMX_EPT_ACCESS_BIT),
-        "dirty": bool(flag_bits & VMX_EPT_DIRTY_BIT),
+        "accessed": bool(flag_bits & masks.a_bit),
+        "dirty": bool(flag_bits & masks.d_bit),
     }
 
 
@@ -117,7 +118,11 @@ def _pages_in_order(kvm: Kvm) -> list[KvmMmuPage]:
 
 
 def present_sptes(kvm: Kvm) -> list[dict[str, object]]:
-    """Every present spte of every shadow page, by (level descending, sp gfn, index)."""
+    """Every present spte of every shadow page, by (level descending, sp gfn, index). Under shadow
+    paging a row also says the guest-virtual address it translates (`gva`), and its `gfn` is the one the
+    guest PTE gave (an indirect page's `gfns`)."""
+    if kvm.shadow:
+        return _present_shadow_sptes(kvm)
     rows: list[dict[str, object]] = []
     masks = kvm.masks
     for sp in _pages_in_order(kvm):
@@ -128,6 +133,28 @@ def present_sptes(kvm: Kvm) -> list[dict[str, object]]:
             if spte & PT_PRESENT_MASK
         )
     return rows
+
+
+def _present_shadow_sptes(kvm: Kvm) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    for sp in _pages_in_order(kvm):
+        shift = 12 + PT64_LEVEL_BITS * (sp.level - 1)
+        for index, spte in enumerate(sp.spt):
+            if spte & PT_PRESENT_MASK:
+                # A pointer's gfn is the guest table its child shadows (a direct child: its first gfn).
+                leaf = is_last_spte(spte, sp.level)
+                gfn = kvm_mmu_page_get_gfn(sp, index) if leaf else spte_to_child_sp(kvm, spte).gfn
+                row = spte_json(sp.level, sp.gfn, index, gfn, spte, kvm.masks)
+                row["gva"] = sp.gva + (index << shift)
+                row["direct"] = sp.direct
+                rows.append(row)
+    return rows
+
+
+def _indented(row: dict[str, object], depth: int) -> str:
+    """`row` as canonical text for an item whose opening brace sits at nesting `depth`."""
+    text = json.dumps(row, sort_keys=True, indent=1, ensure_ascii=False)
+    return text.replace("\n", "\n" + " " * depth)
 
 
 # The numbers of an spte row in the order of their sorted keys: what a row template's %s stand for.
@@ -166,6 +193,10 @@ class _RowTemplates(dict[int, str]):
 def present_sptes_text(kvm: Kvm, depth: int) -> Iterator[str]:
     """`present_sptes` as canonical text, row by row: what a big final state is written from, without
     holding a dict per spte."""
+    if kvm.shadow:  # small states: the rows as dicts, written as any value
+        for row in _present_shadow_sptes(kvm):
+            yield _indented(row, depth)
+        return
     masks = kvm.masks
     by_level = {True: _RowTemplates(True, depth, masks), False: _RowTemplates(False, depth, masks)}
     for sp in _pages_in_order(kvm):

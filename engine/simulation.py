@@ -11,13 +11,16 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from engine.collector import gc_paused
+from engine.guest_pt import GuestPaging
 from engine.invariants import StepChecker, Violation
 from engine.kvm import FaultRecord, Kvm
 from engine.memslot import KvmMemorySlot
 from engine.migration import Migration
 from engine.ops.registry import Step, op_spec
-from engine.policy import Policy
+from engine.paging_tmpl import PAGING64
+from engine.policy import Policy, for_shadow_host
 from engine.scenario import Scenario
+from engine.shadow_invariants import ShadowStepChecker
 from engine.trace import Call, Event, Trace
 
 # How a read or write step reaches guest memory: "mmu", the CPU through the TLB, the sptes and the fault
@@ -99,8 +102,25 @@ class Simulation:
             )
             for m in scenario.memslots
         ]
-        self.kvm = Kvm(policy, slots, vm.vcpus, vm.max_level, vm.ept_ad, trace=detail == "full")
-        self.checker = StepChecker()
+        paging = scenario.guest is None or scenario.guest.paging
+        host_policy = for_shadow_host(policy) if vm.mmu == "shadow" else policy
+        self.kvm = Kvm(
+            host_policy, slots, vm.vcpus, vm.max_level, vm.ept_ad, trace=detail == "full", mmu=vm.mmu,
+            guest_paging=paging,
+        )
+        # Under shadow paging: the guest's tables in its memory, each address space's CR3, and the
+        # shadow MMU's hooks for a 64-bit guest. Each vCPU loads its root when it first enters the guest.
+        self.guest_cr3s: list[int] = []
+        guest = scenario.built_guest()
+        if guest is not None and scenario.guest is not None and self.kvm.shadow:
+            self.kvm.guest = guest.tables
+            self.kvm.paging_ops = PAGING64
+            self.guest_cr3s = guest.cr3s
+            for vcpu in self.kvm.vcpus:
+                vcpu.paging = GuestPaging(
+                    cr3=guest.cr3s[0], cr0_wp=scenario.guest.cr0_wp, efer_nx=scenario.guest.efer_nx
+                )
+        self.checker: StepChecker = ShadowStepChecker() if self.kvm.shadow else StepChecker()
         self.migration = Migration()
         self.migrated = False
         self.index = 0

@@ -51,6 +51,15 @@ EPT_SPTE_MMU_WRITABLE = 1 << 58
 VMX_EPT_SUPPRESS_VE_BIT = 1 << 63
 SHADOW_NONPRESENT_VALUE = VMX_EPT_SUPPRESS_VE_BIT
 
+# The x86 PTE's own bits, which a shadow spte shares with the guest's PTEs (mmu.h).
+PT_USER_MASK = 1 << 2
+PT_ACCESSED_MASK = 1 << 5
+PT_DIRTY_MASK = 1 << 6
+PT64_NX_MASK = 1 << 63
+# 6.x's software bits of a shadow (non-EPT) spte: host-writable bit 9 and MMU-writable bit 10 (spte.h).
+DEFAULT_SPTE_HOST_WRITABLE = 1 << 9
+DEFAULT_SPTE_MMU_WRITABLE = 1 << 10
+
 # The kernel generations whose spte layout and statistics the model speaks (Policy.era).
 ERA_3X: Final = "3.x"
 ERA_6X: Final = "6.x"
@@ -77,6 +86,15 @@ class SpteMasks:
     present_mask: int = 0
     nonpresent: int = 0
     era: Era = ERA_3X
+    # Shadow paging (kvm_mmu_set_mask_ptes from x86.c, not vmx.c): the spte is an x86 PTE, whose U/S bit
+    # says user access and whose bit 63 takes execution away (EPT has neither: X is a permission bit).
+    user_mask: int = 0
+    nx_mask: int = 0
+    # Where A and D sit in this format, whether or not KVM uses them (EPT's bits 8 and 9; the x86 PTE's 5
+    # and 6): what a decoded spte reads.
+    a_bit: int = VMX_EPT_ACCESS_BIT
+    d_bit: int = VMX_EPT_DIRTY_BIT
+    shadow: bool = False
 
     @classmethod
     def for_ept(cls, ept_ad: bool, era: Era = ERA_3X) -> SpteMasks:
@@ -97,6 +115,32 @@ class SpteMasks:
             )
         return cls(accessed_mask=accessed, dirty_mask=dirty)
 
+    @classmethod
+    def for_shadow(cls, era: Era = ERA_3X) -> SpteMasks:
+        """Shadow paging's masks: the spte is an x86 PTE (U/S bit 2, A bit 5, D bit 6, NX bit 63, no memory
+        type). 3.x keeps HW and MW at bits 10 and 11; 6.x moved them to 9 and 10 and made bit 11
+        MMU-present, and a non-present spte is 0 (suppress-#VE is EPT's)."""
+        common = {
+            "accessed_mask": PT_ACCESSED_MASK,
+            "dirty_mask": PT_DIRTY_MASK,
+            "x_mask": 0,
+            "mt_mask": 0,
+            "user_mask": PT_USER_MASK,
+            "nx_mask": PT64_NX_MASK,
+            "a_bit": PT_ACCESSED_MASK,
+            "d_bit": PT_DIRTY_MASK,
+            "shadow": True,
+        }
+        if era == ERA_6X:
+            return cls(
+                host_writable_mask=DEFAULT_SPTE_HOST_WRITABLE,
+                mmu_writable_mask=DEFAULT_SPTE_MMU_WRITABLE,
+                present_mask=SPTE_MMU_PRESENT_MASK,
+                era=ERA_6X,
+                **common,  # type: ignore[arg-type]
+            )
+        return cls(**common)  # type: ignore[arg-type]
+
     @property
     def lockless_mask(self) -> int:
         """HW and MW: the bits spte_is_locklessly_modifiable asks for."""
@@ -111,8 +155,8 @@ class SpteMasks:
             ("W", PT_WRITABLE_MASK),
             ("X", VMX_EPT_EXECUTABLE_MASK),
             ("PS", PT_PAGE_SIZE_MASK),
-            ("A", VMX_EPT_ACCESS_BIT),
-            ("D", VMX_EPT_DIRTY_BIT),
+            ("A", self.a_bit),
+            ("D", self.d_bit),
             ("HW", self.host_writable_mask),
             ("MW", self.mmu_writable_mask),
         )
@@ -200,7 +244,16 @@ def flag_word(spte: int, masks: SpteMasks) -> int:
     has none."""
     if not spte & PT_PRESENT_MASK:
         return 0
-    word = spte & _FIXED_FLAGS
+    if masks.shadow:
+        word = spte & (PT_PRESENT_MASK | PT_WRITABLE_MASK | PT_PAGE_SIZE_MASK)
+        if not spte & masks.nx_mask:
+            word |= VMX_EPT_EXECUTABLE_MASK
+        if spte & masks.a_bit:
+            word |= VMX_EPT_ACCESS_BIT
+        if spte & masks.d_bit:
+            word |= VMX_EPT_DIRTY_BIT
+    else:
+        word = spte & _FIXED_FLAGS
     if spte & masks.host_writable_mask:
         word |= SPTE_HOST_WRITEABLE
     if spte & masks.mmu_writable_mask:
@@ -213,6 +266,10 @@ def spte_flags(spte: int, masks: SpteMasks) -> list[str]:
     `masks`' layout. A non-present spte has none (6.x keeps suppress-#VE in it, which is not a flag)."""
     if not spte & PT_PRESENT_MASK:
         return []
+    if masks.shadow:
+        word = flag_word(spte, masks)
+        names = [name for name, bit in FLAG_BITS if word & bit]
+        return [*names, "U"] if spte & masks.user_mask else names
     return [name for name, bit in masks.flag_bits if spte & bit]
 
 

@@ -27,11 +27,15 @@ from engine.spte import (
 from engine.tdp_iter import spte_to_child_sp
 from engine.trace import MmuLoad, PrepareZapPage, ZapAll, traced
 from engine.trace_tables import InvalidateZapAllPages, MmuFreeRoots
+from engine.unsync import account_shadowed, kvm_unlink_unsync_page
 
 
 def kvm_mmu_zap_all(kvm: Kvm) -> None:
     """Zap every shadow page, newest first, as a memslot deletion or move does; then reload the root."""
     _zap_all_pages(kvm)
+    if kvm.shadow:
+        _drop_shadow_roots(kvm)
+        return
     kvm.root = kvm.alloc_root()
     if kvm.tp.on:
         kvm.tp.emit(MmuLoad(kvm.root.gfn, kvm.root.level))
@@ -57,6 +61,9 @@ def kvm_mmu_invalidate_zap_all_pages(kvm: Kvm) -> None:
     one frees it, zapped once more and committed with another flush, and the first one to load a root
     again builds the new one (the others find it in the hash)."""
     _zap_obsolete_pages(kvm)
+    if kvm.shadow:
+        _drop_shadow_roots(kvm)
+        return
     old_root = kvm.root
     new_root: KvmMmuPage | None = None
     for vcpu in kvm.vcpus:  # KVM_REQ_MMU_RELOAD, handled before the vCPU's next entry
@@ -79,6 +86,26 @@ def kvm_mmu_invalidate_zap_all_pages(kvm: Kvm) -> None:
         new_root.root_count += 1
     if new_root is not None:
         kvm.root = new_root
+
+
+def _drop_shadow_roots(kvm: Kvm) -> None:
+    """Under shadow paging each vCPU drops its root (mmu_free_roots, the last user of a zapped root frees
+    it) and loads the root of its CR3 again before it next enters the guest (kvm_mmu_load, which the
+    shadow access path runs when a vCPU has no root)."""
+    for vcpu in kvm.vcpus:
+        root = vcpu.root
+        vcpu.root = None
+        if root is None or kvm.active_mmu_pages.get(root.serial) is not root:
+            continue  # freed already, by a zap that did not wait for the vCPUs
+        root.root_count -= 1
+        if kvm.tp.on:
+            kvm.tp.enter(MmuFreeRoots.name)
+            kvm.tp.emit(MmuFreeRoots(vcpu.id, root.root_count, not root.root_count))
+        if not root.root_count and root.invalid:
+            kvm_mmu_commit_zap_page(kvm, [root])
+        if kvm.tp.on:
+            kvm.tp.exit()
+    kvm.root = KvmMmuPage(0, PT64_ROOT_LEVEL, 0, -1)
 
 
 @traced(InvalidateZapAllPages)
@@ -109,9 +136,15 @@ def kvm_mmu_commit_zap_page(kvm: Kvm, invalid_list: list[KvmMmuPage]) -> None:
 
 @traced(PrepareZapPage)
 def kvm_mmu_prepare_zap_page(kvm: Kvm, sp: KvmMmuPage) -> None:
+    """Empty `sp` and unlink it from its parents; it stays in the hash, invalid, until committed. An
+    indirect page no longer shadows its guest table (unaccount_shadowed), and stops being unsync."""
     kvm.stat.mmu_shadow_zapped += 1
     if kvm.tp.on:
         kvm.tp.emit(PrepareZapPage(sp.level, sp.gfn))
+    if not sp.direct and not sp.invalid:
+        account_shadowed(kvm, sp.gfn, -1)
+    if sp.unsync:
+        kvm_unlink_unsync_page(kvm, sp)
     # kvm_mmu_page_unlink_children
     if sp.level == PT_PAGE_TABLE_LEVEL:
         # Nothing but 4K leaves, none of them large: drop_spte for each present one, in one store.

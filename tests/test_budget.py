@@ -36,7 +36,9 @@ from scenarios import builtin_scenarios
 Json = dict[str, Any]
 
 
-def build(steps: list[Json], memslots: list[Json] | None = None, vm: Json | None = None) -> Scenario:
+def build(
+    steps: list[Json], memslots: list[Json] | None = None, vm: Json | None = None, guest: Json | None = None
+) -> Scenario:
     raw: Json = {
         "format": "sptelab-scenario",
         "version": 1,
@@ -45,6 +47,8 @@ def build(steps: list[Json], memslots: list[Json] | None = None, vm: Json | None
     }
     if vm is not None:
         raw["vm"] = vm
+    if guest is not None:
+        raw["guest"] = guest
     return parse_scenario(raw)
 
 
@@ -87,7 +91,14 @@ ONE_OF_EACH: dict[str, Json] = {
     "migrate_begin": {"op": "migrate_begin"},
     "migrate_round": {"op": "migrate_round"},
     "migrate_end": {"op": "migrate_end"},
+    "get_dirty_log_end": {"op": "get_dirty_log_end", "slot": 1},
+    "write_gpte": {"op": "write_gpte", "table": 0, "index": 0, "pte": "0x1067"},
+    "invlpg": {"op": "invlpg", "gva": "0x1000"},
+    "set_cr3": {"op": "set_cr3", "space": 0},
 }
+# The guest's paging operations exist only under shadow paging; the end of a split GET needs its start.
+SHADOW_ONLY = {"write_gpte", "invlpg", "set_cr3"}
+SPLIT_GET: Json = {"op": "get_dirty_log", "slot": 1, "split": True}
 
 
 def test_every_op_has_a_case() -> None:
@@ -98,9 +109,17 @@ def test_every_op_has_a_case() -> None:
 def test_each_op_costs_more_than_a_note_to_run_and_to_write(op: str) -> None:
     """Harvests, flushes, toggles and migrations are priced beyond a step's own bookkeeping."""
     prefix = PREFIX[:2] if op == "migrate_begin" else PREFIX
+    vm: Json = {"vcpus": 2}
+    guest = None
+    if op in SHADOW_ONLY:
+        vm, guest = {"vcpus": 2, "mmu": "shadow"}, {"tables_at": 0}
     # Priced step by step, so that the rounding of the totals to whole units hides no term.
-    note = list(step_prices(build([*prefix, ONE_OF_EACH["note"]], vm={"vcpus": 2})))[-1]
-    other = list(step_prices(build([*prefix, ONE_OF_EACH[op]], vm={"vcpus": 2})))[-1]
+    if op == "get_dirty_log_end":
+        note = list(step_prices(build([*prefix, SPLIT_GET, ONE_OF_EACH["note"], ONE_OF_EACH[op]], vm=vm)))[-2]
+        other = list(step_prices(build([*prefix, SPLIT_GET, ONE_OF_EACH[op]], vm=vm)))[-1]
+    else:
+        note = list(step_prices(build([*prefix, ONE_OF_EACH["note"]], vm=vm, guest=guest)))[-1]
+        other = list(step_prices(build([*prefix, ONE_OF_EACH[op]], vm=vm, guest=guest)))[-1]
     assert other.run > note.run, op
     assert other.rows > note.rows, op
 

@@ -29,7 +29,9 @@ from engine.scenario import (
     DisableDirtyLogStep,
     EnableDirtyLogStep,
     FlushTlbStep,
+    GetDirtyLogEndStep,
     GetDirtyLogStep,
+    InvlpgStep,
     MigrateBeginStep,
     MigrateEndStep,
     MigrateRoundStep,
@@ -38,6 +40,8 @@ from engine.scenario import (
     ResetDirtyRingStep,
     Scenario,
     ScenarioError,
+    SetCr3Step,
+    WriteGpteStep,
     WriteStep,
     ZapAllStep,
     parse_scenario,
@@ -165,8 +169,17 @@ def test_every_op_parses_to_its_class() -> None:
         {"op": "migrate_begin"},
         {"op": "migrate_round"},
         {"op": "migrate_end"},
+        {"op": "enable_dirty_log", "slot": 1},
+        {"op": "get_dirty_log", "slot": 1, "split": True},
+        {"op": "get_dirty_log_end", "slot": 1},
+        {"op": "write_gpte", "table": "0x300", "index": 0, "pte": "0x301067"},
+        {"op": "invlpg", "gva": "0x300000"},
+        {"op": "set_cr3", "space": 0},
+        {"op": "read", "gva": "0x300000"},
     ]
-    scenario = parse_scenario(minimal(*steps))
+    # The guest's own paging operations exist only under shadow paging.
+    shadow = minimal(*steps, vm={"mmu": "shadow"}, guest={"tables_at": "0x200"})
+    scenario = parse_scenario(shadow)
     assert [type(step) for step in scenario.steps] == [
         ReadStep,
         WriteStep,
@@ -181,6 +194,13 @@ def test_every_op_parses_to_its_class() -> None:
         MigrateBeginStep,
         MigrateRoundStep,
         MigrateEndStep,
+        EnableDirtyLogStep,
+        GetDirtyLogStep,
+        GetDirtyLogEndStep,
+        WriteGpteStep,
+        InvlpgStep,
+        SetCr3Step,
+        ReadStep,
     ]
     assert set(STEP_OPS) == {step["op"] for step in steps}
 
@@ -646,7 +666,9 @@ def test_json_schema_describes_the_format() -> None:
     json.dumps(schema)  # serialisable
     definitions: Any = schema["$defs"]
     assert definitions["Memslot"]["required"] == ["id", "base_gfn", "npages"]
-    assert definitions["WriteStep"]["required"] == ["op", "gfn"]
+    # An access names a gfn, or under shadow paging a guest-virtual address.
+    assert definitions["WriteStep"]["required"] == ["op"]
+    assert definitions["WriteStep"]["oneOf"] == [{"required": ["gfn"]}, {"required": ["gva"]}]
     assert definitions["FlushTlbStep"]["required"] == ["op"]
     properties: Any = schema["properties"]
     assert properties["memslots"]["maxItems"] == MAX_MEMSLOTS

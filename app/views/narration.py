@@ -73,10 +73,12 @@ def _access(step: Step, result: StepResult, sim: Simulation) -> str:
     counts = result.fault_counts
     fast, slow = counts.get("fast", 0), counts.get("slow", 0)
     verb = "writes" if access.write else "reads"
-    target = (
-        f"gfn {hx(access.gfn)}" if access.count == 1 else f"{access.count} pages from gfn {hx(access.gfn)}"
-    )
-    head = f"vCPU {access.vcpu} {verb} {target}"
+    where = f"gfn {hx(access.gfn)}" if access.gva is None else f"gva {hx(access.gva)}"
+    target = where if access.count == 1 else f"{access.count} pages from {where}"
+    return _with_faults(f"vCPU {access.vcpu} {verb} {target}", fast, slow)
+
+
+def _with_faults(head: str, fast: int, slow: int) -> str:
     if not (fast or slow):
         return f"{head}: no exit, the mapping already allows it"
     faults = []
@@ -85,6 +87,22 @@ def _access(step: Step, result: StepResult, sim: Simulation) -> str:
     if fast:
         faults.append(plural(fast, "fast fault"))
     return f"{head}: {' and '.join(faults)}"
+
+
+def _guest_paging(step: Step, result: StepResult, sim: Simulation) -> str:
+    """A guest PTE store (through the shadow tables, faulting where its table is write-protected),
+    INVLPG, or MOV CR3 (which syncs the unsync pages under the new root)."""
+    counts = result.fault_counts
+    return _with_faults(f"The guest runs {describe(step)}", counts.get("fast", 0), counts.get("slow", 0))
+
+
+def _get_end(step: Step, result: StepResult, sim: Simulation) -> str:
+    late = sim.policy.flush_after_unlock
+    return (
+        f"KVM_GET_DIRTY_LOG on slot {op_spec(step).slot(step)} drops mmu_lock"
+        + (", flushes the TLBs" if late else " (it flushed under the lock)")
+        + " and returns"
+    )
 
 
 def _logging_on(step: Step, result: StepResult, sim: Simulation) -> str:
@@ -172,6 +190,8 @@ TELLERS: dict[Tell, Callable[[Step, StepResult, Simulation], str]] = {
     Tell.MIGRATION_ROUND: _migration_round,
     Tell.MIGRATION_END: _migration_end,
     Tell.NOTE: _note,
+    Tell.GUEST_PAGING: _guest_paging,
+    Tell.GET_END: _get_end,
 }
 
 

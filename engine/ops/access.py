@@ -1,10 +1,14 @@
 """read and write: `count` guest accesses at `gfn + k × stride` from one vCPU, through the CPU's TLB and
 the EPT walk (engine.cpu), or through KVM's instruction emulator when the simulation says the guest is
-emulated (engine.emulate)."""
+emulated (engine.emulate). Under shadow paging they name a guest-virtual address (`gva`, or a gfn
+through the identity map, `gfn << 12`) and go through the shadow tables (engine.shadow_cpu)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+
+from pydantic import ConfigDict, model_validator
 
 from engine.cpu import guest_accesses
 from engine.emulate import emulated_accesses
@@ -23,12 +27,22 @@ from engine.ops.base import (
     where,
 )
 from engine.scenario.cost import MAX_ACCESSES, MAX_COUNT
-from engine.scenario.fields import _MAX_NUMBER, Number, VcpuId, _Between
-from engine.scenario.wording import fail
+from engine.scenario.fields import _HEX, _MAX_NUMBER, Number, VcpuId, _Between
+from engine.scenario.guest import GVA_LIMIT
+from engine.scenario.wording import fail, refuse
+from engine.shadow_cpu import shadow_accesses
 
 if TYPE_CHECKING:
     from engine.estimate import Pricer, StepPrice
     from engine.simulation import Simulation
+
+
+def _gfn_or_gva(schema: dict[str, Any]) -> None:
+    """The published schema: an access names `gfn` or `gva`, not necessarily `gfn`."""
+    required = schema.get("required")
+    if isinstance(required, list) and "gfn" in required:
+        required.remove("gfn")
+        schema["oneOf"] = [{"required": ["gfn"]}, {"required": ["gva"]}]
 
 
 class _AccessStep(OpModel):
@@ -36,11 +50,48 @@ class _AccessStep(OpModel):
 
     is_write: ClassVar[bool]
 
+    # A gfn, or under shadow paging a guest-virtual address instead (`gfn` then holds its page number).
     gfn: Annotated[Number, _Between(0, _MAX_NUMBER, hex=True)]
+    gva: Annotated[Number, _Between(0, GVA_LIMIT - 1, hex=True)] | None = None
     count: Annotated[Number, _Between(1, MAX_COUNT)] = 1
     # A stride of 0 repeats the same gfn: the way to show a TLB hit or a second fault on one page.
     stride: Annotated[Number, _Between(0, MAX_COUNT)] = 1
     vcpu: VcpuId = 0
+
+    model_config = ConfigDict(json_schema_extra=_gfn_or_gva)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_address(cls, data: object) -> object:
+        if isinstance(data, Mapping) and "gva" in data and data["gva"] is not None:
+            if "gfn" in data:
+                raise refuse("access_address", "give gfn or gva, not both")
+            gva = data["gva"]
+            # The page number stands in for the gfn (written out only as gva): parsed here as the field is.
+            page = gva >> 12 if isinstance(gva, int) and not isinstance(gva, bool) else None
+            if isinstance(gva, str) and _HEX.fullmatch(gva):
+                page = int(gva, 16) >> 12
+            return {**data, "gfn": page if page is not None else gva}
+        return data
+
+    def json_fields(self) -> dict[str, object]:
+        """The fields, the address as it was given: a TDP step reads as it always did."""
+        out = super().json_fields()
+        if self.gva is None:
+            del out["gva"]
+        else:
+            del out["gfn"]
+        return out
+
+    @property
+    def address(self) -> int:
+        """The guest-virtual address of the first access under shadow paging: `gva`, or `gfn << 12`."""
+        return self.gva if self.gva is not None else self.gfn << 12
+
+    @property
+    def first_gfn(self) -> int:
+        """The gfn of the first access (with `gva`: the guest-virtual page number)."""
+        return self.gfn
 
 
 class ReadStep(_AccessStep):
@@ -55,8 +106,12 @@ class WriteStep(_AccessStep):
 
 def run(sim: Simulation, step: _AccessStep) -> None:
     kvm = sim.kvm
+    vcpu = kvm.vcpus[step.vcpu]
+    if kvm.shadow:
+        shadow_accesses(kvm, vcpu, step.address, step.count, step.stride, step.is_write)
+        return
     access = emulated_accesses if sim.guest_execution == "emulated" else guest_accesses
-    access(kvm, kvm.vcpus[step.vcpu], step.gfn, step.count, step.stride, step.is_write)
+    access(kvm, vcpu, step.first_gfn, step.count, step.stride, step.is_write)
 
 
 def check(state: CheckState, index: int, step: _AccessStep) -> None:
@@ -66,7 +121,16 @@ def check(state: CheckState, index: int, step: _AccessStep) -> None:
         raise fail(
             at, f"vcpu {step.vcpu} does not exist (vm.vcpus is {state.vcpus})", step=index, field="vcpu"
         )
-    _check_accesses(at, index, step, state)
+    if step.gva is not None:
+        if not state.spaces:
+            raise fail(at, 'gva needs vm.mmu "shadow": under TDP a guest access names its gfn', step=index,
+                       field="gva")
+        last = step.gva + ((step.count - 1) * step.stride << 12)
+        if last >= GVA_LIMIT:
+            raise fail(at, f"the accesses reach gva {last:#x}, past the lower half of a 4-level guest",
+                       step=index, field="count")
+    else:
+        _check_accesses(at, index, step, state)
     state.accesses += step.count
     if state.accesses > MAX_ACCESSES:
         raise fail(
@@ -86,7 +150,7 @@ def _check_accesses(at: str, index: int, step: _AccessStep, state: CheckState) -
     """
     k = 0
     while k < step.count:
-        gfn = step.gfn + k * step.stride
+        gfn = step.first_gfn + k * step.stride
         slot = state.slot_at(gfn)
         if slot is None:
             which = f" (access {k + 1} of {step.count})" if step.count > 1 else ""
@@ -104,7 +168,7 @@ def price(pricer: Pricer, step: _AccessStep) -> StepPrice:
 def describe(step: _AccessStep) -> str:
     """`write gfn 0x250`, `read gfn 0x200 ×512 stride 2 vCPU 1`: the fields that differ from their
     defaults (a stride only where there is more than one access)."""
-    parts = [step.op, f"gfn {step.gfn:#x}"]
+    parts = [step.op, f"gfn {step.gfn:#x}" if step.gva is None else f"gva {step.gva:#x}"]
     if step.count != 1:
         parts.append(f"×{step.count}")
         if step.stride != 1:
@@ -115,12 +179,12 @@ def describe(step: _AccessStep) -> str:
 
 
 def live(target: LiveTarget, step: _AccessStep) -> list[int] | None:
-    target.access(step.vcpu, step.gfn, step.count, step.stride, step.is_write)
+    target.access(step.vcpu, step.first_gfn, step.count, step.stride, step.is_write)
     return None
 
 
 def access(step: _AccessStep) -> Access:
-    return Access(step.vcpu, step.gfn, step.count, step.stride, step.is_write)
+    return Access(step.vcpu, step.first_gfn, step.count, step.stride, step.is_write, step.gva)
 
 
 def _spec(model: type[_AccessStep]) -> OpSpec[_AccessStep]:

@@ -59,6 +59,7 @@ class Tell(Enum):
     LOGGING_ON = "logging_on"  # what switching logging on did to the slot's sptes under the policy
     LOGGING_OFF = "logging_off"  # what switching it off did
     GET = "get"  # what KVM_GET_DIRTY_LOG returned, and whether it cleared and re-protected
+    GET_END = "get_end"  # the rest of a split KVM_GET_DIRTY_LOG: the flush after unlocking
     CLEAR = "clear"  # the range KVM_CLEAR_DIRTY_LOG cleared and re-protected
     RING = "ring"  # what the ring harvest collected
     FLUSH = "flush"  # every TLB flushed
@@ -67,6 +68,7 @@ class Tell(Enum):
     MIGRATION_ROUND = "migration_round"  # what a round copied again
     MIGRATION_END = "migration_end"  # the last round and the verdict
     NOTE = "note"  # nothing ran
+    GUEST_PAGING = "guest_paging"  # what a guest PTE store, INVLPG or MOV CR3 did to the shadow tables
 
 
 class Harvest(Enum):
@@ -86,6 +88,7 @@ class Access:
     count: int
     stride: int
     write: bool
+    gva: int | None = None  # shadow paging: the guest-virtual address named instead of a gfn
 
 
 class LiveTarget(Protocol):
@@ -115,9 +118,13 @@ class CheckState:
 
     vcpus: int
     memslots: list[Memslot]
+    # Under shadow paging, the guest's address spaces (set_cr3 names one); 0 under TDP.
+    spaces: int = 0
     logged: set[int] = field(default_factory=set)
     logged_by_migration: set[int] | None = None  # None: no migration is running
     accesses: int = 0
+    # slot -> the step of a split get_dirty_log not yet ended.
+    split_gets: dict[int, int] = field(default_factory=dict)
     slots: list[Memslot] = field(init=False)
     bases: list[int] = field(init=False)
     slot_ids: set[int] = field(init=False)
@@ -218,6 +225,13 @@ def never(step: Any, *args: Any) -> bool:
 
 def always(step: Any, *args: Any) -> bool:
     return True
+
+
+def check_shadow(state: CheckState, index: int, step: OpModel, what: str) -> None:
+    """`what` exists only under shadow paging, where KVM sees the guest's page tables."""
+    if not state.spaces:
+        raise fail(where(index, step), f'{what} needs vm.mmu "shadow": under TDP KVM never sees the guest\'s'
+                   " page tables", step=index, field="op")
 
 
 def where(index: int, step: OpModel) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from engine.dirty_log import kvm_vm_ioctl_clear_dirty_log, kvm_vm_ioctl_get_dirty_log
+from engine.dirty_log import kvm_get_dirty_log_end, kvm_vm_ioctl_clear_dirty_log, kvm_vm_ioctl_get_dirty_log
 from engine.dirty_ring import harvest_and_reset
 from engine.ops.base import (
     Ask,
@@ -17,6 +17,7 @@ from engine.ops.base import (
     OpSpec,
     Tell,
     check_slot_exists,
+    never,
     no_access,
     no_check,
     no_pages,
@@ -34,10 +35,27 @@ if TYPE_CHECKING:
 
 
 class GetDirtyLogStep(OpModel):
-    """KVM_GET_DIRTY_LOG on the slot."""
+    """KVM_GET_DIRTY_LOG on the slot. With `split`, the ioctl is stopped after its part under mmu_lock
+    (the bitmap taken and the pages write-protected): what comes after the unlock (the flush, since
+    198c74f4) waits for a `get_dirty_log_end` step, so that vCPU steps can run in between."""
 
     slot: SlotId
     op: Literal["get_dirty_log"] = "get_dirty_log"
+    split: bool = False
+
+    def json_fields(self) -> dict[str, object]:
+        out = super().json_fields()
+        if not self.split:
+            del out["split"]  # a whole GET reads as it always did
+        return out
+
+
+class GetDirtyLogEndStep(OpModel):
+    """The rest of a split KVM_GET_DIRTY_LOG on the slot: mmu_lock dropped, the TLBs flushed (if the
+    kernel flushes after unlocking), the bitmap copied to userspace."""
+
+    slot: SlotId
+    op: Literal["get_dirty_log_end"] = "get_dirty_log_end"
 
 
 class ClearDirtyLogStep(OpModel):
@@ -99,7 +117,36 @@ def _check_clear(state: CheckState, index: int, step: ClearDirtyLogStep) -> None
 
 def _run_get(sim: Simulation, step: GetDirtyLogStep) -> None:
     kvm = sim.kvm
-    kvm.log.dirty_log = kvm_vm_ioctl_get_dirty_log(kvm, kvm.memslots.by_id[step.slot])
+    kvm.log.dirty_log = kvm_vm_ioctl_get_dirty_log(kvm, kvm.memslots.by_id[step.slot], step.split)
+
+
+def _run_get_end(sim: Simulation, step: GetDirtyLogEndStep) -> None:
+    kvm_get_dirty_log_end(sim.kvm, sim.kvm.memslots.by_id[step.slot])
+
+
+def _check_get(state: CheckState, index: int, step: GetDirtyLogStep) -> None:
+    _check_logged(state, index, step)
+    if step.slot in state.split_gets:
+        raise fail(where(index, step), f"the GET_DIRTY_LOG of slot {step.slot} at step"
+                   f" {state.split_gets[step.slot]} has not returned yet (get_dirty_log_end)", step=index,
+                   field="slot")
+    if step.split:
+        state.split_gets[step.slot] = index
+
+
+def _check_get_end(state: CheckState, index: int, step: GetDirtyLogEndStep) -> None:
+    check_slot_exists(state, index, step, step.slot)
+    if state.split_gets.pop(step.slot, None) is None:
+        raise fail(where(index, step), f"no split get_dirty_log of slot {step.slot} is waiting to end",
+                   step=index, field="slot")
+
+
+def _describe_get_end(step: GetDirtyLogEndStep) -> str:
+    return f"get_dirty_log_end slot {step.slot}"
+
+
+def _price_get_end(pricer: Pricer, step: GetDirtyLogEndStep) -> StepPrice:
+    return pricer.per_vcpu()
 
 
 def _run_clear(sim: Simulation, step: ClearDirtyLogStep) -> None:
@@ -124,7 +171,7 @@ def _price_reset(pricer: Pricer, step: ResetDirtyRingStep) -> StepPrice:
 
 
 def _describe_get(step: GetDirtyLogStep) -> str:
-    return f"get_dirty_log slot {step.slot}"
+    return f"get_dirty_log slot {step.slot}" + (" (split)" if step.split else "")
 
 
 def _describe_clear(step: ClearDirtyLogStep) -> str:
@@ -148,7 +195,7 @@ def _live_reset(target: LiveTarget, step: ResetDirtyRingStep) -> list[int] | Non
     return target.reset_dirty_ring()
 
 
-def _slot(step: GetDirtyLogStep | ClearDirtyLogStep) -> int:
+def _slot(step: GetDirtyLogStep | GetDirtyLogEndStep | ClearDirtyLogStep) -> int:
     return step.slot
 
 
@@ -184,7 +231,7 @@ def _reset_clears(step: ResetDirtyRingStep, mode: str) -> bool:
 GET: OpSpec[GetDirtyLogStep] = OpSpec(
     model=GetDirtyLogStep,
     run=_run_get,
-    check=_check_logged,
+    check=_check_get,
     price=_price_get,
     describe=_describe_get,
     ask=Ask.REPORTED,
@@ -223,6 +270,27 @@ CLEAR: OpSpec[ClearDirtyLogStep] = OpSpec(
     ends_migration=False,
 )
 
+GET_END: OpSpec[GetDirtyLogEndStep] = OpSpec(
+    model=GetDirtyLogEndStep,
+    run=_run_get_end,
+    check=_check_get_end,
+    price=_price_get_end,
+    describe=_describe_get_end,
+    ask=Ask.NOTHING,
+    tell=Tell.GET_END,
+    live=None,
+    refusal="the live backend cannot stop an ioctl halfway: its GET_DIRTY_LOG is always whole",
+    access=no_access,
+    slot=_slot,
+    pages=no_pages,
+    note=not_a_note,
+    harvest=None,
+    restarts_page=never,
+    clears_some=never,
+    begins_migration=False,
+    ends_migration=False,
+)
+
 RESET_RING: OpSpec[ResetDirtyRingStep] = OpSpec(
     model=ResetDirtyRingStep,
     run=_run_reset,
@@ -244,4 +312,13 @@ RESET_RING: OpSpec[ResetDirtyRingStep] = OpSpec(
     ends_migration=False,
 )
 
-__all__ = ["CLEAR", "GET", "RESET_RING", "ClearDirtyLogStep", "GetDirtyLogStep", "ResetDirtyRingStep"]
+__all__ = [
+    "CLEAR",
+    "GET",
+    "GET_END",
+    "RESET_RING",
+    "ClearDirtyLogStep",
+    "GetDirtyLogEndStep",
+    "GetDirtyLogStep",
+    "ResetDirtyRingStep",
+]

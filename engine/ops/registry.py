@@ -13,11 +13,14 @@ from pydantic import Field
 from engine.ops.access import READ, WRITE, ReadStep, WriteStep
 from engine.ops.base import OpModel, OpSpec
 from engine.ops.flush_tlb import FLUSH_TLB, FlushTlbStep
+from engine.ops.guest_paging import INVLPG, SET_CR3, WRITE_GPTE, InvlpgStep, SetCr3Step, WriteGpteStep
 from engine.ops.harvest import (
     CLEAR,
     GET,
+    GET_END,
     RESET_RING,
     ClearDirtyLogStep,
+    GetDirtyLogEndStep,
     GetDirtyLogStep,
     ResetDirtyRingStep,
 )
@@ -32,11 +35,15 @@ Step = Annotated[
     | EnableDirtyLogStep
     | DisableDirtyLogStep
     | GetDirtyLogStep
+    | GetDirtyLogEndStep
     | ClearDirtyLogStep
     | ResetDirtyRingStep
     | FlushTlbStep
     | ZapAllStep
     | NoteStep
+    | WriteGpteStep
+    | InvlpgStep
+    | SetCr3Step
     | MigrateBeginStep
     | MigrateRoundStep
     | MigrateEndStep,
@@ -52,11 +59,15 @@ _SPECS: tuple[OpSpec[Any], ...] = (
     ENABLE,
     DISABLE,
     GET,
+    GET_END,
     CLEAR,
     RESET_RING,
     FLUSH_TLB,
     ZAP_ALL,
     NOTE,
+    WRITE_GPTE,
+    INVLPG,
+    SET_CR3,
     BEGIN,
     ROUND,
     END,
@@ -97,14 +108,18 @@ __all__ = [
     "DisableDirtyLogStep",
     "EnableDirtyLogStep",
     "FlushTlbStep",
+    "GetDirtyLogEndStep",
     "GetDirtyLogStep",
+    "InvlpgStep",
     "MigrateBeginStep",
     "MigrateEndStep",
     "MigrateRoundStep",
     "NoteStep",
     "ReadStep",
     "ResetDirtyRingStep",
+    "SetCr3Step",
     "Step",
+    "WriteGpteStep",
     "WriteStep",
     "ZapAllStep",
     "access_count",

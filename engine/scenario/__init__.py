@@ -4,7 +4,8 @@ A scenario is checked whole before anything runs; every refusal is a `ScenarioEr
 line naming where the problem is (`step 4 (write): gfn 0x400 is outside every memslot`). The package by
 concern: `fields` (the field types), `cost` (the limits, and the refusal of a text too large), `wording`
 (refusals in words), `models` (the VM, memslots, the scenario), `checks` (the whole scenario), `parse`
-(JSON text to a scenario, and the JSON Schema). The ops' models are in engine/ops.
+(JSON text to a scenario, and the JSON Schema), `guest` (the guest's page tables under shadow paging).
+The ops' models are in engine/ops.
 """
 
 from engine.ops.note import NOTE_PRESETS
@@ -14,14 +15,18 @@ from engine.ops.registry import (
     DisableDirtyLogStep,
     EnableDirtyLogStep,
     FlushTlbStep,
+    GetDirtyLogEndStep,
     GetDirtyLogStep,
+    InvlpgStep,
     MigrateBeginStep,
     MigrateEndStep,
     MigrateRoundStep,
     NoteStep,
     ReadStep,
     ResetDirtyRingStep,
+    SetCr3Step,
     Step,
+    WriteGpteStep,
     WriteStep,
     ZapAllStep,
     step_to_json,
@@ -40,6 +45,7 @@ from engine.scenario.cost import (
     ScenarioTooLargeError,
 )
 from engine.scenario.fields import PAGE_LEVELS
+from engine.scenario.guest import Guest, GuestMap, GuestSpace
 from engine.scenario.models import Memslot, Scenario, Vm
 from engine.scenario.parse import loads_json, parse_scenario, scenario_json_schema
 from engine.scenario.wording import ErrorKind, ScenarioError
@@ -63,7 +69,12 @@ __all__ = [
     "EnableDirtyLogStep",
     "ErrorKind",
     "FlushTlbStep",
+    "GetDirtyLogEndStep",
     "GetDirtyLogStep",
+    "Guest",
+    "GuestMap",
+    "GuestSpace",
+    "InvlpgStep",
     "Memslot",
     "MigrateBeginStep",
     "MigrateEndStep",
@@ -74,8 +85,10 @@ __all__ = [
     "Scenario",
     "ScenarioError",
     "ScenarioTooLargeError",
+    "SetCr3Step",
     "Step",
     "Vm",
+    "WriteGpteStep",
     "WriteStep",
     "ZapAllStep",
     "loads_json",

@@ -37,8 +37,12 @@ def check_memslots(memslots: Sequence[Memslot]) -> None:
         )
 
 
-def check_steps(vcpus: int, memslots: Sequence[Memslot], steps: Sequence[Step]) -> None:
-    """Walk the steps once, tracking which slots are logged, so no step fails halfway through a run."""
-    state = CheckState(vcpus, list(memslots))
+def check_steps(vcpus: int, memslots: Sequence[Memslot], steps: Sequence[Step], spaces: int = 0) -> None:
+    """Walk the steps once, tracking which slots are logged, so no step fails halfway through a run.
+    `spaces` is the number of guest address spaces under shadow paging, 0 under TDP."""
+    state = CheckState(vcpus, list(memslots), spaces=spaces)
     for index, step in enumerate(steps):
         op_spec(step).check(state, index, step)
+    for slot, index in state.split_gets.items():
+        raise fail(f"step {index} (get_dirty_log)", f"the split GET_DIRTY_LOG of slot {slot} never ends:"
+                   " add a get_dirty_log_end step", step=index, field="split")

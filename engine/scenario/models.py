@@ -23,17 +23,27 @@ from engine.scenario.cost import (
     MAX_VCPUS,
 )
 from engine.scenario.fields import PAGE_LEVELS, Description, Number, PageSize, Title, _Between, _Frozen
-from engine.scenario.wording import refuse
+from engine.scenario.guest import BuiltGuest, Guest, build_guest
+from engine.scenario.wording import fail, refuse
 
 VERSION = 1
 
 
 class Vm(_Frozen):
-    """The VM-wide knobs: how many vCPUs, the largest mapping the TDP MMU may build, and EPT A/D."""
+    """The VM-wide knobs: how many vCPUs, the largest mapping the MMU may build, EPT A/D, and whether
+    the MMU is TDP (EPT/NPT) or shadow paging."""
 
     vcpus: Annotated[Number, _Between(1, MAX_VCPUS)] = 1
     max_page_level: PageSize = "2M"
     ept_ad: bool = True
+    # Written out only when it is "shadow": a TDP scenario reads and writes exactly as before the field.
+    mmu: Literal["tdp", "shadow"] = "tdp"
+
+    def canonical(self) -> dict[str, object]:
+        out = self.model_dump(mode="python")
+        if self.mmu == "tdp":
+            del out["mmu"]
+        return out
 
     @property
     def max_level(self) -> int:
@@ -97,6 +107,8 @@ class Scenario(_Frozen):
     description: Description = ""
     vm: Vm = Vm()
     memslots: list[Memslot]
+    # The guest's page tables: required under shadow paging, refused under TDP (where KVM never sees them).
+    guest: Guest | None = None
     steps: list[Step] = []  # noqa: RUF012 (a pydantic field: each model gets its own copy)
 
     @field_validator("version", mode="before")
@@ -145,8 +157,21 @@ class Scenario(_Frozen):
     @model_validator(mode="after")
     def _check(self) -> "Scenario":
         check_memslots(self.memslots)
-        check_steps(self.vm.vcpus, self.memslots, self.steps)
+        spaces = 0
+        if self.vm.mmu == "shadow":
+            if self.guest is None:
+                raise fail(
+                    "guest", 'vm.mmu "shadow" needs the guest\'s page tables: give at least guest.tables_at'
+                )
+            spaces = len(build_guest(self.guest, self.memslots).cr3s)
+        elif self.guest is not None:
+            raise fail("guest", 'the guest\'s page tables mean something only under vm.mmu "shadow"')
+        check_steps(self.vm.vcpus, self.memslots, self.steps, spaces)
         return self
+
+    def built_guest(self) -> BuiltGuest | None:
+        """The guest's tables laid out in its memory (shadow paging), or None (TDP)."""
+        return build_guest(self.guest, self.memslots) if self.guest is not None else None
 
     def canonical(self) -> dict[str, object]:
         """The scenario with every default filled in and numbers as ints: what a share code encodes."""
@@ -155,7 +180,8 @@ class Scenario(_Frozen):
             "version": self.version,
             "title": self.title,
             "description": self.description,
-            "vm": self.vm.model_dump(mode="python"),
+            "vm": self.vm.canonical(),
             "memslots": [slot.model_dump(mode="python") for slot in self.memslots],
+            **({"guest": self.guest.canonical()} if self.guest is not None else {}),
             "steps": [step_to_json(step) for step in self.steps],
         }
