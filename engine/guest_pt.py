@@ -20,7 +20,7 @@ The shadow MMU (engine.paging_tmpl) walks with it on every fault of a VM whose `
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from engine.kvm import Kvm, store_landed
 from engine.kvm_main import mark_page_dirty
@@ -125,10 +125,12 @@ class GuestPageTables:
     Dirty marking and content counters of the pages are not kept here but by the functions that store
     through the Kvm (`store_gpte`), because guest memory's bookkeeping lives in the memslots."""
 
-    __slots__ = ("tables",)
+    __slots__ = ("backed", "tables")
 
     def __init__(self) -> None:
         self.tables: dict[int, list[int]] = {}
+        # Whether a table's gfn lies in a memslot, asked once per table: the model's memslots never move.
+        self.backed: dict[int, bool] = {}
 
     def read_gpte(self, gfn: int, index: int) -> int:
         table = self.tables.get(gfn)
@@ -183,25 +185,40 @@ class AdUpdate:
     new: int
 
 
-@dataclass(slots=True)
 class GuestWalker:
     """`struct guest_walker`: what one walk found, indexed by level - 1 as the kernel's arrays are.
 
     On success `gfn` is the page the address maps to and `fault` is None; on failure `fault` holds the
-    #PF error code to inject and `level` is where the walk stopped."""
+    #PF error code to inject and `level` is where the walk stopped. A plain class with slots: every
+    fault of a shadow MMU builds one."""
 
-    gva: int
-    level: int = PT64_ROOT_LEVEL
-    max_level: int = PT64_ROOT_LEVEL
-    table_gfn: list[int] = field(default_factory=lambda: [0] * PT64_ROOT_LEVEL)
-    index: list[int] = field(default_factory=lambda: [0] * PT64_ROOT_LEVEL)
-    ptes: list[int] = field(default_factory=lambda: [0] * PT64_ROOT_LEVEL)
-    pt_access: int = ACC_ALL
-    pte_access: int = ACC_ALL
-    gfn: int | None = None
-    fault: int | None = None
-    # The A/D stores made by update_accessed_dirty_bits, top level first.
-    ad_updates: list[AdUpdate] = field(default_factory=list)
+    __slots__ = (
+        "ad_updates",
+        "fault",
+        "gfn",
+        "gva",
+        "index",
+        "level",
+        "max_level",
+        "pt_access",
+        "pte_access",
+        "ptes",
+        "table_gfn",
+    )
+
+    def __init__(self, gva: int) -> None:
+        self.gva = gva
+        self.level = PT64_ROOT_LEVEL
+        self.max_level = PT64_ROOT_LEVEL
+        self.table_gfn = [0, 0, 0, 0]
+        self.index = [0, 0, 0, 0]
+        self.ptes = [0, 0, 0, 0]
+        self.pt_access = ACC_ALL
+        self.pte_access = ACC_ALL
+        self.gfn: int | None = None
+        self.fault: int | None = None
+        # The A/D stores made by update_accessed_dirty_bits, top level first.
+        self.ad_updates: list[AdUpdate] = []
 
     @property
     def ok(self) -> bool:
@@ -300,24 +317,36 @@ def walk_addr_generic(
     pt_access = pte_access = ACC_ALL
     table_gfn = paging.cr3
     level = PT64_ROOT_LEVEL + 1
+    known = tables.tables
+    gfn_to_memslot = kvm.gfn_to_memslot
+    efer_nx = paging.efer_nx
+    # Every fault of a shadow MMU walks: the loop is written with locals and raw bit tests.
     while True:
         pt_access &= pte_access
         level -= 1
         walker.level = level
-        index = pt_index(gva, level)
+        index = (gva >> (PAGE_SHIFT + PT64_LEVEL_BITS * (level - 1))) & (PT64_ENT_PER_PAGE - 1)
         walker.table_gfn[level - 1] = table_gfn
         walker.index[level - 1] = index
-        if kvm.gfn_to_memslot(table_gfn) is None:
-            # No memory behind the table (kvm_is_error_hva): the walk cannot read it.
-            return _fault(walker, paging, False, write=write, user=user, fetch=fetch)
-        pte = tables.read_gpte(table_gfn, index)
+        table = known.get(table_gfn)
+        if table is not None:
+            backed = tables.backed.get(table_gfn)
+            if backed is None:
+                backed = tables.backed[table_gfn] = gfn_to_memslot(table_gfn) is not None
+            if not backed:
+                table = None
+        # No memory behind the table (kvm_is_error_hva) or a page never written: nothing present there.
+        pte = table[index] if table is not None else 0
         walker.ptes[level - 1] = pte
-        if not is_present_gpte(pte):
+        if not pte & PT_PRESENT_MASK:
             return _fault(walker, paging, False, write=write, user=user, fetch=fetch)
-        pte_access = pt_access & gpte_access(pte, paging.efer_nx)
-        if is_last_gpte(level, pte):
+        access = (pte & (PT_WRITABLE_MASK | PT_USER_MASK)) | ACC_EXEC_MASK
+        if efer_nx and pte & PT64_NX_MASK:
+            access &= ~ACC_EXEC_MASK
+        pte_access = pt_access & access
+        if level == PT_PAGE_TABLE_LEVEL or (level <= PT_PDPE_LEVEL and pte & PT_PAGE_SIZE_MASK):
             break
-        table_gfn = gpte_to_gfn_lvl(pte, PT_PAGE_TABLE_LEVEL)
+        table_gfn = (pte & PT64_BASE_ADDR_MASK) >> PAGE_SHIFT
     walker.pt_access = pt_access
     walker.pte_access = pte_access
     if permission_fault(pte_access, paging, write=write, user=user, fetch=fetch):

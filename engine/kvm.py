@@ -337,6 +337,9 @@ class Kvm:
         # Shadow paging: the guest's page tables in its memory, and kvm->arch.indirect_shadow_pages.
         self.guest: GuestPageTables | None = None
         self.indirect_shadow_pages = 0
+        # gfn -> its live indirect shadow pages, kept with indirect_shadow_pages (account_shadowed): the
+        # one-lookup answer to "is this gfn a shadowed guest table", which every writable spte asks.
+        self.shadowed_gfns: dict[int, int] = {}
         # vCPUs with KVM_REQ_MMU_SYNC pending: they sync their root before they next enter the guest.
         self.mmu_sync_requests: set[int] = set()
         # Slots whose split GET_DIRTY_LOG has not returned: the pages it reported, and whether it owes

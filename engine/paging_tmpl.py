@@ -47,11 +47,14 @@ from engine.shadow_mmu import PagingOps, kvm_mmu_get_page, mmu_page_zap_pte, vfn
 from engine.shadow_page import ACC_USER_MASK, ACC_WRITE_MASK, KvmMmuPage
 from engine.spte import (
     PAGE_SHIFT,
+    PT64_BASE_ADDR_MASK,
     PT64_LEVEL_BITS,
     PT64_ROOT_LEVEL,
     PT_ACCESSED_MASK,
     PT_DIRECTORY_LEVEL,
+    PT_PAGE_SIZE_MASK,
     PT_PAGE_TABLE_LEVEL,
+    PT_PRESENT_MASK,
     is_large_pte,
     is_last_spte,
     is_shadow_present_pte,
@@ -195,27 +198,33 @@ def fetch(
     access = gw.pt_access
     direct_access = gw.pte_access
     sp, level = root, PT64_ROOT_LEVEL
+    # Every fault of a shadow MMU comes down here: the per-level tests are raw bit tests.
     while level > gw.level:
-        index = spte_index(vfn, level)
+        index = (vfn >> (PT64_LEVEL_BITS * (level - 1))) & 511
         sp.write_flooding_count = 0  # clear_sp_write_flooding_count
-        drop_large_spte(kvm, sp, index)
-        if not is_shadow_present_pte(sp.spt[index]):
+        if sp.spt[index] & PT_PAGE_SIZE_MASK:
+            drop_large_spte(kvm, sp, index)
+        if not sp.spt[index] & PT_PRESENT_MASK:
             table_gfn = gw.table_gfn[level - 2]
             child = kvm_mmu_get_page(kvm, vcpu, table_gfn, gva, level - 1, False, access, (sp, index))
             link_shadow_page(kvm, sp, index, child)
-        sp, level = _child(kvm, sp, index), level - 1
+        sp, level = kvm.sp_by_pfn[(sp.spt[index] & PT64_BASE_ADDR_MASK) >> PAGE_SHIFT], level - 1
     while level > hlevel:
-        index = spte_index(vfn, level)
+        index = (vfn >> (PT64_LEVEL_BITS * (level - 1))) & 511
         sp.write_flooding_count = 0
-        validate_direct_spte(kvm, sp, index, direct_access)
-        drop_large_spte(kvm, sp, index)
-        if not is_shadow_present_pte(sp.spt[index]):
+        spte = sp.spt[index]
+        if spte & PT_PRESENT_MASK and not spte & PT_PAGE_SIZE_MASK:
+            if kvm.sp_by_pfn[(spte & PT64_BASE_ADDR_MASK) >> PAGE_SHIFT].access != direct_access:
+                validate_direct_spte(kvm, sp, index, direct_access)
+        elif spte & PT_PAGE_SIZE_MASK:
+            drop_large_spte(kvm, sp, index)
+        if not sp.spt[index] & PT_PRESENT_MASK:
             direct_gfn = gw.gfn & ~(pages_per_hpage(level) - 1) if gw.gfn is not None else gfn
             parent = (sp, index)
             child = kvm_mmu_get_page(kvm, vcpu, direct_gfn, gva, level - 1, True, direct_access, parent)
             link_shadow_page(kvm, sp, index, child)
-        sp, level = _child(kvm, sp, index), level - 1
-    index = spte_index(vfn, level)
+        sp, level = kvm.sp_by_pfn[(sp.spt[index] & PT64_BASE_ADDR_MASK) >> PAGE_SHIFT], level - 1
+    index = (vfn >> (PT64_LEVEL_BITS * (level - 1))) & 511
     sp.write_flooding_count = 0
     leaf_access = gw.pte_access
     _, emulate = mmu_set_spte(kvm, sp, index, write_fault, level, gfn, pfn, False, map_writable, leaf_access)

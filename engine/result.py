@@ -7,7 +7,6 @@ bytes.
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Iterable, Iterator
 
 from engine.canonical import RawArray
@@ -151,23 +150,47 @@ def _present_shadow_sptes(kvm: Kvm) -> list[dict[str, object]]:
     return rows
 
 
-def _indented(row: dict[str, object], depth: int) -> str:
-    """`row` as canonical text for an item whose opening brace sits at nesting `depth`."""
-    text = json.dumps(row, sort_keys=True, indent=1, ensure_ascii=False)
-    return text.replace("\n", "\n" + " " * depth)
+def _present_shadow_sptes_text(kvm: Kvm, depth: int) -> Iterator[str]:
+    """_present_shadow_sptes as canonical text, from row templates by (flags, leaf, role)."""
+    masks = kvm.masks
+    templates: dict[tuple[int, bool, bool], str] = {}
+    for sp in _pages_in_order(kvm):
+        shift = 12 + PT64_LEVEL_BITS * (sp.level - 1)
+        level, sp_gfn, gva, direct = sp.level, sp.gfn, sp.gva, sp.direct
+        for index, spte in enumerate(sp.spt):
+            if not spte & PT_PRESENT_MASK:
+                continue
+            leaf = level == PT_PAGE_TABLE_LEVEL or bool(spte & PT_PAGE_SIZE_MASK)
+            gfn = kvm_mmu_page_get_gfn(sp, index) if leaf else spte_to_child_sp(kvm, spte).gfn
+            key = (spte & FLAG_MASK, leaf, direct)
+            template = templates.get(key)
+            if template is None:
+                template = templates[key] = _spte_row_template(key[0], leaf, depth, masks, direct)
+            pfn = (spte & PT64_BASE_ADDR_MASK) >> 12
+            yield template % (gfn, gva + (index << shift), index, level, pfn, sp_gfn, hex(spte))
 
 
 # The numbers of an spte row in the order of their sorted keys: what a row template's %s stand for.
 _ROW_NUMBERS = ("gfn", "index", "level", "pfn", "sp_gfn", "value")
 
 
-def _spte_row_template(flag_bits: int, leaf: bool, depth: int, masks: SpteMasks) -> str:
+# Under shadow paging a row adds its guest-virtual address (a number) and its page's role (a flag).
+_SHADOW_ROW_NUMBERS = ("gfn", "gva", "index", "level", "pfn", "sp_gfn", "value")
+
+
+def _spte_row_template(
+    flag_bits: int, leaf: bool, depth: int, masks: SpteMasks, direct: bool | None = None
+) -> str:
     """The canonical text of an spte row at nesting `depth`, its flags filled in, its numbers left as
-    %s placeholders in the order of _ROW_NUMBERS."""
+    %s placeholders in the order of _ROW_NUMBERS (with `direct`, a shadow row's: _SHADOW_ROW_NUMBERS)."""
     decoded = _decoded_bits(flag_bits, leaf, masks)
     fields = {name: "true" if value else "false" for name, value in decoded.items()}
-    fields.update({name: "%s" for name in _ROW_NUMBERS}, value='"%s"')
-    if [name for name in sorted(fields) if "%s" in fields[name]] != list(_ROW_NUMBERS):
+    numbers: tuple[str, ...] = _ROW_NUMBERS
+    if direct is not None:
+        fields["direct"] = "true" if direct else "false"
+        numbers = _SHADOW_ROW_NUMBERS
+    fields.update({name: "%s" for name in numbers}, value='"%s"')
+    if [name for name in sorted(fields) if "%s" in fields[name]] != list(numbers):
         raise AssertionError("an spte row gained a numeric field: update _ROW_NUMBERS")
     inner = "\n" + " " * (depth + 1)
     body = ",".join(f'{inner}"{name}": {fields[name]}' for name in sorted(fields))
@@ -193,9 +216,8 @@ class _RowTemplates(dict[int, str]):
 def present_sptes_text(kvm: Kvm, depth: int) -> Iterator[str]:
     """`present_sptes` as canonical text, row by row: what a big final state is written from, without
     holding a dict per spte."""
-    if kvm.shadow:  # small states: the rows as dicts, written as any value
-        for row in _present_shadow_sptes(kvm):
-            yield _indented(row, depth)
+    if kvm.shadow:
+        yield from _present_shadow_sptes_text(kvm, depth)
         return
     masks = kvm.masks
     by_level = {True: _RowTemplates(True, depth, masks), False: _RowTemplates(False, depth, masks)}

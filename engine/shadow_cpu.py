@@ -57,18 +57,32 @@ def shadow_walk(kvm: Kvm, vcpu: Vcpu, vfn: int, write: bool) -> tuple[int | None
         return (PFERR_WRITE_MASK if write else 0), 0
     accessed = kvm.masks.accessed_mask
     dirty = kvm.masks.dirty_mask
-    sp, level = root, PT64_ROOT_LEVEL
-    while True:
-        index = (vfn >> (PT64_LEVEL_BITS * (level - 1))) & 511
+    # The level-1 table this root routes the 2M range to, if a walk went there since a pointer last
+    # changed (Kvm.l1_tables, keyed here by root and range): every pointer on the way is present and
+    # accessed (link_shadow_page sets A), so the walk may start there, as the CPU's paging-structure
+    # cache would.
+    shortcut = (root.serial << 32) | (vfn >> PT64_LEVEL_BITS)
+    l1 = kvm.l1_tables.get(shortcut)
+    if l1 is not None:
+        sp, level, index = l1, 1, vfn & 511
         spte = sp.spt[index]
         if not spte & PT_PRESENT_MASK:
             return (PFERR_WRITE_MASK if write else 0), 0
-        if level == 1 or spte & PT_PAGE_SIZE_MASK:
-            break
-        if not spte & accessed:
-            kvm.write_spte(sp, index, spte | accessed)
-        sp = kvm.sp_by_pfn[(spte & PT64_BASE_ADDR_MASK) >> PAGE_SHIFT]
-        level -= 1
+    else:
+        sp, level = root, PT64_ROOT_LEVEL
+        while True:
+            index = (vfn >> (PT64_LEVEL_BITS * (level - 1))) & 511
+            spte = sp.spt[index]
+            if not spte & PT_PRESENT_MASK:
+                return (PFERR_WRITE_MASK if write else 0), 0
+            if level == 1 or spte & PT_PAGE_SIZE_MASK:
+                break
+            if not spte & accessed:
+                kvm.write_spte(sp, index, spte | accessed)
+            sp = kvm.sp_by_pfn[(spte & PT64_BASE_ADDR_MASK) >> PAGE_SHIFT]
+            level -= 1
+            if level == 1:
+                kvm.l1_tables[shortcut] = sp
     if write and not spte & PT_WRITABLE_MASK:
         return PFERR_PRESENT_MASK | PFERR_WRITE_MASK, 0
     new = spte | accessed | (dirty if write else 0)
@@ -101,12 +115,18 @@ def shadow_leaf(kvm: Kvm, vcpu: Vcpu, vfn: int) -> tuple[KvmMmuPage, int, int] |
 
 
 def _tlb_lookup(vcpu: Vcpu, vfn: int) -> tuple[TlbEntry | None, int]:
+    """The vCPU's cached translation of guest-virtual page `vfn` and the gfn it gives, smallest pages
+    first (this runs for every access)."""
     l1, l2, l3 = vcpu.tlb.by_level
-    for level, entries in ((1, l1), (2, l2), (3, l3)):
-        shift = PT64_LEVEL_BITS * (level - 1)
-        entry = entries.get(vfn >> shift)
-        if entry is not None:
-            return entry, entry.gfn + (vfn & ((1 << shift) - 1))
+    entry = l1.get(vfn)
+    if entry is not None:
+        return entry, entry.gfn
+    entry = l2.get(vfn >> PT64_LEVEL_BITS)
+    if entry is not None:
+        return entry, entry.gfn + (vfn & 511)
+    entry = l3.get(vfn >> (2 * PT64_LEVEL_BITS))
+    if entry is not None:
+        return entry, entry.gfn + (vfn & 0x3FFFF)
     return None, 0
 
 

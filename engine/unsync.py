@@ -27,6 +27,11 @@ def account_shadowed(kvm: Kvm, gfn: int, delta: int = 1) -> None:
             counts = slot.lpage_write_count[level - 2]
             counts[gfn_to_index(gfn, slot.base_gfn, level)] += delta
     kvm.indirect_shadow_pages += delta
+    count = kvm.shadowed_gfns.get(gfn, 0) + delta
+    if count:
+        kvm.shadowed_gfns[gfn] = count
+    else:
+        kvm.shadowed_gfns.pop(gfn, None)
     if kvm.tp.on:
         count = slot.has_wrprotected_page(gfn, PT_DIRECTORY_LEVEL) if slot is not None else 0
         kvm.tp.emit(AccountShadowed(gfn, delta, count))
@@ -35,7 +40,7 @@ def account_shadowed(kvm: Kvm, gfn: int, delta: int = 1) -> None:
 def for_each_gfn_indirect_valid_sp(kvm: Kvm, gfn: int) -> Iterator[KvmMmuPage]:
     """The live indirect shadow pages of `gfn` at every level, in hash order: the guest tables at `gfn`
     KVM shadows."""
-    if not kvm.indirect_shadow_pages:
+    if gfn not in kvm.shadowed_gfns:
         return
     for level in range(PT_PAGE_TABLE_LEVEL, PT_PAGE_TABLE_LEVEL + 4):
         for sp in kvm.mmu_page_hash.get((gfn, level), ()):
@@ -72,6 +77,8 @@ def mmu_need_write_protect(kvm: Kvm, gfn: int, can_unsync: bool, prefetch: bool)
     level-1 pages are unsynced and the spte may be writable.
 
     6.x (mmu_try_to_unsync_pages) does not unsync a page for a prefetched spte: it stays read-only."""
+    if gfn not in kvm.shadowed_gfns:
+        return False
     pages = list(for_each_gfn_indirect_valid_sp(kvm, gfn))
     if not pages:
         return False
