@@ -1316,7 +1316,10 @@ def test_every_commit_id_a_lesson_names_is_one_the_spec_names(name: str) -> None
 
 
 # Under shadow paging `modern` is today's legacy shadow MMU, not the TDP MMU.
-SHADOW_KERNELS = {**KERNELS, "modern": "upstream Linux 6.13 and later under shadow paging: the legacy shadow MMU"}
+SHADOW_KERNELS = {
+    **KERNELS,
+    "modern": "upstream Linux 6.13 and later under shadow paging: the legacy shadow MMU",
+}
 
 
 @pytest.mark.parametrize("name", builtin_names())
