@@ -31,13 +31,13 @@ LESSONS: dict[str, str] = {
     "zap-all": "A memslot change drops everything, even the buggy writable 2M spte.",
     "todays-kernel": "Linux 6.13 and later: split when logging starts, recovered in place when it stops.",
     "clear-dirty-log": "KVM_CLEAR_DIRTY_LOG: re-arming the log one chunk at a time.",
-    "one-gig-page": "The same bug with 1 GiB pages: one dirty bit for a gigabyte.",
     "shadow-large-spte": "Shadow paging: a 2M spte over a page table the guest starts using.",
     "shadow-dirty-pde-read": "Shadow paging: a read is logged when the guest's PDE is dirty.",
     "shadow-page-directory-logged": "Shadow paging: setting D in a guest PDE logs the page directory.",
     "shadow-flush-rule": "Shadow paging: the stale shadow the new flush rule prevents.",
     "shadow-sync-reports": "Shadow paging: a CR3 reload reports pages nobody wrote.",
     "shadow-paging-off": "Shadow paging: caf6900f's lost pages with a paging-off guest.",
+    "one-gig-page": "The same bug with 1 GiB pages: one dirty bit for a gigabyte.",
 }
 
 
