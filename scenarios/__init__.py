@@ -31,6 +31,7 @@ LESSONS: dict[str, str] = {
     "zap-all": "A memslot change drops everything, even the buggy writable 2M spte.",
     "todays-kernel": "Linux 6.13 and later: split when logging starts, recovered in place when it stops.",
     "clear-dirty-log": "KVM_CLEAR_DIRTY_LOG: re-arming the log one chunk at a time.",
+    "tdp-vs-shadow": "The same accesses under TDP and under shadow paging, side by side.",
     "shadow-large-spte": "Shadow paging: a 2M spte over a page table the guest starts using.",
     "shadow-dirty-pde-read": "Shadow paging: a read is logged when the guest's PDE is dirty.",
     "shadow-page-directory-logged": "Shadow paging: setting D in a guest PDE logs the page directory.",

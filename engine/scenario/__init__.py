@@ -47,7 +47,7 @@ from engine.scenario.cost import (
 from engine.scenario.fields import PAGE_LEVELS
 from engine.scenario.guest import Guest, GuestMap, GuestSpace
 from engine.scenario.models import Memslot, Scenario, Vm
-from engine.scenario.parse import loads_json, parse_scenario, scenario_json_schema
+from engine.scenario.parse import loads_json, parse_scenario, scenario_json_schema, under_mmu
 from engine.scenario.wording import ErrorKind, ScenarioError
 
 __all__ = [
@@ -95,4 +95,5 @@ __all__ = [
     "parse_scenario",
     "scenario_json_schema",
     "step_to_json",
+    "under_mmu",
 ]

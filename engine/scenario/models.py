@@ -107,7 +107,9 @@ class Scenario(_Frozen):
     description: Description = ""
     vm: Vm = Vm()
     memslots: list[Memslot]
-    # The guest's page tables: required under shadow paging, refused under TDP (where KVM never sees them).
+    # The guest's page tables: required under shadow paging. Under TDP KVM never sees them and the engine
+    # does not walk them; a TDP scenario may still give them, so that it runs under shadow paging as it is
+    # (`under_mmu`: the same accesses, both MMUs side by side).
     guest: Guest | None = None
     steps: list[Step] = []  # noqa: RUF012 (a pydantic field: each model gets its own copy)
 
@@ -165,13 +167,23 @@ class Scenario(_Frozen):
                 )
             spaces = len(build_guest(self.guest, self.memslots).cr3s)
         elif self.guest is not None:
-            raise fail("guest", 'the guest\'s page tables mean something only under vm.mmu "shadow"')
+            build_guest(self.guest, self.memslots)  # valid as it stands, for under_mmu("shadow")
         check_steps(self.vm.vcpus, self.memslots, self.steps, spaces)
         return self
 
     def built_guest(self) -> BuiltGuest | None:
-        """The guest's tables laid out in its memory (shadow paging), or None (TDP)."""
-        return build_guest(self.guest, self.memslots) if self.guest is not None else None
+        """The guest's tables laid out in its memory under shadow paging; None under TDP, which never
+        walks them."""
+        if self.guest is None or self.vm.mmu != "shadow":
+            return None
+        return build_guest(self.guest, self.memslots)
+
+    def with_mmu(self, mmu: Literal["tdp", "shadow"]) -> dict[str, object]:
+        """The scenario as data under the other MMU, for parse_scenario to check whole again (a
+        shadow-only op, or a gva, is refused under TDP; shadow paging needs the guest's tables)."""
+        data = self.canonical()
+        data["vm"] = {**self.vm.model_dump(mode="python"), "mmu": mmu}
+        return data
 
     def canonical(self) -> dict[str, object]:
         """The scenario with every default filled in and numbers as ints: what a share code encodes."""

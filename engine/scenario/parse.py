@@ -5,7 +5,7 @@ shells hand it text, bytes or an already-decoded object.
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -91,6 +91,15 @@ def parse_scenario(data: str | bytes | Mapping[str, object]) -> Scenario:
         raise refusal(error.errors(include_url=False)[0], STEP_OPS) from None
     except RecursionError:
         raise ScenarioError("scenario: nested too deeply", kind=ErrorKind.SHAPE) from None
+
+
+def under_mmu(scenario: Scenario, mmu: Literal["tdp", "shadow"]) -> Scenario:
+    """The same scenario run under the other MMU (`vm.mmu` switched), checked whole again: the same
+    accesses under TDP and under shadow paging, side by side. Raise ScenarioError when it cannot run
+    there (shadow paging without the guest's tables, a guest paging op under TDP)."""
+    if mmu == scenario.vm.mmu:
+        return scenario
+    return parse_scenario(scenario.with_mmu(mmu))
 
 
 def scenario_json_schema() -> dict[str, object]:
