@@ -6,12 +6,17 @@ reporting pages nobody wrote. Every expected value below is read off the spec, n
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
+from conftest import load_scenario
 
+from engine.canonical import dumps
+from engine.codec import decode_code, encode_scenario
 from engine.policy import make_policy
-from engine.scenario import parse_scenario
+from engine.result import result_json
+from engine.scenario import ScenarioError, parse_scenario, under_mmu
 from engine.simulation import Simulation, StepResult
 from engine.spte import PT_PAGE_SIZE_MASK, PT_PRESENT_MASK, PT_WRITABLE_MASK
 
@@ -305,3 +310,54 @@ def test_a_paging_off_guest_maps_at_most_2m() -> None:
     data = {**S5, "vm": {"mmu": "shadow", "max_page_level": "1G"}, "steps": [{"op": "read", "gfn": "0x210"}]}
     sim, _ = run(data, "lazy")
     assert sim.kvm.max_level == 2
+
+
+# --- the same scenario under both MMUs ------------------------------------------------------------------------
+
+
+def test_under_tdp_the_guests_tables_change_nothing() -> None:
+    """A TDP scenario may carry the guest's tables for under_mmu; the engine does not walk them under TDP,
+    so the result is the one without them."""
+    lesson = load_scenario("tdp-vs-shadow")
+    assert lesson.vm.mmu == "tdp" and lesson.guest is not None
+    without = parse_scenario({**lesson.canonical(), "guest": None})
+    for preset in PRESETS:
+        results = []
+        for scenario in (lesson, without):
+            sim = Simulation(scenario, make_policy(preset), detail="full")
+            results.append(dumps(result_json(sim, sim.run())))
+        assert results[0] == results[1], preset
+
+
+def test_the_side_by_side_lesson_parts_where_the_spec_says() -> None:
+    """caf6900f loses pages under TDP and not under shadow paging (the fast path never runs for a paging
+    guest); modern's read after the write is logged under shadow paging only (no eager split there)."""
+    tdp = load_scenario("tdp-vs-shadow")
+    shadowed = under_mmu(tdp, "shadow")
+    assert shadowed.vm.mmu == "shadow" and under_mmu(shadowed, "tdp").vm.mmu == "tdp"
+
+    def log(scenario: Any, preset: str) -> tuple[list[int], set[str]]:
+        sim = Simulation(scenario, make_policy(preset), detail="summary")
+        steps = sim.run()
+        got = next(step.dirty_log for step in steps if step.op.op == "get_dirty_log")
+        return got or [], {v.invariant for step in steps for v in step.violations}
+
+    assert log(tdp, "lazy-buggy") == ([0x400], {"written_not_logged", "no_writable_large_while_logging"})
+    assert log(shadowed, "lazy-buggy") == ([0x450, 0x460, 0x470], set())
+    assert log(tdp, "modern") == ([0x450, 0x470], set())
+    assert log(shadowed, "modern") == ([0x450, 0x460, 0x470], set())
+    for preset in ("zap", "lazy"):
+        assert log(tdp, preset) == log(shadowed, preset)
+
+
+def test_under_shadow_paging_a_scenario_needs_the_guests_tables() -> None:
+    with pytest.raises(ScenarioError, match=re.escape("guest's page tables")):
+        under_mmu(load_scenario("worked-example"), "shadow")
+    with pytest.raises(ScenarioError, match=re.escape('needs vm.mmu "shadow"')):
+        under_mmu(parse_scenario(S4), "tdp")
+
+
+@pytest.mark.parametrize("data", [S1, S2B, S3, S4, S5], ids=["S1", "S2b", "S3", "S4", "S5"])
+def test_a_shadow_scenario_survives_its_share_code(data: dict[str, Any]) -> None:
+    scenario = parse_scenario(data)
+    assert parse_scenario(decode_code(encode_scenario(scenario))) == scenario
