@@ -312,7 +312,7 @@ def test_a_paging_off_guest_maps_at_most_2m() -> None:
     assert sim.kvm.max_level == 2
 
 
-# --- the same scenario under both MMUs ------------------------------------------------------------------------
+# --- the same scenario under both MMUs ----------------------------------------------------------------------
 
 
 def test_under_tdp_the_guests_tables_change_nothing() -> None:
