@@ -49,7 +49,7 @@ from engine.codec import MAX_URL_BYTES, CodecError, encode_scenario
 from engine.collector import gc_paused
 from engine.policy import DEFAULT_PRESET, PRESETS, PolicyError, make_policy, parse_policy_args, variant_of
 from engine.result import final_json, result_json, step_json
-from engine.scenario import Scenario, ScenarioError
+from engine.scenario import Scenario, ScenarioError, under_mmu
 from engine.simulation import Simulation
 from scenarios import builtin_scenarios
 
@@ -73,8 +73,14 @@ class _Parser(argparse.ArgumentParser):
 # The subcommands. Each takes the parsed arguments and stdout, and returns the exit status.
 
 
-def cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
+def _scenario_under(args: argparse.Namespace) -> Scenario:
+    """The scenario FILE names, under the MMU `--mmu` asks for (as it stands without it)."""
     scenario = load_scenario(args.file)
+    return under_mmu(scenario, args.mmu) if args.mmu else scenario
+
+
+def cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
+    scenario = _scenario_under(args)
     overrides = parse_policy_args(list(args.policy or []))
     policy = make_policy(args.variant, overrides)
     total = len(scenario.steps)
@@ -155,7 +161,7 @@ def compare_json(scenario: Scenario, variants: Sequence[str], overrides: dict[st
 
 
 def cmd_compare(args: argparse.Namespace, out: IO[str]) -> int:
-    scenario = load_scenario(args.file)
+    scenario = _scenario_under(args)
     variants = preset_list(args.variant, list(PRESETS), "--variant")
     overrides = parse_policy_args(list(args.policy or []))
     data = compare_json(scenario, variants, overrides)
@@ -219,6 +225,15 @@ def _add_file(parser: argparse.ArgumentParser, nargs: str | None = None) -> None
         nargs=nargs,
         metavar="FILE",
         help="a scenario file, '-' for stdin, or the name of a built-in scenario (see 'sptelab scenarios')",
+    )
+
+
+def _add_mmu(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mmu",
+        choices=("tdp", "shadow"),
+        help="run the scenario under this MMU instead of its own vm.mmu (shadow paging needs the guest's"
+        " page tables, `guest`, in the scenario)",
     )
 
 
@@ -291,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"policy preset: {', '.join(PRESETS)} (default lazy)",
     )
     _add_policy(run)
+    _add_mmu(run)
     run.add_argument("--json", action="store_true", help="print the result JSON of contract section 4")
     run.add_argument(
         "--detail",
@@ -324,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"a preset to compare (repeat, or separate with commas; default: {', '.join(PRESETS)})",
     )
     _add_policy(compare)
+    _add_mmu(compare)
     compare.add_argument("--json", action="store_true", help="print the differences as JSON")
 
     check = command("check", cmd_check, "validate a scenario without running it")

@@ -891,3 +891,19 @@ def test_run_json_ignores_all(capsys: pytest.CaptureFixture[str], tmp_path: Path
     assert run_cli(capsys, "run", path, "--variant", "modern", "--json") == run_cli(
         capsys, "run", path, "--variant", "modern", "--json", "--all"
     )
+
+
+def test_mmu_runs_a_scenario_under_the_other_mmu(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--mmu shadow` runs the side-by-side lesson under shadow paging, where caf6900f loses nothing; a
+    scenario without the guest's tables is refused in one line."""
+    argv = ("run", "tdp-vs-shadow", "--variant", "lazy-buggy", "--json")
+    code, out, _ = run_cli(capsys, *argv, "--mmu", "shadow")
+    assert code == 0
+    result = json.loads(out)
+    logs = [step["dirty_log"] for step in result["steps"] if step["op"]["op"] == "get_dirty_log"]
+    assert logs == [[0x450, 0x460, 0x470]] and result["final"]["violations"] == []
+    code, out, _ = run_cli(capsys, *argv)
+    assert [s["dirty_log"] for s in json.loads(out)["steps"] if s["op"]["op"] == "get_dirty_log"] == [[0x400]]
+    code, out, err = run_cli(capsys, "run", "worked-example", "--mmu", "shadow")
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "guest's page tables" in err
