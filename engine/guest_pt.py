@@ -314,32 +314,35 @@ def walk_addr_generic(
         # A non-canonical address raises #GP before any walk: it has no #PF to model.
         raise ValueError(f"guest-virtual address {gva:#x} is not canonical")
     walker = GuestWalker(gva)
+    table_gfns, indexes, ptes = walker.table_gfn, walker.index, walker.ptes
     pt_access = pte_access = ACC_ALL
     table_gfn = paging.cr3
     level = PT64_ROOT_LEVEL + 1
     known = tables.tables
-    gfn_to_memslot = kvm.gfn_to_memslot
+    backed_tables = tables.backed
     efer_nx = paging.efer_nx
+    unset_ad = False  # whether some PTE the walk uses lacks A (or the leaf D, for a write)
     # Every fault of a shadow MMU walks: the loop is written with locals and raw bit tests.
     while True:
         pt_access &= pte_access
         level -= 1
-        walker.level = level
         index = (gva >> (PAGE_SHIFT + PT64_LEVEL_BITS * (level - 1))) & (PT64_ENT_PER_PAGE - 1)
-        walker.table_gfn[level - 1] = table_gfn
-        walker.index[level - 1] = index
+        table_gfns[level - 1] = table_gfn
+        indexes[level - 1] = index
         table = known.get(table_gfn)
         if table is not None:
-            backed = tables.backed.get(table_gfn)
+            backed = backed_tables.get(table_gfn)
             if backed is None:
-                backed = tables.backed[table_gfn] = gfn_to_memslot(table_gfn) is not None
+                backed = backed_tables[table_gfn] = kvm.gfn_to_memslot(table_gfn) is not None
             if not backed:
                 table = None
         # No memory behind the table (kvm_is_error_hva) or a page never written: nothing present there.
         pte = table[index] if table is not None else 0
-        walker.ptes[level - 1] = pte
+        ptes[level - 1] = pte
         if not pte & PT_PRESENT_MASK:
+            walker.level = level
             return _fault(walker, paging, False, write=write, user=user, fetch=fetch)
+        unset_ad |= not pte & PT_ACCESSED_MASK
         access = (pte & (PT_WRITABLE_MASK | PT_USER_MASK)) | ACC_EXEC_MASK
         if efer_nx and pte & PT64_NX_MASK:
             access &= ~ACC_EXEC_MASK
@@ -347,13 +350,18 @@ def walk_addr_generic(
         if level == PT_PAGE_TABLE_LEVEL or (level <= PT_PDPE_LEVEL and pte & PT_PAGE_SIZE_MASK):
             break
         table_gfn = (pte & PT64_BASE_ADDR_MASK) >> PAGE_SHIFT
+    walker.level = level
     walker.pt_access = pt_access
     walker.pte_access = pte_access
     if permission_fault(pte_access, paging, write=write, user=user, fetch=fetch):
         return _fault(walker, paging, True, write=write, user=user, fetch=fetch)
     offset_mask = (1 << (PT64_LEVEL_BITS * (level - 1))) - 1
-    walker.gfn = gpte_to_gfn_lvl(pte, level) + ((gva >> PAGE_SHIFT) & offset_mask)
+    first_gfn = (pte & PT64_BASE_ADDR_MASK) >> PAGE_SHIFT & ~offset_mask  # gpte_to_gfn_lvl
+    walker.gfn = first_gfn + ((gva >> PAGE_SHIFT) & offset_mask)
     if not write:
         walker.pte_access = protect_clean_gpte(pte_access, pte)
-    update_accessed_dirty_bits(kvm, tables, walker, write)
+    elif not pte & PT_DIRTY_MASK:
+        unset_ad = True
+    if unset_ad:
+        update_accessed_dirty_bits(kvm, tables, walker, write)
     return walker
