@@ -43,7 +43,7 @@ from engine.mmu import (
 )
 from engine.mmu_notifier import host_page_gfns, kvm_mmu_notifier_invalidate_range_start
 from engine.mmu_spte import drop_large_spte, drop_parent_pte, drop_spte
-from engine.shadow_mmu import PagingOps, kvm_mmu_get_page, mmu_page_zap_pte, vfn_of
+from engine.shadow_mmu import PagingOps, kvm_mmu_get_page, vfn_of
 from engine.shadow_page import ACC_USER_MASK, ACC_WRITE_MASK, KvmMmuPage
 from engine.spte import (
     PAGE_SHIFT,
@@ -73,6 +73,7 @@ from engine.trace_shadow import (
     WalkAddr,
 )
 from engine.trace_tables import MmuNotifierRetry
+from engine.zap import mmu_page_zap_pte
 
 PFERR_USER_MASK = 1 << 2
 PTE_PREFETCH_NUM = 8
@@ -257,7 +258,8 @@ def prefetch_invalid_gpte(kvm: Kvm, sp: KvmMmuPage, index: int, gpte: int) -> bo
     used it, and mapping it would set nothing the guest could see): drop its spte and say so."""
     if is_present_gpte(gpte) and gpte & PT_ACCESSED_MASK:
         return False
-    drop_spte(kvm, sp, index)
+    if sp.spt[index] & PT_PRESENT_MASK:  # clearing an empty entry changes nothing, and says nothing
+        drop_spte(kvm, sp, index)
     return True
 
 

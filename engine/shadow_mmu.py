@@ -24,7 +24,7 @@ from engine.kvm import Kvm, Vcpu
 from engine.kvm_main import kvm_flush_remote_tlbs
 from engine.memslot import KvmMemorySlot
 from engine.mmu import kvm_mmu_max_mapping_level
-from engine.mmu_spte import drop_parent_pte, drop_spte
+from engine.mmu_spte import drop_spte
 from engine.rmap import pte_list
 from engine.shadow_page import ACC_ALL, KvmMmuPage
 from engine.spte import (
@@ -35,7 +35,6 @@ from engine.spte import (
     PT_PRESENT_MASK,
     PT_USER_MASK,
     PT_WRITABLE_MASK,
-    is_large_pte,
     is_last_spte,
     is_shadow_present_pte,
     pages_per_hpage,
@@ -49,7 +48,7 @@ from engine.unsync import (
     kvm_unlink_unsync_page,
 )
 from engine.write_protect import kvm_mmu_slot_gfn_write_protect
-from engine.zap import kvm_mmu_commit_zap_page, kvm_mmu_prepare_zap_page
+from engine.zap import kvm_mmu_commit_zap_page, kvm_mmu_prepare_zap_page, mmu_page_zap_pte
 
 # An spte's permission bits, whose loss a remote TLB may not keep (PT64_PERM_MASK: W, U, and NX inverted).
 PT64_PERM_MASK = PT_PRESENT_MASK | PT_WRITABLE_MASK | PT_USER_MASK | (1 << 63)
@@ -277,20 +276,6 @@ def kvm_mmu_new_cr3(kvm: Kvm, vcpu: Vcpu) -> None:
 
 
 # --- emulated writes to shadowed guest tables ------------------------------------------------------------
-
-
-def mmu_page_zap_pte(kvm: Kvm, sp: KvmMmuPage, index: int) -> bool:
-    """Clear one entry: drop a leaf (out of its rmap and the large-page count) or unlink a table."""
-    spte = sp.spt[index]
-    if not is_shadow_present_pte(spte):
-        return False
-    if is_last_spte(spte, sp.level):
-        if is_large_pte(spte):
-            kvm.stat.lpages -= 1
-        drop_spte(kvm, sp, index)
-    else:
-        drop_parent_pte(kvm, spte_to_child_sp(kvm, spte), sp, index)
-    return True
 
 
 def detect_write_flooding(sp: KvmMmuPage) -> bool:

@@ -160,16 +160,25 @@ def kvm_mmu_prepare_zap_page(kvm: Kvm, sp: KvmMmuPage) -> None:
 
 
 def _unlink_children(kvm: Kvm, sp: KvmMmuPage) -> None:
-    """Drop every leaf of a table above level 1 and unlink every table it points at, entry by entry."""
+    """kvm_mmu_page_unlink_children of a table above level 1: each present entry zapped in turn."""
     for index, spte in enumerate(sp.spt):
-        if not is_shadow_present_pte(spte):
-            continue
-        if is_last_spte(spte, sp.level):
-            if is_large_pte(spte):
-                kvm.stat.lpages -= 1
-            drop_spte(kvm, sp, index)
-        else:
-            drop_parent_pte(kvm, spte_to_child_sp(kvm, spte), sp, index)
+        if spte & PT_PRESENT_MASK:  # the inner loop: raw R
+            mmu_page_zap_pte(kvm, sp, index)
+
+
+def mmu_page_zap_pte(kvm: Kvm, sp: KvmMmuPage, index: int) -> bool:
+    """Clear one entry: drop a leaf (out of its rmap and the large-page count) or unlink the table it points
+    at; returns whether anything was present."""
+    spte = sp.spt[index]
+    if not is_shadow_present_pte(spte):
+        return False
+    if is_last_spte(spte, sp.level):
+        if is_large_pte(spte):
+            kvm.stat.lpages -= 1
+        drop_spte(kvm, sp, index)
+    else:
+        drop_parent_pte(kvm, spte_to_child_sp(kvm, spte), sp, index)
+    return True
 
 
 def handle_removed_pt(kvm: Kvm, table: KvmMmuPage, removed: list[KvmMmuPage]) -> None:
