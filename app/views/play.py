@@ -20,6 +20,7 @@ from app.views.logs import (
 )
 from app.views.narration import narrate, note_text
 from app.views.rmap import RmapSlotView, TlbView, rmap_views, tlb_views
+from app.views.shadow import PagingOffView, ShadowView, shadow_view
 from app.views.text import Location, bit_changes, change_text, hx
 from app.views.trace import TraceView, trace_view
 from app.views.tree import TreeBuilder, TreeView, walk_gfn
@@ -71,6 +72,9 @@ class PlayView:
     dirty_log: list[int] | None
     marked_dirty: list[int]
     pml: list[PmlView] | None = None  # with PML only
+    # Under shadow paging: the guest's and the shadow tables, the walk strip, the legend; or, for a guest
+    # with paging off, what the page says about it.
+    shadow: ShadowView | PagingOffView | None = None
 
 
 def _fault_lines(result: StepResult | None) -> list[str]:
@@ -186,4 +190,5 @@ def play_view(
         spte_change_count=change_count,
         dirty_log=list(result.dirty_log) if result is not None and result.dirty_log is not None else None,
         marked_dirty=list(result.marked_dirty) if result else [],
+        shadow=shadow_view(shown, sim.policy),
     )
