@@ -359,6 +359,8 @@ def compare_context(
         "announce": compare_announcement(step, source.total, any_view, splits),
         "fields": COMPARE_FIELDS,
         "trees": trees,
+        "chips": _chips,
+        "bits_label": bits_label,
         "timeline": timeline,
         "compact": compact,
         "timeline_form": (

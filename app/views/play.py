@@ -77,7 +77,9 @@ class PlayView:
     shadow: ShadowView | PagingOffView | None = None
 
 
-def _fault_lines(result: StepResult | None) -> list[str]:
+def _fault_lines(result: StepResult | None, shadow: bool = False) -> list[str]:
+    """The step's faults, one line each; under shadow paging a fault is a #PF exit for a guest-virtual
+    page (its record's `gfn` holds the page number)."""
     if result is None or result.faults is None:
         return []
     lines = []
@@ -86,7 +88,11 @@ def _fault_lines(result: StepResult | None) -> list[str]:
         if fault.fast_result:
             path += f" ({fault.fast_result})"
         level = level_name(fault.level) if fault.level is not None else "unmapped"
-        lines.append(f"{'write' if fault.write else 'read'} {hx(fault.gfn)}: {path} → {level}")
+        access = "write" if fault.write else "read"
+        if shadow:
+            lines.append(f"{access} gva {hx(fault.gfn << 12)}: #PF exit → {level}")
+            continue
+        lines.append(f"{access} {hx(fault.gfn)}: {path} → {level}")
     if len(result.faults) > 32:
         lines.append(f"… {len(result.faults) - 32} more")
     return lines
@@ -185,7 +191,7 @@ def play_view(
         violation_total=len(sim.violations),
         step_violations=len(result.violations) if result else 0,
         migration=migration_view(sim),
-        faults=_fault_lines(result),
+        faults=_fault_lines(result, kvm.shadow),
         spte_changes=changes,
         spte_change_count=change_count,
         dirty_log=list(result.dirty_log) if result is not None and result.dirty_log is not None else None,
