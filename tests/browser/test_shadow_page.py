@@ -15,10 +15,10 @@ from urllib.parse import urlencode
 
 import pytest
 from playwright.sync_api import Page, expect
+from test_shadow_paging import S1
 
 from engine.codec import encode_scenario
 from engine.scenario import parse_scenario
-from tests.test_shadow_paging import S1
 
 from .conftest import PageProblems
 from .pagehooks import Screenshot, expect_position
