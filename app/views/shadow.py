@@ -58,6 +58,10 @@ from engine.spte import (
 SMALL_TABLE = 16
 # Entries drawn one by one in each tree: a 4 GiB identity map must not become a page of 2 000 rows.
 DRAW_CAP = 120
+# Folded lines per table, the last summing up the rest.
+MAX_RUNS = 8
+# PS among the contract's flags (engine.spte.flag_word).
+FLAG_PS = dict(FLAG_BITS)["PS"]
 # The indirect pages listed in the legend.
 PAGES_LISTED = 24
 
@@ -105,6 +109,7 @@ class FoldedRun:
     last: int
     count: int
     text: str
+    changed: bool = False
 
 
 @dataclass(slots=True)
@@ -239,7 +244,7 @@ class _GuestTree:
             group = indices[start:k]
             runs.append(self._run_text(level, gva, ptes, group))
             start = k
-        return runs
+        return _cap_runs(runs)
 
     @staticmethod
     def _continues(level: int, ptes: list[int], a: int, b: int) -> bool:
@@ -384,16 +389,19 @@ class _ShadowTree:
         whole = len(present) <= SMALL_TABLE and self.drawn + len(present) <= DRAW_CAP
         pending: list[int] = []
         for index in sorted(set(present) | set(removed)):
-            forced = (sp.serial, index) in self.walk or index in must
-            if forced or whole or index in removed:
+            # The walk always; the step's changes, the pointers down to them and what it removed while the
+            # budget lasts (a step can rewrite thousands); the rest of a big table folded.
+            walk = (sp.serial, index) in self.walk
+            forced = walk or (index in must and self.drawn < DRAW_CAP)
+            if forced or whole or (index in removed and self.drawn < DRAW_CAP):
                 if pending:
-                    view.items.extend(self._fold(sp, pending))
+                    view.items.extend(self._fold(sp, pending, changes))
                     pending = []
                 view.items.append(self._entry(sp, index, changes.get(index), forced))
             else:
                 pending.append(index)
         if pending:
-            view.items.extend(self._fold(sp, pending))
+            view.items.extend(self._fold(sp, pending, changes))
         return view
 
     def _entry(self, sp: KvmMmuPage, index: int, old: int | None, forced: bool) -> ShadowEntry:
@@ -419,30 +427,57 @@ class _ShadowTree:
                 entry.child_note = f"L{child.level} table: {present} present, not drawn"
         return entry
 
-    def _fold(self, sp: KvmMmuPage, indices: list[int]) -> list[FoldedRun]:
+    def _fold(self, sp: KvmMmuPage, indices: list[int], changes: Mapping[int, int]) -> list[FoldedRun]:
+        """Consecutive entries alike (same kind and flags, changed or removed this step or not) as one line
+        each; at most MAX_RUNS lines per table, the rest summed up in one."""
         masks = self.kvm.masks
+        spt = sp.spt
+
+        def key(i: int) -> tuple[int, bool, bool]:
+            gone = i in changes and not is_shadow_present_pte(spt[i])
+            value = changes[i] if gone else spt[i]
+            return flag_word(value, masks), i in changes, gone
+
         runs: list[FoldedRun] = []
         start = 0
         for k in range(1, len(indices) + 1):
             if k < len(indices):
                 a, b = indices[k - 1], indices[k]
-                if b == a + 1 and flag_word(sp.spt[a], masks) == flag_word(sp.spt[b], masks):
+                if b == a + 1 and key(a) == key(b):
                     continue
             group = indices[start:k]
             start = k
             first, last = group[0], group[-1]
-            spte = sp.spt[first]
+            word, changed, gone = key(first)
             lo = gva_of_entry(sp, first)
             hi = gva_of_entry(sp, last) + _span_bytes(sp.level) - 1
             count = len(group)
-            if sp.level > 1 and not spte & PT_PAGE_SIZE_MASK:
+            if gone:
+                text = f"{count} removed this step, gva {hx(lo)}–{hx(hi)}"
+            elif sp.level > 1 and not word & FLAG_PS:
                 text = f"{plural(count, 'pointer')} to L{sp.level - 1} tables, gva {hx(lo)}–{hx(hi)}"
             else:
                 what = "leaf" if count == 1 else "leaves"
-                flags = " ".join(_flag_names(flag_word(spte, masks)))
+                flags = " ".join(_flag_names(word))
                 text = f"{count} × {level_name(sp.level)} {what}, gva {hx(lo)}–{hx(hi)}, all {flags}"
-            runs.append(FoldedRun(first, last, count, text))
+            if changed and not gone:
+                text += " (changed this step)"
+            runs.append(FoldedRun(first, last, count, text, changed))
+        return _cap_runs(runs)
+
+
+def _cap_runs(runs: list[FoldedRun]) -> list[FoldedRun]:
+    """The first MAX_RUNS - 1 runs, and one line for the rest: a table whose entries differ one from the
+    next (A and D bits vary with every access) would otherwise be a line per entry."""
+    if len(runs) <= MAX_RUNS:
         return runs
+    rest = runs[MAX_RUNS - 1 :]
+    count = sum(run.count for run in rest)
+    changed = sum(run.count for run in rest if run.changed)
+    text = f"{count} more entries, in {len(rest)} runs of differing flags"
+    if changed:
+        text += f" ({changed} changed this step)"
+    return [*runs[: MAX_RUNS - 1], FoldedRun(rest[0].first, rest[-1].last, count, text, bool(changed))]
 
 
 def _flag_names(word: int) -> list[str]:
