@@ -23,6 +23,7 @@ from app.cache import Run
 from app.main import create_app
 from app.predict import Question, question_for
 from app.settings import Settings
+from app.views.shadow import DRAW_CAP
 from engine.codec import encode_scenario
 from engine.policy import SHADOW_PAGING_INERT, make_policy
 from engine.scenario import parse_scenario
@@ -296,3 +297,32 @@ def test_a_guest_with_paging_off_shows_the_direct_tree(client: TestClient) -> No
     assert "fast_pf_level_guard" not in inert
     for mode in ({"mode": "predict"}, {"present": "1"}):
         play(client, 1, "modern", code=code, **mode)
+
+
+def test_the_narration_speaks_of_pf_exits_and_what_kvm_did(client: TestClient) -> None:
+    def narration(step: int) -> str:
+        html = play(client, step)
+        return " ".join(one(html.find(data_panel="narration")).text.split())
+
+    # A paging guest has no fast path: its faults are #PF exits.
+    assert "reads gva 0x600000: 1 #PF exit, KVM fixed the shadow tables" in narration(SHADOWED)
+    # 3.16 kept the 2M spte read-only: reading another page of it takes no exit.
+    assert "reads gfn 0x420: no exit" in narration(SHADOWED + 1)
+    assert "slow fault" not in narration(SHADOWED) and "fast fault" not in narration(SHADOWED)
+
+
+def test_a_step_writing_thousands_of_sptes_keeps_the_drawing_budget(client: TestClient) -> None:
+    # One slot the guest maps by 4K pages; 3 000 stores each map one more page.
+    data = shadow(
+        {"op": "write", "gva": "0x400000", "count": 3000},
+        guest={"tables_at": "0x200", "spaces": [{"maps": [{"gfn": "0x400", "npages": 4096}]}]},
+    )
+    data["memslots"] = [{"id": 1, "base_gfn": "0x0", "npages": "0x2000", "host_page": "4K"}]
+    html = play(client, 1, code=code_of(data))
+    rows = html.find(data_shadow_spte=None)
+    # The budget, which each of the four levels may pass by the entry that reached it, and the walk's
+    # four entries, always drawn.
+    assert 0 < len(rows) <= DRAW_CAP + 8
+    folded = html.find(data_shadow_run=None)
+    # What is not drawn is folded, and the lines say the step changed them.
+    assert folded and any(e.attrs.get("data-changed") == "1" for e in folded)

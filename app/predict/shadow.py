@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from app.predict.base import FAULT, Choice, Question, _ensure, _hx, _pick, _sentences
 from app.replay import Shown
+from app.views.shadow import shadow_outcome
 from engine.ops.registry import op_spec
 from engine.simulation import StepResult
-from engine.trace_shadow import ShadowGuestAccess
 
 _WRITE = (
     Choice("none", "No exit: the TLB or a writable shadow spte lets it through"),
@@ -40,9 +40,6 @@ _LEADS = {
     "mmio": "An MMIO access: the address leaves every memslot, KVM emulates it",
     "livelock": "Faults without progress: the guest would hang",
 }
-# How one access ended (ShadowGuestAccess.via) as an answer key; the worst of several wins.
-_BY_VIA = {"tlb": "none", "walk": "none", "fault": "fixed", "emulated": "emulated", "guest_pf": "guest_pf"}
-_RANK = ("none", "fixed", "emulated", "mmio", "guest_pf", "livelock")
 _STORY = (
     "paging64_page_fault",
     "walk_addr_generic",
@@ -53,15 +50,6 @@ _STORY = (
     "inject_page_fault",
     "guest_access",
 )
-
-
-def shadow_outcome(result: StepResult) -> str:
-    """The answer key: from the step's guest_access events when it was traced, else from its fault count
-    (which cannot tell an emulated store from a fixed fault, nor a #PF handed to the guest)."""
-    if result.events is None:
-        return "fixed" if result.fault_counts.get("slow", 0) else "none"
-    outcomes = {_BY_VIA.get(e.via, e.via) for e in result.events if isinstance(e, ShadowGuestAccess)}
-    return max(outcomes, key=_RANK.index, default="none") if outcomes <= set(_RANK) else "fixed"
 
 
 def shadow_fault_question(shown: Shown, result: StepResult) -> Question:

@@ -163,7 +163,8 @@ def play_view(
     changes, change_count = _change_lines(tree)
     step_counts = [
         ("faults_fast", "fast faults", counts.get("fast", 0)),
-        ("faults_slow", "slow faults", counts.get("slow", 0)),
+        # A paging guest's faults on a shadow MMU are #PF exits, none of them fast.
+        ("faults_slow", "#PF exits" if kvm.shadow else "slow faults", counts.get("slow", 0)),
         ("tlb_flushes", "TLB flushes", result.tlb_flushes if result else 0),
         ("marked_dirty", "pages marked dirty", len(result.marked_dirty) if result else 0),
         ("spte_writes", "sptes changed", change_count),

@@ -52,6 +52,7 @@ from engine.spte import (
     pages_per_hpage,
     spte_to_pfn,
 )
+from engine.trace_shadow import ShadowGuestAccess
 
 # A table with at most this many present entries is drawn whole (budget permitting); a bigger one shows
 # the entries that matter this step and folds the rest into runs.
@@ -579,6 +580,21 @@ def _strip(kvm: Kvm, what: str, vcpu: int, gva: int, write: bool, peek: GuestPee
         rights_text(peek.access) if peek.ok or peek.fault == "rights" else "", fault, pfn, spte_text,
         spte_word, spte_user, spte_level,
     )  # fmt: skip
+
+
+# --- how a step's accesses ended -------------------------------------------------------------------------
+
+# How one access ended (ShadowGuestAccess.via) as an answer key; the worst of several wins.
+_BY_VIA = {"tlb": "none", "walk": "none", "fault": "fixed", "emulated": "emulated", "guest_pf": "guest_pf"}
+_RANK = ("none", "fixed", "emulated", "mmio", "guest_pf", "livelock")
+
+def shadow_outcome(result: StepResult) -> str:
+    """The answer key: from the step's guest_access events when it was traced, else from its fault count
+    (which cannot tell an emulated store from a fixed fault, nor a #PF handed to the guest)."""
+    if result.events is None:
+        return "fixed" if result.fault_counts.get("slow", 0) else "none"
+    outcomes = {_BY_VIA.get(e.via, e.via) for e in result.events if isinstance(e, ShadowGuestAccess)}
+    return max(outcomes, key=_RANK.index, default="none") if outcomes <= set(_RANK) else "fixed"
 
 
 # --- the panel -------------------------------------------------------------------------------------------
