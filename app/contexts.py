@@ -188,6 +188,10 @@ def play_context(
         **_mode_context(query, links, predict),
         **_player_timeline(request, query),
         **_shadow_context(view),
+        # The shadow panel's sptes open the inspector as the tree's do (a link, or the shared form).
+        "shadow_inspect": inspect,
+        "shadow_compact": compact,
+        "selected_spte": location_param(query.selected) if query.selected is not None else "",
     }
 
 
