@@ -10,6 +10,7 @@ at 0x200 (PML4), 0x201 (PDPT), 0x202 (PD). The guest links 0x480 as the page tab
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 from urllib.parse import urlencode
 
@@ -109,3 +110,17 @@ def test_the_shadow_page_has_no_blocking_accessibility_violation(
     failures += [f"compare: {v}" for v in blocking_violations(page)]
     screenshot(page, f"shadow-compare-{scheme}")
     assert not failures, "\n".join(failures)
+
+
+def test_a_shadow_spte_opens_the_inspector_in_the_x86_pte_format(page: Page) -> None:
+    page.goto(shadow_url(4))
+    expect_position(page, 4, STEPS)
+    page.locator('[data-shadow-spte="2:0x202:0x2"] > [data-inspect]').click()
+    inspector = page.locator("#panel-inspector.is-open")
+    expect(inspector).to_be_visible()
+    expect(page).to_have_url(re.compile(r"[?&]spte=2:202:2(&|$)"))
+    # The gfns its guest PDE maps (not the ones its position would say), and the shadow format's bits.
+    expect(inspector).to_contain_text("maps gfns 0x400–0x5ff")
+    expect(inspector.locator('tr[data-bit="U"]')).to_have_attribute("data-bit-position", "2")
+    expect(inspector.locator('tr[data-bit="MW"]')).to_have_attribute("data-bit-value", "0")
+    expect(page.locator('[data-shadow-spte="2:0x202:0x2"]')).to_have_class(re.compile(r"\bis-selected\b"))
