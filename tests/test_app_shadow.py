@@ -353,3 +353,13 @@ def test_every_shadow_paging_event_has_its_own_sentence(preset: str) -> None:
             if explain(data_, ctx) == f"{data_['name']} acted.":
                 unexplained.add(data_["name"])
     assert not unexplained
+
+
+def test_the_exported_picture_draws_the_guest_and_shadow_tables(client: TestClient) -> None:
+    response = client.get(f"/export.svg?s={CODE}&variant=lazy&step={SHADOWED}")
+    assert response.status_code == 200
+    svg = response.text
+    assert 'data-shadow-spte="2:0x202:0x2" data-large="1" data-changed="1"' in svg
+    assert 'data-guest-table="0x480" data-shadowed="protected"' in svg
+    assert 'data-walk-gva="0x600000"' in svg
+    assert "data-spte=" not in svg  # not the TDP tree, whose gfns would be read off positions
