@@ -363,3 +363,11 @@ def test_the_exported_picture_draws_the_guest_and_shadow_tables(client: TestClie
     assert 'data-guest-table="0x480" data-shadowed="protected"' in svg
     assert 'data-walk-gva="0x600000"' in svg
     assert "data-spte=" not in svg  # not the TDP tree, whose gfns would be read off positions
+
+
+def test_the_tlb_panel_names_the_guest_virtual_address_each_entry_translates(client: TestClient) -> None:
+    html = play(client, SHADOWED)
+    # The read of gva 0x600000 left one translation, to gfn 0x500 (after the flush shadowing 0x480 made).
+    rows = html.find(data_tlb_gva=None)
+    assert [e.attrs["data-tlb-gva"] for e in rows] == ["0x600000"]
+    assert "0x500" in rows[0].text
