@@ -32,7 +32,8 @@ from app.svgcanvas import (
     fit,
     x_at,
 )
-from app.views.shadow import FoldedRun, GuestEntry, GuestTable, ShadowEntry, ShadowTable, ShadowView
+from app.views.guest_tables import FoldedRun, GuestEntry, GuestTable
+from app.views.shadow import ShadowEntry, ShadowTable, ShadowView
 from app.views.text import bits_text, hx
 
 

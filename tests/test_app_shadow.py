@@ -25,7 +25,7 @@ from app.explain.events import explain
 from app.main import create_app
 from app.predict import Question, question_for
 from app.settings import Settings
-from app.views.shadow import DRAW_CAP
+from app.views.guest_tables import DRAW_CAP
 from engine.codec import encode_scenario
 from engine.policy import SHADOW_PAGING_INERT, make_policy
 from engine.scenario import parse_scenario

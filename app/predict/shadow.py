@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from app.predict.base import FAULT, Choice, Question, _ensure, _hx, _pick, _sentences
 from app.replay import Shown
-from app.views.shadow import shadow_outcome
+from app.views.shadow_walk import shadow_outcome
 from engine.ops.registry import op_spec
 from engine.simulation import StepResult
 

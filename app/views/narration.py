@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from app.views.shadow import shadow_outcome
+from app.views.shadow_walk import shadow_outcome
 from app.views.text import gfn_list, hx, plural
 from engine.ops.base import Tell
 from engine.ops.registry import Step, describe, op_spec
@@ -81,7 +81,7 @@ def _access(step: Step, result: StepResult, sim: Simulation) -> str:
     return _with_faults(f"vCPU {access.vcpu} {verb} {target}", fast, slow)
 
 
-# What the accesses of a step came to under shadow paging (app.views.shadow.shadow_outcome), in words.
+# What the accesses of a step came to under shadow paging (app.views.shadow_walk.shadow_outcome), in words.
 _SHADOW_ENDS = {
     "fixed": "KVM fixed the shadow tables",
     "emulated": "the page is a write-protected guest table, so KVM emulated the store",
