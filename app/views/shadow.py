@@ -59,6 +59,7 @@ from engine.spte import (
     spte_to_pfn,
 )
 
+# PS among the contract's flags (engine.spte.flag_word).
 FLAG_PS = dict(FLAG_BITS)["PS"]
 # The indirect pages listed in the legend.
 PAGES_LISTED = 24
