@@ -27,9 +27,12 @@ from app.predict import Question, question_for
 from app.settings import Settings
 from app.views.guest_tables import DRAW_CAP
 from engine.codec import encode_scenario
+from engine.guest_pt import walk_addr_generic
 from engine.policy import SHADOW_PAGING_INERT, make_policy
 from engine.scenario import parse_scenario
+from engine.shadow_query import peek_guest_walk
 from engine.simulation import Simulation
+from engine.spte import PT_ACCESSED_MASK, PT_DIRTY_MASK
 from engine.trace import event_json
 
 CODE = encode_scenario(parse_scenario(S1))
@@ -371,3 +374,25 @@ def test_the_tlb_panel_names_the_guest_virtual_address_each_entry_translates(cli
     rows = html.find(data_tlb_gva=None)
     assert [e.attrs["data-tlb-gva"] for e in rows] == ["0x600000"]
     assert "0x500" in rows[0].text
+
+
+def test_the_pages_guest_walk_stores_nothing() -> None:
+    """The panel reads the guest's tables after the step; KVM's own walk would set A (and D) in the PTEs
+    it uses and mark their pages dirty (shadow-mmu.md §3), which a page must never do."""
+    data = shadow(guest={"tables_at": "0x200", "spaces": [{"maps": [
+        {"gfn": "0x300", "gva": "0x40000000", "npages": 1, "accessed": False, "dirty": False},
+    ]}]})  # fmt: skip
+    sim = Simulation(parse_scenario(data), make_policy("lazy"), detail="full")
+    kvm, vcpu = sim.kvm, sim.kvm.vcpus[0]
+    assert kvm.guest is not None and vcpu.paging is not None
+    before = {gfn: list(ptes) for gfn, ptes in kvm.guest.tables.items()}
+    peek = peek_guest_walk(kvm, kvm.guest, vcpu.paging, 0x40000000, write=True)
+    assert peek.gfn == 0x300 and not peek.fault
+    assert [hop.level for hop in peek.hops] == [4, 3, 2, 1]
+    assert not peek.hops[-1].pte & PT_ACCESSED_MASK  # as the guest left it
+    assert kvm.guest.tables == before
+    # KVM's walk of the same address stores A and D into the leaf.
+    walker = walk_addr_generic(kvm, kvm.guest, vcpu.paging, 0x40000000, write=True)
+    assert walker.gfn == 0x300
+    leaf = kvm.guest.read_gpte(walker.table_gfn[0], walker.index[0])
+    assert leaf & PT_ACCESSED_MASK and leaf & PT_DIRTY_MASK
