@@ -23,13 +23,14 @@ from app.query import PlayerQuery
 from app.render import base_path, markdown
 from app.sources import Source
 from app.store import LaneRun, get_store
-from app.treehtml import InspectLink, render_tree
+from app.treehtml import InspectLink, bit_chips, render_tree
 from app.views.compare import COMPARE_FIELDS, compare_columns, field_splits
 from app.views.inspector import InspectorView
 from app.views.narration import lesson_text
 from app.views.play import PlayView
 from app.views.presets import preset_description
-from app.views.text import location_param
+from app.views.shadow import PagingOffView, ShadowView
+from app.views.text import bits_label, location_param
 from app.views.tree import TreeView
 from engine.policy import NOT_IMPLEMENTED, PRESET_DESCRIPTIONS, PRESETS, SWITCH_VALUES, Policy
 from live.backend import refusal as live_refusal
@@ -186,7 +187,30 @@ def play_context(
         ),
         **_mode_context(query, links, predict),
         **_player_timeline(request, query),
+        **_shadow_context(view),
+        # The shadow panel's sptes open the inspector as the tree's do (a link, or the shared form).
+        "shadow_inspect": inspect,
+        "shadow_compact": compact,
+        "selected_spte": location_param(query.selected) if query.selected is not None else "",
     }
+
+
+def _chips(word: int, old: int | None = None) -> Markup:
+    return Markup(bit_chips(word, old))
+
+
+def _shadow_context(view: PlayView) -> dict[str, Any]:
+    """Shadow paging: which panel draws the tables ("paging": the guest's and the shadow tables; "off":
+    the TDP tree, for a guest with paging off; "" under TDP), the inert switches with their reasons, and
+    the chip helpers the shadow panel shares with the tree."""
+    shadow = view.shadow
+    if isinstance(shadow, ShadowView):
+        mode, inert = "paging", dict(shadow.inert)
+    elif isinstance(shadow, PagingOffView):
+        mode, inert = "off", dict(shadow.inert)
+    else:
+        mode, inert = "", {}
+    return {"shadow_mode": mode, "inert": inert, "chips": _chips, "bits_label": bits_label}
 
 
 def _player_timeline(request: Request, query: PlayerQuery) -> dict[str, Any]:
@@ -339,6 +363,8 @@ def compare_context(
         "announce": compare_announcement(step, source.total, any_view, splits),
         "fields": COMPARE_FIELDS,
         "trees": trees,
+        "chips": _chips,
+        "bits_label": bits_label,
         "timeline": timeline,
         "compact": compact,
         "timeline_form": (

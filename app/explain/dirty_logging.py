@@ -26,6 +26,18 @@ def spte_write_protect(ev: Event, ctx: Context) -> str:
         )
     if action == "none":
         return f"{where} is already read-only: nothing to do."
+    mmu_writable = ctx.masks.mmu_writable_mask
+    if old & mmu_writable and not _int(ev.get("new")) & mmu_writable:
+        # pt_protect: the gfn holds a guest table KVM now shadows.
+        if old & PT_PAGE_SIZE_MASK:
+            return (
+                f"The large spte {where} loses W and MW: its range holds a guest table KVM now shadows, so"
+                f" nothing may make it writable again; reads go on, a store faults.{flush}"
+            )
+        return (
+            f"{where} loses W and MW: the page is a guest table KVM now shadows; a store to it faults, to be"
+            f" emulated or to unsync the shadow.{flush}"
+        )
     if old & PT_PAGE_SIZE_MASK:
         return (
             f"The large spte {where} loses W but stays: reads of the range go on without faults. HW and MW"

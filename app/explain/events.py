@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from app.explain import shadow_paging
 from app.explain.context import Context, Event
 from app.explain.dirty_logging import (
     dirty_ring_harvest,
@@ -65,6 +66,24 @@ from app.explain.fault_path import (
     tdp_page_fault,
 )
 
+
+def _guest_access(ev: Event, ctx: Context) -> str:
+    """The CPU's access: by gva under shadow paging, by gfn under TDP."""
+    return shadow_paging.shadow_guest_access(ev, ctx) if "gva" in ev else guest_access(ev, ctx)
+
+
+def _get_page(ev: Event, ctx: Context) -> str:
+    """kvm_mmu_get_page: the shadow MMU's carries the role (direct, access) and the gva it covers."""
+    return shadow_paging.shadow_get_page(ev, ctx) if "direct" in ev else kvm_mmu_get_page(ev, ctx)
+
+
+def _zap_collapsible(ev: Event, ctx: Context) -> str:
+    """Huge page recovery: over the TDP tables, or over the rmaps of the shadow MMU."""
+    if ctx.masks.shadow:
+        return shadow_paging.kvm_mmu_zap_collapsible_sptes_rmap(ev, ctx)
+    return kvm_mmu_zap_collapsible_sptes(ev, ctx)
+
+
 EXPLAINERS: dict[str, Callable[[Event, Context], str]] = {
     "tdp_mmu_make_huge_spte": tdp_mmu_make_huge_spte,
     "kvm_mmu_recover_huge_pages": kvm_mmu_recover_huge_pages,
@@ -72,7 +91,7 @@ EXPLAINERS: dict[str, Callable[[Event, Context], str]] = {
     "mmu_notifier_retry": mmu_notifier_retry,
     "kvm_mmu_invalidate_zap_all_pages": kvm_mmu_invalidate_zap_all_pages,
     "mmu_free_roots": mmu_free_roots,
-    "guest_access": guest_access,
+    "guest_access": _guest_access,
     "ept_ad_update": ept_ad_update,
     "handle_ept_violation": handle_ept_violation,
     "tdp_page_fault": tdp_page_fault,
@@ -81,7 +100,7 @@ EXPLAINERS: dict[str, Callable[[Event, Context], str]] = {
     "fast_pf_fix_direct_spte": fast_pf_fix_direct_spte,
     "gfn_to_pfn": gfn_to_pfn,
     "__direct_map": direct_map,
-    "kvm_mmu_get_page": kvm_mmu_get_page,
+    "kvm_mmu_get_page": _get_page,
     "link_shadow_page": link_shadow_page,
     "drop_large_spte": drop_large_spte,
     "drop_parent_pte": drop_parent_pte,
@@ -103,7 +122,7 @@ EXPLAINERS: dict[str, Callable[[Event, Context], str]] = {
     "kvm_mmu_slot_try_split_huge_pages": kvm_mmu_slot_try_split_huge_pages,
     "make_spte": make_spte,
     "zap_collapsible_spte_range": zap_collapsible_spte_range,
-    "kvm_mmu_zap_collapsible_sptes": kvm_mmu_zap_collapsible_sptes,
+    "kvm_mmu_zap_collapsible_sptes": _zap_collapsible,
     "migrate_copy": migrate_copy,
     "migrate_verdict": migrate_verdict,
     "kvm_vm_ioctl": kvm_vm_ioctl,
@@ -120,6 +139,21 @@ EXPLAINERS: dict[str, Callable[[Event, Context], str]] = {
     "vmx_update_cpu_dirty_logging": vmx_update_cpu_dirty_logging,
     "kvm_mmu_slot_leaf_clear_dirty": kvm_mmu_slot_leaf_clear_dirty,
     "kvm_mmu_clear_dirty_pt_masked": kvm_mmu_clear_dirty_pt_masked,
+    # Shadow paging (app.explain.shadow_paging).
+    "walk_addr_generic": shadow_paging.walk_addr_generic,
+    "paging64_page_fault": shadow_paging.paging64_page_fault,
+    "inject_page_fault": shadow_paging.inject_page_fault,
+    "paging64_fetch": shadow_paging.paging64_fetch,
+    "account_shadowed": shadow_paging.account_shadowed,
+    "kvm_mmu_unsync_page": shadow_paging.kvm_mmu_unsync_page,
+    "kvm_mmu_sync_page": shadow_paging.kvm_mmu_sync_page,
+    "paging64_pte_prefetch": shadow_paging.paging64_pte_prefetch,
+    "validate_direct_spte": shadow_paging.validate_direct_spte,
+    "x86_emulate_instruction": shadow_paging.x86_emulate_instruction,
+    "kvm_mmu_pte_write": shadow_paging.kvm_mmu_pte_write,
+    "kvm_set_cr3": shadow_paging.kvm_set_cr3,
+    "kvm_mmu_sync_roots": shadow_paging.kvm_mmu_sync_roots,
+    "kvm_mmu_invlpg": shadow_paging.kvm_mmu_invlpg,
 }
 
 

@@ -211,9 +211,12 @@ def mmu_set_spte(ev: Event, ctx: Context) -> str:
     elif result == "wrprotected_page":
         notes.append("write access was refused: the range became ineligible for a writable large page")
     if new & PT_WRITABLE_MASK and not ev.get("write_fault"):
-        notes.append(
-            "writable although this was a read: under TDP a writable host page is always mapped writable"
+        why = (
+            "the host page is writable and the guest's PTE, if any, is dirty: nothing waits for a first store"
+            if ctx.masks.shadow
+            else "under TDP a writable host page is always mapped writable"
         )
+        notes.append(f"writable although this was a read: {why}")
     return head + ("; " + "; ".join(notes) if notes else "") + "."
 
 

@@ -14,6 +14,10 @@ ERA_VERSIONS = {ERA_3X: "3.14–3.16", ERA_6X: KERNEL_VERSIONS["modern"]}
 _MMU = "arch/x86/kvm/mmu.c"
 _KVM_MAIN = "virt/kvm/kvm_main.c"
 _CPU = "the CPU (Intel SDM, EPT)"
+# Under shadow paging the CPU walks KVM's shadow tables, taking them for the guest's own.
+CPU_SHADOW = "the CPU (Intel SDM, on the shadow tables)"
+_TMPL = "arch/x86/kvm/paging_tmpl.h"
+_X86 = "arch/x86/kvm/x86.c"
 KERNEL_SOURCES: dict[str, str] = {
     "guest_access": _CPU,
     "ept_ad_update": _CPU,
@@ -69,6 +73,21 @@ KERNEL_SOURCES: dict[str, str] = {
     "vmx_update_cpu_dirty_logging": "arch/x86/kvm/vmx/vmx.c",
     "kvm_mmu_slot_leaf_clear_dirty": "arch/x86/kvm/mmu/mmu.c",
     "kvm_mmu_clear_dirty_pt_masked": "arch/x86/kvm/mmu/mmu.c",
+    # Shadow paging: paging_tmpl.h's FNAME()s as PTTYPE 64 names them, and the shadow half of mmu.c.
+    "walk_addr_generic": f"{_TMPL} (FNAME(walk_addr_generic))",
+    "paging64_page_fault": _TMPL,
+    "paging64_fetch": _TMPL,
+    "paging64_pte_prefetch": _TMPL,
+    "inject_page_fault": f"{_X86} (kvm_inject_page_fault)",
+    "account_shadowed": _MMU,
+    "kvm_mmu_unsync_page": _MMU,
+    "kvm_mmu_sync_page": _MMU,
+    "validate_direct_spte": _MMU,
+    "x86_emulate_instruction": _X86,
+    "kvm_mmu_pte_write": _MMU,
+    "kvm_set_cr3": _X86,
+    "kvm_mmu_sync_roots": _MMU,
+    "kvm_mmu_invlpg": f"{_MMU} and {_TMPL} (FNAME(invlpg))",
 }
 
 # The dirty-log modes after 3.16 (policy.dirty_log_mode): their functions are quoted from later trees.
@@ -92,6 +111,7 @@ UNTIL_6_12 = frozenset({"zap_collapsible_spte_range", "kvm_mmu_zap_collapsible_s
 _MOVED_IN_6X = (
     ("arch/x86/kvm/mmu.c", "arch/x86/kvm/mmu/mmu.c"),
     ("arch/x86/kvm/vmx.c", "arch/x86/kvm/vmx/vmx.c"),
+    ("arch/x86/kvm/paging_tmpl.h", "arch/x86/kvm/mmu/paging_tmpl.h"),
 )
 SOURCES_6X: dict[str, str] = {
     "kvm_mmu_notifier_invalidate_range_start": (

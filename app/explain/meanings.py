@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from engine.spte import (
+    DEFAULT_SPTE_HOST_WRITABLE,
+    DEFAULT_SPTE_MMU_WRITABLE,
     EPT_SPTE_HOST_WRITABLE,
     EPT_SPTE_MMU_WRITABLE,
     ERA_6X,
+    PT64_NX_MASK,
+    PT_ACCESSED_MASK,
+    PT_DIRTY_MASK,
     PT_PAGE_SIZE_MASK,
     PT_PRESENT_MASK,
+    PT_USER_MASK,
     PT_WRITABLE_MASK,
     SPTE_HOST_WRITEABLE,
     SPTE_MMU_PRESENT_MASK,
@@ -78,6 +84,38 @@ BIT_MEANINGS_6X: list[tuple[str, str, str, int | None]] = [
 ]
 
 
+# Shadow paging: the spte is an x86 PTE (mmu.h's PT_*_MASK), no memory type, no separate R bit; the
+# software bits sit where each generation put them (SpteMasks.for_shadow).
+_SHADOW_LOW_BITS: list[tuple[str, str, str, int | None]] = [
+    ("0", "P", "present, and so readable: an x86 PTE has no separate R bit", PT_PRESENT_MASK),
+    ("1", "W", "writable: a store through it needs no exit", PT_WRITABLE_MASK),
+    ("2", "U", "user: what the guest's U/S bits allow, ANDed down its walk", PT_USER_MASK),
+    ("5", "A", "accessed: the CPU set it on a walk of the shadow tables", PT_ACCESSED_MASK),
+    ("6", "D", "dirty: the CPU set it on a store", PT_DIRTY_MASK),
+    ("7", "PS", "page size: this leaf maps 2M (level 2) or 1G (level 3) at once", PT_PAGE_SIZE_MASK),
+]
+_NX = ("63", "NX", "no execute: the guest's NX (with EFER.NX on) taken into the spte", PT64_NX_MASK)
+BIT_MEANINGS_SHADOW_3X: list[tuple[str, str, str, int | None]] = [
+    *_SHADOW_LOW_BITS,
+    ("10", "HW", _HW, SPTE_HOST_WRITEABLE),
+    ("11", "MW", _MW, SPTE_MMU_WRITEABLE),
+    _PFN,
+    _NX,
+]
+BIT_MEANINGS_SHADOW_6X: list[tuple[str, str, str, int | None]] = [
+    *_SHADOW_LOW_BITS,
+    ("9", "HW", _HW, DEFAULT_SPTE_HOST_WRITABLE),
+    ("10", "MW", _MW, DEFAULT_SPTE_MMU_WRITABLE),
+    ("11", "MMU-present", "set in every present spte, whatever its permissions (SPTE_MMU_PRESENT_MASK)",
+     SPTE_MMU_PRESENT_MASK),
+    _PFN,
+    _NX,
+]
+
+
 def bit_meanings(masks: SpteMasks) -> list[tuple[str, str, str, int | None]]:
-    """The inspector's rows for the layout of the run's kernel generation, lowest bit first."""
+    """The inspector's rows for the layout of the run's kernel generation, lowest bit first: EPT's, or
+    the x86 PTE format of a shadow MMU (a host without EPT, also a guest with paging off there)."""
+    if masks.shadow:
+        return BIT_MEANINGS_SHADOW_6X if masks.era == ERA_6X else BIT_MEANINGS_SHADOW_3X
     return BIT_MEANINGS_6X if masks.era == ERA_6X else BIT_MEANINGS_3X

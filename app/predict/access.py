@@ -20,6 +20,7 @@ from app.predict.base import (
     _sentences,
     leaf_before,
 )
+from app.predict.shadow import shadow_fault_question
 from app.replay import Shown
 from engine.kvm import Kvm
 from engine.ops.base import Access
@@ -220,6 +221,9 @@ def bits_question(result: StepResult, leaf: Leaf) -> Question:
 
 
 def access_question(shown: Shown, result: StepResult) -> Question:
+    if shown.sim.kvm.shadow:
+        # A paging guest on a shadow MMU: no fast path, and an spte is found by gva, not gfn.
+        return shadow_fault_question(shown, result)
     access = _access(result)
     write, gfn, count = access.write, access.gfn, access.count
     if count == 1:

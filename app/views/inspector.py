@@ -10,6 +10,7 @@ from app.explain.meanings import bit_meanings
 from app.treehtml import changed_bits_html
 from app.views.text import Location, hx, location_param
 from app.views.tree_fold import spte_kind
+from engine.shadow_page import kvm_mmu_page_get_gfn
 from engine.simulation import Simulation
 from engine.spte import (
     SpteMasks,
@@ -96,8 +97,8 @@ def inspector_view(sim: Simulation, location: Location, history: list[tuple[int,
             if present and not is_last_spte(value, level):
                 child = spte_to_child_sp(sim.kvm, value)
                 what = f"child table: level {child.level}, gfn {hx(child.gfn)}"
-            elif present:
-                what = f"host page of gfn {hx(sp_gfn + index * span)}"
+            elif present and sp is not None:
+                what = f"host page of gfn {hx(kvm_mmu_page_get_gfn(sp, index))}"
             bits.append(BitRow(bits_text, name, what, hx(pfn), None))
         elif mask is not None:
             bits.append(BitRow(bits_text, name, meaning, "1" if value & mask else "0", bool(value & mask)))
@@ -108,7 +109,8 @@ def inspector_view(sim: Simulation, location: Location, history: list[tuple[int,
         exists=sp is not None,
         value=value,
         kind=spte_kind(value, level) if present else "none",
-        gfn=sp_gfn + index * span,
+        # An indirect shadow page's entry maps what the guest PTE said, not what its position says.
+        gfn=kvm_mmu_page_get_gfn(sp, index) if sp is not None else sp_gfn + index * span,
         span=span,
         bits=bits,
         history=rows,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from app.views.shadow_walk import shadow_outcome
 from app.views.text import gfn_list, hx, plural
 from engine.ops.base import Tell
 from engine.ops.registry import Step, describe, op_spec
@@ -75,7 +76,33 @@ def _access(step: Step, result: StepResult, sim: Simulation) -> str:
     verb = "writes" if access.write else "reads"
     where = f"gfn {hx(access.gfn)}" if access.gva is None else f"gva {hx(access.gva)}"
     target = where if access.count == 1 else f"{access.count} pages from {where}"
+    if sim.kvm.shadow:
+        return _shadow_exits(f"vCPU {access.vcpu} {verb} {target}", result)
     return _with_faults(f"vCPU {access.vcpu} {verb} {target}", fast, slow)
+
+
+# What the accesses of a step came to under shadow paging (app.views.shadow_walk.shadow_outcome), in words.
+_SHADOW_ENDS = {
+    "fixed": "KVM fixed the shadow tables",
+    "emulated": "the page is a write-protected guest table, so KVM emulated the store",
+    "mmio": "the address leaves every memslot, so KVM emulated it as MMIO",
+    "guest_pf": "the guest's own walk fails, so KVM injected the #PF into the guest",
+    "livelock": "faults without progress: the guest would hang",
+}
+
+
+def _shadow_exits(head: str, result: StepResult) -> str:
+    """A paging guest's accesses: its faults are #PF exits (there is no fast path), and what KVM did
+    with them when the step was traced."""
+    exits = result.fault_counts.get("slow", 0)
+    outcome = shadow_outcome(result)
+    if not exits and outcome == "none":
+        return f"{head}: no exit, the TLB or the shadow tables already allow it"
+    text = f"{head}: {plural(exits, '#PF exit')}" if exits else head
+    end = _SHADOW_ENDS.get(outcome)
+    if end is not None and result.events is not None:
+        text += f", {end}" if exits else f": {end}"
+    return text
 
 
 def _with_faults(head: str, fast: int, slow: int) -> str:
@@ -92,6 +119,8 @@ def _with_faults(head: str, fast: int, slow: int) -> str:
 def _guest_paging(step: Step, result: StepResult, sim: Simulation) -> str:
     """A guest PTE store (through the shadow tables, faulting where its table is write-protected),
     INVLPG, or MOV CR3 (which syncs the unsync pages under the new root)."""
+    if sim.kvm.shadow:
+        return _shadow_exits(f"The guest runs {describe(step)}", result)
     counts = result.fault_counts
     return _with_faults(f"The guest runs {describe(step)}", counts.get("fast", 0), counts.get("slow", 0))
 

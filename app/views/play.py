@@ -20,6 +20,7 @@ from app.views.logs import (
 )
 from app.views.narration import narrate, note_text
 from app.views.rmap import RmapSlotView, TlbView, rmap_views, tlb_views
+from app.views.shadow import PagingOffView, ShadowView, shadow_view
 from app.views.text import Location, bit_changes, change_text, hx
 from app.views.trace import TraceView, trace_view
 from app.views.tree import TreeBuilder, TreeView, walk_gfn
@@ -71,9 +72,14 @@ class PlayView:
     dirty_log: list[int] | None
     marked_dirty: list[int]
     pml: list[PmlView] | None = None  # with PML only
+    # Under shadow paging: the guest's and the shadow tables, the walk strip, the legend; or, for a guest
+    # with paging off, what the page says about it.
+    shadow: ShadowView | PagingOffView | None = None
 
 
-def _fault_lines(result: StepResult | None) -> list[str]:
+def _fault_lines(result: StepResult | None, shadow: bool = False) -> list[str]:
+    """The step's faults, one line each; under shadow paging a fault is a #PF exit for a guest-virtual
+    page (its record's `gfn` holds the page number)."""
     if result is None or result.faults is None:
         return []
     lines = []
@@ -82,7 +88,11 @@ def _fault_lines(result: StepResult | None) -> list[str]:
         if fault.fast_result:
             path += f" ({fault.fast_result})"
         level = level_name(fault.level) if fault.level is not None else "unmapped"
-        lines.append(f"{'write' if fault.write else 'read'} {hx(fault.gfn)}: {path} → {level}")
+        access = "write" if fault.write else "read"
+        if shadow:
+            lines.append(f"{access} gva {hx(fault.gfn << 12)}: #PF exit → {level}")
+            continue
+        lines.append(f"{access} {hx(fault.gfn)}: {path} → {level}")
     if len(result.faults) > 32:
         lines.append(f"… {len(result.faults) - 32} more")
     return lines
@@ -153,7 +163,8 @@ def play_view(
     changes, change_count = _change_lines(tree)
     step_counts = [
         ("faults_fast", "fast faults", counts.get("fast", 0)),
-        ("faults_slow", "slow faults", counts.get("slow", 0)),
+        # A paging guest's faults on a shadow MMU are #PF exits, none of them fast.
+        ("faults_slow", "#PF exits" if kvm.shadow else "slow faults", counts.get("slow", 0)),
         ("tlb_flushes", "TLB flushes", result.tlb_flushes if result else 0),
         ("marked_dirty", "pages marked dirty", len(result.marked_dirty) if result else 0),
         ("spte_writes", "sptes changed", change_count),
@@ -181,9 +192,10 @@ def play_view(
         violation_total=len(sim.violations),
         step_violations=len(result.violations) if result else 0,
         migration=migration_view(sim),
-        faults=_fault_lines(result),
+        faults=_fault_lines(result, kvm.shadow),
         spte_changes=changes,
         spte_change_count=change_count,
         dirty_log=list(result.dirty_log) if result is not None and result.dirty_log is not None else None,
         marked_dirty=list(result.marked_dirty) if result else [],
+        shadow=shadow_view(shown, sim.policy),
     )

@@ -19,7 +19,7 @@ from markupsafe import Markup
 from app.views.tree_fold import COLLAPSE_MIN
 from engine.kvm import Kvm
 from engine.rmap import pte_list
-from engine.spte import is_writable_pte, pages_per_hpage
+from engine.spte import PAGE_SHIFT, PT64_LEVEL_BITS, is_writable_pte, pages_per_hpage
 from engine.tlb import TlbEntry
 
 # Caps of the list panels, in rows drawn (a collapsed row is one).
@@ -194,6 +194,7 @@ class TlbRow(NamedTuple):
     dirty: bool
     n: int = 1  # entries in this row: more than one when alike entries were collapsed
     stride: int = 0  # pages from one entry to the next when they are evenly spaced, not adjacent
+    gva: int = -1  # under shadow paging, the guest-virtual address the entry translates (its key)
 
     @property
     def step(self) -> int:
@@ -262,8 +263,28 @@ def _evenly_spaced(rows: list[TlbRow]) -> list[TlbRow]:
     return out
 
 
+def _shadow_tlb_rows(entries: list[dict[int, TlbEntry]]) -> list[TlbRow]:
+    """A shadow-paging TLB, keyed by guest-virtual page: one row per entry, by level then address (the
+    gfns behind adjacent addresses need not be adjacent, so nothing is folded)."""
+    rows: list[TlbRow] = []
+    for level, by_key in enumerate(entries, start=1):
+        shift = PAGE_SHIFT + PT64_LEVEL_BITS * (level - 1)
+        for key in sorted(by_key):
+            e = by_key[key]
+            span = pages_per_hpage(level)
+            rows.append(TlbRow(level, e.gfn, span, e.pfn, e.writable, e.dirty, gva=key << shift))
+            if len(rows) == MAX_TLB_ROWS:
+                return rows
+    return rows
+
+
 def tlb_views(kvm: Kvm) -> list[TlbView]:
     out = []
+    if kvm.shadow:
+        for vcpu in kvm.vcpus:
+            rows = _shadow_tlb_rows(list(vcpu.tlb.by_level))
+            out.append(TlbView(vcpu.id, rows, sum(len(e) for e in vcpu.tlb.by_level), len(rows)))
+        return out
     for vcpu in kvm.vcpus:
         entries = vcpu.tlb.entries()  # by level, then gfn
         rows = _evenly_spaced(_adjacent_runs(entries))[:MAX_TLB_ROWS]

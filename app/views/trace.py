@@ -8,7 +8,7 @@ from itertools import pairwise
 
 from app.explain.context import Context
 from app.explain.events import explain
-from app.explain.kernel_files import kernel_source
+from app.explain.kernel_files import CPU_SHADOW, kernel_source
 from app.replay import Shown
 from app.views.text import hx
 from engine.trace import call_order, event_json
@@ -187,6 +187,8 @@ def trace_view(shown: Shown, variant: str | None) -> TraceView:
         item = first.data
         name = str(item["name"])
         source = kernel_source(name, variant, shown.sim.kvm.masks.era)
+        if name == "guest_access" and shown.sim.kvm.shadow:
+            source = CPU_SHADOW
         text = explain(item, ctx)
         if len(members) == 1:
             args = [(k, _arg_text(k, v)) for k, v in item.items() if k != "name"]
