@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Request
 from markupsafe import Markup
@@ -21,7 +21,7 @@ from app.modes import FOCUS_PANELS
 from app.predict import PredictPanel
 from app.query import PlayerQuery
 from app.render import base_path, markdown
-from app.sources import Source
+from app.sources import Source, scenario_from_code, share_code
 from app.store import LaneRun, get_store
 from app.treehtml import InspectLink, bit_chips, render_tree
 from app.views.compare import COMPARE_FIELDS, compare_columns, field_splits
@@ -33,6 +33,7 @@ from app.views.shadow import PagingOffView, ShadowView
 from app.views.text import bits_label, location_param
 from app.views.tree import TreeView
 from engine.policy import NOT_IMPLEMENTED, PRESET_DESCRIPTIONS, PRESETS, SWITCH_VALUES, Policy
+from engine.scenario import ScenarioError, under_mmu
 from live.backend import refusal as live_refusal
 
 PLAY_BLOCKS = (
@@ -188,6 +189,7 @@ def play_context(
         **_mode_context(query, links, predict),
         **_player_timeline(request, query),
         **_shadow_context(view),
+        **mmu_twin(query.source, links, query.step),
         # The shadow panel's sptes open the inspector as the tree's do (a link, or the shared form).
         "shadow_inspect": inspect,
         "shadow_compact": compact,
@@ -197,6 +199,34 @@ def play_context(
 
 def _chips(word: int, old: int | None = None) -> Markup:
     return Markup(bit_chips(word, old))
+
+
+@lru_cache(maxsize=64)
+def _twin_code(code: str) -> tuple[str, str] | None:
+    """The share code of the scenario of `code` under the other MMU, and that MMU's name; None when it
+    cannot run there (no guest tables for shadow paging, a guest paging op under TDP)."""
+    scenario = scenario_from_code(code)
+    if scenario.guest is None:
+        return None
+    other: Literal["tdp", "shadow"] = "shadow" if scenario.vm.mmu == "tdp" else "tdp"
+    try:
+        return share_code(under_mmu(scenario, other)), other
+    except ScenarioError:
+        return None
+
+
+def mmu_twin(source: Source, links: Links, step: int, variants: list[str] | None = None) -> dict[str, str]:
+    """The link to the same accesses under the other MMU, at the same step (the player, or the comparison
+    of the same presets): a scenario that carries the guest's tables runs under both, side by side in two
+    tabs. Empty when it cannot."""
+    twin = _twin_code(share_code(source.scenario))
+    if twin is None:
+        return {}
+    code, other = twin
+    moved = replace(links, source=("s", code), selected=None)
+    url = moved.compare(step, variants) if variants is not None else moved.play(step)
+    label = "Under shadow paging" if other == "shadow" else "Under TDP (EPT)"
+    return {"mmu_twin_url": url, "mmu_twin_label": label, "mmu_twin": other}
 
 
 def _shadow_context(view: PlayView) -> dict[str, Any]:
@@ -377,6 +407,7 @@ def compare_context(
         "downloads": Downloads(links.download()),
         "source_param": source.param,
         "variants_param": ",".join(variants),
+        **mmu_twin(source, links, step, variants),
     }
 
 

@@ -12,6 +12,8 @@ layout, not off a run.
 
 from __future__ import annotations
 
+import html
+import re
 from typing import Any
 
 import pytest
@@ -396,3 +398,23 @@ def test_the_pages_guest_walk_stores_nothing() -> None:
     assert walker.gfn == 0x300
     leaf = kvm.guest.read_gpte(walker.table_gfn[0], walker.index[0])
     assert leaf & PT_ACCESSED_MASK and leaf & PT_DIRTY_MASK
+
+
+def test_a_scenario_with_the_guests_tables_links_to_itself_under_the_other_mmu() -> None:
+    """The side-by-side lesson runs under TDP with the guest's tables: the player and the comparison link
+    to the same accesses at the same step under shadow paging, and back; a scenario without the guest's
+    tables has no such link."""
+    client = TestClient(create_app())
+    page = client.get("/play?scenario=tdp-vs-shadow&variant=lazy-buggy&step=5")
+    assert page.status_code == 200
+    link = re.search(r'<a class="button small" href="([^"]+)" data-mmu-twin="shadow"', page.text)
+    assert link is not None and "step=5" in link.group(1) and "variant=lazy-buggy" in link.group(1)
+    twin = client.get(html.unescape(link.group(1)))
+    assert twin.status_code == 200 and 'data-mmu="shadow"' in twin.text
+    back = re.search(r'href="([^"]+)" data-mmu-twin="tdp"', twin.text)
+    assert back is not None
+    compare = client.get("/compare?scenario=tdp-vs-shadow&variants=lazy-buggy,modern&step=5")
+    other = re.search(r'href="([^"]+)" data-mmu-twin="shadow"', compare.text)
+    assert other is not None and "variants=lazy-buggy,modern" in html.unescape(other.group(1))
+    assert client.get(html.unescape(other.group(1))).status_code == 200
+    assert "data-mmu-twin" not in client.get("/play?scenario=worked-example&step=2").text
