@@ -406,6 +406,23 @@ class KvmVm(Owned):
         in the host's page tables before the guest touches it (a huge page where the host backs it so)."""
         ctypes.memset(slot.address, 0, slot.size)
 
+    @staticmethod
+    def huge_backed(slot: GuestSlot) -> int:
+        """How many bytes of the slot's memory the host backs with transparent huge pages now
+        (/proc/self/smaps' AnonHugePages of its mapping)."""
+        start, size = slot.mapping
+        total = 0
+        inside = False
+        with open("/proc/self/smaps") as smaps:
+            for line in smaps:
+                head = line.split()[0]
+                if "-" in head and not head.endswith(":"):
+                    low, high = (int(part, 16) for part in head.split("-"))
+                    inside = low < start + size and start < high
+                elif inside and head == "AnonHugePages:":
+                    total += int(line.split()[1]) * 1024
+        return total
+
     def _host_address(self, gfn: int) -> int:
         for slot in self.slots.values():
             if slot.base_gfn <= gfn < slot.base_gfn + slot.npages:
