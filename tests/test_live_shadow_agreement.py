@@ -2,20 +2,10 @@
 models today's legacy shadow MMU: at every step they must agree.
 
 The live guest runs on the scenario's own page tables (`live.shadow_guest`), so the kernel shadows,
-write-protects and logs the pages the model does. Compared at every step, everything of the live VM's
-own system slot left out:
-
-- the dirty log each harvest returns;
-- the leaves per level: the change of the kernel's `pages_4k` and `pages_2m` against the model's (the
-  live VM's code page has its leaf from before the first step);
-- the faults: how many the step took (the change of `pf_taken`, less the faults the traced kernel took
-  for the live VM's own code, by the gfn of their `kvm_mmu_spte_requested`), and the change of
-  `pf_emulate` (the guest's stores into its write-protected tables), `pf_spurious` and `mmu_unsync`
-  (the pages unsync now);
-- traced: every leaf the kernel set in the step for a gfn of the slot (the last value at each table
-  entry) is a present leaf of the model for that gfn at that level with the same W bit, unless the
-  kernel write-protected it later in the same step, which no tracepoint shows (a write-protected leaf
-  keeps the value it was set with: the step's later shadowing of that gfn, or a harvest).
+write-protects and logs the pages the model does. Compared at every step (`live.shadow_compare`, which
+says exactly what, everything of the live VM's own system slot left out): the dirty logs, the leaves
+per level, the W bit of every leaf the kernel set, the faults, and the change of `pf_emulate`,
+`pf_spurious` and `mmu_unsync`.
 
 Before trusting the kernel as an oracle the run must show it went through the MMU: faults taken and,
 traced, sptes set. S1 of tests/test_shadow_paging.py is the case where the presets part: `zap` zaps the
@@ -29,17 +19,14 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, note, settings
-from livecases import BASE, PAGES, shadow_scenarios
+from livecases import shadow_scenarios
 
-from engine.policy import make_policy
 from engine.scenario import parse_scenario
-from engine.shadow_page import kvm_mmu_page_get_gfn
-from engine.simulation import Simulation
-from engine.spte import is_last_spte, is_shadow_present_pte, is_writable_pte
 from live.backend import KernelRun, run_with_stats
 from live.host import host_mmu
 from live.report import availability
-from live.tracefs import SpteSet, TraceStep, unavailable
+from live.shadow_compare import compare_run, kernel_count
+from live.tracefs import unavailable
 
 UNAVAILABLE = availability()
 if UNAVAILABLE is not None:
@@ -53,42 +40,10 @@ if host_mmu() != "shadow":
 
 NO_TRACE = unavailable()
 # Counters both generations' models keep under shadow paging, compared by their change in each step.
-COUNTERS = ("pf_emulate", "pf_spurious", "mmu_unsync")
-LEVELS = {1: "pages_4k", 2: "pages_2m"}
 
 
 def _kernel(run: KernelRun, index: int, name: str) -> int:
-    stats = run.step_stats[index]
-    return stats.vm.get(name, 0) + sum(counters.get(name, 0) for counters in stats.vcpus)
-
-
-def _system_spurious(run: KernelRun, index: int) -> int:
-    """The faults of the step for the live VM's own pages that set no spte (spurious: after MOV CR3 to
-    a new root, the code's fetch links the system's tables again and finds its leaf in place)."""
-    if run.traces is None or run.system_gfns is None:
-        return 0
-    trace = run.traces[index]
-    requested = [gfn for gfn in trace.spte_requested if gfn in run.system_gfns]
-    set_again = sum(1 for spte in trace.sptes_set if spte.gfn in requested)
-    return max(0, len(requested) - set_again)
-
-
-def _model_leaves(sim: Simulation) -> list[tuple[int, int, bool]]:
-    """(gfn, level, W) of every present leaf of the model."""
-    return [
-        (kvm_mmu_page_get_gfn(sp, index), sp.level, is_writable_pte(spte))
-        for sp in sim.kvm.active_mmu_pages.values()
-        for index, spte in enumerate(sp.spt)
-        if is_shadow_present_pte(spte) and is_last_spte(spte, sp.level)
-    ]
-
-
-def _shadowed_inside(trace: TraceStep, leaf: SpteSet) -> bool:
-    """Whether the kernel shadowed a guest table inside `leaf`'s range in this step: rmap_write_protect
-    then took its W, which no tracepoint shows (the trace does not order table creations among the
-    sptes set, so any such creation in the step counts)."""
-    end = leaf.gfn + (1 << (9 * (leaf.level - 1)))
-    return any(not page.direct and leaf.gfn <= page.gfn < end for page in trace.tables_created)
+    return kernel_count(run, index, name)
 
 
 def compare(data: dict[str, Any], preset: str = "modern", run: KernelRun | None = None) -> list[str]:
@@ -96,60 +51,7 @@ def compare(data: dict[str, Any], preset: str = "modern", run: KernelRun | None 
     scenario = parse_scenario(data)
     if run is None:
         run = run_with_stats(scenario, guest="native", trace=NO_TRACE is None)
-    sim = Simulation(scenario, make_policy(preset), detail="summary")
-    differences: list[str] = []
-    before = sim.kvm.stats()
-    kernel_leaves = dict.fromkeys(LEVELS, 0)  # the scenario's leaves: the kernel's counters since boot
-    for index, step in enumerate(data["steps"]):
-        result = sim.step()
-        after = sim.kvm.stats()
-        where = f"step {index} ({step['op']})"
-        model_log = sorted(result.dirty_log) if result.dirty_log is not None else None
-        if run.logs[index] != model_log:
-            differences.append(f"{where}: dirty log kernel {run.logs[index]}, {preset} {model_log}")
-        for name in COUNTERS:
-            kernel, model = _kernel(run, index, name), after.get(name, 0) - before.get(name, 0)
-            if name == "pf_spurious":
-                kernel -= _system_spurious(run, index)
-            if kernel != model:
-                differences.append(f"{where}: {name} changed by {kernel} on the kernel, {model} in {preset}")
-        before = after
-        leaves = _model_leaves(sim)
-        for level, name in LEVELS.items():
-            kernel_leaves[level] += _kernel(run, index, name)
-            model = sum(1 for _, at, _ in leaves if at == level)
-            if kernel_leaves[level] != model:
-                differences.append(f"{where}: {kernel_leaves[level]} level-{level} leaves on the kernel,"
-                                   f" {model} in {preset}")
-        if run.system_faults is not None:
-            kernel = _kernel(run, index, "pf_taken") - run.system_faults[index]
-            model = result.fault_counts["slow"] + result.fault_counts["fast"]
-            if kernel != model:
-                differences.append(f"{where}: {kernel} faults on the kernel, {model} in {preset}")
-        if run.traces is not None:
-            differences += _leaf_differences(where, run.traces[index], leaves, preset)
-    return differences
-
-
-def _leaf_differences(
-    where: str, trace: TraceStep, leaves: list[tuple[int, int, bool]], preset: str
-) -> list[str]:
-    """The leaves the kernel set in the step (the last value at each entry) that the model lacks."""
-    model: dict[tuple[int, int], set[bool]] = {}
-    for gfn, level, writable in leaves:
-        model.setdefault((gfn, level), set()).add(writable)
-    last = {(s.table, s.index): s for s in trace.sptes_set if BASE <= s.gfn < BASE + PAGES}
-    differences = []
-    for spte in last.values():
-        writable = bool(spte.spte & 0x2)
-        found = model.get((spte.gfn, spte.level))
-        if found is None:
-            differences.append(f"{where}: the kernel set a level-{spte.level} leaf for gfn {spte.gfn:#x},"
-                               f" {preset} has none")
-        elif writable not in found and not (writable and _shadowed_inside(trace, spte)):
-            differences.append(f"{where}: W of the level-{spte.level} leaf for gfn {spte.gfn:#x} is"
-                               f" {int(writable)} on the kernel, {sorted(map(int, found))} in {preset}")
-    return differences
+    return [difference.text for difference in compare_run(scenario, run, preset)]
 
 
 def _touched_the_mmu(run: KernelRun) -> None:
