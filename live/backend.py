@@ -332,10 +332,15 @@ class KernelRun:
 
 
 def _accesses(scenario: Scenario) -> tuple[int, int]:
-    """(guest accesses, distinct pages they touch) of the scenario's read and write steps."""
+    """(guest accesses, distinct pages they touch) of the scenario's read and write steps, and of a
+    shadow-paging guest's stores into its tables (each one store into the table's page)."""
     count = 0
     pages: set[int] = set()
     for step in scenario.steps:
+        if isinstance(step, WriteGpteStep):
+            count += 1
+            pages.add(step.table)
+            continue
         access = op_spec(step).access(step)
         if access is not None:
             count += access.count
