@@ -195,9 +195,13 @@ def _host_check_lines(live: dict[str, Any]) -> list[str]:
         return []
     preset, differences = check["preset"], check["differences"]
     lines = ["", f"{preset} against the kernel's shadow MMU, step by step ({', '.join(live['compared'])}):"]
-    if not differences:
-        return [*lines, f"  {preset} did what the kernel did at every step"]
-    lines += [f"  {difference['text']}" for difference in differences[:_HOST_CHECK_SHOWN]]
+    if check["agrees"]:
+        lines.append(f"  {preset} did what the kernel did at every step")
+    lines += [
+        f"  {difference['text']}"
+        + (f" (known: {check['tolerated'][difference['tolerated']]})" if difference.get("tolerated") else "")
+        for difference in differences[:_HOST_CHECK_SHOWN]
+    ]
     if len(differences) > _HOST_CHECK_SHOWN:
         lines.append(f"  ... and {len(differences) - _HOST_CHECK_SHOWN} more (--json lists them all)")
     return lines

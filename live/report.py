@@ -26,7 +26,7 @@ from engine.simulation import GuestExecution, Simulation
 from live.backend import Guest, KernelRun, UnsupportedScenarioError, refusal, run_with_stats
 from live.execution import SHADOW_HEADLINE, Verdict, judge
 from live.host import host_mmu, preset_for
-from live.shadow_compare import COMPARED, compare_run
+from live.shadow_compare import COMPARED, TOLERATED, compare_run
 from live.syscalls import KvmError
 from live.vm import RING_ENTRIES, GuestExitError, probe
 
@@ -159,10 +159,12 @@ def live_json(
         if preset is not None and checked == "mmu":
             headline = SHADOW_HEADLINE.format(preset=preset)
             differences = compare_run(scenario, run, preset)
+            tolerated = {d.tolerated for d in differences if d.tolerated is not None}
             shadow["host_check"] = {
                 "preset": preset,
-                "agrees": not differences,
+                "agrees": all(difference.tolerated is not None for difference in differences),
                 "differences": [difference.to_json() for difference in differences],
+                "tolerated": {name: TOLERATED[name] for name in sorted(tolerated)},
             }
     return {
         "scenario_mmu": scenario_mmu,

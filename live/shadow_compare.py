@@ -14,6 +14,16 @@ What is compared at every step, everything of the live VM's own system slot left
   A leaf the kernel set writable and then write-protected within the same step, by shadowing a guest
   table inside its range, is not held to its W: no tracepoint shows write protection.
 
+One difference of this kernel (`kvm_pvm`) from upstream's shadow MMU is tolerated, by name
+(`PVM_TOP_LEVEL`), and listed apart: a vCPU's first access under a top-level (PML4) entry that another
+vCPU's fault linked after this vCPU last faulted takes one fault more on the kernel, which finds every
+spte in place (`pf_spurious`, or its leaf set again to the value it had) and changes nothing. Measured:
+vCPU 0 reads gfn 0x209 (a fault links PML4 entry 0 and maps it), then vCPU 1 reads 0x209: one fault on
+the kernel, 17 of 20 runs spurious and 3 re-setting the same leaf; under upstream both vCPUs walk the
+one shared root and vCPU 1 takes none, as the model does. A vCPU whose first access faults anyway
+(another page) shows nothing, and after one fault under an entry it takes no more there: as if the
+kernel kept a per-vCPU copy of the root's entries, refreshed by the vCPU's faults.
+
 What is not compared: the values of the leaves beyond level and W (host pfns differ), write protection
 and drops between steps (no tracepoint; the counters and later faults show their effects), and the
 kernel's own counters the model does not keep.
@@ -23,11 +33,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.ops.guest_paging import WriteGpteStep
+from engine.ops.registry import Step, op_spec
 from engine.policy import make_policy
 from engine.scenario import Scenario
 from engine.shadow_page import kvm_mmu_page_get_gfn
 from engine.simulation import Simulation
-from engine.spte import is_last_spte, is_shadow_present_pte, is_writable_pte
+from engine.spte import PT64_ROOT_LEVEL, is_last_spte, is_shadow_present_pte, is_writable_pte
 from live.backend import KernelRun
 from live.tracefs import SpteSet, TraceStep
 
@@ -48,16 +60,30 @@ LEVELS = {1: "pages_4k", 2: "pages_2m"}
 WRITABLE = 1 << 1
 
 
+# The known difference of kvm_pvm from upstream that a comparison tolerates (see above).
+PVM_TOP_LEVEL = "pvm_top_level_refault"
+TOLERATED = {
+    PVM_TOP_LEVEL: "kvm_pvm: a vCPU's first access under a top-level entry another vCPU linked since its"
+    " last fault faults once more, finding every spte in place (upstream shares one root: no fault)",
+}
+ROOT_SHIFT = 39
+
+
 @dataclass(frozen=True, slots=True)
 class Difference:
-    """One thing the kernel and the model did differently in one step."""
+    """One thing the kernel and the model did differently in one step; `tolerated` names the known
+    difference of this kernel from upstream it is (TOLERATED), or is None."""
 
     step: int
     what: str  # one of COMPARED
     text: str  # the whole difference in words, with both numbers
+    tolerated: str | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {"step": self.step, "what": self.what, "text": self.text}
+        entry: dict[str, object] = {"step": self.step, "what": self.what, "text": self.text}
+        if self.tolerated is not None:
+            entry["tolerated"] = self.tolerated
+        return entry
 
 
 def kernel_count(run: KernelRun, index: int, name: str) -> int:
@@ -120,14 +146,50 @@ def _leaf_differences(
     return differences
 
 
+def _roots(sim: Simulation) -> dict[int, frozenset[int]]:
+    """Every root of the model (by identity) with its present entries."""
+    return {
+        id(sp): frozenset(i for i, spte in enumerate(sp.spt) if is_shadow_present_pte(spte))
+        for sp in sim.kvm.active_mmu_pages.values()
+        if sp.level == PT64_ROOT_LEVEL
+    }
+
+
+def _step_vcpu(step: Step) -> int:
+    vcpu = getattr(step, "vcpu", None)
+    return vcpu if isinstance(vcpu, int) else -1
+
+
+def _top_indexes(step: Step) -> tuple[int, set[int]]:
+    """(the vCPU, the top-level indexes of the addresses it accesses) of an access step, else (-1, {})."""
+    if isinstance(step, WriteGpteStep):
+        return step.vcpu, {((step.table << 12) + step.index * 8) >> ROOT_SHIFT}
+    access = op_spec(step).access(step)
+    if access is None:
+        return -1, set()
+    first = access.gva if access.gva is not None else access.gfn << 12
+    stride = access.stride if access.count > 1 else 0
+    return access.vcpu, {(first + (k * stride << 12)) >> ROOT_SHIFT for k in range(access.count)}
+
+
 def compare_run(scenario: Scenario, run: KernelRun, preset: str = "modern") -> list[Difference]:
-    """Every difference between the kernel's run of the scenario and the preset's model, step by step."""
+    """Every difference between the kernel's run of the scenario and the preset's model, step by step
+    (the tolerated ones named)."""
     sim = Simulation(scenario, make_policy(preset), detail="summary")
     differences: list[Difference] = []
     before = sim.kvm.stats()
     kernel_leaves = dict.fromkeys(LEVELS, 0)
+    # Per (vCPU, root): the root's entries as the vCPU last saw them on the kernel (at its last fault).
+    seen: dict[tuple[int, int], frozenset[int]] = {}
     for index, step in enumerate(scenario.steps):
+        roots_before = _roots(sim)
         result = sim.step()
+        vcpu, indexes = _top_indexes(step)
+        refault = 0
+        root = sim.kvm.vcpus[vcpu].root if vcpu >= 0 else None
+        if root is not None:
+            present = roots_before.get(id(root), frozenset())
+            refault = 1 if indexes & (present - seen.get((vcpu, id(root)), frozenset())) else 0
         after = sim.kvm.stats()
         where = f"step {index} ({step.op})"
         model_log = sorted(result.dirty_log) if result.dirty_log is not None else None
@@ -142,10 +204,13 @@ def compare_run(scenario: Scenario, run: KernelRun, preset: str = "modern") -> l
                 kernel -= system_spurious(run, index)
             model = after.get(name, 0) - before.get(name, 0)
             if kernel != model:
-                differences.append(
-                    Difference(index, name, f"{where}: {name} changed by {kernel} on the kernel, {model} in"
-                               f" {preset}")
-                )
+                text = f"{where}: {name} changed by {kernel} on the kernel, {model} in {preset}"
+                tolerated = PVM_TOP_LEVEL if name == "pf_spurious" and kernel - model == refault else None
+                differences.append(Difference(index, name, text, tolerated))
+        actor = _step_vcpu(step)
+        actor_root = sim.kvm.vcpus[actor].root if actor >= 0 else None
+        if actor_root is not None and run.step_stats[index].vcpus[actor].get("pf_taken", 0):
+            seen[(actor, id(actor_root))] = _roots(sim).get(id(actor_root), frozenset())
         before = after
         leaves = model_leaves(sim)
         for level, name in LEVELS.items():
@@ -161,7 +226,8 @@ def compare_run(scenario: Scenario, run: KernelRun, preset: str = "modern") -> l
             model = result.fault_counts["slow"] + result.fault_counts["fast"]
             if kernel != model:
                 text = f"{where}: {kernel} faults on the kernel, {model} in {preset}"
-                differences.append(Difference(index, "faults", text))
+                tolerated = PVM_TOP_LEVEL if kernel - model == refault else None
+                differences.append(Difference(index, "faults", text, tolerated))
         if run.traces is not None:
             differences += _leaf_differences(scenario, index, run.traces[index], leaves, preset)
     return differences

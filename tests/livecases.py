@@ -104,23 +104,26 @@ def shadow_scenarios(draw: st.DrawFn) -> dict[str, Any]:
     else:
         maps.append({"gfn": hex(BASE + REGION), "npages": REGION, "page": "2M", "dirty": second == "dirty"})
     spaces = draw(st.integers(1, 2))
+    vcpus = draw(st.integers(1, 2))
     steps: list[dict[str, Any]] = []
-    logged = linked = entered = directory_written = False
-    space = 0
+    logged = linked = directory_written = False
+    entered = [False] * vcpus
+    space = [0] * vcpus
     for _ in range(draw(st.integers(3, 12))):
         kind = draw(
             st.sampled_from(
                 ["write", "read", "write", "read", "log", "get", "pde", "link", "linked", "cr3", "invlpg"]
             )
         )
+        vcpu = draw(st.integers(0, vcpus - 1))
         if kind in ("write", "read"):
             count = draw(st.integers(1, 3))
             stride = draw(st.sampled_from([1, 7, 64, 200]))
             first = BASE + draw(st.integers(0, PAGES - 1 - TABLE_PAGES - (count - 1) * stride))
             if any(first + k * stride < BASE + TABLE_PAGES for k in range(count)):
                 first += TABLE_PAGES  # (no access into the guest's tables' group: see TABLE_PAGES)
-            step: dict[str, Any] = {"op": kind, "count": count, "stride": stride}
-            entered = True
+            step: dict[str, Any] = {"op": kind, "count": count, "stride": stride, "vcpu": vcpu}
+            entered[vcpu] = True
             if draw(st.booleans()):
                 step["gva"] = hex(first << 12)
             else:
@@ -135,7 +138,9 @@ def shadow_scenarios(draw: st.DrawFn) -> dict[str, Any]:
             directory_written = True
             dirty = DIRTY if draw(st.booleans()) else 0
             pte = ((BASE + REGION) << 12) | PDE | ACCESSED | dirty
-            steps.append({"op": "write_gpte", "table": hex(SHADOW_PD), "index": 2, "pte": hex(pte)})
+            steps.append(
+                {"op": "write_gpte", "table": hex(SHADOW_PD), "index": 2, "pte": hex(pte), "vcpu": vcpu}
+            )
         elif kind == "link" and not directory_written:
             directory_written = True
             steps.append({"op": "write_gpte", "table": hex(SHADOW_PD), "index": 3,
@@ -143,22 +148,23 @@ def shadow_scenarios(draw: st.DrawFn) -> dict[str, Any]:
             steps.append({"op": "write_gpte", "table": hex(LINKED_TABLE), "index": 0,
                           "pte": hex(LINKED_TARGET << 12 | 0x67)})
             linked = True
-        elif kind == "linked" and linked and space == 0:
-            steps.append({"op": draw(st.sampled_from(["read", "write"])), "gva": hex(LINKED_GVA)})
-        elif kind == "cr3" and spaces > 1 and entered:
+        elif kind == "linked" and linked and space[vcpu] == 0:
+            op = draw(st.sampled_from(["read", "write"]))
+            steps.append({"op": op, "gva": hex(LINKED_GVA), "vcpu": vcpu})
+        elif kind == "cr3" and spaces > 1 and entered[vcpu]:
             # (After an access: the model loads no root for a vCPU whose first step is a MOV CR3, which
             # test_live_shadow_agreement.py shows apart.)
-            space = draw(st.integers(0, spaces - 1))
-            steps.append({"op": "set_cr3", "space": space})  # only space 0's directory has the link
+            space[vcpu] = draw(st.integers(0, spaces - 1))
+            steps.append({"op": "set_cr3", "space": space[vcpu], "vcpu": vcpu})  # only space 0 has the link
         elif kind == "invlpg":
             gva = (BASE + draw(st.integers(0, PAGES - 1))) << 12
-            steps.append({"op": "invlpg", "gva": hex(gva)})
+            steps.append({"op": "invlpg", "gva": hex(gva), "vcpu": vcpu})
     if logged:
         steps.append({"op": "get_dirty_log", "slot": 1})
     return {
         "format": "sptelab-scenario",
         "version": 1,
-        "vm": {"mmu": "shadow"},
+        "vm": {"mmu": "shadow", "vcpus": vcpus},
         "memslots": [{"id": 1, "base_gfn": hex(BASE), "npages": PAGES, "host_page": "2M"}],
         "guest": {"tables_at": hex(BASE), "spaces": [{"maps": maps}] * spaces},
         "steps": steps,

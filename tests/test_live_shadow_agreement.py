@@ -25,7 +25,7 @@ from engine.scenario import parse_scenario
 from live.backend import KernelRun, run_with_stats
 from live.host import host_mmu
 from live.report import availability
-from live.shadow_compare import compare_run, kernel_count
+from live.shadow_compare import PVM_TOP_LEVEL, compare_run, kernel_count
 from live.tracefs import unavailable
 
 UNAVAILABLE = availability()
@@ -51,7 +51,7 @@ def compare(data: dict[str, Any], preset: str = "modern", run: KernelRun | None 
     scenario = parse_scenario(data)
     if run is None:
         run = run_with_stats(scenario, guest="native", trace=NO_TRACE is None)
-    return [difference.text for difference in compare_run(scenario, run, preset)]
+    return [difference.text for difference in compare_run(scenario, run, preset) if not difference.tolerated]
 
 
 def _touched_the_mmu(run: KernelRun) -> None:
@@ -207,3 +207,34 @@ def test_a_store_into_a_write_tracked_table_is_emulated_at_once_on_the_kernel() 
 @pytest.mark.xfail(strict=True, reason="the model has no write tracking (page_fault_handle_page_track)")
 def test_modern_agrees_on_a_store_into_a_write_tracked_table() -> None:
     assert compare(WRITE_TRACKED) == []
+
+
+# The one measured difference of this kernel (kvm_pvm) from upstream that the comparison tolerates, by
+# name (live.shadow_compare.PVM_TOP_LEVEL): vCPU 0's fault links the root's entry 0 and maps gfn 0x209;
+# vCPU 1's first access under that entry, to the same page, faults once on the kernel and finds the
+# spte in place; under upstream both vCPUs share the root and vCPU 1 takes no fault, as in the model.
+TWO_VCPUS: dict[str, Any] = {
+    "format": "sptelab-scenario",
+    "version": 1,
+    "vm": {"mmu": "shadow", "vcpus": 2},
+    "memslots": [{"id": 1, "base_gfn": "0x200", "npages": "0x400", "host_page": "2M"}],
+    "guest": {"tables_at": "0x200"},
+    "steps": [
+        {"op": "read", "gfn": "0x209", "vcpu": 0},
+        {"op": "read", "gfn": "0x209", "vcpu": 1},
+        {"op": "read", "gfn": "0x20a", "vcpu": 1},
+    ],
+}
+
+
+def test_the_kernel_s_refault_under_another_vcpu_s_top_level_entry_is_tolerated_by_name() -> None:
+    scenario = parse_scenario(TWO_VCPUS)
+    run = run_with_stats(scenario, guest="native", trace=NO_TRACE is None)
+    assert [_kernel(run, index, "pf_taken") for index in range(3)] == [1, 1, 0]
+    assert _kernel(run, 1, "pages_4k") == 0  # nothing mapped anew
+    differences = compare_run(scenario, run)
+    assert all(difference.tolerated == PVM_TOP_LEVEL for difference in differences), differences
+    if run.system_faults is not None:
+        assert [d.text for d in differences if d.what == "faults"] == [
+            "step 1 (read): 1 faults on the kernel, 0 in modern"
+        ]

@@ -50,7 +50,7 @@ def test_the_api_says_what_ran_what_models_it_and_what_was_compared() -> None:
     )
     assert live["checked"] == "mmu"
     assert live["compared"] == list(COMPARED)
-    assert live["host_check"] == {"preset": "modern", "agrees": True, "differences": []}
+    assert live["host_check"] == {"preset": "modern", "agrees": True, "differences": [], "tolerated": {}}
     assert live["oracle"]["not_run"]
 
 
