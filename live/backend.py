@@ -316,6 +316,9 @@ class KernelRun:
     system_faults: tuple[int, ...] | None = None
     # The kernel's leaf counters once the live VM's own pages were mapped, before the first step.
     baseline: Snapshot | None = None
+    # A shadow-paging run: the slots on 2M host pages the host did not back with huge pages whole
+    # (the model's large sptes then cannot exist on the kernel), in one line; None when all are.
+    huge_missing: str | None = None
 
     def kernel_tables(self, upto: int) -> KernelTables | None:
         """The kernel's tables as its tracepoints showed them after step `upto` (0-based), or None when
@@ -391,12 +394,19 @@ def run_with_stats(
         used = [(slot.base_gfn, slot.npages) for slot in scenario.memslots]
         guest_ops: ShadowGuestOps | None = None
         system_gfns: range | None = None
+        huge_missing: str | None = None
         built = scenario.built_guest() if shadow else None
         if built is not None:
             placed = layout(built, code_gfn(used, SYSTEM_PAGES))
             vm.boot_shadow(system_id, placed)
             guest_ops = ShadowGuestOps(vm, placed, used)
             system_gfns = placed.system_gfns()
+            short = [
+                f"slot {slot.slot_id}: {vm.huge_backed(slot) >> 20} of {slot.size >> 20} MiB"
+                for slot in vm.slots.values()
+                if slot.huge and vm.huge_backed(slot) < slot.size
+            ]
+            huge_missing = "; ".join(short) + " on huge pages" if short else None
         elif native:
             vm.boot_native(system_id, code_gfn(used, vm.system_pages()))
         else:
@@ -447,6 +457,7 @@ def run_with_stats(
             system_gfns=system_gfns,
             system_faults=system_faults,
             baseline=None if baseline_at is None else baseline_at.minus(first, keep_zero=True),
+            huge_missing=huge_missing,
         )
     raise AssertionError("unreachable")  # pragma: no cover  (ExitStack does not swallow)
 

@@ -155,7 +155,7 @@ def live_json(
     checked, headline = verdict.for_host(mmu, preset)
     shadow: dict[str, object] = {}
     if scenario is not None and scenario_mmu == "shadow":
-        shadow = {"compared": list(COMPARED), "host_check": None}
+        shadow = {"compared": list(COMPARED), "host_check": None, "huge_missing": run.huge_missing}
         if preset is not None and checked == "mmu":
             headline = SHADOW_HEADLINE.format(preset=preset)
             differences = compare_run(scenario, run, preset)

@@ -55,6 +55,7 @@ def compare(data: dict[str, Any], preset: str = "modern", run: KernelRun | None 
 
 
 def _touched_the_mmu(run: KernelRun) -> None:
+    assert run.huge_missing is None, f"the host did not back the 2M slot with huge pages: {run.huge_missing}"
     faults = sum(_kernel(run, index, "pf_taken") for index in range(len(run.logs)))
     assert faults > 0, "the kernel took no fault: its MMU did not run the guest"
     if run.traces is not None:
