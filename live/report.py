@@ -143,7 +143,11 @@ def compare_logs(kernel: Sequence[list[int] | None], engine: Sequence[list[int] 
 
 
 def live_json(
-    verdict: Verdict, oracle: dict[str, object], run: KernelRun, scenario: Scenario | None = None
+    verdict: Verdict,
+    oracle: dict[str, object],
+    run: KernelRun,
+    scenario: Scenario | None = None,
+    dirty_log_mode: str = "bitmap",
 ) -> dict[str, object]:
     """The result's `live` object: which guest ran, how the kernel ran it, which MMU the host has and the
     preset that models it, what was checked, the run's stats, and whether its tracepoints were read.
@@ -158,7 +162,7 @@ def live_json(
         shadow = {"compared": list(COMPARED), "host_check": None, "huge_missing": run.huge_missing}
         if preset is not None and checked == "mmu":
             headline = SHADOW_HEADLINE.format(preset=preset)
-            differences = compare_run(scenario, run, preset)
+            differences = compare_run(scenario, run, preset, dirty_log_mode)
             tolerated = {d.tolerated for d in differences if d.tolerated is not None}
             shadow["host_check"] = {
                 "preset": preset,
@@ -241,5 +245,5 @@ def real_result(
             for index, log in enumerate(kernel)
         ],
         "compare": compare,
-        "live": live_json(verdict, oracle, run, scenario),
+        "live": live_json(verdict, oracle, run, scenario, mode),
     }

@@ -172,10 +172,13 @@ def _top_indexes(step: Step) -> tuple[int, set[int]]:
     return access.vcpu, {(first + (k * stride << 12)) >> ROOT_SHIFT for k in range(access.count)}
 
 
-def compare_run(scenario: Scenario, run: KernelRun, preset: str = "modern") -> list[Difference]:
-    """Every difference between the kernel's run of the scenario and the preset's model, step by step
-    (the tolerated ones named)."""
-    sim = Simulation(scenario, make_policy(preset), detail="summary")
+def compare_run(
+    scenario: Scenario, run: KernelRun, preset: str = "modern", dirty_log_mode: str = "bitmap"
+) -> list[Difference]:
+    """Every difference between the kernel's run of the scenario and the preset's model, in the live
+    VM's dirty-log mode, step by step (the tolerated ones named)."""
+    overrides = {"dirty_log_mode": dirty_log_mode} if dirty_log_mode != "bitmap" else {}
+    sim = Simulation(scenario, make_policy(preset, overrides), detail="summary")
     differences: list[Difference] = []
     before = sim.kvm.stats()
     kernel_leaves = dict.fromkeys(LEVELS, 0)

@@ -73,6 +73,45 @@ def test_modern_agrees_with_the_kernel_s_shadow_mmu_at_every_step(data: dict[str
     assert compare(data, run=run) == []
 
 
+# S2 of tests/test_shadow_paging.py (logging over a guest 2M page whose PDE is dirty: a read after the
+# write that drops the 2M spte is logged), harvested in each dirty-log mode the live VM has: the bitmap,
+# GET then CLEAR of the whole slot and one more write, and the dirty ring.
+S2_STEPS: list[dict[str, Any]] = [
+    {"op": "write", "gfn": "0x410"},
+    {"op": "enable_dirty_log", "slot": 1},
+    {"op": "read", "gfn": "0x420"},
+    {"op": "write", "gfn": "0x450"},
+    {"op": "read", "gfn": "0x460"},
+]
+HARVESTS: dict[str, list[dict[str, Any]]] = {
+    "bitmap": [{"op": "get_dirty_log", "slot": 1}],
+    "manual_clear": [
+        {"op": "get_dirty_log", "slot": 1},
+        {"op": "clear_dirty_log", "slot": 1, "first": 0, "num": 1024},
+        {"op": "write", "gfn": "0x450"},
+        {"op": "get_dirty_log", "slot": 1},
+    ],
+    "ring": [{"op": "reset_dirty_ring"}, {"op": "write", "gfn": "0x470"}, {"op": "reset_dirty_ring"}],
+}
+
+
+@pytest.mark.parametrize("mode", sorted(HARVESTS))
+def test_modern_agrees_with_the_kernel_in_each_dirty_log_mode(mode: str) -> None:
+    data = {
+        "format": "sptelab-scenario",
+        "version": 1,
+        "vm": {"mmu": "shadow"},
+        "memslots": [{"id": 1, "base_gfn": "0x200", "npages": "0x400", "host_page": "2M"}],
+        "guest": {"tables_at": "0x200"},
+        "steps": S2_STEPS + HARVESTS[mode],
+    }
+    scenario = parse_scenario(data)
+    run = run_with_stats(scenario, mode, guest="native", trace=NO_TRACE is None)
+    _touched_the_mmu(run)
+    assert next(log for log in run.logs if log is not None) == [0x450, 0x460]
+    assert [d.text for d in compare_run(scenario, run, "modern", mode) if not d.tolerated] == []
+
+
 # S1 of tests/test_shadow_paging.py: a guest 2M page (host 2M) written; the guest links gfn 0x480
 # inside it as a page table and accesses through it; then reads another page of the range, writes one,
 # and writes the page table.
