@@ -58,6 +58,9 @@ def test_the_page_shows_the_kernel_beside_modern_and_names_each_difference() -> 
     client = _client()
     agreeing = client.get("/real", params={"s": encode_scenario(S1)}).text
     assert 'data-host-check="modern" data-agrees="1"' in agreeing
+    # The kernel's tables beside modern's, leaf by leaf, gfn 0x500 (mapped at gva 0x600000) included.
+    assert "data-differs" not in agreeing and "the model maps nothing here" not in agreeing
+    assert 'data-kleaf="0x500"' in agreeing
     differing = client.get("/real", params={"s": encode_scenario(WRITE_TRACKED)}).text
     assert 'data-host-check="modern" data-agrees="0"' in differing
     named = re.findall(r'<li data-step="(\d+)" data-what="([a-z_]+)">([^<]*)</li>', differing)
