@@ -31,6 +31,12 @@ that collide with the guest-physical pages the VM keeps for itself, more guest m
 below, slot ids the kernel keeps for itself, and, in ring mode, more writes by one vCPU between two
 harvests than half the ring holds.
 
+A shadow-paging scenario (`vm.mmu: "shadow"`) runs on the native guest only, on its own page tables
+(`live.shadow_guest`): its accesses, PTE stores, INVLPG and MOV CR3 are the guest's own instructions
+(`live.shadow_run`), every page of its slots is touched by the host first, and each vCPU enters the
+guest once before the first step; `KernelRun` then also says which gfns are the live VM's own
+(`system_gfns`), the faults it took for them per step (traced), and the counters after that entry.
+
 `memslots[].host_page` of 2M or 1G backs the slot with transparent huge pages for the native guest (2M
 at most: the host's THP), and its guest pages are 2M where alignment allows. Ignored, because the real
 machine cannot reproduce them and they do not change what a dirty log returns: `base_pfn` and
