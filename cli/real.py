@@ -146,7 +146,8 @@ def _real_text(scenario: Scenario, result: dict[str, Any], presets: Sequence[str
         op = describe_op(scenario.steps[index])
         shown = _gfn_list(log) if log is not None else "no log"
         lines.append(f"step {index:>3}  {op}: kernel {shown}")
-        lines.append(line("emulated guest", oracle.get(index), "agrees", "differs: "))
+        if not live["oracle"].get("not_run"):
+            lines.append(line("emulated guest", oracle.get(index), "agrees", "differs: "))
         for name in presets:
             diff = differences[name].get(index)
             if native:
@@ -155,28 +156,62 @@ def _real_text(scenario: Scenario, result: dict[str, Any], presets: Sequence[str
                 lines.append(line(labels[name], diff, "would log the same", "would log other pages: "))
     lines.append("")
     count = len(oracle)
-    lines.append(
-        "emulated guest: "
-        + ("agrees with the kernel at every step" if count == 0 else f"differs at {_steps(count)}")
-    )
+    if live["oracle"].get("not_run"):
+        lines.append(f"emulated guest: not run: {live['oracle']['not_run']}")
+    else:
+        lines.append(
+            "emulated guest: "
+            + ("agrees with the kernel at every step" if count == 0 else f"differs at {_steps(count)}")
+        )
+    shadow = live.get("scenario_mmu") == "shadow"
     if not native:
         lines.append("what each preset's MMU would log, not checked against the kernel's MMU:")
     for name in presets:
         count = len(differences[name])
-        if native:
+        if native and shadow:
+            verdict = (
+                "the kernel's dirty logs at every step" if count == 0 else f"other logs at {_steps(count)}"
+            )
+        elif native:
             verdict = "agrees at every step" if count == 0 else f"differs at {_steps(count)}"
         else:
             verdict = "the same pages at every step" if count == 0 else f"other pages at {_steps(count)}"
         lines.append(f"{name}: {verdict}")
+    lines += _host_check_lines(live)
     if live["traced"]:
         lines += ["", "what the kernel's MMU did, by its tracepoints:"]
         lines += _trace_lines(scenario, result["steps"])
     return lines
 
 
+# The differences of a shadow-paging run's step-by-step check that the text lists one by one.
+_HOST_CHECK_SHOWN = 32
+
+
+def _host_check_lines(live: dict[str, Any]) -> list[str]:
+    """A shadow-paging scenario's check of the host's preset against the kernel, step by step."""
+    check = live.get("host_check")
+    if not check:
+        return []
+    preset, differences = check["preset"], check["differences"]
+    lines = ["", f"{preset} against the kernel's shadow MMU, step by step ({', '.join(live['compared'])}):"]
+    if check["agrees"]:
+        lines.append(f"  {preset} did what the kernel did at every step")
+    lines += [
+        f"  {difference['text']}"
+        + (f" (known: {check['tolerated'][difference['tolerated']]})" if difference.get("tolerated") else "")
+        for difference in differences[:_HOST_CHECK_SHOWN]
+    ]
+    if len(differences) > _HOST_CHECK_SHOWN:
+        lines.append(f"  ... and {len(differences) - _HOST_CHECK_SHOWN} more (--json lists them all)")
+    return lines
+
+
 def _guest_line(live: dict[str, Any]) -> str:
     native = live["guest"] == "native"
     guest = "native (64-bit, its own page tables)" if native else "emulated (32-bit, paging off)"
+    if live.get("scenario_mmu") == "shadow":
+        guest = "native (64-bit, on the scenario's own page tables)"
     traced = "read" if live["traced"] else f"not read: {live['trace_missing']}"
     return f"guest: {guest}; host MMU: {live['host_mmu']}; kernel tracepoints {traced}"
 

@@ -8,6 +8,12 @@ without KVM imports it fine, and `live.report.availability()` says why it cannot
 - `guest_code`: the x86 machine code an access step becomes;
 - `vm`: one VM (memslots, vCPUs, the dirty-log ioctls and the dirty ring), released as a context manager;
 - `stats`: the VM's and vCPUs' binary statistics (KVM_GET_STATS_FD), snapshots and their differences;
+- `shadow_guest`: a shadow-paging scenario's own page tables laid into its memory, with the entry that
+  maps the live VM's code from its system slot;
+- `shadow_run`: that guest's reads, writes, PTE stores, INVLPG and MOV CR3 as its own instructions,
+  refusing an access its tables would fault;
+- `shadow_compare`: such a run against a preset step by step (dirty logs, leaves per level, W bits,
+  faults, emulated stores, unsync pages), the one known difference of `kvm_pvm` tolerated by name;
 - `backend`: a scenario step by step on a VM, its statistics around each step, and what it refuses
   (`run_on_kernel`, `run_with_stats`, `refusal`);
 - `execution`: from the statistics, whether the kernel ran the guest through its MMU or emulated it, and

@@ -31,6 +31,12 @@ that collide with the guest-physical pages the VM keeps for itself, more guest m
 below, slot ids the kernel keeps for itself, and, in ring mode, more writes by one vCPU between two
 harvests than half the ring holds.
 
+A shadow-paging scenario (`vm.mmu: "shadow"`) runs on the native guest only, on its own page tables
+(`live.shadow_guest`): its accesses, PTE stores, INVLPG and MOV CR3 are the guest's own instructions
+(`live.shadow_run`), every page of its slots is touched by the host first, and each vCPU enters the
+guest once before the first step; `KernelRun` then also says which gfns are the live VM's own
+(`system_gfns`), the faults it took for them per step (traced), and the counters after that entry.
+
 `memslots[].host_page` of 2M or 1G backs the slot with transparent huge pages for the native guest (2M
 at most: the host's THP), and its guest pages are 2M where alignment allows. Ignored, because the real
 machine cannot reproduce them and they do not change what a dirty log returns: `base_pfn` and
@@ -48,11 +54,15 @@ from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from engine.ops.base import Harvest
+from engine.ops.guest_paging import InvlpgStep, SetCr3Step, WriteGpteStep
 from engine.ops.registry import Step, op_spec
 from engine.scenario import Scenario
-from live.guest_code import access_program
+from live.guest_code import access_program, shadow_access_program
 from live.kernel_tables import KernelTables
 from live.paging import GuestPageTables
+from live.shadow_guest import SYSTEM_PAGES, layout
+from live.shadow_guest import refusal as shadow_refusal
+from live.shadow_run import GuestFaultError, ShadowGuestOps
 from live.stats import Snapshot, VmStats
 from live.syscalls import KvmError
 from live.tracefs import TablePage, TraceSession, TraceStep, unavailable
@@ -90,6 +100,10 @@ _MODE_REFUSALS: frozenset[tuple[str, int]] = frozenset(
 
 _T = TypeVar("_T")
 
+# The ops a shadow-paging guest runs as its own instructions, which the engine's facets leave to the
+# live backend (they have no LiveTarget form).
+GUEST_PAGING_OPS = frozenset({"write_gpte", "invlpg", "set_cr3"})
+
 # The two guests the live VM can run (live.vm): 64-bit with page tables, or 32-bit with paging off.
 Guest = Literal["native", "emulated"]
 
@@ -123,7 +137,14 @@ def refusal(scenario: Scenario, dirty_log_mode: str = "bitmap") -> str | None:
             f"the memslots hold {total} pages; the live backend runs at most {MAX_LIVE_PAGES}"
             " (1 GiB of guest memory)"
         )
+    shadow = scenario.vm.mmu == "shadow"
+    if shadow:
+        reason = shadow_refusal(scenario)
+        if reason is not None:
+            return reason
     for index, step in enumerate(scenario.steps):
+        if shadow and step.op in GUEST_PAGING_OPS:
+            continue  # the shadow guest's own instructions (live.shadow_run)
         reason = op_spec(step).refusal
         if reason is not None:
             return f"step {index} ({step.op}): {reason}"
@@ -188,17 +209,33 @@ def _unless_refused(ioctl: str, call: Callable[[], _T]) -> _T | None:
 
 class _Run:
     """One scenario on one VM: executes steps in order, keeping the migration's bookkeeping. It is the
-    `LiveTarget` (engine.ops.base) through which each op's `live` facet expresses itself."""
+    `LiveTarget` (engine.ops.base) through which each op's `live` facet expresses itself; under shadow
+    paging the guest's accesses and paging operations are its own instructions (`live.shadow_run`)."""
 
-    def __init__(self, vm: KvmVm, scenario: Scenario) -> None:
+    def __init__(self, vm: KvmVm, scenario: Scenario, shadow: ShadowGuestOps | None = None) -> None:
         self.vm = vm
         self.scenario = scenario
+        self.shadow = shadow
         self.logged: set[int] = set()
         self.enabled_by_migration: list[int] = []
 
     def step(self, step: Step) -> list[int] | None:
         """The step, by its op's `live` facet: the dirty log it returned, or None."""
         spec = op_spec(step)
+        if self.shadow is not None:
+            access = spec.access(step)
+            if access is not None:
+                self.shadow.access(access)
+                return None
+            if isinstance(step, WriteGpteStep):
+                self.shadow.write_gpte(step.vcpu, step.table, step.index, step.pte)
+                return None
+            if isinstance(step, InvlpgStep):
+                self.shadow.invlpg(step.vcpu, step.gva)
+                return None
+            if isinstance(step, SetCr3Step):
+                self.shadow.set_cr3(step.vcpu, step.space)
+                return None
         if spec.live is None:
             raise UnsupportedScenarioError(f"the live backend has no counterpart for op {step.op!r}")
         result: list[int] | None = spec.live(self, step)
@@ -279,6 +316,15 @@ class KernelRun:
     traces: list[TraceStep] | None = None
     trace_missing: str | None = "not asked for"
     guest_tables: GuestPageTables | None = None
+    # A shadow-paging scenario: the live VM's own gfns (its system slot), kept out of every comparison.
+    system_gfns: range | None = None
+    # Per step, the faults the kernel took for the live VM's own pages (its code's fetches), traced.
+    system_faults: tuple[int, ...] | None = None
+    # The kernel's leaf counters once the live VM's own pages were mapped, before the first step.
+    baseline: Snapshot | None = None
+    # A shadow-paging run: the slots on 2M host pages the host did not back with huge pages whole
+    # (the model's large sptes then cannot exist on the kernel), in one line; None when all are.
+    huge_missing: str | None = None
 
     def kernel_tables(self, upto: int) -> KernelTables | None:
         """The kernel's tables as its tracepoints showed them after step `upto` (0-based), or None when
@@ -295,10 +341,15 @@ class KernelRun:
 
 
 def _accesses(scenario: Scenario) -> tuple[int, int]:
-    """(guest accesses, distinct pages they touch) of the scenario's read and write steps."""
+    """(guest accesses, distinct pages they touch) of the scenario's read and write steps, and of a
+    shadow-paging guest's stores into its tables (each one store into the table's page)."""
     count = 0
     pages: set[int] = set()
     for step in scenario.steps:
+        if isinstance(step, WriteGpteStep):
+            count += 1
+            pages.add(step.table)
+            continue
         access = op_spec(step).access(step)
         if access is not None:
             count += access.count
@@ -330,6 +381,11 @@ def run_with_stats(
     reason = refusal(scenario, dirty_log_mode)
     if reason is not None:
         raise UnsupportedScenarioError(reason)
+    shadow = scenario.vm.mmu == "shadow"
+    if shadow and guest != "native":
+        raise UnsupportedScenarioError(
+            "a shadow-paging scenario runs on the native guest only: its guest runs on its own page tables"
+        )
     accesses, pages = _accesses(scenario)
     native = guest == "native"
     trace_missing = (unavailable() if trace else "not asked for") if native else "the guest was emulated"
@@ -342,30 +398,61 @@ def run_with_stats(
             vm.add_slot(slot.id, slot.base_gfn, slot.npages, huge=native and slot.host_page != "4K")
         system_id = code_slot_id(slot.id for slot in scenario.memslots)
         used = [(slot.base_gfn, slot.npages) for slot in scenario.memslots]
-        if native:
+        guest_ops: ShadowGuestOps | None = None
+        system_gfns: range | None = None
+        huge_missing: str | None = None
+        built = scenario.built_guest() if shadow else None
+        if built is not None:
+            placed = layout(built, code_gfn(used, SYSTEM_PAGES))
+            vm.boot_shadow(system_id, placed)
+            guest_ops = ShadowGuestOps(vm, placed, used)
+            system_gfns = placed.system_gfns()
+            short = [
+                f"slot {slot.slot_id}: {vm.huge_backed(slot) >> 20} of {slot.size >> 20} MiB"
+                for slot in vm.slots.values()
+                if slot.huge and vm.huge_backed(slot) < slot.size
+            ]
+            huge_missing = "; ".join(short) + " on huge pages" if short else None
+        elif native:
             vm.boot_native(system_id, code_gfn(used, vm.system_pages()))
         else:
             vm.add_code_slot(system_id, code_gfn(used))
         session = owned.enter_context(TraceSession()) if trace_missing is None else None
         stats = owned.enter_context(VmStats(vm))
-        run = _Run(vm, scenario)
+        run = _Run(vm, scenario, guest_ops)
         logs: list[list[int] | None] = []
         step_stats: list[Snapshot] = []
         traces: list[TraceStep] = []
-        first = before = stats.snapshot()
+        first = stats.snapshot()
+        baseline_at: Snapshot | None = None
+        if guest_ops is not None:
+            # Each vCPU enters the guest once, so that the code page's spte exists before the first step
+            # (its fault and its leaf are the live VM's, not the scenario's).
+            for index in range(len(vm.vcpus)):
+                vm.run_code(index, shadow_access_program([]))
+            baseline_at = stats.snapshot()
+        before = baseline_at or first
         if session is not None:
             session.take()  # the boot's own faults are not a step's
-        for step in scenario.steps:
-            logs.append(run.step(step))
+        for index, step in enumerate(scenario.steps):
+            try:
+                logs.append(run.step(step))
+            except GuestFaultError as error:
+                raise UnsupportedScenarioError(f"step {index} ({step.op}): {error}") from None
             after = stats.snapshot()
             step_stats.append(after.minus(before))
             before = after
             if session is not None:
                 traces.append(session.take())
+        system_faults = None
+        if system_gfns is not None and session is not None:
+            system_faults = tuple(
+                sum(1 for gfn in trace.spte_requested if gfn in system_gfns) for trace in traces
+            )
         return KernelRun(
             logs=logs,
             step_stats=step_stats,
-            totals=before.minus(first, keep_zero=True),
+            totals=before.minus(baseline_at or first, keep_zero=True),
             stats_missing=stats.missing,
             guest_accesses=accesses,
             pages_touched=pages,
@@ -373,6 +460,10 @@ def run_with_stats(
             traces=traces if session is not None else None,
             trace_missing=trace_missing,
             guest_tables=vm.guest_tables,
+            system_gfns=system_gfns,
+            system_faults=system_faults,
+            baseline=None if baseline_at is None else baseline_at.minus(first, keep_zero=True),
+            huge_missing=huge_missing,
         )
     raise AssertionError("unreachable")  # pragma: no cover  (ExitStack does not swallow)
 

@@ -53,6 +53,13 @@ UNMODELLED_HEADLINE = (
     " set beside the kernel's as data, not checked against it"
 )
 
+# A shadow-paging scenario's run through this host's shadow MMU, which the preset models step by step.
+SHADOW_HEADLINE = (
+    "the kernel's shadow MMU ran the guest on the scenario's own page tables: {preset} was compared with it"
+    " step by step (dirty logs, leaves per level, the W bit of each leaf set, faults, emulated stores,"
+    " unsync pages)"
+)
+
 CHECKED: dict[Execution, Checked] = {
     "emulated": "dirty_log_ioctls",
     "mmu": "mmu",

@@ -122,6 +122,34 @@ class Assembler:
             raise ValueError(f"port {port:#x} does not fit in a byte")
         self.code += bytes([0xE6, port])
 
+    def mov_imm64(self, dst: Reg, value: int) -> None:
+        """mov r64, imm64: REX.W B8+r io (64-bit mode only)."""
+        if not self.long_mode:
+            raise ValueError("a 64-bit immediate needs 64-bit mode")
+        self.code += bytes([0x48, 0xB8 + dst]) + struct.pack("<Q", value & (1 << 64) - 1)
+
+    def store_imm32(self, base: Reg, value: int) -> None:
+        """mov dword [base], imm32: C7 /0 id."""
+        self._indirect(0xC7, Reg.EAX, base)
+        self.code += _imm32(value)
+
+    def store64(self, base: Reg, src: Reg) -> None:
+        """mov qword [base], src: REX.W 89 /r (64-bit mode only)."""
+        if not self.long_mode:
+            raise ValueError("a 64-bit store needs 64-bit mode")
+        self.code.append(0x48)
+        self._indirect(0x89, src, base)
+
+    def mov_to_cr3(self, src: Reg) -> None:
+        """mov cr3, r64: 0F 22 /r, register direct, reg field 3 (CR3)."""
+        self.code += bytes([0x0F, 0x22, _modrm(0b11, 3, src)])
+
+    def invlpg(self, base: Reg) -> None:
+        """invlpg [base]: 0F 01 /7."""
+        if base in (Reg.ESP, Reg.EBP):
+            raise ValueError(f"[{base.name.lower()}] needs a SIB byte or a displacement")
+        self.code += bytes([0x0F, 0x01, _modrm(0b00, 7, base)])
+
     def bytes(self) -> bytes:
         return bytes(self.code)
 
@@ -160,3 +188,57 @@ def access_program(gfn: int, count: int, stride: int, write: bool, *, native: bo
     else:
         asm.hlt()
     return asm.bytes()
+
+
+# The shadow-paging guest's programs (`live.shadow_guest`): 64-bit addresses anywhere below 2^47, each
+# access spelled out so that every store writes the value its page already holds at its first dword.
+# A plain store into a page that is, or later becomes, one of the guest's page tables then changes no
+# guest PTE: entry 0 is rewritten as it was, as the model's store does.
+
+
+def _done(asm: Assembler) -> bytes:
+    asm.out_al(DONE_PORT)
+    return asm.bytes()
+
+
+def shadow_access_program(accesses: list[tuple[int, int | None]]) -> bytes:
+    """One access per (gva, value): a load when value is None, else a 32-bit store of value; then the
+    end (`out DONE_PORT, al`)."""
+    asm = Assembler(long_mode=True)
+    for gva, value in accesses:
+        asm.mov_imm64(Reg.ESI, gva)
+        if value is None:
+            asm.load(Reg.EAX, Reg.ESI)
+        else:
+            asm.store_imm32(Reg.ESI, value)
+    return _done(asm)
+
+
+# Accesses per program: each takes at most 16 bytes (a 10-byte move and a 6-byte store), and the end
+# two more, well inside the code page.
+SHADOW_ACCESSES_PER_RUN = 200
+
+
+def gpte_store_program(gva: int, pte: int) -> bytes:
+    """The guest stores the 64-bit `pte` at `gva` (an entry of one of its page tables)."""
+    asm = Assembler(long_mode=True)
+    asm.mov_imm64(Reg.ESI, gva)
+    asm.mov_imm64(Reg.EAX, pte)
+    asm.store64(Reg.ESI, Reg.EAX)
+    return _done(asm)
+
+
+def invlpg_program(gva: int) -> bytes:
+    """INVLPG [gva]."""
+    asm = Assembler(long_mode=True)
+    asm.mov_imm64(Reg.ESI, gva)
+    asm.invlpg(Reg.ESI)
+    return _done(asm)
+
+
+def set_cr3_program(cr3: int) -> bytes:
+    """MOV CR3 to the physical address `cr3` (a PML4), PCID 0, flushing the guest's TLB."""
+    asm = Assembler(long_mode=True)
+    asm.mov_imm64(Reg.EAX, cr3)
+    asm.mov_to_cr3(Reg.EAX)
+    return _done(asm)

@@ -24,8 +24,9 @@ from engine.policy import Policy, make_policy
 from engine.scenario import Scenario
 from engine.simulation import GuestExecution, Simulation
 from live.backend import Guest, KernelRun, UnsupportedScenarioError, refusal, run_with_stats
-from live.execution import Verdict, judge
-from live.host import NO_PRESET, PRESET_FOR, host_mmu
+from live.execution import SHADOW_HEADLINE, Verdict, judge
+from live.host import host_mmu, preset_for
+from live.shadow_compare import COMPARED, TOLERATED, compare_run
 from live.syscalls import KvmError
 from live.vm import RING_ENTRIES, GuestExitError, probe
 
@@ -84,6 +85,11 @@ def engine_dirty_logs(
     return _engine_logs(scenario, make_policy(preset, overrides))
 
 
+SHADOW_NO_ORACLE = (
+    "a shadow-paging guest runs on its own page tables, never in the instruction emulator: the emulated"
+    " guest is no oracle for it"
+)
+
 # The preset whose dirty-log code the oracle runs: today's kernel. Under an emulated guest no spte exists,
 # so none of the MMU's switches can change what it logs; only the dirty-log mode matters.
 ORACLE_PRESET = "modern"
@@ -136,19 +142,43 @@ def compare_logs(kernel: Sequence[list[int] | None], engine: Sequence[list[int] 
     return {"agrees": not differences, "differences": differences}
 
 
-def live_json(verdict: Verdict, oracle: dict[str, object], run: KernelRun) -> dict[str, object]:
+def live_json(
+    verdict: Verdict,
+    oracle: dict[str, object],
+    run: KernelRun,
+    scenario: Scenario | None = None,
+    dirty_log_mode: str = "bitmap",
+) -> dict[str, object]:
     """The result's `live` object: which guest ran, how the kernel ran it, which MMU the host has and the
-    preset that models it, what was checked, the run's stats, and whether its tracepoints were read."""
+    preset that models it, what was checked, the run's stats, and whether its tracepoints were read.
+    For a shadow-paging scenario also what was compared with the host's preset (`compared`) and the
+    differences found, step by step (`host_check`)."""
     mmu = host_mmu()
-    preset = PRESET_FOR[mmu]
+    scenario_mmu = scenario.vm.mmu if scenario is not None else "tdp"
+    preset, missing = preset_for(mmu, scenario_mmu)
     checked, headline = verdict.for_host(mmu, preset)
+    shadow: dict[str, object] = {}
+    if scenario is not None and scenario_mmu == "shadow":
+        shadow = {"compared": list(COMPARED), "host_check": None, "huge_missing": run.huge_missing}
+        if preset is not None and checked == "mmu":
+            headline = SHADOW_HEADLINE.format(preset=preset)
+            differences = compare_run(scenario, run, preset, dirty_log_mode)
+            tolerated = {d.tolerated for d in differences if d.tolerated is not None}
+            shadow["host_check"] = {
+                "preset": preset,
+                "agrees": all(difference.tolerated is not None for difference in differences),
+                "differences": [difference.to_json() for difference in differences],
+                "tolerated": {name: TOLERATED[name] for name in sorted(tolerated)},
+            }
     return {
+        "scenario_mmu": scenario_mmu,
+        **shadow,
         "guest": run.guest,
         "execution": verdict.execution,
         "mmu_exercised": verdict.mmu_exercised,
         "host_mmu": mmu,
         "host_preset": preset,
-        "host_preset_missing": NO_PRESET[mmu],
+        "host_preset_missing": missing,
         "emulated_instructions": verdict.emulated_instructions,
         "page_faults": verdict.page_faults,
         "guest_accesses": verdict.guest_accesses,
@@ -198,7 +228,11 @@ def real_result(
     run = kernel_run(scenario, mode, device=device, guest=guest, trace=trace)
     kernel = run.logs
     verdict = judge(run.totals, run.guest_accesses, run.pages_touched, run.stats_missing)
-    oracle = compare_logs(kernel, oracle_dirty_logs(scenario, mode))
+    if scenario.vm.mmu == "shadow":
+        # The emulated guest has no page tables: a shadow-paging guest is never run in the emulator.
+        oracle: dict[str, object] = {"agrees": True, "differences": [], "not_run": SHADOW_NO_ORACLE}
+    else:
+        oracle = compare_logs(kernel, oracle_dirty_logs(scenario, mode))
     compare: dict[str, object] = {}
     for name, policy in policies.items():
         compare[name] = compare_logs(kernel, _engine_logs(scenario, policy))
@@ -211,5 +245,5 @@ def real_result(
             for index, log in enumerate(kernel)
         ],
         "compare": compare,
-        "live": live_json(verdict, oracle, run),
+        "live": live_json(verdict, oracle, run, scenario, mode),
     }

@@ -58,6 +58,7 @@ _CHANGED = re.compile(
     r"as id \d+ gfn (?P<gfn>[0-9a-f]+) level (?P<level>\d+) old_spte (?P<old>[0-9a-f]+)"
     r" new_spte (?P<new>[0-9a-f]+)"
 )
+_REQUESTED = re.compile(r"gfn (?P<gfn>[0-9a-f]+) pfn")
 _PAGE = re.compile(r"sp gen \d+ gfn (?P<gfn>[0-9a-f]+) l(?P<level>\d)\b(?P<rest>.*)")
 _FIELDS = re.compile(r"(\w+) ([0-9a-fx]+)")
 
@@ -121,6 +122,8 @@ class TraceStep:
     # Every table a fault linked under an entry that was not present: new ones and ones the kernel still
     # had (kvm_mmu_get_page with "existing"), e.g. the direct table of a region logged once before.
     tables_linked: tuple[TablePage, ...] = ()
+    # The gfn of every kvm_mmu_spte_requested: one per fault that reached the MMU's map step.
+    spte_requested: tuple[int, ...] = ()
 
     @property
     def changes_tables(self) -> bool:
@@ -150,6 +153,7 @@ class TraceStep:
                 for c in data.get("sptes_changed", ())
             ),
             tuple(TablePage(t["gfn"], t["level"], t["direct"]) for t in data.get("tables_linked", ())),
+            tuple(data.get("spte_requested", ())),
         )
 
     def to_json(self) -> dict[str, object]:
@@ -161,6 +165,7 @@ class TraceStep:
             "overrun": self.overrun,
             "sptes_changed": [c.to_json() for c in self.sptes_changed],
             "tables_linked": [t.to_json() for t in self.tables_linked],
+            "spte_requested": list(self.spte_requested),
         }
 
 
@@ -171,6 +176,7 @@ def parse(lines: Iterable[str]) -> TraceStep:
     zapped: list[TablePage] = []
     changed: list[SpteChanged] = []
     linked: list[TablePage] = []
+    requested: list[int] = []
     counts: dict[str, int] = {}
     overrun = False
     for line in lines:
@@ -196,6 +202,10 @@ def parse(lines: Iterable[str]) -> TraceStep:
                         index=(sptep & 0xFFF) // 8,
                     )
                 )
+        elif event == "kvm_mmu_spte_requested":
+            found = _REQUESTED.match(text)
+            if found is not None:
+                requested.append(int(found["gfn"], 16))
         elif event == "kvm_tdp_mmu_spte_changed":
             found = _CHANGED.match(text)
             if found is not None:
@@ -213,7 +223,14 @@ def parse(lines: Iterable[str]) -> TraceStep:
                 if text.rstrip().endswith(" new"):
                     created.append(table)
     return TraceStep(
-        tuple(sptes), tuple(created), tuple(zapped), counts, overrun, tuple(changed), tuple(linked)
+        tuple(sptes),
+        tuple(created),
+        tuple(zapped),
+        counts,
+        overrun,
+        tuple(changed),
+        tuple(linked),
+        tuple(requested),
     )
 
 

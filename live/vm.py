@@ -40,6 +40,7 @@ from live.guest_code import DONE_PORT
 from live.longmode import enter_long_mode, register_pvm_page, supported_cpuid
 from live.owned import Owned
 from live.paging import GuestPageTables, MappedRange, identity_map, table_pages
+from live.shadow_guest import ShadowLayout
 from live.syscalls import (
     MAP_ANONYMOUS,
     MAP_NORESERVE,
@@ -209,6 +210,9 @@ class KvmVm(Owned):
         self.native = native
         self.guest_tables: GuestPageTables | None = None  # the native guest's, once booted
         self.pvm_registered = False
+        # Where the vCPUs find the code page: its guest-physical address, unless the guest's own tables
+        # map it elsewhere (a shadow-paging scenario's guest: live.shadow_guest).
+        self.code_va: int | None = None
         self.run_timeout = RUN_TIMEOUT_S if run_timeout is None else run_timeout
         # A whole run's end (time.monotonic()), past which no vCPU runs again; None for none.
         self.deadline: float | None = None
@@ -373,6 +377,66 @@ class KvmVm(Owned):
             enter_long_mode(vcpu.fd, cpuid, tables.cr3)
             self.pvm_registered &= register_pvm_page(vcpu.fd, pvm_page)
 
+    def boot_shadow(self, slot_id: int, layout: ShadowLayout) -> None:
+        """A shadow-paging scenario's guest: its table pages written into the scenario's slots, the
+        system slot (code page, PVM page, the tables that map them) added at `layout.system_base`, every
+        page of the scenario's slots touched by the host first (present and writable, as the model's
+        host pages are), and every vCPU put in 64-bit mode on space 0's PML4."""
+        if not self.native:
+            raise ValueError("boot_shadow is for a VM created with native=True")
+        for slot in self.slots.values():
+            self._touch(slot)
+        for gfn, content in layout.scenario_pages.items():
+            self.write_page(gfn, content)
+        npages = len(layout.system_pages)
+        self.code_slot = system = self.add_slot(slot_id, layout.system_base, npages)
+        for position, page in enumerate(layout.system_pages):
+            ctypes.memmove(system.address + position * PAGE_SIZE, page, PAGE_SIZE)
+        self.code_va = layout.code_va
+        cpuid = supported_cpuid(self.kvm_fd)
+        pvm_page = (layout.system_base + 1) << PAGE_SHIFT
+        self.pvm_registered = True
+        for vcpu in self.vcpus:
+            enter_long_mode(vcpu.fd, cpuid, layout.cr3s[0])
+            self.pvm_registered &= register_pvm_page(vcpu.fd, pvm_page)
+
+    @staticmethod
+    def _touch(slot: GuestSlot) -> None:
+        """Write a zero into every page of the slot from the host, so that each is present and writable
+        in the host's page tables before the guest touches it (a huge page where the host backs it so)."""
+        ctypes.memset(slot.address, 0, slot.size)
+
+    @staticmethod
+    def huge_backed(slot: GuestSlot) -> int:
+        """How many bytes of the slot's memory the host backs with transparent huge pages now
+        (/proc/self/smaps' AnonHugePages of its mapping)."""
+        start, size = slot.mapping
+        total = 0
+        inside = False
+        with open("/proc/self/smaps") as smaps:
+            for line in smaps:
+                head = line.split()[0]
+                if "-" in head and not head.endswith(":"):
+                    low, high = (int(part, 16) for part in head.split("-"))
+                    inside = low < start + size and start < high
+                elif inside and head == "AnonHugePages:":
+                    total += int(line.split()[1]) * 1024
+        return total
+
+    def _host_address(self, gfn: int) -> int:
+        for slot in self.slots.values():
+            if slot.base_gfn <= gfn < slot.base_gfn + slot.npages:
+                return slot.address + ((gfn - slot.base_gfn) << PAGE_SHIFT)
+        raise ValueError(f"gfn {gfn:#x} is in no memslot")
+
+    def write_page(self, gfn: int, content: bytes) -> None:
+        """Guest memory written from the host (no guest access: KVM sees nothing of it)."""
+        ctypes.memmove(self._host_address(gfn), content, len(content))
+
+    def first_dword_at(self, gfn: int, offset: int) -> int:
+        """The 32 bits at `offset` (a multiple of 4) in the page, read from the host."""
+        return ctypes.c_uint32.from_address(self._host_address(gfn) + offset).value
+
     # -- dirty logging -----------------------------------------------------------------------------------
 
     def set_logging(self, slot_id: int, enable: bool) -> None:
@@ -455,7 +519,7 @@ class KvmVm(Owned):
         vcpu = self.vcpus[vcpu_index]
         regs = abi.KvmRegs()
         ioctl(vcpu.fd, abi.KVM_GET_REGS, regs)
-        regs.rip = self.code_slot.base_gfn << PAGE_SHIFT
+        regs.rip = self.code_slot.base_gfn << PAGE_SHIFT if self.code_va is None else self.code_va
         regs.rflags = RFLAGS_RESERVED
         ioctl(vcpu.fd, abi.KVM_SET_REGS, regs)
         run = abi.KvmRunHeader.from_address(vcpu.run_address)

@@ -13,15 +13,25 @@ counted.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from engine.policy import Policy
 from engine.scenario import Scenario
 from engine.scenario.cost import MAX_GFN_END
+from engine.shadow_page import KvmMmuPage, kvm_mmu_page_get_gfn
 from engine.simulation import Simulation, StepResult
-from engine.spte import FLAG_BITS, flag_word, is_dirty_spte, is_last_spte, is_writable_pte, level_name
+from engine.spte import (
+    FLAG_BITS,
+    flag_word,
+    is_dirty_spte,
+    is_last_spte,
+    is_shadow_present_pte,
+    is_writable_pte,
+    level_name,
+    pages_per_hpage,
+)
 from engine.tdp_iter import for_each_tdp_pte, walk_spte
 from live.kernel_tables import DIRTY, WRITABLE, KernelTables, spte_bits
 from live.tracefs import TraceStep
@@ -100,7 +110,7 @@ def _model_tables(sim: Simulation, kernel: set[tuple[int, int]]) -> tuple[list[T
     absent: dict[int, list[int]] = {}
     levels: dict[int, int] = {}
     truncated = False
-    for it in for_each_tdp_pte(kvm, kvm.root, 0, MAX_GFN_END):
+    for it in _model_entries(sim):
         spte = it.old_spte
         if not is_last_spte(spte, it.level):
             continue
@@ -118,7 +128,7 @@ def _model_tables(sim: Simulation, kernel: set[tuple[int, int]]) -> tuple[list[T
             shown[address].append(
                 LeafRow(
                     gfn=it.gfn,
-                    index=it.index,
+                    index=it.entry,
                     level=it.level,
                     value=spte,
                     bits=[(name, bool(word & bit)) for name, bit in FLAG_BITS],
@@ -154,7 +164,44 @@ def preset_state(scenario: Scenario, policy: Policy, step: int) -> tuple[Simulat
     return sim, last
 
 
+class _Entry(NamedTuple):
+    """A present entry of the model's tables, as the TDP walker hands it out."""
+
+    sp: KvmMmuPage
+    entry: int
+    gfn: int
+    level: int
+    old_spte: int
+
+
+def _model_entries(sim: Simulation) -> Iterator[_Entry]:
+    """The model's present entries: the walk from the VM's root under TDP; under shadow paging, where
+    each vCPU has roots of its own and a gfn is the guest's, every shadow page's, by table address."""
+    kvm = sim.kvm
+    if not kvm.shadow:
+        for it in for_each_tdp_pte(kvm, kvm.root, 0, MAX_GFN_END):
+            yield _Entry(it.sp, it.index, it.gfn, it.level, it.old_spte)
+        return
+    for sp in sorted(kvm.active_mmu_pages.values(), key=lambda page: page.pfn):
+        for index, spte in enumerate(sp.spt):
+            if is_shadow_present_pte(spte):
+                yield _Entry(sp, index, kvm_mmu_page_get_gfn(sp, index), sp.level, spte)
+
+
 def _model_leaf(sim: Simulation, gfn: int) -> ModelLeaf | None:
+    if sim.kvm.shadow:
+        # The lowest present leaf of any shadow page that maps the gfn (several may: aliases, roots).
+        leaves = [
+            entry
+            for entry in _model_entries(sim)
+            if is_last_spte(entry.old_spte, entry.level)
+            and entry.gfn <= gfn < entry.gfn + pages_per_hpage(entry.level)
+        ]
+        if not leaves:
+            return None
+        best = min(leaves, key=lambda entry: entry.level).old_spte
+        level = min(entry.level for entry in leaves)
+        return ModelLeaf(level, is_writable_pte(best), is_dirty_spte(best, sim.kvm.masks))
     found = walk_spte(sim.kvm, gfn)
     if found is None:
         return None
