@@ -30,10 +30,12 @@ from engine.guest_pt import (
 from engine.kvm import Kvm, Vcpu
 from engine.kvm_main import gfn_to_pfn, kvm_flush_remote_tlbs
 from engine.mmu import (
+    PFERR_PRESENT_MASK,
     PFERR_WRITE_MASK,
     RET_PF_EMULATE,
     RET_PF_FIXED,
     RET_PF_RETRY,
+    RET_PF_SPURIOUS,
     RetPf,
     direct_pte_prefetch,
     link_shadow_page,
@@ -73,6 +75,7 @@ from engine.trace_shadow import (
     WalkAddr,
 )
 from engine.trace_tables import MmuNotifierRetry
+from engine.unsync import for_each_gfn_indirect_valid_sp
 from engine.zap import mmu_page_zap_pte
 
 PFERR_USER_MASK = 1 << 2
@@ -135,6 +138,16 @@ def page_fault(kvm: Kvm, vcpu: Vcpu, gva: int, error_code: int) -> ShadowFault:
         if kvm.tp.on:
             kvm.tp.emit(InjectPageFault(vcpu.id, gva, walker.fault or 0))
         return GUEST_PF
+    if kvm.era6 and page_fault_handle_page_track(kvm, gfn, error_code):
+        # 6.x: a store to a write-tracked gfn (a shadowed table above level 1) that found a present spte
+        # is emulated at once, before anything is mapped; the tables on the way are not flooding.
+        shadow_page_table_clear_flood(kvm, vcpu, gva)
+        if kvm.tp.on:
+            kvm.tp.emit(
+                ShadowPageFault(vcpu.id, gva, error_code, gfn, walker.level, PT_PAGE_TABLE_LEVEL, False,
+                                False, RET_PF_EMULATE.value)
+            )
+        return RET_PF_EMULATE
     self_change, _ = is_self_change_mapping(vcpu, walker, user_fault)
     slot = kvm.gfn_to_memslot(gfn)
     if slot is None:
@@ -158,16 +171,36 @@ def page_fault(kvm: Kvm, vcpu: Vcpu, gva: int, error_code: int) -> ShadowFault:
         if kvm.tp.on:
             kvm.tp.emit(MmuNotifierRetry(vcpu.id, gfn))
         return RET_PF_RETRY
-    emulate = fetch(kvm, vcpu, gva, walker, write_fault, level, gfn, pfn, map_writable)
+    ret = fetch(kvm, vcpu, gva, walker, write_fault, level, gfn, pfn, map_writable)
     if not kvm.era6:
         kvm.stat.pf_fixed += 1  # 3.x counts every fault that reached fetch
-    ret = RET_PF_EMULATE if emulate else RET_PF_FIXED
     if kvm.tp.on:
         kvm.tp.emit(
             ShadowPageFault(vcpu.id, gva, error_code, walker.gfn, walker.level, level, force_pt_level,
                             self_change, ret.value)
         )
     return ret
+
+
+def page_fault_handle_page_track(kvm: Kvm, gfn: int, error_code: int) -> bool:
+    """6.x: whether a fault is a store through a present spte to a write-tracked gfn: one that holds a
+    shadowed guest table above level 1 (account_shadowed write-tracks those; a level-1 one can be
+    unsynced instead)."""
+    if error_code & (PFERR_PRESENT_MASK | PFERR_WRITE_MASK) != PFERR_PRESENT_MASK | PFERR_WRITE_MASK:
+        return False
+    return any(sp.level > PT_PAGE_TABLE_LEVEL for sp in for_each_gfn_indirect_valid_sp(kvm, gfn))
+
+
+def shadow_page_table_clear_flood(kvm: Kvm, vcpu: Vcpu, gva: int) -> None:
+    """The shadow pages that translate `gva` are in use: none of them is being flooded."""
+    vfn = vfn_of(gva)
+    sp, level = vcpu.root, PT64_ROOT_LEVEL
+    while sp is not None:
+        sp.write_flooding_count = 0
+        spte = sp.spt[(vfn >> (PT64_LEVEL_BITS * (level - 1))) & 511]
+        if level == PT_PAGE_TABLE_LEVEL or not spte & PT_PRESENT_MASK or spte & PT_PAGE_SIZE_MASK:
+            return
+        sp, level = kvm.sp_by_pfn[(spte & PT64_BASE_ADDR_MASK) >> PAGE_SHIFT], level - 1
 
 
 def _child(kvm: Kvm, sp: KvmMmuPage, index: int) -> KvmMmuPage:
@@ -184,9 +217,10 @@ def fetch(
     gfn: int,
     pfn: int,
     map_writable: bool,
-) -> bool:
-    """FNAME(fetch): down the vCPU's shadow tables for `gva`, then the leaf; returns whether the write
-    must be emulated.
+) -> RetPf:
+    """FNAME(fetch): down the vCPU's shadow tables for `gva`, then the leaf; returns RET_PF_EMULATE when
+    the write must be emulated, RET_PF_FIXED, or (6.x) RET_PF_SPURIOUS when the leaf was already the one
+    it built, and then nothing is prefetched.
 
     Above the guest's leaf level each missing entry gets the indirect shadow page of the guest table it
     stands for; below it, down to `hlevel`, direct pages (a guest huge page mapped by smaller sptes),
@@ -228,11 +262,20 @@ def fetch(
     index = (vfn >> (PT64_LEVEL_BITS * (level - 1))) & 511
     sp.write_flooding_count = 0
     leaf_access = gw.pte_access
-    _, emulate = mmu_set_spte(kvm, sp, index, write_fault, level, gfn, pfn, False, map_writable, leaf_access)
-    pte_prefetch(kvm, vcpu, gw, sp, index)
+    changed, emulate = mmu_set_spte(
+        kvm, sp, index, write_fault, level, gfn, pfn, False, map_writable, leaf_access
+    )
+    if emulate:
+        ret = RET_PF_EMULATE
+    elif kvm.era6 and not changed:
+        ret = RET_PF_SPURIOUS
+    else:
+        ret = RET_PF_FIXED
+    if ret is not RET_PF_SPURIOUS:
+        pte_prefetch(kvm, vcpu, gw, sp, index)
     if kvm.tp.on:
         kvm.tp.emit(FetchShadow(gva, gfn, level, emulate))
-    return emulate
+    return ret
 
 
 def validate_direct_spte(kvm: Kvm, sp: KvmMmuPage, index: int, direct_access: int) -> None:

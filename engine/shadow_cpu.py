@@ -276,10 +276,11 @@ def guest_set_cr3(kvm: Kvm, vcpu: Vcpu, cr3: int, space: int) -> None:
     paging = vcpu.paging
     if paging is None:
         raise AssertionError("MOV CR3 on a vCPU without guest paging")
-    vcpu.paging = replace(paging, cr3=cr3)
-    vcpu.space = space
     kvm.running_vcpu = vcpu
     try:
+        enter_guest(kvm, vcpu)  # the guest runs, on its old root, to execute the MOV
+        vcpu.paging = replace(paging, cr3=cr3)
+        vcpu.space = space
         kvm_mmu_new_cr3(kvm, vcpu)
     finally:
         kvm.running_vcpu = None
