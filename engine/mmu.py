@@ -174,9 +174,10 @@ def set_spte(
             spte |= masks.mmu_writable_mask  # read-only, yet the fast path may make it writable
             if kvm.tp.on:
                 kvm.tp.emit(MakeSpteReadOnly(sp.level, sp.gfn, index, gfn, logged.id, spte))
-        elif not can_unsync and is_writable_pte(old) and is_last_spte(old, level):
-            # A sync keeps a writable spte writable: write protection is kvm_mmu_get_page's business, and
-            # the page was marked when the spte became writable (6.x marks it again).
+        elif (kvm.era6 or not can_unsync) and is_writable_pte(old) and is_last_spte(old, level):
+            # A writable leaf stays writable without asking about unsync: write protection is
+            # kvm_mmu_get_page's business (3.x: only on a sync, which marks nothing; 6.x: always, and it
+            # marks the page again, the spte built dirty as every writable one).
             spte |= PT_WRITABLE_MASK | masks.mmu_writable_mask | (masks.dirty_mask if kvm.era6 else 0)
             if kvm.era6:
                 mark_page_dirty(kvm, gfn, "set_spte")
@@ -184,9 +185,9 @@ def set_spte(
             result = SetSpteResult.WRPROTECTED
         else:
             spte |= PT_WRITABLE_MASK | masks.mmu_writable_mask
-            if kvm.era6 and not (is_last_spte(old, level) and is_writable_pte(old)):
-                # 6.x make_spte builds a writable spte dirty, unless it overwrites a writable leaf (whose D
-                # already told the host page is dirty).
+            if kvm.era6:
+                # 6.13+ make_spte builds every writable spte dirty, so that a fault racing another to the
+                # same leaf finds it as it would build it, and ends spurious.
                 spte |= masks.dirty_mask
             elif kvm.cpu_dirty_log_size and _slot_logged(kvm, gfn):
                 # With PML, as later kernels' make_spte: a writable spte is built dirty, and the page

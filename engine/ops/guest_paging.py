@@ -35,7 +35,9 @@ if TYPE_CHECKING:
     from engine.estimate import Pricer, StepPrice
     from engine.simulation import Simulation
 
-_REFUSAL = "the live backend builds its guest's page tables itself and runs no guest paging operation"
+# The live backend runs these as the guest's own instructions (a store, INVLPG, MOV CR3: live.shadow_run),
+# which need the guest's page-table layout, not a LiveTarget call; through this facet they are refused.
+_REFUSAL = "a guest paging operation runs on the live VM only as the shadow guest's own instruction"
 
 
 def _check_vcpu(state: CheckState, index: int, step: WriteGpteStep | InvlpgStep | SetCr3Step) -> None:
