@@ -421,10 +421,5 @@ def invlpg(kvm: Kvm, vcpu: Vcpu, gva: int) -> bool:
     return updated
 
 
-def gva_of_index(sp: KvmMmuPage, index: int) -> int:
-    """The guest-virtual address entry `index` of `sp` starts at."""
-    return sp.gva + (index << (PAGE_SHIFT + PT64_LEVEL_BITS * (sp.level - 1)))
-
-
 # The hooks of a 64-bit guest's shadow MMU (paging64_init_context).
 PAGING64 = PagingOps(sync_page=sync_page, update_pte=update_pte)
