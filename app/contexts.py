@@ -33,7 +33,7 @@ from app.views.shadow import PagingOffView, ShadowView
 from app.views.text import bits_label, location_param
 from app.views.tree import TreeView
 from engine.policy import NOT_IMPLEMENTED, PRESET_DESCRIPTIONS, PRESETS, SWITCH_VALUES, Policy
-from engine.scenario import ScenarioError, under_mmu
+from engine.scenario import Scenario, ScenarioError, under_mmu
 from live.backend import refusal as live_refusal
 
 PLAY_BLOCKS = (
@@ -190,6 +190,7 @@ def play_context(
         **_player_timeline(request, query),
         **_shadow_context(view),
         **mmu_twin(query.source, links, query.step),
+        "paging_guest": _paging_guest(scenario),
         # The shadow panel's sptes open the inspector as the tree's do (a link, or the shared form).
         "shadow_inspect": inspect,
         "shadow_compact": compact,
@@ -199,6 +200,11 @@ def play_context(
 
 def _chips(word: int, old: int | None = None) -> Markup:
     return Markup(bit_chips(word, old))
+
+
+def _paging_guest(scenario: Scenario) -> bool:
+    """Shadow paging of a guest with paging on: no fault of it takes the fast path."""
+    return scenario.vm.mmu == "shadow" and (scenario.guest is None or scenario.guest.paging)
 
 
 @lru_cache(maxsize=64)
@@ -408,6 +414,7 @@ def compare_context(
         "source_param": source.param,
         "variants_param": ",".join(variants),
         **mmu_twin(source, links, step, variants),
+        "paging_guest": _paging_guest(source.scenario),
     }
 
 

@@ -418,3 +418,15 @@ def test_a_scenario_with_the_guests_tables_links_to_itself_under_the_other_mmu()
     assert other is not None and "variants=lazy-buggy,modern" in html.unescape(other.group(1))
     assert client.get(html.unescape(other.group(1))).status_code == 200
     assert "data-mmu-twin" not in client.get("/play?scenario=worked-example&step=2").text
+
+
+def test_the_timeline_legend_says_a_paging_guest_takes_no_fast_fault() -> None:
+    client = TestClient(create_app())
+    shadow_page = client.get("/play?scenario=shadow-large-spte&step=3").text
+    assert "no fast fault: a paging guest's faults never take the fast path" in shadow_page
+    compare = client.get("/compare?scenario=shadow-large-spte&step=3").text
+    assert "no fast fault" in compare
+    tdp = client.get("/play?scenario=worked-example&step=3").text
+    assert "△</span> fast fault" in tdp and "no fast fault" not in tdp
+    paging_off = client.get("/play?scenario=shadow-paging-off&step=3").text
+    assert "△</span> fast fault" in paging_off
