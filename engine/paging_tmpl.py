@@ -61,10 +61,9 @@ from engine.spte import (
     is_last_spte,
     is_shadow_present_pte,
     pages_per_hpage,
-    spte_index,
     spte_to_pfn,
 )
-from engine.tdp_iter import spte_to_child_sp
+from engine.tdp_iter import for_each_shadow_entry, spte_to_child_sp
 from engine.trace_shadow import (
     FetchShadow,
     InjectPageFault,
@@ -193,18 +192,9 @@ def page_fault_handle_page_track(kvm: Kvm, gfn: int, error_code: int) -> bool:
 
 def shadow_page_table_clear_flood(kvm: Kvm, vcpu: Vcpu, gva: int) -> None:
     """The shadow pages that translate `gva` are in use: none of them is being flooded."""
-    vfn = vfn_of(gva)
-    sp, level = vcpu.root, PT64_ROOT_LEVEL
-    while sp is not None:
-        sp.write_flooding_count = 0
-        spte = sp.spt[(vfn >> (PT64_LEVEL_BITS * (level - 1))) & 511]
-        if level == PT_PAGE_TABLE_LEVEL or not spte & PT_PRESENT_MASK or spte & PT_PAGE_SIZE_MASK:
-            return
-        sp, level = kvm.sp_by_pfn[(spte & PT64_BASE_ADDR_MASK) >> PAGE_SHIFT], level - 1
-
-
-def _child(kvm: Kvm, sp: KvmMmuPage, index: int) -> KvmMmuPage:
-    return spte_to_child_sp(kvm, sp.spt[index])
+    if vcpu.root is not None:
+        for _, sp, _, _ in for_each_shadow_entry(kvm, vfn_of(gva), vcpu.root):
+            sp.write_flooding_count = 0
 
 
 def fetch(
@@ -399,23 +389,17 @@ def invlpg(kvm: Kvm, vcpu: Vcpu, gva: int) -> bool:
     tables = kvm.guest
     if root is None or tables is None:
         return False
-    vfn = vfn_of(gva)
-    sp, level = root, PT64_ROOT_LEVEL
     updated = False
-    while True:
-        index = spte_index(vfn, level)
-        spte = sp.spt[index]
+    for level, sp, index, spte in for_each_shadow_entry(kvm, vfn_of(gva), root):
         if is_last_spte(spte, level):
-            if not sp.unsync:
-                break
-            if mmu_page_zap_pte(kvm, sp, index):
-                kvm_flush_remote_tlbs(kvm, "invlpg", under_mmu_lock=True)
-            update_pte(kvm, vcpu, sp, index, tables.read_gpte(sp.gfn, index))
-            updated = True
-        spte = sp.spt[index]
-        if not is_shadow_present_pte(spte) or not sp.unsync_children or is_last_spte(spte, level):
+            if sp.unsync:
+                if mmu_page_zap_pte(kvm, sp, index):
+                    kvm_flush_remote_tlbs(kvm, "invlpg", under_mmu_lock=True)
+                update_pte(kvm, vcpu, sp, index, tables.read_gpte(sp.gfn, index))
+                updated = True
             break
-        sp, level = _child(kvm, sp, index), level - 1
+        if not is_shadow_present_pte(spte) or not sp.unsync_children:
+            break
     if kvm.tp.on:
         kvm.tp.emit(Invlpg(vcpu.id, gva, updated))
     return updated

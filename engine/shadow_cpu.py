@@ -32,6 +32,7 @@ from engine.spte import (
     PT_PRESENT_MASK,
     PT_WRITABLE_MASK,
 )
+from engine.tdp_iter import walk_spte
 from engine.tlb import TlbEntry
 from engine.trace_shadow import EmulateWrite, ShadowGuestAccess
 
@@ -100,18 +101,7 @@ def shadow_walk(kvm: Kvm, vcpu: Vcpu, vfn: int, write: bool) -> tuple[int | None
 
 def shadow_leaf(kvm: Kvm, vcpu: Vcpu, vfn: int) -> tuple[KvmMmuPage, int, int] | None:
     """The present leaf (sp, index, spte) the vCPU's root maps guest-virtual page `vfn` with, or None."""
-    sp = vcpu.root
-    level = PT64_ROOT_LEVEL
-    while sp is not None:
-        index = (vfn >> (PT64_LEVEL_BITS * (level - 1))) & 511
-        spte = sp.spt[index]
-        if not spte & PT_PRESENT_MASK:
-            return None
-        if level == 1 or spte & PT_PAGE_SIZE_MASK:
-            return sp, index, spte
-        sp = kvm.sp_by_pfn[(spte & PT64_BASE_ADDR_MASK) >> PAGE_SHIFT]
-        level -= 1
-    return None
+    return walk_spte(kvm, vfn, vcpu.root) if vcpu.root is not None else None
 
 
 def _tlb_lookup(vcpu: Vcpu, vfn: int) -> tuple[TlbEntry | None, int]:

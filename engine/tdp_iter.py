@@ -178,10 +178,11 @@ def find_shadow_page(kvm: Kvm, gfn: int, level: int) -> KvmMmuPage | None:
     return None
 
 
-def walk_spte(kvm: Kvm, gfn: int) -> tuple[KvmMmuPage, int, int] | None:
-    """The present leaf (sp, index, spte) the walk from the root for `gfn` ends on, or None: what the
-    hardware would use."""
-    *_, (level, sp, index, spte) = for_each_shadow_entry(kvm, gfn)
+def walk_spte(kvm: Kvm, gfn: int, root: KvmMmuPage | None = None) -> tuple[KvmMmuPage, int, int] | None:
+    """The present leaf (sp, index, spte) the walk from `root` (the VM's unless told) for `gfn` ends on,
+    or None: what the hardware would use. Under shadow paging `gfn` is a guest-virtual page number and
+    `root` a vCPU's."""
+    *_, (level, sp, index, spte) = for_each_shadow_entry(kvm, gfn, root)
     if not is_shadow_present_pte(spte) or not is_last_spte(spte, level):
         return None
     return sp, index, spte

@@ -49,7 +49,6 @@ from engine.spte import (
     FLAG_BITS,
     PAGE_SHIFT,
     PT64_BASE_ADDR_MASK,
-    PT64_LEVEL_BITS,
     PT64_ROOT_LEVEL,
     PT_PAGE_SIZE_MASK,
     flag_word,
@@ -58,6 +57,7 @@ from engine.spte import (
     pages_per_hpage,
     spte_to_pfn,
 )
+from engine.tdp_iter import for_each_shadow_entry
 
 # PS among the contract's flags (engine.spte.flag_word).
 FLAG_PS = dict(FLAG_BITS)["PS"]
@@ -388,15 +388,4 @@ def shadow_view(shown: Shown, policy: Policy) -> ShadowView | PagingOffView | No
 def _shadow_path(kvm: Kvm, root: KvmMmuPage, vfn: int) -> set[tuple[int, int]]:
     """(serial, index) of each shadow entry the CPU reads for guest-virtual page `vfn`, root first, down
     to the leaf or the first entry not present."""
-    out: set[tuple[int, int]] = set()
-    sp: KvmMmuPage | None = root
-    level = PT64_ROOT_LEVEL
-    while sp is not None:
-        index = (vfn >> (PT64_LEVEL_BITS * (level - 1))) & 511
-        out.add((sp.serial, index))
-        spte = sp.spt[index]
-        if not is_shadow_present_pte(spte) or level == 1 or spte & PT_PAGE_SIZE_MASK:
-            break
-        sp = kvm.sp_by_pfn.get(spte_to_pfn(spte))
-        level -= 1
-    return out
+    return {(sp.serial, index) for _, sp, index, _ in for_each_shadow_entry(kvm, vfn, root)}
